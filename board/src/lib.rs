@@ -1,0 +1,207 @@
+//! Board definitions.
+//!
+//! A board is everything that differs between the machines Cairn runs on: CPU architecture, which
+//! Debian kernel and bootloader packages go into the image, which kernel modules init must load to
+//! reach the root, the console device, the partition sizes, and (for emulated boards) how QEMU
+//! starts it. Everything else in the image is the same for every board.
+
+use serde::Serialize;
+
+mod error;
+pub use error::UnknownBoard;
+
+/// CPU architecture of a board.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Arch {
+    Aarch64,
+    X86_64,
+}
+
+impl Arch {
+    /// The Rust target the device binary is built for.
+    pub fn rust_target(self) -> &'static str {
+        match self {
+            Arch::Aarch64 => "aarch64-unknown-linux-musl",
+            Arch::X86_64 => "x86_64-unknown-linux-musl",
+        }
+    }
+
+    /// Debian's name for the architecture (`dpkg --print-architecture`).
+    pub fn deb_arch(self) -> &'static str {
+        match self {
+            Arch::Aarch64 => "arm64",
+            Arch::X86_64 => "amd64",
+        }
+    }
+
+    /// The suffix UEFI uses in removable-media boot paths (`/EFI/BOOT/BOOT<SUFFIX>.EFI`).
+    pub fn efi_suffix(self) -> &'static str {
+        match self {
+            Arch::Aarch64 => "aa64",
+            Arch::X86_64 => "x64",
+        }
+    }
+
+    /// GPT partition type of a root filesystem for this architecture, from the UAPI Discoverable
+    /// Partitions Specification, so that generic tools label ROOT-A/ROOT-B correctly.
+    pub fn root_type_guid(self) -> &'static str {
+        match self {
+            Arch::Aarch64 => "B921B045-1DF0-41C3-AF44-4C6F280D3FAE",
+            Arch::X86_64 => "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709",
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Arch::Aarch64 => "aarch64",
+            Arch::X86_64 => "x86_64",
+        }
+    }
+}
+
+impl std::fmt::Display for Arch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Sizes of the partitions on the disk image, in MiB. The order on disk is fixed:
+/// ESP, ROOT-A, ROOT-B, STATE, DATA.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Layout {
+    pub esp_mib: u64,
+    pub root_mib: u64,
+    pub state_mib: u64,
+    pub data_mib: u64,
+}
+
+/// How an emulated board is started by the QEMU harness.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct QemuProfile {
+    /// The `qemu-system-*` binary.
+    pub binary: &'static str,
+    /// `-machine` argument.
+    pub machine: &'static str,
+    /// `-cpu` argument.
+    pub cpu: &'static str,
+    pub memory_mib: u32,
+    pub cpus: u32,
+    /// Read-only UEFI code volume, from the firmware package installed on the host.
+    pub firmware_code: &'static str,
+    /// UEFI variable store template; the harness copies it per run so variables persist across
+    /// reboots of one machine but never touch the host's template.
+    pub firmware_vars: &'static str,
+    /// Debian package that provides the two firmware files.
+    pub firmware_package: &'static str,
+}
+
+/// A supported machine.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Board {
+    pub name: &'static str,
+    pub arch: Arch,
+    /// Debian package naming the kernel. Usually a metapackage that the image build resolves to
+    /// the versioned `linux-image-<abi>-<flavour>` package, recorded in image.json.
+    pub kernel_package: &'static str,
+    /// Debian package carrying systemd-boot's EFI binary.
+    pub bootloader_package: &'static str,
+    /// Serial console device the kernel and init log to.
+    pub console: &'static str,
+    /// Extra kernel command-line arguments for this board.
+    pub kernel_args: &'static [&'static str],
+    /// Kernel modules init loads before looking for the disk, by module name. Their dependencies
+    /// are resolved at image build time; modules the kernel has built in are skipped.
+    pub modules: &'static [&'static str],
+    pub layout: Layout,
+    pub qemu: Option<QemuProfile>,
+}
+
+const QEMU_LAYOUT: Layout = Layout {
+    esp_mib: 128,
+    root_mib: 128,
+    state_mib: 32,
+    data_mib: 64,
+};
+
+/// Every board Cairn builds images for.
+pub const BOARDS: &[Board] = &[
+    Board {
+        name: "qemu-aarch64",
+        arch: Arch::Aarch64,
+        kernel_package: "linux-image-cloud-arm64",
+        bootloader_package: "systemd-boot-efi",
+        console: "ttyAMA0",
+        kernel_args: &[],
+        // evdev exposes the ACPI power button (built into this kernel) to init as /dev/input/event*.
+        modules: &["virtio_pci", "virtio_blk", "squashfs", "evdev"],
+        layout: QEMU_LAYOUT,
+        qemu: Some(QemuProfile {
+            binary: "qemu-system-aarch64",
+            machine: "virt",
+            cpu: "cortex-a57",
+            memory_mib: 512,
+            cpus: 2,
+            firmware_code: "/usr/share/AAVMF/AAVMF_CODE.fd",
+            firmware_vars: "/usr/share/AAVMF/AAVMF_VARS.fd",
+            firmware_package: "qemu-efi-aarch64",
+        }),
+    },
+    Board {
+        name: "qemu-x86_64",
+        arch: Arch::X86_64,
+        kernel_package: "linux-image-amd64",
+        bootloader_package: "systemd-boot-efi",
+        console: "ttyS0",
+        kernel_args: &[],
+        // `button` is the ACPI power button driver, a module in this kernel; evdev exposes it to init.
+        modules: &["virtio_pci", "virtio_blk", "squashfs", "button", "evdev"],
+        layout: QEMU_LAYOUT,
+        qemu: Some(QemuProfile {
+            binary: "qemu-system-x86_64",
+            machine: "q35",
+            cpu: "max",
+            memory_mib: 512,
+            cpus: 2,
+            firmware_code: "/usr/share/OVMF/OVMF_CODE_4M.fd",
+            firmware_vars: "/usr/share/OVMF/OVMF_VARS_4M.fd",
+            firmware_package: "ovmf",
+        }),
+    },
+];
+
+/// Looks a board up by name.
+pub fn find(name: &str) -> Result<&'static Board, UnknownBoard> {
+    BOARDS
+        .iter()
+        .find(|b| b.name == name)
+        .ok_or_else(|| UnknownBoard {
+            name: name.to_string(),
+            known: BOARDS.iter().map(|b| b.name).collect::<Vec<_>>().join(", "),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_known_boards() {
+        assert_eq!(find("qemu-aarch64").unwrap().arch, Arch::Aarch64);
+        assert_eq!(find("qemu-x86_64").unwrap().arch, Arch::X86_64);
+    }
+
+    #[test]
+    fn unknown_board_lists_the_known_ones() {
+        let err = find("pi5").unwrap_err().to_string();
+        assert!(err.contains("pi5"), "{err}");
+        assert!(err.contains("qemu-aarch64") && err.contains("qemu-x86_64"), "{err}");
+    }
+
+    #[test]
+    fn board_names_are_unique() {
+        for (i, a) in BOARDS.iter().enumerate() {
+            assert!(BOARDS[i + 1..].iter().all(|b| b.name != a.name), "{}", a.name);
+        }
+    }
+}
