@@ -1,1 +1,242 @@
-fn main() {}
+//! cairnctl: the operator's tool. Parses arguments and calls the libraries; nothing else.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cairnctl", version, about = "Build, run and manage Cairn appliances")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Disk images.
+    #[command(subcommand)]
+    Image(ImageCommand),
+    /// Run images in QEMU.
+    #[command(subcommand)]
+    Qemu(QemuCommand),
+    /// List the supported boards.
+    Boards,
+}
+
+#[derive(Subcommand)]
+enum ImageCommand {
+    /// Build <out>/disk.img and <out>/image.json for a board.
+    Build(BuildArgs),
+}
+
+#[derive(Args)]
+struct BuildArgs {
+    /// Board to build for (see `cairnctl boards`).
+    #[arg(long)]
+    board: String,
+    /// Output folder; replaced as a whole when the build succeeds.
+    #[arg(long)]
+    out: PathBuf,
+    /// The static device binary [default: target/<musl target>/device/cairn].
+    #[arg(long)]
+    device_bin: Option<PathBuf>,
+    /// Package cache [default: $CAIRN_CACHE, else ~/.cache/cairn].
+    #[arg(long)]
+    cache: Option<PathBuf>,
+    /// System version recorded in the image.
+    #[arg(long, default_value = env!("CARGO_PKG_VERSION"))]
+    version: String,
+    /// Seed for GUIDs and volume ids [default: cairn-<board>-<version>].
+    #[arg(long)]
+    seed: Option<String>,
+    /// Print image.json instead of a summary.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum QemuCommand {
+    /// Boot an image folder under QEMU, console on the terminal, until the guest powers off.
+    Run(RunArgs),
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Board the image was built for.
+    #[arg(long)]
+    board: String,
+    /// Image folder written by `cairnctl image build`.
+    #[arg(long)]
+    image: PathBuf,
+    /// Folder for the copy-on-write overlay, firmware variables and console log
+    /// [default: <image>/run]. Reused across runs, so the machine keeps its disk state.
+    #[arg(long)]
+    work: Option<PathBuf>,
+    /// Start from the pristine image instead of the overlay of an earlier run.
+    #[arg(long)]
+    fresh: bool,
+    /// Forward a host port on 127.0.0.1 to a guest port: HOST:GUEST (repeatable).
+    #[arg(long = "forward", value_parser = parse_forward)]
+    forwards: Vec<(u16, u16)>,
+    /// Stop the machine after this many seconds.
+    #[arg(long, default_value_t = 600)]
+    timeout: u64,
+}
+
+fn parse_forward(s: &str) -> Result<(u16, u16), String> {
+    let (h, g) = s
+        .split_once(':')
+        .ok_or_else(|| format!("`{s}` is not HOST:GUEST"))?;
+    let port = |p: &str| {
+        p.parse::<u16>()
+            .ok()
+            .filter(|&n| n != 0)
+            .ok_or_else(|| format!("`{p}` is not a port number (1-65535)"))
+    };
+    Ok((port(h)?, port(g)?))
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cairnctl: {}", one_line(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes on one line, outermost first.
+fn one_line(e: &anyhow::Error) -> String {
+    e.chain()
+        .map(|c| c.to_string())
+        .collect::<Vec<_>>()
+        .join(": ")
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Boards => {
+            for b in cairn_board::BOARDS {
+                println!("{:<14} {:<8} kernel {}", b.name, b.arch, b.kernel_package);
+            }
+            Ok(())
+        }
+        Command::Image(ImageCommand::Build(args)) => image_build(args),
+        Command::Qemu(QemuCommand::Run(args)) => qemu_run(args),
+    }
+}
+
+fn default_cache() -> PathBuf {
+    if let Some(dir) = std::env::var_os("CAIRN_CACHE") {
+        return dir.into();
+    }
+    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(dir).join("cairn");
+    }
+    match std::env::var_os("HOME") {
+        Some(home) => PathBuf::from(home).join(".cache/cairn"),
+        None => PathBuf::from(".cairn-cache"),
+    }
+}
+
+fn image_build(args: BuildArgs) -> anyhow::Result<()> {
+    let board = cairn_board::find(&args.board)?;
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("target"));
+    let opts = cairn_image::BuildOptions {
+        board,
+        out: args.out.clone(),
+        cache: args.cache.unwrap_or_else(default_cache),
+        device_bin: args
+            .device_bin
+            .unwrap_or_else(|| target_dir.join(board.arch.rust_target()).join("device/cairn")),
+        seed: args
+            .seed
+            .unwrap_or_else(|| format!("cairn-{}-{}", board.name, args.version)),
+        version: args.version,
+    };
+    let manifest = cairn_image::build(&opts)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&manifest)?);
+        return Ok(());
+    }
+    println!(
+        "built {} {} for {} ({}) in {}",
+        "Cairn",
+        manifest.version,
+        manifest.board,
+        manifest.arch,
+        args.out.display()
+    );
+    println!(
+        "  disk.img  {} MiB  sha256 {}",
+        manifest.disk.size / (1024 * 1024),
+        manifest.disk.sha256
+    );
+    for p in &manifest.partitions {
+        println!(
+            "  {:<7} {:>5} MiB at {:>5} MiB  {}",
+            p.label,
+            p.size / (1024 * 1024),
+            p.offset / (1024 * 1024),
+            p.content
+        );
+    }
+    println!(
+        "  kernel {} with modules {}",
+        manifest.kernel.release,
+        manifest.kernel.modules.join(", ")
+    );
+    Ok(())
+}
+
+fn qemu_run(args: RunArgs) -> anyhow::Result<()> {
+    let board = cairn_board::find(&args.board)?;
+    let disk = args.image.join("disk.img");
+    anyhow::ensure!(
+        disk.is_file(),
+        "{} has no disk.img: build one with `cairnctl image build --board {} --out {}`",
+        args.image.display(),
+        board.name,
+        args.image.display()
+    );
+    let work = args.work.unwrap_or_else(|| args.image.join("run"));
+    let mut machine = cairn_qemu::Machine::launch(cairn_qemu::LaunchOptions {
+        reuse_disk: !args.fresh,
+        echo_console: true,
+        port_forwards: args
+            .forwards
+            .iter()
+            .map(|&(host, guest)| cairn_qemu::PortForward { host, guest })
+            .collect(),
+        ..cairn_qemu::LaunchOptions::new(board, disk, work)
+    })
+    .context("starting QEMU")?;
+    let status = machine.wait_exit(Duration::from_secs(args.timeout))?;
+    eprintln!("cairnctl: QEMU exited ({status})");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwards_parse() {
+        assert_eq!(parse_forward("8443:50000"), Ok((8443, 50000)));
+        assert!(parse_forward("8443").is_err());
+        assert!(parse_forward("0:1").is_err());
+        assert!(parse_forward("a:1").is_err());
+    }
+
+    #[test]
+    fn cli_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,1 +1,220 @@
-fn main() {}
+//! `cargo xtask`: everything a fresh Debian machine needs to build, boot and test Cairn.
+//!
+//! - `setup`  installs the host packages, the arm64 dpkg architecture and the rustup targets
+//!            (idempotent; apt runs only when something is missing).
+//! - `device` builds the static device binary for both architectures.
+//! - `images` builds the QEMU board images into target/cairn/images/<board>.
+//! - `demo`   builds the qemu-aarch64 image, boots it, shows the console and a summary.
+//! - `test`   setup, lints, device binaries, images, then every test including QEMU boots.
+//! - `report` boots each QEMU board five times and prints the footprint and boot-time figures.
+
+mod report;
+mod setup;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _, Result};
+use cairn_board::{Arch, Board};
+
+const ARCHES: [Arch; 2] = [Arch::Aarch64, Arch::X86_64];
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("setup") => setup::run(),
+        Some("device") => device().map(|_| ()),
+        Some("images") => setup::run().and_then(|_| images().map(|_| ())),
+        Some("demo") => demo(),
+        Some("test") => test(),
+        Some("report") => setup::run().and_then(|_| report::run(&images()?)),
+        _ => {
+            eprintln!("usage: cargo xtask <setup|device|images|demo|test|report>");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+            eprintln!("xtask: {}", chain.join(": "));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives inside the workspace")
+        .to_path_buf()
+}
+
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"))
+}
+
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os("CAIRN_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| target_dir().join("cairn/cache"))
+}
+
+pub fn images_dir() -> PathBuf {
+    target_dir().join("cairn/images")
+}
+
+pub fn device_bin(arch: Arch) -> PathBuf {
+    target_dir().join(arch.rust_target()).join("device/cairn")
+}
+
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(root());
+    cmd
+}
+
+pub fn step(title: &str) {
+    eprintln!("\n==> {title}");
+}
+
+pub fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd
+        .status()
+        .with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed ({status})");
+    }
+    Ok(())
+}
+
+/// Builds the device binary for both musl targets; returns their paths.
+fn device() -> Result<Vec<PathBuf>> {
+    step("device binary (static musl, aarch64 + x86_64)");
+    let mut out = Vec::new();
+    for arch in ARCHES {
+        run(cargo().args([
+            "build",
+            "--quiet",
+            "--package",
+            "cairn-device",
+            "--profile",
+            "device",
+            "--target",
+            arch.rust_target(),
+        ]))?;
+        let bin = device_bin(arch);
+        let size = std::fs::metadata(&bin)
+            .with_context(|| format!("reading {}", bin.display()))?
+            .len();
+        eprintln!("    {:<8} {:>8} bytes  {}", arch, size, bin.display());
+        out.push(bin);
+    }
+    Ok(out)
+}
+
+/// Builds every QEMU board's image (device binaries first); returns (board, image dir).
+fn images() -> Result<Vec<(&'static Board, PathBuf)>> {
+    device()?;
+    let mut out = Vec::new();
+    for board in cairn_board::BOARDS.iter().filter(|b| b.qemu.is_some()) {
+        out.push((board, image(board)?));
+    }
+    Ok(out)
+}
+
+fn image(board: &'static Board) -> Result<PathBuf> {
+    step(&format!("image {}", board.name));
+    let started = Instant::now();
+    let out = images_dir().join(board.name);
+    let version = env!("CARGO_PKG_VERSION").to_string();
+    let manifest = cairn_image::build(&cairn_image::BuildOptions {
+        board,
+        out: out.clone(),
+        cache: cache_dir(),
+        device_bin: device_bin(board.arch),
+        seed: format!("cairn-{}-{}", board.name, version),
+        version,
+    })?;
+    eprintln!(
+        "    {} ({} MiB, sha256 {}, kernel {}) in {:.1} s",
+        out.join("disk.img").display(),
+        manifest.disk.size >> 20,
+        &manifest.disk.sha256[..16],
+        manifest.kernel.release,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(out)
+}
+
+fn demo() -> Result<()> {
+    setup::run()?;
+    device()?;
+    let board = cairn_board::find("qemu-aarch64")?;
+    let dir = image(board)?;
+    step("booting qemu-aarch64 (UEFI firmware -> systemd-boot -> kernel -> cairn init)");
+    let work = target_dir().join("cairn/demo");
+    let _ = std::fs::remove_dir_all(&work);
+    let started = Instant::now();
+    let mut machine = cairn_qemu::Machine::launch(cairn_qemu::LaunchOptions {
+        echo_console: true,
+        ..cairn_qemu::LaunchOptions::new(board, dir.join("disk.img"), work)
+    })?;
+    let ready = machine.wait_for_line("cairn-init: ready", Duration::from_secs(180))?;
+    let wall = started.elapsed();
+    let stats = machine.wait_for_line("cairn-init: init_ms=", Duration::from_secs(30))?;
+    step("asking the guest to power off (ACPI power button)");
+    machine.powerdown()?;
+    let status = machine.wait_exit(Duration::from_secs(60))?;
+    let fields = report::fields(&format!("{ready} {stats}"));
+    step("summary");
+    eprintln!("    board        qemu-aarch64 (TCG, no KVM)");
+    for key in ["slot", "version", "boot_ms", "init_ms", "rss_kib"] {
+        eprintln!(
+            "    {key:<12} {}",
+            fields.get(key).map(String::as_str).unwrap_or("?")
+        );
+    }
+    eprintln!("    wall clock   {:.1} s from QEMU start to ready", wall.as_secs_f64());
+    eprintln!("    powered off  QEMU exited ({status})");
+    eprintln!("    image        {}", dir.display());
+    Ok(())
+}
+
+fn test() -> Result<()> {
+    setup::run()?;
+    step("cargo fmt --check");
+    run(cargo().args(["fmt", "--all", "--check"]))?;
+    step("clippy (host, all targets)");
+    run(cargo().args([
+        "clippy", "--quiet", "--workspace", "--all-targets", "--", "-D", "warnings",
+    ]))?;
+    for arch in ARCHES {
+        step(&format!("clippy (device crates, {})", arch.rust_target()));
+        run(cargo().args([
+            "clippy",
+            "--quiet",
+            "--package",
+            "cairn-device",
+            "--package",
+            "cairn-init",
+            "--target",
+            arch.rust_target(),
+            "--",
+            "-D",
+            "warnings",
+        ]))?;
+    }
+    images()?;
+    step("cargo test (unit, interop and QEMU tests)");
+    run(cargo()
+        .args(["test", "--workspace", "--", "--include-ignored"])
+        .env("CAIRN_IMAGES", images_dir())
+        .env("CAIRN_CACHE", cache_dir())
+        .env("CAIRN_DEVICE_BIN_AARCH64", device_bin(Arch::Aarch64))
+        .env("CAIRN_DEVICE_BIN_X86_64", device_bin(Arch::X86_64)))?;
+    Ok(())
+}

@@ -1,0 +1,598 @@
+//! The image build: fetch inputs, assemble the initramfs, root and ESP, lay out the disk.
+//!
+//! Everything is written into a hidden sibling of `--out` and renamed into place at the very end,
+//! so an interrupted or failed build never leaves a half-written image where a finished one is
+//! expected.
+
+use std::fs::{self, File};
+use std::io::{Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use cairn_board::{Arch, Board};
+use cairn_boot::{bls, Slot};
+use serde::Serialize;
+
+use crate::deb::{sha256_file, Cache, FetchedPackage};
+use crate::error::{Error, Result};
+use crate::formats::guid::Guid;
+use crate::formats::region::Region;
+use crate::formats::tree::Tree;
+use crate::formats::{cpio, fat, gpt, squashfs};
+use crate::kmod::ModuleTree;
+
+/// Fixed timestamp of every file in the image (2020-01-01T00:00:00Z): FAT cannot go below 1980,
+/// and a constant keeps builds reproducible.
+pub const IMAGE_EPOCH: u32 = 1_577_836_800;
+
+const MIB: u64 = 1024 * 1024;
+const ESP_TYPE: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
+const LINUX_DATA_TYPE: &str = "0FC63DAF-8483-4772-8E79-3D69D8477DE4";
+/// Tries a fresh slot gets before systemd-boot considers it bad.
+pub const INITIAL_TRIES: u32 = 3;
+
+/// What to build.
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    pub board: &'static Board,
+    /// Output folder; created or replaced as a whole.
+    pub out: PathBuf,
+    /// Package cache folder (verified .debs and their unpacked trees).
+    pub cache: PathBuf,
+    /// The static device binary for the board's architecture.
+    pub device_bin: PathBuf,
+    /// Semantic version of the system in this image.
+    pub version: String,
+    /// Seed for every GUID and the FAT volume id.
+    pub seed: String,
+}
+
+/// image.json.
+#[derive(Debug, Clone, Serialize)]
+pub struct ImageManifest {
+    pub format: u32,
+    pub board: String,
+    pub arch: Arch,
+    pub version: String,
+    pub seed: String,
+    pub disk: DiskInfo,
+    pub partitions: Vec<PartitionInfo>,
+    pub kernel: KernelInfo,
+    pub slots: Vec<SlotInfo>,
+    pub inputs: Vec<InputInfo>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DiskInfo {
+    pub file: String,
+    pub size: u64,
+    pub sha256: String,
+    pub guid: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PartitionInfo {
+    pub number: u32,
+    pub label: String,
+    pub type_guid: String,
+    pub guid: String,
+    pub offset: u64,
+    pub size: u64,
+    /// What the build put there: "fat32", "squashfs" or "empty".
+    pub content: &'static str,
+    /// Bytes of content written at the start of the partition.
+    pub content_size: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct KernelInfo {
+    pub release: String,
+    pub modules: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SlotInfo {
+    pub slot: String,
+    pub entry: String,
+    pub cmdline: String,
+    pub root_partition: String,
+    pub root_sha256: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum InputInfo {
+    /// A Debian package, fetched through apt and pinned by the index's sha256.
+    DebianPackage {
+        #[serde(flatten)]
+        package: crate::deb::PackageRecord,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        requested: Option<String>,
+        source: &'static str,
+    },
+    /// The device binary.
+    DeviceBinary { file: String, sha256: String },
+}
+
+/// Builds the image described by `opts`.
+pub fn build(opts: &BuildOptions) -> Result<ImageManifest> {
+    validate_version(&opts.version)?;
+    check_device_binary(&opts.device_bin, opts.board.arch)?;
+    let staging = Staging::new(&opts.out)?;
+
+    let cache = Cache::new(&opts.cache);
+    let arch = opts.board.arch.deb_arch();
+    let kernel_pkg = cache.fetch(opts.board.kernel_package, arch)?;
+    let boot_pkg = cache.fetch(opts.board.bootloader_package, arch)?;
+
+    let modules = ModuleTree::open(&kernel_pkg.root)?;
+    let release = modules.release().to_string();
+    let module_files = modules.resolve(opts.board.modules)?;
+    let kernel = kernel_pkg.root.join(format!("boot/vmlinuz-{release}"));
+    if !kernel.is_file() {
+        return Err(package_content(&kernel_pkg, "kernel image", &kernel));
+    }
+    let efi_name = format!("systemd-boot{}.efi", opts.board.arch.efi_suffix());
+    let sd_boot = boot_pkg.root.join("usr/lib/systemd/boot/efi").join(&efi_name);
+    if !sd_boot.is_file() {
+        return Err(package_content(&boot_pkg, "systemd-boot EFI binary", &sd_boot));
+    }
+
+    let initramfs = initramfs(&opts.device_bin, &module_files)?;
+    let root = root_tree(opts)?;
+
+    let slot = Slot::A;
+    let entry_name = bls::EntryName::new(
+        bls::entry_id(slot),
+        Some(bls::Counter {
+            left: INITIAL_TRIES,
+            done: 0,
+        }),
+    );
+    let cmdline = kernel_cmdline(opts.board, slot);
+    let entry = bls::Entry {
+        title: format!("Cairn {} (slot {slot})", opts.version),
+        version: opts.version.clone(),
+        linux: format!("/EFI/cairn/{slot}/vmlinuz"),
+        initrd: format!("/EFI/cairn/{slot}/initramfs.img"),
+        options: cmdline.split(' ').map(str::to_string).collect(),
+    };
+    let mut esp = Tree::new();
+    let suffix = opts.board.arch.efi_suffix().to_ascii_uppercase();
+    esp.add_file(&format!("EFI/BOOT/BOOT{suffix}.EFI"), 0o644, sd_boot.clone())?;
+    esp.add_file(&format!("EFI/systemd/{efi_name}"), 0o644, sd_boot)?;
+    esp.add_file(&format!("EFI/cairn/{slot}/vmlinuz"), 0o644, kernel)?;
+    esp.add_file(&format!("EFI/cairn/{slot}/initramfs.img"), 0o644, initramfs)?;
+    esp.add_file("loader/loader.conf", 0o644, bls::loader_conf(slot).into_bytes())?;
+    let entry_text = entry.render().map_err(|e| Error::ToolFailed {
+        command: "rendering the boot entry".into(),
+        stderr: e.to_string(),
+    })?;
+    esp.add_file(
+        &format!("loader/entries/{}", entry_name.file_name()),
+        0o644,
+        entry_text.into_bytes(),
+    )?;
+
+    // Disk layout: fixed order, 1 MiB aligned, backup GPT in the last MiB.
+    let layout = &opts.board.layout;
+    let parts: [(&str, &str, u64); 5] = [
+        ("ESP", ESP_TYPE, layout.esp_mib),
+        ("ROOT-A", opts.board.arch.root_type_guid(), layout.root_mib),
+        ("ROOT-B", opts.board.arch.root_type_guid(), layout.root_mib),
+        ("STATE", LINUX_DATA_TYPE, layout.state_mib),
+        ("DATA", LINUX_DATA_TYPE, layout.data_mib),
+    ];
+    let disk_size = MIB + parts.iter().map(|p| p.2 * MIB).sum::<u64>() + MIB;
+    let sizes: Vec<(String, u64)> = parts.iter().map(|p| (p.0.to_string(), p.2 * MIB)).collect();
+    let lbas = gpt::layout(disk_size, &sizes)?;
+    let seed = opts.seed.as_bytes();
+    let disk_guid = Guid::derive(seed, "disk");
+    let gpt_parts: Vec<gpt::GptPartition> = parts
+        .iter()
+        .zip(&lbas)
+        .map(|((label, type_guid, _), &(first_lba, last_lba))| {
+            Ok(gpt::GptPartition {
+                label: label.to_string(),
+                type_guid: Guid::parse(type_guid)?,
+                part_guid: Guid::derive(seed, label),
+                first_lba,
+                last_lba,
+                attributes: 0,
+            })
+        })
+        .collect::<Result<_>>()?;
+
+    let disk_path = staging.dir.join("disk.img");
+    let mut disk = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&disk_path)
+        .map_err(|e| Error::io("creating", &disk_path, e))?;
+    // Reserve every byte now: a full disk shows up here, not as a sparse file that fails later.
+    allocate(&disk, disk_size).map_err(|e| Error::io("allocating", &disk_path, e))?;
+    gpt::write(&mut disk, disk_size, disk_guid, &gpt_parts)?;
+
+    let offset = |i: usize| gpt_parts[i].first_lba * 512;
+    let capacity = |i: usize| (gpt_parts[i].last_lba + 1 - gpt_parts[i].first_lba) * 512;
+    let volume_id = u32::from_le_bytes(Guid::derive(seed, "esp-volume-id").as_bytes()[..4].try_into().unwrap_or([0; 4]));
+    fat::write_fat32(
+        Region::new(&mut disk, "ESP", offset(0), capacity(0)),
+        capacity(0),
+        volume_id,
+        "ESP",
+        &esp,
+    )?;
+    let root_size = {
+        let mut region = Region::new(&mut disk, "ROOT-A", offset(1), capacity(1));
+        squashfs::write_squashfs(&mut region, &root, IMAGE_EPOCH)?
+    };
+    if root_size > capacity(1) {
+        return Err(Error::TooBig {
+            what: "the root filesystem".into(),
+            size: root_size,
+            capacity: capacity(1),
+        });
+    }
+    disk.flush().map_err(|e| Error::io("writing", &disk_path, e))?;
+    disk.sync_all().map_err(|e| Error::io("syncing", &disk_path, e))?;
+    let root_sha256 = sha256_region(&mut disk, offset(1), root_size)
+        .map_err(|e| Error::io("reading", &disk_path, e))?;
+    drop(disk);
+
+    let contents = ["fat32", "squashfs", "empty", "empty", "empty"];
+    let content_sizes = [capacity(0), root_size, 0, 0, 0];
+    let manifest = ImageManifest {
+        format: 1,
+        board: opts.board.name.to_string(),
+        arch: opts.board.arch,
+        version: opts.version.clone(),
+        seed: opts.seed.clone(),
+        disk: DiskInfo {
+            file: "disk.img".into(),
+            size: disk_size,
+            sha256: sha256_file(&disk_path)?,
+            guid: disk_guid.to_string(),
+        },
+        partitions: gpt_parts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| PartitionInfo {
+                number: i as u32 + 1,
+                label: p.label.clone(),
+                type_guid: p.type_guid.to_string(),
+                guid: p.part_guid.to_string(),
+                offset: offset(i),
+                size: capacity(i),
+                content: contents[i],
+                content_size: content_sizes[i],
+            })
+            .collect(),
+        kernel: KernelInfo {
+            release,
+            modules: module_files.iter().map(|m| m.name.clone()).collect(),
+        },
+        slots: vec![SlotInfo {
+            slot: slot.to_string(),
+            entry: entry_name.file_name(),
+            cmdline,
+            root_partition: slot.root_label().into(),
+            root_sha256,
+        }],
+        inputs: vec![
+            package_input(&kernel_pkg),
+            package_input(&boot_pkg),
+            InputInfo::DeviceBinary {
+                file: opts.device_bin.display().to_string(),
+                sha256: sha256_file(&opts.device_bin)?,
+            },
+        ],
+    };
+    let json_path = staging.dir.join("image.json");
+    let mut json = serde_json::to_string_pretty(&manifest).map_err(|e| Error::ToolFailed {
+        command: "serialising image.json".into(),
+        stderr: e.to_string(),
+    })?;
+    json.push('\n');
+    write_synced(&json_path, json.as_bytes())?;
+    staging.commit()?;
+    Ok(manifest)
+}
+
+/// The kernel command line of a slot's boot entry.
+pub fn kernel_cmdline(board: &Board, slot: Slot) -> String {
+    let mut args = vec![
+        format!("console={}", board.console),
+        // init writes its own lines to the console; the kernel's chatter only slows a serial boot.
+        "quiet".to_string(),
+        // A kernel panic reboots, so the bootloader's boot counting can act.
+        "panic=5".to_string(),
+        format!("cairn.slot={slot}"),
+    ];
+    args.extend(board.kernel_args.iter().map(|a| a.to_string()));
+    args.join(" ")
+}
+
+fn initramfs(device_bin: &Path, modules: &[crate::kmod::ModuleFile]) -> Result<Vec<u8>> {
+    let mut tree = Tree::new();
+    tree.add_file("init", 0o755, device_bin.to_path_buf())?;
+    tree.add_file("etc/cairn/initramfs", 0o644, Vec::<u8>::new())?;
+    let mut list = String::new();
+    for m in modules {
+        let dest = format!("lib/modules/{}.ko", m.name);
+        list.push_str(&dest);
+        list.push('\n');
+        tree.add_file(&dest, 0o644, m.path.clone())?;
+    }
+    tree.add_file("etc/cairn/modules", 0o644, list.into_bytes())?;
+    for dir in ["dev", "proc", "sys", "run", "newroot"] {
+        tree.add_dir(dir, 0o755)?;
+    }
+    let mut out = Vec::new();
+    cpio::write_cpio(&mut out, &tree, IMAGE_EPOCH)?;
+    Ok(out)
+}
+
+fn root_tree(opts: &BuildOptions) -> Result<Tree> {
+    let mut tree = Tree::new();
+    tree.add_file("sbin/init", 0o755, opts.device_bin.clone())?;
+    let release = format!("VERSION={}\nBOARD={}\n", opts.version, opts.board.name);
+    tree.add_file("etc/cairn/release", 0o644, release.into_bytes())?;
+    for dir in ["dev", "proc", "sys", "run", "tmp", "var"] {
+        tree.add_dir(dir, 0o755)?;
+    }
+    Ok(tree)
+}
+
+fn package_input(p: &FetchedPackage) -> InputInfo {
+    InputInfo::DebianPackage {
+        package: p.record.clone(),
+        requested: p.requested.clone(),
+        source: "apt",
+    }
+}
+
+fn package_content(p: &FetchedPackage, what: &'static str, path: &Path) -> Error {
+    Error::PackageContent {
+        package: format!("{} {}", p.record.package, p.record.version),
+        what,
+        path: path
+            .strip_prefix(&p.root)
+            .unwrap_or(path)
+            .display()
+            .to_string(),
+    }
+}
+
+fn validate_version(v: &str) -> Result<()> {
+    let core = v.split(['-', '+']).next().unwrap_or("");
+    let parts: Vec<&str> = core.split('.').collect();
+    let ok = parts.len() == 3
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+        && v.bytes().all(|b| b.is_ascii_alphanumeric() || b".-+".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::BadVersion(v.to_string()))
+    }
+}
+
+/// Refuses a device binary that is missing, dynamically linked or built for another CPU: such an
+/// image would build fine and then fail to boot.
+fn check_device_binary(path: &Path, arch: Arch) -> Result<()> {
+    let bytes = match fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Error::DeviceBinaryMissing {
+                path: path.to_path_buf(),
+            })
+        }
+        Err(e) => return Err(Error::io("reading", path, e)),
+    };
+    let (expected, machine) = match arch {
+        Arch::Aarch64 => ("aarch64", 0xB7u16),
+        Arch::X86_64 => ("x86_64", 0x3Eu16),
+    };
+    let wrong = |found: String| Error::DeviceBinaryWrongArch {
+        path: path.to_path_buf(),
+        expected,
+        found,
+        target: arch.rust_target(),
+    };
+    let u16_at = |o: usize| bytes.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+    let u64_at = |o: usize| {
+        bytes
+            .get(o..o + 8)
+            .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])) as usize)
+    };
+    if bytes.get(..4) != Some(b"\x7fELF") || bytes.get(4) != Some(&2) {
+        return Err(wrong("not an ELF64 file".into()));
+    }
+    match u16_at(0x12) {
+        Some(m) if m == machine => {}
+        Some(0xB7) => return Err(wrong("built for aarch64".into())),
+        Some(0x3E) => return Err(wrong("built for x86_64".into())),
+        other => return Err(wrong(format!("ELF machine {other:?}"))),
+    }
+    let (phoff, phentsize, phnum) = (u64_at(0x20), u16_at(0x36), u16_at(0x38));
+    let (Some(phoff), Some(phentsize), Some(phnum)) = (phoff, phentsize, phnum) else {
+        return Err(wrong("truncated ELF header".into()));
+    };
+    const PT_INTERP: u32 = 3;
+    for i in 0..phnum as usize {
+        let at = phoff + i * phentsize as usize;
+        let p_type = bytes
+            .get(at..at + 4)
+            .map(|b| u32::from_le_bytes(b.try_into().unwrap_or([0; 4])));
+        if p_type == Some(PT_INTERP) {
+            return Err(wrong("dynamically linked".into()));
+        }
+    }
+    Ok(())
+}
+
+/// Gives the file its full size with real blocks behind it, so that running out of space is
+/// reported up front rather than as a sparse file that cannot be filled in later.
+fn allocate(file: &File, size: u64) -> std::io::Result<()> {
+    file.set_len(size)?;
+    let mut f = file;
+    // Writing zeros over the whole file forces allocation without holding the image in memory.
+    let zeros = vec![0u8; 64 * 1024];
+    let mut pos = 0;
+    while pos < size {
+        f.seek(SeekFrom::Start(pos))?;
+        let n = zeros.len().min((size - pos) as usize);
+        f.write_all(&zeros[..n])?;
+        pos += n as u64;
+    }
+    f.seek(SeekFrom::Start(0))?;
+    Ok(())
+}
+
+fn sha256_region(file: &mut File, offset: u64, len: u64) -> std::io::Result<String> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    file.seek(SeekFrom::Start(offset))?;
+    let mut hasher = Sha256::new();
+    let mut left = len;
+    let mut buf = vec![0u8; 1 << 20];
+    while left > 0 {
+        let n = buf.len().min(left as usize);
+        file.read_exact(&mut buf[..n])?;
+        hasher.update(&buf[..n]);
+        left -= n as u64;
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut f = File::create(path).map_err(|e| Error::io("creating", path, e))?;
+    f.write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .map_err(|e| Error::io("writing", path, e))
+}
+
+/// The hidden folder a build writes into; removed on drop unless committed.
+struct Staging {
+    dir: PathBuf,
+    out: PathBuf,
+    committed: bool,
+}
+
+impl Staging {
+    fn new(out: &Path) -> Result<Self> {
+        let name = out.file_name().ok_or_else(|| Error::BadOut {
+            path: out.to_path_buf(),
+            reason: "it has no folder name",
+        })?;
+        if out.exists() && !out.is_dir() {
+            return Err(Error::BadOut {
+                path: out.to_path_buf(),
+                reason: "it exists and is not a folder",
+            });
+        }
+        let parent = match out.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        fs::create_dir_all(&parent).map_err(|e| Error::io("creating", &parent, e))?;
+        let dir = parent.join(format!(
+            ".{}.partial-{}",
+            name.to_string_lossy(),
+            std::process::id()
+        ));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir(&dir).map_err(|e| Error::io("creating", &dir, e))?;
+        Ok(Staging {
+            dir,
+            out: out.to_path_buf(),
+            committed: false,
+        })
+    }
+
+    /// Moves the finished build into place, replacing an earlier one as a whole.
+    fn commit(mut self) -> Result<()> {
+        let old = self.dir.with_extension("old");
+        if self.out.exists() {
+            fs::rename(&self.out, &old).map_err(|e| Error::io("moving aside", &self.out, e))?;
+        }
+        fs::rename(&self.dir, &self.out).map_err(|e| Error::io("moving into place", &self.out, e))?;
+        self.committed = true;
+        let _ = fs::remove_dir_all(&old);
+        Ok(())
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions() {
+        for ok in ["0.1.0", "1.22.333", "1.0.0-rc.1", "1.0.0+build.5"] {
+            assert!(validate_version(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "1.0", "1.0.x", "1.0.0 ", "v1.0.0", "1.0.0;rm"] {
+            assert!(validate_version(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn cmdline_names_console_and_slot() {
+        let board = cairn_board::find("qemu-x86_64").unwrap();
+        let c = kernel_cmdline(board, Slot::B);
+        assert!(c.starts_with("console=ttyS0 "), "{c}");
+        assert!(c.contains(" cairn.slot=b"), "{c}");
+    }
+
+    #[test]
+    fn device_binary_checks() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope");
+        let err = check_device_binary(&missing, Arch::X86_64).unwrap_err().to_string();
+        assert!(err.contains("cargo xtask device"), "{err}");
+        let garbage = dir.path().join("garbage");
+        fs::write(&garbage, b"#!/bin/sh\n").unwrap();
+        assert!(check_device_binary(&garbage, Arch::X86_64).is_err());
+        // The test binary itself is an x86_64 (or other host) ELF with an interpreter.
+        let me = std::env::current_exe().unwrap();
+        let err = check_device_binary(&me, Arch::Aarch64).unwrap_err().to_string();
+        assert!(err.contains("aarch64"), "{err}");
+    }
+
+    #[test]
+    fn failed_build_leaves_no_partial_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        {
+            let staging = Staging::new(&out).unwrap();
+            fs::write(staging.dir.join("disk.img"), b"half").unwrap();
+        }
+        assert!(!out.exists());
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn commit_replaces_previous_output_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        fs::create_dir(&out).unwrap();
+        fs::write(out.join("stale"), b"old").unwrap();
+        let staging = Staging::new(&out).unwrap();
+        fs::write(staging.dir.join("disk.img"), b"new").unwrap();
+        staging.commit().unwrap();
+        assert!(!out.join("stale").exists());
+        assert_eq!(fs::read(out.join("disk.img")).unwrap(), b"new");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+}

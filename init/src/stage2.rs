@@ -1,0 +1,299 @@
+//! Stage 2: PID 1 inside the root filesystem, from exec to supervision.
+//!
+//! Mounts `/tmp`, reads `VERSION` from `/etc/cairn/release`, starts the supervisor (signals
+//! blocked, power keys open) and then prints the two lines boot tests wait for:
+//!
+//! ```text
+//! cairn-init: ready slot=a version=0.1.0 boot_ms=1234
+//! cairn-init: init_ms=412 rss_kib=1320
+//! ```
+//!
+//! `boot_ms` is `CLOCK_BOOTTIME` at that moment; `init_ms` runs from stage 1's start (handed over
+//! in `CAIRN_INIT_START_NS`) or, on a boot without initramfs, from stage 2's own start. The slot
+//! comes from `CAIRN_SLOT`, else from `cairn.slot` on the command line. If `/proc` is not mounted
+//! (no initramfs), stage 2 mounts the API filesystems itself.
+
+use std::time::Duration;
+
+use crate::cmdline::{Cmdline, Slot};
+use crate::error::{Error, Result};
+use crate::log::Logger;
+use crate::mounts;
+use crate::paths::{self, limits, read_limited, Paths};
+use crate::services::SERVICES;
+use crate::shutdown::Power;
+use crate::supervisor::Supervisor;
+use crate::sys::Syscalls;
+
+/// What stage 1 handed over in the environment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Handoff {
+    pub start: Option<Duration>,
+    pub slot: Option<Slot>,
+}
+
+impl Handoff {
+    /// Reads `CAIRN_INIT_START_NS` and `CAIRN_SLOT` through `get` (`std::env::var` on a device).
+    pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Self {
+        Self {
+            start: get(paths::ENV_START_NS)
+                .and_then(|s| s.parse::<u64>().ok())
+                .map(Duration::from_nanos),
+            slot: get(paths::ENV_SLOT).and_then(|s| Slot::parse(&s)),
+        }
+    }
+}
+
+/// The exact ready line tests match on.
+pub fn ready_line(slot: Slot, version: &str, boot_ms: u128) -> String {
+    format!(
+        "ready slot={} version={version} boot_ms={boot_ms}",
+        slot.as_str()
+    )
+}
+
+/// The timing line printed after the ready line.
+pub fn timing_line(init_ms: u128, rss_kib: Option<u64>) -> String {
+    match rss_kib {
+        Some(kib) => format!("init_ms={init_ms} rss_kib={kib}"),
+        None => format!("init_ms={init_ms} rss_kib=unknown"),
+    }
+}
+
+/// `VERSION=` from a release file; surrounding quotes are removed.
+pub fn parse_release_version(text: &str) -> Option<&str> {
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("VERSION="))
+        .map(|v| v.trim().trim_matches('"'))
+        .filter(|v| !v.is_empty() && !v.contains(char::is_whitespace))
+}
+
+/// `VmRSS:` in kB from `/proc/<pid>/status`.
+pub fn parse_vmrss_kib(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Everything before supervision: returns the started supervisor (ready lines printed).
+pub fn prepare<'a>(
+    sys: &'a dyn Syscalls,
+    log: &'a Logger,
+    paths: &'a Paths,
+    handoff: Handoff,
+    own_start: Duration,
+) -> Result<Supervisor<'a>> {
+    let (slot, version) = boot_facts(sys, log, paths, handoff)?;
+    let supervisor = Supervisor::start(sys, log, paths, SERVICES)?;
+    print_ready(
+        sys,
+        log,
+        paths,
+        slot,
+        &version,
+        handoff.start.unwrap_or(own_start),
+    );
+    Ok(supervisor)
+}
+
+/// Mounts and reads what the ready line needs (all the testable work of stage 2).
+pub fn boot_facts(
+    sys: &dyn Syscalls,
+    log: &Logger,
+    paths: &Paths,
+    handoff: Handoff,
+) -> Result<(Slot, String)> {
+    if !mounts::is_mount_point(&paths.at("proc")) {
+        let missing: Vec<_> = mounts::early()
+            .into_iter()
+            .filter(|m| !mounts::is_mount_point(&paths.at(m.target)))
+            .collect();
+        mounts::apply(sys, paths, &missing)?;
+    }
+    log.attach(paths);
+    mounts::apply(sys, paths, &[mounts::tmp()])?;
+
+    let slot = match handoff.slot {
+        Some(s) => s,
+        None => {
+            let text = read_limited(&paths.at(paths::PROC_CMDLINE), limits::CMDLINE)?;
+            Cmdline::parse(&text).slot()?
+        }
+    };
+    let release = paths.at(paths::RELEASE);
+    let text = read_limited(&release, limits::RELEASE)?;
+    let version = parse_release_version(&text)
+        .ok_or(Error::NoVersion { path: release })?
+        .to_owned();
+    Ok((slot, version))
+}
+
+fn print_ready(
+    sys: &dyn Syscalls,
+    log: &Logger,
+    paths: &Paths,
+    slot: Slot,
+    version: &str,
+    start: Duration,
+) {
+    let now = sys.boottime();
+    log.info(format_args!(
+        "{}",
+        ready_line(slot, version, now.as_millis())
+    ));
+    let rss = read_limited(&paths.at(paths::PROC_STATUS), limits::PROC_STATUS)
+        .ok()
+        .and_then(|s| parse_vmrss_kib(&s));
+    log.info(format_args!(
+        "{}",
+        timing_line(now.saturating_sub(start).as_millis(), rss)
+    ));
+}
+
+/// Runs stage 2 until a shutdown is requested.
+pub fn run(
+    sys: &dyn Syscalls,
+    log: &Logger,
+    paths: &Paths,
+    handoff: Handoff,
+    own_start: Duration,
+) -> Result<Power> {
+    Ok(prepare(sys, log, paths, handoff, own_start)?.run())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sys::fake::{Call, Fake};
+
+    #[test]
+    fn ready_line_format() {
+        assert_eq!(
+            format!("cairn-init: {}", ready_line(Slot::A, "0.1.0", 1234)),
+            "cairn-init: ready slot=a version=0.1.0 boot_ms=1234"
+        );
+        assert_eq!(timing_line(412, Some(1320)), "init_ms=412 rss_kib=1320");
+        let (log, mem) = Logger::memory();
+        let sys = Fake::new(); // virtual clock at 1 s
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("proc/self")).unwrap();
+        std::fs::write(
+            dir.path().join(paths::PROC_STATUS),
+            "Name:\tinit\nVmHWM:\t    2000 kB\nVmRSS:\t    1320 kB\n",
+        )
+        .unwrap();
+        let paths = Paths::under(dir.path());
+        print_ready(
+            &sys,
+            &log,
+            &paths,
+            Slot::B,
+            "0.1.0",
+            Duration::from_millis(400),
+        );
+        assert_eq!(
+            mem.lines(),
+            [
+                "cairn-init: ready slot=b version=0.1.0 boot_ms=1000",
+                "cairn-init: init_ms=600 rss_kib=1320"
+            ]
+        );
+    }
+
+    #[test]
+    fn release_and_status_parsing() {
+        assert_eq!(
+            parse_release_version("BOARD=qemu-aarch64\nVERSION=0.1.0\n"),
+            Some("0.1.0")
+        );
+        assert_eq!(parse_release_version("VERSION=\"1.2\"\n"), Some("1.2"));
+        assert_eq!(parse_release_version("BOARD=x\n"), None);
+        assert_eq!(parse_release_version("VERSION=\n"), None);
+        assert_eq!(parse_vmrss_kib("VmRSS:\t     884 kB\n"), Some(884));
+        assert_eq!(parse_vmrss_kib("VmSize: 1 kB\n"), None);
+    }
+
+    #[test]
+    fn handoff_from_env() {
+        let env = |k: &str| match k {
+            "CAIRN_INIT_START_NS" => Some("812000123".to_string()),
+            "CAIRN_SLOT" => Some("b".to_string()),
+            _ => None,
+        };
+        assert_eq!(
+            Handoff::from_env(env),
+            Handoff {
+                start: Some(Duration::from_nanos(812_000_123)),
+                slot: Some(Slot::B)
+            }
+        );
+        assert_eq!(Handoff::from_env(|_| None), Handoff::default());
+    }
+
+    fn root(release: &str, cmdline: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let r = dir.path();
+        for d in ["etc/cairn", "tmp"] {
+            std::fs::create_dir_all(r.join(d)).unwrap();
+        }
+        std::fs::write(r.join(paths::RELEASE), release).unwrap();
+        std::fs::create_dir_all(r.join("proc")).unwrap();
+        std::fs::write(r.join(paths::PROC_CMDLINE), cmdline).unwrap();
+        dir
+    }
+
+    #[test]
+    fn boot_facts_mounts_tmp_and_reads_release() {
+        let dir = root("VERSION=0.1.0\nBOARD=qemu-aarch64\n", "cairn.slot=b");
+        let sys = Fake::new();
+        let (log, _) = Logger::memory();
+        let paths = Paths::under(dir.path());
+        let handoff = Handoff {
+            start: None,
+            slot: Some(Slot::A),
+        };
+        let (slot, version) = boot_facts(&sys, &log, &paths, handoff).unwrap();
+        assert_eq!(
+            (slot, version.as_str()),
+            (Slot::A, "0.1.0"),
+            "env slot wins"
+        );
+        let calls = sys.actions();
+        // /proc in a tempdir is no mount point, so the API filesystems are mounted first.
+        let fstypes: Vec<&str> = calls
+            .iter()
+            .filter_map(|c| match c {
+                Call::Mount { fstype, .. } => Some(fstype.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(fstypes, ["proc", "sysfs", "devtmpfs", "tmpfs", "tmpfs"]);
+        assert!(calls.contains(&Call::Mount {
+            source: "tmpfs".into(),
+            target: dir.path().join("tmp"),
+            fstype: "tmpfs".into(),
+            flags: crate::sys::MountFlags::NOSUID | crate::sys::MountFlags::NODEV,
+            data: "mode=1777".into(),
+        }));
+        let (slot, _) = boot_facts(&sys, &log, &paths, Handoff::default()).unwrap();
+        assert_eq!(slot, Slot::B, "cmdline when no handoff");
+    }
+
+    #[test]
+    fn release_without_version_is_an_error() {
+        let dir = root("BOARD=x\n", "cairn.slot=a");
+        let sys = Fake::new();
+        let (log, _) = Logger::memory();
+        let err =
+            boot_facts(&sys, &log, &Paths::under(dir.path()), Handoff::default()).unwrap_err();
+        assert!(
+            err.to_string()
+                .ends_with("etc/cairn/release has no VERSION= line"),
+            "{err}"
+        );
+    }
+}

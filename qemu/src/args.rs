@@ -1,0 +1,191 @@
+//! The QEMU command line, as a pure function of the board profile and the run's files.
+//!
+//! Everything about how a machine is wired (firmware in pflash, the disk behind a qcow2 overlay on
+//! virtio-blk, user-mode networking bound to loopback, the serial console on stdout, QMP on a unix
+//! socket) is decided here and nowhere else, so it can be unit-tested without QEMU.
+
+use std::ffi::OsString;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::Path;
+
+use cairn_board::QemuProfile;
+
+use crate::options::{PortForward, WorkPaths};
+
+/// Builds the arguments (without the binary) for one run.
+///
+/// The same list serves both boards as verified against QEMU 7.2: q35 with the non-secure-boot
+/// OVMF (`OVMF_CODE_4M.fd`) needs neither SMM nor `-global` pflash settings, and `virt` with
+/// AAVMF takes the two 64 MiB pflash volumes as they are.
+pub fn qemu_args(
+    profile: &QemuProfile,
+    paths: &WorkPaths,
+    port_forwards: &[PortForward],
+    extra_args: &[String],
+) -> Vec<OsString> {
+    let mut args: Vec<OsString> = vec!["-nodefaults".into()];
+    let mut opt = |name: &str, value: OsString| {
+        args.push(name.into());
+        args.push(value);
+    };
+
+    opt("-machine", profile.machine.into());
+    // KVM exists on these hosts but hangs; TCG is explicit so QEMU never tries it.
+    opt("-accel", "tcg".into());
+    opt("-cpu", profile.cpu.into());
+    opt("-smp", profile.cpus.to_string().into());
+    opt("-m", profile.memory_mib.to_string().into());
+
+    let code = Path::new(profile.firmware_code);
+    opt(
+        "-drive",
+        with_path("if=pflash,format=raw,readonly=on,file=", code, ""),
+    );
+    opt(
+        "-drive",
+        with_path("if=pflash,format=raw,file=", &paths.vars, ""),
+    );
+    opt(
+        "-drive",
+        with_path("if=none,id=disk0,format=qcow2,file=", &paths.overlay, ""),
+    );
+    opt("-device", "virtio-blk-pci,drive=disk0,bootindex=0".into());
+
+    let mut netdev = String::from("user,id=net0");
+    for fwd in port_forwards {
+        netdev.push_str(&format!(
+            ",hostfwd=tcp:127.0.0.1:{}-:{}",
+            fwd.host, fwd.guest
+        ));
+    }
+    opt("-netdev", netdev.into());
+    // `romfile=` drops the iPXE option ROM: no network boot entry competes with the disk.
+    opt("-device", "virtio-net-pci,netdev=net0,romfile=".into());
+
+    // `signal=off`: a ^C byte on the console must not kill QEMU.
+    opt("-chardev", "stdio,id=con0,signal=off".into());
+    opt("-serial", "chardev:con0".into());
+    opt("-display", "none".into());
+    opt("-monitor", "none".into());
+    opt(
+        "-qmp",
+        with_path("unix:", &paths.qmp_socket, ",server=on,wait=off"),
+    );
+
+    args.extend(extra_args.iter().map(OsString::from));
+    args
+}
+
+/// `prefix`, `path` with its commas doubled (QEMU's escape inside option values), `suffix`.
+fn with_path(prefix: &str, path: &Path, suffix: &str) -> OsString {
+    let mut out = prefix.as_bytes().to_vec();
+    for &b in path.as_os_str().as_bytes() {
+        out.push(b);
+        if b == b',' {
+            out.push(b',');
+        }
+    }
+    out.extend_from_slice(suffix.as_bytes());
+    OsString::from_vec(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args_for(board: &str, fwd: &[PortForward], extra: &[String]) -> Vec<String> {
+        let board = cairn_board::find(board).unwrap();
+        let paths = WorkPaths::new(Path::new("/w"));
+        qemu_args(board.qemu.as_ref().unwrap(), &paths, fwd, extra)
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect()
+    }
+
+    fn expected(machine: &str, cpu: &str, code: &str, netdev: &str) -> Vec<String> {
+        [
+            "-nodefaults",
+            "-machine",
+            machine,
+            "-accel",
+            "tcg",
+            "-cpu",
+            cpu,
+            "-smp",
+            "2",
+            "-m",
+            "512",
+            "-drive",
+            &format!("if=pflash,format=raw,readonly=on,file={code}"),
+            "-drive",
+            "if=pflash,format=raw,file=/w/efivars.fd",
+            "-drive",
+            "if=none,id=disk0,format=qcow2,file=/w/overlay.qcow2",
+            "-device",
+            "virtio-blk-pci,drive=disk0,bootindex=0",
+            "-netdev",
+            netdev,
+            "-device",
+            "virtio-net-pci,netdev=net0,romfile=",
+            "-chardev",
+            "stdio,id=con0,signal=off",
+            "-serial",
+            "chardev:con0",
+            "-display",
+            "none",
+            "-monitor",
+            "none",
+            "-qmp",
+            "unix:/w/qmp.sock,server=on,wait=off",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    }
+
+    #[test]
+    fn x86_64_board() {
+        let fwd = [
+            PortForward {
+                host: 2222,
+                guest: 22,
+            },
+            PortForward {
+                host: 8443,
+                guest: 443,
+            },
+        ];
+        assert_eq!(
+            args_for("qemu-x86_64", &fwd, &[]),
+            expected(
+                "q35",
+                "max",
+                "/usr/share/OVMF/OVMF_CODE_4M.fd",
+                "user,id=net0,hostfwd=tcp:127.0.0.1:2222-:22,hostfwd=tcp:127.0.0.1:8443-:443"
+            )
+        );
+    }
+
+    #[test]
+    fn aarch64_board_with_extra_args() {
+        let extra = vec!["-no-reboot".to_string()];
+        let mut want = expected(
+            "virt",
+            "cortex-a57",
+            "/usr/share/AAVMF/AAVMF_CODE.fd",
+            "user,id=net0",
+        );
+        want.push("-no-reboot".into());
+        assert_eq!(args_for("qemu-aarch64", &[], &extra), want);
+    }
+
+    #[test]
+    fn commas_in_paths_are_doubled() {
+        let board = cairn_board::find("qemu-x86_64").unwrap();
+        let paths = WorkPaths::new(Path::new("/tmp/a,b"));
+        let args = qemu_args(board.qemu.as_ref().unwrap(), &paths, &[], &[]);
+        let args: Vec<_> = args.iter().map(|a| a.to_str().unwrap()).collect();
+        assert!(args.contains(&"if=none,id=disk0,format=qcow2,file=/tmp/a,,b/overlay.qcow2"));
+        assert!(args.contains(&"unix:/tmp/a,,b/qmp.sock,server=on,wait=off"));
+    }
+}

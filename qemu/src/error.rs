@@ -1,0 +1,148 @@
+//! Errors of the QEMU harness.
+//!
+//! Every variant names the thing that failed (binary, file, socket, console log) so that a failing
+//! VM test explains itself without re-running it; waits carry the tail of the console.
+
+use std::path::PathBuf;
+use std::process::ExitStatus;
+use std::time::Duration;
+
+/// What the fix is when a host tool or firmware file is missing.
+pub const SETUP_HINT: &str = "run `cargo xtask setup` to install QEMU and the UEFI firmware";
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("board {board} has no QEMU profile: it cannot be emulated")]
+    NoQemuProfile { board: &'static str },
+
+    #[error("{binary} is not installed: {SETUP_HINT}")]
+    NotInstalled {
+        binary: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("UEFI firmware {} (package {package}) is missing: {SETUP_HINT}", path.display())]
+    FirmwareMissing {
+        path: PathBuf,
+        package: &'static str,
+    },
+
+    #[error("disk image {} cannot be used", path.display())]
+    DiskImage {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("work directory {} cannot be prepared", path.display())]
+    WorkDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error(
+        "QMP socket path {} is {len} bytes, longer than a unix socket allows ({max}): use a \
+         shorter work directory",
+        path.display()
+    )]
+    SocketPathTooLong {
+        path: PathBuf,
+        len: usize,
+        max: usize,
+    },
+
+    #[error("cannot copy UEFI variables {} to {}", from.display(), to.display())]
+    CopyVars {
+        from: PathBuf,
+        to: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("qemu-img could not create overlay {} on {}: {status}: {stderr}", overlay.display(), backing.display())]
+    QemuImg {
+        overlay: PathBuf,
+        backing: PathBuf,
+        status: ExitStatus,
+        stderr: String,
+    },
+
+    #[error("cannot start {}", binary.display())]
+    Spawn {
+        binary: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error(
+        "timed out after {timeout:?} waiting for {waiting_for}; console log {}; last console \
+         lines:\n{tail}",
+        log.display()
+    )]
+    Timeout {
+        waiting_for: String,
+        timeout: Duration,
+        log: PathBuf,
+        tail: String,
+    },
+
+    #[error(
+        "QEMU {} while waiting for {waiting_for}; console log {}; last console lines:\n{tail}\
+         QEMU stderr:\n{stderr}",
+        match status { Some(s) => format!("exited ({s})"), None => "closed its console".to_string() },
+        log.display()
+    )]
+    Exited {
+        waiting_for: String,
+        status: Option<ExitStatus>,
+        log: PathBuf,
+        tail: String,
+        stderr: String,
+    },
+
+    #[error("cannot wait for QEMU (pid {pid})")]
+    Wait {
+        pid: u32,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("cannot connect to QMP socket {} within {timeout:?}", socket.display())]
+    QmpConnect {
+        socket: PathBuf,
+        timeout: Duration,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("QMP command {command} failed on {}", socket.display())]
+    QmpIo {
+        command: String,
+        socket: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("QMP command {command} was refused: {class}: {desc}")]
+    QmpRefused {
+        command: String,
+        class: String,
+        desc: String,
+    },
+
+    #[error("QMP protocol error during {command}: {detail}")]
+    QmpProtocol { command: String, detail: String },
+
+    #[error(
+        "CAIRN_QEMU_TIMEOUT_SCALE={value:?} is not a positive number (example: \
+         CAIRN_QEMU_TIMEOUT_SCALE=2.5)"
+    )]
+    TimeoutScale { value: String },
+
+    #[error("cannot find a free local TCP port")]
+    FreePort(#[source] std::io::Error),
+}

@@ -1,0 +1,66 @@
+//! Shared helpers of the system tests.
+//!
+//! The tests need what `cargo xtask test` prepares first: the device binaries and one image per
+//! QEMU board. They find them through the environment xtask sets (CAIRN_IMAGES, CAIRN_CACHE,
+//! CAIRN_DEVICE_BIN_<ARCH>) and are `#[ignore]`d for a plain `cargo test`, which has no images.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::{Mutex, MutexGuard};
+
+use cairn_board::{Arch, Board};
+
+fn env_path(name: &str) -> PathBuf {
+    match std::env::var_os(name) {
+        Some(v) => PathBuf::from(v),
+        None => panic!("{name} is not set: run the system tests through `cargo xtask test`"),
+    }
+}
+
+/// The folder `cargo xtask images` built for `board`.
+pub fn image_dir(board: &Board) -> PathBuf {
+    let dir = env_path("CAIRN_IMAGES").join(board.name);
+    assert!(
+        dir.join("disk.img").is_file(),
+        "{} has no disk.img: run `cargo xtask test`",
+        dir.display()
+    );
+    dir
+}
+
+pub fn cache_dir() -> PathBuf {
+    env_path("CAIRN_CACHE")
+}
+
+pub fn device_bin(arch: Arch) -> PathBuf {
+    env_path(match arch {
+        Arch::Aarch64 => "CAIRN_DEVICE_BIN_AARCH64",
+        Arch::X86_64 => "CAIRN_DEVICE_BIN_X86_64",
+    })
+}
+
+pub fn manifest(board: &Board) -> serde_json::Value {
+    let path = image_dir(board).join("image.json");
+    let text = std::fs::read_to_string(&path).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// Runs a host tool and returns its stdout; panics with its stderr when it fails or is missing.
+pub fn tool(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e} (`cargo xtask setup` installs it)"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// QEMU guests under TCG want both cores: one at a time.
+pub fn qemu_lock() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}

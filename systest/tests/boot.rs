@@ -1,0 +1,70 @@
+//! QEMU boots of the built images: firmware → systemd-boot → kernel → initramfs init → squashfs
+//! root of slot A → the ready line; then a clean power-off through the ACPI power button.
+
+use std::time::Duration;
+
+use cairn_systest::{image_dir, qemu_lock};
+
+fn boot_and_power_off(board_name: &str) {
+    let _serial = qemu_lock();
+    let board = cairn_board::find(board_name).unwrap();
+    let dir = image_dir(board);
+    let recorded = cairn_systest::manifest(board)["disk"]["sha256"].clone();
+    let work = tempfile::tempdir().unwrap();
+    let mut m = cairn_qemu::Machine::launch(cairn_qemu::LaunchOptions::new(
+        board,
+        dir.join("disk.img"),
+        work.path().to_path_buf(),
+    ))
+    .unwrap();
+    let pid = m.pid();
+
+    // systemd-boot picks the slot A entry and the kernel hands over to our init.
+    let ready = m
+        .wait_for_line("cairn-init: ready", Duration::from_secs(300))
+        .unwrap();
+    let expected = format!("cairn-init: ready slot=a version={} boot_ms=", env!("CARGO_PKG_VERSION"));
+    assert!(ready.starts_with(&expected), "ready line: {ready}");
+    let boot_ms: u64 = ready[expected.len()..].trim().parse().unwrap();
+    assert!(boot_ms > 0, "{ready}");
+    let stats = m
+        .wait_for_line("cairn-init: init_ms=", Duration::from_secs(30))
+        .unwrap();
+    assert!(stats.contains("rss_kib="), "{stats}");
+
+    m.powerdown().unwrap();
+    m.wait_for_line("cairn-init: powering off", Duration::from_secs(60))
+        .unwrap();
+    let status = m.wait_exit(Duration::from_secs(60)).unwrap();
+    assert!(status.success(), "QEMU exit: {status}");
+    let lines = m.lines();
+    assert_eq!(
+        lines.iter().filter(|l| l.contains("cairn-init: ready")).count(),
+        1,
+        "exactly one ready line"
+    );
+    assert!(
+        !lines.iter().any(|l| l.contains("cairn-init: fatal")),
+        "init reported a fatal error"
+    );
+    drop(m);
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "QEMU pid {pid} still running"
+    );
+    // The run wrote to an overlay, never to the built image.
+    let now = cairn_image::deb::sha256_file(&dir.join("disk.img")).unwrap();
+    assert_eq!(serde_json::Value::from(now), recorded);
+}
+
+#[test]
+#[ignore = "needs built images: run `cargo xtask test`"]
+fn qemu_aarch64_boots_slot_a_and_powers_off() {
+    boot_and_power_off("qemu-aarch64");
+}
+
+#[test]
+#[ignore = "needs built images: run `cargo xtask test`"]
+fn qemu_x86_64_boots_slot_a_and_powers_off() {
+    boot_and_power_off("qemu-x86_64");
+}

@@ -1,0 +1,190 @@
+//! The built images, checked from outside: reproducibility, the real partitioning, FAT, squashfs
+//! and cpio tools, and bad input that must fail with one clear line and leave nothing behind.
+
+use std::path::Path;
+use std::process::Command;
+
+use cairn_board::{Board, BOARDS};
+use cairn_image::{build, BuildOptions};
+use cairn_systest::{cache_dir, device_bin, image_dir, manifest, tool};
+
+fn options(board: &'static Board, out: &Path) -> BuildOptions {
+    let version = env!("CARGO_PKG_VERSION").to_string();
+    BuildOptions {
+        board,
+        out: out.to_path_buf(),
+        cache: cache_dir(),
+        device_bin: device_bin(board.arch),
+        seed: format!("cairn-{}-{}", board.name, version),
+        version,
+    }
+}
+
+fn qemu_boards() -> impl Iterator<Item = &'static Board> {
+    BOARDS.iter().filter(|b| b.qemu.is_some())
+}
+
+#[test]
+#[ignore = "needs built images: run `cargo xtask test`"]
+fn two_builds_are_byte_identical() {
+    for board in qemu_boards() {
+        let tmp = tempfile::tempdir().unwrap();
+        let again = build(&options(board, &tmp.path().join("again"))).unwrap();
+        let first = manifest(board);
+        assert_eq!(first["disk"]["sha256"], again.disk.sha256, "{}", board.name);
+        let recomputed = cairn_image::deb::sha256_file(&tmp.path().join("again/disk.img")).unwrap();
+        assert_eq!(recomputed, again.disk.sha256);
+    }
+}
+
+#[test]
+#[ignore = "needs built images: run `cargo xtask test`"]
+fn partition_table_is_valid_for_sgdisk_and_sfdisk() {
+    for board in qemu_boards() {
+        let disk = image_dir(board).join("disk.img");
+        let verify = tool(Command::new("sgdisk").arg("-v").arg(&disk));
+        assert!(verify.contains("No problems found"), "{verify}");
+        let json: serde_json::Value =
+            serde_json::from_str(&tool(Command::new("sfdisk").arg("--json").arg(&disk))).unwrap();
+        let parts = json["partitiontable"]["partitions"].as_array().unwrap();
+        let names: Vec<&str> = parts.iter().map(|p| p["name"].as_str().unwrap()).collect();
+        assert_eq!(names, ["ESP", "ROOT-A", "ROOT-B", "STATE", "DATA"]);
+        let recorded = manifest(board);
+        for (p, r) in parts.iter().zip(recorded["partitions"].as_array().unwrap()) {
+            assert_eq!(p["start"].as_u64().unwrap() * 512, r["offset"].as_u64().unwrap());
+            assert_eq!(p["size"].as_u64().unwrap() * 512, r["size"].as_u64().unwrap());
+            assert_eq!(p["type"].as_str().unwrap(), r["type_guid"].as_str().unwrap());
+            assert_eq!(p["uuid"].as_str().unwrap(), r["guid"].as_str().unwrap());
+        }
+    }
+}
+
+/// Copies partition `label` out of the disk into `dest` using the offsets in image.json.
+fn extract_partition(board: &Board, label: &str, dest: &Path) {
+    let m = manifest(board);
+    let p = m["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["label"] == label)
+        .unwrap();
+    let (offset, size) = (p["offset"].as_u64().unwrap(), p["size"].as_u64().unwrap());
+    let bytes = std::fs::read(image_dir(board).join("disk.img")).unwrap();
+    std::fs::write(dest, &bytes[offset as usize..(offset + size) as usize]).unwrap();
+}
+
+#[test]
+#[ignore = "needs built images: run `cargo xtask test`"]
+fn esp_root_and_initramfs_read_back_with_debian_tools() {
+    for board in qemu_boards() {
+        let tmp = tempfile::tempdir().unwrap();
+        let esp = tmp.path().join("esp.img");
+        extract_partition(board, "ESP", &esp);
+        let fsck = tool(Command::new("fsck.fat").arg("-n").arg(&esp));
+        assert!(!fsck.contains("differ"), "{fsck}");
+        let mtype = |path: &str| {
+            tool(
+                Command::new("mtype")
+                    .env("MTOOLS_SKIP_CHECK", "1")
+                    .arg("-i")
+                    .arg(&esp)
+                    .arg(format!("::{path}")),
+            )
+        };
+        let entry = mtype("/loader/entries/cairn-a+3-0.conf");
+        assert!(entry.contains("linux /EFI/cairn/a/vmlinuz"), "{entry}");
+        assert!(entry.contains("cairn.slot=a"), "{entry}");
+        assert!(mtype("/loader/loader.conf").contains("editor no"));
+        let suffix = board.arch.efi_suffix().to_ascii_uppercase();
+        let copy = tmp.path().join("boot.efi");
+        tool(
+            Command::new("mcopy")
+                .env("MTOOLS_SKIP_CHECK", "1")
+                .arg("-i")
+                .arg(&esp)
+                .arg(format!("::/EFI/BOOT/BOOT{suffix}.EFI"))
+                .arg(&copy),
+        );
+        assert_eq!(&std::fs::read(&copy).unwrap()[..2], b"MZ", "systemd-boot is a PE file");
+
+        // The initramfs, pulled off the ESP and listed by GNU cpio.
+        let initrd = tmp.path().join("initramfs.img");
+        tool(
+            Command::new("mcopy")
+                .env("MTOOLS_SKIP_CHECK", "1")
+                .arg("-i")
+                .arg(&esp)
+                .arg("::/EFI/cairn/a/initramfs.img")
+                .arg(&initrd),
+        );
+        let listing = tool(
+            Command::new("cpio")
+                .args(["-t", "--quiet", "-F"])
+                .arg(&initrd),
+        );
+        for expected in ["init", "etc/cairn/modules", "lib/modules/virtio_blk.ko"] {
+            assert!(listing.lines().any(|l| l == expected), "{expected} in {listing}");
+        }
+
+        // The squashfs root, listed by unsquashfs.
+        let root = tmp.path().join("root.img");
+        extract_partition(board, "ROOT-A", &root);
+        let ls = tool(Command::new("unsquashfs").arg("-lln").arg(&root));
+        assert!(ls.contains("squashfs-root/sbin/init"), "{ls}");
+        let release = tool(
+            Command::new("unsquashfs")
+                .arg("-cat")
+                .arg(&root)
+                .arg("etc/cairn/release"),
+        );
+        assert!(release.contains(&format!("VERSION={}", env!("CARGO_PKG_VERSION"))));
+        assert!(release.contains(&format!("BOARD={}", board.name)));
+    }
+}
+
+#[test]
+#[ignore = "needs the package cache: run `cargo xtask test`"]
+fn cached_package_with_wrong_sha256_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = cairn_image::deb::Cache::new(tmp.path());
+    let fetched = cache.fetch("systemd-boot-efi", "amd64").unwrap();
+    std::fs::write(&fetched.deb, b"not the package").unwrap();
+    let err = cache.fetch("systemd-boot-efi", "amd64").unwrap_err().to_string();
+    assert!(err.contains("sha256") && err.contains("delete it"), "{err}");
+    assert!(!err.contains('\n'), "one line: {err}");
+}
+
+#[test]
+#[ignore = "needs the package cache: run `cargo xtask test`"]
+fn missing_package_fails_cleanly_without_output() {
+    static BROKEN: Board = Board {
+        kernel_package: "linux-image-cairn-no-such-flavour",
+        ..BOARDS[1]
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let err = build(&options(&BROKEN, &out)).unwrap_err().to_string();
+    assert!(err.contains("linux-image-cairn-no-such-flavour"), "{err}");
+    assert!(err.contains("cargo xtask setup"), "{err}");
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0, "left files behind");
+}
+
+#[test]
+#[ignore = "needs root and the package cache: run `cargo xtask test`"]
+fn full_disk_fails_cleanly_without_output() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mnt = tmp.path();
+    tool(Command::new("mount").args(["-t", "tmpfs", "-o", "size=48m", "tmpfs"]).arg(mnt));
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _guard = Unmount(mnt);
+    let out = mnt.join("out");
+    let err = build(&options(&BOARDS[1], &out)).unwrap_err().to_string();
+    assert!(err.contains("no space left"), "{err}");
+    assert!(err.contains("--out"), "{err}");
+    assert_eq!(std::fs::read_dir(mnt).unwrap().count(), 0, "left files behind");
+}
