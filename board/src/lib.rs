@@ -195,13 +195,20 @@ mod tests {
     fn unknown_board_lists_the_known_ones() {
         let err = find("pi5").unwrap_err().to_string();
         assert!(err.contains("pi5"), "{err}");
-        assert!(err.contains("qemu-aarch64") && err.contains("qemu-x86_64"), "{err}");
+        assert!(
+            err.contains("qemu-aarch64") && err.contains("qemu-x86_64"),
+            "{err}"
+        );
     }
 
     #[test]
     fn board_names_are_unique() {
         for (i, a) in BOARDS.iter().enumerate() {
-            assert!(BOARDS[i + 1..].iter().all(|b| b.name != a.name), "{}", a.name);
+            assert!(
+                BOARDS[i + 1..].iter().all(|b| b.name != a.name),
+                "{}",
+                a.name
+            );
         }
     }
 }

@@ -37,7 +37,11 @@ impl EntryName {
         let bad = || Error::BadEntryName(file_name.to_string());
         let stem = file_name.strip_suffix(".conf").ok_or_else(bad)?;
         let Some((id, count)) = stem.rsplit_once('+') else {
-            return if stem.is_empty() { Err(bad()) } else { Ok(EntryName::new(stem, None)) };
+            return if stem.is_empty() {
+                Err(bad())
+            } else {
+                Ok(EntryName::new(stem, None))
+            };
         };
         let (left, done) = match count.split_once('-') {
             Some((l, d)) => (l, d),
@@ -134,7 +138,13 @@ mod tests {
 
     #[test]
     fn rejects_malformed_names() {
-        for bad in ["cairn-a", "+3-0.conf", "cairn-a+x-0.conf", "cairn-a+3-.conf", ".conf"] {
+        for bad in [
+            "cairn-a",
+            "+3-0.conf",
+            "cairn-a+x-0.conf",
+            "cairn-a+3-.conf",
+            ".conf",
+        ] {
             assert!(EntryName::parse(bad).is_err(), "{bad}");
         }
     }
@@ -150,7 +160,10 @@ mod tests {
         };
         let text = e.render().unwrap();
         assert!(text.contains("\nlinux /EFI/cairn/a/vmlinuz\n"), "{text}");
-        assert!(text.ends_with("options console=ttyS0 cairn.slot=a\n"), "{text}");
+        assert!(
+            text.ends_with("options console=ttyS0 cairn.slot=a\n"),
+            "{text}"
+        );
         e.title = "x\noptions init=/bin/sh".into();
         assert_eq!(e.render(), Err(Error::BadField { field: "title" }));
     }

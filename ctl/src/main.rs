@@ -8,7 +8,11 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "cairnctl", version, about = "Build, run and manage Cairn appliances")]
+#[command(
+    name = "cairnctl",
+    version,
+    about = "Build, run and manage Cairn appliances"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -152,9 +156,11 @@ fn image_build(args: BuildArgs) -> anyhow::Result<()> {
         board,
         out: args.out.clone(),
         cache: args.cache.unwrap_or_else(default_cache),
-        device_bin: args
-            .device_bin
-            .unwrap_or_else(|| target_dir.join(board.arch.rust_target()).join("device/cairn")),
+        device_bin: args.device_bin.unwrap_or_else(|| {
+            target_dir
+                .join(board.arch.rust_target())
+                .join("device/cairn")
+        }),
         seed: args
             .seed
             .unwrap_or_else(|| format!("cairn-{}-{}", board.name, args.version)),

@@ -1,6 +1,6 @@
 //! `cairn`: the one binary on a Cairn device, multi-call by role.
 //!
-//! The role is argv[0]'s file name (`/init` and `/sbin/init` are `init`), or the first argument
+//! The role is `argv[0]`'s file name (`/init` and `/sbin/init` are `init`), or the first argument
 //! when invoked as `cairn` (`cairn init`). All logic lives in the role libraries; this file only
 //! dispatches, so it stays free of argument-parsing crates and small.
 

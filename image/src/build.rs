@@ -132,9 +132,16 @@ pub fn build(opts: &BuildOptions) -> Result<ImageManifest> {
         return Err(package_content(&kernel_pkg, "kernel image", &kernel));
     }
     let efi_name = format!("systemd-boot{}.efi", opts.board.arch.efi_suffix());
-    let sd_boot = boot_pkg.root.join("usr/lib/systemd/boot/efi").join(&efi_name);
+    let sd_boot = boot_pkg
+        .root
+        .join("usr/lib/systemd/boot/efi")
+        .join(&efi_name);
     if !sd_boot.is_file() {
-        return Err(package_content(&boot_pkg, "systemd-boot EFI binary", &sd_boot));
+        return Err(package_content(
+            &boot_pkg,
+            "systemd-boot EFI binary",
+            &sd_boot,
+        ));
     }
 
     let initramfs = initramfs(&opts.device_bin, &module_files)?;
@@ -158,11 +165,19 @@ pub fn build(opts: &BuildOptions) -> Result<ImageManifest> {
     };
     let mut esp = Tree::new();
     let suffix = opts.board.arch.efi_suffix().to_ascii_uppercase();
-    esp.add_file(&format!("EFI/BOOT/BOOT{suffix}.EFI"), 0o644, sd_boot.clone())?;
+    esp.add_file(
+        &format!("EFI/BOOT/BOOT{suffix}.EFI"),
+        0o644,
+        sd_boot.clone(),
+    )?;
     esp.add_file(&format!("EFI/systemd/{efi_name}"), 0o644, sd_boot)?;
     esp.add_file(&format!("EFI/cairn/{slot}/vmlinuz"), 0o644, kernel)?;
     esp.add_file(&format!("EFI/cairn/{slot}/initramfs.img"), 0o644, initramfs)?;
-    esp.add_file("loader/loader.conf", 0o644, bls::loader_conf(slot).into_bytes())?;
+    esp.add_file(
+        "loader/loader.conf",
+        0o644,
+        bls::loader_conf(slot).into_bytes(),
+    )?;
     let entry_text = entry.render().map_err(|e| Error::ToolFailed {
         command: "rendering the boot entry".into(),
         stderr: e.to_string(),
@@ -215,7 +230,11 @@ pub fn build(opts: &BuildOptions) -> Result<ImageManifest> {
 
     let offset = |i: usize| gpt_parts[i].first_lba * 512;
     let capacity = |i: usize| (gpt_parts[i].last_lba + 1 - gpt_parts[i].first_lba) * 512;
-    let volume_id = u32::from_le_bytes(Guid::derive(seed, "esp-volume-id").as_bytes()[..4].try_into().unwrap_or([0; 4]));
+    let volume_id = u32::from_le_bytes(
+        Guid::derive(seed, "esp-volume-id").as_bytes()[..4]
+            .try_into()
+            .unwrap_or([0; 4]),
+    );
     fat::write_fat32(
         Region::new(&mut disk, "ESP", offset(0), capacity(0)),
         capacity(0),
@@ -234,8 +253,10 @@ pub fn build(opts: &BuildOptions) -> Result<ImageManifest> {
             capacity: capacity(1),
         });
     }
-    disk.flush().map_err(|e| Error::io("writing", &disk_path, e))?;
-    disk.sync_all().map_err(|e| Error::io("syncing", &disk_path, e))?;
+    disk.flush()
+        .map_err(|e| Error::io("writing", &disk_path, e))?;
+    disk.sync_all()
+        .map_err(|e| Error::io("syncing", &disk_path, e))?;
     let root_sha256 = sha256_region(&mut disk, offset(1), root_size)
         .map_err(|e| Error::io("reading", &disk_path, e))?;
     drop(disk);
@@ -371,7 +392,8 @@ fn validate_version(v: &str) -> Result<()> {
         && parts
             .iter()
             .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
-        && v.bytes().all(|b| b.is_ascii_alphanumeric() || b".-+".contains(&b));
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-+".contains(&b));
     if ok {
         Ok(())
     } else {
@@ -401,7 +423,11 @@ fn check_device_binary(path: &Path, arch: Arch) -> Result<()> {
         found,
         target: arch.rust_target(),
     };
-    let u16_at = |o: usize| bytes.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+    let u16_at = |o: usize| {
+        bytes
+            .get(o..o + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+    };
     let u64_at = |o: usize| {
         bytes
             .get(o..o + 8)
@@ -518,7 +544,8 @@ impl Staging {
         if self.out.exists() {
             fs::rename(&self.out, &old).map_err(|e| Error::io("moving aside", &self.out, e))?;
         }
-        fs::rename(&self.dir, &self.out).map_err(|e| Error::io("moving into place", &self.out, e))?;
+        fs::rename(&self.dir, &self.out)
+            .map_err(|e| Error::io("moving into place", &self.out, e))?;
         self.committed = true;
         let _ = fs::remove_dir_all(&old);
         Ok(())
@@ -559,14 +586,18 @@ mod tests {
     fn device_binary_checks() {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("nope");
-        let err = check_device_binary(&missing, Arch::X86_64).unwrap_err().to_string();
+        let err = check_device_binary(&missing, Arch::X86_64)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("cargo xtask device"), "{err}");
         let garbage = dir.path().join("garbage");
         fs::write(&garbage, b"#!/bin/sh\n").unwrap();
         assert!(check_device_binary(&garbage, Arch::X86_64).is_err());
         // The test binary itself is an x86_64 (or other host) ELF with an interpreter.
         let me = std::env::current_exe().unwrap();
-        let err = check_device_binary(&me, Arch::Aarch64).unwrap_err().to_string();
+        let err = check_device_binary(&me, Arch::Aarch64)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("aarch64"), "{err}");
     }
 

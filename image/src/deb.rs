@@ -160,7 +160,11 @@ impl Cache {
         }
 
         // Download into a private folder, verify, then rename: a cut download never looks cached.
-        let partial = debs.join(format!(".download-{}-{}", record.package, std::process::id()));
+        let partial = debs.join(format!(
+            ".download-{}-{}",
+            record.package,
+            std::process::id()
+        ));
         let _ = fs::remove_dir_all(&partial);
         fs::create_dir_all(&partial).map_err(|e| Error::io("creating", &partial, e))?;
         let spec = format!("{}:{}={}", record.package, record.arch, record.version);
@@ -265,7 +269,9 @@ pub fn sha256_file(path: &Path) -> Result<String> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = file.read(&mut buf).map_err(|e| Error::io("reading", path, e))?;
+        let n = file
+            .read(&mut buf)
+            .map_err(|e| Error::io("reading", path, e))?;
         if n == 0 {
             break;
         }

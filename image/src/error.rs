@@ -36,7 +36,10 @@ pub enum Error {
     PackageNotFound { package: String, arch: String },
 
     #[error("apt's record of `{package}` has no {field} field")]
-    PackageRecord { package: String, field: &'static str },
+    PackageRecord {
+        package: String,
+        field: &'static str,
+    },
 
     #[error("cached package {} has sha256 {actual}, but the apt index says {expected}: delete it and build again", path.display())]
     CacheMismatch {
@@ -59,7 +62,9 @@ pub enum Error {
         path: String,
     },
 
-    #[error("kernel module `{name}` is neither built into kernel {kernel} nor shipped as a module")]
+    #[error(
+        "kernel module `{name}` is neither built into kernel {kernel} nor shipped as a module"
+    )]
     ModuleNotFound { name: String, kernel: String },
 
     #[error("kernel module {}: {reason}", path.display())]

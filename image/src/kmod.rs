@@ -245,7 +245,10 @@ mod tests {
         let m = dir.join("lib/modules/6.1.0-test");
         fs::create_dir_all(m.join("kernel/drivers")).unwrap();
         let modules: &[(&str, &[&str])] = &[
-            ("virtio_blk", &["depends=virtio,virtio_ring", "name=virtio_blk"]),
+            (
+                "virtio_blk",
+                &["depends=virtio,virtio_ring", "name=virtio_blk"],
+            ),
             ("virtio", &["depends=", "name=virtio"]),
             ("virtio_ring", &["depends=virtio", "name=virtio_ring"]),
             ("loop-a", &["depends=loop_b"]),
@@ -253,11 +256,19 @@ mod tests {
         ];
         let mut order = String::new();
         for (name, info) in modules {
-            fs::write(m.join(format!("kernel/drivers/{name}.ko")), fake_module(info)).unwrap();
+            fs::write(
+                m.join(format!("kernel/drivers/{name}.ko")),
+                fake_module(info),
+            )
+            .unwrap();
             order.push_str(&format!("kernel/drivers/{name}.ko\n"));
         }
         fs::write(m.join("modules.order"), order).unwrap();
-        fs::write(m.join("modules.builtin"), "kernel/fs/squashfs/squashfs.ko\n").unwrap();
+        fs::write(
+            m.join("modules.builtin"),
+            "kernel/fs/squashfs/squashfs.ko\n",
+        )
+        .unwrap();
     }
 
     #[test]
@@ -291,7 +302,10 @@ mod tests {
         fake_tree(dir.path());
         let tree = ModuleTree::open(dir.path()).unwrap();
         let err = tree.resolve(&["nvme"]).unwrap_err().to_string();
-        assert!(err.contains("`nvme`") && err.contains("6.1.0-test"), "{err}");
+        assert!(
+            err.contains("`nvme`") && err.contains("6.1.0-test"),
+            "{err}"
+        );
         let err = tree.resolve(&["loop_a"]).unwrap_err().to_string();
         assert!(err.contains("cycle"), "{err}");
     }

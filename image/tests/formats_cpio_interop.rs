@@ -42,14 +42,18 @@ fn cpio(archive: &Path, cwd: &Path, args: &[&str]) -> String {
 }
 
 fn sample(host_dir: &Path) -> (Tree, Vec<u8>) {
-    let big: Vec<u8> = (0..200_003u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let big: Vec<u8> = (0..200_003u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
     let host = host_dir.join("module.ko");
     fs::write(&host, &big).unwrap();
     let mut t = Tree::new();
-    t.add_file("init", 0o755, "#!/bin/sh\nexec /sbin/cairn\n").unwrap();
+    t.add_file("init", 0o755, "#!/bin/sh\nexec /sbin/cairn\n")
+        .unwrap();
     t.add_file("etc/os-release", 0o644, "ID=cairn\n").unwrap();
     t.add_file("etc/empty", 0o600, Vec::new()).unwrap();
-    t.add_file("lib/modules/6.1/kernel/drivers/virtio_blk.ko", 0o644, host).unwrap();
+    t.add_file("lib/modules/6.1/kernel/drivers/virtio_blk.ko", 0o644, host)
+        .unwrap();
     t.add_dir("root", 0o700).unwrap();
     t.add_symlink("bin", "usr/bin").unwrap();
     t.add_symlink("usr/bin/sh", "/sbin/cairn").unwrap();
@@ -73,8 +77,15 @@ fn gnu_cpio_lists_our_entries_modes_and_owners() {
     let expected: Vec<&str> = tree.iter().map(|(p, _)| p.as_str()).collect();
     assert_eq!(names.lines().collect::<Vec<_>>(), expected);
 
-    let long = cpio(&archive, dir.path(), &["-i", "--list", "--verbose", "--numeric-uid-gid", "--quiet"]);
-    let rows: Vec<Vec<&str>> = long.lines().map(|l| l.split_whitespace().collect()).collect();
+    let long = cpio(
+        &archive,
+        dir.path(),
+        &["-i", "--list", "--verbose", "--numeric-uid-gid", "--quiet"],
+    );
+    let rows: Vec<Vec<&str>> = long
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
     let row = |name: &str| {
         rows.iter()
             .find(|r| r.get(8) == Some(&name))
@@ -94,7 +105,10 @@ fn gnu_cpio_lists_our_entries_modes_and_owners() {
         assert_eq!(&r[5..8], ["Jan", "1", "2020"], "{name} mtime: {r:?}");
     }
     assert_eq!(&row("bin")[9..], ["->", "usr/bin"]);
-    assert_eq!(row("lib/modules/6.1/kernel/drivers/virtio_blk.ko")[4], "200003");
+    assert_eq!(
+        row("lib/modules/6.1/kernel/drivers/virtio_blk.ko")[4],
+        "200003"
+    );
 }
 
 #[test]
@@ -105,19 +119,48 @@ fn gnu_cpio_extracts_contents_modes_and_links() {
     write(&tree, &archive);
     let out = dir.path().join("out");
     fs::create_dir(&out).unwrap();
-    cpio(&archive, &out, &["-i", "--make-directories", "--preserve-modification-time", "--quiet"]);
+    cpio(
+        &archive,
+        &out,
+        &[
+            "-i",
+            "--make-directories",
+            "--preserve-modification-time",
+            "--quiet",
+        ],
+    );
 
-    assert_eq!(fs::read(out.join("init")).unwrap(), b"#!/bin/sh\nexec /sbin/cairn\n");
+    assert_eq!(
+        fs::read(out.join("init")).unwrap(),
+        b"#!/bin/sh\nexec /sbin/cairn\n"
+    );
     assert_eq!(fs::read(out.join("etc/os-release")).unwrap(), b"ID=cairn\n");
     assert_eq!(fs::read(out.join("etc/empty")).unwrap(), b"");
-    assert_eq!(fs::read(out.join("lib/modules/6.1/kernel/drivers/virtio_blk.ko")).unwrap(), big);
-    assert_eq!(fs::read_link(out.join("bin")).unwrap(), Path::new("usr/bin"));
-    assert_eq!(fs::read_link(out.join("usr/bin/sh")).unwrap(), Path::new("/sbin/cairn"));
-    for (path, mode) in [("init", 0o755), ("etc/empty", 0o600), ("root", 0o700), ("lib", 0o755)] {
+    assert_eq!(
+        fs::read(out.join("lib/modules/6.1/kernel/drivers/virtio_blk.ko")).unwrap(),
+        big
+    );
+    assert_eq!(
+        fs::read_link(out.join("bin")).unwrap(),
+        Path::new("usr/bin")
+    );
+    assert_eq!(
+        fs::read_link(out.join("usr/bin/sh")).unwrap(),
+        Path::new("/sbin/cairn")
+    );
+    for (path, mode) in [
+        ("init", 0o755),
+        ("etc/empty", 0o600),
+        ("root", 0o700),
+        ("lib", 0o755),
+    ] {
         let meta = fs::symlink_metadata(out.join(path)).unwrap();
         assert_eq!(meta.permissions().mode() & 0o7777, mode, "{path}");
     }
-    assert_eq!(fs::metadata(out.join("init")).unwrap().mtime(), i64::from(MTIME));
+    assert_eq!(
+        fs::metadata(out.join("init")).unwrap().mtime(),
+        i64::from(MTIME)
+    );
 }
 
 #[test]

@@ -27,21 +27,35 @@ fn tool(name: &str, package: &str) -> PathBuf {
 }
 
 fn run(tool: &Path, args: &[&str]) -> String {
-    let out = Command::new(tool).args(args).output().expect("run peer tool");
+    let out = Command::new(tool)
+        .args(args)
+        .output()
+        .expect("run peer tool");
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success(), "{} {args:?} failed ({}):\n{text}", tool.display(), out.status);
+    assert!(
+        out.status.success(),
+        "{} {args:?} failed ({}):\n{text}",
+        tool.display(),
+        out.status
+    );
     text
 }
 
 fn partitions() -> Vec<GptPartition> {
-    let sizes: Vec<(String, u64)> = [("ESP", 8 * MIB), ("ROOT-A", 16 * MIB), ("ROOT-B", 16 * MIB), ("STATE", 4 * MIB), ("DATA", 17 * MIB)]
-        .into_iter()
-        .map(|(l, s)| (l.to_string(), s))
-        .collect();
+    let sizes: Vec<(String, u64)> = [
+        ("ESP", 8 * MIB),
+        ("ROOT-A", 16 * MIB),
+        ("ROOT-B", 16 * MIB),
+        ("STATE", 4 * MIB),
+        ("DATA", 17 * MIB),
+    ]
+    .into_iter()
+    .map(|(l, s)| (l.to_string(), s))
+    .collect();
     let root_type = Guid::parse("B921B045-1DF0-41C3-AF44-4C6F280D3FAE").unwrap();
     gpt::layout(DISK_BYTES, &sizes)
         .unwrap()
@@ -64,9 +78,21 @@ fn partitions() -> Vec<GptPartition> {
 
 fn disk(dir: &Path) -> (PathBuf, File) {
     let path = dir.join("disk.img");
-    let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path).unwrap();
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .unwrap();
     file.set_len(DISK_BYTES).unwrap();
-    gpt::write(&mut file, DISK_BYTES, Guid::derive(b"interop", "disk"), &partitions()).unwrap();
+    gpt::write(
+        &mut file,
+        DISK_BYTES,
+        Guid::derive(b"interop", "disk"),
+        &partitions(),
+    )
+    .unwrap();
     (path, file)
 }
 
@@ -75,7 +101,9 @@ fn disk(dir: &Path) -> (PathBuf, File) {
 fn sgdisk_is_clean(out: &str) -> bool {
     let lower = out.to_lowercase();
     out.contains("No problems found")
-        && !["caution", "corrupt", "warning", "problem:"].iter().any(|w| lower.contains(w))
+        && !["caution", "corrupt", "warning", "problem:"]
+            .iter()
+            .any(|w| lower.contains(w))
 }
 
 #[test]
@@ -94,9 +122,15 @@ fn sgdisk_notices_a_corrupt_primary_header() {
     let dir = tempfile::tempdir().unwrap();
     let (path, file) = disk(dir.path());
     file.write_all_at(&[0xFF], 512 + 60).unwrap();
-    let out = Command::new(&sgdisk).args(["-v", path.to_str().unwrap()]).output().unwrap();
+    let out = Command::new(&sgdisk)
+        .args(["-v", path.to_str().unwrap()])
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(!sgdisk_is_clean(&text), "sgdisk -v accepted a bad header CRC:\n{text}");
+    assert!(
+        !sgdisk_is_clean(&text),
+        "sgdisk -v accepted a bad header CRC:\n{text}"
+    );
 }
 
 #[test]
@@ -121,7 +155,12 @@ fn sfdisk_reads_back_what_we_wrote() {
         assert_eq!(s["size"], e.last_lba - e.first_lba + 1, "{}", e.label);
         assert_eq!(s["type"], e.type_guid.to_string(), "{}", e.label);
         assert_eq!(s["uuid"], e.part_guid.to_string(), "{}", e.label);
-        assert_eq!(s["start"].as_u64().unwrap() % 2048, 0, "{} is 1 MiB aligned", e.label);
+        assert_eq!(
+            s["start"].as_u64().unwrap() % 2048,
+            0,
+            "{} is 1 MiB aligned",
+            e.label
+        );
     }
     assert_eq!(seen[1]["attrs"], "GUID:48", "ROOT-A attribute bit 48");
 }
@@ -137,17 +176,35 @@ fn our_reader_agrees_after_sfdisk_rewrites_the_table() {
     let copy = dir.path().join("copy.img");
     File::create(&copy).unwrap().set_len(DISK_BYTES).unwrap();
     let mut child = Command::new(&sfdisk)
-        .args(["--quiet", "--no-reread", "--no-tell-kernel", copy.to_str().unwrap()])
+        .args([
+            "--quiet",
+            "--no-reread",
+            "--no-tell-kernel",
+            copy.to_str().unwrap(),
+        ])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     use std::io::Write;
-    child.stdin.take().unwrap().write_all(dump.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(dump.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "sfdisk restore: {}", String::from_utf8_lossy(&out.stderr));
-    let mut f = OpenOptions::new().read(true).write(true).open(&copy).unwrap();
+    assert!(
+        out.status.success(),
+        "sfdisk restore: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&copy)
+        .unwrap();
     let table = gpt::read(&mut f).unwrap();
     assert_eq!(table.disk_guid, Guid::derive(b"interop", "disk"));
     assert_eq!(table.partitions, partitions());

@@ -21,7 +21,8 @@ pub fn run() -> ExitCode {
     let pid = rustix::process::getpid();
     if !pid.is_init() {
         eprintln!(
-            "cairn-init: refusing to start as pid {}: init only runs as process 1 on a Cairn device",
+            "cairn-init: refusing to start as pid {}: init only runs as process 1 on a Cairn \
+             device",
             pid.as_raw_nonzero()
         );
         return ExitCode::from(2);

@@ -80,7 +80,8 @@ pub enum Error {
     BadNewRoot { root: PathBuf, what: String },
 
     #[error(
-        "refusing to delete the initramfs: {path} is not a ramfs/tmpfs (filesystem magic {magic:#x})"
+        "refusing to delete the initramfs: {path} is not a ramfs/tmpfs \
+         (filesystem magic {magic:#x})"
     )]
     NotInitramfs { path: PathBuf, magic: u64 },
 

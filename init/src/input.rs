@@ -1,8 +1,9 @@
 //! The power key: finding input devices that have `KEY_POWER` and decoding their events.
 //!
-//! An evdev device `eventN` advertises its keys in `/sys/class/input/eventN/device/capabilities/key`
-//! as space-separated hex words of the kernel's `long` size, most significant word first, with
-//! leading zero words omitted (a power button reads `10000000000000 0`: bit 116 = word 1, bit 52).
+//! An evdev device `eventN` advertises its keys in
+//! `/sys/class/input/eventN/device/capabilities/key` as space-separated hex words of the
+//! kernel's `long` size, most significant word first, with leading zero words omitted (a power
+//! button reads `10000000000000 0`: bit 116 = word 1, bit 52).
 //! [`PowerKeys`] opens `/dev/input/eventN` for every device with bit [`KEY_POWER`] set and
 //! [`decode`]s the fixed-size `struct input_event` records read from it. QEMU's
 //! `system_powerdown` presses the ACPI power button (x86: input device "Power Button"; arm64

@@ -1,8 +1,8 @@
 //! The file contract between init, the kernel and the image builder, rooted at one directory.
 //!
-//! Every path init reads or writes is a constant here, joined onto [`Paths::root`]: `/` on a device,
-//! a tempdir in unit tests. Files are read with [`read_limited`], which caps their size, because
-//! a PID 1 that allocates without bound can take the machine down with it.
+//! Every path init reads or writes is a constant here, joined onto [`Paths::root`]: `/` on a
+//! device, a tempdir in unit tests. Files are read with [`read_limited`], which caps their size,
+//! because a PID 1 that allocates without bound can take the machine down with it.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};

@@ -3,7 +3,7 @@
 //!
 //! There are no services yet. `cairnd` will be the first: the same binary, started as
 //! `ServiceSpec { name: "cairnd", path: "/sbin/init", argv: &["cairnd"] }` (the role comes from
-//! argv[0]). A service that exits is restarted after [`FIRST_BACKOFF`], doubling per quick
+//! `argv[0]`). A service that exits is restarted after [`FIRST_BACKOFF`], doubling per quick
 //! failure up to [`MAX_BACKOFF`]; one that ran for [`STABLE_AFTER`] starts over at the first delay.
 //! Children are spawned with an empty environment and signal mask, and reaped by the supervisor's
 //! `waitpid(-1)` like any orphan.
@@ -23,7 +23,7 @@ pub const STABLE_AFTER: Duration = Duration::from_secs(60);
 pub struct ServiceSpec {
     pub name: &'static str,
     pub path: &'static str,
-    /// Including argv[0].
+    /// Including `argv[0]`.
     pub argv: &'static [&'static str],
 }
 

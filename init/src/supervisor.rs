@@ -12,7 +12,7 @@
 //! | `SIGINT` | kernel on Ctrl-Alt-Del (init disables the immediate CAD reboot) | clean reboot |
 //! | `SIGTERM` | anyone (e.g. cairnd) | clean reboot |
 //! | `SIGUSR1`, `SIGUSR2`, `SIGPWR` | anyone; `SIGPWR` by UPS/power daemons | clean power-off |
-//! | `KEY_POWER` press on `/dev/input/eventN` | ACPI/GPIO power button, QEMU `system_powerdown` | clean power-off |
+//! | `KEY_POWER` press, `/dev/input/eventN` | power button; QEMU `system_powerdown` | power-off |
 //!
 //! Any other signal is left unblocked, and the kernel discards it for PID 1.
 
@@ -160,6 +160,8 @@ impl<'a> Supervisor<'a> {
         let mut keys = PowerKeys::default();
         keys.rescan(paths, log);
         let mut services = Services::new(services, now);
+        // SIGCHLDs from before the signalfd existed were discarded (PID 1, default action).
+        reap_all(sys, log, &mut services);
         services.start_due(sys, log, now);
         Ok(Self {
             sys,

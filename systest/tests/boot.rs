@@ -23,7 +23,10 @@ fn boot_and_power_off(board_name: &str) {
     let ready = m
         .wait_for_line("cairn-init: ready", Duration::from_secs(300))
         .unwrap();
-    let expected = format!("cairn-init: ready slot=a version={} boot_ms=", env!("CARGO_PKG_VERSION"));
+    let expected = format!(
+        "cairn-init: ready slot=a version={} boot_ms=",
+        env!("CARGO_PKG_VERSION")
+    );
     assert!(ready.starts_with(&expected), "ready line: {ready}");
     let boot_ms: u64 = ready[expected.len()..].trim().parse().unwrap();
     assert!(boot_ms > 0, "{ready}");
@@ -33,13 +36,19 @@ fn boot_and_power_off(board_name: &str) {
     assert!(stats.contains("rss_kib="), "{stats}");
 
     m.powerdown().unwrap();
-    m.wait_for_line("cairn-init: powering off", Duration::from_secs(60))
-        .unwrap();
+    m.wait_for_line(
+        "synced and unmounted; powering off",
+        Duration::from_secs(60),
+    )
+    .unwrap();
     let status = m.wait_exit(Duration::from_secs(60)).unwrap();
     assert!(status.success(), "QEMU exit: {status}");
     let lines = m.lines();
     assert_eq!(
-        lines.iter().filter(|l| l.contains("cairn-init: ready")).count(),
+        lines
+            .iter()
+            .filter(|l| l.contains("cairn-init: ready"))
+            .count(),
         1,
         "exactly one ready line"
     );

@@ -51,9 +51,18 @@ fn partition_table_is_valid_for_sgdisk_and_sfdisk() {
         assert_eq!(names, ["ESP", "ROOT-A", "ROOT-B", "STATE", "DATA"]);
         let recorded = manifest(board);
         for (p, r) in parts.iter().zip(recorded["partitions"].as_array().unwrap()) {
-            assert_eq!(p["start"].as_u64().unwrap() * 512, r["offset"].as_u64().unwrap());
-            assert_eq!(p["size"].as_u64().unwrap() * 512, r["size"].as_u64().unwrap());
-            assert_eq!(p["type"].as_str().unwrap(), r["type_guid"].as_str().unwrap());
+            assert_eq!(
+                p["start"].as_u64().unwrap() * 512,
+                r["offset"].as_u64().unwrap()
+            );
+            assert_eq!(
+                p["size"].as_u64().unwrap() * 512,
+                r["size"].as_u64().unwrap()
+            );
+            assert_eq!(
+                p["type"].as_str().unwrap(),
+                r["type_guid"].as_str().unwrap()
+            );
             assert_eq!(p["uuid"].as_str().unwrap(), r["guid"].as_str().unwrap());
         }
     }
@@ -105,7 +114,11 @@ fn esp_root_and_initramfs_read_back_with_debian_tools() {
                 .arg(format!("::/EFI/BOOT/BOOT{suffix}.EFI"))
                 .arg(&copy),
         );
-        assert_eq!(&std::fs::read(&copy).unwrap()[..2], b"MZ", "systemd-boot is a PE file");
+        assert_eq!(
+            &std::fs::read(&copy).unwrap()[..2],
+            b"MZ",
+            "systemd-boot is a PE file"
+        );
 
         // The initramfs, pulled off the ESP and listed by GNU cpio.
         let initrd = tmp.path().join("initramfs.img");
@@ -123,7 +136,10 @@ fn esp_root_and_initramfs_read_back_with_debian_tools() {
                 .arg(&initrd),
         );
         for expected in ["init", "etc/cairn/modules", "lib/modules/virtio_blk.ko"] {
-            assert!(listing.lines().any(|l| l == expected), "{expected} in {listing}");
+            assert!(
+                listing.lines().any(|l| l == expected),
+                "{expected} in {listing}"
+            );
         }
 
         // The squashfs root, listed by unsquashfs.
@@ -149,7 +165,10 @@ fn cached_package_with_wrong_sha256_is_refused() {
     let cache = cairn_image::deb::Cache::new(tmp.path());
     let fetched = cache.fetch("systemd-boot-efi", "amd64").unwrap();
     std::fs::write(&fetched.deb, b"not the package").unwrap();
-    let err = cache.fetch("systemd-boot-efi", "amd64").unwrap_err().to_string();
+    let err = cache
+        .fetch("systemd-boot-efi", "amd64")
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("sha256") && err.contains("delete it"), "{err}");
     assert!(!err.contains('\n'), "one line: {err}");
 }
@@ -166,7 +185,11 @@ fn missing_package_fails_cleanly_without_output() {
     let err = build(&options(&BROKEN, &out)).unwrap_err().to_string();
     assert!(err.contains("linux-image-cairn-no-such-flavour"), "{err}");
     assert!(err.contains("cargo xtask setup"), "{err}");
-    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0, "left files behind");
+    assert_eq!(
+        std::fs::read_dir(tmp.path()).unwrap().count(),
+        0,
+        "left files behind"
+    );
 }
 
 #[test]
@@ -174,7 +197,11 @@ fn missing_package_fails_cleanly_without_output() {
 fn full_disk_fails_cleanly_without_output() {
     let tmp = tempfile::tempdir().unwrap();
     let mnt = tmp.path();
-    tool(Command::new("mount").args(["-t", "tmpfs", "-o", "size=48m", "tmpfs"]).arg(mnt));
+    tool(
+        Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=48m", "tmpfs"])
+            .arg(mnt),
+    );
     struct Unmount<'a>(&'a Path);
     impl Drop for Unmount<'_> {
         fn drop(&mut self) {
@@ -186,5 +213,9 @@ fn full_disk_fails_cleanly_without_output() {
     let err = build(&options(&BOARDS[1], &out)).unwrap_err().to_string();
     assert!(err.contains("no space left"), "{err}");
     assert!(err.contains("--out"), "{err}");
-    assert_eq!(std::fs::read_dir(mnt).unwrap().count(), 0, "left files behind");
+    assert_eq!(
+        std::fs::read_dir(mnt).unwrap().count(),
+        0,
+        "left files behind"
+    );
 }

@@ -82,9 +82,7 @@ pub fn step(title: &str) {
 }
 
 pub fn run(cmd: &mut Command) -> Result<()> {
-    let status = cmd
-        .status()
-        .with_context(|| format!("running {cmd:?}"))?;
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} failed ({status})");
     }
@@ -178,7 +176,10 @@ fn demo() -> Result<()> {
             fields.get(key).map(String::as_str).unwrap_or("?")
         );
     }
-    eprintln!("    wall clock   {:.1} s from QEMU start to ready", wall.as_secs_f64());
+    eprintln!(
+        "    wall clock   {:.1} s from QEMU start to ready",
+        wall.as_secs_f64()
+    );
     eprintln!("    powered off  QEMU exited ({status})");
     eprintln!("    image        {}", dir.display());
     Ok(())
@@ -190,7 +191,13 @@ fn test() -> Result<()> {
     run(cargo().args(["fmt", "--all", "--check"]))?;
     step("clippy (host, all targets)");
     run(cargo().args([
-        "clippy", "--quiet", "--workspace", "--all-targets", "--", "-D", "warnings",
+        "clippy",
+        "--quiet",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
     ]))?;
     for arch in ARCHES {
         step(&format!("clippy (device crates, {})", arch.rust_target()));

@@ -64,7 +64,15 @@ pub fn run(images: &[(&'static Board, PathBuf)]) -> Result<()> {
         }
         let disk = std::fs::metadata(dir.join("disk.img"))?.len();
         let bin = std::fs::metadata(device_bin(board.arch))?.len();
-        rows.push((board.name, bin, disk, median(boot), median(init), median(rss), median(wall)));
+        rows.push((
+            board.name,
+            bin,
+            disk,
+            median(boot),
+            median(init),
+            median(rss),
+            median(wall),
+        ));
     }
     step(&format!("report (medians of {BOOTS} boots, QEMU TCG)"));
     println!(

@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::{run, step};
+use crate::{run as run_cmd, step};
 
 /// What the build, the QEMU harness and the interop tests need on the host.
 pub const PACKAGES: &[&str] = &[
@@ -43,11 +43,7 @@ pub fn run() -> Result<()> {
         updated = true;
     }
 
-    let missing: Vec<&str> = PACKAGES
-        .iter()
-        .copied()
-        .filter(|p| !installed(p))
-        .collect();
+    let missing: Vec<&str> = PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
     let qemu_mismatch = qemu_utils_mismatch();
     if !missing.is_empty() || qemu_mismatch.is_some() {
         eprintln!("    installing {}", missing.join(" "));
@@ -97,7 +93,7 @@ pub fn run() -> Result<()> {
         .filter(|t| !have.lines().any(|l| l.trim() == *t))
         .collect();
     if !want.is_empty() {
-        run(Command::new("rustup").arg("target").arg("add").args(&want))?;
+        run_cmd(Command::new("rustup").arg("target").arg("add").args(&want))?;
     }
     eprintln!("    ok");
     Ok(())
@@ -162,7 +158,7 @@ fn privileged(cmd: &mut Command) -> Result<()> {
     cmd.stdin(Stdio::null());
     // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } == 0 {
-        return run(cmd);
+        return run_cmd(cmd);
     }
     // sudo drops the environment, so pass it through env(1).
     let mut sudo = Command::new("sudo");
@@ -176,6 +172,6 @@ fn privileged(cmd: &mut Command) -> Result<()> {
         }
     }
     sudo.arg(cmd.get_program()).args(cmd.get_args());
-    run(sudo.stdin(Stdio::null()))
+    run_cmd(sudo.stdin(Stdio::null()))
         .context("setup needs root: run it as root or allow passwordless sudo")
 }

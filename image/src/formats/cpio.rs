@@ -67,18 +67,42 @@ fn write_header<W: Write>(out: &mut Counting<W>, h: &Header<'_>) -> io::Result<(
 /// Writes `tree` as a newc archive to `out` and returns the number of bytes written. Every
 /// entry gets `mtime`; the archive is byte-identical for identical trees and content.
 pub fn write_cpio(out: impl Write, tree: &Tree, mtime: u32) -> Result<u64, FormatError> {
-    let mut out = Counting { inner: out, written: 0 };
+    let mut out = Counting {
+        inner: out,
+        written: 0,
+    };
     for (ino, (path, node)) in (1u32..).zip(tree.iter()) {
-        let werr = |source| FormatError::CpioWrite { path: path.clone(), source };
-        let too_large = |size: u64| FormatError::CpioTooLarge { path: path.clone(), size };
+        let werr = |source| FormatError::CpioWrite {
+            path: path.clone(),
+            source,
+        };
+        let too_large = |size: u64| FormatError::CpioTooLarge {
+            path: path.clone(),
+            size,
+        };
         match &node.kind {
             NodeKind::Dir => {
-                let h = Header { ino, mode: S_IFDIR | node.mode, nlink: 2, mtime, size: 0, name: path };
+                let h = Header {
+                    ino,
+                    mode: S_IFDIR | node.mode,
+                    nlink: 2,
+                    mtime,
+                    size: 0,
+                    name: path,
+                };
                 write_header(&mut out, &h).map_err(werr)?;
             }
             NodeKind::Symlink(target) => {
-                let size = u32::try_from(target.len()).map_err(|_| too_large(target.len() as u64))?;
-                let h = Header { ino, mode: S_IFLNK | node.mode, nlink: 1, mtime, size, name: path };
+                let size =
+                    u32::try_from(target.len()).map_err(|_| too_large(target.len() as u64))?;
+                let h = Header {
+                    ino,
+                    mode: S_IFLNK | node.mode,
+                    nlink: 1,
+                    mtime,
+                    size,
+                    name: path,
+                };
                 write_header(&mut out, &h).map_err(werr)?;
                 out.write_all(target.as_bytes()).map_err(werr)?;
                 out.pad4().map_err(werr)?;
@@ -86,15 +110,32 @@ pub fn write_cpio(out: impl Write, tree: &Tree, mtime: u32) -> Result<u64, Forma
             NodeKind::File(content) => {
                 let open = content.open(path)?;
                 let size = u32::try_from(open.len()).map_err(|_| too_large(open.len()))?;
-                let h = Header { ino, mode: S_IFREG | node.mode, nlink: 1, mtime, size, name: path };
+                let h = Header {
+                    ino,
+                    mode: S_IFREG | node.mode,
+                    nlink: 1,
+                    mtime,
+                    size,
+                    name: path,
+                };
                 write_header(&mut out, &h).map_err(werr)?;
                 open.copy_to(&mut out, werr)?;
                 out.pad4().map_err(werr)?;
             }
         }
     }
-    let werr = |source| FormatError::CpioWrite { path: TRAILER.into(), source };
-    let trailer = Header { ino: 0, mode: 0, nlink: 1, mtime: 0, size: 0, name: TRAILER };
+    let werr = |source| FormatError::CpioWrite {
+        path: TRAILER.into(),
+        source,
+    };
+    let trailer = Header {
+        ino: 0,
+        mode: 0,
+        nlink: 1,
+        mtime: 0,
+        size: 0,
+        name: TRAILER,
+    };
     write_header(&mut out, &trailer).map_err(werr)?;
     out.flush().map_err(werr)?;
     Ok(out.written)
@@ -171,11 +212,25 @@ mod tests {
         assert_eq!(n, buf.len() as u64);
         let entries = parse(&buf);
         let names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
-        assert_eq!(names, ["bin", "empty", "etc", "etc/os-release", "etc/secret", "init", TRAILER]);
+        assert_eq!(
+            names,
+            [
+                "bin",
+                "empty",
+                "etc",
+                "etc/os-release",
+                "etc/secret",
+                "init",
+                TRAILER
+            ]
+        );
         let inos: Vec<u32> = entries.iter().map(|e| e.ino).collect();
         assert_eq!(inos, [1, 2, 3, 4, 5, 6, 0]);
         let by = |n: &str| entries.iter().find(|e| e.name == n).unwrap();
-        assert_eq!((by("bin").mode, by("bin").data.as_slice()), (0o120777, &b"usr/bin"[..]));
+        assert_eq!(
+            (by("bin").mode, by("bin").data.as_slice()),
+            (0o120777, &b"usr/bin"[..])
+        );
         assert_eq!((by("etc").mode, by("etc").nlink), (0o040755, 2));
         assert_eq!(by("etc/secret").mode, 0o040700);
         assert_eq!((by("init").mode, by("init").nlink), (0o100755, 1));
@@ -197,9 +252,17 @@ mod tests {
     #[test]
     fn missing_host_file_names_entry_and_path() {
         let mut t = Tree::new();
-        t.add_file("lib/firmware.bin", 0o644, std::path::PathBuf::from("/nonexistent/fw.bin")).unwrap();
+        t.add_file(
+            "lib/firmware.bin",
+            0o644,
+            std::path::PathBuf::from("/nonexistent/fw.bin"),
+        )
+        .unwrap();
         let err = write_cpio(Vec::new(), &t, 0).unwrap_err();
         let text = err.to_string();
-        assert!(text.contains("lib/firmware.bin") && text.contains("/nonexistent/fw.bin"), "{text}");
+        assert!(
+            text.contains("lib/firmware.bin") && text.contains("/nonexistent/fw.bin"),
+            "{text}"
+        );
     }
 }

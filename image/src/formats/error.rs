@@ -17,7 +17,10 @@ pub enum FormatError {
     TreeParentNotDir { path: String, parent: String },
 
     #[error("Tree path {path:?} already exists as a {existing}")]
-    TreeExists { path: String, existing: &'static str },
+    TreeExists {
+        path: String,
+        existing: &'static str,
+    },
 
     #[error("Cannot read host file {path} for tree entry {entry:?}")]
     HostFile {
@@ -28,25 +31,43 @@ pub enum FormatError {
     },
 
     #[error("Host file {path} for tree entry {entry:?} changed size while being copied (expected {expected} bytes)")]
-    HostFileChanged { entry: String, path: PathBuf, expected: u64 },
+    HostFileChanged {
+        entry: String,
+        path: PathBuf,
+        expected: u64,
+    },
 
-    #[error("GPT partition label {label:?} is {units} UTF-16 code units long; GPT allows at most 36")]
+    #[error(
+        "GPT partition label {label:?} is {units} UTF-16 code units long; GPT allows at most 36"
+    )]
     GptLabelTooLong { label: String, units: usize },
 
     #[error("GPT disk of {disk_bytes} bytes is unusable: {reason}")]
-    GptDiskSize { disk_bytes: u64, reason: &'static str },
+    GptDiskSize {
+        disk_bytes: u64,
+        reason: &'static str,
+    },
 
     #[error("{count} partitions requested; a GPT with 128 entries holds at most 128")]
     GptTooManyPartitions { count: usize },
 
     #[error("Partition {label:?} does not fit: it would end at LBA {last_lba}, past the last usable LBA {last_usable_lba} of a {disk_bytes}-byte disk")]
-    GptDoesNotFit { label: String, last_lba: u64, last_usable_lba: u64, disk_bytes: u64 },
+    GptDoesNotFit {
+        label: String,
+        last_lba: u64,
+        last_usable_lba: u64,
+        disk_bytes: u64,
+    },
 
     #[error("Partition {label:?} is invalid: {reason}")]
     GptBadPartition { label: String, reason: String },
 
     #[error("{which} GPT at LBA {lba} is invalid: {reason}")]
-    GptInvalid { which: &'static str, lba: u64, reason: String },
+    GptInvalid {
+        which: &'static str,
+        lba: u64,
+        reason: String,
+    },
 
     #[error("No valid GPT: the primary and the backup are both damaged (backup: {backup})")]
     GptNoValidCopy {
@@ -105,5 +126,4 @@ pub enum FormatError {
         #[source]
         source: backhand::BackhandError,
     },
-
 }

@@ -10,7 +10,9 @@
 
 use std::io::{self, Read, Seek, SeekFrom, Write};
 
-use fatfs::{Date, DateTime, FatType, FileSystem, FormatVolumeOptions, FsOptions, Time, TimeProvider};
+use fatfs::{
+    Date, DateTime, FatType, FileSystem, FormatVolumeOptions, FsOptions, Time, TimeProvider,
+};
 
 use super::error::FormatError;
 use super::tree::{NodeKind, Tree};
@@ -38,7 +40,15 @@ impl TimeProvider for FixedClock {
     }
 
     fn get_current_date_time(&self) -> DateTime {
-        DateTime { date: self.get_current_date(), time: Time { hour: 0, min: 0, sec: 0, millis: 0 } }
+        DateTime {
+            date: self.get_current_date(),
+            time: Time {
+                hour: 0,
+                min: 0,
+                sec: 0,
+                millis: 0,
+            },
+        }
     }
 }
 
@@ -58,12 +68,17 @@ fn cluster_bytes(size_bytes: u64) -> Result<u32, FormatError> {
     }
     let mut cluster = 4096u32;
     loop {
-        if estimated_clusters(size_bytes, u64::from(cluster)) >= FAT32_MIN_CLUSTERS + CLUSTER_MARGIN {
+        if estimated_clusters(size_bytes, u64::from(cluster)) >= FAT32_MIN_CLUSTERS + CLUSTER_MARGIN
+        {
             return Ok(cluster);
         }
         if cluster == SECTOR as u32 {
-            let min_bytes = RESERVED_SECTORS * SECTOR + (FAT32_MIN_CLUSTERS + CLUSTER_MARGIN) * (SECTOR + 8);
-            return Err(FormatError::FatTooSmall { size_bytes, min_bytes });
+            let min_bytes =
+                RESERVED_SECTORS * SECTOR + (FAT32_MIN_CLUSTERS + CLUSTER_MARGIN) * (SECTOR + 8);
+            return Err(FormatError::FatTooSmall {
+                size_bytes,
+                min_bytes,
+            });
         }
         cluster /= 2;
     }
@@ -72,12 +87,20 @@ fn cluster_bytes(size_bytes: u64) -> Result<u32, FormatError> {
 /// The 11-byte, space-padded label in the boot sector. Restricted to what every reader
 /// displays the same way: uppercase ASCII letters, digits, space, `-` and `_`.
 fn label_bytes(label: &str) -> Result<[u8; 11], FormatError> {
-    let err = |reason| FormatError::FatLabel { label: label.to_owned(), reason };
+    let err = |reason| FormatError::FatLabel {
+        label: label.to_owned(),
+        reason,
+    };
     if label.is_empty() || label.len() > 11 {
         return Err(err("must be 1 to 11 characters"));
     }
-    if !label.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b" -_".contains(&b)) {
-        return Err(err("use only A-Z, 0-9, space, '-' and '_' (FAT labels are uppercase)"));
+    if !label
+        .bytes()
+        .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b" -_".contains(&b))
+    {
+        return Err(err(
+            "use only A-Z, 0-9, space, '-' and '_' (FAT labels are uppercase)",
+        ));
     }
     let mut out = [b' '; 11];
     out[..label.len()].copy_from_slice(label.as_bytes());
@@ -119,7 +142,11 @@ pub fn write_fat32<D: Read + Write + Seek>(
     let cluster = cluster_bytes(size_bytes)?;
     let fat = |op: &'static str, path: &str| {
         let path = path.to_owned();
-        move |source: io::Error| FormatError::Fat { op, path: path.clone(), source }
+        move |source: io::Error| FormatError::Fat {
+            op,
+            path: path.clone(),
+            source,
+        }
     };
 
     scrub(&mut dev, size_bytes).map_err(fat("zeroing the volume", "/"))?;
@@ -145,7 +172,8 @@ pub fn write_fat32<D: Read + Write + Seek>(
     for (path, node) in tree.iter() {
         match &node.kind {
             NodeKind::Dir => {
-                root.create_dir(path).map_err(fat("creating directory", path))?;
+                root.create_dir(path)
+                    .map_err(fat("creating directory", path))?;
             }
             NodeKind::File(content) => {
                 let open = content.open(path)?;
@@ -197,12 +225,20 @@ impl Layout {
             return Err(io::Error::other("boot sector geometry is inconsistent"));
         }
         let clusters = u32::try_from((total - data_offset) / cluster_bytes).unwrap_or(u32::MAX);
-        Ok(Layout { fat_offset, data_offset, cluster_bytes, root_cluster: u32_at(0x2C), clusters })
+        Ok(Layout {
+            fat_offset,
+            data_offset,
+            cluster_bytes,
+            root_cluster: u32_at(0x2C),
+            clusters,
+        })
     }
 
     fn cluster_offset(&self, cluster: u32) -> io::Result<u64> {
         if cluster < 2 || cluster - 2 >= self.clusters {
-            return Err(io::Error::other(format!("cluster {cluster} is outside the volume")));
+            return Err(io::Error::other(format!(
+                "cluster {cluster} is outside the volume"
+            )));
         }
         Ok(self.data_offset + u64::from(cluster - 2) * self.cluster_bytes)
     }
@@ -219,7 +255,9 @@ impl Layout {
                 return Ok(chain);
             }
             if chain.len() > self.clusters as usize {
-                return Err(io::Error::other(format!("cluster chain from {first} loops")));
+                return Err(io::Error::other(format!(
+                    "cluster chain from {first} loops"
+                )));
             }
             self.cluster_offset(cluster)?;
             chain.push(cluster);
@@ -238,7 +276,10 @@ fn repair_dot_entries<D: Read + Write + Seek>(dev: &mut D) -> io::Result<()> {
     while let Some((dir, parent)) = pending.pop() {
         let chain = layout.chain(dev, dir)?;
         let mut bytes = vec![0u8; chain.len() * layout.cluster_bytes as usize];
-        for (cluster, buf) in chain.iter().zip(bytes.chunks_mut(layout.cluster_bytes as usize)) {
+        for (cluster, buf) in chain
+            .iter()
+            .zip(bytes.chunks_mut(layout.cluster_bytes as usize))
+        {
             dev.seek(SeekFrom::Start(layout.cluster_offset(*cluster)?))?;
             dev.read_exact(buf)?;
         }
@@ -257,11 +298,18 @@ fn repair_dot_entries<D: Read + Write + Seek>(dev: &mut D) -> io::Result<()> {
             fixed.extend_from_slice(&bytes[4 * ENTRY..]);
             fixed.resize(bytes.len(), 0);
             // ".." of a directory whose parent is the root holds cluster 0, by the FAT spec.
-            let up = if parent == layout.root_cluster { 0 } else { parent };
+            let up = if parent == layout.root_cluster {
+                0
+            } else {
+                parent
+            };
             fixed[ENTRY + 20..ENTRY + 22].copy_from_slice(&((up >> 16) as u16).to_le_bytes());
             fixed[ENTRY + 26..ENTRY + 28].copy_from_slice(&(up as u16).to_le_bytes());
             bytes = fixed;
-            for (cluster, buf) in chain.iter().zip(bytes.chunks(layout.cluster_bytes as usize)) {
+            for (cluster, buf) in chain
+                .iter()
+                .zip(bytes.chunks(layout.cluster_bytes as usize))
+            {
                 dev.seek(SeekFrom::Start(layout.cluster_offset(*cluster)?))?;
                 dev.write_all(buf)?;
             }
@@ -294,8 +342,10 @@ mod tests {
 
     fn sample() -> Tree {
         let mut t = Tree::new();
-        t.add_file("EFI/BOOT/BOOTAA64.EFI", 0o644, vec![0xAB; 100_000]).unwrap();
-        t.add_file("loader/entries/cairn-a+3-0.conf", 0o644, "title Cairn A\n").unwrap();
+        t.add_file("EFI/BOOT/BOOTAA64.EFI", 0o644, vec![0xAB; 100_000])
+            .unwrap();
+        t.add_file("loader/entries/cairn-a+3-0.conf", 0o644, "title Cairn A\n")
+            .unwrap();
         t.add_dir("loader/keys", 0o755).unwrap();
         t
     }
@@ -309,7 +359,10 @@ mod tests {
         assert_eq!(cluster_bytes(512 * MIB).unwrap(), 4096);
         assert_eq!(cluster_bytes(256 * MIB).unwrap(), 2048);
         assert_eq!(cluster_bytes(64 * MIB).unwrap(), 512);
-        assert!(matches!(cluster_bytes(32 * MIB), Err(FormatError::FatTooSmall { .. })));
+        assert!(matches!(
+            cluster_bytes(32 * MIB),
+            Err(FormatError::FatTooSmall { .. })
+        ));
     }
 
     #[test]
@@ -337,13 +390,25 @@ mod tests {
             .read_to_string(&mut content)
             .unwrap();
         assert_eq!(content, "title Cairn A\n");
-        let f = fs.root_dir().open_dir("EFI/BOOT").unwrap().iter().find_map(|e| {
-            let e = e.unwrap();
-            (e.file_name() == "BOOTAA64.EFI").then_some(e)
-        });
+        let f = fs
+            .root_dir()
+            .open_dir("EFI/BOOT")
+            .unwrap()
+            .iter()
+            .find_map(|e| {
+                let e = e.unwrap();
+                (e.file_name() == "BOOTAA64.EFI").then_some(e)
+            });
         let f = f.unwrap();
         assert_eq!(f.len(), 100_000);
-        assert_eq!(f.modified().date, Date { year: 2020, month: 1, day: 1 });
+        assert_eq!(
+            f.modified().date,
+            Date {
+                year: 2020,
+                month: 1,
+                day: 1
+            }
+        );
     }
 
     #[test]

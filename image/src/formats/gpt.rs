@@ -75,7 +75,7 @@ struct Geometry {
 impl Geometry {
     fn new(disk_bytes: u64) -> Result<Geometry, FormatError> {
         let err = |reason| FormatError::GptDiskSize { disk_bytes, reason };
-        if disk_bytes % SECTOR_BYTES != 0 {
+        if !disk_bytes.is_multiple_of(SECTOR_BYTES) {
             return Err(err("size is not a multiple of 512-byte sectors"));
         }
         let sectors = disk_bytes / SECTOR_BYTES;
@@ -148,13 +148,45 @@ pub fn write(
 
     let backup_entries_lba = geo.last_lba - ENTRY_SECTORS;
     let primary = encode_header(&geo, disk_guid, 1, geo.last_lba, 2, entries_crc);
-    let backup = encode_header(&geo, disk_guid, geo.last_lba, 1, backup_entries_lba, entries_crc);
+    let backup = encode_header(
+        &geo,
+        disk_guid,
+        geo.last_lba,
+        1,
+        backup_entries_lba,
+        entries_crc,
+    );
 
-    put(file, "writing the protective MBR", 0, &protective_mbr(geo.last_lba))?;
-    put(file, "writing the primary GPT header", SECTOR_BYTES, &primary)?;
-    put(file, "writing the primary GPT entries", 2 * SECTOR_BYTES, &entries)?;
-    put(file, "writing the backup GPT entries", backup_entries_lba * SECTOR_BYTES, &entries)?;
-    put(file, "writing the backup GPT header", geo.last_lba * SECTOR_BYTES, &backup)?;
+    put(
+        file,
+        "writing the protective MBR",
+        0,
+        &protective_mbr(geo.last_lba),
+    )?;
+    put(
+        file,
+        "writing the primary GPT header",
+        SECTOR_BYTES,
+        &primary,
+    )?;
+    put(
+        file,
+        "writing the primary GPT entries",
+        2 * SECTOR_BYTES,
+        &entries,
+    )?;
+    put(
+        file,
+        "writing the backup GPT entries",
+        backup_entries_lba * SECTOR_BYTES,
+        &entries,
+    )?;
+    put(
+        file,
+        "writing the backup GPT header",
+        geo.last_lba * SECTOR_BYTES,
+        &backup,
+    )?;
     Ok(())
 }
 
@@ -169,15 +201,24 @@ fn validate(geo: &Geometry, disk_bytes: u64, parts: &[GptPartition]) -> Result<(
     for p in parts {
         label_units(&p.label)?;
         if p.type_guid.is_nil() {
-            return Err(bad(p, "type GUID is nil, which marks an unused entry".into()));
+            return Err(bad(
+                p,
+                "type GUID is nil, which marks an unused entry".into(),
+            ));
         }
         if p.first_lba > p.last_lba {
-            return Err(bad(p, format!("first LBA {} is after last LBA {}", p.first_lba, p.last_lba)));
+            return Err(bad(
+                p,
+                format!("first LBA {} is after last LBA {}", p.first_lba, p.last_lba),
+            ));
         }
         if p.first_lba < geo.first_usable {
             return Err(bad(
                 p,
-                format!("first LBA {} overlaps the primary GPT (first usable: {})", p.first_lba, geo.first_usable),
+                format!(
+                    "first LBA {} overlaps the primary GPT (first usable: {})",
+                    p.first_lba, geo.first_usable
+                ),
             ));
         }
         if p.last_lba > geo.last_usable {
@@ -193,13 +234,19 @@ fn validate(geo: &Geometry, disk_bytes: u64, parts: &[GptPartition]) -> Result<(
     sorted.sort_by_key(|p| p.first_lba);
     for pair in sorted.windows(2) {
         if pair[1].first_lba <= pair[0].last_lba {
-            return Err(bad(pair[1], format!("overlaps partition {:?}", pair[0].label)));
+            return Err(bad(
+                pair[1],
+                format!("overlaps partition {:?}", pair[0].label),
+            ));
         }
     }
     let mut guids: Vec<Guid> = parts.iter().map(|p| p.part_guid).collect();
     guids.sort();
     if let Some(dup) = guids.windows(2).find(|w| w[0] == w[1]) {
-        let p = parts.iter().find(|p| p.part_guid == dup[0]).unwrap_or(&parts[0]);
+        let p = parts
+            .iter()
+            .find(|p| p.part_guid == dup[0])
+            .unwrap_or(&parts[0]);
         return Err(bad(p, format!("partition GUID {} is used twice", dup[0])));
     }
     Ok(())
@@ -208,7 +255,10 @@ fn validate(geo: &Geometry, disk_bytes: u64, parts: &[GptPartition]) -> Result<(
 fn label_units(label: &str) -> Result<Vec<u16>, FormatError> {
     let units: Vec<u16> = label.encode_utf16().collect();
     if units.len() > MAX_LABEL_UNITS {
-        return Err(FormatError::GptLabelTooLong { label: label.to_owned(), units: units.len() });
+        return Err(FormatError::GptLabelTooLong {
+            label: label.to_owned(),
+            units: units.len(),
+        });
     }
     Ok(units)
 }
@@ -270,12 +320,14 @@ fn protective_mbr(last_lba: u64) -> Vec<u8> {
 }
 
 fn put(file: &File, op: &'static str, offset: u64, bytes: &[u8]) -> Result<(), FormatError> {
-    file.write_all_at(bytes, offset).map_err(|source| FormatError::Io { op, offset, source })
+    file.write_all_at(bytes, offset)
+        .map_err(|source| FormatError::Io { op, offset, source })
 }
 
 fn get(file: &File, op: &'static str, offset: u64, len: usize) -> Result<Vec<u8>, FormatError> {
     let mut buf = vec![0u8; len];
-    file.read_exact_at(&mut buf, offset).map_err(|source| FormatError::Io { op, offset, source })?;
+    file.read_exact_at(&mut buf, offset)
+        .map_err(|source| FormatError::Io { op, offset, source })?;
     Ok(buf)
 }
 
@@ -284,19 +336,30 @@ fn get(file: &File, op: &'static str, offset: u64, len: usize) -> Result<Vec<u8>
 pub fn read(file: &mut File) -> Result<Gpt, FormatError> {
     let disk_bytes = file
         .metadata()
-        .map_err(|source| FormatError::Io { op: "reading the disk size", offset: 0, source })?
+        .map_err(|source| FormatError::Io {
+            op: "reading the disk size",
+            offset: 0,
+            source,
+        })?
         .len();
     let sectors = disk_bytes / SECTOR_BYTES;
     if sectors < 3 {
-        return Err(FormatError::GptDiskSize { disk_bytes, reason: "too small to hold a GPT" });
+        return Err(FormatError::GptDiskSize {
+            disk_bytes,
+            reason: "too small to hold a GPT",
+        });
     }
     match read_copy(file, "Primary", 1, sectors) {
         Ok(gpt) => Ok(gpt),
         Err(primary) => match read_copy(file, "Backup", sectors - 1, sectors) {
-            Ok(gpt) => Ok(Gpt { from_backup: true, ..gpt }),
-            Err(backup) => {
-                Err(FormatError::GptNoValidCopy { backup: backup.to_string(), primary: Box::new(primary) })
-            }
+            Ok(gpt) => Ok(Gpt {
+                from_backup: true,
+                ..gpt
+            }),
+            Err(backup) => Err(FormatError::GptNoValidCopy {
+                backup: backup.to_string(),
+                primary: Box::new(primary),
+            }),
         },
     }
 }
@@ -321,20 +384,29 @@ fn guid_at(b: &[u8], at: usize) -> Guid {
 
 fn read_copy(file: &File, which: &'static str, lba: u64, sectors: u64) -> Result<Gpt, FormatError> {
     let invalid = |reason: String| FormatError::GptInvalid { which, lba, reason };
-    let h = get(file, "reading a GPT header", lba * SECTOR_BYTES, SECTOR_BYTES as usize)?;
+    let h = get(
+        file,
+        "reading a GPT header",
+        lba * SECTOR_BYTES,
+        SECTOR_BYTES as usize,
+    )?;
     if &h[0..8] != SIGNATURE {
         return Err(invalid("no \"EFI PART\" signature".into()));
     }
     let header_bytes = le_u32(&h, 12);
     if !(HEADER_BYTES..=MAX_HEADER_BYTES).contains(&header_bytes) {
-        return Err(invalid(format!("header size {header_bytes} is outside 92..=512")));
+        return Err(invalid(format!(
+            "header size {header_bytes} is outside 92..=512"
+        )));
     }
     let stored_crc = le_u32(&h, 16);
     let mut zeroed = h[..header_bytes as usize].to_vec();
     zeroed[16..20].fill(0);
     let actual_crc = crc32fast::hash(&zeroed);
     if stored_crc != actual_crc {
-        return Err(invalid(format!("header CRC32 is {stored_crc:#010x}, computed {actual_crc:#010x}")));
+        return Err(invalid(format!(
+            "header CRC32 is {stored_crc:#010x}, computed {actual_crc:#010x}"
+        )));
     }
     let my_lba = le_u64(&h, 24);
     if my_lba != lba {
@@ -352,24 +424,37 @@ fn read_copy(file: &File, which: &'static str, lba: u64, sectors: u64) -> Result
     let count = le_u32(&h, 80);
     let entry_bytes = le_u32(&h, 84);
     let entries_crc = le_u32(&h, 88);
-    if entry_bytes < ENTRY_BYTES || entry_bytes > MAX_ENTRY_BYTES || !entry_bytes.is_power_of_two() {
-        return Err(invalid(format!("entry size {entry_bytes} is not 128 × 2^n up to {MAX_ENTRY_BYTES}")));
+    if !(ENTRY_BYTES..=MAX_ENTRY_BYTES).contains(&entry_bytes) || !entry_bytes.is_power_of_two() {
+        return Err(invalid(format!(
+            "entry size {entry_bytes} is not 128 × 2^n up to {MAX_ENTRY_BYTES}"
+        )));
     }
     let array_bytes = u64::from(count) * u64::from(entry_bytes);
     if array_bytes > MAX_ENTRY_ARRAY_BYTES {
-        return Err(invalid(format!("entry array of {array_bytes} bytes exceeds {MAX_ENTRY_ARRAY_BYTES}")));
+        return Err(invalid(format!(
+            "entry array of {array_bytes} bytes exceeds {MAX_ENTRY_ARRAY_BYTES}"
+        )));
     }
     let array_end = entries_lba
         .checked_mul(SECTOR_BYTES)
         .and_then(|start| start.checked_add(array_bytes));
     if entries_lba < 2 || array_end.is_none_or(|end| end > sectors * SECTOR_BYTES) {
-        return Err(invalid(format!("entry array at LBA {entries_lba} lies outside the disk")));
+        return Err(invalid(format!(
+            "entry array at LBA {entries_lba} lies outside the disk"
+        )));
     }
     // Bounded by MAX_ENTRY_ARRAY_BYTES above.
-    let array = get(file, "reading GPT entries", entries_lba * SECTOR_BYTES, array_bytes as usize)?;
+    let array = get(
+        file,
+        "reading GPT entries",
+        entries_lba * SECTOR_BYTES,
+        array_bytes as usize,
+    )?;
     let actual = crc32fast::hash(&array);
     if actual != entries_crc {
-        return Err(invalid(format!("entries CRC32 is {entries_crc:#010x}, computed {actual:#010x}")));
+        return Err(invalid(format!(
+            "entries CRC32 is {entries_crc:#010x}, computed {actual:#010x}"
+        )));
     }
 
     let mut partitions = Vec::new();
@@ -383,8 +468,12 @@ fn read_copy(file: &File, which: &'static str, lba: u64, sectors: u64) -> Result
             .map(|u| u16::from_le_bytes([u[0], u[1]]))
             .take_while(|&u| u != 0)
             .collect();
-        let label = String::from_utf16(&units)
-            .map_err(|_| invalid(format!("entry {} has a name that is not valid UTF-16", slot + 1)))?;
+        let label = String::from_utf16(&units).map_err(|_| {
+            invalid(format!(
+                "entry {} has a name that is not valid UTF-16",
+                slot + 1
+            ))
+        })?;
         let (first_lba, last_lba) = (le_u64(e, 32), le_u64(e, 40));
         if first_lba > last_lba || first_lba < first_usable || last_lba > last_usable {
             return Err(invalid(format!(
@@ -401,7 +490,13 @@ fn read_copy(file: &File, which: &'static str, lba: u64, sectors: u64) -> Result
             attributes: le_u64(e, 48),
         });
     }
-    Ok(Gpt { disk_guid, first_usable_lba: first_usable, last_usable_lba: last_usable, partitions, from_backup: false })
+    Ok(Gpt {
+        disk_guid,
+        first_usable_lba: first_usable,
+        last_usable_lba: last_usable,
+        partitions,
+        from_backup: false,
+    })
 }
 
 #[cfg(test)]
@@ -411,13 +506,20 @@ mod tests {
     const MIB: u64 = 1024 * 1024;
 
     fn sample(disk_bytes: u64) -> Vec<GptPartition> {
-        let sizes = vec![("ESP".to_string(), 3 * MIB), ("ROOT-A".to_string(), 5 * MIB + 1)];
+        let sizes = vec![
+            ("ESP".to_string(), 3 * MIB),
+            ("ROOT-A".to_string(), 5 * MIB + 1),
+        ];
         layout(disk_bytes, &sizes)
             .unwrap()
             .into_iter()
             .zip(sizes)
             .map(|((first_lba, last_lba), (label, _))| GptPartition {
-                type_guid: if label == "ESP" { Guid::EFI_SYSTEM } else { Guid::LINUX_DATA },
+                type_guid: if label == "ESP" {
+                    Guid::EFI_SYSTEM
+                } else {
+                    Guid::LINUX_DATA
+                },
                 part_guid: Guid::derive(b"test", &label),
                 label,
                 first_lba,
@@ -436,7 +538,11 @@ mod tests {
 
     #[test]
     fn layout_aligns_to_mib_and_rounds_up_to_sectors() {
-        let sizes = vec![("A".to_string(), MIB), ("B".to_string(), 1), ("C".to_string(), MIB + 512)];
+        let sizes = vec![
+            ("A".to_string(), MIB),
+            ("B".to_string(), 1),
+            ("C".to_string(), MIB + 512),
+        ];
         let placed = layout(16 * MIB, &sizes).unwrap();
         assert_eq!(placed, vec![(2048, 4095), (4096, 4096), (6144, 8192)]);
     }
@@ -445,7 +551,17 @@ mod tests {
     fn layout_rejects_what_does_not_fit() {
         // 4 MiB disk: usable up to LBA 8191 - 33 = 8158; a 3 MiB partition at 1 MiB ends at 8191.
         let err = layout(4 * MIB, &[("BIG".to_string(), 3 * MIB)]).unwrap_err();
-        assert!(matches!(err, FormatError::GptDoesNotFit { last_lba: 8191, last_usable_lba: 8158, .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                FormatError::GptDoesNotFit {
+                    last_lba: 8191,
+                    last_usable_lba: 8158,
+                    ..
+                }
+            ),
+            "{err}"
+        );
         assert!(layout(4 * MIB, &[("Z".to_string(), 0)]).is_err());
         assert!(layout(4 * MIB + 1, &[]).is_err());
     }
@@ -472,7 +588,10 @@ mod tests {
         assert_eq!(le_u32(&mbr, 446 + 8), 1);
         assert_eq!(le_u32(&mbr, 446 + 12), (16 * MIB / 512 - 1) as u32);
         assert_eq!(&mbr[510..], &[0x55, 0xAA]);
-        assert_eq!(protective_mbr(u64::from(u32::MAX) + 10)[446 + 12..446 + 16], [0xFF; 4]);
+        assert_eq!(
+            protective_mbr(u64::from(u32::MAX) + 10)[446 + 12..446 + 16],
+            [0xFF; 4]
+        );
     }
 
     #[test]
@@ -498,7 +617,9 @@ mod tests {
             put(&f, "test", offset, &[0x41]).unwrap();
         }
         let err = read(&mut f).unwrap_err();
-        let FormatError::GptNoValidCopy { backup, primary } = &err else { panic!("{err}") };
+        let FormatError::GptNoValidCopy { backup, primary } = &err else {
+            panic!("{err}")
+        };
         assert!(backup.contains("entries CRC32"), "{backup}");
         assert!(primary.to_string().contains("entries CRC32"), "{primary}");
     }
@@ -511,7 +632,10 @@ mod tests {
         assert_eq!(read(&mut f).unwrap().partitions[0].label.len(), 36);
         parts[0].label = "x".repeat(37);
         let err = write(&mut f, 16 * MIB, Guid::NIL, &parts).unwrap_err();
-        assert!(matches!(err, FormatError::GptLabelTooLong { units: 37, .. }), "{err}");
+        assert!(
+            matches!(err, FormatError::GptLabelTooLong { units: 37, .. }),
+            "{err}"
+        );
     }
 
     #[test]
@@ -526,7 +650,10 @@ mod tests {
         assert!(write(&mut f, size, Guid::NIL, &parts).is_err());
         let mut parts = sample(size);
         parts[1].last_lba = size / 512 - 33;
-        assert!(matches!(write(&mut f, size, Guid::NIL, &parts), Err(FormatError::GptDoesNotFit { .. })));
+        assert!(matches!(
+            write(&mut f, size, Guid::NIL, &parts),
+            Err(FormatError::GptDoesNotFit { .. })
+        ));
         let mut parts = sample(size);
         parts[1].part_guid = parts[0].part_guid;
         assert!(write(&mut f, size, Guid::NIL, &parts).is_err());

@@ -43,7 +43,10 @@ impl Guid {
 
     /// Parses `XXXXXXXX-XXXX-XXXX-XXXX-XXXXXXXXXXXX` (either case, no braces).
     pub fn parse(text: &str) -> Result<Guid, FormatError> {
-        let err = |reason| FormatError::GuidSyntax { text: text.to_owned(), reason };
+        let err = |reason| FormatError::GuidSyntax {
+            text: text.to_owned(),
+            reason,
+        };
         let raw = text.as_bytes();
         if raw.len() != 36 {
             return Err(err("expected 36 characters (8-4-4-4-12 hex digits)"));
@@ -178,7 +181,10 @@ mod tests {
         assert_ne!(Guid::derive(b"ab", "c"), Guid::derive(b"a", "bc"));
         let text = a.to_string();
         assert_eq!(&text[14..15], "4", "version nibble in {text}");
-        assert!(matches!(&text[19..20], "8" | "9" | "A" | "B"), "variant in {text}");
+        assert!(
+            matches!(&text[19..20], "8" | "9" | "A" | "B"),
+            "variant in {text}"
+        );
     }
 
     #[test]

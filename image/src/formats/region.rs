@@ -22,7 +22,13 @@ pub struct Region<'a> {
 impl<'a> Region<'a> {
     /// `name` appears in error messages (a partition label is a good choice).
     pub fn new(file: &'a mut File, name: impl Into<String>, offset: u64, len: u64) -> Region<'a> {
-        Region { file, name: name.into(), offset, len, pos: 0 }
+        Region {
+            file,
+            name: name.into(),
+            offset,
+            len,
+            pos: 0,
+        }
     }
 
     pub fn name(&self) -> &str {
@@ -44,7 +50,10 @@ impl<'a> Region<'a> {
 
     fn absolute(&self) -> io::Result<u64> {
         self.offset.checked_add(self.pos).ok_or_else(|| {
-            io::Error::new(io::ErrorKind::InvalidInput, format!("region {}: offset overflow", self.name))
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("region {}: offset overflow", self.name),
+            )
         })
     }
 }
@@ -110,7 +119,10 @@ impl Seek for Region<'_> {
         let new = new.ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("seek to {target:?} in region {} lands before its start", self.name),
+                format!(
+                    "seek to {target:?} in region {} lands before its start",
+                    self.name
+                ),
             )
         })?;
         self.pos = new;

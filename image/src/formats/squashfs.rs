@@ -37,7 +37,8 @@ fn root_only_image() -> Result<Vec<u8>, FormatError> {
     let mut fs = FilesystemWriter::default();
     fs.set_compressor(gzip()?);
     let mut image = Cursor::new(Vec::new());
-    fs.write(&mut image).map_err(|source| FormatError::SquashfsWrite { source })?;
+    fs.write(&mut image)
+        .map_err(|source| FormatError::SquashfsWrite { source })?;
     Ok(image.into_inner())
 }
 
@@ -49,7 +50,9 @@ pub fn write_squashfs<W: Write + Seek>(
     mtime: u32,
 ) -> Result<u64, FormatError> {
     let io_err = |op, offset| move |source| FormatError::Io { op, offset, source };
-    let start = out.stream_position().map_err(io_err("finding the image start", 0))?;
+    let start = out
+        .stream_position()
+        .map_err(io_err("finding the image start", 0))?;
 
     let mut seed = FilesystemReader::from_reader(Cursor::new(root_only_image()?))
         .map_err(|source| FormatError::SquashfsWrite { source })?;
@@ -81,21 +84,27 @@ pub fn write_squashfs<W: Write + Seek>(
                 fs.push_file_from_path(host.clone(), path, header)
             }
         };
-        added.map_err(|source| FormatError::SquashfsAdd { path: path.clone(), source })?;
+        added.map_err(|source| FormatError::SquashfsAdd {
+            path: path.clone(),
+            source,
+        })?;
     }
 
     let mut buffered = BufWriter::with_capacity(1024 * 1024, &mut out);
     let (_, written) = fs
         .write_with_offset(&mut buffered, start)
         .map_err(|source| FormatError::SquashfsWrite { source })?;
-    buffered.flush().map_err(io_err("flushing the image", start))?;
+    buffered
+        .flush()
+        .map_err(io_err("flushing the image", start))?;
     drop(buffered);
 
     // backhand pads to the next 4 KiB already; keep the guarantee even if that changes.
     let padded = written.next_multiple_of(PAD_BYTES);
     if padded != written {
         let end = start + written;
-        out.seek(std::io::SeekFrom::Start(end)).map_err(io_err("padding the image", end))?;
+        out.seek(std::io::SeekFrom::Start(end))
+            .map_err(io_err("padding the image", end))?;
         out.write_all(&vec![0u8; (padded - written) as usize])
             .map_err(io_err("padding the image", end))?;
     }
@@ -111,7 +120,8 @@ mod tests {
 
     fn sample() -> Tree {
         let mut t = Tree::new();
-        t.add_file("usr/bin/cairn", 0o755, vec![7u8; 300_000]).unwrap();
+        t.add_file("usr/bin/cairn", 0o755, vec![7u8; 300_000])
+            .unwrap();
         t.add_file("etc/os-release", 0o644, "ID=cairn\n").unwrap();
         t.add_dir("var/empty", 0o700).unwrap();
         t.add_symlink("bin", "usr/bin").unwrap();
@@ -126,15 +136,32 @@ mod tests {
         assert_eq!(len, img.get_ref().len() as u64);
         let fs = FilesystemReader::from_reader(Cursor::new(img.into_inner())).unwrap();
         assert_eq!(fs.mod_time, 1_600_000_000);
-        let paths: Vec<String> =
-            fs.files().map(|n| n.fullpath.to_string_lossy().into_owned()).collect();
+        let paths: Vec<String> = fs
+            .files()
+            .map(|n| n.fullpath.to_string_lossy().into_owned())
+            .collect();
         assert_eq!(
             paths,
-            ["/", "/bin", "/etc", "/etc/os-release", "/usr", "/usr/bin", "/usr/bin/cairn", "/var", "/var/empty"]
+            [
+                "/",
+                "/bin",
+                "/etc",
+                "/etc/os-release",
+                "/usr",
+                "/usr/bin",
+                "/usr/bin/cairn",
+                "/var",
+                "/var/empty"
+            ]
         );
         for node in fs.files() {
             let h = node.header;
-            assert_eq!((h.uid, h.gid, h.mtime), (0, 0, 1_600_000_000), "{:?}", node.fullpath);
+            assert_eq!(
+                (h.uid, h.gid, h.mtime),
+                (0, 0, 1_600_000_000),
+                "{:?}",
+                node.fullpath
+            );
         }
         let root = fs.files().next().unwrap();
         assert_eq!(root.header.permissions, ROOT_MODE);

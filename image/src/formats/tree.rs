@@ -70,7 +70,12 @@ impl FileContent {
                 };
                 let file = File::open(path).map_err(host_err)?;
                 let len = file.metadata().map_err(host_err)?.len();
-                Ok(OpenContent { entry: entry.to_owned(), host: Some(path), len, reader: Box::new(file) })
+                Ok(OpenContent {
+                    entry: entry.to_owned(),
+                    host: Some(path),
+                    len,
+                    reader: Box::new(file),
+                })
             }
         }
     }
@@ -178,7 +183,13 @@ impl Tree {
         mode: u32,
         content: impl Into<FileContent>,
     ) -> Result<(), FormatError> {
-        self.insert(path, Node { mode: mode & PERMISSION_BITS, kind: NodeKind::File(content.into()) })
+        self.insert(
+            path,
+            Node {
+                mode: mode & PERMISSION_BITS,
+                kind: NodeKind::File(content.into()),
+            },
+        )
     }
 
     /// Adds a directory, or sets the mode of one that exists (for example one created
@@ -191,7 +202,13 @@ impl Tree {
                 return Ok(());
             }
         }
-        self.insert(path, Node { mode: mode & PERMISSION_BITS, kind: NodeKind::Dir })
+        self.insert(
+            path,
+            Node {
+                mode: mode & PERMISSION_BITS,
+                kind: NodeKind::Dir,
+            },
+        )
     }
 
     /// Adds a symlink pointing at `target`, which is stored verbatim (it may be relative,
@@ -203,7 +220,13 @@ impl Tree {
                 reason: "symlink target is empty or contains NUL",
             });
         }
-        self.insert(path, Node { mode: SYMLINK_MODE, kind: NodeKind::Symlink(target.to_owned()) })
+        self.insert(
+            path,
+            Node {
+                mode: SYMLINK_MODE,
+                kind: NodeKind::Symlink(target.to_owned()),
+            },
+        )
     }
 
     pub fn get(&self, path: &str) -> Option<&Node> {
@@ -238,12 +261,16 @@ impl Tree {
             }
         }
         if let Some(existing) = self.nodes.get(&key) {
-            return Err(FormatError::TreeExists { path: key, existing: existing.kind_name() });
+            return Err(FormatError::TreeExists {
+                path: key,
+                existing: existing.kind_name(),
+            });
         }
         for parent in ancestors {
-            self.nodes
-                .entry(parent.to_owned())
-                .or_insert(Node { mode: IMPLICIT_DIR_MODE, kind: NodeKind::Dir });
+            self.nodes.entry(parent.to_owned()).or_insert(Node {
+                mode: IMPLICIT_DIR_MODE,
+                kind: NodeKind::Dir,
+            });
         }
         self.nodes.insert(key, node);
         Ok(())
@@ -253,9 +280,14 @@ impl Tree {
 /// "a//b/./c/" → "a/b/c". Refuses absolute paths and `..`, which could point outside the
 /// image, and NUL, which no filesystem can store.
 fn normalize(path: &str) -> Result<String, FormatError> {
-    let err = |reason| FormatError::TreePath { path: path.to_owned(), reason };
+    let err = |reason| FormatError::TreePath {
+        path: path.to_owned(),
+        reason,
+    };
     if path.starts_with('/') {
-        return Err(err("absolute paths are not allowed; use a path relative to the image root"));
+        return Err(err(
+            "absolute paths are not allowed; use a path relative to the image root",
+        ));
     }
     if path.contains('\0') {
         return Err(err("contains a NUL byte"));
@@ -287,7 +319,10 @@ mod tests {
         let paths: Vec<&str> = t.iter().map(|(p, _)| p.as_str()).collect();
         assert_eq!(paths, ["lib", "usr", "usr.txt", "usr/lib", "usr/lib/x.so"]);
         assert_eq!(t.get("usr").unwrap().mode, IMPLICIT_DIR_MODE);
-        assert_eq!(t.get("lib").unwrap().kind, NodeKind::Symlink("usr/lib".into()));
+        assert_eq!(
+            t.get("lib").unwrap().kind,
+            NodeKind::Symlink("usr/lib".into())
+        );
     }
 
     #[test]
@@ -296,7 +331,11 @@ mod tests {
         t.add_file("etc/ssl/cert.pem", 0o100644, "c").unwrap();
         t.add_dir("etc/ssl/", 0o700).unwrap();
         assert_eq!(t.get("etc/ssl").unwrap().mode, 0o700);
-        assert_eq!(t.get("etc/ssl/cert.pem").unwrap().mode, 0o644, "type bits are masked off");
+        assert_eq!(
+            t.get("etc/ssl/cert.pem").unwrap().mode,
+            0o644,
+            "type bits are masked off"
+        );
     }
 
     #[test]
@@ -304,14 +343,20 @@ mod tests {
         let mut t = Tree::new();
         t.add_file("./a//b/", 0o644, "x").unwrap();
         assert!(t.get("a/b").is_some());
-        assert!(matches!(t.add_file("a/b", 0o644, "y"), Err(FormatError::TreeExists { .. })));
+        assert!(matches!(
+            t.add_file("a/b", 0o644, "y"),
+            Err(FormatError::TreeExists { .. })
+        ));
     }
 
     #[test]
     fn bad_paths_are_refused() {
         let mut t = Tree::new();
         for bad in ["/etc/passwd", "a/../b", "..", "", ".", "a/\0"] {
-            assert!(matches!(t.add_dir(bad, 0o755), Err(FormatError::TreePath { .. })), "{bad:?}");
+            assert!(
+                matches!(t.add_dir(bad, 0o755), Err(FormatError::TreePath { .. })),
+                "{bad:?}"
+            );
         }
         assert!(t.is_empty());
     }
@@ -322,7 +367,10 @@ mod tests {
         t.add_file("f", 0o644, "x").unwrap();
         t.add_symlink("s", "f").unwrap();
         let err = t.add_file("f/g/h", 0o644, "y").unwrap_err();
-        assert!(matches!(&err, FormatError::TreeParentNotDir { parent, .. } if parent == "f"), "{err}");
+        assert!(
+            matches!(&err, FormatError::TreeParentNotDir { parent, .. } if parent == "f"),
+            "{err}"
+        );
         assert!(t.add_dir("s/d", 0o755).is_err());
         assert!(t.add_dir("f", 0o755).is_err());
         assert_eq!(t.len(), 2, "failed adds leave no implicit parents behind");
@@ -335,13 +383,42 @@ mod tests {
         let mut t = Tree::new();
         t.add_file("late", 0o644, path.clone()).unwrap();
         std::fs::write(&path, b"written after add").unwrap();
-        let NodeKind::File(content) = &t.get("late").unwrap().kind else { panic!() };
+        let NodeKind::File(content) = &t.get("late").unwrap().kind else {
+            panic!()
+        };
         let mut out = Vec::new();
         let open = content.open("late").unwrap();
         assert_eq!(open.len(), 17);
-        open.copy_to(&mut out, |source| FormatError::CpioWrite { path: "late".into(), source }).unwrap();
+        open.copy_to(&mut out, |source| FormatError::CpioWrite {
+            path: "late".into(),
+            source,
+        })
+        .unwrap();
         assert_eq!(out, b"written after add");
         std::fs::remove_file(&path).unwrap();
-        assert!(matches!(content.open("late"), Err(FormatError::HostFile { .. })));
+        assert!(matches!(
+            content.open("late"),
+            Err(FormatError::HostFile { .. })
+        ));
+    }
+
+    #[test]
+    fn host_file_that_grows_after_open_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("growing");
+        std::fs::write(&path, b"1234").unwrap();
+        let content = FileContent::Host(path.clone());
+        let open = content.open("growing").unwrap();
+        std::fs::write(&path, b"123456789").unwrap();
+        let err = open
+            .copy_to(&mut Vec::new(), |source| FormatError::CpioWrite {
+                path: "growing".into(),
+                source,
+            })
+            .unwrap_err();
+        assert!(
+            matches!(err, FormatError::HostFileChanged { expected: 4, .. }),
+            "{err}"
+        );
     }
 }

@@ -47,6 +47,8 @@ pub enum Call {
 }
 
 type Predicate = Box<dyn Fn(&Call) -> bool>;
+type ReapResult = io::Result<Option<(i32, ChildExit)>>;
+type SleepHook = Box<dyn FnMut(Duration)>;
 
 /// Records every call; fails those matching a registered predicate.
 #[derive(Default)]
@@ -54,10 +56,10 @@ pub struct Fake {
     calls: RefCell<Vec<Call>>,
     failures: RefCell<Vec<(Predicate, i32)>>,
     clock: Cell<Duration>,
-    reaps: RefCell<VecDeque<io::Result<Option<(i32, ChildExit)>>>>,
+    reaps: RefCell<VecDeque<ReapResult>>,
     magic: Cell<Option<u64>>,
     next_pid: Cell<i32>,
-    on_sleep: RefCell<Option<Box<dyn FnMut(Duration)>>>,
+    on_sleep: RefCell<Option<SleepHook>>,
 }
 
 impl Fake {

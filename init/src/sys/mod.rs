@@ -1,9 +1,10 @@
 //! The syscalls PID 1 makes, behind one trait so the boot and shutdown logic runs in unit tests.
 //!
 //! [`Real`] performs them (and is only ever constructed by `entry` after checking that we are
-//! process 1); [`fake::Fake`] records them, answers from a script, and keeps a virtual clock so
-//! that timeouts and delays cost no wall time. Everything that mutates the machine goes through
-//! here; code outside may only read files under a [`crate::paths::Paths`] root.
+//! process 1); `fake::Fake` (tests only) records them, answers from a script, and keeps a
+//! virtual clock so that timeouts and delays cost no wall time. Everything that mutates the
+//! machine goes through here; code outside may only read files under a [`crate::paths::Paths`]
+//! root.
 
 mod real;
 
@@ -84,7 +85,7 @@ pub trait Syscalls {
     fn chdir(&self, path: &Path) -> io::Result<()>;
     /// `execve(path, argv, env)` with exactly `env`; returns only on failure.
     fn exec(&self, path: &Path, argv: &[&str], env: &[(&str, &str)]) -> io::Error;
-    /// Starts `path` with `argv` (argv[0] included) and an empty signal mask; returns its pid.
+    /// Starts `path` with `argv` (`argv[0]` included) and an empty signal mask; returns its pid.
     fn spawn(&self, path: &Path, argv: &[&str]) -> io::Result<i32>;
     /// Opens `console` and makes it stdin, stdout and stderr.
     fn stdio_to_console(&self, console: &Path) -> io::Result<()>;

@@ -15,7 +15,8 @@ use rustix::system::RebootCommand;
 
 use super::{ChildExit, KillSignal, Mount, RebootCmd, Syscalls, Umount};
 
-/// `finit_module` flag: the file is compressed; the kernel decompresses it (CONFIG_MODULE_DECOMPRESS).
+/// `finit_module` flag: the file is compressed and the kernel decompresses it
+/// (needs CONFIG_MODULE_DECOMPRESS).
 const MODULE_INIT_COMPRESSED_FILE: i32 = 4;
 
 /// The running kernel. Only `entry` constructs this, and only in process 1.
