@@ -27,6 +27,11 @@ pub const PACKAGES: &[&str] = &[
     "mtools",
     "squashfs-tools",
     "cpio",
+    // veritysetup, for the dm-verity interop tests.
+    "cryptsetup-bin",
+    // fw_printenv/fw_setenv and mkimage, for the U-Boot environment and boot script.
+    "libubootenv-tool",
+    "u-boot-tools",
 ];
 
 const TARGETS: &[&str] = &["x86_64-unknown-linux-musl", "aarch64-unknown-linux-musl"];

@@ -126,4 +126,32 @@ pub enum FormatError {
         #[source]
         source: backhand::BackhandError,
     },
+
+    #[error("Invalid dm-verity parameters: {reason}")]
+    VerityParams { reason: String },
+
+    #[error(
+        "dm-verity device is {len} bytes, too short for data and hash tree ending at byte {needed}"
+    )]
+    VerityDeviceTooShort { len: u64, needed: u64 },
+
+    #[error(
+        "dm-verity superblock at byte offset {offset} does not match the expected tree: {reason}"
+    )]
+    VeritySuperblock { offset: u64, reason: String },
+
+    #[error("dm-verity hash block {index} of level {level} (byte offset {offset}) does not match {parent}; the hash tree is damaged or belongs to other data")]
+    VerityHashBlock {
+        level: usize,
+        index: u64,
+        offset: u64,
+        parent: &'static str,
+    },
+
+    #[error("dm-verity data block {block} (byte offset {offset}) does not match {parent}; the data changed after the hash tree was written")]
+    VerityDataBlock {
+        block: u64,
+        offset: u64,
+        parent: &'static str,
+    },
 }

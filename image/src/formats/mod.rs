@@ -13,5 +13,6 @@ pub mod guid;
 pub mod region;
 pub mod squashfs;
 pub mod tree;
+pub mod verity;
 
 pub use error::FormatError;
