@@ -172,8 +172,7 @@ fn image_build(args: BuildArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "built {} {} for {} ({}) in {}",
-        "Cairn",
+        "built Cairn {} for {} ({}) in {}",
         manifest.version,
         manifest.board,
         manifest.arch,

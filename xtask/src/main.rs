@@ -1,7 +1,7 @@
 //! `cargo xtask`: everything a fresh Debian machine needs to build, boot and test Cairn.
 //!
 //! - `setup`  installs the host packages, the arm64 dpkg architecture and the rustup targets
-//!            (idempotent; apt runs only when something is missing).
+//!   (idempotent; apt runs only when something is missing).
 //! - `device` builds the static device binary for both architectures.
 //! - `images` builds the QEMU board images into target/cairn/images/<board>.
 //! - `demo`   builds the qemu-aarch64 image, boots it, shows the console and a summary.
