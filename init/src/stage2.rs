@@ -88,6 +88,10 @@ pub fn prepare<'a>(
     own_start: Duration,
 ) -> Result<Supervisor<'a>> {
     let (slot, version) = boot_facts(sys, log, paths, handoff)?;
+    log.debug(format_args!(
+        "stage 2 up at {} ms (boottime)",
+        own_start.as_millis()
+    ));
     let supervisor = Supervisor::start(sys, log, paths, SERVICES)?;
     print_ready(
         sys,

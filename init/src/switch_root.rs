@@ -118,6 +118,11 @@ fn try_switch_root(
     sys.chdir(Path::new("/"))
         .map_err(sys_err("chdir", Path::new("/")))?;
 
+    log.debug(format_args!(
+        "root switched at {} ms; exec {}",
+        sys.boottime().as_millis(),
+        paths::STAGE2_INIT
+    ));
     let start_ns = start.as_nanos().to_string();
     let init = Path::new(paths::STAGE2_INIT);
     let source = sys.exec(
