@@ -3,26 +3,16 @@
 
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 use cairn_image::formats::cpio::write_cpio;
 use cairn_image::formats::tree::Tree;
 
-const MTIME: u32 = 1_577_836_800; // 2020-01-01T00:00:00Z
+mod common;
+use common::tool;
 
-/// The peer tool is a hard requirement: if it is missing the test fails rather than skipping.
-fn tool(name: &str, package: &str) -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let dirs = std::env::split_paths(&path).chain(["/usr/sbin".into(), "/sbin".into()]);
-    for dir in dirs {
-        let candidate = dir.join(name);
-        if candidate.is_file() {
-            return candidate;
-        }
-    }
-    panic!("{name} not found; it comes from Debian package {package}, which `cargo xtask setup` installs");
-}
+const MTIME: u32 = 1_577_836_800; // 2020-01-01T00:00:00Z
 
 /// Runs cpio in `cwd` with the archive on stdin and returns stdout.
 fn cpio(archive: &Path, cwd: &Path, args: &[&str]) -> String {

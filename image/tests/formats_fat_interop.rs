@@ -3,28 +3,18 @@
 //! file contents, including long names such as systemd-boot's `cairn-a+3-0.conf`.
 
 use std::fs::{self, File, OpenOptions};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use cairn_image::formats::fat::write_fat32;
 use cairn_image::formats::region::Region;
 use cairn_image::formats::tree::Tree;
 
+mod common;
+use common::tool;
+
 const MIB: u64 = 1024 * 1024;
 const ESP_BYTES: u64 = 96 * MIB;
-
-/// The peer tools are a hard requirement: a missing one fails the test rather than skipping it.
-fn tool(name: &str, package: &str) -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let dirs = std::env::split_paths(&path).chain(["/usr/sbin".into(), "/sbin".into()]);
-    for dir in dirs {
-        let candidate = dir.join(name);
-        if candidate.is_file() {
-            return candidate;
-        }
-    }
-    panic!("{name} not found; it comes from Debian package {package}, which `cargo xtask setup` installs");
-}
 
 /// Runs an mtools command; returns (success, stdout bytes, stderr text).
 fn mtools(name: &str, args: &[&str]) -> (bool, Vec<u8>, String) {
@@ -41,27 +31,18 @@ fn mtools(name: &str, args: &[&str]) -> (bool, Vec<u8>, String) {
     )
 }
 
-fn pseudo_random(len: usize, seed: u32) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
-}
-
 fn files(host_dir: &Path) -> Vec<(&'static str, Vec<u8>)> {
-    let host = pseudo_random(300_000, 3);
+    let host = common::pseudo_random(300_000, 3);
     fs::write(host_dir.join("vmlinuz"), &host).unwrap();
     vec![
         (
             "EFI/BOOT/BOOTAA64.EFI",
-            pseudo_random(5 * MIB as usize + 123, 1),
+            common::pseudo_random(5 * MIB as usize + 123, 1),
         ),
-        ("EFI/systemd/systemd-bootaa64.efi", pseudo_random(90_000, 2)),
+        (
+            "EFI/systemd/systemd-bootaa64.efi",
+            common::pseudo_random(90_000, 2),
+        ),
         ("EFI/cairn/a/vmlinuz", host),
         (
             "loader/loader.conf",

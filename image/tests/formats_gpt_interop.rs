@@ -10,21 +10,11 @@ use std::process::Command;
 use cairn_image::formats::gpt::{self, GptPartition};
 use cairn_image::formats::guid::Guid;
 
+mod common;
+use common::tool;
+
 const MIB: u64 = 1024 * 1024;
 const DISK_BYTES: u64 = 64 * MIB;
-
-/// The peer tools are a hard requirement: a missing one fails the test rather than skipping it.
-fn tool(name: &str, package: &str) -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let dirs = std::env::split_paths(&path).chain(["/usr/sbin".into(), "/sbin".into()]);
-    for dir in dirs {
-        let candidate = dir.join(name);
-        if candidate.is_file() {
-            return candidate;
-        }
-    }
-    panic!("{name} not found; it comes from Debian package {package}, which `cargo xtask setup` installs");
-}
 
 fn run(tool: &Path, args: &[&str]) -> String {
     let out = Command::new(tool)

@@ -12,20 +12,10 @@ use cairn_image::formats::region::Region;
 use cairn_image::formats::squashfs::write_squashfs;
 use cairn_image::formats::tree::Tree;
 
-const MTIME: u32 = 1_600_000_000; // 2020-09-13 12:26:40 UTC
+mod common;
+use common::tool;
 
-/// The peer tool is a hard requirement: if it is missing the test fails rather than skipping.
-fn tool(name: &str, package: &str) -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let dirs = std::env::split_paths(&path).chain(["/usr/sbin".into(), "/sbin".into()]);
-    for dir in dirs {
-        let candidate = dir.join(name);
-        if candidate.is_file() {
-            return candidate;
-        }
-    }
-    panic!("{name} not found; it comes from Debian package {package}, which `cargo xtask setup` installs");
-}
+const MTIME: u32 = 1_600_000_000; // 2020-09-13 12:26:40 UTC
 
 fn unsquashfs(args: &[&str]) -> Vec<u8> {
     let out = Command::new(tool("unsquashfs", "squashfs-tools"))
@@ -41,23 +31,11 @@ fn unsquashfs(args: &[&str]) -> Vec<u8> {
     out.stdout
 }
 
-fn pseudo_random(len: usize, seed: u32) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
-}
-
 /// Host files for the tree, so that their mtimes can be changed between writes.
 fn host_files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     let files = vec![
-        (dir.join("cairn"), pseudo_random(700_001, 7)),
-        (dir.join("libc.so.6"), pseudo_random(20_000, 8)),
+        (dir.join("cairn"), common::pseudo_random(700_001, 7)),
+        (dir.join("libc.so.6"), common::pseudo_random(20_000, 8)),
     ];
     for (path, content) in &files {
         fs::write(path, content).unwrap();
@@ -162,8 +140,8 @@ fn unsquashfs_returns_our_contents_and_superblock_time() {
     write(&img, 0, &tree(dir.path()));
     let img = img.to_str().unwrap();
     for (path, content) in [
-        ("sbin/init", pseudo_random(700_001, 7)),
-        ("usr/lib/libc.so.6", pseudo_random(20_000, 8)),
+        ("sbin/init", common::pseudo_random(700_001, 7)),
+        ("usr/lib/libc.so.6", common::pseudo_random(20_000, 8)),
         ("etc/cairn/release", b"version=1.0\n".to_vec()),
         ("empty", Vec::new()),
     ] {

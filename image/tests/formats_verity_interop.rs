@@ -10,6 +10,8 @@ use std::process::{Command, Output};
 use cairn_image::formats::verity::{append_hash_tree, verify, VerityParams};
 use cairn_image::formats::FormatError;
 
+mod common;
+
 const BLOCK: u64 = 4096;
 
 /// The peer tool is a hard requirement: if it is missing the test fails rather than skipping.
@@ -53,18 +55,6 @@ fn field<'a>(output: &'a str, key: &str) -> &'a str {
         .trim()
 }
 
-fn pseudo_random(len: u64, seed: u32) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
-}
-
 struct Case {
     name: &'static str,
     data_blocks: u64,
@@ -76,7 +66,7 @@ struct Case {
 fn check(dir: &Path, case: &Case) {
     let name = case.name;
     let data_bytes = (case.data_blocks + case.gap_blocks) * BLOCK;
-    let data = pseudo_random(data_bytes, case.data_blocks as u32);
+    let data = common::pseudo_random(data_bytes as usize, case.data_blocks as u32);
     let ours = dir.join(format!("{name}.ours"));
     fs::write(&ours, &data).unwrap();
     let params = VerityParams {
@@ -189,7 +179,7 @@ fn check(dir: &Path, case: &Case) {
 }
 
 fn cases() -> Vec<Case> {
-    let salt32 = pseudo_random(32, 99);
+    let salt32 = common::pseudo_random(32, 99);
     vec![
         Case {
             name: "one-block",
