@@ -66,14 +66,37 @@ impl std::fmt::Display for Arch {
     }
 }
 
-/// Sizes of the partitions on the disk image, in MiB. The order on disk is fixed:
-/// ESP, ROOT-A, ROOT-B, STATE, DATA.
+/// Sizes of the partitions on the disk image, in MiB. The order on disk is fixed: the boot
+/// partition (the ESP, or the Raspberry Pi firmware partition), BOOT-A and BOOT-B when the board
+/// has per-slot boot partitions, ROOT-A, ROOT-B, STATE, DATA.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct Layout {
     pub esp_mib: u64,
+    /// Size of each of BOOT-A and BOOT-B; 0 when the slots' kernels live on the ESP.
+    pub boot_slot_mib: u64,
     pub root_mib: u64,
     pub state_mib: u64,
     pub data_mib: u64,
+}
+
+/// How a board's firmware picks a slot, and where each slot's kernel lives.
+#[derive(Debug, Clone, Copy, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum BootScheme {
+    /// UEFI firmware starts systemd-boot from the ESP; each slot's kernel, initramfs and Boot
+    /// Loader Specification entry live on the ESP, and boot counting is in the entry file names.
+    SystemdBoot {
+        /// Debian package carrying systemd-boot's EFI binary.
+        package: &'static str,
+    },
+    /// The Raspberry Pi 4 EEPROM bootloader reads `autoboot.txt` from partition 1 and starts the
+    /// firmware from BOOT-A or BOOT-B; a trial is a reboot with the `tryboot` flag.
+    RpiTryboot {
+        /// Debian package with start4.elf, fixup4.dat and friends.
+        firmware_package: &'static str,
+        /// Device tree blobs copied from the kernel package (`usr/lib/linux-image-*/<path>`).
+        dtbs: &'static [&'static str],
+    },
 }
 
 /// How an emulated board is started by the QEMU harness.
@@ -104,8 +127,7 @@ pub struct Board {
     /// Debian package naming the kernel. Usually a metapackage that the image build resolves to
     /// the versioned `linux-image-<abi>-<flavour>` package, recorded in image.json.
     pub kernel_package: &'static str,
-    /// Debian package carrying systemd-boot's EFI binary.
-    pub bootloader_package: &'static str,
+    pub boot: BootScheme,
     /// Serial console device the kernel and init log to.
     pub console: &'static str,
     /// Extra kernel command-line arguments for this board.
@@ -119,6 +141,7 @@ pub struct Board {
 
 const QEMU_LAYOUT: Layout = Layout {
     esp_mib: 128,
+    boot_slot_mib: 0,
     root_mib: 128,
     state_mib: 32,
     data_mib: 64,
@@ -130,11 +153,23 @@ pub const BOARDS: &[Board] = &[
         name: "qemu-aarch64",
         arch: Arch::Aarch64,
         kernel_package: "linux-image-cloud-arm64",
-        bootloader_package: "systemd-boot-efi",
+        boot: BootScheme::SystemdBoot {
+            package: "systemd-boot-efi",
+        },
         console: "ttyAMA0",
         kernel_args: &[],
         // evdev exposes the ACPI power button (built into this kernel) to init as /dev/input/event*.
-        modules: &["virtio_pci", "virtio_blk", "squashfs", "evdev"],
+        modules: &[
+            "virtio_pci",
+            "virtio_blk",
+            "dm_mod",
+            "dm_verity",
+            "squashfs",
+            "vfat",
+            "nls_cp437",
+            "nls_ascii",
+            "evdev",
+        ],
         layout: QEMU_LAYOUT,
         qemu: Some(QemuProfile {
             binary: "qemu-system-aarch64",
@@ -151,11 +186,24 @@ pub const BOARDS: &[Board] = &[
         name: "qemu-x86_64",
         arch: Arch::X86_64,
         kernel_package: "linux-image-amd64",
-        bootloader_package: "systemd-boot-efi",
+        boot: BootScheme::SystemdBoot {
+            package: "systemd-boot-efi",
+        },
         console: "ttyS0",
         kernel_args: &[],
         // `button` is the ACPI power button driver, a module in this kernel; evdev exposes it to init.
-        modules: &["virtio_pci", "virtio_blk", "squashfs", "button", "evdev"],
+        modules: &[
+            "virtio_pci",
+            "virtio_blk",
+            "dm_mod",
+            "dm_verity",
+            "squashfs",
+            "vfat",
+            "nls_cp437",
+            "nls_ascii",
+            "button",
+            "evdev",
+        ],
         layout: QEMU_LAYOUT,
         qemu: Some(QemuProfile {
             binary: "qemu-system-x86_64",
@@ -167,6 +215,44 @@ pub const BOARDS: &[Board] = &[
             firmware_vars: "/usr/share/OVMF/OVMF_VARS_4M.fd",
             firmware_package: "ovmf",
         }),
+    },
+    Board {
+        name: "rpi4",
+        arch: Arch::Aarch64,
+        kernel_package: "linux-image-arm64",
+        boot: BootScheme::RpiTryboot {
+            firmware_package: "raspi-firmware",
+            dtbs: &[
+                "broadcom/bcm2711-rpi-4-b.dtb",
+                "broadcom/bcm2711-rpi-400.dtb",
+                "broadcom/bcm2711-rpi-cm4-io.dtb",
+            ],
+        },
+        // The mini UART on GPIO 14/15 (enable_uart=1 in config.txt).
+        console: "ttyS1,115200",
+        kernel_args: &[],
+        // The SD card sits behind the Arasan/iProc SDHCI controller; its 1.8 V switch goes through
+        // the firmware's GPIO expander.
+        modules: &[
+            "gpio_raspberrypi_exp",
+            "sdhci_iproc",
+            "mmc_block",
+            "dm_mod",
+            "dm_verity",
+            "squashfs",
+            "vfat",
+            "nls_cp437",
+            "nls_ascii",
+            "evdev",
+        ],
+        layout: Layout {
+            esp_mib: 64,
+            boot_slot_mib: 128,
+            root_mib: 128,
+            state_mib: 32,
+            data_mib: 64,
+        },
+        qemu: None,
     },
 ];
 

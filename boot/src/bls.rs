@@ -1,13 +1,14 @@
-//! Boot Loader Specification Type #1 entries, as systemd-boot reads them.
+//! Boot Loader Specification Type #1 entries, as systemd-boot reads them: file names with their
+//! boot counter, and contents.
 //!
-//! Boot counting lives in the entry's file name: `cairn-b+3-0.conf` has 3 tries left and 0 done.
-//! systemd-boot renames the file before each boot it makes from it (`+2-1`, ...); an entry with
-//! `+0-N` is "bad" and sorted last; an entry without the counter is "good". Marking a slot good
-//! therefore means renaming its entry to drop the counter.
+//! Boot counting lives in the entry's file name: `cairn-2-b+3-0.conf` has 3 tries left and 0
+//! done. systemd-boot renames the file before each boot it makes from it (`+2-1`, ...); an entry
+//! with `+0-N` is "bad" and sorted last; an entry without the counter is "good". How Cairn names
+//! and changes its entries is [`crate::sdboot`]'s business.
 
 use std::fmt::Write as _;
 
-use crate::{Error, Slot};
+use crate::Error;
 
 /// The boot counter carried in an entry's file name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,11 +74,6 @@ impl EntryName {
     }
 }
 
-/// The id of a slot's entry.
-pub fn entry_id(slot: Slot) -> String {
-    format!("cairn-{}", slot.name())
-}
-
 /// The contents of one entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
@@ -109,15 +105,6 @@ impl Entry {
         }
         Ok(out)
     }
-}
-
-/// loader.conf for a Cairn ESP: no menu, no editor (the kernel command line carries the root
-/// hash, so editing it must not be possible), and the slot's entry as default.
-pub fn loader_conf(default: Slot) -> String {
-    format!(
-        "timeout 0\neditor no\nauto-entries no\nauto-firmware no\nconsole-mode keep\ndefault {}*\n",
-        entry_id(default)
-    )
 }
 
 #[cfg(test)]
@@ -169,11 +156,5 @@ mod tests {
             e.render(),
             Err(Error::BadField { field: "title" })
         ));
-    }
-
-    #[test]
-    fn loader_conf_disables_editor() {
-        let conf = loader_conf(Slot::A);
-        assert!(conf.contains("editor no") && conf.contains("default cairn-a*"));
     }
 }

@@ -73,7 +73,42 @@ pub enum Error {
     TrialTries { tries: u32, max: u32 },
 
     #[error(
-        "refusing to mark slot {0} bad: it is the last slot in BOOT_ORDER, nothing would boot"
+        "refusing to mark slot {0} bad: the other slot is not bootable, so nothing would boot"
     )]
     LastBootableSlot(Slot),
+
+    #[error("`{path}` is not a relative path inside the file system: {reason}")]
+    BadPath { path: String, reason: &'static str },
+
+    #[error("{path} is larger than {limit} bytes; refusing to read it")]
+    FileTooLarge { path: String, limit: usize },
+
+    #[error("{file}: {reason}")]
+    BadEntryFile { file: String, reason: String },
+
+    #[error("slot {slot} has no boot entry in {dir}: install one first")]
+    NoEntry { slot: Slot, dir: &'static str },
+
+    #[error("refusing to replace the boot entry of slot {0}: it is the running slot")]
+    RunningSlot(Slot),
+
+    #[error("{dir}: entry generation {gen} is the largest possible; renumber the entries")]
+    GenerationExhausted { dir: &'static str, gen: u32 },
+
+    #[error("{path}: {reason}")]
+    Autoboot { path: String, reason: String },
+
+    #[error("{path}: {reason}")]
+    DeviceTree { path: String, reason: String },
+
+    #[error(
+        "the kernel command line says slot {running}, whose boot partition is {expected}, but \
+         the firmware booted partition {partition}: that partition's cmdline.txt names the \
+         wrong slot"
+    )]
+    SlotMismatch {
+        running: Slot,
+        expected: u32,
+        partition: u32,
+    },
 }

@@ -8,8 +8,8 @@ use std::fs::{self, File};
 use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use cairn_board::{Arch, Board};
-use cairn_boot::{bls, Slot};
+use cairn_board::{Arch, Board, BootScheme};
+use cairn_boot::{bls, sdboot, tryboot, Slot};
 use serde::Serialize;
 
 use crate::deb::{sha256_file, Cache, FetchedPackage};
@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::formats::guid::Guid;
 use crate::formats::region::Region;
 use crate::formats::tree::Tree;
-use crate::formats::{cpio, fat, gpt, squashfs};
+use crate::formats::{cpio, fat, gpt, squashfs, verity};
 use crate::kmod::ModuleTree;
 
 /// Fixed timestamp of every file in the image (2020-01-01T00:00:00Z): FAT cannot go below 1980,
@@ -27,8 +27,9 @@ pub const IMAGE_EPOCH: u32 = 1_577_836_800;
 const MIB: u64 = 1024 * 1024;
 const ESP_TYPE: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
 const LINUX_DATA_TYPE: &str = "0FC63DAF-8483-4772-8E79-3D69D8477DE4";
-/// Tries a fresh slot gets before systemd-boot considers it bad.
-pub const INITIAL_TRIES: u32 = 3;
+/// "Microsoft basic data": the FAT partitions of the Raspberry Pi image, which its bootloader
+/// accepts on GPT disks as long as they come first.
+const BASIC_DATA_TYPE: &str = "EBD0A0A2-B9E5-4433-87C0-68B6B72699C7";
 
 /// What to build.
 #[derive(Debug, Clone)]
@@ -54,6 +55,7 @@ pub struct ImageManifest {
     pub arch: Arch,
     pub version: String,
     pub seed: String,
+    pub boot: BootScheme,
     pub disk: DiskInfo,
     pub partitions: Vec<PartitionInfo>,
     pub kernel: KernelInfo,
@@ -77,7 +79,7 @@ pub struct PartitionInfo {
     pub guid: String,
     pub offset: u64,
     pub size: u64,
-    /// What the build put there: "fat32", "squashfs" or "empty".
+    /// What the build put there: "fat32", "squashfs+verity" or "empty".
     pub content: &'static str,
     /// Bytes of content written at the start of the partition.
     pub content_size: u64,
@@ -92,10 +94,26 @@ pub struct KernelInfo {
 #[derive(Debug, Clone, Serialize)]
 pub struct SlotInfo {
     pub slot: String,
+    /// Where the slot's kernel command line lives: the boot entry on the ESP, or cmdline.txt on
+    /// the slot's boot partition.
     pub entry: String,
     pub cmdline: String,
+    /// BOOT-A/BOOT-B on boards with per-slot boot partitions.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub boot_partition: Option<String>,
     pub root_partition: String,
+    /// Bytes of squashfs at the start of the root partition.
+    pub root_size: u64,
     pub root_sha256: String,
+    /// dm-verity root hash, hex.
+    pub roothash: String,
+    /// Byte offset of the verity superblock in the root partition (`veritysetup --hash-offset`).
+    pub hash_offset: u64,
+    /// Bytes of superblock plus tree from `hash_offset`.
+    pub hash_size: u64,
+    pub data_blocks: u64,
+    pub salt: String,
+    pub verity_uuid: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -122,8 +140,6 @@ pub fn build(opts: &BuildOptions) -> Result<ImageManifest> {
     let cache = Cache::new(&opts.cache);
     let arch = opts.board.arch.deb_arch();
     let kernel_pkg = cache.fetch(opts.board.kernel_package, arch)?;
-    let boot_pkg = cache.fetch(opts.board.bootloader_package, arch)?;
-
     let modules = ModuleTree::open(&kernel_pkg.root)?;
     let release = modules.release().to_string();
     let module_files = modules.resolve(opts.board.modules)?;
@@ -131,81 +147,37 @@ pub fn build(opts: &BuildOptions) -> Result<ImageManifest> {
     if !kernel.is_file() {
         return Err(package_content(&kernel_pkg, "kernel image", &kernel));
     }
-    let efi_name = format!("systemd-boot{}.efi", opts.board.arch.efi_suffix());
-    let sd_boot = boot_pkg
-        .root
-        .join("usr/lib/systemd/boot/efi")
-        .join(&efi_name);
-    if !sd_boot.is_file() {
-        return Err(package_content(
-            &boot_pkg,
-            "systemd-boot EFI binary",
-            &sd_boot,
-        ));
-    }
+    let mut inputs = vec![package_input(&kernel_pkg)];
 
     let initramfs = initramfs(&opts.device_bin, &module_files)?;
     let root = root_tree(opts)?;
+    let seed = opts.seed.as_bytes();
 
-    let slot = Slot::A;
-    let entry_name = bls::EntryName::new(
-        bls::entry_id(slot),
-        Some(bls::Counter {
-            left: INITIAL_TRIES,
-            done: 0,
-        }),
-    );
-    let cmdline = kernel_cmdline(opts.board, slot);
-    let entry = bls::Entry {
-        title: format!("Cairn {} (slot {slot})", opts.version),
-        version: opts.version.clone(),
-        linux: format!("/EFI/cairn/{slot}/vmlinuz"),
-        initrd: format!("/EFI/cairn/{slot}/initramfs.img"),
-        options: cmdline.split(' ').map(str::to_string).collect(),
-    };
-    let mut esp = Tree::new();
-    let suffix = opts.board.arch.efi_suffix().to_ascii_uppercase();
-    esp.add_file(
-        &format!("EFI/BOOT/BOOT{suffix}.EFI"),
-        0o644,
-        sd_boot.clone(),
-    )?;
-    esp.add_file(&format!("EFI/systemd/{efi_name}"), 0o644, sd_boot)?;
-    esp.add_file(&format!("EFI/cairn/{slot}/vmlinuz"), 0o644, kernel)?;
-    esp.add_file(&format!("EFI/cairn/{slot}/initramfs.img"), 0o644, initramfs)?;
-    esp.add_file(
-        "loader/loader.conf",
-        0o644,
-        bls::loader_conf(slot).into_bytes(),
-    )?;
-    let entry_text = entry.render().map_err(|e| Error::ToolFailed {
-        command: "rendering the boot entry".into(),
-        stderr: e.to_string(),
-    })?;
-    esp.add_file(
-        &format!("loader/entries/{}", entry_name.file_name()),
-        0o644,
-        entry_text.into_bytes(),
-    )?;
-
-    // Disk layout: fixed order, 1 MiB aligned, backup GPT in the last MiB.
+    // The partitions: fixed order, 1 MiB aligned, backup GPT in the last MiB.
     let layout = &opts.board.layout;
-    let parts: [(&str, &str, u64); 5] = [
-        ("ESP", ESP_TYPE, layout.esp_mib),
-        ("ROOT-A", opts.board.arch.root_type_guid(), layout.root_mib),
-        ("ROOT-B", opts.board.arch.root_type_guid(), layout.root_mib),
-        ("STATE", LINUX_DATA_TYPE, layout.state_mib),
-        ("DATA", LINUX_DATA_TYPE, layout.data_mib),
-    ];
+    let root_type = opts.board.arch.root_type_guid();
+    let mut parts: Vec<(&str, &str, u64, &'static str)> = Vec::new();
+    match opts.board.boot {
+        BootScheme::SystemdBoot { .. } => parts.push(("ESP", ESP_TYPE, layout.esp_mib, "fat32")),
+        BootScheme::RpiTryboot { .. } => {
+            parts.push(("BOOT", BASIC_DATA_TYPE, layout.esp_mib, "fat32"));
+            parts.push(("BOOT-A", BASIC_DATA_TYPE, layout.boot_slot_mib, "fat32"));
+            parts.push(("BOOT-B", BASIC_DATA_TYPE, layout.boot_slot_mib, "fat32"));
+        }
+    }
+    parts.push(("ROOT-A", root_type, layout.root_mib, "squashfs+verity"));
+    parts.push(("ROOT-B", root_type, layout.root_mib, "squashfs+verity"));
+    parts.push(("STATE", LINUX_DATA_TYPE, layout.state_mib, "empty"));
+    parts.push(("DATA", LINUX_DATA_TYPE, layout.data_mib, "empty"));
+
     let disk_size = MIB + parts.iter().map(|p| p.2 * MIB).sum::<u64>() + MIB;
     let sizes: Vec<(String, u64)> = parts.iter().map(|p| (p.0.to_string(), p.2 * MIB)).collect();
     let lbas = gpt::layout(disk_size, &sizes)?;
-    let seed = opts.seed.as_bytes();
     let disk_guid = Guid::derive(seed, "disk");
     let gpt_parts: Vec<gpt::GptPartition> = parts
         .iter()
         .zip(&lbas)
-        .map(|((label, type_guid, _), &(first_lba, last_lba))| {
+        .map(|((label, type_guid, _, _), &(first_lba, last_lba))| {
             Ok(gpt::GptPartition {
                 label: label.to_string(),
                 type_guid: Guid::parse(type_guid)?,
@@ -216,6 +188,14 @@ pub fn build(opts: &BuildOptions) -> Result<ImageManifest> {
             })
         })
         .collect::<Result<_>>()?;
+    let index = |label: &str| {
+        gpt_parts
+            .iter()
+            .position(|p| p.label == label)
+            .unwrap_or(usize::MAX)
+    };
+    let offset = |i: usize| gpt_parts[i].first_lba * 512;
+    let capacity = |i: usize| (gpt_parts[i].last_lba + 1 - gpt_parts[i].first_lba) * 512;
 
     let disk_path = staging.dir.join("disk.img");
     let mut disk = fs::OpenOptions::new()
@@ -228,47 +208,216 @@ pub fn build(opts: &BuildOptions) -> Result<ImageManifest> {
     allocate(&disk, disk_size).map_err(|e| Error::io("allocating", &disk_path, e))?;
     gpt::write(&mut disk, disk_size, disk_guid, &gpt_parts)?;
 
-    let offset = |i: usize| gpt_parts[i].first_lba * 512;
-    let capacity = |i: usize| (gpt_parts[i].last_lba + 1 - gpt_parts[i].first_lba) * 512;
-    let volume_id = u32::from_le_bytes(
-        Guid::derive(seed, "esp-volume-id").as_bytes()[..4]
-            .try_into()
-            .unwrap_or([0; 4]),
-    );
-    fat::write_fat32(
-        Region::new(&mut disk, "ESP", offset(0), capacity(0)),
-        capacity(0),
-        volume_id,
-        "ESP",
-        &esp,
-    )?;
-    let root_size = {
-        let mut region = Region::new(&mut disk, "ROOT-A", offset(1), capacity(1));
-        squashfs::write_squashfs(&mut region, &root, IMAGE_EPOCH)?
-    };
-    if root_size > capacity(1) {
-        return Err(Error::TooBig {
-            what: "the root filesystem".into(),
-            size: root_size,
-            capacity: capacity(1),
+    // Roots first: their hashes go into the boot entries. Both slots carry the same system; each
+    // gets its own salt and superblock UUID, hence its own root hash, so that one slot's hash never
+    // verifies the other slot's root.
+    let mut content_sizes = vec![0u64; gpt_parts.len()];
+    let mut slots = Vec::new();
+    for plan in Slot::ALL.map(|slot| SlotPlan { slot }) {
+        let i = index(plan.slot.root_label());
+        let mut region = Region::new(&mut disk, plan.slot.root_label(), offset(i), capacity(i));
+        let root_size = squashfs::write_squashfs(&mut region, &root, IMAGE_EPOCH)?;
+        let hash_offset = root_size.div_ceil(verity::BLOCK_SIZE) * verity::BLOCK_SIZE;
+        let params = verity::VerityParams {
+            data_blocks: hash_offset / verity::BLOCK_SIZE,
+            salt: Guid::derive(seed, &format!("dm-verity-salt/{}", plan.slot.root_label()))
+                .as_bytes()
+                .repeat(2),
+            uuid: verity::VerityParams::derive_uuid(seed, plan.slot.root_label()),
+        };
+        let needed = hash_offset + verity::hash_size(params.data_blocks, &params.salt)?;
+        if needed > capacity(i) {
+            return Err(Error::TooBig {
+                what: format!("{} with its dm-verity hash tree", plan.slot.root_label()),
+                size: needed,
+                capacity: capacity(i),
+            });
+        }
+        let tree = verity::append_hash_tree(&mut region, hash_offset, &params)?;
+        content_sizes[i] = tree.hash_offset + tree.hash_size;
+        let root_sha256 = sha256_region(&mut disk, offset(i), root_size)
+            .map_err(|e| Error::io("reading", &disk_path, e))?;
+        let cmdline = kernel_cmdline(opts.board, plan.slot, &tree);
+        slots.push(SlotInfo {
+            slot: plan.slot.to_string(),
+            entry: String::new(),
+            cmdline,
+            boot_partition: None,
+            root_partition: plan.slot.root_label().into(),
+            root_size,
+            root_sha256,
+            roothash: tree.root_hash_hex(),
+            hash_offset: tree.hash_offset,
+            hash_size: tree.hash_size,
+            data_blocks: tree.data_blocks,
+            salt: tree.salt_arg(),
+            verity_uuid: tree.uuid_text(),
         });
     }
+
+    let volume_id = |name: &str| {
+        u32::from_le_bytes(
+            Guid::derive(seed, &format!("{name}-volume-id")).as_bytes()[..4]
+                .try_into()
+                .unwrap_or([0; 4]),
+        )
+    };
+    let mut write_fat = |disk: &mut File, label: &str, tree: &Tree| -> Result<()> {
+        let i = index(label);
+        content_sizes[i] = capacity(i);
+        fat::write_fat32(
+            Region::new(disk, label, offset(i), capacity(i)),
+            capacity(i),
+            volume_id(label),
+            label,
+            tree,
+        )
+        .map_err(Error::from)
+    };
+
+    match opts.board.boot {
+        BootScheme::SystemdBoot { package } => {
+            let boot_pkg = cache.fetch(package, arch)?;
+            let efi_name = format!("systemd-boot{}.efi", opts.board.arch.efi_suffix());
+            let sd_boot = boot_pkg
+                .root
+                .join("usr/lib/systemd/boot/efi")
+                .join(&efi_name);
+            if !sd_boot.is_file() {
+                return Err(package_content(
+                    &boot_pkg,
+                    "systemd-boot EFI binary",
+                    &sd_boot,
+                ));
+            }
+            inputs.push(package_input(&boot_pkg));
+            let mut esp = Tree::new();
+            let suffix = opts.board.arch.efi_suffix().to_ascii_uppercase();
+            esp.add_file(
+                &format!("EFI/BOOT/BOOT{suffix}.EFI"),
+                0o644,
+                sd_boot.clone(),
+            )?;
+            esp.add_file(&format!("EFI/systemd/{efi_name}"), 0o644, sd_boot)?;
+            let mut entries = Vec::new();
+            for info in &slots {
+                let slot = &info.slot;
+                esp.add_file(&format!("EFI/cairn/{slot}/vmlinuz"), 0o644, kernel.clone())?;
+                esp.add_file(
+                    &format!("EFI/cairn/{slot}/initramfs.img"),
+                    0o644,
+                    initramfs.clone(),
+                )?;
+                entries.push(bls::Entry {
+                    title: format!("Cairn {} (slot {slot})", opts.version),
+                    version: opts.version.clone(),
+                    linux: format!("/EFI/cairn/{slot}/vmlinuz"),
+                    initrd: format!("/EFI/cairn/{slot}/initramfs.img"),
+                    options: info.cmdline.split(' ').map(str::to_string).collect(),
+                });
+            }
+            esp.add_file(
+                "loader/loader.conf",
+                0o644,
+                sdboot::loader_conf().into_bytes(),
+            )?;
+            let files = sdboot::initial_entries(&entries[0], &entries[1]).map_err(|e| {
+                Error::ToolFailed {
+                    command: "rendering the boot entries".into(),
+                    stderr: e.to_string(),
+                }
+            })?;
+            for (info, (name, text)) in slots.iter_mut().zip(files) {
+                info.entry = format!("loader/entries/{name}");
+                esp.add_file(&info.entry, 0o644, text.into_bytes())?;
+            }
+            write_fat(&mut disk, "ESP", &esp)?;
+        }
+        BootScheme::RpiTryboot {
+            firmware_package,
+            dtbs,
+        } => {
+            let fw_pkg = cache.fetch(firmware_package, arch)?;
+            inputs.push(package_input(&fw_pkg));
+            let fw_dir = fw_pkg.root.join("usr/lib/raspi-firmware");
+            let mut firmware = Vec::new();
+            for name in RPI4_FIRMWARE {
+                let path = fw_dir.join(name);
+                if !path.is_file() {
+                    return Err(package_content(&fw_pkg, "Raspberry Pi 4 firmware", &path));
+                }
+                firmware.push((name, path));
+            }
+            let dtb_dir = kernel_pkg
+                .root
+                .join(format!("usr/lib/linux-image-{release}"));
+            let mut boot = Tree::new();
+            for (name, path) in &firmware {
+                boot.add_file(name, 0o644, path.clone())?;
+            }
+            boot.add_file(
+                tryboot::AUTOBOOT_PATH,
+                0o644,
+                tryboot::autoboot_txt(RPI_BOOT_A, RPI_BOOT_B).into_bytes(),
+            )?;
+            write_fat(&mut disk, "BOOT", &boot)?;
+            for info in slots.iter_mut() {
+                let slot: Slot =
+                    info.slot
+                        .parse()
+                        .map_err(|e: cairn_boot::Error| Error::ToolFailed {
+                            command: "naming the slot".into(),
+                            stderr: e.to_string(),
+                        })?;
+                let label = format!("BOOT-{}", info.slot.to_ascii_uppercase());
+                let mut tree = Tree::new();
+                for (name, path) in &firmware {
+                    tree.add_file(name, 0o644, path.clone())?;
+                }
+                for dtb in dtbs {
+                    let path = dtb_dir.join(dtb);
+                    if !path.is_file() {
+                        return Err(package_content(&kernel_pkg, "device tree", &path));
+                    }
+                    let name = Path::new(dtb).file_name().unwrap_or_default();
+                    tree.add_file(&name.to_string_lossy(), 0o644, path)?;
+                }
+                tree.add_file("vmlinuz", 0o644, kernel.clone())?;
+                tree.add_file("initramfs.img", 0o644, initramfs.clone())?;
+                tree.add_file(
+                    "config.txt",
+                    0o644,
+                    rpi_config_txt(slot, &opts.version).into_bytes(),
+                )?;
+                tree.add_file(
+                    "cmdline.txt",
+                    0o644,
+                    format!("{}\n", info.cmdline).into_bytes(),
+                )?;
+                write_fat(&mut disk, &label, &tree)?;
+                info.entry = format!("{label}/cmdline.txt");
+                info.boot_partition = Some(label);
+            }
+        }
+    }
+
     disk.flush()
         .map_err(|e| Error::io("writing", &disk_path, e))?;
     disk.sync_all()
         .map_err(|e| Error::io("syncing", &disk_path, e))?;
-    let root_sha256 = sha256_region(&mut disk, offset(1), root_size)
-        .map_err(|e| Error::io("reading", &disk_path, e))?;
     drop(disk);
 
-    let contents = ["fat32", "squashfs", "empty", "empty", "empty"];
-    let content_sizes = [capacity(0), root_size, 0, 0, 0];
+    inputs.push(InputInfo::DeviceBinary {
+        file: opts.device_bin.display().to_string(),
+        sha256: sha256_file(&opts.device_bin)?,
+    });
     let manifest = ImageManifest {
-        format: 1,
+        format: 2,
         board: opts.board.name.to_string(),
         arch: opts.board.arch,
         version: opts.version.clone(),
         seed: opts.seed.clone(),
+        boot: opts.board.boot,
         disk: DiskInfo {
             file: "disk.img".into(),
             size: disk_size,
@@ -285,7 +434,7 @@ pub fn build(opts: &BuildOptions) -> Result<ImageManifest> {
                 guid: p.part_guid.to_string(),
                 offset: offset(i),
                 size: capacity(i),
-                content: contents[i],
+                content: parts[i].3,
                 content_size: content_sizes[i],
             })
             .collect(),
@@ -293,21 +442,8 @@ pub fn build(opts: &BuildOptions) -> Result<ImageManifest> {
             release,
             modules: module_files.iter().map(|m| m.name.clone()).collect(),
         },
-        slots: vec![SlotInfo {
-            slot: slot.to_string(),
-            entry: entry_name.file_name(),
-            cmdline,
-            root_partition: slot.root_label().into(),
-            root_sha256,
-        }],
-        inputs: vec![
-            package_input(&kernel_pkg),
-            package_input(&boot_pkg),
-            InputInfo::DeviceBinary {
-                file: opts.device_bin.display().to_string(),
-                sha256: sha256_file(&opts.device_bin)?,
-            },
-        ],
+        slots,
+        inputs,
     };
     let json_path = staging.dir.join("image.json");
     let mut json = serde_json::to_string_pretty(&manifest).map_err(|e| Error::ToolFailed {
@@ -320,8 +456,46 @@ pub fn build(opts: &BuildOptions) -> Result<ImageManifest> {
     Ok(manifest)
 }
 
-/// The kernel command line of a slot's boot entry.
-pub fn kernel_cmdline(board: &Board, slot: Slot) -> String {
+/// Partition numbers of BOOT-A and BOOT-B on the Raspberry Pi image, as autoboot.txt names them.
+pub const RPI_BOOT_A: u32 = 2;
+pub const RPI_BOOT_B: u32 = 3;
+
+/// The Raspberry Pi 4 firmware files: the VideoCore firmware and its memory split file, in the
+/// standard, cut-down, debug and extended variants config.txt may select.
+const RPI4_FIRMWARE: [&str; 8] = [
+    "start4.elf",
+    "fixup4.dat",
+    "start4cd.elf",
+    "fixup4cd.dat",
+    "start4db.elf",
+    "fixup4db.dat",
+    "start4x.elf",
+    "fixup4x.dat",
+];
+
+/// config.txt of one slot's boot partition: a 64-bit kernel and our initramfs from the same
+/// partition, the mini UART as console, and the device tree the firmware picks for the model.
+pub fn rpi_config_txt(slot: Slot, version: &str) -> String {
+    format!(
+        "# Cairn {version}, slot {slot}. Read by the Raspberry Pi firmware from BOOT-{upper}.\n\
+         [all]\n\
+         arm_64bit=1\n\
+         enable_uart=1\n\
+         upstream_kernel=1\n\
+         disable_overscan=1\n\
+         kernel=vmlinuz\n\
+         initramfs initramfs.img followkernel\n",
+        upper = slot.name().to_ascii_uppercase(),
+    )
+}
+
+struct SlotPlan {
+    slot: Slot,
+}
+
+/// The kernel command line of a slot: console, quiet, reboot on panic, and what init needs to
+/// mount the slot's root through dm-verity.
+pub fn kernel_cmdline(board: &Board, slot: Slot, tree: &verity::VerityTree) -> String {
     let mut args = vec![
         format!("console={}", board.console),
         // init writes its own lines to the console; the kernel's chatter only slows a serial boot.
@@ -329,6 +503,8 @@ pub fn kernel_cmdline(board: &Board, slot: Slot) -> String {
         // A kernel panic reboots, so the bootloader's boot counting can act.
         "panic=5".to_string(),
         format!("cairn.slot={slot}"),
+        format!("cairn.roothash={}", tree.root_hash_hex()),
+        format!("cairn.hashoffset={}", tree.hash_offset),
     ];
     args.extend(board.kernel_args.iter().map(|a| a.to_string()));
     args.join(" ")
@@ -357,9 +533,17 @@ fn initramfs(device_bin: &Path, modules: &[crate::kmod::ModuleFile]) -> Result<V
 fn root_tree(opts: &BuildOptions) -> Result<Tree> {
     let mut tree = Tree::new();
     tree.add_file("sbin/init", 0o755, opts.device_bin.clone())?;
-    let release = format!("VERSION={}\nBOARD={}\n", opts.version, opts.board.name);
+    let bootloader = match opts.board.boot {
+        BootScheme::SystemdBoot { .. } => "systemd-boot",
+        BootScheme::RpiTryboot { .. } => "rpi-tryboot",
+    };
+    let release = format!(
+        "VERSION={}\nBOARD={}\nBOOTLOADER={bootloader}\n",
+        opts.version, opts.board.name
+    );
     tree.add_file("etc/cairn/release", 0o644, release.into_bytes())?;
-    for dir in ["dev", "proc", "sys", "run", "tmp", "var"] {
+    // /boot is where init mounts the bootloader's partition (ESP or the Pi's partition 1).
+    for dir in ["boot", "dev", "proc", "sys", "run", "tmp", "var"] {
         tree.add_dir(dir, 0o755)?;
     }
     Ok(tree)
@@ -577,9 +761,22 @@ mod tests {
     #[test]
     fn cmdline_names_console_and_slot() {
         let board = cairn_board::find("qemu-x86_64").unwrap();
-        let c = kernel_cmdline(board, Slot::B);
+        let tree = verity::VerityTree {
+            root_hash: [0xab; 32],
+            hash_offset: 8192,
+            hash_size: 4096,
+            data_blocks: 2,
+            salt: vec![1],
+            uuid: [0; 16],
+        };
+        let c = kernel_cmdline(board, Slot::B, &tree);
         assert!(c.starts_with("console=ttyS0 "), "{c}");
-        assert!(c.contains(" cairn.slot=b"), "{c}");
+        assert!(c.contains(" cairn.slot=b "), "{c}");
+        assert!(
+            c.contains(&format!(" cairn.roothash={} ", "ab".repeat(32))),
+            "{c}"
+        );
+        assert!(c.ends_with(" cairn.hashoffset=8192"), "{c}");
     }
 
     #[test]

@@ -213,23 +213,27 @@ impl Cache {
     }
 }
 
+/// The index record of `name` for `arch`, or for `all` when the package is
+/// architecture-independent (firmware, for one).
 fn apt_show(name: &str, arch: &str) -> Result<PackageRecord> {
-    let spec = format!("{name}:{arch}");
-    let output = Command::new("apt-cache")
-        .args(["show", "--no-all-versions", &spec])
-        .output()
-        .map_err(|source| Error::ToolMissing {
-            command: "apt-cache".into(),
-            source,
-        })?;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    if !output.status.success() || stdout.trim().is_empty() {
-        return Err(Error::PackageNotFound {
-            package: name.to_string(),
-            arch: arch.to_string(),
-        });
+    for candidate in [arch, "all"] {
+        let spec = format!("{name}:{candidate}");
+        let output = Command::new("apt-cache")
+            .args(["show", "--no-all-versions", &spec])
+            .output()
+            .map_err(|source| Error::ToolMissing {
+                command: "apt-cache".into(),
+                source,
+            })?;
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        if output.status.success() && !stdout.trim().is_empty() {
+            return parse_record(&stdout, name, candidate);
+        }
     }
-    parse_record(&stdout, name, arch)
+    Err(Error::PackageNotFound {
+        package: name.to_string(),
+        arch: arch.to_string(),
+    })
 }
 
 /// Runs a host tool, turning a missing tool or a failure into one readable line.

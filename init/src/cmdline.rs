@@ -3,19 +3,28 @@
 //! | key | value | default |
 //! |---|---|---|
 //! | `cairn.slot` | `a` or `b`: which root (`ROOT-A`/`ROOT-B`) to boot | required |
+//! | `cairn.roothash` | the root's dm-verity root hash: 64 lowercase hex digits | required |
+//! | `cairn.hashoffset` | byte offset of the verity superblock in the root partition | required |
 //! | `cairn.fatal_delay` | seconds to show a fatal error before rebooting (0..=3600) | 5 |
 //!
 //! Words are split like the kernel does: on whitespace outside double quotes, with the quotes
 //! removed (`k="a b"` is `k` = `a b`). A repeated key takes its last value. Unknown `cairn.*` keys
 //! and unparsable optional values are reported as warnings, never fatal: a typo in a boot entry
-//! must not stop a slot from booting. A missing or bad slot is fatal (see [`Cmdline::slot`]).
+//! must not stop a slot from booting. A missing or bad slot, root hash or hash offset is fatal
+//! (see [`Cmdline::slot`] and [`Cmdline::verity`]): there is no way to boot an unverified root.
+//! The hash offset is plain decimal (no sign, no leading zero) and a nonzero multiple of 4096;
+//! uppercase hex in the root hash is refused rather than folded: the image builder never writes
+//! it, so such a line did not come from it.
 
 use std::time::Duration;
 
 use crate::error::{Error, Result};
+use crate::verity::{RootHash, BLOCK_SIZE};
 
 pub const DEFAULT_FATAL_DELAY: Duration = Duration::from_secs(5);
 const MAX_FATAL_DELAY_S: u64 = 3600;
+/// Bad values are quoted in errors up to this many characters.
+const MAX_QUOTED: usize = 80;
 
 /// A root filesystem slot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,10 +59,20 @@ impl Slot {
     }
 }
 
+/// Where the root's dm-verity hash tree is and what it must hash to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RootVerity {
+    pub root_hash: RootHash,
+    /// Byte offset of the verity superblock in the root partition; a multiple of 4096.
+    pub hash_offset: u64,
+}
+
 /// What init takes from the command line.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Cmdline {
     slot: Option<String>,
+    root_hash: Option<String>,
+    hash_offset: Option<String>,
     pub fatal_delay: Duration,
     /// Human-readable problems to log (unknown keys, bad optional values).
     pub warnings: Vec<String>,
@@ -64,6 +83,8 @@ impl Cmdline {
     pub fn parse(cmdline: &str) -> Self {
         let mut out = Self {
             slot: None,
+            root_hash: None,
+            hash_offset: None,
             fatal_delay: DEFAULT_FATAL_DELAY,
             warnings: Vec::new(),
         };
@@ -74,6 +95,8 @@ impl Cmdline {
             let (key, value) = key.split_once('=').unwrap_or((key, ""));
             match key {
                 "slot" => out.slot = Some(value.to_owned()),
+                "roothash" => out.root_hash = Some(value.to_owned()),
+                "hashoffset" => out.hash_offset = Some(value.to_owned()),
                 "fatal_delay" => match value.parse::<u64>() {
                     Ok(s) if s <= MAX_FATAL_DELAY_S => out.fatal_delay = Duration::from_secs(s),
                     _ => out.warnings.push(format!(
@@ -97,6 +120,56 @@ impl Cmdline {
             value: value.to_owned(),
         })
     }
+
+    /// The root's verity parameters: `cairn.roothash=` and `cairn.hashoffset=` must both be
+    /// present and valid.
+    pub fn verity(&self) -> Result<RootVerity> {
+        let value = self.root_hash.as_deref().ok_or(Error::MissingRootHash)?;
+        let root_hash = RootHash::parse(value).map_err(|reason| Error::BadRootHash {
+            value: quote_limited(value),
+            reason,
+        })?;
+        let value = self
+            .hash_offset
+            .as_deref()
+            .ok_or(Error::MissingHashOffset)?;
+        let hash_offset = parse_hash_offset(value).map_err(|reason| Error::BadHashOffset {
+            value: quote_limited(value),
+            reason: reason.to_owned(),
+        })?;
+        Ok(RootVerity {
+            root_hash,
+            hash_offset,
+        })
+    }
+}
+
+/// Plain decimal, as the image builder writes it: no sign, no leading zero, no separators.
+fn parse_hash_offset(value: &str) -> std::result::Result<u64, &'static str> {
+    if value.is_empty() {
+        return Err("it is empty");
+    }
+    if !value.bytes().all(|b| b.is_ascii_digit()) {
+        return Err("it is not a decimal number");
+    }
+    if value.starts_with('0') {
+        return Err("it is zero or has a leading zero");
+    }
+    let offset: u64 = value.parse().map_err(|_| "it does not fit in 64 bits")?;
+    if !offset.is_multiple_of(BLOCK_SIZE) {
+        return Err("it is not a multiple of 4096");
+    }
+    Ok(offset)
+}
+
+/// `value`, cut to [`MAX_QUOTED`] characters so that one bad word cannot flood the console.
+fn quote_limited(value: &str) -> String {
+    let mut chars = value.chars();
+    let mut out: String = chars.by_ref().take(MAX_QUOTED).collect();
+    if chars.next().is_some() {
+        out.push('…');
+    }
+    out
 }
 
 /// Splits a command line into words: whitespace outside double quotes separates, quotes vanish.
@@ -144,6 +217,101 @@ mod tests {
         assert_eq!(c.slot().unwrap(), Slot::B);
         assert_eq!(c.slot().unwrap().root_partition(), "ROOT-B");
         assert_eq!(c.fatal_delay, Duration::from_secs(30));
+    }
+
+    const HASH: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn verity_parameters() {
+        let c = Cmdline::parse(&format!(
+            "cairn.slot=a cairn.roothash={HASH} cairn.hashoffset=8192"
+        ));
+        let v = c.verity().unwrap();
+        assert_eq!(v.root_hash.to_string(), HASH);
+        assert_eq!(v.hash_offset, 8192);
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        let big = Cmdline::parse(&format!(
+            "cairn.roothash={HASH} cairn.hashoffset=18446744073709547520"
+        ));
+        assert_eq!(big.verity().unwrap().hash_offset, u64::MAX - 4095);
+    }
+
+    #[test]
+    fn missing_verity_parameters() {
+        let err = Cmdline::parse("cairn.slot=a cairn.hashoffset=8192")
+            .verity()
+            .unwrap_err();
+        assert!(matches!(err, Error::MissingRootHash));
+        assert_eq!(
+            err.to_string(),
+            "cairn.roothash is missing: refusing to mount an unverified root"
+        );
+        let err = Cmdline::parse(&format!("cairn.slot=a cairn.roothash={HASH}"))
+            .verity()
+            .unwrap_err();
+        assert!(matches!(err, Error::MissingHashOffset), "{err}");
+    }
+
+    #[test]
+    fn bad_root_hash() {
+        let bad = |v: &str| {
+            Cmdline::parse(&format!("cairn.roothash={v} cairn.hashoffset=4096"))
+                .verity()
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(
+            bad(&HASH[1..]),
+            format!(
+                "kernel command line has cairn.roothash={:?}: it has 63 characters; expected \
+                 the 64 lowercase hex digits of the root's dm-verity root hash",
+                &HASH[1..]
+            )
+        );
+        assert!(
+            bad(&HASH.to_uppercase()).contains(": 'A' at position 11 is uppercase;"),
+            "{}",
+            bad(&HASH.to_uppercase())
+        );
+        assert!(bad(&HASH.replace('7', "x")).contains("'x' at position 8 is not a hex digit"));
+        assert!(bad("").contains("it has 0 characters"));
+        // A bare key has an empty value.
+        let err = Cmdline::parse("cairn.roothash cairn.hashoffset=4096").verity();
+        assert!(matches!(err, Err(Error::BadRootHash { .. })));
+        // A huge value is quoted only in part.
+        let line = bad(&"f".repeat(5000));
+        assert!(line.len() < 300, "{line}");
+        assert!(line.contains("it has 5000 characters"), "{line}");
+    }
+
+    #[test]
+    fn bad_hash_offset() {
+        let bad =
+            |v: &str| match Cmdline::parse(&format!("cairn.roothash={HASH} cairn.hashoffset={v}"))
+                .verity()
+            {
+                Err(Error::BadHashOffset { reason, .. }) => reason,
+                other => panic!("{v:?}: {other:?}"),
+            };
+        assert_eq!(bad(""), "it is empty");
+        assert_eq!(bad("0"), "it is zero or has a leading zero");
+        assert_eq!(bad("08192"), "it is zero or has a leading zero");
+        assert_eq!(bad("+8192"), "it is not a decimal number");
+        assert_eq!(bad("-4096"), "it is not a decimal number");
+        assert_eq!(bad("0x2000"), "it is not a decimal number");
+        assert_eq!(bad("8k"), "it is not a decimal number");
+        assert_eq!(bad("8193"), "it is not a multiple of 4096");
+        assert_eq!(bad("512"), "it is not a multiple of 4096");
+        assert_eq!(bad("18446744073709551616"), "it does not fit in 64 bits");
+        let err = Cmdline::parse(&format!("cairn.roothash={HASH} cairn.hashoffset=100"))
+            .verity()
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "kernel command line has cairn.hashoffset=\"100\": it is not a multiple of 4096; \
+             expected the decimal byte offset of the dm-verity superblock, a positive multiple of \
+             4096"
+        );
     }
 
     #[test]

@@ -51,6 +51,27 @@ pub enum Error {
     #[error("kernel command line has cairn.slot={value:?}; expected a or b")]
     BadSlot { value: String },
 
+    #[error("cairn.roothash is missing: refusing to mount an unverified root")]
+    MissingRootHash,
+
+    #[error(
+        "kernel command line has cairn.roothash={value:?}: {reason}; expected the 64 lowercase \
+         hex digits of the root's dm-verity root hash"
+    )]
+    BadRootHash { value: String, reason: String },
+
+    #[error(
+        "cairn.hashoffset is missing: cairn.roothash needs the byte offset of the dm-verity hash \
+         tree in the root partition"
+    )]
+    MissingHashOffset,
+
+    #[error(
+        "kernel command line has cairn.hashoffset={value:?}: {reason}; expected the decimal byte \
+         offset of the dm-verity superblock, a positive multiple of 4096"
+    )]
+    BadHashOffset { value: String, reason: String },
+
     #[error("{path} line {line}: {reason}")]
     ModuleList {
         path: PathBuf,
@@ -74,6 +95,64 @@ pub enum Error {
         label: String,
         waited_ms: u128,
         seen: String,
+    },
+
+    #[error("{path} has {value:?}; expected <major>:<minor>")]
+    BadDevNumber { path: PathBuf, value: String },
+
+    #[error("{path} did not appear within {waited_ms} ms ({hint})")]
+    NodeTimeout {
+        path: PathBuf,
+        waited_ms: u128,
+        hint: &'static str,
+    },
+
+    #[error("reading the dm-verity superblock of {device} at byte {offset}")]
+    ReadVeritySuperblock {
+        device: PathBuf,
+        offset: u64,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error(
+        "dm-verity superblock of {device} at byte {offset}: {field} is {found}, expected \
+         {expected}"
+    )]
+    VeritySuperblock {
+        device: PathBuf,
+        offset: u64,
+        field: &'static str,
+        found: String,
+        expected: String,
+    },
+
+    #[error("device-mapper request for {name}: {reason}")]
+    DmRequest { name: String, reason: String },
+
+    #[error("device-mapper {cmd} for {name}{hint}")]
+    Dm {
+        cmd: &'static str,
+        name: String,
+        /// Empty, or a parenthesised pointer to the likely cause, with a leading space.
+        hint: &'static str,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("device-mapper {cmd} for {name}: unexpected reply: {problem}")]
+    DmReply {
+        cmd: &'static str,
+        name: String,
+        problem: String,
+    },
+
+    /// An I/O error reading the dm-verity device: the kernel reports a block that does not match
+    /// the hash tree as EIO (when it does not restart the machine outright).
+    #[error("{}: the root of slot {slot} failed dm-verity verification", chain(inner.as_ref()))]
+    RootVerification {
+        slot: &'static str,
+        inner: Box<Error>,
     },
 
     #[error("root filesystem {root} has no {what}; refusing to switch to it")]

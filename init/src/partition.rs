@@ -55,20 +55,42 @@ pub fn scan(paths: &Paths) -> Vec<BlockDev> {
     devs
 }
 
-/// Waits until the partition named `label` and its device node exist; returns the node's path.
+/// A partition that [`wait_for`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Partition {
+    /// The kernel's name for it, as in `DEVNAME=` (`vda3`, `mmcblk0p3`).
+    pub devname: String,
+    /// Its device node under `/dev`.
+    pub node: PathBuf,
+}
+
+impl Partition {
+    /// Its sysfs `dev` attribute (`major:minor`). Sysfs spells a `/` in a device name as `!`.
+    pub fn sysfs_dev(&self, paths: &Paths) -> PathBuf {
+        paths
+            .at(paths::SYS_CLASS_BLOCK)
+            .join(self.devname.replace('/', "!"))
+            .join("dev")
+    }
+}
+
+/// Waits until the partition named `label` and its device node exist.
 pub fn wait_for(
     sys: &dyn Syscalls,
     paths: &Paths,
     label: &str,
     timeout: Duration,
-) -> Result<PathBuf> {
+) -> Result<Partition> {
     let start = sys.boottime();
     loop {
         let devs = scan(paths);
         if let Some(dev) = devs.iter().find(|d| d.partname.as_deref() == Some(label)) {
             let node = paths.at("dev").join(&dev.devname);
             if node.exists() {
-                return Ok(node);
+                return Ok(Partition {
+                    devname: dev.devname.clone(),
+                    node,
+                });
             }
         }
         let waited = sys.boottime().saturating_sub(start);
@@ -143,11 +165,31 @@ mod tests {
         add_dev(dir.path(), "vda3", Some("ROOT-B"), true);
         let sys = Fake::new();
         let paths = Paths::under(dir.path());
+        let found = wait_for(&sys, &paths, "ROOT-B", TIMEOUT).unwrap();
         assert_eq!(
-            wait_for(&sys, &paths, "ROOT-B", TIMEOUT).unwrap(),
-            dir.path().join("dev/vda3")
+            found,
+            Partition {
+                devname: "vda3".into(),
+                node: dir.path().join("dev/vda3")
+            }
+        );
+        assert_eq!(
+            found.sysfs_dev(&paths),
+            dir.path().join("sys/class/block/vda3/dev")
         );
         assert!(sys.calls().is_empty());
+    }
+
+    #[test]
+    fn sysfs_spells_a_slash_in_a_device_name_as_bang() {
+        let p = Partition {
+            devname: "cciss/c0d0p3".into(),
+            node: "/dev/cciss/c0d0p3".into(),
+        };
+        assert_eq!(
+            p.sysfs_dev(&Paths::system()),
+            Path::new("/sys/class/block/cciss!c0d0p3/dev")
+        );
     }
 
     #[test]
@@ -167,8 +209,8 @@ mod tests {
             }
         });
         let paths = Paths::under(dir.path());
-        let node = wait_for(&sys, &paths, "ROOT-A", TIMEOUT).unwrap();
-        assert_eq!(node, dir.path().join("dev/vda2"));
+        let found = wait_for(&sys, &paths, "ROOT-A", TIMEOUT).unwrap();
+        assert_eq!(found.node, dir.path().join("dev/vda2"));
         let waited = sys.now() - start;
         assert!(waited >= Duration::from_millis(320) && waited < Duration::from_millis(330));
     }

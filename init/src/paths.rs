@@ -30,6 +30,8 @@ pub const SYS_CLASS_INPUT: &str = "sys/class/input";
 pub const DEV_INPUT: &str = "dev/input";
 pub const DEV_KMSG: &str = "dev/kmsg";
 pub const DEV_CONSOLE: &str = "dev/console";
+/// Device-mapper's control node; devtmpfs creates it when `dm_mod` loads.
+pub const DEV_MAPPER_CONTROL: &str = "dev/mapper/control";
 
 /// Environment variables stage 1 hands to stage 2 across `execve`.
 pub const ENV_START_NS: &str = "CAIRN_INIT_START_NS";

@@ -1,19 +1,20 @@
 //! Stage 1: PID 1 in the initramfs, from the kernel's hand-off to exec'ing the root's init.
 //!
 //! Mount proc, sysfs, devtmpfs and `/run`; log to kmsg and the console; disable the immediate
-//! Ctrl-Alt-Del reboot (the kernel sends SIGINT instead); read `cairn.slot`; load the listed
-//! modules; wait for `ROOT-<SLOT>`; [`switch_root`] into it. Stage 1 is selected by the presence
-//! of `/etc/cairn/initramfs`.
+//! Ctrl-Alt-Del reboot (the kernel sends SIGINT instead); read `cairn.slot`, `cairn.roothash`
+//! and `cairn.hashoffset`; load the listed modules; wait for `ROOT-<SLOT>`; put a dm-verity
+//! device over it ([`verity::open`]); [`switch_root`] into that device. Stage 1 is selected by
+//! the presence of `/etc/cairn/initramfs`.
 
 use std::time::Duration;
 
-use crate::cmdline::Cmdline;
+use crate::cmdline::{Cmdline, Slot};
 use crate::error::{Error, Result};
 use crate::log::Logger;
 use crate::paths::{self, limits, read_limited, Paths};
 use crate::switch_root::switch_root;
 use crate::sys::{RebootCmd, Syscalls};
-use crate::{modules, mounts, partition};
+use crate::{modules, mounts, partition, verity};
 
 /// Runs stage 1; returns only on failure. `start` is `CLOCK_BOOTTIME` when init started.
 pub fn run(sys: &dyn Syscalls, log: &Logger, paths: &Paths, start: Duration) -> Error {
@@ -46,28 +47,83 @@ fn try_run(
         log.warn(format_args!("{w}"));
     }
     let slot = cmdline.slot()?;
+    let root_verity = cmdline.verity()?;
     let label = slot.root_partition();
 
     let loaded = modules::load_all(sys, log, paths)?;
     let t_modules = sys.boottime();
-    let device = partition::wait_for(sys, paths, label, partition::TIMEOUT)?;
+    let partition = partition::wait_for(sys, paths, label, partition::TIMEOUT)?;
     let now = sys.boottime();
     log.info(format_args!(
-        "slot {}: {loaded} modules loaded in {} ms, {label} is {} after {} ms; switching root",
+        "slot {}: {loaded} modules loaded in {} ms, {label} is {} after {} ms",
         slot.as_str(),
         t_modules.saturating_sub(start).as_millis(),
-        device.display(),
+        partition.node.display(),
         now.saturating_sub(t_modules).as_millis(),
     ));
-    Err(switch_root(sys, log, paths, &device, slot, start))
+    let root = verity::open(sys, log, paths, &partition, slot, &root_verity)?;
+    log.info(format_args!(
+        "slot {}: {label} verified by dm-verity as {} (root hash {}, {} data blocks); \
+         switching root",
+        slot.as_str(),
+        root.node.display(),
+        root_verity.root_hash.short(),
+        root.data_blocks,
+    ));
+    Err(blame_verification(
+        switch_root(sys, log, paths, &root.node, slot, start),
+        slot,
+    ))
+}
+
+/// An I/O error mounting or executing from the verified root most likely means a block did not
+/// match the hash tree (the kernel reports that as EIO when it does not restart outright); say
+/// so rather than leave a bare "Input/output error".
+fn blame_verification(err: Error, slot: Slot) -> Error {
+    let eio = match &err {
+        Error::Mount { source, .. } | Error::Exec { source, .. } => {
+            source.raw_os_error() == Some(libc::EIO)
+        }
+        _ => false,
+    };
+    if eio {
+        Error::RootVerification {
+            slot: slot.as_str(),
+            inner: Box::new(err),
+        }
+    } else {
+        err
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dm::DevT;
     use crate::sys::fake::{Call, Fake};
+    use crate::verity::testing::{fake_kernel, write_partition};
 
-    /// A fake initramfs + /sys + /dev + mounted newroot, everything stage 1 reads.
+    const HASH: &str = "1a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f809";
+    const HASH_OFFSET: u64 = 32 * 4096;
+
+    /// The verity parameters of the fake roots in [`initramfs`].
+    fn verity_args() -> String {
+        format!("cairn.roothash={HASH} cairn.hashoffset={HASH_OFFSET}")
+    }
+
+    /// A fake that answers device-mapper like the kernel, numbering the new device 253:0.
+    fn sys_for(dir: &tempfile::TempDir) -> Fake {
+        let sys = Fake::new();
+        let dev = DevT {
+            major: 253,
+            minor: 0,
+        };
+        fake_kernel(&sys, dev, dir.path().join("dev/dm-0"));
+        sys
+    }
+
+    /// A fake initramfs + /sys + /dev + mounted newroot, everything stage 1 reads. ROOT-A and
+    /// ROOT-B carry a verity superblock for 30 data blocks at [`HASH_OFFSET`].
     pub(crate) fn initramfs(cmdline: &str) -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
         let r = dir.path();
@@ -80,7 +136,8 @@ mod tests {
         w(paths::PROC_CMDLINE, cmdline);
         w(
             paths::MODULE_LIST,
-            "lib/modules/virtio_blk.ko\nlib/modules/squashfs.ko\n",
+            "lib/modules/dm-mod.ko\nlib/modules/dm-verity.ko\nlib/modules/virtio_blk.ko\n\
+             lib/modules/squashfs.ko\n",
         );
         w(
             "sys/class/block/vda2/uevent",
@@ -90,8 +147,11 @@ mod tests {
             "sys/class/block/vda3/uevent",
             "DEVNAME=vda3\nPARTNAME=ROOT-B\n",
         );
-        w("dev/vda2", "");
-        w("dev/vda3", "");
+        w("sys/class/block/vda2/dev", "254:2\n");
+        w("sys/class/block/vda3/dev", "254:3\n");
+        write_partition(&r.join("dev/vda2"), HASH_OFFSET, 30, b"a");
+        write_partition(&r.join("dev/vda3"), HASH_OFFSET, 30, b"b");
+        w(paths::DEV_MAPPER_CONTROL, "");
         w("newroot/sbin/init", "");
         for d in ["newroot/dev", "newroot/proc", "newroot/sys", "newroot/run"] {
             std::fs::create_dir_all(r.join(d)).unwrap();
@@ -101,9 +161,12 @@ mod tests {
 
     #[test]
     fn full_sequence() {
-        let dir = initramfs("console=ttyAMA0 quiet panic=5 cairn.slot=b cairn.x=1\n");
+        let dir = initramfs(&format!(
+            "console=ttyAMA0 quiet panic=5 cairn.slot=b {} cairn.x=1\n",
+            verity_args()
+        ));
         let r = dir.path();
-        let sys = Fake::new();
+        let sys = sys_for(&dir);
         let (log, mem) = Logger::memory();
         let err = run(&sys, &log, &Paths::under(r), Duration::from_millis(700));
         assert!(matches!(err, Error::Exec { .. }), "{err}");
@@ -119,6 +182,7 @@ mod tests {
                 Call::Reboot(c) => format!("reboot {c:?}"),
                 Call::Exec { env, .. } => format!("exec {env:?}"),
                 Call::Mkdir(..) => "mkdir".into(),
+                Call::DmIoctl { cmd, .. } => format!("dm {}", cmd.name()),
                 other => format!("{other:?}")
                     .split(['(', ' ', '{'])
                     .next()
@@ -137,8 +201,13 @@ mod tests {
                 "mount tmpfs".into(),
                 "StdioToConsole".into(),
                 "reboot CadOff".into(),
+                "load dm-mod.ko".into(),
+                "load dm-verity.ko".into(),
                 "load virtio_blk.ko".into(),
                 "load squashfs.ko".into(),
+                "dm DM_DEV_CREATE".into(),
+                "dm DM_TABLE_LOAD".into(),
+                "dm DM_DEV_SUSPEND".into(),
                 "mount squashfs".into(),
                 moved("dev"),
                 moved("proc"),
@@ -152,8 +221,30 @@ mod tests {
                 r#"exec [("CAIRN_INIT_START_NS", "700000000"), ("CAIRN_SLOT", "b")]"#.into(),
             ]
         );
+        let table = sys
+            .calls()
+            .into_iter()
+            .find_map(|c| match c {
+                Call::DmIoctl {
+                    cmd: crate::dm::Command::TableLoad,
+                    request,
+                    ..
+                } => Some(crate::dm::Decoded::parse(&request)),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(table.name, "root-b");
+        assert_eq!(
+            table.targets,
+            [(
+                0,
+                240,
+                "verity".into(),
+                format!("1 254:3 254:3 4096 4096 30 33 sha256 {HASH} 62 1 restart_on_corruption")
+            )]
+        );
         assert!(sys.calls().contains(&Call::Mount {
-            source: r.join("dev/vda3").display().to_string(),
+            source: r.join("dev/dm-0").display().to_string(),
             target: r.join("newroot"),
             fstype: "squashfs".into(),
             flags: crate::sys::MountFlags::RDONLY
@@ -167,6 +258,108 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("ROOT-B is"), "{text}");
+        assert!(
+            text.contains(&format!(
+                "slot b: ROOT-B verified by dm-verity as {} (root hash 1a2b3c4d…, 30 data \
+                 blocks); switching root",
+                r.join("dev/dm-0").display()
+            )),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn missing_root_hash_fails_before_modules() {
+        let dir = initramfs(&format!("cairn.slot=a cairn.hashoffset={HASH_OFFSET}"));
+        let sys = sys_for(&dir);
+        let (log, _) = Logger::memory();
+        let err = run(&sys, &log, &Paths::under(dir.path()), Duration::ZERO);
+        assert_eq!(
+            crate::error::chain(&err),
+            "cairn.roothash is missing: refusing to mount an unverified root"
+        );
+        assert!(!sys
+            .calls()
+            .iter()
+            .any(|c| matches!(c, Call::LoadModule(..) | Call::DmIoctl { .. })));
+    }
+
+    #[test]
+    fn malformed_root_hash_fails_before_modules() {
+        let upper = HASH.to_uppercase();
+        for cmdline in [
+            format!(
+                "cairn.slot=a cairn.roothash={} cairn.hashoffset=8192",
+                &HASH[2..]
+            ),
+            format!("cairn.slot=a cairn.roothash={upper} cairn.hashoffset=8192"),
+            format!("cairn.slot=a cairn.roothash={HASH} cairn.hashoffset=8191"),
+            format!("cairn.slot=a cairn.roothash={HASH}"),
+        ] {
+            let dir = initramfs(&cmdline);
+            let sys = sys_for(&dir);
+            let (log, _) = Logger::memory();
+            let err = run(&sys, &log, &Paths::under(dir.path()), Duration::ZERO);
+            assert!(
+                matches!(
+                    err,
+                    Error::BadRootHash { .. }
+                        | Error::BadHashOffset { .. }
+                        | Error::MissingHashOffset
+                ),
+                "{cmdline}: {err}"
+            );
+            assert!(!sys
+                .calls()
+                .iter()
+                .any(|c| matches!(c, Call::LoadModule(..))));
+        }
+    }
+
+    #[test]
+    fn io_error_from_the_verified_root_blames_verification() {
+        let dir = initramfs(&format!("cairn.slot=b {}", verity_args()));
+        let sys = sys_for(&dir);
+        sys.fail_when(
+            |c| matches!(c, Call::Mount { fstype, .. } if fstype == "squashfs"),
+            libc::EIO,
+        );
+        let (log, _) = Logger::memory();
+        let err = run(&sys, &log, &Paths::under(dir.path()), Duration::ZERO);
+        let r = dir.path();
+        assert_eq!(
+            crate::error::chain(&err),
+            format!(
+                "mounting squashfs {} on {}: Input/output error (os error 5): the root of slot b \
+                 failed dm-verity verification",
+                r.join("dev/dm-0").display(),
+                r.join("newroot").display()
+            )
+        );
+
+        let dir = initramfs(&format!("cairn.slot=a {}", verity_args()));
+        let sys = sys_for(&dir);
+        sys.fail_when(|c| matches!(c, Call::Exec { .. }), libc::EIO);
+        let err = run(&sys, &log, &Paths::under(dir.path()), Duration::ZERO);
+        assert_eq!(
+            crate::error::chain(&err),
+            "executing /sbin/init: Input/output error (os error 5): the root of slot a failed \
+             dm-verity verification"
+        );
+    }
+
+    #[test]
+    fn other_mount_errors_are_not_blamed_on_verification() {
+        let dir = initramfs(&format!("cairn.slot=b {}", verity_args()));
+        let sys = sys_for(&dir);
+        sys.fail_when(
+            |c| matches!(c, Call::Mount { fstype, .. } if fstype == "squashfs"),
+            libc::EINVAL,
+        );
+        let (log, _) = Logger::memory();
+        let err = run(&sys, &log, &Paths::under(dir.path()), Duration::ZERO);
+        assert!(matches!(err, Error::Mount { .. }), "{err}");
+        assert!(!crate::error::chain(&err).contains("verification"));
     }
 
     #[test]

@@ -1,10 +1,12 @@
 //! Stage 2: PID 1 inside the root filesystem, from exec to supervision.
 //!
-//! Mounts `/tmp`, reads `VERSION` from `/etc/cairn/release`, starts the supervisor (signals
-//! blocked, power keys open) and then prints the two lines boot tests wait for:
+//! Mounts `/tmp`, reads `VERSION` and `BOOTLOADER` from `/etc/cairn/release`, mounts the
+//! bootloader's partition read-only on `/boot` to learn whether this boot is a trial
+//! ([`crate::bootstate`]), starts the supervisor (signals blocked, power keys open) and then
+//! prints the two lines boot tests wait for:
 //!
 //! ```text
-//! cairn-init: ready slot=a version=0.1.0 boot_ms=1234
+//! cairn-init: ready slot=a trial=no version=0.1.0 boot_ms=1234
 //! cairn-init: init_ms=412 rss_kib=1320
 //! ```
 //!
@@ -15,6 +17,7 @@
 
 use std::time::Duration;
 
+use crate::bootstate::{self, Trial};
 use crate::cmdline::{Cmdline, Slot};
 use crate::error::{Error, Result};
 use crate::log::Logger;
@@ -45,11 +48,20 @@ impl Handoff {
 }
 
 /// The exact ready line tests match on.
-pub fn ready_line(slot: Slot, version: &str, boot_ms: u128) -> String {
+pub fn ready_line(slot: Slot, trial: Trial, version: &str, boot_ms: u128) -> String {
     format!(
-        "ready slot={} version={version} boot_ms={boot_ms}",
-        slot.as_str()
+        "ready slot={} trial={} version={version} boot_ms={boot_ms}",
+        slot.as_str(),
+        trial.as_str()
     )
+}
+
+/// What stage 2 learns before it reports ready.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BootFacts {
+    pub slot: Slot,
+    pub trial: Trial,
+    pub version: String,
 }
 
 /// The timing line printed after the ready line.
@@ -87,20 +99,13 @@ pub fn prepare<'a>(
     handoff: Handoff,
     own_start: Duration,
 ) -> Result<Supervisor<'a>> {
-    let (slot, version) = boot_facts(sys, log, paths, handoff)?;
+    let facts = boot_facts(sys, log, paths, handoff)?;
     log.debug(format_args!(
         "stage 2 up at {} ms (boottime)",
         own_start.as_millis()
     ));
     let supervisor = Supervisor::start(sys, log, paths, SERVICES)?;
-    print_ready(
-        sys,
-        log,
-        paths,
-        slot,
-        &version,
-        handoff.start.unwrap_or(own_start),
-    );
+    print_ready(sys, log, paths, &facts, handoff.start.unwrap_or(own_start));
     Ok(supervisor)
 }
 
@@ -110,7 +115,7 @@ pub fn boot_facts(
     log: &Logger,
     paths: &Paths,
     handoff: Handoff,
-) -> Result<(Slot, String)> {
+) -> Result<BootFacts> {
     if !mounts::is_mount_point(&paths.at("proc")) {
         let missing: Vec<_> = mounts::early()
             .into_iter()
@@ -133,21 +138,25 @@ pub fn boot_facts(
     let version = parse_release_version(&text)
         .ok_or(Error::NoVersion { path: release })?
         .to_owned();
-    Ok((slot, version))
+    let trial = bootstate::inspect(sys, log, paths, slot, bootstate::Kind::from_release(&text));
+    Ok(BootFacts {
+        slot,
+        trial,
+        version,
+    })
 }
 
 fn print_ready(
     sys: &dyn Syscalls,
     log: &Logger,
     paths: &Paths,
-    slot: Slot,
-    version: &str,
+    facts: &BootFacts,
     start: Duration,
 ) {
     let now = sys.boottime();
     log.info(format_args!(
         "{}",
-        ready_line(slot, version, now.as_millis())
+        ready_line(facts.slot, facts.trial, &facts.version, now.as_millis())
     ));
     let rss = read_limited(&paths.at(paths::PROC_STATUS), limits::PROC_STATUS)
         .ok()
@@ -177,8 +186,11 @@ mod tests {
     #[test]
     fn ready_line_format() {
         assert_eq!(
-            format!("cairn-init: {}", ready_line(Slot::A, "0.1.0", 1234)),
-            "cairn-init: ready slot=a version=0.1.0 boot_ms=1234"
+            format!(
+                "cairn-init: {}",
+                ready_line(Slot::A, Trial::No, "0.1.0", 1234)
+            ),
+            "cairn-init: ready slot=a trial=no version=0.1.0 boot_ms=1234"
         );
         assert_eq!(timing_line(412, Some(1320)), "init_ms=412 rss_kib=1320");
         let (log, mem) = Logger::memory();
@@ -191,18 +203,18 @@ mod tests {
         )
         .unwrap();
         let paths = Paths::under(dir.path());
-        print_ready(
-            &sys,
-            &log,
-            &paths,
-            Slot::B,
-            "0.1.0",
-            Duration::from_millis(400),
-        );
+        let facts = BootFacts {
+            slot: Slot::B,
+            trial: Trial::Yes {
+                tries_left: Some(2),
+            },
+            version: "0.1.0".into(),
+        };
+        print_ready(&sys, &log, &paths, &facts, Duration::from_millis(400));
         assert_eq!(
             mem.lines(),
             [
-                "cairn-init: ready slot=b version=0.1.0 boot_ms=1000",
+                "cairn-init: ready slot=b trial=yes version=0.1.0 boot_ms=1000",
                 "cairn-init: init_ms=600 rss_kib=1320"
             ]
         );
@@ -260,12 +272,13 @@ mod tests {
             start: None,
             slot: Some(Slot::A),
         };
-        let (slot, version) = boot_facts(&sys, &log, &paths, handoff).unwrap();
+        let facts = boot_facts(&sys, &log, &paths, handoff).unwrap();
         assert_eq!(
-            (slot, version.as_str()),
+            (facts.slot, facts.version.as_str()),
             (Slot::A, "0.1.0"),
             "env slot wins"
         );
+        assert_eq!(facts.trial, Trial::Unknown, "no BOOTLOADER= line");
         let calls = sys.actions();
         // /proc in a tempdir is no mount point, so the API filesystems are mounted first.
         let fstypes: Vec<&str> = calls
@@ -283,8 +296,8 @@ mod tests {
             flags: crate::sys::MountFlags::NOSUID | crate::sys::MountFlags::NODEV,
             data: "mode=1777".into(),
         }));
-        let (slot, _) = boot_facts(&sys, &log, &paths, Handoff::default()).unwrap();
-        assert_eq!(slot, Slot::B, "cmdline when no handoff");
+        let facts = boot_facts(&sys, &log, &paths, Handoff::default()).unwrap();
+        assert_eq!(facts.slot, Slot::B, "cmdline when no handoff");
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! Leaving the initramfs for the real root, the way busybox `switch_root` does.
 //!
-//! The sequence, in [`switch_root`]: mount the root squashfs read-only on `/newroot`; check that
-//! it has `/sbin/init` and the mount points for `/dev /proc /sys /run`; move those four mounts
-//! under it; confirm `/` is a ramfs/tmpfs and delete the initramfs's files (without crossing
+//! The sequence, in [`switch_root`]: mount the root squashfs read-only on `/newroot` (from the
+//! dm-verity device that stage 1 set up, so every block read is checked); check that it has
+//! `/sbin/init` and the mount points for `/dev /proc /sys /run`; move those four mounts under
+//! it; confirm `/` is a ramfs/tmpfs and delete the initramfs's files (without crossing
 //! mount points, so `/newroot` and the moved mounts are untouched) to give their RAM back; then
 //! `chdir /newroot`, `mount --move . /`, `chroot .`, `chdir /`, and exec `/sbin/init` with
 //! `CAIRN_INIT_START_NS` (stage 1's `CLOCK_BOOTTIME` start in ns) and `CAIRN_SLOT` (`a`/`b`).

@@ -12,6 +12,13 @@ use cairn_board::QemuProfile;
 
 use crate::options::{PortForward, WorkPaths};
 
+/// The machine's disk: the run's qcow2 overlay, or a raw image used in place.
+#[derive(Debug, Clone, Copy)]
+pub enum DiskArg<'a> {
+    Overlay(&'a Path),
+    Raw(&'a Path),
+}
+
 /// Builds the arguments (without the binary) for one run.
 ///
 /// The same list serves both boards as verified against QEMU 7.2: q35 with the non-secure-boot
@@ -20,6 +27,7 @@ use crate::options::{PortForward, WorkPaths};
 pub fn qemu_args(
     profile: &QemuProfile,
     paths: &WorkPaths,
+    disk: DiskArg<'_>,
     port_forwards: &[PortForward],
     extra_args: &[String],
 ) -> Vec<OsString> {
@@ -45,9 +53,13 @@ pub fn qemu_args(
         "-drive",
         with_path("if=pflash,format=raw,file=", &paths.vars, ""),
     );
+    let (format, file) = match disk {
+        DiskArg::Overlay(p) => ("qcow2", p),
+        DiskArg::Raw(p) => ("raw", p),
+    };
     opt(
         "-drive",
-        with_path("if=none,id=disk0,format=qcow2,file=", &paths.overlay, ""),
+        with_path(&format!("if=none,id=disk0,format={format},file="), file, ""),
     );
     opt("-device", "virtio-blk-pci,drive=disk0,bootindex=0".into());
 
@@ -96,10 +108,16 @@ mod tests {
     fn args_for(board: &str, fwd: &[PortForward], extra: &[String]) -> Vec<String> {
         let board = cairn_board::find(board).unwrap();
         let paths = WorkPaths::new(Path::new("/w"));
-        qemu_args(board.qemu.as_ref().unwrap(), &paths, fwd, extra)
-            .into_iter()
-            .map(|a| a.into_string().unwrap())
-            .collect()
+        qemu_args(
+            board.qemu.as_ref().unwrap(),
+            &paths,
+            DiskArg::Overlay(&paths.overlay),
+            fwd,
+            extra,
+        )
+        .into_iter()
+        .map(|a| a.into_string().unwrap())
+        .collect()
     }
 
     fn expected(machine: &str, cpu: &str, code: &str, netdev: &str) -> Vec<String> {
@@ -183,9 +201,14 @@ mod tests {
     fn commas_in_paths_are_doubled() {
         let board = cairn_board::find("qemu-x86_64").unwrap();
         let paths = WorkPaths::new(Path::new("/tmp/a,b"));
-        let args = qemu_args(board.qemu.as_ref().unwrap(), &paths, &[], &[]);
+        let profile = board.qemu.as_ref().unwrap();
+        let args = qemu_args(profile, &paths, DiskArg::Overlay(&paths.overlay), &[], &[]);
         let args: Vec<_> = args.iter().map(|a| a.to_str().unwrap()).collect();
         assert!(args.contains(&"if=none,id=disk0,format=qcow2,file=/tmp/a,,b/overlay.qcow2"));
         assert!(args.contains(&"unix:/tmp/a,,b/qmp.sock,server=on,wait=off"));
+        let raw = Path::new("/img/x,y.img");
+        let args = qemu_args(profile, &paths, DiskArg::Raw(raw), &[], &[]);
+        let args: Vec<_> = args.iter().map(|a| a.to_str().unwrap()).collect();
+        assert!(args.contains(&"if=none,id=disk0,format=raw,file=/img/x,,y.img"));
     }
 }

@@ -12,13 +12,28 @@ use crate::error::{Error, Result};
 use crate::options::WorkPaths;
 
 /// Creates a fresh overlay and variable store unless `reuse` is set and both already exist.
-/// Returns whether existing state was kept.
+/// Returns whether existing state was kept. With `writable_image` the image itself is the disk
+/// and only the variable store is prepared.
 pub(crate) fn prepare(
     paths: &WorkPaths,
     disk_image: &Path,
     vars_template: &Path,
     reuse: bool,
+    writable_image: bool,
 ) -> Result<bool> {
+    if writable_image {
+        if !disk_image.is_file() {
+            return Err(Error::DiskImage {
+                path: disk_image.to_path_buf(),
+                source: std::io::Error::from(std::io::ErrorKind::NotFound),
+            });
+        }
+        if reuse && paths.vars.is_file() {
+            return Ok(true);
+        }
+        copy_vars(vars_template, paths)?;
+        return Ok(false);
+    }
     if reuse && paths.overlay.is_file() && paths.vars.is_file() {
         return Ok(true);
     }
@@ -29,12 +44,17 @@ pub(crate) fn prepare(
         source,
     })?;
     create_overlay(&backing, &paths.overlay)?;
+    copy_vars(vars_template, paths)?;
+    Ok(false)
+}
+
+fn copy_vars(vars_template: &Path, paths: &WorkPaths) -> Result<()> {
     std::fs::copy(vars_template, &paths.vars).map_err(|source| Error::CopyVars {
         from: vars_template.to_path_buf(),
         to: paths.vars.clone(),
         source,
     })?;
-    Ok(false)
+    Ok(())
 }
 
 fn create_overlay(backing: &Path, overlay: &Path) -> Result<()> {

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::args::qemu_args;
+use crate::args::{qemu_args, DiskArg};
 use crate::console::{Console, Wait, TAIL_LINES};
 use crate::disk;
 use crate::error::{Error, Result};
@@ -139,6 +139,7 @@ impl Machine {
             &opts.disk_image,
             Path::new(profile.firmware_vars),
             opts.reuse_disk,
+            opts.writable_image,
         )?;
 
         let file_err = |path: &Path| {
@@ -155,9 +156,15 @@ impl Machine {
         let stderr = File::create(&paths.stderr_log).map_err(file_err(&paths.stderr_log))?;
 
         let mut cmd = Command::new(&binary);
+        let disk = if opts.writable_image {
+            DiskArg::Raw(&opts.disk_image)
+        } else {
+            DiskArg::Overlay(&paths.overlay)
+        };
         cmd.args(qemu_args(
             profile,
             &paths,
+            disk,
             &opts.port_forwards,
             &opts.extra_args,
         ))

@@ -35,6 +35,10 @@ pub struct LaunchOptions {
     /// Keep the overlay and variable store of an earlier launch in the same `work_dir`, so a test
     /// sees the disk and UEFI variables as the previous boot left them.
     pub reuse_disk: bool,
+    /// Boot `disk_image` itself, read-write, instead of a qcow2 overlay over it. For tests that
+    /// change the disk between boots with host-side code; the caller owns the file (a private
+    /// copy), and nothing may open it while the machine runs.
+    pub writable_image: bool,
     /// Appended verbatim to the QEMU command line.
     pub extra_args: Vec<String>,
     /// Run this program instead of the board's QEMU binary, with the same arguments. For tests of
@@ -60,6 +64,7 @@ impl LaunchOptions {
             port_forwards: Vec::new(),
             echo_console: false,
             reuse_disk: false,
+            writable_image: false,
             extra_args: Vec::new(),
             binary_override: None,
             timeouts: None,

@@ -24,7 +24,7 @@ fn boot_and_power_off(board_name: &str) {
         .wait_for_line("cairn-init: ready", Duration::from_secs(300))
         .unwrap();
     let expected = format!(
-        "cairn-init: ready slot=a version={} boot_ms=",
+        "cairn-init: ready slot=a trial=no version={} boot_ms=",
         env!("CARGO_PKG_VERSION")
     );
     assert!(ready.starts_with(&expected), "ready line: {ready}");

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use cairn_board::{Board, BOARDS};
+use cairn_board::{Board, BootScheme, BOARDS};
 use cairn_image::{build, BuildOptions};
 use cairn_systest::{cache_dir, device_bin, image_dir, manifest, tool};
 
@@ -24,10 +24,19 @@ fn qemu_boards() -> impl Iterator<Item = &'static Board> {
     BOARDS.iter().filter(|b| b.qemu.is_some())
 }
 
+fn expected_partitions(board: &Board) -> Vec<&'static str> {
+    let mut names = match board.boot {
+        BootScheme::SystemdBoot { .. } => vec!["ESP"],
+        BootScheme::RpiTryboot { .. } => vec!["BOOT", "BOOT-A", "BOOT-B"],
+    };
+    names.extend(["ROOT-A", "ROOT-B", "STATE", "DATA"]);
+    names
+}
+
 #[test]
 #[ignore = "needs built images: run `cargo xtask test`"]
 fn two_builds_are_byte_identical() {
-    for board in qemu_boards() {
+    for board in BOARDS {
         let tmp = tempfile::tempdir().unwrap();
         let again = build(&options(board, &tmp.path().join("again"))).unwrap();
         let first = manifest(board);
@@ -40,7 +49,7 @@ fn two_builds_are_byte_identical() {
 #[test]
 #[ignore = "needs built images: run `cargo xtask test`"]
 fn partition_table_is_valid_for_sgdisk_and_sfdisk() {
-    for board in qemu_boards() {
+    for board in BOARDS {
         let disk = image_dir(board).join("disk.img");
         let verify = tool(Command::new("sgdisk").arg("-v").arg(&disk));
         assert!(verify.contains("No problems found"), "{verify}");
@@ -48,7 +57,7 @@ fn partition_table_is_valid_for_sgdisk_and_sfdisk() {
             serde_json::from_str(&tool(Command::new("sfdisk").arg("--json").arg(&disk))).unwrap();
         let parts = json["partitiontable"]["partitions"].as_array().unwrap();
         let names: Vec<&str> = parts.iter().map(|p| p["name"].as_str().unwrap()).collect();
-        assert_eq!(names, ["ESP", "ROOT-A", "ROOT-B", "STATE", "DATA"]);
+        assert_eq!(names, expected_partitions(board), "{}", board.name);
         let recorded = manifest(board);
         for (p, r) in parts.iter().zip(recorded["partitions"].as_array().unwrap()) {
             assert_eq!(
@@ -100,10 +109,24 @@ fn esp_root_and_initramfs_read_back_with_debian_tools() {
                     .arg(format!("::{path}")),
             )
         };
-        let entry = mtype("/loader/entries/cairn-a+3-0.conf");
-        assert!(entry.contains("linux /EFI/cairn/a/vmlinuz"), "{entry}");
-        assert!(entry.contains("cairn.slot=a"), "{entry}");
-        assert!(mtype("/loader/loader.conf").contains("editor no"));
+        let m = manifest(board);
+        for slot in m["slots"].as_array().unwrap() {
+            let name = slot["slot"].as_str().unwrap();
+            let entry = mtype(&format!("/{}", slot["entry"].as_str().unwrap()));
+            assert!(
+                entry.contains(&format!("linux /EFI/cairn/{name}/vmlinuz")),
+                "{entry}"
+            );
+            assert!(entry.contains(&format!("cairn.slot={name} ")), "{entry}");
+            let roothash = slot["roothash"].as_str().unwrap();
+            assert!(
+                entry.contains(&format!("cairn.roothash={roothash} ")),
+                "{entry}"
+            );
+        }
+        let loader = mtype("/loader/loader.conf");
+        assert!(loader.contains("editor no"), "{loader}");
+        assert!(loader.contains("default cairn-*"), "{loader}");
         let suffix = board.arch.efi_suffix().to_ascii_uppercase();
         let copy = tmp.path().join("boot.efi");
         tool(
@@ -155,6 +178,143 @@ fn esp_root_and_initramfs_read_back_with_debian_tools() {
         );
         assert!(release.contains(&format!("VERSION={}", env!("CARGO_PKG_VERSION"))));
         assert!(release.contains(&format!("BOARD={}", board.name)));
+    }
+}
+
+/// `veritysetup verify` (cryptsetup) accepts each slot's root with the hash recorded in
+/// image.json and rejects it once a single data byte is flipped.
+#[test]
+#[ignore = "needs built images: run `cargo xtask test`"]
+fn veritysetup_verifies_each_root_and_rejects_a_flipped_byte() {
+    for board in BOARDS {
+        let m = manifest(board);
+        for slot in m["slots"].as_array().unwrap() {
+            let tmp = tempfile::tempdir().unwrap();
+            let label = slot["root_partition"].as_str().unwrap();
+            let root = tmp.path().join("root.img");
+            extract_partition(board, label, &root);
+            let roothash = slot["roothash"].as_str().unwrap();
+            let hash_offset = slot["hash_offset"].as_u64().unwrap();
+            let verify = |expect_ok: bool| {
+                let out = Command::new("veritysetup")
+                    .arg("verify")
+                    .arg(&root)
+                    .arg(&root)
+                    .arg(roothash)
+                    .arg(format!("--hash-offset={hash_offset}"))
+                    .output()
+                    .expect("veritysetup (cryptsetup-bin) is installed by `cargo xtask setup`");
+                assert_eq!(
+                    out.status.success(),
+                    expect_ok,
+                    "{} {label}: {}",
+                    board.name,
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            };
+            verify(true);
+            let dump = tool(
+                Command::new("veritysetup")
+                    .arg("dump")
+                    .arg(format!("--hash-offset={hash_offset}"))
+                    .arg(&root),
+            );
+            assert!(dump.contains(slot["salt"].as_str().unwrap()), "{dump}");
+            assert!(
+                dump.contains(slot["verity_uuid"].as_str().unwrap()),
+                "{dump}"
+            );
+
+            // One bit in the middle of the squashfs.
+            let mut bytes = std::fs::read(&root).unwrap();
+            let at = (slot["root_size"].as_u64().unwrap() / 2) as usize;
+            bytes[at] ^= 0x01;
+            std::fs::write(&root, &bytes).unwrap();
+            verify(false);
+        }
+        let hashes: Vec<&str> = m["slots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["roothash"].as_str().unwrap())
+            .collect();
+        assert_ne!(hashes[0], hashes[1], "each slot has its own salt");
+    }
+}
+
+/// The Raspberry Pi 4 card: partition 1 holds the firmware and autoboot.txt naming BOOT-A
+/// (partition 2) with BOOT-B (partition 3) as the tryboot partition; each slot's boot partition
+/// holds the firmware, kernel, initramfs, device trees, config.txt and cmdline.txt.
+#[test]
+#[ignore = "needs built images: run `cargo xtask test`"]
+fn rpi4_card_has_firmware_autoboot_and_both_slots() {
+    let board = cairn_board::find("rpi4").unwrap();
+    let m = manifest(board);
+    let tmp = tempfile::tempdir().unwrap();
+    let mtype = |img: &Path, path: &str| {
+        tool(
+            Command::new("mtype")
+                .env("MTOOLS_SKIP_CHECK", "1")
+                .arg("-i")
+                .arg(img)
+                .arg(format!("::{path}")),
+        )
+    };
+    let mdir = |img: &Path| {
+        tool(
+            Command::new("mdir")
+                .env("MTOOLS_SKIP_CHECK", "1")
+                .args(["-b", "-i"])
+                .arg(img)
+                .arg("::/"),
+        )
+    };
+    let boot = tmp.path().join("boot.img");
+    extract_partition(board, "BOOT", &boot);
+    let fsck = tool(Command::new("fsck.fat").arg("-n").arg(&boot));
+    assert!(!fsck.contains("differ"), "{fsck}");
+    let autoboot = mtype(&boot, "/autoboot.txt");
+    assert!(autoboot.contains("tryboot_a_b=1"), "{autoboot}");
+    let parsed = cairn_boot::tryboot::Autoboot::parse(&autoboot, "autoboot.txt").unwrap();
+    assert_eq!((parsed.committed(), parsed.tryboot()), (2, 3), "{autoboot}");
+    assert!(mdir(&boot).contains("start4.elf"));
+
+    for (slot, number) in m["slots"].as_array().unwrap().iter().zip([2u64, 3]) {
+        let label = slot["boot_partition"].as_str().unwrap();
+        let part = &m["partitions"].as_array().unwrap()[number as usize - 1];
+        assert_eq!(part["label"], label);
+        let img = tmp.path().join(format!("{label}.img"));
+        extract_partition(board, label, &img);
+        let fsck = tool(Command::new("fsck.fat").arg("-n").arg(&img));
+        assert!(!fsck.contains("differ"), "{fsck}");
+        let listing = mdir(&img).to_ascii_lowercase();
+        for file in [
+            "start4.elf",
+            "fixup4.dat",
+            "vmlinuz",
+            "initramfs.img",
+            "bcm2711-rpi-4-b.dtb",
+            "config.txt",
+            "cmdline.txt",
+        ] {
+            assert!(listing.contains(file), "{file} on {label}: {listing}");
+        }
+        let config = mtype(&img, "/config.txt");
+        assert!(config.contains("arm_64bit=1"), "{config}");
+        assert!(
+            config.contains("initramfs initramfs.img followkernel"),
+            "{config}"
+        );
+        let cmdline = mtype(&img, "/cmdline.txt");
+        assert_eq!(cmdline.trim_end(), slot["cmdline"].as_str().unwrap());
+        assert!(cmdline.contains("console=ttyS1,115200"), "{cmdline}");
+        assert!(
+            cmdline.contains(&format!(
+                "cairn.roothash={} ",
+                slot["roothash"].as_str().unwrap()
+            )),
+            "{cmdline}"
+        );
     }
 }
 

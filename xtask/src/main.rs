@@ -114,11 +114,11 @@ fn device() -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-/// Builds every QEMU board's image (device binaries first); returns (board, image dir).
+/// Builds every board's image (device binaries first); returns (board, image dir).
 fn images() -> Result<Vec<(&'static Board, PathBuf)>> {
     device()?;
     let mut out = Vec::new();
-    for board in cairn_board::BOARDS.iter().filter(|b| b.qemu.is_some()) {
+    for board in cairn_board::BOARDS {
         out.push((board, image(board)?));
     }
     Ok(out)

@@ -48,6 +48,14 @@ pub fn run() -> Result<()> {
         updated = true;
     }
 
+    // The Raspberry Pi firmware is in Debian's non-free-firmware component, which minimal
+    // installations do not list.
+    if !apt_knows("raspi-firmware") {
+        add_non_free_firmware()?;
+        apt_update()?;
+        updated = true;
+    }
+
     let missing: Vec<&str> = PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
     let qemu_mismatch = qemu_utils_mismatch();
     if !missing.is_empty() || qemu_mismatch.is_some() {
@@ -102,6 +110,48 @@ pub fn run() -> Result<()> {
     }
     eprintln!("    ok");
     Ok(())
+}
+
+fn apt_knows(package: &str) -> bool {
+    Command::new("apt-cache")
+        .args(["show", "--no-all-versions", package])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+const NON_FREE_FIRMWARE_LIST: &str = "/etc/apt/sources.list.d/cairn-non-free-firmware.sources";
+
+/// Adds the release's non-free-firmware component as a separate deb822 source file, leaving the
+/// existing sources untouched.
+fn add_non_free_firmware() -> Result<()> {
+    let os_release = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
+    let codename = os_release
+        .lines()
+        .find_map(|l| l.strip_prefix("VERSION_CODENAME="))
+        .map(|v| v.trim_matches('"').to_string())
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| "bookworm".into());
+    eprintln!("    adding Debian {codename} non-free-firmware ({NON_FREE_FIRMWARE_LIST})");
+    let text = format!(
+        "# Added by `cargo xtask setup`: the Raspberry Pi firmware (raspi-firmware).\n\
+         Types: deb\n\
+         URIs: http://deb.debian.org/debian\n\
+         Suites: {codename}\n\
+         Components: non-free-firmware\n\
+         Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"
+    );
+    let tmp = std::env::temp_dir().join(format!("cairn-nff-{}.sources", std::process::id()));
+    std::fs::write(&tmp, text).context("writing a temporary apt source file")?;
+    let result = privileged(
+        Command::new("install")
+            .args(["-m", "0644"])
+            .arg(&tmp)
+            .arg(NON_FREE_FIRMWARE_LIST),
+    );
+    let _ = std::fs::remove_file(&tmp);
+    result
 }
 
 fn apt_update() -> Result<()> {

@@ -2,10 +2,12 @@
 //!
 //! U-Boot chooses the slot itself, in a boot script (`boot/uboot/boot.cmd`, shipped here as
 //! [`BOOT_SCRIPT`]) that reads RAUC-style variables from the environment, counts tries down and
-//! saves before booting. Cairn's userspace changes the same variables through [`env`], which
+//! saves before booting. Cairn's userspace changes the same variables through [`mod@env`], which
 //! reads and writes the redundant environment exactly as U-Boot and `fw_setenv` do, and
-//! [`state`], which turns "try slot B", "B is good", "B is bad" into single atomic writes.
+//! [`state`], which turns "try slot B", "B is good", "B is bad" into single atomic writes;
+//! [`backend`] offers that as a [`crate::Bootloader`].
 
+pub mod backend;
 pub mod env;
 pub mod state;
 

@@ -8,6 +8,7 @@
 pub mod cpio;
 pub mod error;
 pub mod fat;
+pub mod fat_fs;
 pub mod gpt;
 pub mod guid;
 pub mod region;

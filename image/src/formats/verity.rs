@@ -135,6 +135,18 @@ impl VerityTree {
     }
 }
 
+/// Bytes of superblock and tree that [`append_hash_tree`] writes for `data_blocks` data blocks,
+/// so a caller can check the space before writing anything.
+pub fn hash_size(data_blocks: u64, salt: &[u8]) -> Result<u64, FormatError> {
+    let data_bytes =
+        data_blocks
+            .checked_mul(BLOCK_SIZE)
+            .ok_or_else(|| FormatError::VerityParams {
+                reason: format!("{data_blocks} data blocks overflow"),
+            })?;
+    Ok(Layout::new(data_bytes, data_blocks, salt)?.hash_size)
+}
+
 /// Hashes the first `params.data_blocks` blocks of `dev` and writes the superblock and the tree
 /// at byte `data_bytes`, which must be a multiple of 4096 and at or past the end of the data.
 ///

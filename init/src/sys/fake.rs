@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::{ChildExit, KillSignal, Mount, MountFlags, RebootCmd, Syscalls, Umount, RAMFS_MAGIC};
+use crate::dm;
 
 /// One recorded syscall.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -44,11 +45,18 @@ pub enum Call {
         root: PathBuf,
         keep: PathBuf,
     },
+    /// The request as sent, before any scripted reply overwrote it.
+    DmIoctl {
+        control: PathBuf,
+        cmd: dm::Command,
+        request: Vec<u8>,
+    },
 }
 
 type Predicate = Box<dyn Fn(&Call) -> bool>;
 type ReapResult = io::Result<Option<(i32, ChildExit)>>;
 type SleepHook = Box<dyn FnMut(Duration)>;
+type DmHook = Box<dyn FnMut(dm::Command, &mut [u8])>;
 
 /// Records every call; fails those matching a registered predicate.
 #[derive(Default)]
@@ -60,6 +68,7 @@ pub struct Fake {
     magic: Cell<Option<u64>>,
     next_pid: Cell<i32>,
     on_sleep: RefCell<Option<SleepHook>>,
+    on_dm_ioctl: RefCell<Option<DmHook>>,
 }
 
 impl Fake {
@@ -107,6 +116,12 @@ impl Fake {
     /// Runs `hook` with the new virtual time after every sleep.
     pub fn on_sleep(&self, hook: impl FnMut(Duration) + 'static) {
         *self.on_sleep.borrow_mut() = Some(Box::new(hook));
+    }
+
+    /// Runs `reply(cmd, buf)` on every device-mapper ioctl that does not fail, to write the
+    /// kernel's answer into the buffer. Without it the buffer comes back unchanged.
+    pub fn on_dm_ioctl(&self, reply: impl FnMut(dm::Command, &mut [u8]) + 'static) {
+        *self.on_dm_ioctl.borrow_mut() = Some(Box::new(reply));
     }
 
     fn record(&self, call: Call) -> io::Result<()> {
@@ -237,5 +252,17 @@ impl Syscalls for Fake {
             root: root.into(),
             keep: keep.into(),
         })
+    }
+
+    fn dm_ioctl(&self, control: &Path, cmd: dm::Command, buf: &mut [u8]) -> io::Result<()> {
+        self.record(Call::DmIoctl {
+            control: control.into(),
+            cmd,
+            request: buf.to_vec(),
+        })?;
+        if let Some(reply) = self.on_dm_ioctl.borrow_mut().as_mut() {
+            reply(cmd, buf);
+        }
+        Ok(())
     }
 }

@@ -1,0 +1,204 @@
+//! A/B slots on the real firmware and the real systemd-boot, in QEMU: a trial boot of slot B
+//! with boot counting, the fall-back to A once the tries are spent, a trial made permanent by
+//! mark_good, and dm-verity stopping a tampered root so that the machine returns to A by itself.
+//!
+//! Between boots the test changes the ESP of a private copy of the image from the host, with
+//! the same `SdBoot` backend the device uses, then lets the machine boot again with its UEFI
+//! variables kept. Reboots are QEMU resets (a power cycle as far as the firmware can tell).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use cairn_boot::model::Bootloader;
+use cairn_boot::sdboot::SdBoot;
+use cairn_boot::Slot;
+use cairn_image::formats::fat_fs::{partition_fs, FatPartitionFs};
+use cairn_qemu::{LaunchOptions, Machine};
+use cairn_systest::{image_dir, manifest, qemu_lock};
+
+const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// A machine whose disk is a private, writable copy of the board's image.
+struct Rig {
+    board: &'static cairn_board::Board,
+    _tmp: tempfile::TempDir,
+    disk: PathBuf,
+    work: PathBuf,
+    launches: usize,
+}
+
+impl Rig {
+    fn new(board_name: &str) -> Rig {
+        let board = cairn_board::find(board_name).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let disk = tmp.path().join("disk.img");
+        std::fs::copy(image_dir(board).join("disk.img"), &disk).unwrap();
+        let work = tmp.path().join("work");
+        Rig {
+            board,
+            _tmp: tmp,
+            disk,
+            work,
+            launches: 0,
+        }
+    }
+
+    fn esp(&self) -> SdBoot<FatPartitionFs> {
+        let fs = partition_fs(&image_dir(self.board), &self.disk, "ESP").unwrap();
+        SdBoot::new(fs, None)
+    }
+
+    fn entries(&self) -> Vec<String> {
+        use cairn_boot::fs::Fs;
+        let mut names = self.esp().into_fs().list("loader/entries").unwrap();
+        names.sort();
+        names
+    }
+
+    fn launch(&mut self) -> Machine {
+        let mut opts = LaunchOptions::new(self.board, &self.disk, &self.work);
+        opts.writable_image = true;
+        opts.reuse_disk = self.launches > 0;
+        opts.echo_console = true;
+        self.launches += 1;
+        Machine::launch(opts).unwrap()
+    }
+
+    fn stop(&self, mut m: Machine) {
+        m.quit().unwrap();
+        m.wait_exit(Duration::from_secs(60)).unwrap();
+    }
+}
+
+/// Waits for the next ready line and returns (slot, trial).
+fn ready(m: &mut Machine) -> (String, String) {
+    let line = m.wait_for_line("cairn-init: ready ", BOOT_TIMEOUT).unwrap();
+    let field = |key: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(key))
+            .unwrap_or_else(|| panic!("no {key} in {line}"))
+            .to_string()
+    };
+    (field("slot="), field("trial="))
+}
+
+fn trial_fallback_and_commit(board_name: &str) {
+    let _serial = qemu_lock();
+    let mut rig = Rig::new(board_name);
+    assert_eq!(rig.entries(), ["cairn-0-b.conf", "cairn-1-a.conf"]);
+
+    // 1. A fresh image boots A, not as a trial.
+    let mut m = rig.launch();
+    assert_eq!(ready(&mut m), ("a".into(), "no".into()));
+    rig.stop(m);
+
+    // 2. set_trial(B, 2): systemd-boot boots B and counts the try down on the ESP.
+    rig.esp().set_trial(Slot::B, 2).unwrap();
+    assert_eq!(rig.entries(), ["cairn-1-a.conf", "cairn-2-b+2-0.conf"]);
+    let mut m = rig.launch();
+    assert_eq!(ready(&mut m), ("b".into(), "yes".into()));
+    rig.stop(m);
+    assert_eq!(rig.entries(), ["cairn-1-a.conf", "cairn-2-b+1-1.conf"]);
+
+    // 3. Nobody marks B good: the second try is B again, the third boot falls back to A.
+    let mut m = rig.launch();
+    assert_eq!(ready(&mut m), ("b".into(), "yes".into()));
+    m.system_reset().unwrap();
+    assert_eq!(ready(&mut m), ("a".into(), "no".into()));
+    rig.stop(m);
+    assert_eq!(rig.entries(), ["cairn-1-a.conf", "cairn-2-b+0-2.conf"]);
+    let status = rig.esp().status().unwrap();
+    assert_eq!(status.next, Some(Slot::A));
+    assert!(!status.slot(Slot::B).bootable);
+
+    // 4. A new trial of B, marked good while it runs: B stays across reboots.
+    rig.esp().set_trial(Slot::B, 3).unwrap();
+    let mut m = rig.launch();
+    assert_eq!(ready(&mut m), ("b".into(), "yes".into()));
+    rig.stop(m);
+    rig.esp().mark_good(Slot::B).unwrap();
+    assert_eq!(rig.entries(), ["cairn-1-a.conf", "cairn-3-b.conf"]);
+    let mut m = rig.launch();
+    for _ in 0..2 {
+        assert_eq!(ready(&mut m), ("b".into(), "no".into()));
+        m.system_reset().unwrap();
+    }
+    assert_eq!(ready(&mut m), ("b".into(), "no".into()));
+    rig.stop(m);
+    assert_eq!(rig.entries(), ["cairn-1-a.conf", "cairn-3-b.conf"]);
+}
+
+/// Flips one byte of ROOT-B's first data block, which every mount reads: the kernel's dm-verity
+/// target rejects the block and restarts, systemd-boot spends B's tries, and A boots.
+fn tampered_root_falls_back(board_name: &str) {
+    let _serial = qemu_lock();
+    let mut rig = Rig::new(board_name);
+    let m = manifest(rig.board);
+    let root_b = m["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["label"] == "ROOT-B")
+        .unwrap()["offset"]
+        .as_u64()
+        .unwrap();
+    flip_byte(&rig.disk, root_b + 2048);
+
+    rig.esp().set_trial(Slot::B, 2).unwrap();
+    let mut m = rig.launch();
+    for _ in 0..2 {
+        let line = m
+            .wait_for_any(&["is corrupted", "cairn-init: ready "], BOOT_TIMEOUT)
+            .unwrap()
+            .line;
+        assert!(
+            line.contains("device-mapper: verity") && line.contains("data block 0 is corrupted"),
+            "B must be stopped by dm-verity, got: {line}"
+        );
+    }
+    assert_eq!(ready(&mut m), ("a".into(), "no".into()));
+    let lines = m.lines();
+    rig.stop(m);
+    assert!(
+        !lines.iter().any(|l| l.contains("ready slot=b")),
+        "the tampered root must never come up"
+    );
+    assert_eq!(rig.entries(), ["cairn-1-a.conf", "cairn-2-b+0-2.conf"]);
+}
+
+fn flip_byte(disk: &Path, at: u64) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(disk)
+        .unwrap();
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, at).unwrap();
+    b[0] ^= 0x01;
+    f.write_all_at(&b, at).unwrap();
+}
+
+#[test]
+#[ignore = "needs built images: run `cargo xtask test`"]
+fn qemu_aarch64_trial_fallback_and_commit() {
+    trial_fallback_and_commit("qemu-aarch64");
+}
+
+#[test]
+#[ignore = "needs built images: run `cargo xtask test`"]
+fn qemu_x86_64_trial_fallback_and_commit() {
+    trial_fallback_and_commit("qemu-x86_64");
+}
+
+#[test]
+#[ignore = "needs built images: run `cargo xtask test`"]
+fn qemu_aarch64_tampered_root_falls_back_to_a() {
+    tampered_root_falls_back("qemu-aarch64");
+}
+
+#[test]
+#[ignore = "needs built images: run `cargo xtask test`"]
+fn qemu_x86_64_tampered_root_falls_back_to_a() {
+    tampered_root_falls_back("qemu-x86_64");
+}
