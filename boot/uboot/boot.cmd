@@ -6,6 +6,9 @@
 #   BOOT_ORDER    slots to try, first = preferred, e.g. "B A"
 #   BOOT_A_LEFT   tries left for slot A, hexadecimal (setexpr writes hex, itest reads hex)
 #   BOOT_B_LEFT   tries left for slot B
+#   CAIRN_VERITY_A, CAIRN_VERITY_B
+#                 the slot's "cairn.roothash=<hex> cairn.hashoffset=<bytes>", written with the slot;
+#                 init refuses to mount a root without them
 # From the board's default environment:
 #   cairn_bootargs                 kernel command line without the slot (console=..., panic=5)
 #   kernel_addr_r, ramdisk_addr_r  load addresses; kernel_comp_addr_r and kernel_comp_size too
@@ -49,7 +52,12 @@ fi
 # Save the decremented count before booting: a kernel that hangs or panics has used its try.
 saveenv
 
-setenv bootargs "${cairn_bootargs} cairn.slot=${cairn_slot}"
+if test "x${cairn_slot}" = "xa"; then
+  setenv cairn_verity "${CAIRN_VERITY_A}"
+else
+  setenv cairn_verity "${CAIRN_VERITY_B}"
+fi
+setenv bootargs "${cairn_bootargs} cairn.slot=${cairn_slot} ${cairn_verity}"
 if load ${devtype} ${devnum}:${distro_bootpart} ${kernel_addr_r} EFI/cairn/${cairn_slot}/vmlinuz; then
   if load ${devtype} ${devnum}:${distro_bootpart} ${ramdisk_addr_r} EFI/cairn/${cairn_slot}/initramfs.img; then
     booti ${kernel_addr_r} ${ramdisk_addr_r}:${filesize} ${fdtcontroladdr}

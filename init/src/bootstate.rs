@@ -106,8 +106,8 @@ pub fn inspect(
                     "booted slot {} as a trial ({}): it falls back unless marked good",
                     slot.as_str(),
                     match tries_left {
-                        Some(n) => format!("{n} tries left"),
-                        None => "one try".to_string(),
+                        Some(n) => format!("tries left after this one: {n}"),
+                        None => "a single try".to_string(),
                     }
                 )),
                 _ => log.info(format_args!(
@@ -221,7 +221,7 @@ mod tests {
         );
         assert!(mem
             .text()
-            .contains("booted slot b as a trial (1 tries left)"));
+            .contains("booted slot b as a trial (tries left after this one: 1)"));
         assert!(sys.calls().contains(&Call::Mount {
             source: dir.path().join("dev/vda1").display().to_string(),
             target: dir.path().join("boot"),

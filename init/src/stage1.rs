@@ -61,6 +61,19 @@ fn try_run(
         partition.node.display(),
         now.saturating_sub(t_modules).as_millis(),
     ));
+    #[cfg(feature = "bench-unverified-root")]
+    {
+        // Benchmark builds only (`cargo xtask report`): the baseline that shows what dm-verity
+        // costs. Shipped images never contain this code.
+        log.warn(format_args!(
+            "slot {}: UNVERIFIED root {} (benchmark build); switching root",
+            slot.as_str(),
+            partition.node.display()
+        ));
+        let _ = &root_verity;
+        return Err(switch_root(sys, log, paths, &partition.node, slot, start));
+    }
+    #[allow(unreachable_code)]
     let root = verity::open(sys, log, paths, &partition, slot, &root_verity)?;
     log.info(format_args!(
         "slot {}: {label} verified by dm-verity as {} (root hash {}, {} data blocks); \

@@ -71,7 +71,7 @@ pub fn device_bin(arch: Arch) -> PathBuf {
     target_dir().join(arch.rust_target()).join("device/cairn")
 }
 
-fn cargo() -> Command {
+pub fn cargo() -> Command {
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cmd.current_dir(root());
     cmd

@@ -31,7 +31,7 @@ const RESERVED_SECTORS: u64 = 32;
 const CLUSTER_MARGIN: u64 = 64;
 
 #[derive(Debug)]
-struct FixedClock;
+pub(crate) struct FixedClock;
 
 impl TimeProvider for FixedClock {
     fn get_current_date(&self) -> Date {
@@ -52,7 +52,7 @@ impl TimeProvider for FixedClock {
     }
 }
 
-static FIXED_CLOCK: FixedClock = FixedClock;
+pub(crate) static FIXED_CLOCK: FixedClock = FixedClock;
 
 /// Clusters left for data with `cluster` bytes each, after the reserved sectors and two FATs
 /// of 4 bytes per cluster (a slight overestimate of the FATs, so a safe underestimate here).

@@ -55,7 +55,11 @@ impl FatPartitionFs {
             .open(&self.path)
             .map_err(err)?;
         let mut region = Region::new(&mut file, "FAT", self.offset, self.len);
-        let fs = FileSystem::new(&mut region, FsOptions::new()).map_err(err)?;
+        // Files get the image's fixed, valid timestamp. fatfs would otherwise stamp 1980-00-00,
+        // a date UEFI's FAT driver rejects when systemd-boot renames the file (SetInfo returns
+        // EFI_INVALID_PARAMETER), which silently stops boot counting.
+        let options = FsOptions::new().time_provider(&super::fat::FIXED_CLOCK);
+        let fs = FileSystem::new(&mut region, options).map_err(err)?;
         let out = op(&fs).map_err(err)?;
         fs.unmount().map_err(err)?;
         if write {
@@ -173,7 +177,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let disk = dir.path().join("disk.img");
         let (offset, len) = (1 << 20, 40 << 20);
-        let mut file = File::create(&disk).unwrap();
+        let mut file = File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&disk)
+            .unwrap();
         file.set_len(offset + len + (1 << 20)).unwrap();
         let mut tree = Tree::new();
         tree.add_file(
@@ -218,6 +227,20 @@ mod tests {
                 .unwrap(),
             b"title B\n"
         );
+
+        // Every directory entry carries a valid date (the one the image build uses).
+        let mut file = File::options().read(true).write(true).open(&disk).unwrap();
+        let mut region = Region::new(&mut file, "ESP", offset, len);
+        let vol = FileSystem::new(&mut region, FsOptions::new()).unwrap();
+        for entry in vol.root_dir().open_dir("loader/entries").unwrap().iter() {
+            let entry = entry.unwrap();
+            if entry.is_file() {
+                let d = entry.modified().date;
+                assert!(d.month >= 1 && d.day >= 1, "{}: {d:?}", entry.file_name());
+                assert!(entry.created().date.month >= 1);
+            }
+        }
+        drop(vol);
 
         // Nothing outside the partition changed.
         let after = std::fs::read(&disk).unwrap();
