@@ -34,6 +34,27 @@ enum Command {
 enum ImageCommand {
     /// Build <out>/disk.img and <out>/image.json for a board.
     Build(BuildArgs),
+    /// Show or change an image's A/B slot state, in the bootloader's own format, offline.
+    Slots(SlotsArgs),
+}
+
+#[derive(Args)]
+struct SlotsArgs {
+    /// Image folder written by `cairnctl image build` (disk.img and image.json).
+    #[arg(long)]
+    image: PathBuf,
+    /// Boot this slot (a or b) next, for at most --tries boots, then fall back.
+    #[arg(long, conflicts_with_all = ["mark_good", "mark_bad"])]
+    set_trial: Option<String>,
+    /// Tries for --set-trial.
+    #[arg(long, default_value_t = 3, requires = "set_trial")]
+    tries: u32,
+    /// Make this slot (a or b) the committed one.
+    #[arg(long, conflicts_with = "mark_bad")]
+    mark_good: Option<String>,
+    /// Never boot this slot (a or b) automatically until its next trial.
+    #[arg(long)]
+    mark_bad: Option<String>,
 }
 
 #[derive(Args)]
@@ -130,8 +151,63 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Image(ImageCommand::Build(args)) => image_build(args),
+        Command::Image(ImageCommand::Slots(args)) => image_slots(args),
         Command::Qemu(QemuCommand::Run(args)) => qemu_run(args),
     }
+}
+
+fn image_slots(args: SlotsArgs) -> anyhow::Result<()> {
+    use cairn_boot::{Bootloader, Slot};
+    use cairn_image::formats::fat_fs::partition_fs;
+
+    let json_path = args.image.join("image.json");
+    let text = std::fs::read_to_string(&json_path)
+        .with_context(|| format!("reading {}", json_path.display()))?;
+    let manifest: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not valid JSON", json_path.display()))?;
+    let kind = manifest["boot"]["kind"].as_str().unwrap_or_default();
+    let disk = args.image.join("disk.img");
+    let slot = |s: &str| s.parse::<Slot>().map_err(anyhow::Error::from);
+    let mut backend: Box<dyn Bootloader> = match kind {
+        "systemd-boot" => Box::new(cairn_boot::sdboot::SdBoot::new(
+            partition_fs(&args.image, &disk, "ESP").map_err(anyhow::Error::msg)?,
+            None,
+        )),
+        "rpi-tryboot" => Box::new(cairn_boot::tryboot::Tryboot::new(
+            partition_fs(&args.image, &disk, "BOOT").map_err(anyhow::Error::msg)?,
+            None,
+            cairn_boot::tryboot::TrybootConfig::default(),
+        )),
+        other => anyhow::bail!(
+            "{} names boot kind {other:?}; expected systemd-boot or rpi-tryboot",
+            json_path.display()
+        ),
+    };
+    if let Some(s) = &args.set_trial {
+        backend.set_trial(slot(s)?, args.tries)?;
+    }
+    if let Some(s) = &args.mark_good {
+        backend.mark_good(slot(s)?)?;
+    }
+    if let Some(s) = &args.mark_bad {
+        backend.mark_bad(slot(s)?)?;
+    }
+    let status = backend.status()?;
+    let name = |s: Option<Slot>| s.map_or("none".to_string(), |s| s.to_string());
+    println!("bootloader  {kind}");
+    println!("next boot   {}", name(status.next));
+    for info in &status.slots {
+        println!(
+            "slot {}      bootable={} successful={} priority={} tries_left={}",
+            info.slot,
+            if info.bootable { "yes" } else { "no" },
+            if info.successful { "yes" } else { "no" },
+            info.priority,
+            info.tries_left
+                .map_or("uncounted".to_string(), |n| n.to_string()),
+        );
+    }
+    Ok(())
 }
 
 fn default_cache() -> PathBuf {

@@ -100,3 +100,94 @@ fn boards_lists_both_qemu_boards() {
         "{out}"
     );
 }
+
+/// An image folder with just what `image slots` reads: image.json and a disk whose ESP holds
+/// a fresh image's two entries.
+fn slot_image() -> tempfile::TempDir {
+    use cairn_image::formats::{fat, region::Region, tree::Tree};
+    let dir = tempfile::tempdir().unwrap();
+    let (offset, len) = (1u64 << 20, 40u64 << 20);
+    let disk = dir.path().join("disk.img");
+    let mut file = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&disk)
+        .unwrap();
+    file.set_len(offset + len + (1 << 20)).unwrap();
+    let mut esp = Tree::new();
+    for (name, slot) in [("cairn-1-a.conf", "a"), ("cairn-0-b.conf", "b")] {
+        let text = format!(
+            "title Cairn (slot {slot})\nlinux /EFI/cairn/{slot}/vmlinuz\noptions cairn.slot={slot}\n"
+        );
+        esp.add_file(&format!("loader/entries/{name}"), 0o644, text.into_bytes())
+            .unwrap();
+    }
+    fat::write_fat32(
+        Region::new(&mut file, "ESP", offset, len),
+        len,
+        7,
+        "ESP",
+        &esp,
+    )
+    .unwrap();
+    let json = format!(
+        r#"{{"boot":{{"kind":"systemd-boot"}},"partitions":[{{"label":"ESP","offset":{offset},"size":{len}}}]}}"#
+    );
+    std::fs::write(dir.path().join("image.json"), json).unwrap();
+    dir
+}
+
+#[test]
+fn image_slots_trial_commit_and_bad_input() {
+    let img = slot_image();
+    let path = img.path().to_str().unwrap();
+    let (ok, out, err) = cairnctl(&["image", "slots", "--image", path]);
+    assert!(ok, "{err}");
+    assert!(out.contains("next boot   a"), "{out}");
+
+    let (ok, out, err) = cairnctl(&[
+        "image",
+        "slots",
+        "--image",
+        path,
+        "--set-trial",
+        "b",
+        "--tries",
+        "2",
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("next boot   b"), "{out}");
+    assert!(
+        out.contains("slot b      bootable=yes successful=no priority=2 tries_left=2"),
+        "{out}"
+    );
+
+    let (ok, out, err) = cairnctl(&["image", "slots", "--image", path, "--mark-good", "b"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("slot b      bootable=yes successful=yes"),
+        "{out}"
+    );
+
+    let (ok, out, err) = cairnctl(&["image", "slots", "--image", path, "--mark-bad", "a"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("slot a      bootable=no"), "{out}");
+    assert!(out.contains("next boot   b"), "{out}");
+
+    // B is now the only bootable slot: marking it bad too is refused, and nothing changes.
+    let (ok, _, err) = cairnctl(&["image", "slots", "--image", path, "--mark-bad", "b"]);
+    assert!(!ok);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    let (_, out, _) = cairnctl(&["image", "slots", "--image", path]);
+    assert!(out.contains("next boot   b"), "{out}");
+
+    let (ok, _, err) = cairnctl(&["image", "slots", "--image", path, "--set-trial", "c"]);
+    assert!(!ok);
+    assert!(err.starts_with("cairnctl: unknown slot `c`"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+
+    let (ok, _, err) = cairnctl(&["image", "slots", "--image", "/nonexistent/img"]);
+    assert!(!ok);
+    assert!(err.contains("/nonexistent/img/image.json"), "{err}");
+}
