@@ -32,6 +32,10 @@ pub const DEV_KMSG: &str = "dev/kmsg";
 pub const DEV_CONSOLE: &str = "dev/console";
 /// Device-mapper's control node; devtmpfs creates it when `dm_mod` loads.
 pub const DEV_MAPPER_CONTROL: &str = "dev/mapper/control";
+/// The argument for the next reboot, as `reboot(2)` `RESTART2` takes it (`0 tryboot` on a
+/// Raspberry Pi). Written by whoever requests the reboot; systemd reads the same thing from
+/// `/run/systemd/reboot-param`.
+pub const REBOOT_PARAM: &str = "run/cairn/reboot-param";
 
 /// Environment variables stage 1 hands to stage 2 across `execve`.
 pub const ENV_START_NS: &str = "CAIRN_INIT_START_NS";
@@ -48,6 +52,8 @@ pub mod limits {
     pub const MOUNTINFO: usize = 4 * 1024 * 1024;
     pub const PROC_STATUS: usize = 64 * 1024;
     pub const SYSFS_ATTR: usize = 4096;
+    /// The kernel copies at most 256 bytes of a RESTART2 argument.
+    pub const REBOOT_PARAM: usize = 255;
 }
 
 /// The root that every contract path is relative to.

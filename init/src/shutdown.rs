@@ -39,6 +39,11 @@ impl Power {
 
 /// Runs the clean shutdown sequence. Returns only if `reboot(2)` returned (its error).
 pub fn shutdown(sys: &dyn Syscalls, log: &Logger, paths: &Paths, power: Power) -> io::Result<()> {
+    // Read before /run is unmounted.
+    let reboot_arg = match power {
+        Power::Reboot => reboot_param(log, paths),
+        Power::Off => None,
+    };
     log.info(format_args!(
         "{}: sending SIGTERM to all processes",
         power.verb()
@@ -77,10 +82,56 @@ pub fn shutdown(sys: &dyn Syscalls, log: &Logger, paths: &Paths, power: Power) -
             Power::Reboot => "rebooting",
         }
     ));
-    sys.reboot(match power {
-        Power::Off => RebootCmd::PowerOff,
-        Power::Reboot => RebootCmd::Restart,
-    })
+    match (power, reboot_arg) {
+        (Power::Reboot, Some(arg)) => {
+            log.info(format_args!("reboot argument {arg:?}"));
+            if let Err(e) = sys.reboot_with_argument(&arg) {
+                log.warn(format_args!(
+                    "reboot with argument {arg:?}: {e}; rebooting without it"
+                ));
+                return sys.reboot(RebootCmd::Restart);
+            }
+            Ok(())
+        }
+        (Power::Reboot, None) => sys.reboot(RebootCmd::Restart),
+        (Power::Off, _) => sys.reboot(RebootCmd::PowerOff),
+    }
+}
+
+/// The argument requested for this reboot in [`paths::REBOOT_PARAM`], if any and if usable:
+/// one line of printable ASCII. Anything else is ignored with a warning, so a bad file can
+/// never stop the machine from restarting.
+fn reboot_param(log: &Logger, paths: &Paths) -> Option<String> {
+    let path = paths.at(paths::REBOOT_PARAM);
+    if !path.exists() {
+        return None;
+    }
+    // One byte over the limit is enough to tell "too long" from "fits".
+    let text = match read_limited(&path, limits::REBOOT_PARAM + 2) {
+        Ok(t) => t,
+        Err(e) => {
+            log.warn(format_args!(
+                "ignoring {}: {}",
+                path.display(),
+                crate::error::chain(&e)
+            ));
+            return None;
+        }
+    };
+    let arg = text.strip_suffix('\n').unwrap_or(&text);
+    let usable = !arg.is_empty()
+        && arg.len() <= limits::REBOOT_PARAM
+        && arg.bytes().all(|b| (0x20..0x7f).contains(&b));
+    if usable {
+        Some(arg.to_string())
+    } else {
+        log.warn(format_args!(
+            "ignoring {}: not one line of at most {} printable ASCII characters",
+            path.display(),
+            limits::REBOOT_PARAM
+        ));
+        None
+    }
 }
 
 /// Unmounts every mount but `/`, last mounted first.
@@ -180,6 +231,57 @@ mod tests {
         assert!(text.contains("power-off: sending SIGTERM to all processes"));
         assert!(text.contains("unmounting /sys: Invalid argument"), "{text}");
         assert!(!text.contains("unmounting /dev"), "detach worked: {text}");
+    }
+
+    #[test]
+    fn reboot_carries_the_requested_argument() {
+        let (dir, paths) = proc_with_mountinfo();
+        std::fs::create_dir_all(dir.path().join("run/cairn")).unwrap();
+        std::fs::write(dir.path().join(paths::REBOOT_PARAM), "0 tryboot\n").unwrap();
+        let (log, mem) = Logger::memory();
+
+        let sys = Fake::new();
+        shutdown(&sys, &log, &paths, Power::Reboot).unwrap();
+        assert_eq!(
+            sys.actions().last(),
+            Some(&Call::RebootWithArgument("0 tryboot".into()))
+        );
+        assert!(mem.text().contains("reboot argument \"0 tryboot\""));
+
+        // A power-off ignores it.
+        let sys = Fake::new();
+        shutdown(&sys, &log, &paths, Power::Off).unwrap();
+        assert_eq!(
+            sys.actions().last(),
+            Some(&Call::Reboot(RebootCmd::PowerOff))
+        );
+
+        // If the kernel refuses the argument, the machine still restarts.
+        let sys = Fake::new();
+        sys.fail_when(|c| matches!(c, Call::RebootWithArgument(_)), libc::EINVAL);
+        shutdown(&sys, &log, &paths, Power::Reboot).unwrap();
+        assert_eq!(
+            sys.actions().last(),
+            Some(&Call::Reboot(RebootCmd::Restart))
+        );
+    }
+
+    #[test]
+    fn unusable_reboot_argument_is_ignored() {
+        let (dir, paths) = proc_with_mountinfo();
+        std::fs::create_dir_all(dir.path().join("run/cairn")).unwrap();
+        for bad in ["", "two\nlines", "tab\there", &"x".repeat(300)] {
+            std::fs::write(dir.path().join(paths::REBOOT_PARAM), bad).unwrap();
+            let (log, mem) = Logger::memory();
+            let sys = Fake::new();
+            shutdown(&sys, &log, &paths, Power::Reboot).unwrap();
+            assert_eq!(
+                sys.actions().last(),
+                Some(&Call::Reboot(RebootCmd::Restart)),
+                "{bad:?}"
+            );
+            assert!(mem.text().contains("ignoring"), "{bad:?}");
+        }
     }
 
     #[test]

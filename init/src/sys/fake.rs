@@ -25,6 +25,7 @@ pub enum Call {
     Mkdir(PathBuf, u32),
     LoadModule(PathBuf, String),
     Reboot(RebootCmd),
+    RebootWithArgument(String),
     KillAll(KillSignal),
     Reap,
     Chroot(PathBuf),
@@ -176,6 +177,10 @@ impl Syscalls for Fake {
 
     fn reboot(&self, cmd: RebootCmd) -> io::Result<()> {
         self.record(Call::Reboot(cmd))
+    }
+
+    fn reboot_with_argument(&self, arg: &str) -> io::Result<()> {
+        self.record(Call::RebootWithArgument(arg.to_string()))
     }
 
     fn kill_all(&self, sig: KillSignal) -> io::Result<()> {

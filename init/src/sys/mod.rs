@@ -78,6 +78,8 @@ pub trait Syscalls {
     fn load_module(&self, path: &Path, params: &str) -> io::Result<()>;
     /// Does not return on success for `PowerOff` and `Restart` (the fake does).
     fn reboot(&self, cmd: RebootCmd) -> io::Result<()>;
+    /// `reboot(2)` with `LINUX_REBOOT_CMD_RESTART2`: restart, handing `arg` to the firmware.
+    fn reboot_with_argument(&self, arg: &str) -> io::Result<()>;
     /// `kill(-1, sig)`: every process except init itself.
     fn kill_all(&self, sig: KillSignal) -> io::Result<()>;
     /// `waitpid(-1, WNOHANG)`: `Ok(None)` if children exist but none has exited,

@@ -94,6 +94,26 @@ impl Syscalls for Real {
         Ok(rustix::system::reboot(cmd)?)
     }
 
+    fn reboot_with_argument(&self, arg: &str) -> io::Result<()> {
+        let arg = std::ffi::CString::new(arg)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in reboot argument"))?;
+        // SAFETY: the magic numbers and command are plain integers; `arg` is a NUL-terminated
+        // string that outlives the call, and the kernel only reads it (at most 256 bytes).
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_reboot,
+                libc::LINUX_REBOOT_MAGIC1,
+                libc::LINUX_REBOOT_MAGIC2,
+                libc::LINUX_REBOOT_CMD_RESTART2,
+                arg.as_ptr(),
+            )
+        };
+        if rc == -1 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     fn kill_all(&self, sig: KillSignal) -> io::Result<()> {
         let sig = match sig {
             KillSignal::Term => libc::SIGTERM,
