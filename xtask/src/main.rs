@@ -182,7 +182,45 @@ fn demo() -> Result<()> {
     );
     eprintln!("    powered off  QEMU exited ({status})");
     eprintln!("    image        {}", dir.display());
+
+    let slots = demo_trial(board, &dir)?;
+    step("A/B summary");
+    eprintln!("    boots        {}", slots.join(" -> "));
+    eprintln!("    meaning      B was tried twice, never marked good, and systemd-boot went back to A");
     Ok(())
+}
+
+/// The A/B story on a copy of the image: put slot B on trial as an update would, never mark it
+/// good, and let the firmware and systemd-boot fall back to A. Returns "slot (trial)" per boot.
+fn demo_trial(board: &'static Board, image_dir: &Path) -> Result<Vec<String>> {
+    use cairn_boot::{Bootloader, Slot};
+    step("A/B: slot B on trial for 2 boots (on a copy of the disk), as an update would do");
+    let work = target_dir().join("cairn/demo-ab");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work)?;
+    let disk = work.join("disk.img");
+    std::fs::copy(image_dir.join("disk.img"), &disk)?;
+    let fs = cairn_image::formats::fat_fs::partition_fs(image_dir, &disk, "ESP")
+        .map_err(anyhow::Error::msg)?;
+    cairn_boot::sdboot::SdBoot::new(fs, None).set_trial(Slot::B, 2)?;
+    let mut opts = cairn_qemu::LaunchOptions::new(board, &disk, work.join("run"));
+    opts.writable_image = true;
+    opts.echo_console = true;
+    let mut machine = cairn_qemu::Machine::launch(opts)?;
+    let mut boots = Vec::new();
+    for i in 0..3 {
+        let ready = machine.wait_for_line("cairn-init: ready", Duration::from_secs(180))?;
+        let f = report::fields(&ready);
+        let get = |k: &str| f.get(k).cloned().unwrap_or_else(|| "?".into());
+        boots.push(format!("{} (trial={})", get("slot"), get("trial")));
+        if i < 2 {
+            step("nobody marks B good; resetting the machine");
+            machine.system_reset()?;
+        }
+    }
+    machine.quit()?;
+    machine.wait_exit(Duration::from_secs(60))?;
+    Ok(boots)
 }
 
 fn test() -> Result<()> {
