@@ -186,7 +186,9 @@ fn demo() -> Result<()> {
     let slots = demo_trial(board, &dir)?;
     step("A/B summary");
     eprintln!("    boots        {}", slots.join(" -> "));
-    eprintln!("    meaning      B was tried twice, never marked good, and systemd-boot went back to A");
+    eprintln!(
+        "    meaning      B was tried twice, never marked good, and systemd-boot went back to A"
+    );
     Ok(())
 }
 
