@@ -347,12 +347,15 @@ impl<F: Fs> Tryboot<F> {
 }
 
 impl<F: Fs> Bootloader for Tryboot<F> {
-    /// Also checks that the firmware booted the running slot's partition.
+    /// On the device (a running slot is known) this also reads the firmware's report and checks
+    /// that it booted the running slot's partition. Without a running slot (an image on a build
+    /// host) only autoboot.txt is read and no boot is a trial.
     fn status(&mut self) -> Result<Status, Error> {
         let (_, committed) = self.load()?;
-        let tryboot = self.firmware_value("tryboot")? != 0;
-        let partition = self.firmware_value("partition")?;
+        let mut tryboot = false;
         if let Some(running) = self.running {
+            tryboot = self.firmware_value("tryboot")? != 0;
+            let partition = self.firmware_value("partition")?;
             let expected = self.partition(running);
             if partition != expected {
                 return Err(Error::SlotMismatch {
@@ -576,6 +579,17 @@ mod tests {
             "autoboot.txt: a later boot_partition line overrides the one under [tryboot]; \
              write the file in the layout of Cairn's image"
         );
+    }
+
+    #[test]
+    fn status_of_an_offline_image_needs_no_device_tree() {
+        let fs = partition1(&autoboot_txt(3, 2));
+        let missing = tempfile::tempdir().unwrap();
+        let mut tb = Tryboot::new(fs, None, config(&missing.path().join("nope")));
+        let s = tb.status().unwrap();
+        assert_eq!((s.running, s.trial, s.next), (None, false, Some(Slot::B)));
+        tb.set_trial(Slot::A, 1).unwrap();
+        assert_eq!(tb.status().unwrap().slot(Slot::A).tries_left, Some(1));
     }
 
     #[test]

@@ -183,8 +183,13 @@ fn image_slots(args: SlotsArgs) -> anyhow::Result<()> {
             json_path.display()
         ),
     };
+    // Read the state once before changing it: a state Cairn cannot read is never written to.
+    backend.status()?;
     if let Some(s) = &args.set_trial {
         backend.set_trial(slot(s)?, args.tries)?;
+        if let Some(arg) = backend.reboot_argument() {
+            println!("note        the trial runs on the next reboot with the argument {arg:?}");
+        }
     }
     if let Some(s) = &args.mark_good {
         backend.mark_good(slot(s)?)?;
