@@ -104,7 +104,24 @@ fn boards_lists_both_qemu_boards() {
 /// An image folder with just what `image slots` reads: image.json and a disk whose ESP holds
 /// a fresh image's two entries.
 fn slot_image() -> tempfile::TempDir {
-    use cairn_image::formats::{fat, region::Region, tree::Tree};
+    let mut esp = cairn_image::formats::tree::Tree::new();
+    for (name, slot) in [("cairn-1-a.conf", "a"), ("cairn-0-b.conf", "b")] {
+        let text = format!(
+            "title Cairn (slot {slot})\nlinux /EFI/cairn/{slot}/vmlinuz\noptions cairn.slot={slot}\n"
+        );
+        esp.add_file(&format!("loader/entries/{name}"), 0o644, text.into_bytes())
+            .unwrap();
+    }
+    image_with_fat("systemd-boot", "ESP", &esp)
+}
+
+/// image.json naming `kind` and one FAT partition `label` holding `tree`, and its disk.img.
+fn image_with_fat(
+    kind: &str,
+    label: &str,
+    tree: &cairn_image::formats::tree::Tree,
+) -> tempfile::TempDir {
+    use cairn_image::formats::{fat, region::Region};
     let dir = tempfile::tempdir().unwrap();
     let (offset, len) = (1u64 << 20, 40u64 << 20);
     let disk = dir.path().join("disk.img");
@@ -115,24 +132,16 @@ fn slot_image() -> tempfile::TempDir {
         .open(&disk)
         .unwrap();
     file.set_len(offset + len + (1 << 20)).unwrap();
-    let mut esp = Tree::new();
-    for (name, slot) in [("cairn-1-a.conf", "a"), ("cairn-0-b.conf", "b")] {
-        let text = format!(
-            "title Cairn (slot {slot})\nlinux /EFI/cairn/{slot}/vmlinuz\noptions cairn.slot={slot}\n"
-        );
-        esp.add_file(&format!("loader/entries/{name}"), 0o644, text.into_bytes())
-            .unwrap();
-    }
     fat::write_fat32(
-        Region::new(&mut file, "ESP", offset, len),
+        Region::new(&mut file, label, offset, len),
         len,
         7,
-        "ESP",
-        &esp,
+        label,
+        tree,
     )
     .unwrap();
     let json = format!(
-        r#"{{"boot":{{"kind":"systemd-boot"}},"partitions":[{{"label":"ESP","offset":{offset},"size":{len}}}]}}"#
+        r#"{{"boot":{{"kind":"{kind}"}},"partitions":[{{"label":"{label}","offset":{offset},"size":{len}}}]}}"#
     );
     std::fs::write(dir.path().join("image.json"), json).unwrap();
     dir
@@ -190,4 +199,24 @@ fn image_slots_trial_commit_and_bad_input() {
     let (ok, _, err) = cairnctl(&["image", "slots", "--image", "/nonexistent/img"]);
     assert!(!ok);
     assert!(err.contains("/nonexistent/img/image.json"), "{err}");
+}
+
+#[test]
+fn image_slots_on_a_raspberry_pi_card() {
+    let mut boot = cairn_image::formats::tree::Tree::new();
+    boot.add_file(
+        "autoboot.txt",
+        0o644,
+        cairn_boot::tryboot::autoboot_txt(2, 3).into_bytes(),
+    )
+    .unwrap();
+    let img = image_with_fat("rpi-tryboot", "BOOT", &boot);
+    let path = img.path().to_str().unwrap();
+    let (ok, out, err) = cairnctl(&["image", "slots", "--image", path, "--set-trial", "b"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("\"0 tryboot\""), "{out}");
+    assert!(out.contains("next boot   a"), "{out}");
+    let (ok, out, err) = cairnctl(&["image", "slots", "--image", path, "--mark-good", "b"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("next boot   b"), "{out}");
 }
