@@ -252,16 +252,24 @@ pub(crate) fn run(cmd: &mut Command) -> Result<()> {
     })?;
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
-        let last = stderr
+        // The last few lines, on one line: a tool's final line often only says that a
+        // subprocess failed (dpkg-deb about tar), and the reason is just above it.
+        let mut lines: Vec<&str> = stderr
             .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with("W:"))
             .rev()
-            .find(|l| !l.trim().is_empty() && !l.starts_with("W:"))
-            .unwrap_or("exited with an error")
-            .trim()
-            .to_string();
+            .take(3)
+            .collect();
+        lines.reverse();
+        let text = if lines.is_empty() {
+            "exited with an error".to_string()
+        } else {
+            lines.join(" / ")
+        };
         return Err(Error::ToolFailed {
             command: shown,
-            stderr: last,
+            stderr: text,
         });
     }
     Ok(())
