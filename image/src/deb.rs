@@ -201,15 +201,40 @@ impl Cache {
         if done.exists() {
             return Ok(root);
         }
-        let _ = fs::remove_dir_all(&root);
-        fs::create_dir_all(&root).map_err(|e| Error::io("creating", &root, e))?;
-        let unpacked = run(Command::new("dpkg-deb").arg("-x").arg(deb).arg(&root))
-            .and_then(|_| fs::write(&done, b"").map_err(|e| Error::io("writing", &done, e)));
+        // Unpack into a private folder and rename it into place, so that two builds sharing
+        // the cache never extract into the same tree at once.
+        static UNPACKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = UNPACKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let partial = self.dir.join("unpacked").join(format!(
+            ".{}-{}-{n}",
+            record.sha256,
+            std::process::id()
+        ));
+        let _ = fs::remove_dir_all(&partial);
+        fs::create_dir_all(&partial).map_err(|e| Error::io("creating", &partial, e))?;
+        let marker = partial.join(".cairn-complete");
+        let unpacked = run(Command::new("dpkg-deb").arg("-x").arg(deb).arg(&partial))
+            .and_then(|_| fs::write(&marker, b"").map_err(|e| Error::io("writing", &marker, e)));
         if let Err(e) = unpacked {
-            let _ = fs::remove_dir_all(&root);
+            let _ = fs::remove_dir_all(&partial);
             return Err(e);
         }
-        Ok(root)
+        if !done.exists() {
+            // A stale, incomplete tree from an interrupted build is in the way.
+            let _ = fs::remove_dir_all(&root);
+        }
+        match fs::rename(&partial, &root) {
+            Ok(()) => Ok(root),
+            // Another build finished the same package first; its tree is as good as ours.
+            Err(_) if done.exists() => {
+                let _ = fs::remove_dir_all(&partial);
+                Ok(root)
+            }
+            Err(e) => {
+                let _ = fs::remove_dir_all(&partial);
+                Err(Error::io("moving into place", &root, e))
+            }
+        }
     }
 }
 
@@ -331,5 +356,55 @@ mod tests {
             ..r
         };
         assert_eq!(metapackage_target(&other), None);
+    }
+
+    /// Two builds sharing a cache unpack the same package at once: both get a complete tree.
+    #[test]
+    fn concurrent_unpacks_of_one_package_both_succeed() {
+        let dir = tempfile::tempdir().unwrap();
+        let pkg = dir.path().join("pkg");
+        std::fs::create_dir_all(pkg.join("DEBIAN")).unwrap();
+        std::fs::write(
+            pkg.join("DEBIAN/control"),
+            "Package: cairn-test\nVersion: 1.0\nArchitecture: all\nMaintainer: t <t@t>\nDescription: t\n",
+        )
+        .unwrap();
+        for i in 0..200 {
+            let f = pkg.join(format!("usr/share/cairn-test/{i}/file"));
+            std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+            std::fs::write(f, vec![i as u8; 4096]).unwrap();
+        }
+        let deb = dir.path().join("t.deb");
+        let built = Command::new("dpkg-deb")
+            .args(["--build", "--root-owner-group"])
+            .arg(&pkg)
+            .arg(&deb)
+            .output()
+            .expect("dpkg-deb (from dpkg) is installed by `cargo xtask setup`");
+        assert!(built.status.success(), "{built:?}");
+        let record = PackageRecord {
+            package: "cairn-test".into(),
+            version: "1.0".into(),
+            arch: "all".into(),
+            sha256: sha256_file(&deb).unwrap(),
+            depends: String::new(),
+        };
+        let cache = Cache::new(dir.path().join("cache"));
+        let roots: Vec<PathBuf> = std::thread::scope(|s| {
+            let a = s.spawn(|| cache.unpack(&record, &deb).unwrap());
+            let b = s.spawn(|| cache.unpack(&record, &deb).unwrap());
+            vec![a.join().unwrap(), b.join().unwrap()]
+        });
+        assert_eq!(roots[0], roots[1]);
+        for i in 0..200 {
+            let f = roots[0].join(format!("usr/share/cairn-test/{i}/file"));
+            assert_eq!(std::fs::read(&f).unwrap(), vec![i as u8; 4096]);
+        }
+        // No private folders are left behind.
+        let names: Vec<_> = std::fs::read_dir(dir.path().join("cache/unpacked"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 1, "{names:?}");
     }
 }
