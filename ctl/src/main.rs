@@ -28,6 +28,40 @@ enum Command {
     Qemu(QemuCommand),
     /// List the supported boards.
     Boards,
+    /// Signing keys for update bundles.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Signed update bundles (*.cairn).
+    #[command(subcommand)]
+    Bundle(BundleCommand),
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Generate an Ed25519 signing key: <out>.key (secret, mode 0600) and <out>.pub.
+    Gen {
+        /// Path prefix of the two files; neither may exist yet.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum BundleCommand {
+    /// Show a bundle's manifest without checking its signature.
+    Inspect {
+        bundle: PathBuf,
+        /// Print the manifest as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check a bundle's signature against public keys and every payload byte against the manifest.
+    Verify {
+        /// A public key file (`cairnctl keys gen` writes <out>.pub) or a keyring file; repeatable.
+        #[arg(long = "pubkey", required = true)]
+        pubkeys: Vec<PathBuf>,
+        bundle: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -153,6 +187,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Image(ImageCommand::Build(args)) => image_build(args),
         Command::Image(ImageCommand::Slots(args)) => image_slots(args),
         Command::Qemu(QemuCommand::Run(args)) => qemu_run(args),
+        Command::Keys(KeysCommand::Gen { out }) => keys_gen(&out),
+        Command::Bundle(BundleCommand::Inspect { bundle, json }) => bundle_inspect(&bundle, json),
+        Command::Bundle(BundleCommand::Verify { pubkeys, bundle }) => {
+            bundle_verify(&pubkeys, &bundle)
+        }
     }
 }
 
@@ -212,6 +251,140 @@ fn image_slots(args: SlotsArgs) -> anyhow::Result<()> {
                 .map_or("uncounted".to_string(), |n| n.to_string()),
         );
     }
+    Ok(())
+}
+
+fn keys_gen(out: &std::path::Path) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let with_ext = |ext: &str| {
+        let mut p = out.as_os_str().to_owned();
+        p.push(ext);
+        PathBuf::from(p)
+    };
+    let (secret_path, public_path) = (with_ext(".key"), with_ext(".pub"));
+    for p in [&secret_path, &public_path] {
+        if p.exists() {
+            anyhow::bail!(
+                "{} already exists; refusing to overwrite a key",
+                p.display()
+            );
+        }
+    }
+    let secret = cairn_bundle::SecretKey::generate()?;
+    let write = |path: &PathBuf, text: String, mode: u32| -> anyhow::Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(path)
+            .with_context(|| format!("creating {}", path.display()))?;
+        f.write_all(text.as_bytes())
+            .and_then(|_| f.sync_all())
+            .with_context(|| format!("writing {}", path.display()))
+    };
+    write(&secret_path, secret.to_text(), 0o600)?;
+    if let Err(e) = write(&public_path, secret.public().to_text(), 0o644) {
+        let _ = std::fs::remove_file(&secret_path);
+        return Err(e);
+    }
+    println!(
+        "key {}: secret {}, public {}",
+        secret.key_id(),
+        secret_path.display(),
+        public_path.display()
+    );
+    Ok(())
+}
+
+fn open_bundle(path: &std::path::Path) -> anyhow::Result<std::io::BufReader<std::fs::File>> {
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    Ok(std::io::BufReader::with_capacity(1 << 20, file))
+}
+
+fn manifest_json(m: &cairn_bundle::Manifest) -> serde_json::Value {
+    serde_json::json!({
+        "compatible": m.compatible,
+        "arch": m.arch,
+        "version": m.version.to_string(),
+        "security_version": m.security_version,
+        "min_installed_version": m.min_installed_version.to_string(),
+        "created": m.created,
+        "key_id": m.key_id.to_string(),
+        "payloads": m.payloads.iter().map(|p| serde_json::json!({
+            "name": p.name,
+            "role": p.role.as_str(),
+            "size": p.size,
+            "sha256": hex_string(&p.sha256),
+            "chunk_size": p.chunk_size,
+            "chunks": p.chunk_hashes.len(),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn hex_string(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn print_manifest(m: &cairn_bundle::Manifest) {
+    println!("version      {}", m.version);
+    println!("boards       {} ({})", m.compatible.join(", "), m.arch);
+    println!("security     {}", m.security_version);
+    println!(
+        "needs        installed version >= {}",
+        m.min_installed_version
+    );
+    println!("created      {}", m.created);
+    println!("key id       {}", m.key_id);
+    for p in &m.payloads {
+        println!(
+            "payload      {:<12} {:<10} {:>12} bytes  sha256 {}",
+            p.name,
+            p.role.as_str(),
+            p.size,
+            hex_string(&p.sha256)
+        );
+    }
+}
+
+fn bundle_inspect(path: &std::path::Path, json: bool) -> anyhow::Result<()> {
+    let (manifest, _) = cairn_bundle::inspect(open_bundle(path)?)
+        .with_context(|| format!("reading {}", path.display()))?;
+    if json {
+        println!("{:#}", manifest_json(&manifest));
+    } else {
+        println!("signature    not checked (use `cairnctl bundle verify --pubkey ...`)");
+        print_manifest(&manifest);
+    }
+    Ok(())
+}
+
+fn bundle_verify(pubkeys: &[PathBuf], path: &std::path::Path) -> anyhow::Result<()> {
+    let mut keys = Vec::new();
+    let mut keyrings = Vec::new();
+    for p in pubkeys {
+        let text =
+            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+        let ring = cairn_bundle::Keyring::parse(&text)
+            .with_context(|| format!("{} is not a public key or keyring", p.display()))?;
+        keys.extend(
+            ring.entries()
+                .iter()
+                .filter(|e| !e.revoked)
+                .map(|e| e.key.clone()),
+        );
+        keyrings.push(ring);
+    }
+    let keyring = if keyrings.len() == 1 {
+        keyrings.remove(0)
+    } else {
+        cairn_bundle::Keyring::from_keys(keys)?
+    };
+    let manifest = cairn_bundle::verify_all(open_bundle(path)?, &keyring)
+        .with_context(|| format!("{} failed verification", path.display()))?;
+    println!("signature    good (key {})", manifest.key_id);
+    print_manifest(&manifest);
+    println!("payloads     every chunk matches the signed manifest");
     Ok(())
 }
 

@@ -220,3 +220,117 @@ fn image_slots_on_a_raspberry_pi_card() {
     assert!(ok, "{err}");
     assert!(out.contains("next boot   b"), "{out}");
 }
+
+#[test]
+fn keys_gen_writes_a_private_secret_and_refuses_to_overwrite() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let tmp = tempfile::tempdir().unwrap();
+    let prefix = tmp.path().join("release");
+    let p = prefix.to_str().unwrap();
+    let (ok, out, err) = cairnctl(&["keys", "gen", "--out", p]);
+    assert!(ok, "{err}");
+    assert!(out.starts_with("key "), "{out}");
+    let secret = tmp.path().join("release.key");
+    let mode = std::fs::metadata(&secret).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let public = std::fs::read_to_string(tmp.path().join("release.pub")).unwrap();
+    assert!(public.starts_with("cairn-ed25519-public "), "{public}");
+    let before = std::fs::read(&secret).unwrap();
+    let (ok, _, err) = cairnctl(&["keys", "gen", "--out", p]);
+    assert!(!ok);
+    assert!(err.contains("already exists"), "{err}");
+    assert_eq!(
+        std::fs::read(&secret).unwrap(),
+        before,
+        "the key is untouched"
+    );
+}
+
+/// A bundle signed with a key from `cairnctl keys gen`, made through the library.
+fn signed_bundle(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let prefix = dir.join("k");
+    let (ok, _, err) = cairnctl(&["keys", "gen", "--out", prefix.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let secret =
+        cairn_bundle::SecretKey::from_text(&std::fs::read_to_string(dir.join("k.key")).unwrap())
+            .unwrap();
+    let payload = dir.join("root.img");
+    std::fs::write(
+        &payload,
+        (0..300_000u32).map(|i| (i * 7) as u8).collect::<Vec<_>>(),
+    )
+    .unwrap();
+    let meta = cairn_bundle::ManifestMeta {
+        compatible: vec!["qemu-x86_64".into()],
+        arch: "x86_64".into(),
+        version: "1.2.3".parse().unwrap(),
+        security_version: 1,
+        min_installed_version: "0.1.0".parse().unwrap(),
+        created: 1_700_000_000,
+    };
+    let sources = [cairn_bundle::PayloadSource {
+        name: "rootfs".into(),
+        role: cairn_bundle::Role::Rootfs,
+        path: payload,
+        chunk_size: 64 * 1024,
+    }];
+    let bundle = dir.join("x.cairn");
+    let mut out = std::fs::File::create(&bundle).unwrap();
+    cairn_bundle::create(&mut out, &meta, &sources, &secret).unwrap();
+    (bundle, dir.join("k.pub"))
+}
+
+#[test]
+fn bundle_inspect_and_verify() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (bundle, public) = signed_bundle(tmp.path());
+    let b = bundle.to_str().unwrap();
+
+    let (ok, out, err) = cairnctl(&["bundle", "inspect", b]);
+    assert!(ok, "{err}");
+    assert!(out.contains("version      1.2.3"), "{out}");
+    assert!(out.contains("signature    not checked"), "{out}");
+    let (ok, out, err) = cairnctl(&["bundle", "inspect", "--json", b]);
+    assert!(ok, "{err}");
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(json["payloads"][0]["size"], 300_000);
+    assert_eq!(json["compatible"][0], "qemu-x86_64");
+
+    let (ok, out, err) = cairnctl(&["bundle", "verify", "--pubkey", public.to_str().unwrap(), b]);
+    assert!(ok, "{err}");
+    assert!(out.contains("signature    good"), "{out}");
+
+    // Another key: refused, one line.
+    let other = tmp.path().join("other");
+    assert!(cairnctl(&["keys", "gen", "--out", other.to_str().unwrap()]).0);
+    let (ok, _, err) = cairnctl(&["bundle", "verify", "--pubkey", "/dev/null", b]);
+    assert!(!ok, "an empty keyring trusts nothing");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    let (ok, _, err) = cairnctl(&[
+        "bundle",
+        "verify",
+        "--pubkey",
+        tmp.path().join("other.pub").to_str().unwrap(),
+        b,
+    ]);
+    assert!(!ok);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("x.cairn failed verification"), "{err}");
+
+    // One flipped payload byte (the payload starts on a 4096 boundary after the manifest).
+    let mut bytes = std::fs::read(&bundle).unwrap();
+    let last = bytes.len() - 10;
+    bytes[last] ^= 1;
+    std::fs::write(&bundle, &bytes).unwrap();
+    let (ok, _, err) = cairnctl(&["bundle", "verify", "--pubkey", public.to_str().unwrap(), b]);
+    assert!(!ok);
+    assert!(err.contains("rootfs") && err.contains("chunk"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+
+    // A file that is not a bundle at all.
+    let junk = tmp.path().join("junk.cairn");
+    std::fs::write(&junk, b"hello").unwrap();
+    let (ok, _, err) = cairnctl(&["bundle", "inspect", junk.to_str().unwrap()]);
+    assert!(!ok);
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
