@@ -367,12 +367,7 @@ fn bundle_verify(pubkeys: &[PathBuf], path: &std::path::Path) -> anyhow::Result<
             std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
         let ring = cairn_bundle::Keyring::parse(&text)
             .with_context(|| format!("{} is not a public key or keyring", p.display()))?;
-        keys.extend(
-            ring.entries()
-                .iter()
-                .filter(|e| !e.revoked)
-                .map(|e| e.key.clone()),
-        );
+        keys.extend(ring.entries().iter().filter(|e| !e.revoked).map(|e| e.key));
         keyrings.push(ring);
     }
     let keyring = if keyrings.len() == 1 {
