@@ -213,22 +213,22 @@ pub fn build(opts: &BuildOptions) -> Result<ImageManifest> {
     // verifies the other slot's root.
     let mut content_sizes = vec![0u64; gpt_parts.len()];
     let mut slots = Vec::new();
-    for plan in Slot::ALL.map(|slot| SlotPlan { slot }) {
-        let i = index(plan.slot.root_label());
-        let mut region = Region::new(&mut disk, plan.slot.root_label(), offset(i), capacity(i));
+    for slot in Slot::ALL {
+        let i = index(slot.root_label());
+        let mut region = Region::new(&mut disk, slot.root_label(), offset(i), capacity(i));
         let root_size = squashfs::write_squashfs(&mut region, &root, IMAGE_EPOCH)?;
         let hash_offset = root_size.div_ceil(verity::BLOCK_SIZE) * verity::BLOCK_SIZE;
         let params = verity::VerityParams {
             data_blocks: hash_offset / verity::BLOCK_SIZE,
-            salt: Guid::derive(seed, &format!("dm-verity-salt/{}", plan.slot.root_label()))
+            salt: Guid::derive(seed, &format!("dm-verity-salt/{}", slot.root_label()))
                 .as_bytes()
                 .repeat(2),
-            uuid: verity::VerityParams::derive_uuid(seed, plan.slot.root_label()),
+            uuid: verity::VerityParams::derive_uuid(seed, slot.root_label()),
         };
         let needed = hash_offset + verity::hash_size(params.data_blocks, &params.salt)?;
         if needed > capacity(i) {
             return Err(Error::TooBig {
-                what: format!("{} with its dm-verity hash tree", plan.slot.root_label()),
+                what: format!("{} with its dm-verity hash tree", slot.root_label()),
                 size: needed,
                 capacity: capacity(i),
             });
@@ -237,13 +237,13 @@ pub fn build(opts: &BuildOptions) -> Result<ImageManifest> {
         content_sizes[i] = tree.hash_offset + tree.hash_size;
         let root_sha256 = sha256_region(&mut disk, offset(i), root_size)
             .map_err(|e| Error::io("reading", &disk_path, e))?;
-        let cmdline = kernel_cmdline(opts.board, plan.slot, &tree);
+        let cmdline = kernel_cmdline(opts.board, slot, &tree);
         slots.push(SlotInfo {
-            slot: plan.slot.to_string(),
+            slot: slot.to_string(),
             entry: String::new(),
             cmdline,
             boot_partition: None,
-            root_partition: plan.slot.root_label().into(),
+            root_partition: slot.root_label().into(),
             root_size,
             root_sha256,
             roothash: tree.root_hash_hex(),
@@ -487,10 +487,6 @@ pub fn rpi_config_txt(slot: Slot, version: &str) -> String {
          initramfs initramfs.img followkernel\n",
         upper = slot.name().to_ascii_uppercase(),
     )
-}
-
-struct SlotPlan {
-    slot: Slot,
 }
 
 /// The kernel command line of a slot: console, quiet, reboot on panic, and what init needs to
