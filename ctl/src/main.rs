@@ -197,7 +197,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn image_slots(args: SlotsArgs) -> anyhow::Result<()> {
     use cairn_boot::{Bootloader, Slot};
-    use cairn_image::formats::fat_fs::partition_fs;
+    use cairn_image::formats::fat_fs::manifest_partition_fs;
 
     let json_path = args.image.join("image.json");
     let text = std::fs::read_to_string(&json_path)
@@ -209,11 +209,11 @@ fn image_slots(args: SlotsArgs) -> anyhow::Result<()> {
     let slot = |s: &str| s.parse::<Slot>().map_err(anyhow::Error::from);
     let mut backend: Box<dyn Bootloader> = match kind {
         "systemd-boot" => Box::new(cairn_boot::sdboot::SdBoot::new(
-            partition_fs(&args.image, &disk, "ESP").map_err(anyhow::Error::msg)?,
+            manifest_partition_fs(&manifest, &disk, "ESP").map_err(anyhow::Error::msg)?,
             None,
         )),
         "rpi-tryboot" => Box::new(cairn_boot::tryboot::Tryboot::new(
-            partition_fs(&args.image, &disk, "BOOT").map_err(anyhow::Error::msg)?,
+            manifest_partition_fs(&manifest, &disk, "BOOT").map_err(anyhow::Error::msg)?,
             None,
             cairn_boot::tryboot::TrybootConfig::default(),
         )),

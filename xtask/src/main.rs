@@ -192,19 +192,32 @@ fn demo() -> Result<()> {
     Ok(())
 }
 
+/// Copies an image's disk into the fresh folder `work` and opens the copy's systemd-boot state,
+/// for runs that change slots between boots without touching the built image.
+pub fn private_copy(
+    image_dir: &Path,
+    work: &Path,
+) -> Result<(
+    PathBuf,
+    cairn_boot::sdboot::SdBoot<cairn_image::formats::fat_fs::FatPartitionFs>,
+)> {
+    let _ = std::fs::remove_dir_all(work);
+    std::fs::create_dir_all(work)?;
+    let disk = work.join("disk.img");
+    std::fs::copy(image_dir.join("disk.img"), &disk)?;
+    let fs = cairn_image::formats::fat_fs::partition_fs(image_dir, &disk, "ESP")
+        .map_err(anyhow::Error::msg)?;
+    Ok((disk, cairn_boot::sdboot::SdBoot::new(fs, None)))
+}
+
 /// The A/B story on a copy of the image: put slot B on trial as an update would, never mark it
 /// good, and let the firmware and systemd-boot fall back to A. Returns "slot (trial)" per boot.
 fn demo_trial(board: &'static Board, image_dir: &Path) -> Result<Vec<String>> {
     use cairn_boot::{Bootloader, Slot};
     step("A/B: slot B on trial for 2 boots (on a copy of the disk), as an update would do");
     let work = target_dir().join("cairn/demo-ab");
-    let _ = std::fs::remove_dir_all(&work);
-    std::fs::create_dir_all(&work)?;
-    let disk = work.join("disk.img");
-    std::fs::copy(image_dir.join("disk.img"), &disk)?;
-    let fs = cairn_image::formats::fat_fs::partition_fs(image_dir, &disk, "ESP")
-        .map_err(anyhow::Error::msg)?;
-    cairn_boot::sdboot::SdBoot::new(fs, None).set_trial(Slot::B, 2)?;
+    let (disk, mut esp) = private_copy(image_dir, &work)?;
+    esp.set_trial(Slot::B, 2)?;
     let mut opts = cairn_qemu::LaunchOptions::new(board, &disk, work.join("run"));
     opts.writable_image = true;
     opts.echo_console = true;

@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _, Result};
 use cairn_board::Board;
 use cairn_boot::{Bootloader, Slot};
-use cairn_image::formats::fat_fs::partition_fs;
 
 use crate::{cache_dir, cargo, device_bin, run as run_cmd, step, target_dir};
 
@@ -90,12 +89,7 @@ fn series(board: &'static Board, label: &str, disk: &Path, writable: bool) -> Re
 /// A private copy of the image whose committed slot is B.
 fn slot_b_disk(board: &Board, image_dir: &Path) -> Result<PathBuf> {
     let dir = target_dir().join(format!("cairn/report/{}-slot-b", board.name));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir)?;
-    let disk = dir.join("disk.img");
-    std::fs::copy(image_dir.join("disk.img"), &disk)?;
-    let fs = partition_fs(image_dir, &disk, "ESP").map_err(anyhow::Error::msg)?;
-    let mut sd = cairn_boot::sdboot::SdBoot::new(fs, None);
+    let (disk, mut sd) = crate::private_copy(image_dir, &dir)?;
     sd.set_trial(Slot::B, 1)?;
     sd.mark_good(Slot::B)?;
     if sd.status()?.next != Some(Slot::B) {

@@ -157,6 +157,15 @@ pub fn partition_fs(image_dir: &Path, disk: &Path, label: &str) -> Result<FatPar
         .map_err(|e| format!("reading {}/image.json: {e}", image_dir.display()))?;
     let manifest: serde_json::Value =
         serde_json::from_str(&json).map_err(|e| format!("parsing image.json: {e}"))?;
+    manifest_partition_fs(&manifest, disk, label)
+}
+
+/// The FAT partition labelled `label`, located through an already parsed image.json.
+pub fn manifest_partition_fs(
+    manifest: &serde_json::Value,
+    disk: &Path,
+    label: &str,
+) -> Result<FatPartitionFs, String> {
     let part = manifest["partitions"]
         .as_array()
         .and_then(|parts| parts.iter().find(|p| p["label"] == label))
