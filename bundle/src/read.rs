@@ -57,6 +57,7 @@ pub fn open_verified<R: Read>(reader: R, keyring: &Keyring) -> Result<VerifiedBu
         "the padding before the first payload".to_string()
     })?;
     Ok(VerifiedBundle {
+        payloads_at: src.offset,
         src,
         manifest,
         key_id: envelope.kid,
@@ -65,6 +66,7 @@ pub fn open_verified<R: Read>(reader: R, keyring: &Keyring) -> Result<VerifiedBu
         chunk: Vec::new(),
         failed: false,
         at_end: false,
+        defer_whole: false,
     })
 }
 
@@ -101,6 +103,10 @@ pub struct VerifiedBundle<R> {
     failed: bool,
     /// Set once the input was seen to end right after the last payload.
     at_end: bool,
+    /// Skip the whole-payload sha256 (see [`VerifiedBundle::defer_payload_hashes`]).
+    defer_whole: bool,
+    /// Byte offset of the first payload.
+    payloads_at: u64,
 }
 
 impl<R: Read> VerifiedBundle<R> {
@@ -112,6 +118,30 @@ impl<R: Read> VerifiedBundle<R> {
     /// The id of the key that signed the manifest.
     pub fn key_id(&self) -> KeyId {
         self.key_id
+    }
+
+    /// The exact length of this bundle as its manifest describes it. A caller that knows the
+    /// length of its input (a file) can refuse a truncated or extended bundle with this before
+    /// reading any payload.
+    pub fn expected_len(&self) -> u64 {
+        let payloads = &self.manifest.payloads;
+        let mut end = self.payloads_at;
+        for (i, p) in payloads.iter().enumerate() {
+            if i > 0 {
+                end += padding_after(end);
+            }
+            end += p.size;
+        }
+        end
+    }
+
+    /// Leaves each payload's whole sha256 to the caller: chunks are still checked one by one
+    /// before release, but the reader no longer hashes every byte a second time. The installer
+    /// uses this because it hashes the bytes it wrote, read back from the slot, and compares
+    /// that with the manifest's `sha256`, which checks the write and the whole hash in one pass.
+    /// A caller that sets this and skips that comparison has still verified every chunk.
+    pub fn defer_payload_hashes(&mut self) {
+        self.defer_whole = true;
     }
 
     /// The next payload, or `None` after the last one. Finishes (and verifies) any payload left
@@ -202,10 +232,12 @@ impl<R: Read> VerifiedBundle<R> {
                 end: current.loaded + len as u64,
             });
         }
-        current.whole.update(&self.chunk);
+        if !self.defer_whole {
+            current.whole.update(&self.chunk);
+        }
         current.chunks_loaded += 1;
         current.loaded += len as u64;
-        if current.loaded == entry.size {
+        if current.loaded == entry.size && !self.defer_whole {
             let whole: [u8; 32] = current.whole.clone().finalize().into();
             if whole != entry.sha256 {
                 self.chunk.clear();
@@ -254,6 +286,33 @@ impl<R: Read> PayloadReader<'_, R> {
             .expect("a payload reader exists only while a payload is being read")
             .index;
         &self.bundle.manifest.payloads[index]
+    }
+}
+
+impl<R: Read> PayloadReader<'_, R> {
+    /// The next verified chunk of this payload without copying it: the chunk's buffer is
+    /// swapped with `spare` (whose contents are discarded) and returned; `None` after the last
+    /// chunk. Bytes of a chunk partly consumed through [`Read`] come first, as a shorter piece.
+    pub fn take_chunk(&mut self, spare: Vec<u8>) -> Result<Option<Vec<u8>>> {
+        self.bundle.guard(|b| {
+            let Some(current) = &b.current else {
+                return Ok(None);
+            };
+            if current.pos == b.chunk.len() {
+                if current.loaded == b.manifest.payloads[current.index].size {
+                    return Ok(None);
+                }
+                b.load_chunk()?;
+            }
+            let current = b.current.as_mut().expect("a payload is being read");
+            let pos = std::mem::take(&mut current.pos);
+            let mut out = std::mem::replace(&mut b.chunk, spare);
+            b.chunk.clear();
+            if pos > 0 {
+                out.drain(..pos);
+            }
+            Ok(Some(out))
+        })
     }
 }
 

@@ -726,3 +726,70 @@ fn documented_example_is_exact() {
     assert!(b[16 + 371..4096].iter().all(|&x| x == 0));
     assert_eq!(&b[4096..], b"hello, cairn\n");
 }
+
+#[test]
+fn take_chunk_hands_out_whole_verified_chunks_without_copies() {
+    let f = Fixture::new();
+    let mut bundle = open_verified(&f.bundle[..], &keyring()).unwrap();
+    let mut rootfs = bundle.next_payload().unwrap().unwrap();
+    // A few bytes through Read first: take_chunk then returns the rest of that chunk.
+    let mut head = [0u8; 10];
+    rootfs.read_exact(&mut head).unwrap();
+    let mut got = head.to_vec();
+    let mut sizes = Vec::new();
+    let mut spare = Vec::new();
+    while let Some(chunk) = rootfs.take_chunk(spare).unwrap() {
+        sizes.push(chunk.len());
+        got.extend_from_slice(&chunk);
+        spare = chunk;
+    }
+    assert_eq!(got, f.rootfs);
+    let c = CHUNK as usize;
+    assert_eq!(sizes, [c - 10, c, c, ROOTFS_LEN - 3 * c]);
+    assert!(bundle.next_payload().unwrap().is_some(), "kernel follows");
+}
+
+#[test]
+fn deferred_payload_hashes_still_check_every_chunk() {
+    let f = Fixture::new();
+    // A wrong whole hash is left to the caller once deferred...
+    let mut map = manifest_value(&f.manifest);
+    set_field(
+        &mut payloads_of(&mut map)[1],
+        "sha256",
+        Value::Bytes(vec![0; 32]),
+    );
+    let bad_whole = hand_made(encode(map), &key(), &[&f.rootfs, &f.kernel]);
+    let mut bundle = open_verified(&bad_whole[..], &keyring()).unwrap();
+    bundle.defer_payload_hashes();
+    while bundle.next_payload().unwrap().is_some() {}
+    // ...but a flipped payload byte is still caught at its chunk.
+    let bad = f.with_byte_flipped(f.rootfs_offset() + 2 * CHUNK as usize + 5);
+    let mut bundle = open_verified(&bad[..], &keyring()).unwrap();
+    bundle.defer_payload_hashes();
+    let mut rootfs = bundle.next_payload().unwrap().unwrap();
+    let mut spare = Vec::new();
+    let mut chunks = 0;
+    let err = loop {
+        match rootfs.take_chunk(spare) {
+            Ok(Some(c)) => {
+                chunks += 1;
+                spare = c;
+            }
+            Ok(None) => panic!("the flipped byte was not caught"),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(chunks, 2);
+    assert!(
+        matches!(err, Error::ChunkMismatch { chunk: 2, .. }),
+        "{err}"
+    );
+}
+
+#[test]
+fn expected_len_is_the_file_length() {
+    let f = Fixture::new();
+    let bundle = open_verified(&f.bundle[..], &keyring()).unwrap();
+    assert_eq!(bundle.expected_len(), f.bundle.len() as u64);
+}

@@ -1,0 +1,332 @@
+//! Installing a bundle into the inactive slot of a systemd-boot device.
+//!
+//! Order of work, and what an interruption at each point leaves behind:
+//!
+//! 1. Read the header and manifest, verify the signature against the keyring, check the manifest
+//!    against the device (board, arch, installed version, the security floor on STATE) and the
+//!    payloads against the slot (roles, sizes). Nothing has been written; a refusal changes
+//!    nothing.
+//! 2. Refuse while the running slot is itself on trial (it must commit first: installing would
+//!    overwrite the only known-good slot).
+//! 3. Mark the target slot bad. From here on nothing boots it until step 6; the running slot and
+//!    its entry are never written.
+//! 4. Stream each payload to its place, every chunk checked before it is written: `rootfs` onto
+//!    the slot's ROOT partition, `vmlinuz` and `initramfs.img` into `EFI/cairn/<slot>/` (each
+//!    under a temporary name, renamed once read back). Each is synced and read back, and the
+//!    read-back's sha256 compared with the manifest ([`crate::stream`]). `boot.json` is kept in
+//!    memory.
+//! 5. Record the trial on STATE ([`crate::state::TrialRecord`], outcome `installed`).
+//! 6. Write the slot's boot entry (still bad) with the new root hash, then put it on trial
+//!    ([`cairn_boot::Bootloader::set_trial`]). The next reboot boots it, counted.
+//!
+//! Memory use is bounded by [`crate::stream::IN_FLIGHT`] chunks (a chunk is at most 16 MiB) and
+//! `boot.json` (64 KiB), whatever the bundle's size.
+
+use std::fs::{self, File};
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use cairn_boot::bls::Entry;
+use cairn_boot::fs::DirFs;
+use cairn_boot::sdboot::SdBoot;
+use cairn_boot::{Bootloader, Slot};
+use cairn_bundle::{DeviceFacts, Keyring, Manifest, Role};
+use sha2::{Digest, Sha256};
+
+use crate::bootspec::{self, BootSpec};
+use crate::error::{Error, Result};
+use crate::state::{self, Outcome, StateDir, TrialRecord};
+use crate::stream;
+
+/// Largest kernel or initramfs accepted.
+pub const MAX_BOOT_FILE: u64 = 256 * 1024 * 1024;
+/// Default boot attempts a new slot gets before the bootloader gives up on it.
+pub const DEFAULT_TRIES: u32 = 2;
+/// Payload names for the files on the ESP.
+pub const KERNEL: &str = "vmlinuz";
+pub const INITRAMFS: &str = "initramfs.img";
+
+/// Where each slot's parts live on this device.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    /// ROOT-A and ROOT-B (block devices on a device, files in tests), by [`Slot::index`].
+    pub roots: [PathBuf; 2],
+    /// The ESP, mounted read-write.
+    pub esp: PathBuf,
+}
+
+/// Phases reported to the progress callback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Signature, manifest and policy checks.
+    Verifying,
+    /// Streaming a payload into the slot.
+    Writing,
+    /// Boot entry and trial.
+    Arming,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Verifying => "verifying",
+            Phase::Writing => "writing",
+            Phase::Arming => "arming",
+        }
+    }
+}
+
+/// Where an install stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Progress {
+    pub phase: Phase,
+    /// The payload being written (empty outside [`Phase::Writing`]).
+    pub payload: String,
+    /// Payload bytes written so far, over all payloads.
+    pub done: u64,
+    /// All payload bytes of the bundle (0 until the manifest is verified).
+    pub total: u64,
+}
+
+/// A finished install.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Installed {
+    pub slot: Slot,
+    pub version: String,
+    pub security_version: u32,
+    pub bytes: u64,
+}
+
+/// Everything an install needs to know about the device.
+pub struct Installer<'a> {
+    pub keyring: &'a Keyring,
+    /// Board, arch and installed version; the security floor is read from `state`.
+    pub device: DeviceFacts,
+    pub running: Slot,
+    pub layout: Layout,
+    pub state: StateDir,
+    pub tries: u32,
+}
+
+/// The payload indexes by role, checked.
+struct Plan {
+    rootfs: usize,
+}
+
+impl Plan {
+    fn of(m: &Manifest) -> Result<Plan> {
+        let one = |role: Role| -> Result<usize> {
+            let found: Vec<usize> = (0..m.payloads.len())
+                .filter(|&i| m.payloads[i].role == role)
+                .collect();
+            match found[..] {
+                [i] => Ok(i),
+                _ => Err(Error::Unsuitable(format!(
+                    "a bundle for this device needs exactly one {role} payload, this one has {}",
+                    found.len()
+                ))),
+            }
+        };
+        let rootfs = one(Role::Rootfs)?;
+        for (role, name) in [
+            (Role::Kernel, KERNEL),
+            (Role::Initramfs, INITRAMFS),
+            (Role::BootFiles, bootspec::PAYLOAD_NAME),
+        ] {
+            let p = &m.payloads[one(role)?];
+            if p.name != name {
+                return Err(Error::Unsuitable(format!(
+                    "the {role} payload must be named {name:?}, not {:?}",
+                    p.name
+                )));
+            }
+            let limit = if role == Role::BootFiles {
+                bootspec::MAX_LEN
+            } else {
+                MAX_BOOT_FILE
+            };
+            if p.size > limit {
+                return Err(Error::TooBig {
+                    payload: p.name.clone(),
+                    size: p.size,
+                    target: "the boot partition".into(),
+                    capacity: limit,
+                });
+            }
+        }
+        Ok(Plan { rootfs })
+    }
+}
+
+fn size_of(file: &mut File, path: &Path) -> Result<u64> {
+    file.seek(SeekFrom::End(0))
+        .map_err(|e| Error::io("measuring", path, e))
+}
+
+impl Installer<'_> {
+    /// Installs the bundle read from `reader` into the slot that is not running. `source_len` is
+    /// the input's length when known (a file): a bundle of another length than its manifest
+    /// describes is then refused before anything is written.
+    pub fn install<R: Read>(
+        &self,
+        reader: R,
+        source_len: Option<u64>,
+        progress: &mut dyn FnMut(&Progress),
+    ) -> Result<Installed> {
+        let slot = self.running.other();
+        let mut report = Progress {
+            phase: Phase::Verifying,
+            payload: String::new(),
+            done: 0,
+            total: 0,
+        };
+        progress(&report);
+
+        // 1. Nothing is written until the bundle and the device agree.
+        let mut bundle = cairn_bundle::open_verified(reader, self.keyring)?;
+        let manifest = bundle.manifest().clone();
+        let expected = bundle.expected_len();
+        match source_len {
+            Some(len) if len < expected => {
+                return Err(cairn_bundle::Error::Truncated {
+                    expected: expected - len,
+                    what: "the bundle file".into(),
+                }
+                .into())
+            }
+            Some(len) if len > expected => {
+                return Err(cairn_bundle::Error::TrailingData { offset: expected }.into())
+            }
+            _ => {}
+        }
+        let device = DeviceFacts {
+            security_floor: self.state.security_floor()?,
+            ..self.device.clone()
+        };
+        cairn_bundle::check_install(&manifest, &device)?;
+        let plan = Plan::of(&manifest)?;
+        let rootfs = &manifest.payloads[plan.rootfs];
+        let root_path = &self.layout.roots[slot.index()];
+        let root_name = format!("ROOT-{}", slot.to_string().to_uppercase());
+        let mut root = File::options()
+            .read(true)
+            .write(true)
+            .open(root_path)
+            .map_err(|e| Error::io("opening", root_path, e))?;
+        let capacity = size_of(&mut root, root_path)?;
+        if rootfs.size > capacity {
+            return Err(Error::TooBig {
+                payload: rootfs.name.clone(),
+                size: rootfs.size,
+                target: root_name,
+                capacity,
+            });
+        }
+        report.total = manifest.payloads.iter().map(|p| p.size).sum();
+
+        // 2. and 3.
+        let mut boot = SdBoot::new(DirFs::new(&self.layout.esp), Some(self.running));
+        if boot.status()?.trial {
+            return Err(Error::RunningOnTrial {
+                running: self.running,
+            });
+        }
+        boot.mark_bad(slot)?;
+
+        // 4.
+        bundle.defer_payload_hashes();
+        let slot_dir = self.layout.esp.join(format!("EFI/cairn/{slot}"));
+        fs::create_dir_all(&slot_dir).map_err(|e| Error::io("creating", &slot_dir, e))?;
+        let mut spec_bytes = Vec::new();
+        let mut done_before = 0u64;
+        while let Some(mut payload) = bundle.next_payload()? {
+            let entry = payload.entry().clone();
+            report.phase = Phase::Writing;
+            report.payload = entry.name.clone();
+            report.done = done_before;
+            progress(&report);
+            let mut on_bytes = |n: u64| {
+                report.done = done_before + n;
+                progress(&report);
+            };
+            match entry.role {
+                Role::BootFiles => {
+                    payload
+                        .read_to_end(&mut spec_bytes)
+                        .map_err(cairn_bundle::Error::from_io)?;
+                    // The reader leaves whole-payload hashes to us (see stream).
+                    if <[u8; 32]>::from(Sha256::digest(&spec_bytes)) != entry.sha256 {
+                        return Err(cairn_bundle::Error::PayloadMismatch {
+                            payload: entry.name,
+                        }
+                        .into());
+                    }
+                }
+                Role::Rootfs => {
+                    stream::write_checked(
+                        &root,
+                        &root_name,
+                        &entry.name,
+                        entry.sha256,
+                        |spare| Ok(payload.take_chunk(spare)?),
+                        &mut on_bytes,
+                    )?;
+                }
+                Role::Kernel | Role::Initramfs => {
+                    let path = slot_dir.join(&entry.name);
+                    let temp = slot_dir.join(format!("{}.new", entry.name));
+                    let file = File::options()
+                        .read(true)
+                        .write(true)
+                        .create(true)
+                        .truncate(true)
+                        .open(&temp)
+                        .map_err(|e| Error::io("creating", &temp, e))?;
+                    stream::write_checked(
+                        &file,
+                        &temp.display().to_string(),
+                        &entry.name,
+                        entry.sha256,
+                        |spare| Ok(payload.take_chunk(spare)?),
+                        &mut on_bytes,
+                    )?;
+                    drop(file);
+                    fs::rename(&temp, &path).map_err(|e| Error::io("renaming", &path, e))?;
+                    state::sync_dir(&slot_dir)?;
+                }
+            }
+            done_before += entry.size;
+        }
+        let spec = BootSpec::parse(&spec_bytes, rootfs.size)?;
+
+        // 5. and 6.
+        report.phase = Phase::Arming;
+        report.payload.clear();
+        progress(&report);
+        let version = manifest.version.to_string();
+        self.state.set_trial(&TrialRecord {
+            slot: slot.to_string(),
+            version: version.clone(),
+            security_version: manifest.security_version,
+            outcome: Outcome::Installed,
+            reason: None,
+        })?;
+        boot.install_entry(
+            slot,
+            &Entry {
+                title: format!("Cairn {version} (slot {slot})"),
+                version: version.clone(),
+                linux: format!("/EFI/cairn/{slot}/{KERNEL}"),
+                initrd: format!("/EFI/cairn/{slot}/{INITRAMFS}"),
+                options: spec.options_for(slot),
+            },
+        )?;
+        boot.set_trial(slot, self.tries)?;
+        Ok(Installed {
+            slot,
+            version,
+            security_version: manifest.security_version,
+            bytes: report.total,
+        })
+    }
+}

@@ -1,0 +1,199 @@
+//! What the updater keeps on the STATE partition, in one directory:
+//!
+//! | file | contents |
+//! |---|---|
+//! | `security-floor` | decimal `u32` and a newline: the lowest `security_version` this device accepts |
+//! | `trial.json` | the last install and what became of it ([`TrialRecord`]) |
+//!
+//! Each file is replaced whole: written under a temporary name, synced, renamed over the old one,
+//! and the directory synced. A missing floor is 0 (a new device). A floor file that exists but
+//! does not parse refuses every install rather than guessing a lower floor.
+
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+pub const FLOOR_FILE: &str = "security-floor";
+pub const TRIAL_FILE: &str = "trial.json";
+const MAX_FILE: u64 = 64 * 1024;
+
+/// Where a trial stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    /// Installed, trial boot armed; nothing has run it yet.
+    Installed,
+    /// The trial booted and passed its health checks.
+    Committed,
+    /// The trial failed its health checks and was marked bad.
+    RolledBack,
+    /// The device came back up on the other slot without the trial reporting (crash, hang,
+    /// watchdog, or boot counting ran out).
+    Abandoned,
+}
+
+/// The last install.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrialRecord {
+    pub slot: String,
+    pub version: String,
+    pub security_version: u32,
+    pub outcome: Outcome,
+    /// Why it was rolled back or abandoned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// The updater's directory on STATE.
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    root: PathBuf,
+}
+
+impl StateDir {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        StateDir { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The anti-rollback floor (0 when never set).
+    pub fn security_floor(&self) -> Result<u32> {
+        let path = self.root.join(FLOOR_FILE);
+        let Some(text) = read_small(&path)? else {
+            return Ok(0);
+        };
+        String::from_utf8(text)
+            .ok()
+            .and_then(|t| t.strip_suffix('\n').and_then(|n| n.parse().ok()))
+            .ok_or_else(|| Error::State {
+                path,
+                reason: "expected a decimal number and a newline".into(),
+            })
+    }
+
+    /// Raises the floor to `to`; a lower value leaves it as it is. Returns the floor now set.
+    pub fn raise_floor(&self, to: u32) -> Result<u32> {
+        let now = self.security_floor()?;
+        if to <= now {
+            return Ok(now);
+        }
+        replace(&self.root, FLOOR_FILE, format!("{to}\n").as_bytes())?;
+        Ok(to)
+    }
+
+    pub fn trial(&self) -> Result<Option<TrialRecord>> {
+        let path = self.root.join(TRIAL_FILE);
+        let Some(bytes) = read_small(&path)? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| Error::State {
+                path,
+                reason: e.to_string(),
+            })
+    }
+
+    pub fn set_trial(&self, record: &TrialRecord) -> Result<()> {
+        let mut text = serde_json::to_string(record).expect("a record always serialises");
+        text.push('\n');
+        replace(&self.root, TRIAL_FILE, text.as_bytes())
+    }
+}
+
+fn read_small(path: &Path) -> Result<Option<Vec<u8>>> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io("opening", path, e)),
+    };
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io("reading", path, e))?;
+    if bytes.len() as u64 > MAX_FILE {
+        return Err(Error::State {
+            path: path.to_path_buf(),
+            reason: format!("larger than {MAX_FILE} bytes"),
+        });
+    }
+    Ok(Some(bytes))
+}
+
+/// Replaces `dir/name` with `bytes` durably (temporary file, fsync, rename, fsync of the dir).
+pub fn replace(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
+    let temp = dir.join(format!(".{name}.tmp"));
+    let path = dir.join(name);
+    let mut file = File::create(&temp).map_err(|e| Error::io("creating", &temp, e))?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| Error::io("writing", &temp, e))?;
+    drop(file);
+    fs::rename(&temp, &path).map_err(|e| Error::io("renaming", &path, e))?;
+    sync_dir(dir)
+}
+
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io("syncing", dir, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn floor_starts_at_zero_and_only_rises() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = StateDir::new(dir.path());
+        assert_eq!(s.security_floor().unwrap(), 0);
+        assert_eq!(s.raise_floor(3).unwrap(), 3);
+        assert_eq!(s.raise_floor(2).unwrap(), 3);
+        assert_eq!(s.security_floor().unwrap(), 3);
+        assert_eq!(
+            fs::read_to_string(dir.path().join(FLOOR_FILE)).unwrap(),
+            "3\n"
+        );
+        assert!(!dir.path().join(".security-floor.tmp").exists());
+    }
+
+    #[test]
+    fn a_corrupt_floor_is_an_error_not_zero() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(FLOOR_FILE), "seven\n").unwrap();
+        let err = StateDir::new(dir.path()).security_floor().unwrap_err();
+        assert!(
+            err.to_string()
+                .ends_with("security-floor is corrupt: expected a decimal number and a newline"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn trial_record_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = StateDir::new(dir.path());
+        assert_eq!(s.trial().unwrap(), None);
+        let r = TrialRecord {
+            slot: "b".into(),
+            version: "0.2.0".into(),
+            security_version: 1,
+            outcome: Outcome::RolledBack,
+            reason: Some("tcp 127.0.0.1:9: connection refused".into()),
+        };
+        s.set_trial(&r).unwrap();
+        assert_eq!(s.trial().unwrap(), Some(r));
+        assert!(fs::read_to_string(dir.path().join(TRIAL_FILE))
+            .unwrap()
+            .contains("\"outcome\":\"rolled-back\""));
+    }
+}

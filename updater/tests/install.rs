@@ -1,0 +1,356 @@
+//! Installs into a device laid out in a temp dir (ESP folder, ROOT-A/B files), through the real
+//! bundle writer and the real systemd-boot backend: a good bundle and each refusal.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use cairn_boot::bls::Entry;
+use cairn_boot::fs::DirFs;
+use cairn_boot::sdboot::{self, SdBoot};
+use cairn_boot::{Bootloader, Slot};
+use cairn_bundle::{create, DeviceFacts, Keyring, ManifestMeta, PayloadSource, Role, SecretKey};
+use cairn_updater::bootspec::BootSpec;
+use cairn_updater::install::{Installer, Layout, Phase, Progress};
+use cairn_updater::state::{Outcome, StateDir};
+use semver::Version;
+
+const ROOT_SIZE: u64 = 4 * 1024 * 1024;
+const CHUNK: u32 = 64 * 1024;
+
+fn key() -> SecretKey {
+    SecretKey::from_bytes([7; 32])
+}
+
+fn data(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| ((i * 31 + seed as usize * 7) % 253) as u8)
+        .collect()
+}
+
+struct Device {
+    dir: tempfile::TempDir,
+}
+
+impl Device {
+    /// A device on slot A of version 1.0.0: both entries good, A preferred.
+    fn new() -> Device {
+        let dir = tempfile::tempdir().unwrap();
+        let esp = dir.path().join("esp");
+        for slot in Slot::ALL {
+            fs::create_dir_all(esp.join(format!("EFI/cairn/{slot}"))).unwrap();
+            fs::write(esp.join(format!("EFI/cairn/{slot}/vmlinuz")), "old kernel").unwrap();
+            fs::write(
+                dir.path().join(format!("root-{slot}")),
+                vec![0xee; ROOT_SIZE as usize],
+            )
+            .unwrap();
+        }
+        fs::create_dir_all(esp.join(sdboot::ENTRIES_DIR)).unwrap();
+        fs::write(esp.join(sdboot::LOADER_CONF_PATH), sdboot::loader_conf()).unwrap();
+        let entry = |slot: Slot| Entry {
+            title: format!("Cairn 1.0.0 (slot {slot})"),
+            version: "1.0.0".into(),
+            linux: format!("/EFI/cairn/{slot}/vmlinuz"),
+            initrd: format!("/EFI/cairn/{slot}/initramfs.img"),
+            options: vec![format!("cairn.slot={slot}")],
+        };
+        for (name, text) in sdboot::initial_entries(&entry(Slot::A), &entry(Slot::B)).unwrap() {
+            fs::write(esp.join(sdboot::ENTRIES_DIR).join(name), text).unwrap();
+        }
+        fs::create_dir_all(dir.path().join("state")).unwrap();
+        Device { dir }
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    fn installer<'a>(&self, keyring: &'a Keyring) -> Installer<'a> {
+        Installer {
+            keyring,
+            device: DeviceFacts {
+                board: "qemu-aarch64".into(),
+                arch: "aarch64".into(),
+                installed_version: Version::new(1, 0, 0),
+                security_floor: 0,
+            },
+            running: Slot::A,
+            layout: Layout {
+                roots: [self.path("root-a"), self.path("root-b")],
+                esp: self.path("esp"),
+            },
+            state: StateDir::new(self.path("state")),
+            tries: 2,
+        }
+    }
+
+    /// Every file under the device dir with its contents.
+    fn snapshot(&self) -> BTreeMap<PathBuf, Vec<u8>> {
+        fn walk(dir: &Path, out: &mut BTreeMap<PathBuf, Vec<u8>>) {
+            for e in fs::read_dir(dir).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    walk(&p, out);
+                } else {
+                    out.insert(p.clone(), fs::read(&p).unwrap());
+                }
+            }
+        }
+        let mut out = BTreeMap::new();
+        walk(self.dir.path(), &mut out);
+        out
+    }
+
+    fn entries(&self) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(self.path("esp").join(sdboot::ENTRIES_DIR))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    }
+}
+
+struct Release {
+    rootfs: Vec<u8>,
+    kernel: Vec<u8>,
+    initramfs: Vec<u8>,
+    spec: BootSpec,
+    meta: ManifestMeta,
+}
+
+impl Release {
+    fn new() -> Release {
+        Release {
+            rootfs: data(3 * 1024 * 1024 + 4096, 1),
+            kernel: data(200_000, 2),
+            initramfs: data(70_000, 3),
+            spec: BootSpec {
+                format: 1,
+                roothash: "5a".repeat(32),
+                hash_offset: 3 * 1024 * 1024,
+                options: vec!["console=ttyAMA0".into(), "quiet".into()],
+            },
+            meta: ManifestMeta {
+                compatible: vec!["qemu-aarch64".into()],
+                arch: "aarch64".into(),
+                version: Version::new(1, 1, 0),
+                security_version: 2,
+                min_installed_version: Version::new(1, 0, 0),
+                created: 1_760_000_000,
+            },
+        }
+    }
+
+    fn bundle(&self, key: &SecretKey) -> Vec<u8> {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = self.spec.to_json();
+        let files: [(&str, Role, &[u8]); 4] = [
+            ("boot.json", Role::BootFiles, spec.as_bytes()),
+            ("rootfs", Role::Rootfs, &self.rootfs),
+            ("vmlinuz", Role::Kernel, &self.kernel),
+            ("initramfs.img", Role::Initramfs, &self.initramfs),
+        ];
+        let sources: Vec<PayloadSource> = files
+            .iter()
+            .map(|(name, role, bytes)| {
+                let path = dir.path().join(name);
+                fs::write(&path, bytes).unwrap();
+                PayloadSource {
+                    name: name.to_string(),
+                    role: *role,
+                    path,
+                    chunk_size: CHUNK,
+                }
+            })
+            .collect();
+        let mut out = Vec::new();
+        create(&mut out, &self.meta, &sources, key).unwrap();
+        out
+    }
+}
+
+fn keyring() -> Keyring {
+    Keyring::from_keys([key().public()]).unwrap()
+}
+
+#[test]
+fn a_good_bundle_fills_the_other_slot_and_arms_a_trial() {
+    let dev = Device::new();
+    let rel = Release::new();
+    let ring = keyring();
+    let mut seen: Vec<Progress> = Vec::new();
+    let done = dev
+        .installer(&ring)
+        .install(&rel.bundle(&key())[..], None, &mut |p| seen.push(p.clone()))
+        .unwrap();
+    assert_eq!(
+        (done.slot, done.version.as_str(), done.security_version),
+        (Slot::B, "1.1.0", 2)
+    );
+
+    let root = fs::read(dev.path("root-b")).unwrap();
+    assert_eq!(&root[..rel.rootfs.len()], &rel.rootfs[..]);
+    assert_eq!(root.len() as u64, ROOT_SIZE, "the partition keeps its size");
+    assert_eq!(
+        fs::read(dev.path("root-a")).unwrap(),
+        vec![0xee; ROOT_SIZE as usize]
+    );
+    assert_eq!(
+        fs::read(dev.path("esp/EFI/cairn/b/vmlinuz")).unwrap(),
+        rel.kernel
+    );
+    assert_eq!(
+        fs::read(dev.path("esp/EFI/cairn/b/initramfs.img")).unwrap(),
+        rel.initramfs
+    );
+    assert_eq!(
+        fs::read(dev.path("esp/EFI/cairn/a/vmlinuz")).unwrap(),
+        b"old kernel"
+    );
+
+    assert_eq!(dev.entries(), ["cairn-1-a.conf", "cairn-3-b+2-0.conf"]);
+    let entry = fs::read_to_string(dev.path("esp/loader/entries/cairn-3-b+2-0.conf")).unwrap();
+    assert!(entry.contains("version 1.1.0"), "{entry}");
+    assert!(
+        entry.contains(&format!(
+            "options console=ttyAMA0 quiet cairn.slot=b cairn.roothash={} cairn.hashoffset=3145728",
+            "5a".repeat(32)
+        )),
+        "{entry}"
+    );
+    let mut boot = SdBoot::new(DirFs::new(dev.path("esp")), Some(Slot::A));
+    let status = boot.status().unwrap();
+    assert_eq!(status.next, Some(Slot::B));
+    assert_eq!(status.slot(Slot::B).tries_left, Some(2));
+
+    let trial = StateDir::new(dev.path("state")).trial().unwrap().unwrap();
+    assert_eq!(
+        (trial.slot.as_str(), trial.outcome),
+        ("b", Outcome::Installed)
+    );
+
+    // Progress: verifying, then writing each payload with growing byte counts, then arming.
+    assert_eq!(seen.first().unwrap().phase, Phase::Verifying);
+    assert_eq!(seen.last().unwrap().phase, Phase::Arming);
+    let total = seen.last().unwrap().total;
+    assert_eq!(seen.last().unwrap().done, total);
+    assert!(seen.windows(2).all(|w| w[0].done <= w[1].done));
+    assert!(seen
+        .iter()
+        .any(|p| p.phase == Phase::Writing && p.payload == "rootfs"));
+}
+
+/// Installs `bundle` and expects `want` in the error, with the device exactly as before.
+fn refused(dev: &Device, ring: &Keyring, bundle: &[u8], want: &str) {
+    let before = dev.snapshot();
+    let err = dev
+        .installer(ring)
+        .install(bundle, Some(bundle.len() as u64), &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(want), "{err:?} does not say {want:?}");
+    assert!(!err.contains('\n'), "one line: {err:?}");
+    assert!(
+        dev.snapshot() == before,
+        "refusing {want:?} changed the device"
+    );
+}
+
+#[test]
+fn refusals_change_nothing() {
+    let dev = Device::new();
+    let rel = Release::new();
+    let ring = keyring();
+    let good = rel.bundle(&key());
+
+    let mut bad_sig = good.clone();
+    let sig_at = 16 + 40; // inside the signed manifest
+    bad_sig[sig_at] ^= 1;
+    refused(&dev, &ring, &bad_sig, "signature");
+    refused(
+        &dev,
+        &ring,
+        &rel.bundle(&SecretKey::from_bytes([9; 32])),
+        "does not trust",
+    );
+    refused(&dev, &ring, &good[..good.len() / 2], "truncated");
+    refused(
+        &dev,
+        &ring,
+        b"PK\x03\x04 this is a zip file, not a bundle",
+        "not a Cairn bundle",
+    );
+    refused(&dev, &ring, &[], "truncated");
+
+    let mut other_board = Release::new();
+    other_board.meta.compatible = vec!["rpi4".into()];
+    refused(&dev, &ring, &other_board.bundle(&key()), "rpi4");
+
+    let mut old = Release::new();
+    old.meta.security_version = 1;
+    fs::write(dev.path("state/security-floor"), "2\n").unwrap();
+    refused(&dev, &ring, &old.bundle(&key()), "security");
+    fs::remove_file(dev.path("state/security-floor")).unwrap();
+
+    let mut huge = Release::new();
+    huge.rootfs = data(ROOT_SIZE as usize + 4096, 4);
+    huge.spec.hash_offset = ROOT_SIZE;
+    refused(&dev, &ring, &huge.bundle(&key()), "holds only");
+
+    // The running slot on trial: no install until it is committed.
+    let mut boot = SdBoot::new(DirFs::new(dev.path("esp")), None);
+    boot.set_trial(Slot::A, 3).unwrap();
+    refused(&dev, &ring, &good, "slot a is on trial");
+}
+
+#[test]
+fn a_flipped_payload_byte_leaves_the_target_unbootable_and_the_running_slot_alone() {
+    let dev = Device::new();
+    let rel = Release::new();
+    let ring = keyring();
+    let mut bundle = rel.bundle(&key());
+    // The last byte of the rootfs payload: found only after most of it was written.
+    let (m, _) = cairn_bundle::inspect(&bundle[..]).unwrap();
+    let boot_len = m.payloads[0].size as usize;
+    let header_and_manifest = bundle.len()
+        - m.payloads
+            .iter()
+            .map(|p| p.size.div_ceil(4096) * 4096)
+            .sum::<u64>() as usize;
+    let rootfs_at = header_and_manifest + boot_len.div_ceil(4096) * 4096;
+    bundle[rootfs_at + rel.rootfs.len() - 1] ^= 0x40;
+    let a_before = fs::read(dev.path("root-a")).unwrap();
+    let err = dev
+        .installer(&ring)
+        .install(&bundle[..], None, &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("payload \"rootfs\"") && err.contains("chunk"),
+        "{err}"
+    );
+    assert_eq!(fs::read(dev.path("root-a")).unwrap(), a_before);
+    assert_eq!(dev.entries(), ["cairn-0-b+0-0.conf", "cairn-1-a.conf"]);
+    let mut boot = SdBoot::new(DirFs::new(dev.path("esp")), Some(Slot::A));
+    let status = boot.status().unwrap();
+    assert_eq!(status.next, Some(Slot::A));
+    assert!(!status.slot(Slot::B).bootable);
+    assert_eq!(StateDir::new(dev.path("state")).trial().unwrap(), None);
+}
+
+#[test]
+fn bad_boot_json_is_refused_before_the_entry_is_written() {
+    let dev = Device::new();
+    let mut rel = Release::new();
+    rel.spec.options.push("cairn.roothash=00".into());
+    let ring = keyring();
+    let err = dev
+        .installer(&ring)
+        .install(&rel.bundle(&key())[..], None, &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("installer's to set"), "{err}");
+    assert_eq!(dev.entries(), ["cairn-0-b+0-0.conf", "cairn-1-a.conf"]);
+}
