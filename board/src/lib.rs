@@ -117,6 +117,40 @@ pub struct QemuProfile {
     pub firmware_vars: &'static str,
     /// Debian package that provides the two firmware files.
     pub firmware_package: &'static str,
+    /// Devices besides the disk and the network card, as `-device` values: the watchdog and the
+    /// socket a removable disk is plugged into while the machine runs.
+    pub devices: &'static [&'static str],
+    /// How the harness plugs a removable disk (the "USB stick" an update arrives on) into the
+    /// running machine.
+    pub removable: RemovableDisk,
+}
+
+/// Where a hot-plugged removable disk goes on an emulated board.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum RemovableDisk {
+    /// A USB mass-storage device (QEMU `usb-storage`) on a USB bus that is there from power-on,
+    /// as a real stick in a real port.
+    UsbStorage {
+        /// The QEMU bus name: `<controller id>.0`.
+        bus: &'static str,
+    },
+    /// A virtio-blk disk hot-plugged into an empty PCIe root port, for kernels without USB
+    /// storage. The guest sees a new `vd*` disk; PCIe hot-plug (`pciehp`) must be in the kernel.
+    VirtioBlkHotplug {
+        /// The root port's `id`; it is also the bus name.
+        root_port: &'static str,
+    },
+}
+
+impl RemovableDisk {
+    /// The QEMU bus the disk's device is added to.
+    pub fn bus(self) -> &'static str {
+        match self {
+            RemovableDisk::UsbStorage { bus } => bus,
+            RemovableDisk::VirtioBlkHotplug { root_port } => root_port,
+        }
+    }
 }
 
 /// A supported machine.
@@ -143,7 +177,7 @@ const QEMU_LAYOUT: Layout = Layout {
     esp_mib: 128,
     boot_slot_mib: 0,
     root_mib: 128,
-    state_mib: 32,
+    state_mib: 64,
     data_mib: 64,
 };
 
@@ -159,6 +193,9 @@ pub const BOARDS: &[Board] = &[
         console: "ttyAMA0",
         kernel_args: &[],
         // evdev exposes the ACPI power button (built into this kernel) to init as /dev/input/event*.
+        // This kernel has no USB and no driver for any watchdog QEMU's virt machine offers, so
+        // softdog is the watchdog (a kernel timer: it catches a hung cairnd, not a hung kernel).
+        // A hot-plugged stick is a virtio-blk disk: virtio_blk is here anyway and pciehp is built in.
         modules: &[
             "virtio_pci",
             "virtio_blk",
@@ -169,6 +206,7 @@ pub const BOARDS: &[Board] = &[
             "nls_cp437",
             "nls_ascii",
             "evdev",
+            "softdog",
         ],
         layout: QEMU_LAYOUT,
         qemu: Some(QemuProfile {
@@ -180,6 +218,12 @@ pub const BOARDS: &[Board] = &[
             firmware_code: "/usr/share/AAVMF/AAVMF_CODE.fd",
             firmware_vars: "/usr/share/AAVMF/AAVMF_VARS.fd",
             firmware_package: "qemu-efi-aarch64",
+            // PCIe devices cannot be hot-plugged into the root complex itself: the stick needs
+            // an empty root port from power-on, which the firmware gives bus numbers and windows.
+            devices: &["pcie-root-port,id=hotplug0,chassis=1"],
+            removable: RemovableDisk::VirtioBlkHotplug {
+                root_port: "hotplug0",
+            },
         }),
     },
     Board {
@@ -192,6 +236,8 @@ pub const BOARDS: &[Board] = &[
         console: "ttyS0",
         kernel_args: &[],
         // `button` is the ACPI power button driver, a module in this kernel; evdev exposes it to init.
+        // i6300esb drives the machine's watchdog. xhci_pci, usb_storage and sd_mod make a USB stick
+        // plugged in later a disk with partitions (they pull in usbcore, scsi_mod and t10-pi).
         modules: &[
             "virtio_pci",
             "virtio_blk",
@@ -203,6 +249,10 @@ pub const BOARDS: &[Board] = &[
             "nls_ascii",
             "button",
             "evdev",
+            "i6300esb",
+            "xhci_pci",
+            "usb_storage",
+            "sd_mod",
         ],
         layout: QEMU_LAYOUT,
         qemu: Some(QemuProfile {
@@ -214,6 +264,9 @@ pub const BOARDS: &[Board] = &[
             firmware_code: "/usr/share/OVMF/OVMF_CODE_4M.fd",
             firmware_vars: "/usr/share/OVMF/OVMF_VARS_4M.fd",
             firmware_package: "ovmf",
+            // The Intel 6300ESB watchdog (PCI) and an xHCI controller with free ports.
+            devices: &["i6300esb", "qemu-xhci,id=xhci"],
+            removable: RemovableDisk::UsbStorage { bus: "xhci.0" },
         }),
     },
     Board {
@@ -232,7 +285,8 @@ pub const BOARDS: &[Board] = &[
         console: "ttyS1,115200",
         kernel_args: &[],
         // The SD card sits behind the Arasan/iProc SDHCI controller; its 1.8 V switch goes through
-        // the firmware's GPIO expander.
+        // the firmware's GPIO expander. bcm2835_wdt is the SoC's watchdog and also its restart
+        // handler: without it `reboot` (and so a trial boot) cannot reset the board.
         modules: &[
             "gpio_raspberrypi_exp",
             "sdhci_iproc",
@@ -244,12 +298,13 @@ pub const BOARDS: &[Board] = &[
             "nls_cp437",
             "nls_ascii",
             "evdev",
+            "bcm2835_wdt",
         ],
         layout: Layout {
             esp_mib: 64,
             boot_slot_mib: 128,
             root_mib: 128,
-            state_mib: 32,
+            state_mib: 64,
             data_mib: 64,
         },
         qemu: None,
@@ -285,6 +340,25 @@ mod tests {
             err.contains("qemu-aarch64") && err.contains("qemu-x86_64"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn removable_disks_plug_into_a_declared_device() {
+        for board in BOARDS {
+            let Some(q) = board.qemu else { continue };
+            let id = match q.removable {
+                RemovableDisk::UsbStorage { bus } => bus.strip_suffix(".0").unwrap(),
+                RemovableDisk::VirtioBlkHotplug { root_port } => root_port,
+            };
+            assert!(
+                q.devices
+                    .iter()
+                    .any(|d| d.split(',').any(|p| p == format!("id={id}"))),
+                "{}: no device with id={id} in {:?}",
+                board.name,
+                q.devices
+            );
+        }
     }
 
     #[test]

@@ -62,6 +62,38 @@ enum BundleCommand {
         pubkeys: Vec<PathBuf>,
         bundle: PathBuf,
     },
+    /// Make a signed bundle of a built image (its slot A: root, kernel, initramfs, boot entry).
+    Create {
+        /// The board the image was built for; must match the image.
+        #[arg(long)]
+        board: String,
+        /// Secret key file (`cairnctl keys gen` writes <out>.key).
+        #[arg(long)]
+        key: PathBuf,
+        /// Image folder written by `cairnctl image build`.
+        #[arg(long)]
+        from: PathBuf,
+        /// The bundle file to write; must not exist.
+        #[arg(long)]
+        out: PathBuf,
+        /// The oldest installed version allowed to take the bundle.
+        #[arg(long, default_value = "0.0.0")]
+        min_installed_version: String,
+    },
+    /// Verify a bundle and write one payload into a file or block device in place, through the
+    /// installer's write path (chunks checked before writing, read back and compared).
+    Extract {
+        /// A public key file or keyring file; repeatable.
+        #[arg(long = "pubkey", required = true)]
+        pubkeys: Vec<PathBuf>,
+        /// Payload name (see `cairnctl bundle inspect`).
+        #[arg(long)]
+        payload: String,
+        /// Where to write it: a file (created if missing, not truncated) or a block device.
+        #[arg(long)]
+        to: PathBuf,
+        bundle: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -111,6 +143,16 @@ struct BuildArgs {
     /// Seed for GUIDs and volume ids [default: cairn-<board>-<version>].
     #[arg(long)]
     seed: Option<String>,
+    /// Keyring (public keys, one per line, or a single .pub file) whose bundles the image
+    /// installs. Without it the image installs no bundles.
+    #[arg(long)]
+    keyring: Option<PathBuf>,
+    /// Machine config JSON baked into the image (health window and probes).
+    #[arg(long)]
+    machine_config: Option<PathBuf>,
+    /// Anti-rollback level of this system.
+    #[arg(long, default_value_t = 0)]
+    security_version: u32,
     /// Print image.json instead of a summary.
     #[arg(long)]
     json: bool,
@@ -189,6 +231,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Qemu(QemuCommand::Run(args)) => qemu_run(args),
         Command::Keys(KeysCommand::Gen { out }) => keys_gen(&out),
         Command::Bundle(BundleCommand::Inspect { bundle, json }) => bundle_inspect(&bundle, json),
+        Command::Bundle(BundleCommand::Create {
+            board,
+            key,
+            from,
+            out,
+            min_installed_version,
+        }) => bundle_create(&board, &key, &from, &out, &min_installed_version),
+        Command::Bundle(BundleCommand::Extract {
+            pubkeys,
+            payload,
+            to,
+            bundle,
+        }) => bundle_extract(&pubkeys, &payload, &to, &bundle),
         Command::Bundle(BundleCommand::Verify { pubkeys, bundle }) => {
             bundle_verify(&pubkeys, &bundle)
         }
@@ -359,7 +414,7 @@ fn bundle_inspect(path: &std::path::Path, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn bundle_verify(pubkeys: &[PathBuf], path: &std::path::Path) -> anyhow::Result<()> {
+fn load_keyring(pubkeys: &[PathBuf]) -> anyhow::Result<cairn_bundle::Keyring> {
     let mut keys = Vec::new();
     let mut keyrings = Vec::new();
     for p in pubkeys {
@@ -370,17 +425,136 @@ fn bundle_verify(pubkeys: &[PathBuf], path: &std::path::Path) -> anyhow::Result<
         keys.extend(ring.entries().iter().filter(|e| !e.revoked).map(|e| e.key));
         keyrings.push(ring);
     }
-    let keyring = if keyrings.len() == 1 {
+    Ok(if keyrings.len() == 1 {
         keyrings.remove(0)
     } else {
         cairn_bundle::Keyring::from_keys(keys)?
-    };
+    })
+}
+
+fn bundle_verify(pubkeys: &[PathBuf], path: &std::path::Path) -> anyhow::Result<()> {
+    let keyring = load_keyring(pubkeys)?;
     let manifest = cairn_bundle::verify_all(open_bundle(path)?, &keyring)
         .with_context(|| format!("{} failed verification", path.display()))?;
     println!("signature    good (key {})", manifest.key_id);
     print_manifest(&manifest);
     println!("payloads     every chunk matches the signed manifest");
     Ok(())
+}
+
+fn bundle_create(
+    board: &str,
+    key: &std::path::Path,
+    from: &std::path::Path,
+    out: &std::path::Path,
+    min_installed: &str,
+) -> anyhow::Result<()> {
+    let key_text =
+        std::fs::read_to_string(key).with_context(|| format!("reading {}", key.display()))?;
+    let key = cairn_bundle::SecretKey::from_text(&key_text)
+        .with_context(|| format!("{} is not a secret key", key.display()))?;
+    let min_installed_version = cairn_bundle::Version::parse(min_installed)
+        .with_context(|| format!("--min-installed-version {min_installed:?} is not semver"))?;
+    let work = tempfile::tempdir().context("creating a temporary folder")?;
+    let input = cairn_image::bundle_input::bundle_input(from, work.path())
+        .map_err(|e| anyhow::anyhow!("{}: {e}", from.display()))?;
+    anyhow::ensure!(
+        input.board == board,
+        "{} is an image for {}, not {board}",
+        from.display(),
+        input.board
+    );
+    let meta = cairn_bundle::ManifestMeta {
+        compatible: vec![input.board.clone()],
+        arch: input.arch.clone(),
+        version: cairn_bundle::Version::parse(&input.version)
+            .with_context(|| format!("image version {:?} is not semver", input.version))?,
+        security_version: input.security_version,
+        min_installed_version,
+        created: created_time(),
+    };
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(out)
+        .with_context(|| format!("creating {}", out.display()))?;
+    let mut writer = std::io::BufWriter::with_capacity(1 << 20, file);
+    let made = cairn_bundle::create(&mut writer, &meta, &input.payloads, &key).and_then(|m| {
+        use std::io::Write as _;
+        writer
+            .flush()
+            .and_then(|()| writer.get_ref().sync_all())
+            .map_err(cairn_bundle::Error::from_io)?;
+        Ok(m)
+    });
+    let manifest = match made {
+        Ok(m) => m,
+        Err(e) => {
+            let _ = std::fs::remove_file(out);
+            return Err(e).with_context(|| format!("writing {}", out.display()));
+        }
+    };
+    println!("wrote {}", out.display());
+    print_manifest(&manifest);
+    Ok(())
+}
+
+/// `SOURCE_DATE_EPOCH` when set (reproducible bundles), else now.
+fn created_time() -> u64 {
+    std::env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+        })
+}
+
+fn bundle_extract(
+    pubkeys: &[PathBuf],
+    name: &str,
+    to: &std::path::Path,
+    path: &std::path::Path,
+) -> anyhow::Result<()> {
+    let keyring = load_keyring(pubkeys)?;
+    let fail = || format!("{} failed verification", path.display());
+    let mut bundle =
+        cairn_bundle::open_verified(open_bundle(path)?, &keyring).with_context(fail)?;
+    anyhow::ensure!(
+        bundle.manifest().payloads.iter().any(|p| p.name == name),
+        "{} has no payload {name:?}",
+        path.display()
+    );
+    bundle.defer_payload_hashes();
+    let target = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(to)
+        .with_context(|| format!("opening {}", to.display()))?;
+    while let Some(mut payload) = bundle.next_payload().with_context(fail)? {
+        if payload.entry().name != name {
+            continue;
+        }
+        let entry = payload.entry().clone();
+        let written = cairn_updater::stream::write_checked(
+            &target,
+            &to.display().to_string(),
+            name,
+            entry.sha256,
+            |spare| Ok(payload.take_chunk(spare)?),
+            &mut |_| {},
+        )?;
+        println!(
+            "wrote payload {name:?} ({} bytes) to {}: every chunk verified, read back and matched",
+            written.bytes,
+            to.display()
+        );
+        return Ok(());
+    }
+    unreachable!("the payload is in the manifest")
 }
 
 fn default_cache() -> PathBuf {
@@ -394,6 +568,41 @@ fn default_cache() -> PathBuf {
         Some(home) => PathBuf::from(home).join(".cache/cairn"),
         None => PathBuf::from(".cairn-cache"),
     }
+}
+
+fn root_extras(
+    keyring: Option<&std::path::Path>,
+    machine_config: Option<&std::path::Path>,
+    security_version: u32,
+) -> anyhow::Result<cairn_image::RootExtras> {
+    let read = |p: &std::path::Path| {
+        std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
+    };
+    let keyring = match keyring {
+        Some(p) => {
+            let text = read(p)?;
+            cairn_bundle::Keyring::parse(&text)
+                .with_context(|| format!("{} is not a keyring", p.display()))?;
+            Some(text)
+        }
+        None => None,
+    };
+    let machine_config = match machine_config {
+        Some(p) => {
+            let text = read(p)?;
+            cairn_daemon::config::MachineConfig::parse(&text).map_err(|e| {
+                anyhow::anyhow!("{} is not a valid machine config: {e}", p.display())
+            })?;
+            Some(text)
+        }
+        None => None,
+    };
+    Ok(cairn_image::RootExtras {
+        keyring,
+        machine_config,
+        security_version,
+        init_override: None,
+    })
 }
 
 fn image_build(args: BuildArgs) -> anyhow::Result<()> {
@@ -414,6 +623,11 @@ fn image_build(args: BuildArgs) -> anyhow::Result<()> {
             .seed
             .unwrap_or_else(|| format!("cairn-{}-{}", board.name, args.version)),
         version: args.version,
+        root: root_extras(
+            args.keyring.as_deref(),
+            args.machine_config.as_deref(),
+            args.security_version,
+        )?,
     };
     let manifest = cairn_image::build(&opts)?;
     if args.json {

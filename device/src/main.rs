@@ -14,6 +14,8 @@ usage: cairn <role> [args...]   (or run through a link named after the role)
 roles:
   init    PID 1: early mounts, modules, switch_root, supervision, clean shutdown
           (refuses to start unless it is process 1)
+  cairnd  the device daemon init supervises: update bundles from sticks, the health
+          window after an update, commit or roll back, the watchdog
 
 options:
   -h, --help      print this help
@@ -30,8 +32,12 @@ fn main() -> ExitCode {
     if argv0 == "init" {
         return cairn_init::run();
     }
+    if argv0 == "cairnd" {
+        return cairn_daemon::cairnd::run();
+    }
     match args.get(1).and_then(|a| a.to_str()) {
         Some("init") => cairn_init::run(),
+        Some("cairnd") => cairn_daemon::cairnd::run(),
         Some("-h" | "--help" | "help") => {
             print!("cairn {}\n\n{USAGE}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS

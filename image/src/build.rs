@@ -45,6 +45,25 @@ pub struct BuildOptions {
     pub version: String,
     /// Seed for every GUID and the FAT volume id.
     pub seed: String,
+    /// What the root carries besides the system itself.
+    pub root: RootExtras,
+}
+
+/// Device configuration baked into the root filesystem.
+#[derive(Debug, Clone, Default)]
+pub struct RootExtras {
+    /// `/etc/cairn/keyring`: the public keys whose bundles this system installs (text keyring,
+    /// see docs/bundle-format.md). Without it, the device installs no bundles.
+    pub keyring: Option<String>,
+    /// `/etc/cairn/machine.json`: the machine config (health probes and window), already checked
+    /// by the caller.
+    pub machine_config: Option<String>,
+    /// The anti-rollback level of this system (`SECURITY_VERSION=` in the release file); a device
+    /// running it refuses bundles below the highest level it has committed.
+    pub security_version: u32,
+    /// A different program as the root's `/sbin/init`, for fault-injection tests (an init that
+    /// hangs or exits). The initramfs keeps the real device binary.
+    pub init_override: Option<PathBuf>,
 }
 
 /// image.json.
@@ -54,6 +73,7 @@ pub struct ImageManifest {
     pub board: String,
     pub arch: Arch,
     pub version: String,
+    pub security_version: u32,
     pub seed: String,
     pub boot: BootScheme,
     pub disk: DiskInfo,
@@ -167,7 +187,7 @@ pub fn build(opts: &BuildOptions) -> Result<ImageManifest> {
     }
     parts.push(("ROOT-A", root_type, layout.root_mib, "squashfs+verity"));
     parts.push(("ROOT-B", root_type, layout.root_mib, "squashfs+verity"));
-    parts.push(("STATE", LINUX_DATA_TYPE, layout.state_mib, "empty"));
+    parts.push(("STATE", LINUX_DATA_TYPE, layout.state_mib, "fat32"));
     parts.push(("DATA", LINUX_DATA_TYPE, layout.data_mib, "empty"));
 
     let disk_size = MIB + parts.iter().map(|p| p.2 * MIB).sum::<u64>() + MIB;
@@ -400,6 +420,8 @@ pub fn build(opts: &BuildOptions) -> Result<ImageManifest> {
             }
         }
     }
+    // STATE starts as an empty FAT volume; cairnd keeps the updater's state there.
+    write_fat(&mut disk, "STATE", &Tree::new())?;
 
     disk.flush()
         .map_err(|e| Error::io("writing", &disk_path, e))?;
@@ -416,6 +438,7 @@ pub fn build(opts: &BuildOptions) -> Result<ImageManifest> {
         board: opts.board.name.to_string(),
         arch: opts.board.arch,
         version: opts.version.clone(),
+        security_version: opts.root.security_version,
         seed: opts.seed.clone(),
         boot: opts.board.boot,
         disk: DiskInfo {
@@ -528,18 +551,40 @@ fn initramfs(device_bin: &Path, modules: &[crate::kmod::ModuleFile]) -> Result<V
 
 fn root_tree(opts: &BuildOptions) -> Result<Tree> {
     let mut tree = Tree::new();
-    tree.add_file("sbin/init", 0o755, opts.device_bin.clone())?;
+    let init = opts
+        .root
+        .init_override
+        .clone()
+        .unwrap_or_else(|| opts.device_bin.clone());
+    tree.add_file("sbin/init", 0o755, init)?;
+    if let Some(keyring) = &opts.root.keyring {
+        tree.add_file("etc/cairn/keyring", 0o644, keyring.clone().into_bytes())?;
+    }
+    if let Some(config) = &opts.root.machine_config {
+        tree.add_file("etc/cairn/machine.json", 0o644, config.clone().into_bytes())?;
+    }
     let bootloader = match opts.board.boot {
         BootScheme::SystemdBoot { .. } => "systemd-boot",
         BootScheme::RpiTryboot { .. } => "rpi-tryboot",
     };
     let release = format!(
-        "VERSION={}\nBOARD={}\nBOOTLOADER={bootloader}\n",
-        opts.version, opts.board.name
+        "VERSION={}\nBOARD={}\nBOOTLOADER={bootloader}\nSECURITY_VERSION={}\n",
+        opts.version, opts.board.name, opts.root.security_version
     );
     tree.add_file("etc/cairn/release", 0o644, release.into_bytes())?;
-    // /boot is where init mounts the bootloader's partition (ESP or the Pi's partition 1).
-    for dir in ["boot", "dev", "proc", "sys", "run", "tmp", "var"] {
+    // /boot is where init mounts the bootloader's partition (ESP or the Pi's partition 1);
+    // /var/lib/cairn is where cairnd mounts STATE.
+    for dir in [
+        "boot",
+        "dev",
+        "proc",
+        "sys",
+        "run",
+        "tmp",
+        "var",
+        "var/lib",
+        "var/lib/cairn",
+    ] {
         tree.add_dir(dir, 0o755)?;
     }
     Ok(tree)

@@ -9,10 +9,11 @@
 //! GUIDs derived from a seed, so two builds from the same inputs are byte-identical.
 
 pub mod build;
+pub mod bundle_input;
 pub mod deb;
 mod error;
 pub mod formats;
 pub mod kmod;
 
-pub use build::{build, BuildOptions, ImageManifest};
+pub use build::{build, BuildOptions, ImageManifest, RootExtras};
 pub use error::{Error, Result};

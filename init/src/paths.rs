@@ -29,6 +29,7 @@ pub const SYS_CLASS_BLOCK: &str = "sys/class/block";
 pub const SYS_CLASS_INPUT: &str = "sys/class/input";
 pub const DEV_INPUT: &str = "dev/input";
 pub const DEV_KMSG: &str = "dev/kmsg";
+pub const DEV_WATCHDOG: &str = "dev/watchdog";
 pub const DEV_CONSOLE: &str = "dev/console";
 /// Device-mapper's control node; devtmpfs creates it when `dm_mod` loads.
 pub const DEV_MAPPER_CONTROL: &str = "dev/mapper/control";
@@ -36,6 +37,8 @@ pub const DEV_MAPPER_CONTROL: &str = "dev/mapper/control";
 /// Raspberry Pi). Written by whoever requests the reboot; systemd reads the same thing from
 /// `/run/systemd/reboot-param`.
 pub const REBOOT_PARAM: &str = "run/cairn/reboot-param";
+/// The supervisor's service table, rewritten on every change (see `Services::take_status`).
+pub const SERVICES_STATUS: &str = "run/cairn/services";
 
 /// Environment variables stage 1 hands to stage 2 across `execve`.
 pub const ENV_START_NS: &str = "CAIRN_INIT_START_NS";

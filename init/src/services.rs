@@ -1,9 +1,8 @@
 //! The services PID 1 starts and restarts: a fixed table, a pid per running service, and an
 //! exponential restart backoff.
 //!
-//! There are no services yet. `cairnd` will be the first: the same binary, started as
-//! `ServiceSpec { name: "cairnd", path: "/sbin/init", argv: &["cairnd"] }` (the role comes from
-//! `argv[0]`). A service that exits is restarted after [`FIRST_BACKOFF`], doubling per quick
+//! The one service is `cairnd`: the same binary, started as `/sbin/init` with `argv[0]` `cairnd`
+//! (the role comes from `argv[0]`). A service that exits is restarted after [`FIRST_BACKOFF`], doubling per quick
 //! failure up to [`MAX_BACKOFF`]; one that ran for [`STABLE_AFTER`] starts over at the first delay.
 //! Children are spawned with an empty environment and signal mask, and reaped by the supervisor's
 //! `waitpid(-1)` like any orphan.
@@ -27,8 +26,12 @@ pub struct ServiceSpec {
     pub argv: &'static [&'static str],
 }
 
-/// What stage 2 starts. Empty until cairnd exists.
-pub const SERVICES: &[ServiceSpec] = &[];
+/// What stage 2 starts: cairnd, the device daemon (updates, health, watchdog).
+pub const SERVICES: &[ServiceSpec] = &[ServiceSpec {
+    name: "cairnd",
+    path: "/sbin/init",
+    argv: &["cairnd"],
+}];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
@@ -41,6 +44,8 @@ pub struct Services {
     specs: &'static [ServiceSpec],
     state: Vec<State>,
     backoff: Vec<Duration>,
+    /// Set when a service started or stopped since [`Services::take_status`].
+    changed: bool,
 }
 
 impl Services {
@@ -50,7 +55,27 @@ impl Services {
             specs,
             state: vec![State::Waiting { until: now }; specs.len()],
             backoff: vec![FIRST_BACKOFF; specs.len()],
+            changed: true,
         }
+    }
+
+    /// The status file's text if anything changed since the last call: one line per service,
+    /// `<name> running <pid>` or `<name> waiting`. cairnd's health check reads it from
+    /// [`crate::paths::SERVICES_STATUS`].
+    pub fn take_status(&mut self) -> Option<String> {
+        if !std::mem::take(&mut self.changed) {
+            return None;
+        }
+        let mut text = String::new();
+        for (spec, state) in self.specs.iter().zip(&self.state) {
+            match state {
+                State::Running { pid, .. } => {
+                    text.push_str(&format!("{} running {pid}\n", spec.name))
+                }
+                State::Waiting { .. } => text.push_str(&format!("{} waiting\n", spec.name)),
+            }
+        }
+        Some(text)
     }
 
     /// Starts every service whose restart time has come.
@@ -66,6 +91,7 @@ impl Services {
                 Ok(pid) => {
                     log.info(format_args!("started {} (pid {pid})", spec.name));
                     self.state[i] = State::Running { pid, since: now };
+                    self.changed = true;
                 }
                 Err(e) => {
                     log.error(format_args!("starting {} ({}): {e}", spec.name, spec.path));
@@ -107,6 +133,7 @@ impl Services {
             delay.as_secs()
         ));
         self.state[i] = State::Waiting { until: now + delay };
+        self.changed = true;
     }
 
     /// When the next waiting service is due, if any.
@@ -162,10 +189,13 @@ mod tests {
             s.start_due(&sys, &log, now);
             pid += 1;
         }
+        assert_eq!(s.take_status().as_deref(), Some("cairnd running 103\n"));
+        assert_eq!(s.take_status(), None, "unchanged");
         // A long run resets the backoff.
         now += STABLE_AFTER;
         assert!(s.exited(pid, ChildExit::Code(1), now, &log));
         assert_eq!(s.next_start().unwrap() - now, FIRST_BACKOFF);
+        assert_eq!(s.take_status().as_deref(), Some("cairnd waiting\n"));
     }
 
     #[test]

@@ -17,6 +17,28 @@ use crate::sys::{RebootCmd, Syscalls};
 use crate::{modules, mounts, partition, verity};
 
 /// Runs stage 1; returns only on failure. `start` is `CLOCK_BOOTTIME` when init started.
+/// Seconds the watchdog waits for its next keepalive before it resets the machine.
+pub const WATCHDOG_TIMEOUT_S: u32 = 30;
+
+/// Starts the watchdog, if the board has one, and lets go of it still running: from here on
+/// either cairnd keeps feeding it or the machine resets, so a root whose init hangs, or a system
+/// that hangs later, comes back (and boot counting can act). The driver was loaded with the
+/// initramfs modules (i6300esb, softdog, ...).
+fn arm_watchdog(log: &Logger, paths: &Paths) {
+    let dev = paths.at(paths::DEV_WATCHDOG);
+    if !dev.exists() {
+        log.warn(format_args!(
+            "no {}: a hang will not reset this machine",
+            dev.display()
+        ));
+        return;
+    }
+    match cairn_daemon::watchdog::arm_and_release(&dev, WATCHDOG_TIMEOUT_S) {
+        Ok(t) => log.debug(format_args!("watchdog armed ({} s)", t.as_secs())),
+        Err(e) => log.warn(format_args!("arming {}: {e}", dev.display())),
+    }
+}
+
 pub fn run(sys: &dyn Syscalls, log: &Logger, paths: &Paths, start: Duration) -> Error {
     match try_run(sys, log, paths, start) {
         Ok(never) => match never {},
@@ -51,6 +73,7 @@ fn try_run(
     let label = slot.root_partition();
 
     let loaded = modules::load_all(sys, log, paths)?;
+    arm_watchdog(log, paths);
     let t_modules = sys.boottime();
     let partition = partition::wait_for(sys, paths, label, partition::TIMEOUT)?;
     let now = sys.boottime();

@@ -174,6 +174,22 @@ impl<'a> Supervisor<'a> {
         })
     }
 
+    /// Publishes the service table for cairnd's health check when it changed.
+    fn write_status(&mut self) {
+        let Some(text) = self.services.take_status() else {
+            return;
+        };
+        let path = self.paths.at(crate::paths::SERVICES_STATUS);
+        let written = path
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| std::fs::write(&path, text));
+        if let Err(e) = written {
+            self.log
+                .warn(format_args!("writing {}: {e}", path.display()));
+        }
+    }
+
     /// Supervises until a shutdown is requested; returns which.
     pub fn run(mut self) -> Power {
         loop {
@@ -183,6 +199,7 @@ impl<'a> Supervisor<'a> {
                 self.next_scan = now + RESCAN_INTERVAL;
             }
             self.services.start_due(self.sys, self.log, now);
+            self.write_status();
             let wake = self
                 .services
                 .next_start()

@@ -4,6 +4,9 @@
 //! QEMU board. They find them through the environment xtask sets (CAIRN_IMAGES, CAIRN_CACHE,
 //! CAIRN_DEVICE_BIN_<ARCH>) and are `#[ignore]`d for a plain `cargo test`, which has no images.
 
+pub mod fault_init;
+pub mod stick;
+
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::{Mutex, MutexGuard};
@@ -26,6 +29,11 @@ pub fn image_dir(board: &Board) -> PathBuf {
         dir.display()
     );
     dir
+}
+
+/// The development signing key xtask made (`dev.key`, `dev.pub`); the built images trust it.
+pub fn keys_dir() -> PathBuf {
+    env_path("CAIRN_KEYS")
 }
 
 pub fn cache_dir() -> PathBuf {

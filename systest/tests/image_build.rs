@@ -17,6 +17,7 @@ fn options(board: &'static Board, out: &Path) -> BuildOptions {
         device_bin: device_bin(board.arch),
         seed: format!("cairn-{}-{}", board.name, version),
         version,
+        root: Default::default(),
     }
 }
 

@@ -8,6 +8,7 @@
 //! - `test`   setup, lints, device binaries, images, then every test including QEMU boots.
 //! - `report` boots each QEMU board five times and prints the footprint and boot-time figures.
 
+mod fuzz;
 mod report;
 mod setup;
 
@@ -29,8 +30,9 @@ fn main() -> ExitCode {
         Some("demo") => demo(),
         Some("test") => test(),
         Some("report") => setup::run().and_then(|_| report::run(&images()?)),
+        Some("fuzz") => fuzz::command(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask <setup|device|images|demo|test|report>");
+            eprintln!("usage: cargo xtask <setup|device|images|demo|test|report|fuzz>");
             return ExitCode::from(2);
         }
     };
@@ -124,6 +126,29 @@ fn images() -> Result<Vec<(&'static Board, PathBuf)>> {
     Ok(out)
 }
 
+/// Where the development signing key lives: `dev.key` and `dev.pub`, made once per checkout.
+pub fn keys_dir() -> PathBuf {
+    target_dir().join("cairn/keys")
+}
+
+/// The development key's public half (generated on first use); images built here trust it.
+fn dev_keyring() -> Result<String> {
+    let dir = keys_dir();
+    let (secret, public) = (dir.join("dev.key"), dir.join("dev.pub"));
+    if !secret.is_file() || !public.is_file() {
+        std::fs::create_dir_all(&dir)?;
+        let key = cairn_bundle::SecretKey::generate()?;
+        std::fs::write(&secret, key.to_text())?;
+        std::fs::write(&public, key.public().to_text())?;
+        eprintln!(
+            "    new development signing key {} in {}",
+            key.key_id(),
+            dir.display()
+        );
+    }
+    Ok(std::fs::read_to_string(&public)?)
+}
+
 fn image(board: &'static Board) -> Result<PathBuf> {
     step(&format!("image {}", board.name));
     let started = Instant::now();
@@ -136,6 +161,10 @@ fn image(board: &'static Board) -> Result<PathBuf> {
         device_bin: device_bin(board.arch),
         seed: format!("cairn-{}-{}", board.name, version),
         version,
+        root: cairn_image::RootExtras {
+            keyring: Some(dev_keyring()?),
+            ..Default::default()
+        },
     })?;
     eprintln!(
         "    {} ({} MiB, sha256 {}, kernel {}) in {:.1} s",
@@ -268,11 +297,13 @@ fn test() -> Result<()> {
             "warnings",
         ]))?;
     }
+    fuzz::run_brief()?;
     images()?;
     step("cargo test (unit, interop and QEMU tests)");
     run(cargo()
         .args(["test", "--workspace", "--", "--include-ignored"])
         .env("CAIRN_IMAGES", images_dir())
+        .env("CAIRN_KEYS", keys_dir())
         .env("CAIRN_CACHE", cache_dir())
         .env("CAIRN_DEVICE_BIN_AARCH64", device_bin(Arch::Aarch64))
         .env("CAIRN_DEVICE_BIN_X86_64", device_bin(Arch::X86_64)))?;

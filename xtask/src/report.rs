@@ -124,6 +124,7 @@ fn unverified_image(board: &'static Board) -> Result<PathBuf> {
         device_bin: bin,
         seed: format!("cairn-{}-{}", board.name, version),
         version,
+        root: Default::default(),
     })?;
     Ok(out.join("disk.img"))
 }

@@ -108,6 +108,7 @@ pub fn run() -> Result<()> {
     if !want.is_empty() {
         run_cmd(Command::new("rustup").arg("target").arg("add").args(&want))?;
     }
+    crate::fuzz::install()?;
     eprintln!("    ok");
     Ok(())
 }

@@ -1,0 +1,221 @@
+//! Block devices and mounts for cairnd: partitions found by GPT label through sysfs (the kernel
+//! puts `PARTNAME=` in each partition's uevent file), and the few mounts the daemon makes.
+
+use std::ffi::CString;
+use std::fs;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+const SYS_BLOCK: &str = "/sys/class/block";
+
+/// `/dev/<name>` of the partition whose GPT label is `label`, searched under `sys_block`;
+/// the first in name order when several disks carry it.
+pub fn find_partition_in(sys_block: &Path, label: &str) -> Result<PathBuf, String> {
+    let entries =
+        fs::read_dir(sys_block).map_err(|e| format!("listing {}: {e}", sys_block.display()))?;
+    let mut names: Vec<String> = entries
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect();
+    names.sort();
+    for name in names {
+        let Ok(uevent) = fs::read_to_string(sys_block.join(&name).join("uevent")) else {
+            continue;
+        };
+        if uevent
+            .lines()
+            .any(|l| l.strip_prefix("PARTNAME=") == Some(label))
+        {
+            return Ok(PathBuf::from("/dev").join(name));
+        }
+    }
+    Err(format!("no partition labelled {label}"))
+}
+
+pub fn find_partition(label: &str) -> Result<PathBuf, String> {
+    find_partition_in(Path::new(SYS_BLOCK), label)
+}
+
+/// The whole disk a block device name belongs to (`vda1` → `vda`, `sda` → `sda`).
+pub fn disk_of_name_in(sys_block: &Path, name: &str) -> String {
+    let entry = sys_block.join(name);
+    if entry.join("partition").exists() {
+        if let Some(parent) = fs::canonicalize(&entry).ok().and_then(|p| {
+            p.parent()
+                .and_then(|d| d.file_name())
+                .map(|n| n.to_string_lossy().into_owned())
+        }) {
+            return parent;
+        }
+    }
+    name.to_string()
+}
+
+pub fn disk_of_name(name: &str) -> String {
+    disk_of_name_in(Path::new(SYS_BLOCK), name)
+}
+
+/// The whole disk of a `/dev/...` path.
+pub fn disk_of(dev: &Path) -> Option<String> {
+    let name = dev.file_name()?.to_str()?;
+    Some(disk_of_name(name))
+}
+
+/// Whether the disk `name` has partitions (sysfs subdirectories with a `partition` file).
+pub fn has_partitions_in(sys_block: &Path, name: &str) -> bool {
+    fs::read_dir(sys_block.join(name))
+        .map(|d| d.flatten().any(|e| e.path().join("partition").exists()))
+        .unwrap_or(false)
+}
+
+pub fn has_partitions(name: &str) -> bool {
+    has_partitions_in(Path::new(SYS_BLOCK), name)
+}
+
+fn cstr(p: &Path) -> io::Result<CString> {
+    CString::new(p.as_os_str().as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+}
+
+fn mount(source: &Path, target: &Path, fstype: &str, flags: libc::c_ulong) -> io::Result<()> {
+    let (src, dst) = (cstr(source)?, cstr(target)?);
+    let fstype = CString::new(fstype).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: all pointers are NUL-terminated strings that outlive the call; data is null.
+    let r = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            dst.as_ptr(),
+            fstype.as_ptr(),
+            flags,
+            std::ptr::null(),
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Whether `target` is a mount point (its device differs from its parent's).
+fn is_mount_point(target: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (fs::metadata(target), target.parent().map(fs::metadata)) {
+        (Ok(t), Some(Ok(p))) => t.dev() != p.dev(),
+        _ => false,
+    }
+}
+
+/// Mounts `dev` read-write on `target` unless something is mounted there already (cairnd
+/// restarted).
+pub fn mount_rw_once(dev: &Path, target: &Path, fstype: &str) -> Result<(), String> {
+    if is_mount_point(target) {
+        return Ok(());
+    }
+    mount(
+        dev,
+        target,
+        fstype,
+        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+    )
+    .map_err(|e| {
+        format!(
+            "mounting {} ({fstype}) on {}: {e}",
+            dev.display(),
+            target.display()
+        )
+    })
+}
+
+/// Mounts `dev` read-only, without devices, setuid or exec, trying FAT then ext4; returns the
+/// type that worked.
+pub fn mount_ro_private(dev: &Path, target: &Path) -> Result<&'static str, String> {
+    fs::create_dir_all(target).map_err(|e| format!("creating {}: {e}", target.display()))?;
+    if is_mount_point(target) {
+        unmount(target).map_err(|e| format!("unmounting a stale {}: {e}", target.display()))?;
+    }
+    let flags = libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    let mut errors = Vec::new();
+    for fstype in ["vfat", "ext4"] {
+        match mount(dev, target, fstype, flags) {
+            Ok(()) => return Ok(fstype),
+            Err(e) => errors.push(format!("{fstype}: {e}")),
+        }
+    }
+    Err(format!(
+        "{} holds no FAT or ext4 filesystem ({})",
+        dev.display(),
+        errors.join(", ")
+    ))
+}
+
+pub fn unmount(target: &Path) -> io::Result<()> {
+    let t = cstr(target)?;
+    // SAFETY: `t` is a NUL-terminated string that outlives the call.
+    if unsafe { libc::umount2(t.as_ptr(), 0) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Remounts the filesystem on `target` read-only or read-write.
+pub fn remount(target: &Path, read_only: bool) -> io::Result<()> {
+    let mut flags = libc::MS_REMOUNT | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    if read_only {
+        flags |= libc::MS_RDONLY;
+    }
+    mount(Path::new("none"), target, "", flags)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fake /sys/class/block: vda (vda1 ESP, vda2 STATE) and sda without partitions.
+    fn sysfs() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let devices = dir.path().join("devices");
+        let class = dir.path().join("class");
+        fs::create_dir_all(&class).unwrap();
+        for (disk, parts) in [
+            ("vda", vec![("vda1", "ESP"), ("vda2", "STATE")]),
+            ("sda", vec![]),
+        ] {
+            let d = devices.join(disk);
+            fs::create_dir_all(&d).unwrap();
+            fs::write(d.join("uevent"), format!("DEVNAME={disk}\nDEVTYPE=disk\n")).unwrap();
+            std::os::unix::fs::symlink(&d, class.join(disk)).unwrap();
+            for (i, (p, label)) in parts.iter().enumerate() {
+                let pd = d.join(p);
+                fs::create_dir_all(&pd).unwrap();
+                fs::write(pd.join("partition"), format!("{}\n", i + 1)).unwrap();
+                fs::write(
+                    pd.join("uevent"),
+                    format!("DEVNAME={p}\nDEVTYPE=partition\nPARTNAME={label}\n"),
+                )
+                .unwrap();
+                std::os::unix::fs::symlink(&pd, class.join(p)).unwrap();
+            }
+        }
+        dir
+    }
+
+    #[test]
+    fn finds_partitions_and_their_disks() {
+        let dir = sysfs();
+        let class = dir.path().join("class");
+        assert_eq!(
+            find_partition_in(&class, "STATE").unwrap(),
+            PathBuf::from("/dev/vda2")
+        );
+        assert_eq!(
+            find_partition_in(&class, "ROOT-A").unwrap_err(),
+            "no partition labelled ROOT-A"
+        );
+        assert_eq!(disk_of_name_in(&class, "vda2"), "vda");
+        assert_eq!(disk_of_name_in(&class, "sda"), "sda");
+        assert!(has_partitions_in(&class, "vda"));
+        assert!(!has_partitions_in(&class, "sda"));
+    }
+}

@@ -1,0 +1,746 @@
+//! `cairnd`: the device daemon, started and restarted by init.
+//!
+//! What it does, in order:
+//!
+//! 1. Brings up `lo`, starts feeding the watchdog init armed (see [`Feeder`]), mounts STATE on
+//!    `/var/lib/cairn`, and reads the slot state from the ESP init mounted on `/boot`.
+//! 2. Reports what became of the last update (committed, rolled back with its reason, or
+//!    abandoned: the trial never reported because it crashed or hung).
+//! 3. On a trial boot, runs the health window ([`cairn_updater::health`]): every supervised
+//!    service running, `lo` up, and the machine config's probes. Healthy: mark the slot good and
+//!    raise the security floor. Not healthy by the deadline: mark it bad, record why, reboot into
+//!    the other slot.
+//! 4. Waits for block devices (kernel uevents). A new one is mounted read-only in a private
+//!    place; the newest `*.cairn` at its root is installed into the other slot and the machine
+//!    reboots into the trial.
+//!
+//! Every line it prints starts with `cairnd: `; tests and operators read them on the console.
+
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cairn_boot::fs::DirFs;
+use cairn_boot::sdboot::SdBoot;
+use cairn_boot::{Bootloader, Slot};
+use cairn_bundle::{DeviceFacts, Keyring, Version};
+use cairn_updater::health::{self, Check, Clock, Verdict};
+use cairn_updater::install::{Installer, Layout, Phase, Progress};
+use cairn_updater::state::{Outcome, StateDir, TrialRecord};
+
+use crate::block;
+use crate::config::{self, MachineConfig};
+use crate::{netif, uevent, watchdog};
+
+const RELEASE: &str = "/etc/cairn/release";
+const KEYRING: &str = "/etc/cairn/keyring";
+const ESP: &str = "/boot";
+const STATE_MOUNT: &str = "/var/lib/cairn";
+const STICK_MOUNT: &str = "/run/cairn/stick";
+const SERVICES_STATUS: &str = "/run/cairn/services";
+const WATCHDOG: &str = "/dev/watchdog";
+/// The timeout cairnd keeps (init arms it with the same one).
+const WATCHDOG_TIMEOUT_S: u32 = 30;
+/// How long the main loop may go without a heartbeat before the feeder stops feeding.
+const HUNG_AFTER: Duration = Duration::from_secs(60);
+/// Most `*.cairn` files looked at on one stick.
+const MAX_BUNDLES: usize = 64;
+
+fn say(args: std::fmt::Arguments) {
+    eprintln!("cairnd: {args}");
+}
+
+macro_rules! say {
+    ($($t:tt)*) => { say(format_args!($($t)*)) };
+}
+
+/// The role's entry point. Returns only on a fatal error (init restarts it).
+pub fn run() -> ExitCode {
+    match Daemon::start().and_then(|mut d| d.serve()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            say!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `/etc/cairn/release`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Release {
+    pub version: String,
+    pub board: String,
+    pub bootloader: String,
+    pub security_version: u32,
+}
+
+impl Release {
+    pub fn parse(text: &str) -> Result<Release, String> {
+        let get = |key: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+                .map(|v| v.trim().to_string())
+        };
+        let need = |key: &str| get(key).ok_or_else(|| format!("{RELEASE} has no {key}= line"));
+        Ok(Release {
+            version: need("VERSION")?,
+            board: need("BOARD")?,
+            bootloader: need("BOOTLOADER")?,
+            security_version: match get("SECURITY_VERSION") {
+                Some(v) => v
+                    .parse()
+                    .map_err(|_| format!("{RELEASE}: SECURITY_VERSION={v} is not a number"))?,
+                None => 0,
+            },
+        })
+    }
+}
+
+/// The slot on the kernel command line.
+pub fn cmdline_slot(cmdline: &str) -> Option<Slot> {
+    cmdline
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("cairn.slot="))
+        .and_then(|s| match s {
+            "a" => Some(Slot::A),
+            "b" => Some(Slot::B),
+            _ => None,
+        })
+}
+
+/// Keeps feeding the watchdog while the main loop's heartbeat is fresh: a hung daemon (or a
+/// hung system) stops the feeding and the watchdog resets the machine.
+#[derive(Clone)]
+struct Heartbeat {
+    start: Instant,
+    last_ms: Arc<AtomicU64>,
+}
+
+impl Heartbeat {
+    fn new() -> Heartbeat {
+        Heartbeat {
+            start: Instant::now(),
+            last_ms: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    fn beat(&self) {
+        self.last_ms
+            .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn age(&self) -> Duration {
+        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+        self.start.elapsed().saturating_sub(last)
+    }
+}
+
+/// Starts the feeding thread if the device has a watchdog.
+fn start_feeder(heart: Heartbeat) {
+    if !Path::new(WATCHDOG).exists() {
+        say!("no watchdog device; a hung system will not reset itself");
+        return;
+    }
+    let dog = match watchdog::Watchdog::open(Path::new(WATCHDOG), Some(WATCHDOG_TIMEOUT_S)) {
+        Ok(d) => d,
+        Err(e) => {
+            say!("cannot open {WATCHDOG}: {e}");
+            return;
+        }
+    };
+    let timeout = dog.timeout();
+    say!(
+        "feeding the watchdog ({}, timeout {} s)",
+        dog.identity(),
+        timeout.as_secs()
+    );
+    let every = (timeout / 4).max(Duration::from_secs(1));
+    std::thread::spawn(move || loop {
+        if heart.age() < HUNG_AFTER {
+            if let Err(e) = dog.keepalive() {
+                say!("feeding the watchdog: {e}");
+            }
+        } else {
+            say!(
+                "main loop silent for {} s: no longer feeding the watchdog",
+                heart.age().as_secs()
+            );
+        }
+        std::thread::sleep(every);
+    });
+}
+
+struct Daemon {
+    release: Release,
+    running: Slot,
+    config: Result<MachineConfig, String>,
+    state: StateDir,
+    heart: Heartbeat,
+}
+
+/// The ESP, remounted read-write only while the bootloader state is changed.
+fn with_esp_rw<T>(f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
+    block::remount(Path::new(ESP), false)
+        .map_err(|e| format!("remounting {ESP} read-write: {e}"))?;
+    let out = f();
+    if let Err(e) = block::remount(Path::new(ESP), true) {
+        say!("remounting {ESP} read-only: {e}");
+    }
+    out
+}
+
+fn bootloader(running: Slot) -> SdBoot<DirFs> {
+    SdBoot::new(DirFs::new(ESP), Some(running))
+}
+
+impl Daemon {
+    fn start() -> Result<Daemon, String> {
+        let heart = Heartbeat::new();
+        heart.beat();
+        start_feeder(heart.clone());
+        let release = Release::parse(
+            &fs::read_to_string(RELEASE).map_err(|e| format!("reading {RELEASE}: {e}"))?,
+        )?;
+        let cmdline = fs::read_to_string("/proc/cmdline")
+            .map_err(|e| format!("reading /proc/cmdline: {e}"))?;
+        let running = cmdline_slot(&cmdline).ok_or("no cairn.slot= on the kernel command line")?;
+        if let Err(e) = netif::set_up("lo") {
+            say!("bringing up lo: {e}");
+        }
+        let config = match fs::read_to_string(config::PATH) {
+            Ok(text) => MachineConfig::parse(&text).map_err(|e| format!("{}: {e}", config::PATH)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(MachineConfig::default()),
+            Err(e) => Err(format!("reading {}: {e}", config::PATH)),
+        };
+        if let Err(e) = &config {
+            say!("machine config unusable: {e}");
+        }
+        let state_dev = block::find_partition("STATE")?;
+        block::mount_rw_once(&state_dev, Path::new(STATE_MOUNT), "vfat")?;
+        Ok(Daemon {
+            release,
+            running,
+            config,
+            state: StateDir::new(STATE_MOUNT),
+            heart,
+        })
+    }
+
+    fn serve(&mut self) -> Result<(), String> {
+        if self.release.bootloader != "systemd-boot" {
+            say!(
+                "updates are not supported with {} yet; only feeding the watchdog",
+                self.release.bootloader
+            );
+            loop {
+                self.heart.beat();
+                std::thread::sleep(Duration::from_secs(5));
+            }
+        }
+        let status = bootloader(self.running)
+            .status()
+            .map_err(|e| e.to_string())?;
+        let record = self.state.trial().map_err(|e| e.to_string())?;
+        if status.trial {
+            return self.judge_trial(record);
+        }
+        self.after_normal_boot(record)?;
+        self.watch_for_sticks()
+    }
+
+    /// A boot that is not a trial: report the last update and keep the floor in step.
+    fn after_normal_boot(&mut self, record: Option<TrialRecord>) -> Result<(), String> {
+        let floor = self
+            .state
+            .raise_floor(self.release.security_version)
+            .map_err(|e| e.to_string())?;
+        say!(
+            "slot {} committed, version {}, security floor {floor}",
+            self.running,
+            self.release.version
+        );
+        let Some(mut rec) = record else {
+            return Ok(());
+        };
+        match rec.outcome {
+            Outcome::Installed if rec.slot != self.running.to_string() => {
+                let reason = "it never reported healthy (crashed, hung or reset by the watchdog \
+                              until the bootloader's tries ran out)";
+                say!(
+                    "last update: version {} in slot {} was abandoned: {reason}",
+                    rec.version,
+                    rec.slot
+                );
+                let other = self.running.other();
+                with_esp_rw(|| {
+                    bootloader(self.running)
+                        .mark_bad(other)
+                        .map_err(|e| e.to_string())
+                })?;
+                rec.outcome = Outcome::Abandoned;
+                rec.reason = Some(reason.into());
+                self.state.set_trial(&rec).map_err(|e| e.to_string())?;
+            }
+            Outcome::RolledBack | Outcome::Abandoned => say!(
+                "last update: version {} in slot {} was rolled back: {}",
+                rec.version,
+                rec.slot,
+                rec.reason.as_deref().unwrap_or("no reason recorded")
+            ),
+            Outcome::Committed => say!(
+                "last update: version {} in slot {} committed",
+                rec.version,
+                rec.slot
+            ),
+            Outcome::Installed => {}
+        }
+        Ok(())
+    }
+
+    /// The trial boot: health window, then commit or roll back.
+    fn judge_trial(&mut self, record: Option<TrialRecord>) -> Result<(), String> {
+        let window = self
+            .config
+            .as_ref()
+            .map_or(health::DEFAULT_WINDOW, |c| c.health_window);
+        say!(
+            "slot {} is on trial: health checks for up to {} s",
+            self.running,
+            window.as_secs()
+        );
+        let mut checks: Vec<Box<dyn Check>> =
+            vec![Box::new(ServicesCheck), Box::new(LoopbackCheck)];
+        match &self.config {
+            Ok(c) => checks.extend(
+                c.probes
+                    .iter()
+                    .cloned()
+                    .map(|p| Box::new(ProbeCheck(p)) as Box<dyn Check>),
+            ),
+            Err(e) => checks.push(Box::new(Failed(e.clone()))),
+        }
+        let clock = BeatingClock(&self.heart, Instant::now());
+        let verdict = health::watch(
+            &checks,
+            window,
+            health::DEFAULT_INTERVAL,
+            &clock,
+            &mut |round, failures| {
+                if !failures.is_empty() && round % 5 == 1 {
+                    say!("health round {round}: {}", failures.join("; "));
+                }
+            },
+        );
+        let mut rec = record.unwrap_or(TrialRecord {
+            slot: self.running.to_string(),
+            version: self.release.version.clone(),
+            security_version: self.release.security_version,
+            outcome: Outcome::Installed,
+            reason: None,
+        });
+        let running = self.running;
+        match verdict {
+            Verdict::Healthy { rounds } => {
+                with_esp_rw(|| {
+                    bootloader(running)
+                        .mark_good(running)
+                        .map_err(|e| e.to_string())
+                })?;
+                let floor = self
+                    .state
+                    .raise_floor(self.release.security_version)
+                    .map_err(|e| e.to_string())?;
+                rec.outcome = Outcome::Committed;
+                rec.reason = None;
+                self.state.set_trial(&rec).map_err(|e| e.to_string())?;
+                say!(
+                    "slot {running} healthy after {rounds} round(s): committed version {}, security floor {floor}",
+                    self.release.version
+                );
+                self.watch_for_sticks()
+            }
+            Verdict::Unhealthy { reason } => {
+                say!("slot {running} is not healthy: {reason}");
+                rec.outcome = Outcome::RolledBack;
+                rec.reason = Some(reason);
+                self.state.set_trial(&rec).map_err(|e| e.to_string())?;
+                with_esp_rw(|| {
+                    bootloader(running)
+                        .mark_bad(running)
+                        .map_err(|e| e.to_string())
+                })?;
+                say!(
+                    "slot {running} marked bad; rebooting into slot {}",
+                    running.other()
+                );
+                reboot();
+                Ok(())
+            }
+        }
+    }
+
+    fn watch_for_sticks(&mut self) -> Result<(), String> {
+        let mut events = uevent::UeventSocket::open().map_err(|e| format!("uevent socket: {e}"))?;
+        let boot_disk = block::find_partition("STATE")
+            .ok()
+            .and_then(|p| block::disk_of(&p));
+        say!("waiting for update bundles on USB sticks and hot-plugged disks");
+        loop {
+            self.heart.beat();
+            let event = match events.recv(Some(Duration::from_secs(5))) {
+                Ok(Some(e)) => e,
+                Ok(None) => continue,
+                Err(e) => {
+                    say!("reading uevents: {e}");
+                    std::thread::sleep(Duration::from_secs(1));
+                    continue;
+                }
+            };
+            if event.action != uevent::Action::Add || event.subsystem.as_deref() != Some("block") {
+                continue;
+            }
+            let Some(dev) = event.devname.clone() else {
+                continue;
+            };
+            let disk = block::disk_of_name(&dev);
+            if boot_disk.as_deref() == Some(disk.as_str()) {
+                continue;
+            }
+            if event.devtype.as_deref() == Some("disk") && block::has_partitions(&dev) {
+                continue; // its partitions arrive as their own events
+            }
+            match self.install_from(&dev) {
+                Ok(true) => {
+                    reboot();
+                    return Ok(());
+                }
+                Ok(false) => {}
+                Err(e) => say!("{e}"),
+            }
+        }
+    }
+
+    /// Mounts `/dev/<dev>` read-only and installs its newest bundle; true when installed.
+    fn install_from(&mut self, dev: &str) -> Result<bool, String> {
+        let path = PathBuf::from("/dev").join(dev);
+        let mount = Path::new(STICK_MOUNT);
+        let fstype = block::mount_ro_private(&path, mount)?;
+        say!(
+            "{} ({fstype}) mounted read-only on {STICK_MOUNT}",
+            path.display()
+        );
+        let result = self.install_newest(mount);
+        if let Err(e) = block::unmount(mount) {
+            say!("unmounting {STICK_MOUNT}: {e}");
+        }
+        result
+    }
+
+    fn install_newest(&mut self, dir: &Path) -> Result<bool, String> {
+        let Some((bundle, version)) = newest_bundle(dir)? else {
+            say!("no *.cairn bundle at the root of the stick");
+            return Ok(false);
+        };
+        say!("installing {} (version {version})", bundle.display());
+        let keyring = load_keyring()?;
+        let installed_version = Version::parse(&self.release.version)
+            .map_err(|e| format!("{RELEASE}: VERSION {}: {e}", self.release.version))?;
+        let layout = Layout {
+            roots: [
+                block::find_partition("ROOT-A")?,
+                block::find_partition("ROOT-B")?,
+            ],
+            esp: PathBuf::from(ESP),
+        };
+        let tries = self
+            .config
+            .as_ref()
+            .map_or(cairn_updater::install::DEFAULT_TRIES, |c| c.tries);
+        let installer = Installer {
+            keyring: &keyring,
+            device: DeviceFacts {
+                board: self.release.board.clone(),
+                arch: std::env::consts::ARCH.to_string(),
+                installed_version,
+                security_floor: 0,
+            },
+            running: self.running,
+            layout,
+            state: self.state.clone(),
+            tries,
+        };
+        let file =
+            fs::File::open(&bundle).map_err(|e| format!("opening {}: {e}", bundle.display()))?;
+        let len = file.metadata().map(|m| m.len()).ok();
+        let reader = std::io::BufReader::with_capacity(1 << 20, file);
+        let heart = self.heart.clone();
+        let mut reporter = ProgressReporter::default();
+        let result = with_esp_rw(|| {
+            installer
+                .install(reader, len, &mut |p| {
+                    heart.beat();
+                    reporter.report(p);
+                })
+                .map_err(|e| format!("{} refused: {e}", bundle.display()))
+        })?;
+        say!(
+            "installed version {} into slot {} ({} bytes); rebooting into the trial",
+            result.version,
+            result.slot,
+            result.bytes
+        );
+        Ok(true)
+    }
+}
+
+/// Prints a progress line per phase and every 25 % of the bytes.
+#[derive(Default)]
+struct ProgressReporter {
+    last: Option<(Phase, String, u64)>,
+}
+
+impl ProgressReporter {
+    fn report(&mut self, p: &Progress) {
+        let quarter = (p.done * 4).checked_div(p.total).unwrap_or(0);
+        let key = (p.phase, p.payload.clone(), quarter);
+        if self.last.as_ref() == Some(&key) {
+            return;
+        }
+        self.last = Some(key);
+        if p.payload.is_empty() {
+            say!("install: {}", p.phase.as_str());
+        } else {
+            say!(
+                "install: {} {} ({} of {} bytes)",
+                p.phase.as_str(),
+                p.payload,
+                p.done,
+                p.total
+            );
+        }
+    }
+}
+
+fn load_keyring() -> Result<Keyring, String> {
+    let text = match fs::read_to_string(KEYRING) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(format!(
+                "this system trusts no signing keys ({KEYRING} is missing): it installs no bundles"
+            ))
+        }
+        Err(e) => return Err(format!("reading {KEYRING}: {e}")),
+    };
+    Keyring::parse(&text).map_err(|e| format!("{KEYRING}: {e}"))
+}
+
+/// The `*.cairn` file at the root of `dir` with the highest manifest version (unverified: only
+/// to choose; the install verifies). Files that are not readable bundles are reported as refused
+/// and skipped.
+pub fn newest_bundle(dir: &Path) -> Result<Option<(PathBuf, Version)>, String> {
+    let entries = fs::read_dir(dir).map_err(|e| format!("listing {}: {e}", dir.display()))?;
+    let mut best: Option<(PathBuf, Version)> = None;
+    let mut looked = 0;
+    for entry in entries.flatten().take(4096) {
+        let path = entry.path();
+        let is_bundle = path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("cairn"))
+            && entry.file_type().is_ok_and(|t| t.is_file());
+        if !is_bundle {
+            continue;
+        }
+        looked += 1;
+        if looked > MAX_BUNDLES {
+            say!(
+                "more than {MAX_BUNDLES} bundles on the stick: looking at the first {MAX_BUNDLES}"
+            );
+            break;
+        }
+        let version = match fs::File::open(&path)
+            .map_err(cairn_bundle::Error::from_io)
+            .and_then(|f| cairn_bundle::inspect(std::io::BufReader::new(f).take(8 << 20)))
+        {
+            Ok((m, _)) => m.version,
+            Err(e) => {
+                say!("{} refused: {e}", path.display());
+                continue;
+            }
+        };
+        let newer = match &best {
+            None => true,
+            Some((p, v)) => version > *v || (version == *v && path > *p),
+        };
+        if newer {
+            best = Some((path, version));
+        }
+    }
+    Ok(best)
+}
+
+fn reboot() {
+    // SAFETY: kill(2) with a pid and a signal number has no memory effects.
+    unsafe {
+        libc::kill(1, libc::SIGTERM);
+    }
+    // init stops every service as part of the reboot; wait for it.
+    loop {
+        std::thread::sleep(Duration::from_secs(60));
+    }
+}
+
+/// Every supervised service is running (init's status file).
+struct ServicesCheck;
+
+impl Check for ServicesCheck {
+    fn name(&self) -> String {
+        "services".into()
+    }
+    fn run(&self) -> Result<(), String> {
+        let text = fs::read_to_string(SERVICES_STATUS)
+            .map_err(|e| format!("reading {SERVICES_STATUS}: {e}"))?;
+        let down: Vec<&str> = text
+            .lines()
+            .filter(|l| l.split_whitespace().nth(1) != Some("running"))
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        if down.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("not running: {}", down.join(", ")))
+        }
+    }
+}
+
+/// Loopback is up (the network check until netcfg configures interfaces).
+struct LoopbackCheck;
+
+impl Check for LoopbackCheck {
+    fn name(&self) -> String {
+        "network".into()
+    }
+    fn run(&self) -> Result<(), String> {
+        match netif::status("lo") {
+            Ok(st) if st.up && st.has_address() => Ok(()),
+            Ok(st) if st.up => Err("lo has no address".into()),
+            Ok(_) => Err("lo is down".into()),
+            Err(e) => Err(format!("lo: {e}")),
+        }
+    }
+}
+
+/// A probe from the machine config.
+struct ProbeCheck(crate::probe::Probe);
+
+impl Check for ProbeCheck {
+    fn name(&self) -> String {
+        self.0.name()
+    }
+    fn run(&self) -> Result<(), String> {
+        self.0.run().map_err(|f| f.reason.to_string())
+    }
+}
+
+/// A check that always fails with a fixed reason (an unusable machine config).
+struct Failed(String);
+
+impl Check for Failed {
+    fn name(&self) -> String {
+        "machine config".into()
+    }
+    fn run(&self) -> Result<(), String> {
+        Err(self.0.clone())
+    }
+}
+
+/// Real time, beating the heart while it sleeps.
+struct BeatingClock<'a>(&'a Heartbeat, Instant);
+
+impl Clock for BeatingClock<'_> {
+    fn now(&self) -> Duration {
+        self.1.elapsed()
+    }
+    fn sleep(&self, d: Duration) {
+        self.0.beat();
+        std::thread::sleep(d);
+        self.0.beat();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn release_and_cmdline() {
+        let r = Release::parse(
+            "VERSION=0.2.0\nBOARD=qemu-x86_64\nBOOTLOADER=systemd-boot\nSECURITY_VERSION=3\n",
+        )
+        .unwrap();
+        assert_eq!(
+            (r.version.as_str(), r.board.as_str(), r.security_version),
+            ("0.2.0", "qemu-x86_64", 3)
+        );
+        assert_eq!(
+            Release::parse("VERSION=1\nBOARD=x\nBOOTLOADER=y\n")
+                .unwrap()
+                .security_version,
+            0
+        );
+        assert!(Release::parse("BOARD=x\n")
+            .unwrap_err()
+            .contains("no VERSION="));
+        assert!(Release::parse("VERSION=1\nBOARD=x\nBOOTLOADER=y\nSECURITY_VERSION=x\n").is_err());
+        assert_eq!(cmdline_slot("quiet cairn.slot=b panic=5"), Some(Slot::B));
+        assert_eq!(cmdline_slot("cairn.slot=c"), None);
+    }
+
+    #[test]
+    fn newest_bundle_goes_by_manifest_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = cairn_bundle::SecretKey::from_bytes([3; 32]);
+        let payload = dir.path().join("p");
+        fs::write(&payload, b"x").unwrap();
+        let make = |name: &str, version: &str| {
+            let mut out = fs::File::create(dir.path().join(name)).unwrap();
+            cairn_bundle::create(
+                &mut out,
+                &cairn_bundle::ManifestMeta {
+                    compatible: vec!["b".into()],
+                    arch: "x86_64".into(),
+                    version: Version::parse(version).unwrap(),
+                    security_version: 0,
+                    min_installed_version: Version::new(0, 0, 0),
+                    created: 0,
+                },
+                &[cairn_bundle::PayloadSource {
+                    name: "p".into(),
+                    role: cairn_bundle::Role::Rootfs,
+                    path: payload.clone(),
+                    chunk_size: 65536,
+                }],
+                &key,
+            )
+            .unwrap();
+        };
+        make("a.cairn", "0.10.0");
+        make("b.cairn", "0.9.0");
+        fs::write(dir.path().join("c.cairn"), b"garbage").unwrap();
+        fs::write(dir.path().join("d.txt"), b"x").unwrap();
+        let (path, v) = newest_bundle(dir.path()).unwrap().unwrap();
+        assert_eq!(
+            (
+                path.file_name().unwrap().to_str().unwrap(),
+                v.to_string().as_str()
+            ),
+            ("a.cairn", "0.10.0")
+        );
+        fs::remove_file(dir.path().join("a.cairn")).unwrap();
+        fs::remove_file(dir.path().join("b.cairn")).unwrap();
+        assert_eq!(newest_bundle(dir.path()).unwrap(), None);
+    }
+}

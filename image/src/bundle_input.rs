@@ -1,0 +1,154 @@
+//! What `cairnctl bundle create --from <image dir>` puts into a bundle: slot A's parts of a built
+//! image, read back from its disk.img.
+//!
+//! | payload | role | from |
+//! |---|---|---|
+//! | `boot.json` | boot-files | slot A's root hash, hash offset and command line in image.json |
+//! | `rootfs` | rootfs | ROOT-A: the squashfs and its dm-verity tree (`hash_offset + hash_size` bytes) |
+//! | `vmlinuz` | kernel | `EFI/cairn/a/vmlinuz` on the ESP |
+//! | `initramfs.img` | initramfs | `EFI/cairn/a/initramfs.img` on the ESP |
+//!
+//! Slot A's root works in either slot: dm-verity checks the root hash, not the partition, and the
+//! installer writes `cairn.slot=` for the slot it fills.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use cairn_boot::fs::Fs;
+use cairn_bundle::{PayloadSource, Role};
+use cairn_updater::bootspec::{self, BootSpec};
+use cairn_updater::install::{INITRAMFS, KERNEL, MAX_BOOT_FILE};
+use serde_json::Value;
+
+use crate::formats::fat_fs::manifest_partition_fs;
+
+/// Chunk size of the rootfs payload: large chunks keep the installer's writes large.
+pub const ROOTFS_CHUNK: u32 = 4 * 1024 * 1024;
+const BOOT_CHUNK: u32 = 1024 * 1024;
+
+/// The release facts and payload files of an image, ready for `cairn_bundle::create`.
+#[derive(Debug, Clone)]
+pub struct BundleInput {
+    pub board: String,
+    pub arch: String,
+    pub version: String,
+    pub security_version: u32,
+    pub payloads: Vec<PayloadSource>,
+}
+
+/// Extracts the payloads of the image in `image_dir` into `work` (which must exist).
+pub fn bundle_input(image_dir: &Path, work: &Path) -> Result<BundleInput, String> {
+    let json_path = image_dir.join("image.json");
+    let text = std::fs::read_to_string(&json_path)
+        .map_err(|e| format!("reading {}: {e}", json_path.display()))?;
+    let m: Value = serde_json::from_str(&text)
+        .map_err(|e| format!("{} is not valid JSON: {e}", json_path.display()))?;
+    let field = |v: &Value, key: &str| -> Result<String, String> {
+        v[key]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| format!("{} lacks {key:?}", json_path.display()))
+    };
+    let number = |v: &Value, key: &str| -> Result<u64, String> {
+        v[key]
+            .as_u64()
+            .ok_or_else(|| format!("{} lacks {key:?}", json_path.display()))
+    };
+    if m["format"].as_u64() != Some(2) {
+        return Err(format!(
+            "{} is not an image.json of format 2 (rebuild the image with this cairnctl)",
+            json_path.display()
+        ));
+    }
+    let kind = field(&m["boot"], "kind")?;
+    if kind != "systemd-boot" {
+        return Err(format!(
+            "bundles for {kind} boards are not supported yet (systemd-boot boards only)"
+        ));
+    }
+    let disk = image_dir.join(field(&m["disk"], "file")?);
+    let slot = m["slots"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["slot"] == "a"))
+        .ok_or_else(|| format!("{} has no slot a", json_path.display()))?;
+    let root_label = field(slot, "root_partition")?;
+    let part = m["partitions"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["label"] == root_label.as_str()))
+        .ok_or_else(|| format!("{} has no partition {root_label}", json_path.display()))?;
+    let hash_offset = number(slot, "hash_offset")?;
+    let root_len = hash_offset + number(slot, "hash_size")?;
+    if root_len > number(part, "size")? {
+        return Err(format!("{root_label} is smaller than its recorded root"));
+    }
+
+    // rootfs: a byte range of disk.img.
+    let rootfs = work.join("rootfs");
+    let mut src = File::open(&disk).map_err(|e| format!("opening {}: {e}", disk.display()))?;
+    src.seek(SeekFrom::Start(number(part, "offset")?))
+        .map_err(|e| format!("reading {}: {e}", disk.display()))?;
+    let mut out =
+        File::create(&rootfs).map_err(|e| format!("creating {}: {e}", rootfs.display()))?;
+    let copied = std::io::copy(&mut src.take(root_len), &mut out)
+        .map_err(|e| format!("copying {root_label} out of {}: {e}", disk.display()))?;
+    if copied != root_len {
+        return Err(format!("{} ends inside {root_label}", disk.display()));
+    }
+
+    // vmlinuz and initramfs.img from the ESP.
+    let esp = manifest_partition_fs(&m, &disk, "ESP")?;
+    let boot_file = |name: &str| -> Result<PathBuf, String> {
+        let path = format!("EFI/cairn/a/{name}");
+        let bytes = esp
+            .read(&path, MAX_BOOT_FILE as usize)
+            .map_err(|e| format!("reading {path} from the ESP: {e}"))?
+            .ok_or_else(|| format!("the ESP has no {path}"))?;
+        let out = work.join(name);
+        File::create(&out)
+            .and_then(|mut f| f.write_all(&bytes))
+            .map_err(|e| format!("writing {}: {e}", out.display()))?;
+        Ok(out)
+    };
+    let kernel = boot_file(KERNEL)?;
+    let initramfs = boot_file(INITRAMFS)?;
+
+    // boot.json: the command line minus the slot's own words.
+    let options = field(slot, "cmdline")?
+        .split(' ')
+        .filter(|w| {
+            !["cairn.slot=", "cairn.roothash=", "cairn.hashoffset="]
+                .iter()
+                .any(|p| w.starts_with(p))
+        })
+        .map(str::to_string)
+        .collect();
+    let spec = BootSpec {
+        format: 1,
+        roothash: field(slot, "roothash")?,
+        hash_offset,
+        options,
+    };
+    let spec_path = work.join(bootspec::PAYLOAD_NAME);
+    std::fs::write(&spec_path, spec.to_json())
+        .map_err(|e| format!("writing {}: {e}", spec_path.display()))?;
+
+    let source = |name: &str, role, path, chunk_size| PayloadSource {
+        name: name.to_string(),
+        role,
+        path,
+        chunk_size,
+    };
+    Ok(BundleInput {
+        board: field(&m, "board")?,
+        arch: field(&m, "arch")?,
+        version: field(&m, "version")?,
+        security_version: number(&m, "security_version")? as u32,
+        payloads: vec![
+            source(bootspec::PAYLOAD_NAME, Role::BootFiles, spec_path, 65536),
+            source("rootfs", Role::Rootfs, rootfs, ROOTFS_CHUNK),
+            source(KERNEL, Role::Kernel, kernel, BOOT_CHUNK),
+            source(INITRAMFS, Role::Initramfs, initramfs, BOOT_CHUNK),
+        ],
+    })
+}

@@ -1,0 +1,309 @@
+//! Fuzzing the parsers of outside data with cargo-fuzz (libFuzzer) on the pinned stable toolchain.
+//!
+//! Each fuzz project is a cargo-fuzz crate outside the workspace (`bundle/fuzz/`) with an example
+//! named `seeds` that writes its seed corpus; seeds are generated into target/, never committed.
+//! The one idea: targets are built without a sanitizer by default, which cargo-fuzz does with
+//! stable `-C` flags only, so no nightly toolchain and no RUSTC_BOOTSTRAP are involved. The fuzzed
+//! crates have no `unsafe`, so AddressSanitizer would mostly cost speed; `--asan` still offers it,
+//! through RUSTC_BOOTSTRAP=1 because `-Zsanitizer` is a nightly flag.
+//!
+//! `cargo xtask test` runs every target for a short while ([`run_brief`]) and fails on any crash;
+//! `cargo xtask fuzz [--seconds N] [--asan]` runs them for longer.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Instant;
+
+use anyhow::{bail, Context as _, Result};
+
+use crate::{cargo, run, step, target_dir};
+
+/// The cargo-fuzz release `setup` installs from crates.io.
+pub const CARGO_FUZZ_VERSION: &str = "0.13.2";
+
+/// Seconds each target runs in `cargo xtask test`; targets run side by side.
+const BRIEF_SECONDS: u64 = 30;
+
+/// A cargo-fuzz project (relative to the workspace root) and its fuzz targets.
+const PROJECTS: &[(&str, &[&str])] = &[("bundle/fuzz", &["bundle", "manifest"])];
+
+/// Installs cargo-fuzz unless this exact version is already there.
+pub fn install() -> Result<()> {
+    let have = cargo()
+        .args(["fuzz", "--version"])
+        .stdin(Stdio::null())
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    if have.split_whitespace().nth(1) == Some(CARGO_FUZZ_VERSION) {
+        return Ok(());
+    }
+    eprintln!("    installing cargo-fuzz {CARGO_FUZZ_VERSION}");
+    run(cargo().args([
+        "install",
+        "--quiet",
+        "--locked",
+        "cargo-fuzz",
+        "--version",
+        CARGO_FUZZ_VERSION,
+    ]))
+}
+
+/// Runs every fuzz target for a short while; fails if any finds a crash. For `cargo xtask test`.
+pub fn run_brief() -> Result<()> {
+    fuzz(BRIEF_SECONDS, false)
+}
+
+/// `cargo xtask fuzz [--seconds N] [--asan]`.
+pub fn command(args: &[String]) -> Result<()> {
+    let mut seconds = 300;
+    let mut asan = false;
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--seconds" => {
+                seconds = args
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .filter(|&n| n > 0)
+                    .context("--seconds takes a positive whole number")?;
+            }
+            "--asan" => asan = true,
+            other => {
+                bail!("unknown argument {other:?}; usage: cargo xtask fuzz [--seconds N] [--asan]")
+            }
+        }
+    }
+    install()?;
+    fuzz(seconds, asan)
+}
+
+/// Where seeds, corpora, crash inputs and logs go.
+fn work_dir() -> PathBuf {
+    target_dir().join("cairn/fuzz")
+}
+
+/// Where cargo builds the fuzz targets; the two sanitizer settings never share one.
+fn build_dir(asan: bool) -> PathBuf {
+    target_dir().join(if asan { "fuzz-asan" } else { "fuzz" })
+}
+
+/// `cargo fuzz <sub>` for `project`, with the options that must match between build and run.
+fn cargo_fuzz(sub: &str, project: &str, asan: bool) -> Command {
+    let mut cmd = cargo();
+    cmd.args(["fuzz", sub, "--fuzz-dir", project, "--target-dir"])
+        .arg(build_dir(asan))
+        .args(["--sanitizer", if asan { "address" } else { "none" }]);
+    if asan {
+        cmd.env("RUSTC_BOOTSTRAP", "1");
+    }
+    cmd
+}
+
+/// One target's run in progress.
+struct Running {
+    project: &'static str,
+    name: &'static str,
+    child: Child,
+    log: PathBuf,
+}
+
+fn fuzz(seconds: u64, asan: bool) -> Result<()> {
+    let sanitizer = if asan {
+        "AddressSanitizer"
+    } else {
+        "no sanitizer"
+    };
+    let work = work_dir();
+    let seeds = work.join("seeds");
+    // Everything is built before any target starts, so a build error leaves nothing running.
+    for (project, _) in PROJECTS {
+        step(&format!(
+            "fuzz {project} ({sanitizer}): lints, build, seed corpus"
+        ));
+        let manifest = Path::new(project).join("Cargo.toml");
+        // Outside the workspace, so the workspace's fmt and clippy steps never see it.
+        run(cargo()
+            .args(["fmt", "--check", "--manifest-path"])
+            .arg(&manifest))?;
+        run(cargo()
+            .args(["clippy", "--quiet", "--all-targets", "--manifest-path"])
+            .arg(&manifest)
+            .arg("--target-dir")
+            .arg(build_dir(false))
+            .args(["--", "-D", "warnings"]))?;
+        run(&mut cargo_fuzz("build", project, asan))?;
+        run(cargo()
+            .args(["run", "--quiet", "--example", "seeds", "--manifest-path"])
+            .arg(&manifest)
+            .arg("--target-dir")
+            .arg(build_dir(false))
+            .arg("--")
+            .arg(&seeds))?;
+    }
+    let mut running = Vec::new();
+    for (project, targets) in PROJECTS {
+        for name in targets.iter() {
+            running.push(start(project, name, &seeds, &work, seconds, asan)?);
+        }
+    }
+    step(&format!(
+        "fuzzing {} targets side by side for {seconds} s each",
+        running.len()
+    ));
+    let started = Instant::now();
+    let mut failed = Vec::new();
+    for mut target in running {
+        let name = target.name;
+        let status = target
+            .child
+            .wait()
+            .with_context(|| format!("waiting for fuzz target {name}"))?;
+        let text = std::fs::read_to_string(&target.log).unwrap_or_default();
+        if status.success() {
+            eprintln!("    {name:<10} {}", summary(&text));
+            continue;
+        }
+        eprintln!("    {name:<10} FAILED ({status}) {}", summary(&text));
+        for line in crash_report(&text, &target, asan) {
+            eprintln!("      {line}");
+        }
+        failed.push(name);
+    }
+    eprintln!("    done in {:.0} s", started.elapsed().as_secs_f64());
+    if !failed.is_empty() {
+        bail!(
+            "fuzzing found a crash in {} (details above)",
+            failed.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// Starts `cargo fuzz run` for one target, its output going to a log file.
+fn start(
+    project: &'static str,
+    name: &'static str,
+    seeds: &Path,
+    work: &Path,
+    seconds: u64,
+    asan: bool,
+) -> Result<Running> {
+    let corpus = work.join("corpus").join(name);
+    let artifacts = work.join("artifacts").join(name);
+    let logs = work.join("logs");
+    for dir in [&corpus, &artifacts, &logs] {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let log = logs.join(format!("{name}.log"));
+    let out = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+    let mut cmd = cargo_fuzz("run", project, asan);
+    // New inputs go to the first corpus folder, which persists between runs; seeds are read only.
+    cmd.arg(name)
+        .arg(&corpus)
+        .arg(seeds.join(name))
+        .arg("--")
+        .arg(format!("-max_total_time={seconds}"))
+        // A hang is a finding too, rather than a stalled test suite.
+        .arg("-timeout=20")
+        .arg("-print_final_stats=1")
+        // libFuzzer joins the prefix and the file name as strings: the trailing slash matters.
+        .arg(format!("-artifact_prefix={}/", artifacts.display()))
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out);
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("starting fuzz target {name}"))?;
+    Ok(Running {
+        project,
+        name,
+        child,
+        log,
+    })
+}
+
+/// "N runs in S s (R/s), coverage C, corpus K" from libFuzzer's output.
+fn summary(log: &str) -> String {
+    let stat = |key: &str| {
+        log.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_else(|| "?".into())
+    };
+    let runs = stat("stat::number_of_executed_units:");
+    let rate = stat("stat::average_exec_per_sec:");
+    // "Done 304537 runs in 31 second(s)", printed only when the time ran out.
+    let seconds = log
+        .lines()
+        .find_map(|l| l.strip_prefix("Done "))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .unwrap_or("?");
+    // The last status line, e.g. "#304537 DONE cov: 1458 ft: 3280 corp: 348/804Kb ...".
+    let last = log
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('#') && l.contains(" cov: "));
+    let field = |key: &str| {
+        last.and_then(|l| l.split_whitespace().skip_while(|w| *w != key).nth(1))
+            .map(|v| v.split('/').next().unwrap_or(v).to_string())
+            .unwrap_or_else(|| "?".into())
+    };
+    format!(
+        "{runs} runs in {seconds} s ({rate}/s), coverage {}, corpus {}",
+        field("cov:"),
+        field("corp:")
+    )
+}
+
+/// The lines of a failed run's log that say what went wrong, the saved input and how to replay it.
+fn crash_report(log: &str, target: &Running, asan: bool) -> Vec<String> {
+    let lines: Vec<&str> = log.lines().collect();
+    let mut out = Vec::new();
+    if let Some(i) = lines.iter().position(|l| l.contains(" panicked at ")) {
+        // The panic location, then its message up to the backtrace.
+        out.extend(
+            lines[i..]
+                .iter()
+                .take(6)
+                .take_while(|l| !l.starts_with("stack backtrace:") && !l.starts_with("note:"))
+                .map(|l| l.to_string()),
+        );
+    }
+    out.extend(
+        lines
+            .iter()
+            .filter(|l| l.contains("ERROR: libFuzzer:"))
+            .map(|l| l.to_string()),
+    );
+    let input = lines
+        .iter()
+        .find_map(|l| l.split_once("Test unit written to ").map(|(_, p)| p.trim()));
+    match input {
+        Some(input) => {
+            out.push(format!("input:     {input}"));
+            let replay = cargo_fuzz("run", target.project, asan);
+            let env = if asan { "RUSTC_BOOTSTRAP=1 " } else { "" };
+            let args: Vec<String> = replay
+                .get_args()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect();
+            out.push(format!(
+                "replay:    {env}cargo {} {} {input}",
+                args.join(" "),
+                target.name
+            ));
+        }
+        None => {
+            out.push("no input was saved; the log ends:".into());
+            out.extend(
+                lines[lines.len().saturating_sub(15)..]
+                    .iter()
+                    .map(|l| l.to_string()),
+            );
+        }
+    }
+    out.push(format!("log:       {}", target.log.display()));
+    out
+}
