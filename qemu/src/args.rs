@@ -23,7 +23,8 @@ pub enum DiskArg<'a> {
 ///
 /// The same list serves both boards as verified against QEMU 7.2: q35 with the non-secure-boot
 /// OVMF (`OVMF_CODE_4M.fd`) needs neither SMM nor `-global` pflash settings, and `virt` with
-/// AAVMF takes the two 64 MiB pflash volumes as they are.
+/// AAVMF takes the two 64 MiB pflash volumes as they are. The board adds its own devices
+/// (watchdog, USB controller, hot-plug root port) after the network card.
 pub fn qemu_args(
     profile: &QemuProfile,
     paths: &WorkPaths,
@@ -73,6 +74,13 @@ pub fn qemu_args(
     opt("-netdev", netdev.into());
     // `romfile=` drops the iPXE option ROM: no network boot entry competes with the disk.
     opt("-device", "virtio-net-pci,netdev=net0,romfile=".into());
+    for device in profile.devices {
+        opt("-device", (*device).into());
+    }
+    // A watchdog that expires resets the machine like the reset button (QEMU's default, stated
+    // so that a changed default cannot turn a watchdog test into a hang). QMP reports it as a
+    // `WATCHDOG` event; `watchdog-set-action` changes it for one run.
+    opt("-action", "watchdog=reset".into());
 
     // `signal=off`: a ^C byte on the console must not kill QEMU.
     opt("-chardev", "stdio,id=con0,signal=off".into());
@@ -120,8 +128,14 @@ mod tests {
         .collect()
     }
 
-    fn expected(machine: &str, cpu: &str, code: &str, netdev: &str) -> Vec<String> {
-        [
+    fn expected(
+        machine: &str,
+        cpu: &str,
+        code: &str,
+        netdev: &str,
+        devices: &[&str],
+    ) -> Vec<String> {
+        let mut args: Vec<String> = [
             "-nodefaults",
             "-machine",
             machine,
@@ -145,20 +159,32 @@ mod tests {
             netdev,
             "-device",
             "virtio-net-pci,netdev=net0,romfile=",
-            "-chardev",
-            "stdio,id=con0,signal=off",
-            "-serial",
-            "chardev:con0",
-            "-display",
-            "none",
-            "-monitor",
-            "none",
-            "-qmp",
-            "unix:/w/qmp.sock,server=on,wait=off",
         ]
         .iter()
         .map(|s| s.to_string())
-        .collect()
+        .collect();
+        for d in devices {
+            args.extend(["-device".to_string(), d.to_string()]);
+        }
+        args.extend(
+            [
+                "-action",
+                "watchdog=reset",
+                "-chardev",
+                "stdio,id=con0,signal=off",
+                "-serial",
+                "chardev:con0",
+                "-display",
+                "none",
+                "-monitor",
+                "none",
+                "-qmp",
+                "unix:/w/qmp.sock,server=on,wait=off",
+            ]
+            .iter()
+            .map(|s| s.to_string()),
+        );
+        args
     }
 
     #[test]
@@ -179,7 +205,8 @@ mod tests {
                 "q35",
                 "max",
                 "/usr/share/OVMF/OVMF_CODE_4M.fd",
-                "user,id=net0,hostfwd=tcp:127.0.0.1:2222-:22,hostfwd=tcp:127.0.0.1:8443-:443"
+                "user,id=net0,hostfwd=tcp:127.0.0.1:2222-:22,hostfwd=tcp:127.0.0.1:8443-:443",
+                &["i6300esb", "qemu-xhci,id=xhci"],
             )
         );
     }
@@ -192,6 +219,7 @@ mod tests {
             "cortex-a57",
             "/usr/share/AAVMF/AAVMF_CODE.fd",
             "user,id=net0",
+            &["pcie-root-port,id=hotplug0,chassis=1"],
         );
         want.push("-no-reboot".into());
         assert_eq!(args_for("qemu-aarch64", &[], &extra), want);

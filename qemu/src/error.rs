@@ -145,4 +145,10 @@ pub enum Error {
 
     #[error("cannot find a free local TCP port")]
     FreePort(#[source] std::io::Error),
+
+    #[error("stick id {id:?} cannot name a QEMU device: {reason}")]
+    StickId { id: String, reason: &'static str },
+
+    #[error("no stick {id:?} is plugged in: QEMU has no block node {id}-img")]
+    NoStick { id: String },
 }

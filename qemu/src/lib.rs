@@ -3,7 +3,9 @@
 //! A test builds [`LaunchOptions`] for a board and a built `disk.img`, calls [`Machine::launch`],
 //! then waits for console lines ([`Machine::wait_for_line`]) and drives the machine over QMP
 //! ([`Machine::powerdown`], [`Machine::quit`]). The image is never written (a qcow2 overlay takes
-//! the writes) and the QEMU process never outlives its [`Machine`].
+//! the writes) and the QEMU process never outlives its [`Machine`]. A running machine can have a
+//! removable disk plugged in and out ([`Machine::attach_stick`], [`Machine::detach_stick`]), and
+//! tests can wait for QMP events such as `WATCHDOG` or `RESET` ([`Machine::wait_for_event`]).
 
 mod args;
 mod console;
@@ -13,6 +15,7 @@ mod machine;
 mod net;
 mod options;
 mod qmp;
+mod stick;
 mod timeouts;
 
 pub use args::qemu_args;
@@ -21,4 +24,5 @@ pub use error::{Error, Result, SETUP_HINT};
 pub use machine::{LineMatch, Machine, Shutdown};
 pub use net::free_local_port;
 pub use options::{LaunchOptions, PortForward, WorkPaths};
+pub use stick::StickReads;
 pub use timeouts::{Timeouts, TIMEOUT_SCALE_ENV};

@@ -14,7 +14,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use cairn_board::RemovableDisk;
+use serde_json::{json, Value};
 
 use crate::args::{qemu_args, DiskArg};
 use crate::console::{Console, Wait, TAIL_LINES};
@@ -22,6 +23,7 @@ use crate::disk;
 use crate::error::{Error, Result};
 use crate::options::{LaunchOptions, WorkPaths};
 use crate::qmp::Qmp;
+use crate::stick::{self, StickReads};
 use crate::timeouts::Timeouts;
 
 /// Longest a single QMP reply may take (before scaling).
@@ -34,6 +36,9 @@ const EXIT_AFTER_CLOSE: Duration = Duration::from_secs(5);
 const MAX_SOCKET_PATH: usize = 107;
 /// How much of QEMU's stderr an error message quotes.
 const STDERR_TAIL_BYTES: u64 = 4096;
+/// How often waits on QMP state ask QEMU again. QMP delivers events only while a command runs
+/// on our one connection, so waiting for an event is asking a cheap question at this pace.
+const QMP_POLL: Duration = Duration::from_millis(50);
 
 /// A console line that satisfied a wait.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,6 +90,9 @@ pub struct Machine {
     qmp: Option<Qmp>,
     /// QMP events, kept across reconnects and after `quit`.
     events: Vec<Value>,
+    /// Index of the first event the next [`Machine::wait_for_event`] looks at.
+    event_cursor: usize,
+    removable: RemovableDisk,
     timeouts: Timeouts,
     qmp_connect_timeout: Duration,
     reused_disk: bool,
@@ -214,6 +222,8 @@ impl Machine {
             paths,
             qmp: None,
             events: Vec::new(),
+            event_cursor: 0,
+            removable: profile.removable,
             timeouts,
             qmp_connect_timeout: opts.qmp_connect_timeout,
             reused_disk,
@@ -345,6 +355,123 @@ impl Machine {
     /// QMP events received so far (`POWERDOWN`, `SHUTDOWN`, `RESET`, …), oldest first.
     pub fn qmp_events(&self) -> &[Value] {
         &self.events
+    }
+
+    /// Waits for a QMP event named `name` (`WATCHDOG`, `RESET`, `DEVICE_DELETED`, …), looking
+    /// only at events after the one the previous successful wait returned, and returns it whole
+    /// (`{"event": …, "data": …, "timestamp": …}`). `timeout` is scaled by [`Timeouts`].
+    pub fn wait_for_event(&mut self, name: &str, timeout: Duration) -> Result<Value> {
+        let (index, event) = self.wait_event_from(
+            self.event_cursor,
+            |e| e["event"] == name,
+            format!("the QMP event {name}"),
+            timeout,
+        )?;
+        self.event_cursor = index + 1;
+        Ok(event)
+    }
+
+    /// Plugs the raw disk image `image` into the running machine as a removable disk named
+    /// `id`, read-only: a USB stick on boards with USB storage, a hot-plugged virtio-blk disk on
+    /// the others (see [`cairn_board::RemovableDisk`]). Returns once QEMU has added the device;
+    /// the guest notices it asynchronously ([`Machine::wait_for_stick_read`] waits for that).
+    /// Nothing may write `image` while it is plugged in.
+    pub fn attach_stick(&mut self, image: &Path, id: &str) -> Result<()> {
+        stick::check_id(id)?;
+        let path = fs::canonicalize(image).map_err(|source| Error::DiskImage {
+            path: image.to_path_buf(),
+            source,
+        })?;
+        self.qmp("blockdev-add", Some(stick::blockdev_add(id, &path)))?;
+        if let Err(e) = self.qmp("device_add", Some(stick::device_add(self.removable, id))) {
+            // Leave no node behind that would make a second attempt with this id fail.
+            let _ = self.qmp(
+                "blockdev-del",
+                Some(json!({ "node-name": stick::node_name(id) })),
+            );
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Unplugs stick `id` and waits until QEMU reports the device gone, then releases the image
+    /// file. A USB stick goes at once; a PCIe hot-plugged disk waits for the guest, whose
+    /// `pciehp` powers the slot off about 5 s after the (virtual) attention button.
+    pub fn detach_stick(&mut self, id: &str, timeout: Duration) -> Result<()> {
+        stick::check_id(id)?;
+        let from = self.events.len();
+        self.qmp("device_del", Some(json!({ "id": id })))?;
+        self.wait_event_from(
+            from,
+            |e| stick::is_deleted(e, id),
+            format!("QEMU to report stick {id} unplugged (DEVICE_DELETED)"),
+            timeout,
+        )?;
+        self.qmp(
+            "blockdev-del",
+            Some(json!({ "node-name": stick::node_name(id) })),
+        )
+        .map(drop)
+    }
+
+    /// What the guest has read from stick `id` so far (QMP `query-blockstats`). Reads come
+    /// only from the guest (its kernel, or its firmware before the kernel runs): QEMU itself
+    /// reads nothing from a raw image it plugs in.
+    pub fn stick_reads(&mut self, id: &str) -> Result<StickReads> {
+        let stats = self.qmp("query-blockstats", None)?;
+        stick::reads(&stats, id).ok_or_else(|| Error::NoStick { id: id.to_string() })
+    }
+
+    /// Waits until the guest has read from stick `id`: its kernel found the disk and scanned
+    /// the partition table, which the kernel does for every new disk, `quiet` or not.
+    pub fn wait_for_stick_read(&mut self, id: &str, timeout: Duration) -> Result<StickReads> {
+        let timeout = self.timeouts.scale(timeout);
+        let deadline = Instant::now() + timeout;
+        loop {
+            let reads = self.stick_reads(id)?;
+            if reads.operations > 0 {
+                return Ok(reads);
+            }
+            if Instant::now() >= deadline {
+                return Err(self.timeout_error(format!("the guest to read stick {id}"), timeout));
+            }
+            std::thread::sleep(QMP_POLL);
+        }
+    }
+
+    /// Waits for the first event at index `from` or later that `matches`; returns its index and
+    /// the event. Asks QEMU `query-status` between looks, which is what delivers new events.
+    fn wait_event_from(
+        &mut self,
+        from: usize,
+        matches: impl Fn(&Value) -> bool,
+        waiting_for: String,
+        timeout: Duration,
+    ) -> Result<(usize, Value)> {
+        let timeout = self.timeouts.scale(timeout);
+        let deadline = Instant::now() + timeout;
+        let mut failed = None;
+        loop {
+            if let Some((i, e)) = self
+                .events
+                .iter()
+                .enumerate()
+                .skip(from)
+                .find(|(_, e)| matches(e))
+            {
+                return Ok((i, e.clone()));
+            }
+            // Checked after the events: the last reply before QEMU exits may carry the event
+            // (`SHUTDOWN`) that was waited for.
+            if let Some(e) = failed {
+                return Err(e);
+            }
+            if Instant::now() >= deadline {
+                return Err(self.timeout_error(waiting_for, timeout));
+            }
+            std::thread::sleep(QMP_POLL);
+            failed = self.qmp("query-status", None).err();
+        }
     }
 
     /// Presses the ACPI power button (`system_powerdown`); the guest decides what happens.
