@@ -220,6 +220,12 @@ impl Fs for DirFs {
             what: format!("{} to {}", full_from.display(), full_to.display()),
             source,
         })?;
+        // FAT keeps a file's size in its directory entry; Linux's vfat writes the new entry's
+        // size only when the inode is written back, so a renamed file must be synced again or
+        // a power cut can leave it empty under its new name.
+        File::open(&full_to)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| io_error("sync", &full_to, e))?;
         self.sync_dir(parent(to))?;
         if parent(from) != parent(to) {
             self.sync_dir(parent(from))?;

@@ -244,7 +244,11 @@ impl Daemon {
         let status = bootloader(self.running)
             .status()
             .map_err(|e| e.to_string())?;
-        let record = self.state.trial().map_err(|e| e.to_string())?;
+        // A damaged record must not stop the daemon (and with it the watchdog feeding).
+        let record = self.state.trial().unwrap_or_else(|e| {
+            say!("{e}: ignoring the record of the last update");
+            None
+        });
         if status.trial {
             return self.judge_trial(record);
         }
@@ -254,10 +258,10 @@ impl Daemon {
 
     /// A boot that is not a trial: report the last update and keep the floor in step.
     fn after_normal_boot(&mut self, record: Option<TrialRecord>) -> Result<(), String> {
-        let floor = self
-            .state
-            .raise_floor(self.release.security_version)
-            .map_err(|e| e.to_string())?;
+        let floor = match self.state.raise_floor(self.release.security_version) {
+            Ok(f) => f.to_string(),
+            Err(e) => format!("unreadable ({e}; installs are refused until it is repaired)"),
+        };
         say!(
             "slot {} committed, version {}, security floor {floor}",
             self.running,

@@ -291,8 +291,7 @@ impl Installer<'_> {
                         &mut on_bytes,
                     )?;
                     drop(file);
-                    fs::rename(&temp, &path).map_err(|e| Error::io("renaming", &path, e))?;
-                    state::sync_dir(&slot_dir)?;
+                    state::rename_durably(&temp, &path)?;
                 }
             }
             done_before += entry.size;

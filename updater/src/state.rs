@@ -137,8 +137,18 @@ pub fn replace(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
         .and_then(|()| file.sync_all())
         .map_err(|e| Error::io("writing", &temp, e))?;
     drop(file);
-    fs::rename(&temp, &path).map_err(|e| Error::io("renaming", &path, e))?;
-    sync_dir(dir)
+    rename_durably(&temp, &path)
+}
+
+/// Renames `from` to `to` (same directory) so that it survives a power cut: the renamed file is
+/// synced again, because FAT keeps a file's size in its directory entry and Linux's vfat writes
+/// the new entry's size only with the inode, and then the directory is synced.
+pub fn rename_durably(from: &Path, to: &Path) -> Result<()> {
+    fs::rename(from, to).map_err(|e| Error::io("renaming", to, e))?;
+    File::open(to)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| Error::io("syncing", to, e))?;
+    sync_dir(to.parent().unwrap_or(Path::new(".")))
 }
 
 pub fn sync_dir(dir: &Path) -> Result<()> {
