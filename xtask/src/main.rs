@@ -8,6 +8,7 @@
 //! - `test`   setup, lints, device binaries, images, then every test including QEMU boots.
 //! - `report` boots each QEMU board five times and prints the footprint and boot-time figures.
 
+mod bench;
 mod fuzz;
 mod report;
 mod setup;
@@ -31,8 +32,12 @@ fn main() -> ExitCode {
         Some("test") => test(),
         Some("report") => setup::run().and_then(|_| report::run(&images()?)),
         Some("fuzz") => fuzz::command(&args[1..]),
+        Some("bench-install") => bench::run_bench(),
+        Some("bench-prep") => bench::prep(),
         _ => {
-            eprintln!("usage: cargo xtask <setup|device|images|demo|test|report|fuzz>");
+            eprintln!(
+                "usage: cargo xtask <setup|device|images|demo|test|report|fuzz|bench-install>"
+            );
             return ExitCode::from(2);
         }
     };
@@ -212,12 +217,13 @@ fn demo() -> Result<()> {
     eprintln!("    powered off  QEMU exited ({status})");
     eprintln!("    image        {}", dir.display());
 
-    let slots = demo_trial(board, &dir)?;
-    step("A/B summary");
-    eprintln!("    boots        {}", slots.join(" -> "));
+    let boots = demo_update(board, &dir)?;
+    step("update summary");
+    eprintln!("    boots        {}", boots.join(" -> "));
     eprintln!(
-        "    meaning      B was tried twice, never marked good, and systemd-boot went back to A"
+        "    meaning      a signed bundle on a stick was installed into B; B booted on trial,"
     );
+    eprintln!("                 passed its health checks, was committed, and stays");
     Ok(())
 }
 
@@ -239,29 +245,89 @@ pub fn private_copy(
     Ok((disk, cairn_boot::sdboot::SdBoot::new(fs, None)))
 }
 
-/// The A/B story on a copy of the image: put slot B on trial as an update would, never mark it
-/// good, and let the firmware and systemd-boot fall back to A. Returns "slot (trial)" per boot.
-fn demo_trial(board: &'static Board, image_dir: &Path) -> Result<Vec<String>> {
-    use cairn_boot::{Bootloader, Slot};
-    step("A/B: slot B on trial for 2 boots (on a copy of the disk), as an update would do");
-    let work = target_dir().join("cairn/demo-ab");
-    let (disk, mut esp) = private_copy(image_dir, &work)?;
-    esp.set_trial(Slot::B, 2)?;
+/// The update story on a copy of the image: build release 0.2.0, sign it with
+/// `cairnctl bundle create`, put it on a stick, plug the stick into the running machine, and
+/// watch cairnd install it, the trial boot, the health checks and the commit. Returns
+/// "slot (trial)" per boot.
+fn demo_update(board: &'static Board, image_dir: &Path) -> Result<Vec<String>> {
+    let work = target_dir().join("cairn/demo-update");
+    let (disk, _) = private_copy(image_dir, &work)?;
+    let new_version = "0.2.0";
+    step(&format!(
+        "update: building release {new_version} and signing it as a bundle"
+    ));
+    let new_image = work.join(format!("image-{new_version}"));
+    cairn_image::build(&cairn_image::BuildOptions {
+        board,
+        out: new_image.clone(),
+        cache: cache_dir(),
+        device_bin: device_bin(board.arch),
+        seed: format!("cairn-{}-{new_version}", board.name),
+        version: new_version.into(),
+        root: cairn_image::RootExtras {
+            keyring: Some(dev_keyring()?),
+            security_version: 1,
+            ..Default::default()
+        },
+    })?;
+    let bundle = work.join(format!("cairn-{}-{new_version}.cairn", board.name));
+    run(cargo()
+        .args([
+            "run",
+            "--quiet",
+            "--package",
+            "cairnctl",
+            "--",
+            "bundle",
+            "create",
+        ])
+        .arg("--board")
+        .arg(board.name)
+        .arg("--key")
+        .arg(keys_dir().join("dev.key"))
+        .arg("--from")
+        .arg(&new_image)
+        .arg("--out")
+        .arg(&bundle))?;
+    let stick = work.join("stick.img");
+    cairn_systest::stick::make_stick(
+        &stick,
+        "UPDATE",
+        vec![cairn_systest::stick::StickFile::Copy(
+            "update.cairn",
+            bundle,
+        )],
+    );
+
+    step("update: booting the machine, then plugging in the stick");
     let mut opts = cairn_qemu::LaunchOptions::new(board, &disk, work.join("run"));
     opts.writable_image = true;
     opts.echo_console = true;
     let mut machine = cairn_qemu::Machine::launch(opts)?;
+    let wait = Duration::from_secs(300);
     let mut boots = Vec::new();
-    for i in 0..3 {
-        let ready = machine.wait_for_line("cairn-init: ready", Duration::from_secs(180))?;
-        let f = report::fields(&ready);
+    let mut ready = |m: &mut cairn_qemu::Machine| -> Result<()> {
+        let line = m.wait_for_line("cairn-init: ready", wait)?;
+        let f = report::fields(&line);
         let get = |k: &str| f.get(k).cloned().unwrap_or_else(|| "?".into());
-        boots.push(format!("{} (trial={})", get("slot"), get("trial")));
-        if i < 2 {
-            step("nobody marks B good; resetting the machine");
-            machine.system_reset()?;
-        }
-    }
+        boots.push(format!(
+            "{} {} (trial={})",
+            get("slot"),
+            get("version"),
+            get("trial")
+        ));
+        Ok(())
+    };
+    ready(&mut machine)?;
+    machine.wait_for_line("cairnd: waiting for update bundles", wait)?;
+    machine.attach_stick(&stick, "stick")?;
+    machine.wait_for_line("cairnd: installed version", wait)?;
+    ready(&mut machine)?;
+    machine.wait_for_line("cairnd: slot b healthy", wait)?;
+    step("update: committed; one more reboot to show it stays");
+    machine.system_reset()?;
+    ready(&mut machine)?;
+    machine.wait_for_line("cairnd: waiting for update bundles", wait)?;
     machine.quit()?;
     machine.wait_exit(Duration::from_secs(60))?;
     Ok(boots)
