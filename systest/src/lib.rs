@@ -67,6 +67,18 @@ pub fn tool(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// A temporary folder for one test's machine (disk copy, console log); `CAIRN_KEEP_RIG=1` keeps
+/// it for a look after a failure. Its path is printed.
+pub fn rig_dir(prefix: &str) -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix(prefix)
+        .disable_cleanup(std::env::var_os("CAIRN_KEEP_RIG").is_some())
+        .tempdir()
+        .unwrap();
+    eprintln!("rig: {}", dir.path().display());
+    dir
+}
+
 /// QEMU guests under TCG want both cores: one at a time.
 pub fn qemu_lock() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());

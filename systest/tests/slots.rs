@@ -31,16 +31,10 @@ struct Rig {
 impl Rig {
     fn new(board_name: &str) -> Rig {
         let board = cairn_board::find(board_name).unwrap();
-        // CAIRN_KEEP_RIG=1 keeps the disk copy and console logs for a look after a failure.
-        let tmp = tempfile::Builder::new()
-            .prefix("cairn-slots-")
-            .disable_cleanup(std::env::var_os("CAIRN_KEEP_RIG").is_some())
-            .tempdir()
-            .unwrap();
+        let tmp = cairn_systest::rig_dir("cairn-slots-");
         let disk = tmp.path().join("disk.img");
         std::fs::copy(image_dir(board).join("disk.img"), &disk).unwrap();
         let work = tmp.path().join("work");
-        eprintln!("rig for {board_name}: {}", tmp.path().display());
         Rig {
             board,
             _tmp: tmp,

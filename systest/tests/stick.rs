@@ -86,11 +86,7 @@ fn watchdog_line(board: &cairn_board::Board) -> [&'static str; 2] {
 fn stick_seen_by_guest(board_name: &str) {
     let _serial = qemu_lock();
     let board = cairn_board::find(board_name).unwrap();
-    let tmp = tempfile::Builder::new()
-        .prefix("cairn-stick-")
-        .disable_cleanup(std::env::var_os("CAIRN_KEEP_RIG").is_some())
-        .tempdir()
-        .unwrap();
+    let tmp = cairn_systest::rig_dir("cairn-stick-");
     let disk = verbose_copy(board, tmp.path());
     let stick = tmp.path().join("stick.img");
     make_stick(

@@ -42,14 +42,9 @@ struct Rig {
 impl Rig {
     fn new(board_name: &str) -> Rig {
         let board = cairn_board::find(board_name).unwrap();
-        let tmp = tempfile::Builder::new()
-            .prefix("cairn-update-")
-            .disable_cleanup(std::env::var_os("CAIRN_KEEP_RIG").is_some())
-            .tempdir()
-            .unwrap();
+        let tmp = cairn_systest::rig_dir("cairn-update-");
         let disk = tmp.path().join("disk.img");
         std::fs::copy(image_dir(board).join("disk.img"), &disk).unwrap();
-        eprintln!("update rig for {board_name}: {}", tmp.path().display());
         Rig {
             board,
             work: tmp.path().join("work"),
@@ -101,6 +96,21 @@ impl Rig {
         )
         .unwrap();
         out
+    }
+
+    /// Boots A, plugs in a stick with a bundle of `image`, and waits until cairnd installed it
+    /// (the machine is then rebooting into the trial).
+    fn boot_and_install(&mut self, image: &Path) -> Machine {
+        let bundle = self.bundle(image, &dev_key());
+        let mut m = self.launch();
+        assert_eq!(ready(&mut m), s("a", "no", "0.1.0"));
+        m.wait_for_line("cairnd: waiting for update bundles", STEP_TIMEOUT)
+            .unwrap();
+        let id = self.plug(&mut m, vec![StickFile::Copy("update.cairn", bundle)]);
+        m.wait_for_line("cairnd: installed version", STEP_TIMEOUT)
+            .unwrap();
+        m.detach_stick(&id, STEP_TIMEOUT).unwrap();
+        m
     }
 
     fn launch(&mut self) -> Machine {
@@ -237,12 +247,15 @@ fn good_update(board_name: &str) {
     }
 
     // The good bundle: installed, reboot, trial, healthy, committed.
-    rig.plug(&mut m, vec![StickFile::Copy("update.cairn", good.clone())]);
+    let id = rig.plug(&mut m, vec![StickFile::Copy("update.cairn", good.clone())]);
     m.wait_for_line(
         &format!("cairnd: installed version {NEW_VERSION} into slot b"),
         STEP_TIMEOUT,
     )
     .unwrap();
+    // Pulled while the machine reboots (a pending PCIe unplug completes at the reset at the
+    // latest), so that the next stick finds the port free.
+    m.detach_stick(&id, STEP_TIMEOUT).unwrap();
     assert_eq!(ready(&mut m), s("b", "yes", NEW_VERSION));
     m.wait_for_line("cairnd: slot b healthy", STEP_TIMEOUT)
         .unwrap();
@@ -266,12 +279,13 @@ fn good_update(board_name: &str) {
 
     // The original 0.1.0 system, security level 0, is now below the floor.
     let old = rig.bundle(&image_dir(rig.board), &dev_key());
-    rig.plug(&mut m, vec![StickFile::Copy("old.cairn", old)]);
+    let id = rig.plug(&mut m, vec![StickFile::Copy("old.cairn", old)]);
     let line = m
         .wait_for_any(&["refused", "installed version"], STEP_TIMEOUT)
         .unwrap()
         .line;
     assert!(line.contains("below this device's floor 1"), "{line}");
+    m.detach_stick(&id, STEP_TIMEOUT).unwrap();
 
     // A flipped payload byte is found while streaming: refused, the running slot untouched.
     let flipped = altered(&good, |b| b[first_payload + 4096 * 3 + 100] ^= 0x80);
@@ -299,14 +313,7 @@ fn unhealthy_update(board_name: &str) {
             ..Default::default()
         },
     );
-    let bundle = rig.bundle(&new, &dev_key());
-    let mut m = rig.launch();
-    assert_eq!(ready(&mut m), s("a", "no", "0.1.0"));
-    m.wait_for_line("cairnd: waiting for update bundles", STEP_TIMEOUT)
-        .unwrap();
-    rig.plug(&mut m, vec![StickFile::Copy("update.cairn", bundle)]);
-    m.wait_for_line("cairnd: installed version", STEP_TIMEOUT)
-        .unwrap();
+    let mut m = rig.boot_and_install(&new);
     assert_eq!(ready(&mut m), s("b", "yes", NEW_VERSION));
     let verdict = m
         .wait_for_line("cairnd: slot b is not healthy", STEP_TIMEOUT)
@@ -339,14 +346,7 @@ fn broken_init_update(board_name: &str, fault: Fault) {
             ..Default::default()
         },
     );
-    let bundle = rig.bundle(&new, &dev_key());
-    let mut m = rig.launch();
-    assert_eq!(ready(&mut m), s("a", "no", "0.1.0"));
-    m.wait_for_line("cairnd: waiting for update bundles", STEP_TIMEOUT)
-        .unwrap();
-    rig.plug(&mut m, vec![StickFile::Copy("update.cairn", bundle)]);
-    m.wait_for_line("cairnd: installed version", STEP_TIMEOUT)
-        .unwrap();
+    let mut m = rig.boot_and_install(&new);
     // Two tries of B (each ends by the watchdog or a panic), then A.
     assert_eq!(ready(&mut m), s("a", "no", "0.1.0"));
     let report = m
@@ -354,11 +354,6 @@ fn broken_init_update(board_name: &str, fault: Fault) {
         .unwrap();
     assert!(report.contains("abandoned"), "{report}");
     let lines = m.lines();
-    let starts = lines
-        .iter()
-        .filter(|l| l.contains("cairn-init: stage 1") || l.contains("switching root"))
-        .count();
-    eprintln!("{starts} stage lines");
     assert!(
         !lines.iter().any(|l| l.contains("ready slot=b")),
         "the broken B never came up"
