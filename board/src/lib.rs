@@ -143,16 +143,6 @@ pub enum RemovableDisk {
     },
 }
 
-impl RemovableDisk {
-    /// The QEMU bus the disk's device is added to.
-    pub fn bus(self) -> &'static str {
-        match self {
-            RemovableDisk::UsbStorage { bus } => bus,
-            RemovableDisk::VirtioBlkHotplug { root_port } => root_port,
-        }
-    }
-}
-
 /// A supported machine.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct Board {

@@ -62,17 +62,6 @@ pub fn disk_of(dev: &Path) -> Option<String> {
     Some(disk_of_name(name))
 }
 
-/// Whether the disk `name` has partitions (sysfs subdirectories with a `partition` file).
-pub fn has_partitions_in(sys_block: &Path, name: &str) -> bool {
-    fs::read_dir(sys_block.join(name))
-        .map(|d| d.flatten().any(|e| e.path().join("partition").exists()))
-        .unwrap_or(false)
-}
-
-pub fn has_partitions(name: &str) -> bool {
-    has_partitions_in(Path::new(SYS_BLOCK), name)
-}
-
 fn cstr(p: &Path) -> io::Result<CString> {
     CString::new(p.as_os_str().as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
 }
@@ -215,7 +204,5 @@ mod tests {
         );
         assert_eq!(disk_of_name_in(&class, "vda2"), "vda");
         assert_eq!(disk_of_name_in(&class, "sda"), "sda");
-        assert!(has_partitions_in(&class, "vda"));
-        assert!(!has_partitions_in(&class, "sda"));
     }
 }

@@ -414,7 +414,10 @@ impl Daemon {
             if boot_disk.as_deref() == Some(disk.as_str()) {
                 continue;
             }
-            if event.devtype.as_deref() == Some("disk") && block::has_partitions(&dev) {
+            if event.devtype.as_deref() == Some("disk")
+                && uevent::block_partitions_of(Path::new("/sys/class/block"), &dev)
+                    .is_ok_and(|p| !p.is_empty())
+            {
                 continue; // its partitions arrive as their own events
             }
             match self.install_from(&dev) {
@@ -449,10 +452,19 @@ impl Daemon {
             say!("no *.cairn bundle at the root of the stick");
             return Ok(false);
         };
-        say!("installing {} (version {version})", bundle.display());
-        let keyring = load_keyring()?;
         let installed_version = Version::parse(&self.release.version)
             .map_err(|e| format!("{RELEASE}: VERSION {}: {e}", self.release.version))?;
+        // A stick left in across reboots must not install the same thing over and over.
+        if let Some(why) = skip_reason(
+            &version,
+            &installed_version,
+            self.state.trial().ok().flatten(),
+        ) {
+            say!("{} not installed: {why}", bundle.display());
+            return Ok(false);
+        }
+        say!("installing {} (version {version})", bundle.display());
+        let keyring = load_keyring()?;
         let layout = Layout {
             roots: [
                 block::find_partition("ROOT-A")?,
@@ -499,6 +511,28 @@ impl Daemon {
         );
         Ok(true)
     }
+}
+
+/// Why a stick's newest bundle is not installed: its version is the one running, or it is the
+/// version whose trial failed last time (a stick left in would otherwise loop: install, fail,
+/// roll back, install).
+pub fn skip_reason(
+    bundle: &Version,
+    running: &Version,
+    last: Option<TrialRecord>,
+) -> Option<String> {
+    if bundle == running {
+        return Some(format!("version {bundle} is already running"));
+    }
+    let last = last?;
+    let failed = matches!(last.outcome, Outcome::RolledBack | Outcome::Abandoned);
+    if failed && Version::parse(&last.version).is_ok_and(|v| v == *bundle) {
+        return Some(format!(
+            "version {bundle} failed its trial before ({}); bring a different version",
+            last.reason.as_deref().unwrap_or("no reason recorded")
+        ));
+    }
+    None
 }
 
 /// Prints a progress line per phase and every 25 % of the bytes.
@@ -701,6 +735,36 @@ mod tests {
         assert!(Release::parse("VERSION=1\nBOARD=x\nBOOTLOADER=y\nSECURITY_VERSION=x\n").is_err());
         assert_eq!(cmdline_slot("quiet cairn.slot=b panic=5"), Some(Slot::B));
         assert_eq!(cmdline_slot("cairn.slot=c"), None);
+    }
+
+    #[test]
+    fn the_running_version_and_a_failed_one_are_not_installed_again() {
+        let v = |t: &str| Version::parse(t).unwrap();
+        let record = |outcome| TrialRecord {
+            slot: "b".into(),
+            version: "0.3.0".into(),
+            security_version: 0,
+            outcome,
+            reason: Some("probe failed".into()),
+        };
+        assert!(skip_reason(&v("0.2.0"), &v("0.2.0"), None)
+            .unwrap()
+            .contains("already running"));
+        assert_eq!(skip_reason(&v("0.3.0"), &v("0.2.0"), None), None);
+        assert!(
+            skip_reason(&v("0.3.0"), &v("0.2.0"), Some(record(Outcome::RolledBack)))
+                .unwrap()
+                .contains("failed its trial before (probe failed)")
+        );
+        assert!(skip_reason(&v("0.3.0"), &v("0.2.0"), Some(record(Outcome::Abandoned))).is_some());
+        assert_eq!(
+            skip_reason(&v("0.3.0"), &v("0.2.0"), Some(record(Outcome::Committed))),
+            None
+        );
+        assert_eq!(
+            skip_reason(&v("0.4.0"), &v("0.2.0"), Some(record(Outcome::RolledBack))),
+            None
+        );
     }
 
     #[test]
