@@ -6,7 +6,7 @@ use std::process::Command;
 
 use cairn_board::{Board, BootScheme, BOARDS};
 use cairn_image::{build, BuildOptions};
-use cairn_systest::{cache_dir, device_bin, image_dir, manifest, tool};
+use cairn_systest::{cache_dir, device_bin, image_dir, keys_dir, manifest, tool};
 
 fn options(board: &'static Board, out: &Path) -> BuildOptions {
     let version = env!("CARGO_PKG_VERSION").to_string();
@@ -17,7 +17,11 @@ fn options(board: &'static Board, out: &Path) -> BuildOptions {
         device_bin: device_bin(board.arch),
         seed: format!("cairn-{}-{}", board.name, version),
         version,
-        root: Default::default(),
+        // As `cargo xtask images` builds them: trusting the development key.
+        root: cairn_image::RootExtras {
+            keyring: Some(std::fs::read_to_string(keys_dir().join("dev.pub")).unwrap()),
+            ..Default::default()
+        },
     }
 }
 
