@@ -107,10 +107,10 @@ impl Rig {
         assert_eq!(ready(&mut m), s("a", "no", "0.1.0"));
         m.wait_for_line("cairnd: waiting for update bundles", STEP_TIMEOUT)
             .unwrap();
-        let id = self.plug(&mut m, vec![StickFile::Copy("update.cairn", bundle)]);
+        // Left in across the reboots, as a user would: the trial boot finds it already there.
+        self.plug(&mut m, vec![StickFile::Copy("update.cairn", bundle)]);
         m.wait_for_line("cairnd: installed version", STEP_TIMEOUT)
             .unwrap();
-        m.detach_stick(&id, STEP_TIMEOUT).unwrap();
         m
     }
 
@@ -260,12 +260,15 @@ fn good_update(board_name: &str) {
         STEP_TIMEOUT,
     )
     .unwrap();
-    // Pulled while the machine reboots (a pending PCIe unplug completes at the reset at the
-    // latest), so that the next stick finds the port free.
-    m.detach_stick(&id, STEP_TIMEOUT).unwrap();
+
     assert_eq!(ready(&mut m), s("b", "yes", NEW_VERSION));
     m.wait_for_line("cairnd: slot b healthy", STEP_TIMEOUT)
         .unwrap();
+    // Pulled once the committed system runs (a PCIe unplug needs the guest's consent), so that
+    // the next stick finds the port free.
+    m.wait_for_line("cairnd: waiting for update bundles", STEP_TIMEOUT)
+        .unwrap();
+    m.detach_stick(&id, STEP_TIMEOUT).unwrap();
     for _ in 0..2 {
         m.system_reset().unwrap();
         assert_eq!(ready(&mut m), s("b", "no", NEW_VERSION));
