@@ -344,53 +344,47 @@ fn bundle_create_from_a_built_image_then_verify_and_extract() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("x.cairn");
     let key = keys.join("dev.key");
-    let (s, _, err) = cairnctl(&[
-        "bundle",
-        "create",
-        "--board",
-        "qemu-aarch64",
-        "--key",
-        key.to_str().unwrap(),
-        "--from",
-        image.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let create = |board: &str, from: &std::path::Path| {
+        cairnctl(&[
+            "bundle",
+            "create",
+            "--board",
+            board,
+            "--key",
+            key.to_str().unwrap(),
+            "--from",
+            from.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
+    };
+    let public = keys.join("dev.pub");
+    let extract = |payload: &str, to: &std::path::Path| {
+        cairnctl(&[
+            "bundle",
+            "extract",
+            "--pubkey",
+            public.to_str().unwrap(),
+            "--payload",
+            payload,
+            "--to",
+            to.to_str().unwrap(),
+            out.to_str().unwrap(),
+        ])
+    };
+    let (s, _, err) = create("qemu-aarch64", &image);
     assert!(
         !s && err.contains("is an image for qemu-x86_64, not qemu-aarch64"),
         "{err}"
     );
     assert!(!out.exists(), "nothing written on a refusal");
-    let (s, _, err) = cairnctl(&[
-        "bundle",
-        "create",
-        "--board",
-        "qemu-x86_64",
-        "--key",
-        key.to_str().unwrap(),
-        "--from",
-        dir.path().to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let (s, _, err) = create("qemu-x86_64", dir.path());
     assert!(!s && err.contains("image.json"), "{err}");
-    let (s, stdout, err) = cairnctl(&[
-        "bundle",
-        "create",
-        "--board",
-        "qemu-x86_64",
-        "--key",
-        key.to_str().unwrap(),
-        "--from",
-        image.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let (s, stdout, err) = create("qemu-x86_64", &image);
     assert!(s, "{err}");
     for name in ["boot.json", "rootfs", "vmlinuz", "initramfs.img"] {
         assert!(stdout.contains(name), "{stdout}");
     }
-    let public = keys.join("dev.pub");
     let (s, stdout, err) = cairnctl(&[
         "bundle",
         "verify",
@@ -401,17 +395,7 @@ fn bundle_create_from_a_built_image_then_verify_and_extract() {
     assert!(s && stdout.contains("every chunk matches"), "{err}");
     // The extracted rootfs is byte for byte ROOT-A's squashfs and hash tree.
     let rootfs = dir.path().join("rootfs.img");
-    let (s, _, err) = cairnctl(&[
-        "bundle",
-        "extract",
-        "--pubkey",
-        public.to_str().unwrap(),
-        "--payload",
-        "rootfs",
-        "--to",
-        rootfs.to_str().unwrap(),
-        out.to_str().unwrap(),
-    ]);
+    let (s, _, err) = extract("rootfs", &rootfs);
     assert!(s, "{err}");
     let manifest: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(image.join("image.json")).unwrap()).unwrap();
@@ -426,16 +410,6 @@ fn bundle_create_from_a_built_image_then_verify_and_extract() {
     let disk = std::fs::read(image.join("disk.img")).unwrap();
     let offset = part["offset"].as_u64().unwrap() as usize;
     assert!(std::fs::read(&rootfs).unwrap() == disk[offset..offset + len as usize]);
-    let (s, _, err) = cairnctl(&[
-        "bundle",
-        "extract",
-        "--pubkey",
-        public.to_str().unwrap(),
-        "--payload",
-        "nope",
-        "--to",
-        rootfs.to_str().unwrap(),
-        out.to_str().unwrap(),
-    ]);
+    let (s, _, err) = extract("nope", &rootfs);
     assert!(!s && err.contains("has no payload \"nope\""), "{err}");
 }
