@@ -400,7 +400,21 @@ impl Machine {
     pub fn detach_stick(&mut self, id: &str, timeout: Duration) -> Result<()> {
         stick::check_id(id)?;
         let from = self.events.len();
-        self.qmp("device_del", Some(json!({ "id": id })))?;
+        let scaled = self.timeouts.scale(timeout);
+        let deadline = Instant::now() + scaled;
+        // Just after a plug the guest is still powering the PCIe slot on; QEMU refuses the
+        // unplug ("guest is busy (power indicator blinking)") until the indicator settles.
+        loop {
+            match self.qmp("device_del", Some(json!({ "id": id }))) {
+                Ok(_) => break,
+                Err(Error::QmpRefused { desc, .. })
+                    if stick::is_busy(&desc) && Instant::now() < deadline =>
+                {
+                    std::thread::sleep(QMP_POLL)
+                }
+                Err(e) => return Err(e),
+            }
+        }
         self.wait_event_from(
             from,
             |e| stick::is_deleted(e, id),

@@ -95,6 +95,13 @@ pub(crate) fn is_deleted(event: &Value, id: &str) -> bool {
     event["event"] == "DEVICE_DELETED" && event["data"]["device"] == id
 }
 
+/// Whether a refused `device_del` only means "not yet": QEMU's PCIe slot refuses an unplug
+/// while the guest is still powering the slot on or off (`Hot-unplug failed: guest is busy
+/// (power indicator blinking)`).
+pub(crate) fn is_busy(desc: &str) -> bool {
+    desc.contains("guest is busy")
+}
+
 /// The read statistics of stick `id` in a `query-blockstats` reply, if it is there.
 pub(crate) fn reads(blockstats: &Value, id: &str) -> Option<StickReads> {
     let node = node_name(id);
@@ -112,6 +119,15 @@ pub(crate) fn reads(blockstats: &Value, id: &str) -> Option<StickReads> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_blinking_slot_is_busy_and_other_refusals_are_not() {
+        assert!(is_busy(
+            "Hot-unplug failed: guest is busy (power indicator blinking)"
+        ));
+        assert!(!is_busy("Device 'stick0' not found"));
+        assert!(!is_busy("Bus 'hotplug0' does not support hotplugging"));
+    }
 
     #[test]
     fn ids_name_devices_and_nodes() {
