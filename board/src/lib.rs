@@ -197,6 +197,9 @@ pub const BOARDS: &[Board] = &[
             "nls_ascii",
             "evdev",
             "softdog",
+            // Networking: the NIC and 802.1Q for VLAN sub-interfaces.
+            "virtio_net",
+            "8021q",
         ],
         layout: QEMU_LAYOUT,
         qemu: Some(QemuProfile {
@@ -243,6 +246,9 @@ pub const BOARDS: &[Board] = &[
             "xhci_pci",
             "usb_storage",
             "sd_mod",
+            // Networking: the NIC and 802.1Q for VLAN sub-interfaces.
+            "virtio_net",
+            "8021q",
         ],
         layout: QEMU_LAYOUT,
         qemu: Some(QemuProfile {
@@ -289,6 +295,12 @@ pub const BOARDS: &[Board] = &[
             "nls_ascii",
             "evdev",
             "bcm2835_wdt",
+            // Networking: GENET, its MDIO bus and PHY (soft dependencies, so named here), and
+            // 802.1Q for VLAN sub-interfaces.
+            "genet",
+            "mdio_bcm_unimac",
+            "broadcom",
+            "8021q",
         ],
         layout: Layout {
             esp_mib: 64,

@@ -34,6 +34,17 @@ enum Command {
     /// Signed update bundles (*.cairn).
     #[command(subcommand)]
     Bundle(BundleCommand),
+    /// The machine config (YAML): check a file, or print its JSON Schema.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Check a machine config file; prints what it configures, or one line naming the problem.
+    Validate { file: PathBuf },
+    /// Print the JSON Schema of the machine config.
+    Schema,
 }
 
 #[derive(Subcommand)]
@@ -246,6 +257,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }) => bundle_extract(&pubkeys, &payload, &to, &bundle),
         Command::Bundle(BundleCommand::Verify { pubkeys, bundle }) => {
             bundle_verify(&pubkeys, &bundle)
+        }
+        Command::Config(ConfigCommand::Validate { file }) => config_validate(&file),
+        Command::Config(ConfigCommand::Schema) => {
+            let schema = cairn_daemon::config::schema();
+            println!("{}", serde_json::to_string_pretty(&schema)?);
+            Ok(())
         }
     }
 }
@@ -568,6 +585,28 @@ fn default_cache() -> PathBuf {
         Some(home) => PathBuf::from(home).join(".cache/cairn"),
         None => PathBuf::from(".cairn-cache"),
     }
+}
+
+fn config_validate(file: &std::path::Path) -> anyhow::Result<()> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let config = cairn_daemon::config::MachineConfig::parse(&text)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let net = &config.network;
+    let interfaces = if net.interfaces.is_empty() {
+        "DHCPv4 on every physical link with carrier".to_string()
+    } else {
+        let names: Vec<String> = net.interfaces.iter().map(|i| i.select.to_string()).collect();
+        format!("{} configured ({})", names.len(), names.join(", "))
+    };
+    println!(
+        "{}: valid; health window {} s, {} probe(s), {} tries; network: {interfaces}",
+        file.display(),
+        config.health_window.as_secs(),
+        config.probes.len(),
+        config.tries
+    );
+    Ok(())
 }
 
 fn root_extras(

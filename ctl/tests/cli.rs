@@ -413,3 +413,50 @@ fn bundle_create_from_a_built_image_then_verify_and_extract() {
     let (s, _, err) = extract("nope", &rootfs);
     assert!(!s && err.contains("has no payload \"nope\""), "{err}");
 }
+
+#[test]
+fn the_published_schema_is_what_cairnctl_prints() {
+    let (ok, out, err) = cairnctl(&["config", "schema"]);
+    assert!(ok, "{err}");
+    let published = include_str!("../../docs/machine-config.schema.json");
+    assert_eq!(
+        out, published,
+        "docs/machine-config.schema.json is stale: regenerate it with \
+         `cargo run -p cairnctl -- config schema > docs/machine-config.schema.json`"
+    );
+    let schema: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let props = schema["properties"].as_object().unwrap();
+    for section in ["health", "update", "network"] {
+        assert!(props.contains_key(section), "{section} missing from the schema");
+    }
+}
+
+#[test]
+fn config_validate_accepts_good_files_and_names_the_bad_field() {
+    let tmp = tempfile::tempdir().unwrap();
+    let good = tmp.path().join("good.yaml");
+    std::fs::write(
+        &good,
+        "network:\n  interfaces:\n    - name: eth0\n      addresses: [10.0.2.50/24]\n      \
+         routes: [{to: 0.0.0.0/0, via: 10.0.2.2}]\n  nameservers: [10.0.2.3]\n",
+    )
+    .unwrap();
+    let (ok, out, err) = cairnctl(&["config", "validate", good.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(out.contains("valid") && out.contains("1 configured (eth0)"), "{out}");
+
+    let bad = tmp.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "network:\n  interfaces:\n    - name: eth0\n      addresses: [10.0.2.50/24]\n      \
+         routes: [{to: 0.0.0.0/0, via: 10.9.9.1}]\n",
+    )
+    .unwrap();
+    let (ok, _, err) = cairnctl(&["config", "validate", bad.to_str().unwrap()]);
+    assert!(!ok);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("network.interfaces[0].routes[0].via: gateway 10.9.9.1 is not on any link"),
+        "{err}"
+    );
+}

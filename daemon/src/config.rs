@@ -1,23 +1,28 @@
-//! The machine config, `/etc/cairn/machine.json` in the root (baked in at image build with
-//! `cairnctl image build --machine-config`). Every part is optional:
+//! The machine config, `/etc/cairn/machine.yaml` in the root (baked in at image build with
+//! `cairnctl image build --machine-config`). YAML, so JSON works too. Every part is optional:
 //!
-//! ```json
-//! {
-//!   "health": {
-//!     "window_s": 300,
-//!     "probes": [
-//!       {"tcp": "127.0.0.1:6443", "timeout_s": 2},
-//!       {"http": "http://127.0.0.1:8080/healthz", "status": 200, "timeout_s": 2}
-//!     ]
-//!   },
-//!   "update": {"tries": 2}
-//! }
+//! ```yaml
+//! health:
+//!   window_s: 300
+//!   probes:
+//!     - {tcp: "127.0.0.1:6443", timeout_s: 2}
+//!     - {http: "http://127.0.0.1:8080/healthz", status: 200, timeout_s: 2}
+//! update:
+//!   tries: 2
+//! network:
+//!   hostname: edge-01
+//!   interfaces:
+//!     - {name: eth0, addresses: [192.168.1.10/24], routes: [{to: 0.0.0.0/0, via: 192.168.1.1}]}
+//!   nameservers: [192.168.1.1]
 //! ```
 //!
-//! Unknown keys are errors, so a misspelt probe is not silently skipped.
+//! The `network` section is described in [`cairn_netcfg::config`]. Unknown keys are errors, so a
+//! misspelt probe is not silently skipped. The whole schema is published as JSON Schema
+//! (`cairnctl config schema`, docs/machine-config.schema.json).
 
 use std::time::Duration;
 
+use cairn_netcfg::config::{Network, RawNetwork};
 use serde::Deserialize;
 
 use crate::probe::Probe;
@@ -25,7 +30,7 @@ use crate::probe::Probe;
 /// Largest accepted config file.
 pub const MAX_LEN: usize = 64 * 1024;
 /// Where the root carries it.
-pub const PATH: &str = "/etc/cairn/machine.json";
+pub const PATH: &str = "/etc/cairn/machine.yaml";
 const MAX_PROBES: usize = 32;
 const MAX_WINDOW_S: u64 = 24 * 3600;
 
@@ -34,6 +39,7 @@ pub struct MachineConfig {
     pub health_window: Duration,
     pub probes: Vec<Probe>,
     pub tries: u32,
+    pub network: Network,
 }
 
 impl Default for MachineConfig {
@@ -42,31 +48,52 @@ impl Default for MachineConfig {
             health_window: cairn_updater::health::DEFAULT_WINDOW,
             probes: Vec::new(),
             tries: cairn_updater::install::DEFAULT_TRIES,
+            network: Network::default(),
         }
     }
 }
 
-#[derive(Deserialize)]
+/// The machine config as written; what the JSON Schema describes.
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", schemars(title = "Cairn machine config"))]
 struct Raw {
+    /// What a trial boot must show before the update is committed.
     #[serde(default)]
     health: RawHealth,
+    /// How updates are installed.
     #[serde(default)]
     update: RawUpdate,
+    /// Links, addresses, routes, DNS and time.
+    #[serde(default)]
+    network: RawNetwork,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 struct RawHealth {
+    /// Seconds a trial boot has to become healthy (1..=86400; default 300).
     window_s: Option<u64>,
+    /// TCP and HTTP probes that must all pass (at most 32).
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Vec<crate::probe::ProbeSpec>"))]
     probes: Vec<serde_json::Value>,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 struct RawUpdate {
+    /// Boots a new slot gets to report healthy (default 2).
     tries: Option<u32>,
+}
+
+/// The JSON Schema of the machine config.
+#[cfg(feature = "schema")]
+pub fn schema() -> serde_json::Value {
+    serde_json::to_value(schemars::schema_for!(Raw)).expect("a schema is JSON")
 }
 
 impl MachineConfig {
@@ -75,7 +102,11 @@ impl MachineConfig {
         if text.len() > MAX_LEN {
             return Err(format!("larger than {MAX_LEN} bytes"));
         }
-        let raw: Raw = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        // An empty file (or only comments) is YAML's null: the defaults.
+        let raw: Raw = match serde_norway::from_str::<Option<Raw>>(text) {
+            Ok(raw) => raw.unwrap_or_default(),
+            Err(e) => return Err(e.to_string()),
+        };
         let mut config = MachineConfig::default();
         if let Some(w) = raw.health.window_s {
             if !(1..=MAX_WINDOW_S).contains(&w) {
@@ -98,6 +129,7 @@ impl MachineConfig {
             }
             config.tries = t;
         }
+        config.network = raw.network.check()?;
         Ok(config)
     }
 }
@@ -130,6 +162,29 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_example_is_accepted() {
+        let yaml: String = include_str!("config.rs")
+            .lines()
+            .skip_while(|l| !l.starts_with("//! ```yaml"))
+            .skip(1)
+            .take_while(|l| !l.starts_with("//! ```"))
+            .map(|l| format!("{}\n", l.strip_prefix("//! ").unwrap_or("")))
+            .collect();
+        let c = MachineConfig::parse(&yaml).unwrap();
+        assert_eq!(c.probes.len(), 2);
+        assert_eq!(c.tries, 2);
+        assert_eq!(c.network.hostname.as_deref(), Some("edge-01"));
+        assert_eq!(c.network.interfaces[0].settings.addresses.len(), 1);
+    }
+
+    #[test]
+    fn empty_and_comment_only_files_are_the_defaults() {
+        for text in ["", "\n", "# nothing here\n"] {
+            assert_eq!(MachineConfig::parse(text).unwrap(), MachineConfig::default());
+        }
+    }
+
+    #[test]
     fn bad_configs_name_the_problem() {
         for (text, want) in [
             (r#"{"helth":{}}"#, "unknown field `helth`"),
@@ -137,6 +192,11 @@ mod tests {
             (r#"{"update":{"tries":0}}"#, "tries 0"),
             (r#"{"health":{"probes":[{"ftp":"x"}]}}"#, "health.probes[0]"),
             ("not json", "expected"),
+            ("health: [1]", "health: invalid type: sequence"),
+            (
+                "network: {interfaces: [{name: eth0, addresses: [10.1.1.1]}]}",
+                "network.interfaces[0].addresses[0]: \"10.1.1.1\" is not an address with a prefix",
+            ),
         ] {
             let err = MachineConfig::parse(text).unwrap_err();
             assert!(err.contains(want), "{err} lacks {want}");

@@ -55,7 +55,7 @@ pub struct RootExtras {
     /// `/etc/cairn/keyring`: the public keys whose bundles this system installs (text keyring,
     /// see docs/bundle-format.md). Without it, the device installs no bundles.
     pub keyring: Option<String>,
-    /// `/etc/cairn/machine.json`: the machine config (health probes and window), already checked
+    /// `/etc/cairn/machine.yaml`: the machine config (health, update, network), already checked
     /// by the caller.
     pub machine_config: Option<String>,
     /// The anti-rollback level of this system (`SECURITY_VERSION=` in the release file); a device
@@ -561,7 +561,7 @@ fn root_tree(opts: &BuildOptions) -> Result<Tree> {
         tree.add_file("etc/cairn/keyring", 0o644, keyring.clone().into_bytes())?;
     }
     if let Some(config) = &opts.root.machine_config {
-        tree.add_file("etc/cairn/machine.json", 0o644, config.clone().into_bytes())?;
+        tree.add_file("etc/cairn/machine.yaml", 0o644, config.clone().into_bytes())?;
     }
     let bootloader = match opts.board.boot {
         BootScheme::SystemdBoot { .. } => "systemd-boot",
@@ -572,6 +572,8 @@ fn root_tree(opts: &BuildOptions) -> Result<Tree> {
         opts.version, opts.board.name, opts.root.security_version
     );
     tree.add_file("etc/cairn/release", 0o644, release.into_bytes())?;
+    // The root is read-only; cairnd's network code writes the resolver config under /run.
+    tree.add_symlink("etc/resolv.conf", "../run/resolv.conf")?;
     // /boot is where init mounts the bootloader's partition (ESP or the Pi's partition 1);
     // /var/lib/cairn is where cairnd mounts STATE.
     for dir in [

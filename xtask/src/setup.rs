@@ -32,6 +32,10 @@ pub const PACKAGES: &[&str] = &[
     // fw_printenv/fw_setenv and mkimage, for the U-Boot environment and boot script.
     "libubootenv-tool",
     "u-boot-tools",
+    // Network namespaces and the networking peers: a real DHCP server and a real NTP server.
+    "iproute2",
+    "dnsmasq-base",
+    "chrony",
 ];
 
 const TARGETS: &[&str] = &["x86_64-unknown-linux-musl", "aarch64-unknown-linux-musl"];
