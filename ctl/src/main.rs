@@ -719,7 +719,7 @@ fn qemu_run(args: RunArgs) -> anyhow::Result<()> {
         port_forwards: args
             .forwards
             .iter()
-            .map(|&(host, guest)| cairn_qemu::PortForward { host, guest })
+            .map(|&(host, guest)| cairn_qemu::PortForward::new(host, guest))
             .collect(),
         ..cairn_qemu::LaunchOptions::new(board, disk, work)
     })

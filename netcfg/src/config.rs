@@ -144,7 +144,8 @@ pub struct Cidr {
 impl Cidr {
     /// Parses `addr/prefix`; the error says what was expected.
     pub fn parse(text: &str) -> Result<Cidr, String> {
-        let bad = || format!("{text:?} is not an address with a prefix length (like 192.168.1.10/24)");
+        let bad =
+            || format!("{text:?} is not an address with a prefix length (like 192.168.1.10/24)");
         let (addr, prefix) = text.split_once('/').ok_or_else(bad)?;
         let addr: IpAddr = addr.parse().map_err(|_| bad())?;
         // Digits only: `u8::from_str` would take "+24".
@@ -163,11 +164,15 @@ impl Cidr {
     pub fn contains(&self, ip: IpAddr) -> bool {
         match (self.addr, ip) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 u32::from(net) & mask == u32::from(ip) & mask
             }
             (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 u128::from(net) & mask == u128::from(ip) & mask
             }
             _ => false,
@@ -178,15 +183,22 @@ impl Cidr {
     pub fn network(&self) -> Cidr {
         let addr = match self.addr {
             IpAddr::V4(a) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 IpAddr::V4((u32::from(a) & mask).into())
             }
             IpAddr::V6(a) => {
-                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 IpAddr::V6((u128::from(a) & mask).into())
             }
         };
-        Cidr { addr, prefix: self.prefix }
+        Cidr {
+            addr,
+            prefix: self.prefix,
+        }
     }
 }
 
@@ -269,7 +281,11 @@ impl RawNetwork {
             let at = format!("network.interfaces[{i}]");
             net.interfaces.push(check_interface(&at, raw)?);
         }
-        limit("network.nameservers", self.nameservers.len(), MAX_NAMESERVERS)?;
+        limit(
+            "network.nameservers",
+            self.nameservers.len(),
+            MAX_NAMESERVERS,
+        )?;
         for (i, s) in self.nameservers.iter().enumerate() {
             let ip = s
                 .parse()
@@ -359,7 +375,11 @@ fn check_interface(at: &str, raw: &RawInterface) -> Result<Interface, String> {
 }
 
 fn check_settings(at: &str, raw: &RawSettings<'_>) -> Result<Settings, String> {
-    limit(&format!("{at}.addresses"), raw.addresses.len(), MAX_ADDRESSES)?;
+    limit(
+        &format!("{at}.addresses"),
+        raw.addresses.len(),
+        MAX_ADDRESSES,
+    )?;
     limit(&format!("{at}.routes"), raw.routes.len(), MAX_ROUTES)?;
     let mut s = Settings {
         dhcp4: raw.dhcp4.unwrap_or(raw.addresses.is_empty()),
@@ -403,7 +423,9 @@ fn check_settings(at: &str, raw: &RawSettings<'_>) -> Result<Settings, String> {
                     .parse()
                     .map_err(|_| format!("{rat}.via: {v:?} is not an IP address"))?;
                 if ip.is_ipv4() != to.addr.is_ipv4() {
-                    return Err(format!("{rat}.via: {ip} and {to} are different IP versions"));
+                    return Err(format!(
+                        "{rat}.via: {ip} and {to} are different IP versions"
+                    ));
                 }
                 Some(ip)
             }
@@ -435,7 +457,10 @@ fn check_across(net: &Network) -> Result<(), String> {
     for (i, iface) in net.interfaces.iter().enumerate() {
         let at = format!("network.interfaces[{i}]");
         if let Some(first) = seen_select.insert(iface.select.to_string(), at.clone()) {
-            return Err(format!("{at}: {} is already configured by {first}", iface.select));
+            return Err(format!(
+                "{at}: {} is already configured by {first}",
+                iface.select
+            ));
         }
         let mut parts = vec![(at.clone(), &iface.settings)];
         for (j, v) in iface.vlans.iter().enumerate() {
@@ -493,7 +518,12 @@ pub fn check_ifname(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > MAX_IFNAME {
         return Err(format!("{name:?} is not 1..={MAX_IFNAME} bytes long"));
     }
-    if name == "." || name == ".." || name.bytes().any(|b| b == b'/' || b == b':' || !b.is_ascii_graphic()) {
+    if name == "."
+        || name == ".."
+        || name
+            .bytes()
+            .any(|b| b == b'/' || b == b':' || !b.is_ascii_graphic())
+    {
         return Err(format!("{name:?} is not a valid interface name"));
     }
     Ok(())
@@ -577,7 +607,10 @@ mod tests {
         assert_eq!(eth0.select, Select::Name("eth0".into()));
         assert!(!eth0.settings.dhcp4);
         assert_eq!(eth0.settings.addresses.len(), 2);
-        assert_eq!(eth0.settings.routes[0].via, Some("192.168.1.1".parse().unwrap()));
+        assert_eq!(
+            eth0.settings.routes[0].via,
+            Some("192.168.1.1".parse().unwrap())
+        );
         assert_eq!(eth0.vlans[0].id, 20);
         assert!(eth0.vlans[0].settings.dhcp4);
         assert_eq!(
@@ -606,7 +639,15 @@ mod tests {
         let v6 = Cidr::parse("2001:db8::10/64").unwrap();
         assert!(v6.contains("2001:db8::1".parse().unwrap()));
         assert_eq!(Cidr::parse("::/0").unwrap().network().to_string(), "::/0");
-        for bad in ["10.0.0.1", "10.0.0.300/24", "10.0.0.1/33", "10.0.0.1/+8", "x/8", "::1/129", "1.2.3.4/"] {
+        for bad in [
+            "10.0.0.1",
+            "10.0.0.300/24",
+            "10.0.0.1/33",
+            "10.0.0.1/+8",
+            "x/8",
+            "::1/129",
+            "1.2.3.4/",
+        ] {
             assert!(Cidr::parse(bad).is_err(), "{bad}");
         }
     }
@@ -649,9 +690,16 @@ mod tests {
 
     #[test]
     fn vlan_default_names_and_macs() {
-        let net = check("interfaces: [{name: eth0, vlans: [{id: 7, addresses: [10.7.0.2/24]}]}]").unwrap();
+        let net = check("interfaces: [{name: eth0, vlans: [{id: 7, addresses: [10.7.0.2/24]}]}]")
+            .unwrap();
         assert_eq!(net.interfaces[0].vlans[0].name, None);
-        assert_eq!(parse_mac("52-54-00-AA-bb-01").unwrap(), [0x52, 0x54, 0, 0xaa, 0xbb, 1]);
-        assert_eq!(format_mac(&[0x52, 0x54, 0, 0xaa, 0xbb, 1]), "52:54:00:aa:bb:01");
+        assert_eq!(
+            parse_mac("52-54-00-AA-bb-01").unwrap(),
+            [0x52, 0x54, 0, 0xaa, 0xbb, 1]
+        );
+        assert_eq!(
+            format_mac(&[0x52, 0x54, 0, 0xaa, 0xbb, 1]),
+            "52:54:00:aa:bb:01"
+        );
     }
 }

@@ -13,3 +13,5 @@
 //! thread's network namespace, which is how the tests run it inside namespaces of their own.
 
 pub mod config;
+pub mod resolv;
+pub mod sntp;

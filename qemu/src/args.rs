@@ -66,8 +66,9 @@ pub fn qemu_args(
 
     let mut netdev = String::from("user,id=net0");
     for fwd in port_forwards {
+        let addr = fwd.guest_addr.map(|a| a.to_string()).unwrap_or_default();
         netdev.push_str(&format!(
-            ",hostfwd=tcp:127.0.0.1:{}-:{}",
+            ",hostfwd=tcp:127.0.0.1:{}-{addr}:{}",
             fwd.host, fwd.guest
         ));
     }
@@ -190,13 +191,11 @@ mod tests {
     #[test]
     fn x86_64_board() {
         let fwd = [
-            PortForward {
-                host: 2222,
-                guest: 22,
-            },
+            PortForward::new(2222, 22),
             PortForward {
                 host: 8443,
                 guest: 443,
+                guest_addr: Some("10.0.2.50".parse().unwrap()),
             },
         ];
         assert_eq!(
@@ -205,7 +204,7 @@ mod tests {
                 "q35",
                 "max",
                 "/usr/share/OVMF/OVMF_CODE_4M.fd",
-                "user,id=net0,hostfwd=tcp:127.0.0.1:2222-:22,hostfwd=tcp:127.0.0.1:8443-:443",
+                "user,id=net0,hostfwd=tcp:127.0.0.1:2222-:22,hostfwd=tcp:127.0.0.1:8443-10.0.2.50:443",
                 &["i6300esb", "qemu-xhci,id=xhci"],
             )
         );

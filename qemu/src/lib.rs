@@ -22,7 +22,7 @@ pub use args::qemu_args;
 pub use console::MAX_LINE_BYTES;
 pub use error::{Error, Result, SETUP_HINT};
 pub use machine::{LineMatch, Machine, Shutdown};
-pub use net::free_local_port;
+pub use net::{forward_answer, free_local_port, ForwardAnswer};
 pub use options::{LaunchOptions, PortForward, WorkPaths};
 pub use stick::StickReads;
 pub use timeouts::{Timeouts, TIMEOUT_SCALE_ENV};

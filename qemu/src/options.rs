@@ -16,6 +16,20 @@ use crate::timeouts::Timeouts;
 pub struct PortForward {
     pub host: u16,
     pub guest: u16,
+    /// The guest address QEMU connects to; `None` is the first address its DHCP server hands
+    /// out (10.0.2.15). A guest with a static address needs it named here.
+    pub guest_addr: Option<std::net::Ipv4Addr>,
+}
+
+impl PortForward {
+    /// A forward to the guest's DHCP address.
+    pub fn new(host: u16, guest: u16) -> Self {
+        PortForward {
+            host,
+            guest,
+            guest_addr: None,
+        }
+    }
 }
 
 /// How to start one machine.

@@ -60,10 +60,7 @@ fn x86_64_writes_go_to_the_overlay_and_survive_reuse() {
     let pristine = pattern_disk(&disk);
     let board = cairn_board::find("qemu-x86_64").unwrap();
     let mut opts = LaunchOptions::new(board, &disk, dir.path().join("work"));
-    opts.port_forwards = vec![PortForward {
-        host: free_local_port().unwrap(),
-        guest: 22,
-    }];
+    opts.port_forwards = vec![PortForward::new(free_local_port().unwrap(), 22)];
 
     // First boot: OVMF reaches its boot manager on the serial console.
     let mut m = launch(opts.clone());

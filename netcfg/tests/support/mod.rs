@@ -22,7 +22,10 @@ pub struct NetNs {
 
 /// Runs `ip` with `args`; panics with its stderr when it fails.
 pub fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("run ip (iproute2)");
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .expect("run ip (iproute2)");
     assert!(
         out.status.success(),
         "ip {}: {}",
@@ -33,7 +36,10 @@ pub fn ip(args: &[&str]) {
 
 /// Output of `ip` with `args`, as text.
 pub fn ip_output(args: &[&str]) -> String {
-    let out = Command::new("ip").args(args).output().expect("run ip (iproute2)");
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .expect("run ip (iproute2)");
     assert!(
         out.status.success(),
         "ip {}: {}",
@@ -47,8 +53,9 @@ impl NetNs {
     /// Makes a new, empty namespace with `lo` up. Panics when not root.
     pub fn new(tag: &str) -> NetNs {
         // SAFETY: geteuid has no preconditions.
+        let euid = unsafe { libc::geteuid() };
         assert!(
-            unsafe { libc::geteuid() } == 0,
+            euid == 0,
             "this test creates network namespaces and needs root; run it as root (cargo xtask test does)"
         );
         let name = format!(
@@ -103,7 +110,18 @@ impl NetNs {
 
     /// Creates a veth pair: `here` in this namespace, `there` in `other`, both up.
     pub fn veth_to(&self, here: &str, other: &NetNs, there: &str) {
-        self.ip(&["link", "add", here, "type", "veth", "peer", "name", there, "netns", &other.name]);
+        self.ip(&[
+            "link",
+            "add",
+            here,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            there,
+            "netns",
+            &other.name,
+        ]);
         self.ip(&["link", "set", here, "up"]);
         other.ip(&["link", "set", there, "up"]);
     }
