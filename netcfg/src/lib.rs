@@ -14,4 +14,5 @@
 
 pub mod config;
 pub mod resolv;
+pub mod rtnl;
 pub mod sntp;
