@@ -596,7 +596,11 @@ fn config_validate(file: &std::path::Path) -> anyhow::Result<()> {
     let interfaces = if net.interfaces.is_empty() {
         "DHCPv4 on every physical link with carrier".to_string()
     } else {
-        let names: Vec<String> = net.interfaces.iter().map(|i| i.select.to_string()).collect();
+        let names: Vec<String> = net
+            .interfaces
+            .iter()
+            .map(|i| i.select.to_string())
+            .collect();
         format!("{} configured ({})", names.len(), names.join(", "))
     };
     println!(

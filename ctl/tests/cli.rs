@@ -427,7 +427,10 @@ fn the_published_schema_is_what_cairnctl_prints() {
     let schema: serde_json::Value = serde_json::from_str(&out).unwrap();
     let props = schema["properties"].as_object().unwrap();
     for section in ["health", "update", "network"] {
-        assert!(props.contains_key(section), "{section} missing from the schema");
+        assert!(
+            props.contains_key(section),
+            "{section} missing from the schema"
+        );
     }
 }
 
@@ -443,7 +446,10 @@ fn config_validate_accepts_good_files_and_names_the_bad_field() {
     .unwrap();
     let (ok, out, err) = cairnctl(&["config", "validate", good.to_str().unwrap()]);
     assert!(ok, "{err}");
-    assert!(out.contains("valid") && out.contains("1 configured (eth0)"), "{out}");
+    assert!(
+        out.contains("valid") && out.contains("1 configured (eth0)"),
+        "{out}"
+    );
 
     let bad = tmp.path().join("bad.yaml");
     std::fs::write(

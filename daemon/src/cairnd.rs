@@ -35,6 +35,7 @@ use cairn_updater::state::{Outcome, StateDir, TrialRecord};
 use crate::block;
 use crate::config::{self, MachineConfig};
 use crate::{netif, uevent, watchdog};
+use cairn_netcfg::agent::{self as netcfg, Netcfg};
 
 const RELEASE: &str = "/etc/cairn/release";
 const KEYRING: &str = "/etc/cairn/keyring";
@@ -180,6 +181,8 @@ struct Daemon {
     config: Result<MachineConfig, String>,
     state: StateDir,
     heart: Heartbeat,
+    /// The network loop; it runs on its own threads for as long as the daemon lives.
+    _network: Netcfg,
 }
 
 /// The ESP, remounted read-write only while the bootloader state is changed.
@@ -219,6 +222,18 @@ impl Daemon {
         if let Err(e) = &config {
             say!("machine config unusable: {e}");
         }
+        // An unusable config still gets the default network (DHCP on every wire), so the box
+        // stays reachable for a fix.
+        let network_config = config
+            .as_ref()
+            .map(|c| c.network.clone())
+            .unwrap_or_default();
+        let network = Netcfg::start(
+            network_config,
+            netcfg::Options::device(),
+            Arc::new(|line: &str| say!("{line}")),
+        )
+        .map_err(|e| format!("starting the network: {e}"))?;
         let state_dev = block::find_partition("STATE")?;
         block::mount_rw_once(&state_dev, Path::new(STATE_MOUNT), "vfat")?;
         Ok(Daemon {
@@ -227,6 +242,7 @@ impl Daemon {
             config,
             state: StateDir::new(STATE_MOUNT),
             heart,
+            _network: network,
         })
     }
 

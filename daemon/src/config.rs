@@ -180,7 +180,10 @@ mod tests {
     #[test]
     fn empty_and_comment_only_files_are_the_defaults() {
         for text in ["", "\n", "# nothing here\n"] {
-            assert_eq!(MachineConfig::parse(text).unwrap(), MachineConfig::default());
+            assert_eq!(
+                MachineConfig::parse(text).unwrap(),
+                MachineConfig::default()
+            );
         }
     }
 

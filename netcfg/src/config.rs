@@ -34,6 +34,8 @@ use std::net::IpAddr;
 
 use serde::Deserialize;
 
+use crate::rtnl::prefix;
+
 /// Longest interface name the kernel takes (`IFNAMSIZ` less its NUL).
 pub const MAX_IFNAME: usize = 15;
 const MAX_INTERFACES: usize = 64;
@@ -162,41 +164,13 @@ impl Cidr {
 
     /// Whether `ip` is inside this network.
     pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.addr, ip) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX
-                    .checked_shl(32 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u32::from(net) & mask == u32::from(ip) & mask
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u128::from(net) & mask == u128::from(ip) & mask
-            }
-            _ => false,
-        }
+        prefix::contains(self.addr, self.prefix, ip)
     }
 
     /// The network address: host bits cleared.
     pub fn network(&self) -> Cidr {
-        let addr = match self.addr {
-            IpAddr::V4(a) => {
-                let mask = u32::MAX
-                    .checked_shl(32 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                IpAddr::V4((u32::from(a) & mask).into())
-            }
-            IpAddr::V6(a) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                IpAddr::V6((u128::from(a) & mask).into())
-            }
-        };
         Cidr {
-            addr,
+            addr: prefix::network(self.addr, self.prefix),
             prefix: self.prefix,
         }
     }

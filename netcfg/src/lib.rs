@@ -12,7 +12,9 @@
 //! Everything is synchronous and runs on threads the caller owns; sockets act in the calling
 //! thread's network namespace, which is how the tests run it inside namespaces of their own.
 
+pub mod agent;
 pub mod config;
+pub mod dhcp;
 pub mod resolv;
 pub mod rtnl;
 pub mod sntp;

@@ -26,7 +26,10 @@ pub const CARGO_FUZZ_VERSION: &str = "0.13.2";
 const BRIEF_SECONDS: u64 = 30;
 
 /// A cargo-fuzz project (relative to the workspace root) and its fuzz targets.
-const PROJECTS: &[(&str, &[&str])] = &[("bundle/fuzz", &["bundle", "manifest"])];
+const PROJECTS: &[(&str, &[&str])] = &[
+    ("bundle/fuzz", &["bundle", "manifest"]),
+    ("netcfg/fuzz", &["dhcp_reply", "dhcp_frame"]),
+];
 
 /// Installs cargo-fuzz unless this exact version is already there.
 pub fn install() -> Result<()> {

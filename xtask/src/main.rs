@@ -34,9 +34,10 @@ fn main() -> ExitCode {
         Some("fuzz") => fuzz::command(&args[1..]),
         Some("bench-install") => bench::run_bench(),
         Some("bench-prep") => bench::prep(),
+        Some("bench-net") => bench_net(),
         _ => {
             eprintln!(
-                "usage: cargo xtask <setup|device|images|demo|test|report|fuzz|bench-install>"
+                "usage: cargo xtask <setup|device|images|demo|test|report|fuzz|bench-install|bench-net>"
             );
             return ExitCode::from(2);
         }
@@ -333,6 +334,24 @@ fn demo_update(board: &'static Board, image_dir: &Path) -> Result<Vec<String>> {
     Ok(boots)
 }
 
+/// `cargo xtask bench-net`: link up to DHCP lease against dnsmasq in network namespaces
+/// (median of 10), and the netlink change requests a re-applied config sends. Needs root.
+fn bench_net() -> Result<()> {
+    setup::run()?;
+    step("DHCP and reconcile figures (netcfg/examples/dhcp_bench.rs)");
+    run(cargo().args([
+        "run",
+        "--quiet",
+        "--release",
+        "--package",
+        "cairn-netcfg",
+        "--example",
+        "dhcp_bench",
+        "--",
+        "10",
+    ]))
+}
+
 fn test() -> Result<()> {
     setup::run()?;
     step("cargo fmt --check");
@@ -360,6 +379,8 @@ fn test() -> Result<()> {
             "cairn-daemon",
             "--package",
             "cairn-updater",
+            "--package",
+            "cairn-netcfg",
             "--target",
             arch.rust_target(),
             "--",

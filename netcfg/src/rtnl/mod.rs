@@ -18,7 +18,7 @@ pub mod error;
 pub mod kernel;
 mod monitor;
 mod plan;
-mod prefix;
+pub mod prefix;
 mod socket;
 
 use std::collections::HashMap;
