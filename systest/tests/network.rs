@@ -18,6 +18,7 @@ use cairn_qemu::{
     forward_answer, free_local_port, ForwardAnswer, LaunchOptions, Machine, PortForward,
 };
 use cairn_systest::{cache_dir, device_bin, image_dir, keys_dir, qemu_lock, rig_dir};
+use serde_json::json;
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
 const STEP_TIMEOUT: Duration = Duration::from_secs(120);
@@ -164,6 +165,18 @@ fn qemu_aarch64_takes_a_dhcp_lease_and_is_reachable() {
         ForwardAnswer::Silent,
         "{STATIC_ADDR} answered, but the guest should only hold its lease"
     );
+
+    // The cable out and in again (QEMU's link state for the NIC): the guest follows it and
+    // still answers afterwards.
+    m.qmp("set_link", Some(json!({"name": "net0", "up": false})))
+        .unwrap();
+    m.wait_for_line("cairnd: netcfg: eth0: carrier lost", STEP_TIMEOUT)
+        .unwrap();
+    m.qmp("set_link", Some(json!({"name": "net0", "up": true})))
+        .unwrap();
+    m.wait_for_line("cairnd: netcfg: eth0: carrier up", STEP_TIMEOUT)
+        .unwrap();
+    assert_eq!(answers(to_lease.host), ForwardAnswer::GuestRefused);
     stop(m);
 }
 
@@ -176,7 +189,8 @@ fn qemu_aarch64_static_address_and_clock_from_ntp() {
     let chrony = Chrony::start();
     let config = format!(
         "network:\n  hostname: edge-static\n  interfaces:\n    - name: eth0\n      \
-         addresses: [{STATIC_ADDR}/24]\n      routes: [{{to: 0.0.0.0/0, via: 10.0.2.2}}]\n  \
+         addresses: [{STATIC_ADDR}/24]\n      routes: [{{to: 0.0.0.0/0, via: 10.0.2.2}}]\n      \
+         vlans: [{{id: 20, addresses: [10.20.0.2/24], mtu: 1400}}]\n  \
          nameservers: [10.0.2.3]\n  search: [example.internal]\n  ntp: [\"10.0.2.2:{}\"]\n",
         chrony.port
     );
@@ -214,6 +228,18 @@ fn qemu_aarch64_static_address_and_clock_from_ntp() {
         applied.contains(&format!("add address {STATIC_ADDR}/24 to eth0"))
             && applied.contains("add route 0.0.0.0/0 via 10.0.2.2"),
         "{applied}"
+    );
+    // The guest kernel has 802.1Q (the board loads 8021q): the VLAN is created for real.
+    assert!(
+        applied.contains("create VLAN eth0.20 (id 20 on eth0)")
+            && applied.contains("add address 10.20.0.2/24 to eth0.20"),
+        "{applied}"
+    );
+    assert!(
+        !m.lines()
+            .iter()
+            .any(|l| l.contains("network config not applied")),
+        "the static config was refused"
     );
     m.wait_for_line(
         "nameservers 10.0.2.3, search example.internal",
