@@ -182,7 +182,7 @@ struct Daemon {
     state: StateDir,
     heart: Heartbeat,
     /// The network loop; it runs on its own threads for as long as the daemon lives.
-    _network: Netcfg,
+    network: Netcfg,
 }
 
 /// The ESP, remounted read-write only while the bootloader state is changed.
@@ -242,7 +242,7 @@ impl Daemon {
             config,
             state: StateDir::new(STATE_MOUNT),
             heart,
-            _network: network,
+            network,
         })
     }
 
@@ -332,8 +332,11 @@ impl Daemon {
             self.running,
             window.as_secs()
         );
-        let mut checks: Vec<Box<dyn Check>> =
-            vec![Box::new(ServicesCheck), Box::new(LoopbackCheck)];
+        let mut checks: Vec<Box<dyn Check>> = vec![
+            Box::new(ServicesCheck),
+            Box::new(LoopbackCheck),
+            Box::new(NetworkConfigCheck(self.network.view())),
+        ];
         match &self.config {
             Ok(c) => checks.extend(
                 c.probes
@@ -683,6 +686,22 @@ impl Check for LoopbackCheck {
             Ok(st) if st.up => Err("lo has no address".into()),
             Ok(_) => Err("lo is down".into()),
             Err(e) => Err(format!("lo: {e}")),
+        }
+    }
+}
+
+/// The machine config's network section is applied: a new system whose network config the
+/// kernel refuses (an interface it does not have, a gateway on no link) is not committed.
+struct NetworkConfigCheck(netcfg::StatusView);
+
+impl Check for NetworkConfigCheck {
+    fn name(&self) -> String {
+        "network config".into()
+    }
+    fn run(&self) -> Result<(), String> {
+        match self.0.get().error {
+            None => Ok(()),
+            Some(e) => Err(format!("not applied: {e}")),
         }
     }
 }

@@ -100,13 +100,7 @@ fn whole_loop(client: &NetNs, rounds: usize, dir: &std::path::Path) {
     let mut reapply = Vec::new();
     for _ in 0..rounds {
         client.ip(&["link", "set", "c0", "down"]);
-        let options = LoopOptions {
-            resolv_conf: dir.join("resolv.conf"),
-            set_hostname: false,
-            sync_clock: false,
-            default_ntp: Vec::new(),
-            dhcp_retransmit: dhcp::Retransmit::default(),
-        };
+        let options = loop_options(dir);
         let (tx, rx) = mpsc::channel();
         let log: cairn_netcfg::agent::Log = Arc::new(move |line: &str| {
             if line.contains("add address 10.77.0.") {
@@ -133,13 +127,7 @@ fn whole_loop(client: &NetNs, rounds: usize, dir: &std::path::Path) {
     )
     .unwrap();
     let config = raw.check().unwrap();
-    let options = LoopOptions {
-        resolv_conf: dir.join("resolv.conf"),
-        set_hostname: false,
-        sync_clock: false,
-        default_ntp: Vec::new(),
-        dhcp_retransmit: dhcp::Retransmit::default(),
-    };
+    let options = loop_options(dir);
     let log: cairn_netcfg::agent::Log = Arc::new(|_: &str| {});
     let first = config.clone();
     let agent = client.run(move || Netcfg::start(first, options, log).unwrap());
@@ -149,6 +137,17 @@ fn whole_loop(client: &NetNs, rounds: usize, dir: &std::path::Path) {
     println!(
         "static config: first apply {first_changes} netlink change requests, re-apply {again}"
     );
+}
+
+/// The loop's options for a namespace: nothing outside it touched (hostname, clock).
+fn loop_options(dir: &std::path::Path) -> LoopOptions {
+    LoopOptions {
+        resolv_conf: dir.join("resolv.conf"),
+        set_hostname: false,
+        sync_clock: false,
+        default_ntp: Vec::new(),
+        dhcp_retransmit: dhcp::Retransmit::default(),
+    }
 }
 
 fn report(what: &str, times: &mut [Duration]) {

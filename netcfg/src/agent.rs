@@ -113,6 +113,16 @@ pub struct ClockStatus {
     pub synced_unix_s: u64,
 }
 
+/// Reads the loop's [`Status`]; cheap to clone.
+#[derive(Clone)]
+pub struct StatusView(Arc<Mutex<Status>>);
+
+impl StatusView {
+    pub fn get(&self) -> Status {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
 enum Msg {
     Bound {
         link: String,
@@ -192,10 +202,12 @@ impl Netcfg {
     }
 
     pub fn status(&self) -> Status {
-        self.status
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.view().get()
+    }
+
+    /// A handle that reads the status from anywhere, for as long as the loop runs.
+    pub fn view(&self) -> StatusView {
+        StatusView(self.status.clone())
     }
 
     /// Releases every lease and stops the loop.

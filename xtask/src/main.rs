@@ -192,13 +192,21 @@ fn demo() -> Result<()> {
     let work = target_dir().join("cairn/demo");
     let _ = std::fs::remove_dir_all(&work);
     let started = Instant::now();
+    // A host port forwarded to a guest port nothing listens on: the guest's reset shows it holds
+    // the address (see cairn_qemu::forward_answer).
+    let forward = cairn_qemu::PortForward::new(cairn_qemu::free_local_port()?, 9);
     let mut machine = cairn_qemu::Machine::launch(cairn_qemu::LaunchOptions {
         echo_console: true,
+        port_forwards: vec![forward],
         ..cairn_qemu::LaunchOptions::new(board, dir.join("disk.img"), work)
     })?;
     let ready = machine.wait_for_line("cairn-init: ready", Duration::from_secs(180))?;
     let wall = started.elapsed();
     let stats = machine.wait_for_line("cairn-init: init_ms=", Duration::from_secs(30))?;
+    let lease =
+        machine.wait_for_line("cairnd: netcfg: eth0: DHCP lease", Duration::from_secs(60))?;
+    machine.wait_for_line("cairnd: netcfg: applied", Duration::from_secs(30))?;
+    let answer = cairn_qemu::forward_answer(forward.host, Duration::from_secs(3))?;
     step("asking the guest to power off (ACPI power button)");
     machine.powerdown()?;
     let status = machine.wait_exit(Duration::from_secs(60))?;
@@ -214,6 +222,20 @@ fn demo() -> Result<()> {
     eprintln!(
         "    wall clock   {:.1} s from QEMU start to ready",
         wall.as_secs_f64()
+    );
+    eprintln!(
+        "    network      {}",
+        lease.split("netcfg: ").nth(1).unwrap_or(&lease)
+    );
+    eprintln!(
+        "    reachable    127.0.0.1:{} -> guest port 9: {}",
+        forward.host,
+        match answer {
+            cairn_qemu::ForwardAnswer::GuestRefused =>
+                "the guest answered (reset: nothing listens)",
+            cairn_qemu::ForwardAnswer::Silent => "no answer",
+            cairn_qemu::ForwardAnswer::Data => "the guest answered with data",
+        }
     );
     eprintln!("    powered off  QEMU exited ({status})");
     eprintln!("    image        {}", dir.display());
