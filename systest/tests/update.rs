@@ -313,7 +313,10 @@ fn good_update(board_name: &str) {
 fn unhealthy_update(board_name: &str) {
     let _serial = qemu_lock();
     let mut rig = Rig::new(board_name);
-    let config = r#"{"health":{"window_s":10,"probes":[{"tcp":"127.0.0.1:9","timeout_s":1}]}}"#;
+    // Two reasons at once: a probe that never passes, and a network section the kernel refuses
+    // (it names an interface the machine does not have).
+    let config = r#"{"health":{"window_s":10,"probes":[{"tcp":"127.0.0.1:9","timeout_s":1}]},
+        "network":{"interfaces":[{"name":"eth7","addresses":["10.9.0.2/24"]}]}}"#;
     let new = rig.image(
         "unhealthy",
         NEW_VERSION,
@@ -329,12 +332,18 @@ fn unhealthy_update(board_name: &str) {
         .wait_for_line("cairnd: slot b is not healthy", STEP_TIMEOUT)
         .unwrap();
     assert!(verdict.contains("tcp 127.0.0.1:9"), "{verdict}");
+    assert!(
+        verdict.contains("network config: not applied: ") && verdict.contains("eth7"),
+        "{verdict}"
+    );
     assert_eq!(ready(&mut m), s("a", "no", "0.1.0"));
     let report = m
         .wait_for_line("cairnd: last update:", STEP_TIMEOUT)
         .unwrap();
     assert!(
-        report.contains("rolled back: not healthy within 10 s: tcp 127.0.0.1:9"),
+        report.contains("rolled back: not healthy within 10 s: ")
+            && report.contains("tcp 127.0.0.1:9: connection refused")
+            && report.contains("eth7"),
         "{report}"
     );
     m.system_reset().unwrap();
