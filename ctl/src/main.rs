@@ -37,6 +37,26 @@ enum Command {
     /// The machine config (YAML): check a file, or print its JSON Schema.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Generate the management API's certificates.
+    #[command(subcommand)]
+    Gen(GenCommand),
+}
+
+#[derive(Subcommand)]
+enum GenCommand {
+    /// Make a new folder with the client CA, a client certificate per role (admin, operator,
+    /// reader), the device CA, device/ for the image build, and cairnctl.yaml.
+    Secrets {
+        /// The folder to create; refused if it exists and is not empty.
+        #[arg(long)]
+        out: PathBuf,
+        /// Days the client certificates are valid (the CAs are valid for ten years).
+        #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(u32).range(1..=3650))]
+        days: u32,
+        /// Name in the CAs' subjects (`<name> client CA …`), to tell fleets apart.
+        #[arg(long, default_value = "Cairn")]
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -259,6 +279,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             bundle_verify(&pubkeys, &bundle)
         }
         Command::Config(ConfigCommand::Validate { file }) => config_validate(&file),
+        Command::Gen(GenCommand::Secrets { out, days, name }) => gen_secrets(&out, days, name),
         Command::Config(ConfigCommand::Schema) => {
             let schema = cairn_daemon::config::schema();
             println!("{}", serde_json::to_string_pretty(&schema)?);
@@ -365,6 +386,44 @@ fn keys_gen(out: &std::path::Path) -> anyhow::Result<()> {
         secret.key_id(),
         secret_path.display(),
         public_path.display()
+    );
+    Ok(())
+}
+
+fn gen_secrets(out: &std::path::Path, days: u32, name: String) -> anyhow::Result<()> {
+    use cairn_pki::secrets::{self, Options, Secrets};
+    let secrets = Secrets::generate(&Options {
+        name,
+        client_days: days,
+    })?;
+    secrets.write_new(out)?;
+    println!("wrote {}", out.display());
+    println!(
+        "  client CA {}  client-ca.crt, client-ca.key (keep offline: it issues client certificates)",
+        secrets.client_ca.fingerprint()
+    );
+    println!(
+        "  device CA {}  device-ca.crt (cairnctl trusts it for the devices' server certificates)",
+        secrets.device_ca.fingerprint()
+    );
+    for (role, issued) in &secrets.clients {
+        println!(
+            "  {:<9} {}  {}.crt, {}.key (O={}, {days} days)",
+            role.name(),
+            issued.fingerprint(),
+            role.name(),
+            role.name(),
+            role.organization()
+        );
+    }
+    println!(
+        "  {}/  for the image build: client-ca.crt, device-ca.crt, device-ca.key",
+        secrets::DEVICE_DIR
+    );
+    println!(
+        "  {}  endpoint {} (edit it), admin certificate",
+        secrets::CLIENT_CONFIG,
+        secrets::PLACEHOLDER_ENDPOINT
     );
     Ok(())
 }

@@ -36,6 +36,8 @@ pub const PACKAGES: &[&str] = &[
     "iproute2",
     "dnsmasq-base",
     "chrony",
+    // The PKI interop tests: OpenSSL's command line verifies what `cairnctl gen secrets` makes.
+    "openssl",
 ];
 
 const TARGETS: &[&str] = &["x86_64-unknown-linux-musl", "aarch64-unknown-linux-musl"];
