@@ -38,6 +38,18 @@ pub const PACKAGES: &[&str] = &[
     "chrony",
     // The PKI interop tests: OpenSSL's command line verifies what `cairnctl gen secrets` makes.
     "openssl",
+    // C compilers for ring (the API's TLS crypto) on the musl targets: gcc for x86_64, the aarch64
+    // cross gcc and the arm64 libc headers its <stdint.h> includes (.cargo/config.toml names them).
+    "gcc",
+    "gcc-aarch64-linux-gnu",
+    "libc6-dev-arm64-cross",
+    // The management API's interop test: Python's gRPC (a client that is not ours) and protoc
+    // with the gRPC Python plugin, which compile the shipped .proto files independently of protox.
+    "python3",
+    "python3-grpcio",
+    "python3-protobuf",
+    "protobuf-compiler",
+    "protobuf-compiler-grpc",
 ];
 
 const TARGETS: &[&str] = &["x86_64-unknown-linux-musl", "aarch64-unknown-linux-musl"];

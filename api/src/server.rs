@@ -1,0 +1,235 @@
+//! The server: one thread, a current-thread tokio runtime, mutual TLS, then HTTP/2.
+//!
+//! Each accepted connection is one task: the TLS handshake (bounded in time, and connections
+//! bounded in number), the [`Caller`] read once from the verified client certificate, then
+//! HTTP/2 (hyper, HTTP/2 only) serving the generated service behind the [`Policy`] gate for that
+//! caller. There is no other listener and no HTTP/1: a client that does not complete mutual
+//! TLS never reaches HTTP/2 at all. tonic provides the gRPC codec and the generated service;
+//! its own transport is not used, which keeps HTTP/1 out of the device binary.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+
+use crate::policy::Policy;
+use crate::proto::device_service_server::DeviceServiceServer;
+use crate::service::Api;
+use crate::{Caller, Device, Error, Limits, TlsConfig};
+
+/// Where the server's log lines go (cairnd prefixes and prints them): denied calls, calls that
+/// change the device and who made them, refused connections.
+pub type Log = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// HTTP/2 pings find clients that vanished without closing (a cable pulled mid-stream).
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Request headers per call; gRPC sends a few small ones.
+const MAX_HEADERS: u32 = 16 * 1024;
+
+#[derive(Clone)]
+pub struct Options {
+    pub limits: Limits,
+    pub log: Log,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            limits: Limits::default(),
+            log: Arc::new(|line| eprintln!("api: {line}")),
+        }
+    }
+}
+
+/// A running server. Dropping it stops it too.
+pub struct Server {
+    addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    thread: Option<JoinHandle<Result<(), Error>>>,
+}
+
+/// Serves the API on `listener` in a thread of its own until [`Server::shutdown`].
+pub fn serve(
+    listener: std::net::TcpListener,
+    tls: &TlsConfig,
+    device: Arc<dyn Device>,
+    options: Options,
+) -> Result<Server, Error> {
+    let acceptor = TlsAcceptor::from(tls.server_config()?);
+    let addr = listener.local_addr().map_err(Error::Listener)?;
+    listener.set_nonblocking(true).map_err(Error::Listener)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .max_blocking_threads(options.limits.device_threads)
+        .thread_name("cairn-api-call")
+        .build()
+        .map_err(Error::Runtime)?;
+    let (stop, stopped) = watch::channel(false);
+    let thread = std::thread::Builder::new()
+        .name("cairn-api".into())
+        .spawn(move || {
+            let result = runtime.block_on(run(listener, acceptor, device, options, stopped));
+            // Device calls still running (a log stream that follows) see their sink close.
+            runtime.shutdown_timeout(Duration::from_secs(1));
+            result
+        })
+        .map_err(Error::Runtime)?;
+    Ok(Server {
+        addr,
+        stop,
+        thread: Some(thread),
+    })
+}
+
+impl Server {
+    /// The address it listens on (useful after binding port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting, gives calls in flight [`Limits::shutdown_grace`], then ends every
+    /// connection and stream.
+    pub fn shutdown(mut self) -> Result<(), Error> {
+        self.stop_and_join()
+    }
+
+    fn stop_and_join(&mut self) -> Result<(), Error> {
+        self.stop.send_replace(true);
+        match self.thread.take() {
+            Some(thread) => thread.join().map_err(|_| Error::Panicked)?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.stop_and_join();
+    }
+}
+
+async fn run(
+    listener: std::net::TcpListener,
+    acceptor: TlsAcceptor,
+    device: Arc<dyn Device>,
+    options: Options,
+    mut stopped: watch::Receiver<bool>,
+) -> Result<(), Error> {
+    let listener = TcpListener::from_std(listener).map_err(Error::Listener)?;
+    let Options { limits, log } = options;
+    let api = DeviceServiceServer::new(Api::new(device, limits.clone(), log.clone()))
+        .max_decoding_message_size(limits.max_message)
+        .max_encoding_message_size(limits.max_message);
+    let open = Arc::new(Semaphore::new(limits.max_connections));
+    let mut connections = JoinSet::new();
+    loop {
+        let (tcp, addr) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: do not spin.
+                    log(&format!("accepting a connection failed: {e}"));
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = stop_requested(&mut stopped) => break,
+            // Reap finished connections as they go, so the set stays as small as what is open.
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+        };
+        let Ok(permit) = open.clone().try_acquire_owned() else {
+            log(&format!(
+                "refused a connection from {addr}: {} are open already",
+                limits.max_connections
+            ));
+            continue;
+        };
+        let connection = Connection {
+            acceptor: acceptor.clone(),
+            api: api.clone(),
+            limits: limits.clone(),
+            log: log.clone(),
+            stopped: stopped.clone(),
+            _permit: permit,
+        };
+        connections.spawn(connection.serve(tcp, addr));
+    }
+    // Stop accepting at once; calls in flight get the grace period. A stream that follows
+    // never ends by itself, so what is left after it is dropped with the runtime.
+    drop(listener);
+    let drain = async { while connections.join_next().await.is_some() {} };
+    let _ = tokio::time::timeout(limits.shutdown_grace, drain).await;
+    Ok(())
+}
+
+/// Returns once [`Server::shutdown`] has been called (or the handle dropped).
+async fn stop_requested(stopped: &mut watch::Receiver<bool>) {
+    // The guard `wait_for` returns is not Send: drop it here, before any other await.
+    let _ = stopped.wait_for(|stop| *stop).await.map(|_| ());
+}
+
+/// One accepted TCP connection: TLS handshake, then HTTP/2 until either side ends it.
+struct Connection {
+    acceptor: TlsAcceptor,
+    api: DeviceServiceServer<Api>,
+    limits: Limits,
+    log: Log,
+    stopped: watch::Receiver<bool>,
+    /// Counts the connection against `max_connections` until it ends.
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Connection {
+    async fn serve(mut self, tcp: TcpStream, addr: SocketAddr) {
+        let _ = tcp.set_nodelay(true);
+        let handshake =
+            tokio::time::timeout(self.limits.handshake_timeout, self.acceptor.accept(tcp));
+        let tls = match handshake.await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => return (self.log)(&format!("refused a connection from {addr}: {e}")),
+            Err(_) => {
+                return (self.log)(&format!(
+                    "refused a connection from {addr}: no TLS handshake within {} s",
+                    self.limits.handshake_timeout.as_secs()
+                ))
+            }
+        };
+        // The verifier demands a certificate, so there is one.
+        let Some(leaf) = tls.get_ref().1.peer_certificates().and_then(|c| c.first()) else {
+            return (self.log)(&format!(
+                "refused a connection from {addr}: no client certificate"
+            ));
+        };
+        let caller = Caller::from_certificate(leaf, addr);
+        let service = Policy::new(self.api, caller, &self.limits, self.log.clone());
+
+        let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        http2
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(self.limits.max_calls_per_connection)
+            .max_header_list_size(MAX_HEADERS)
+            .keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT);
+        let connection =
+            http2.serve_connection(TokioIo::new(tls), TowerToHyperService::new(service));
+        tokio::pin!(connection);
+        tokio::select! {
+            // A connection that breaks is the client's business; the calls on it have already
+            // reported what happened to them.
+            _ = connection.as_mut() => {}
+            () = stop_requested(&mut self.stopped) => {
+                connection.as_mut().graceful_shutdown();
+                let _ = connection.await;
+            }
+        }
+    }
+}

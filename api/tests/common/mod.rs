@@ -1,0 +1,431 @@
+//! What the API tests share: a throwaway PKI made with rcgen, a fake device that records what
+//! reached it, a server on 127.0.0.1:0, and a tonic client over rustls.
+
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cairn_api::proto::{self, device_service_client::DeviceServiceClient};
+use cairn_api::{Device, DeviceError, Limits, Options, Server, Sink, TlsConfig, UpgradeSource};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose,
+};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+/// A certificate and its key, PEM.
+#[derive(Clone)]
+pub struct Pem {
+    pub cert: String,
+    pub key: String,
+}
+
+pub struct Ca {
+    issuer: CertifiedIssuer<'static, KeyPair>,
+}
+
+impl Ca {
+    pub fn new(name: &str) -> Ca {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+        Ca { issuer }
+    }
+
+    pub fn pem(&self) -> String {
+        self.issuer.pem()
+    }
+
+    /// A client certificate: CN `name`, one O per entry of `organizations`.
+    pub fn client(&self, name: &str, organizations: &[&str]) -> Pem {
+        self.client_valid(name, organizations, None)
+    }
+
+    /// A client certificate that expired in 2021.
+    pub fn expired_client(&self, name: &str, organization: &str) -> Pem {
+        let window = (
+            rcgen::date_time_ymd(2020, 1, 1),
+            rcgen::date_time_ymd(2021, 1, 1),
+        );
+        self.client_valid(name, &[organization], Some(window))
+    }
+
+    fn client_valid(
+        &self,
+        name: &str,
+        organizations: &[&str],
+        window: Option<(time::OffsetDateTime, time::OffsetDateTime)>,
+    ) -> Pem {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, name);
+        for o in organizations {
+            params.distinguished_name.push(DnType::OrganizationName, *o);
+        }
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        if let Some((from, to)) = window {
+            params.not_before = from;
+            params.not_after = to;
+        }
+        self.sign(params)
+    }
+
+    /// The device's server certificate, for `localhost` and 127.0.0.1.
+    pub fn server(&self) -> Pem {
+        let mut params =
+            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "cairn test device");
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        self.sign(params)
+    }
+
+    fn sign(&self, params: CertificateParams) -> Pem {
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        Pem {
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+        }
+    }
+}
+
+/// Everything a test needs: the CA, the device's certificate, a client per role, and the bad
+/// ones.
+pub struct Pki {
+    pub ca: Ca,
+    pub server: Pem,
+    pub reader: Pem,
+    pub operator: Pem,
+    pub admin: Pem,
+    pub no_role: Pem,
+    pub expired: Pem,
+    pub other_ca: Ca,
+    pub stranger: Pem,
+}
+
+impl Pki {
+    pub fn new() -> Pki {
+        let ca = Ca::new("cairn test CA");
+        let other_ca = Ca::new("some other CA");
+        Pki {
+            server: ca.server(),
+            reader: ca.client("test reader", &["cairn:reader"]),
+            operator: ca.client("test operator", &["cairn:operator"]),
+            admin: ca.client("test admin", &["cairn:admin"]),
+            no_role: ca.client("test nobody", &["Acme Corp"]),
+            expired: ca.expired_client("test expired", "cairn:admin"),
+            stranger: other_ca.client("test stranger", &["cairn:admin"]),
+            ca,
+            other_ca,
+        }
+    }
+
+    pub fn tls(&self) -> TlsConfig {
+        TlsConfig::from_pem(
+            self.ca.pem().as_bytes(),
+            self.server.cert.as_bytes(),
+            self.server.key.as_bytes(),
+        )
+        .unwrap()
+    }
+
+    /// Writes ca.pem and `<name>.pem` / `<name>.key` for a client, for tools that read files.
+    pub fn write(&self, dir: &Path, name: &str, client: &Pem) {
+        std::fs::write(dir.join("ca.pem"), self.ca.pem()).unwrap();
+        std::fs::write(dir.join(format!("{name}.pem")), &client.cert).unwrap();
+        std::fs::write(dir.join(format!("{name}.key")), &client.key).unwrap();
+    }
+}
+
+/// A device that answers from constants and records every call that reaches it.
+#[derive(Default)]
+pub struct FakeDevice {
+    pub calls: Mutex<Vec<&'static str>>,
+    /// How long ServiceRestart takes (to run into the deadline).
+    pub restart_delay: Mutex<Duration>,
+}
+
+impl FakeDevice {
+    fn record(&self, call: &'static str) {
+        self.calls.lock().unwrap().push(call);
+    }
+
+    pub fn take_calls(&self) -> Vec<&'static str> {
+        std::mem::take(&mut *self.calls.lock().unwrap())
+    }
+}
+
+pub const OS_VERSION: &str = "1.4.0";
+
+impl Device for FakeDevice {
+    fn version(&self) -> Result<proto::VersionResponse, DeviceError> {
+        self.record("Version");
+        Ok(proto::VersionResponse {
+            os_version: OS_VERSION.into(),
+            security_version: 3,
+            security_floor: 2,
+            board: "qemu-aarch64".into(),
+            arch: "aarch64".into(),
+            running_slot: proto::Slot::A as i32,
+            hostname: "edge-01".into(),
+            booted_unix_ms: 1_700_000_000_000,
+            api_version: cairn_api::API_VERSION.into(),
+        })
+    }
+
+    fn health(&self) -> Result<proto::HealthResponse, DeviceError> {
+        self.record("Health");
+        Ok(proto::HealthResponse {
+            healthy: false,
+            checks: vec![
+                proto::HealthCheck {
+                    name: "services".into(),
+                    state: proto::CheckState::Passing as i32,
+                    detail: String::new(),
+                    checked_unix_ms: 1_700_000_001_000,
+                    streak: 4,
+                },
+                proto::HealthCheck {
+                    name: "tcp 127.0.0.1:6443".into(),
+                    state: proto::CheckState::Failing as i32,
+                    detail: "connection refused".into(),
+                    checked_unix_ms: 1_700_000_001_000,
+                    streak: 2,
+                },
+            ],
+            trial: false,
+            trial_deadline_unix_ms: 0,
+        })
+    }
+
+    fn slot_status(&self) -> Result<proto::SlotStatusResponse, DeviceError> {
+        self.record("SlotStatus");
+        Ok(proto::SlotStatusResponse {
+            running: proto::Slot::A as i32,
+            next_boot: proto::Slot::A as i32,
+            ..Default::default()
+        })
+    }
+
+    fn service_list(&self) -> Result<proto::ServiceListResponse, DeviceError> {
+        self.record("ServiceList");
+        Ok(proto::ServiceListResponse::default())
+    }
+
+    fn service_restart(&self, name: &str) -> Result<proto::ServiceRestartResponse, DeviceError> {
+        self.record("ServiceRestart");
+        std::thread::sleep(*self.restart_delay.lock().unwrap());
+        if name != "containerd" {
+            return Err(DeviceError::not_found(format!(
+                "no service {name:?}; ServiceList shows them"
+            )));
+        }
+        Ok(proto::ServiceRestartResponse { pid: 42 })
+    }
+
+    fn logs(
+        &self,
+        request: &proto::LogsRequest,
+        sink: &Sink<proto::LogsResponse>,
+    ) -> Result<(), DeviceError> {
+        self.record("Logs");
+        for i in 0..request.tail {
+            let line = proto::LogsResponse {
+                line: format!("line {i}"),
+                ..Default::default()
+            };
+            if sink.send(line).is_err() {
+                return Ok(());
+            }
+        }
+        while request.follow && !sink.is_closed() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    fn upgrade(
+        &self,
+        source: UpgradeSource,
+        reboot: bool,
+        progress: &mut dyn FnMut(proto::UpgradeProgress),
+    ) -> Result<proto::UpgradeDone, DeviceError> {
+        self.record("Upgrade");
+        let UpgradeSource::Upload(mut upload) = source else {
+            return Err(DeviceError::failed_precondition(
+                "this fake only takes uploads",
+            ));
+        };
+        let mut bundle = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match upload.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => bundle.extend_from_slice(&buf[..n]),
+                Err(e) => return Err(DeviceError::invalid_argument(format!("reading: {e}"))),
+            }
+            progress(proto::UpgradeProgress {
+                phase: proto::UpgradePhase::Writing as i32,
+                written: bundle.len() as u64,
+                total: upload.size(),
+                ..Default::default()
+            });
+        }
+        if !bundle.starts_with(b"CAIRN") {
+            return Err(DeviceError::invalid_argument(
+                "not a Cairn bundle: it does not start with the magic bytes",
+            ));
+        }
+        Ok(proto::UpgradeDone {
+            slot: proto::Slot::B as i32,
+            os_version: "1.5.0".into(),
+            security_version: 3,
+            rebooting: reboot,
+        })
+    }
+
+    fn rollback(&self) -> Result<proto::RollbackResponse, DeviceError> {
+        self.record("Rollback");
+        Ok(proto::RollbackResponse {
+            target: proto::Slot::B as i32,
+        })
+    }
+
+    fn reboot(&self) -> Result<(), DeviceError> {
+        self.record("Reboot");
+        Ok(())
+    }
+
+    fn shutdown(&self) -> Result<(), DeviceError> {
+        self.record("Shutdown");
+        Ok(())
+    }
+
+    fn apply_config(
+        &self,
+        request: &proto::ApplyConfigRequest,
+    ) -> Result<proto::ApplyConfigResponse, DeviceError> {
+        self.record("ApplyConfig");
+        Ok(proto::ApplyConfigResponse {
+            changes: vec![format!("{} bytes of config", request.config.len())],
+            generation: 7,
+            revert_unix_ms: 0,
+        })
+    }
+
+    fn confirm_config(&self, _generation: u64) -> Result<(), DeviceError> {
+        self.record("ConfirmConfig");
+        Ok(())
+    }
+
+    fn events(
+        &self,
+        _request: &proto::EventsRequest,
+        sink: &Sink<proto::EventsResponse>,
+    ) -> Result<(), DeviceError> {
+        self.record("Events");
+        let boot = proto::EventsResponse {
+            seq: 1,
+            time_unix_ms: 1_700_000_000_000,
+            event: Some(proto::events_response::Event::Boot(proto::BootEvent {
+                slot: proto::Slot::A as i32,
+                os_version: OS_VERSION.into(),
+                trial: false,
+            })),
+        };
+        let _ = sink.send(boot);
+        Ok(())
+    }
+}
+
+/// A server on 127.0.0.1:0 with a fake device; its log lines are kept.
+pub struct Harness {
+    pub pki: Pki,
+    pub device: Arc<FakeDevice>,
+    pub log: Arc<Mutex<Vec<String>>>,
+    pub server: Option<Server>,
+}
+
+impl Harness {
+    pub fn start() -> Harness {
+        Harness::with_limits(Limits::default())
+    }
+
+    pub fn with_limits(limits: Limits) -> Harness {
+        let pki = Pki::new();
+        let device = Arc::new(FakeDevice::default());
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let lines = log.clone();
+        let options = Options {
+            limits,
+            log: Arc::new(move |line: &str| lines.lock().unwrap().push(line.to_string())),
+        };
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let server = cairn_api::serve(listener, &pki.tls(), device.clone(), options).unwrap();
+        Harness {
+            pki,
+            device,
+            log,
+            server: Some(server),
+        }
+    }
+
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.server.as_ref().unwrap().local_addr()
+    }
+
+    pub fn log_lines(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits (up to 5 s) for a log line containing `needle`; the server logs from its thread.
+    pub async fn wait_for_log(&self, needle: &str) -> String {
+        for _ in 0..250 {
+            if let Some(line) = self.log_lines().into_iter().find(|l| l.contains(needle)) {
+                return line;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("no log line contains {needle:?}: {:#?}", self.log_lines());
+    }
+
+    /// A client presenting `identity` (or none) and trusting `ca` for the server.
+    pub async fn connect(
+        &self,
+        identity: Option<&Pem>,
+    ) -> Result<DeviceServiceClient<Channel>, tonic::transport::Error> {
+        let mut tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(self.pki.ca.pem()))
+            .domain_name("localhost");
+        if let Some(id) = identity {
+            tls = tls.identity(Identity::from_pem(&id.cert, &id.key));
+        }
+        // The name the server certificate is checked against; the address stays 127.0.0.1.
+        let channel = Endpoint::from_shared(format!("https://{}", self.addr()))?
+            .tls_config(tls)?
+            .connect_timeout(Duration::from_secs(5))
+            .connect()
+            .await?;
+        Ok(DeviceServiceClient::new(channel))
+    }
+
+    pub async fn client(&self, identity: &Pem) -> DeviceServiceClient<Channel> {
+        self.connect(Some(identity)).await.unwrap()
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.shutdown().unwrap();
+        }
+    }
+}
