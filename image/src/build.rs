@@ -224,8 +224,10 @@ pub fn build(opts: &BuildOptions) -> Result<ImageManifest> {
         .create_new(true)
         .open(&disk_path)
         .map_err(|e| Error::io("creating", &disk_path, e))?;
-    // Reserve every byte now: a full disk shows up here, not as a sparse file that fails later.
-    allocate(&disk, disk_size).map_err(|e| Error::io("allocating", &disk_path, e))?;
+    // Sparse: the empty space (slot B's tail, STATE, DATA) costs nothing on the host. A full disk
+    // still shows up as DiskFull, on the write that hits it.
+    disk.set_len(disk_size)
+        .map_err(|e| Error::io("sizing", &disk_path, e))?;
     gpt::write(&mut disk, disk_size, disk_guid, &gpt_parts)?;
 
     // Roots first: their hashes go into the boot entries. Both slots carry the same system; each
@@ -686,24 +688,6 @@ fn check_device_binary(path: &Path, arch: Arch) -> Result<()> {
     Ok(())
 }
 
-/// Gives the file its full size with real blocks behind it, so that running out of space is
-/// reported up front rather than as a sparse file that cannot be filled in later.
-fn allocate(file: &File, size: u64) -> std::io::Result<()> {
-    file.set_len(size)?;
-    let mut f = file;
-    // Writing zeros over the whole file forces allocation without holding the image in memory.
-    let zeros = vec![0u8; 64 * 1024];
-    let mut pos = 0;
-    while pos < size {
-        f.seek(SeekFrom::Start(pos))?;
-        let n = zeros.len().min((size - pos) as usize);
-        f.write_all(&zeros[..n])?;
-        pos += n as u64;
-    }
-    f.seek(SeekFrom::Start(0))?;
-    Ok(())
-}
-
 fn sha256_region(file: &mut File, offset: u64, len: u64) -> std::io::Result<String> {
     use sha2::{Digest, Sha256};
     use std::io::Read;
@@ -792,6 +776,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn copy_sparse_keeps_bytes_and_leaves_holes() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (from, to) = (dir.path().join("from"), dir.path().join("to"));
+        // 8 MiB of zeros with data at the start, in the middle (unaligned) and in the last byte.
+        let mut bytes = vec![0u8; 8 << 20];
+        bytes[..5].copy_from_slice(b"cairn");
+        bytes[3_000_001] = 7;
+        *bytes.last_mut().unwrap() = 9;
+        fs::write(&from, &bytes).unwrap();
+        assert_eq!(copy_sparse(&from, &to).unwrap(), bytes.len() as u64);
+        assert_eq!(fs::read(&to).unwrap(), bytes);
+        // Three 64 KiB blocks hold data; the rest are holes.
+        let allocated = fs::metadata(&to).unwrap().blocks() * 512;
+        assert!(allocated <= 1 << 20, "{allocated} bytes allocated");
+        // Copying over a longer file leaves no tail behind.
+        fs::write(&from, b"short").unwrap();
+        copy_sparse(&from, &to).unwrap();
+        assert_eq!(fs::read(&to).unwrap(), b"short");
+    }
+
+    #[test]
     fn versions() {
         for ok in ["0.1.0", "1.22.333", "1.0.0-rc.1", "1.0.0+build.5"] {
             assert!(validate_version(ok).is_ok(), "{ok}");
@@ -866,4 +872,31 @@ mod tests {
         assert_eq!(fs::read(out.join("disk.img")).unwrap(), b"new");
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
     }
+}
+
+/// Copies `from` to `to` leaving holes where `from` has blocks of zeros, as `cp --sparse=always`
+/// does. Disk images are mostly empty; copying them this way takes a tenth of the space.
+pub fn copy_sparse(from: &Path, to: &Path) -> std::io::Result<u64> {
+    use std::io::Read;
+    const BLOCK: usize = 64 * 1024;
+    let mut src = File::open(from)?;
+    let len = src.metadata()?.len();
+    let mut dst = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(to)?;
+    let mut buf = vec![0u8; BLOCK];
+    let mut pos = 0u64;
+    while pos < len {
+        let n = BLOCK.min((len - pos) as usize);
+        src.read_exact(&mut buf[..n])?;
+        if buf[..n].iter().any(|&b| b != 0) {
+            dst.seek(SeekFrom::Start(pos))?;
+            dst.write_all(&buf[..n])?;
+        }
+        pos += n as u64;
+    }
+    dst.set_len(len)?;
+    Ok(len)
 }

@@ -33,7 +33,7 @@ impl Rig {
         let board = cairn_board::find(board_name).unwrap();
         let tmp = cairn_systest::rig_dir("cairn-slots-");
         let disk = tmp.path().join("disk.img");
-        std::fs::copy(image_dir(board).join("disk.img"), &disk).unwrap();
+        cairn_image::copy_sparse(&image_dir(board).join("disk.img"), &disk).unwrap();
         let work = tmp.path().join("work");
         Rig {
             board,

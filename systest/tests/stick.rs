@@ -26,7 +26,7 @@ const DETACH_TIMEOUT: Duration = Duration::from_secs(60);
 /// (`loglevel=7` after `quiet`), so the console shows what the kernel makes of the stick.
 fn verbose_copy(board: &cairn_board::Board, dir: &Path) -> std::path::PathBuf {
     let disk = dir.join("disk.img");
-    std::fs::copy(image_dir(board).join("disk.img"), &disk).unwrap();
+    cairn_image::copy_sparse(&image_dir(board).join("disk.img"), &disk).unwrap();
     let entry = manifest(board)["slots"]
         .as_array()
         .unwrap()

@@ -45,7 +45,7 @@ impl Rig {
         let board = cairn_board::find(board_name).unwrap();
         let tmp = cairn_systest::rig_dir("cairn-update-");
         let disk = tmp.path().join("disk.img");
-        std::fs::copy(image_dir(board).join("disk.img"), &disk).unwrap();
+        cairn_image::copy_sparse(&image_dir(board).join("disk.img"), &disk).unwrap();
         Rig {
             board,
             work: tmp.path().join("work"),

@@ -262,7 +262,7 @@ pub fn private_copy(
     let _ = std::fs::remove_dir_all(work);
     std::fs::create_dir_all(work)?;
     let disk = work.join("disk.img");
-    std::fs::copy(image_dir.join("disk.img"), &disk)?;
+    cairn_image::copy_sparse(&image_dir.join("disk.img"), &disk)?;
     let fs = cairn_image::formats::fat_fs::partition_fs(image_dir, &disk, "ESP")
         .map_err(anyhow::Error::msg)?;
     Ok((disk, cairn_boot::sdboot::SdBoot::new(fs, None)))
