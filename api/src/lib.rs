@@ -14,6 +14,7 @@
 
 mod device;
 mod error;
+pub mod fetch;
 mod limits;
 mod policy;
 mod role;

@@ -1,4 +1,7 @@
-//! cairnctl: the operator's tool. Parses arguments and calls the libraries; nothing else.
+//! cairnctl: the operator's tool. Parses arguments and calls the libraries; nothing else. The
+//! remote commands, cairnctl as the device API's client, are in [`remote`].
+
+mod remote;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -14,12 +17,16 @@ use clap::{Args, Parser, Subcommand};
     about = "Build, run and manage Cairn appliances"
 )]
 struct Cli {
+    #[command(flatten)]
+    global: remote::Global,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
+    #[command(flatten)]
+    Remote(remote::Command),
     /// Disk images.
     #[command(subcommand)]
     Image(ImageCommand),
@@ -40,6 +47,8 @@ enum Command {
     /// Generate the management API's certificates.
     #[command(subcommand)]
     Gen(GenCommand),
+    /// Print a shell completion script, e.g. `cairnctl completions bash`.
+    Completions { shell: clap_complete::Shell },
 }
 
 #[derive(Subcommand)]
@@ -80,12 +89,7 @@ enum KeysCommand {
 #[derive(Subcommand)]
 enum BundleCommand {
     /// Show a bundle's manifest without checking its signature.
-    Inspect {
-        bundle: PathBuf,
-        /// Print the manifest as JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    Inspect { bundle: PathBuf },
     /// Check a bundle's signature against public keys and every payload byte against the manifest.
     Verify {
         /// A public key file (`cairnctl keys gen` writes <out>.pub) or a keyring file; repeatable.
@@ -184,9 +188,10 @@ struct BuildArgs {
     /// Anti-rollback level of this system.
     #[arg(long, default_value_t = 0)]
     security_version: u32,
-    /// Print image.json instead of a summary.
+    /// The management API's trust: a folder `cairnctl gen secrets` wrote (or its `device/`
+    /// folder). Written to the STATE partition, not the root. Without it the image has no API.
     #[arg(long)]
-    json: bool,
+    api_secrets: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -250,18 +255,30 @@ fn one_line(e: &anyhow::Error) -> String {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    let json = cli.global.json;
     match cli.command {
+        Command::Remote(command) => remote::run(&cli.global, command),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "cairnctl",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
         Command::Boards => {
             for b in cairn_board::BOARDS {
                 println!("{:<14} {:<8} kernel {}", b.name, b.arch, b.kernel_package);
             }
             Ok(())
         }
-        Command::Image(ImageCommand::Build(args)) => image_build(args),
+        Command::Image(ImageCommand::Build(args)) => image_build(args, json),
         Command::Image(ImageCommand::Slots(args)) => image_slots(args),
         Command::Qemu(QemuCommand::Run(args)) => qemu_run(args),
         Command::Keys(KeysCommand::Gen { out }) => keys_gen(&out),
-        Command::Bundle(BundleCommand::Inspect { bundle, json }) => bundle_inspect(&bundle, json),
+        Command::Bundle(BundleCommand::Inspect { bundle }) => bundle_inspect(&bundle, json),
         Command::Bundle(BundleCommand::Create {
             board,
             key,
@@ -646,11 +663,19 @@ fn default_cache() -> PathBuf {
     }
 }
 
-fn config_validate(file: &std::path::Path) -> anyhow::Result<()> {
+/// Reads and checks a machine config file: its text, and what it configures.
+fn read_machine_config(
+    file: &std::path::Path,
+) -> anyhow::Result<(String, cairn_daemon::config::MachineConfig)> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     let config = cairn_daemon::config::MachineConfig::parse(&text)
         .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    Ok((text, config))
+}
+
+fn config_validate(file: &std::path::Path) -> anyhow::Result<()> {
+    let (_, config) = read_machine_config(file)?;
     let net = &config.network;
     let interfaces = if net.interfaces.is_empty() {
         "DHCPv4 on every physical link with carrier".to_string()
@@ -704,10 +729,22 @@ fn root_extras(
         machine_config,
         security_version,
         init_override: None,
+        api_secrets: None,
     })
 }
 
-fn image_build(args: BuildArgs) -> anyhow::Result<()> {
+/// The device part of a secrets folder, checked.
+fn api_secrets(dir: &std::path::Path) -> anyhow::Result<cairn_image::ApiSecrets> {
+    let s = cairn_pki::secrets::DeviceSecrets::load(dir)
+        .with_context(|| format!("--api-secrets {}", dir.display()))?;
+    Ok(cairn_image::ApiSecrets {
+        client_ca: s.client_ca,
+        device_ca: s.device_ca,
+        device_ca_key: s.device_ca_key,
+    })
+}
+
+fn image_build(args: BuildArgs, json: bool) -> anyhow::Result<()> {
     let board = cairn_board::find(&args.board)?;
     let target_dir = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
@@ -725,14 +762,17 @@ fn image_build(args: BuildArgs) -> anyhow::Result<()> {
             .seed
             .unwrap_or_else(|| format!("cairn-{}-{}", board.name, args.version)),
         version: args.version,
-        root: root_extras(
-            args.keyring.as_deref(),
-            args.machine_config.as_deref(),
-            args.security_version,
-        )?,
+        root: cairn_image::RootExtras {
+            api_secrets: args.api_secrets.as_deref().map(api_secrets).transpose()?,
+            ..root_extras(
+                args.keyring.as_deref(),
+                args.machine_config.as_deref(),
+                args.security_version,
+            )?
+        },
     };
     let manifest = cairn_image::build(&opts)?;
-    if args.json {
+    if json {
         println!("{}", serde_json::to_string_pretty(&manifest)?);
         return Ok(());
     }

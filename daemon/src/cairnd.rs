@@ -21,8 +21,11 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use cairn_api::proto::{self, events_response::Event};
+use cairn_api::DeviceError;
 
 use cairn_boot::fs::DirFs;
 use cairn_boot::sdboot::SdBoot;
@@ -34,7 +37,8 @@ use cairn_updater::state::{Outcome, StateDir, TrialRecord};
 
 use crate::block;
 use crate::config::{self, MachineConfig};
-use crate::{netif, uevent, watchdog};
+use crate::journal::Ring;
+use crate::{netif, remote, uevent, watchdog};
 use cairn_netcfg::agent::{self as netcfg, Netcfg};
 
 const RELEASE: &str = "/etc/cairn/release";
@@ -51,8 +55,29 @@ const HUNG_AFTER: Duration = Duration::from_secs(60);
 /// Most `*.cairn` files looked at on one stick.
 const MAX_BUNDLES: usize = 64;
 
+/// Lines kept for the API's Logs call.
+const LOG_LINES: usize = 2000;
+/// Events kept for the API's Events call.
+const EVENTS: usize = 256;
+/// The machine config written over the API; it takes precedence over the image's.
+pub const STATE_CONFIG: &str = "machine.yaml";
+
+static LOG: OnceLock<Ring<(i64, String)>> = OnceLock::new();
+
+/// cairnd's log: what it printed, newest last.
+pub fn log_ring() -> &'static Ring<(i64, String)> {
+    LOG.get_or_init(|| Ring::new(LOG_LINES))
+}
+
+/// Prints a line on the console (`cairnd: …`) and keeps it for the API.
+pub fn log(args: std::fmt::Arguments) {
+    let line = args.to_string();
+    eprintln!("cairnd: {line}");
+    log_ring().push((remote::unix_ms(SystemTime::now()), line));
+}
+
 fn say(args: std::fmt::Arguments) {
-    eprintln!("cairnd: {args}");
+    log(args)
 }
 
 macro_rules! say {
@@ -175,14 +200,39 @@ fn start_feeder(heart: Heartbeat) {
     });
 }
 
-struct Daemon {
-    release: Release,
-    running: Slot,
-    config: Result<MachineConfig, String>,
-    state: StateDir,
+/// What cairnd knows and the API reads: one per daemon, shared by the main loop, the health
+/// window and the API's threads.
+pub struct Shared {
+    pub release: Release,
+    pub running: Slot,
+    pub state: StateDir,
+    pub booted: SystemTime,
     heart: Heartbeat,
     /// The network loop; it runs on its own threads for as long as the daemon lives.
     network: Netcfg,
+    config: Mutex<ConfigState>,
+    /// Held while a bundle is installed or a rollback is made, by whichever asked first (a
+    /// stick or the API).
+    install_lock: Mutex<()>,
+    pub events: Ring<(i64, Event)>,
+    /// Set while the running slot is on trial: when the health window ends.
+    trial_deadline: Mutex<Option<SystemTime>>,
+    /// Per health check: passing, and for how many checks in a row.
+    streaks: Mutex<Vec<(String, bool, u32)>>,
+}
+
+/// The machine config in force, and one on trial (applied with a timeout, not yet confirmed).
+struct ConfigState {
+    current: Result<MachineConfig, String>,
+    /// Counts changes since boot; a try is confirmed by its number.
+    generation: u64,
+    pending: Option<Pending>,
+}
+
+struct Pending {
+    generation: u64,
+    text: String,
+    previous: Result<MachineConfig, String>,
 }
 
 /// The ESP, remounted read-write only while the bootloader state is changed.
@@ -196,8 +246,493 @@ fn with_esp_rw<T>(f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
     out
 }
 
-fn bootloader(running: Slot) -> SdBoot<DirFs> {
+pub(crate) fn bootloader(running: Slot) -> SdBoot<DirFs> {
     SdBoot::new(DirFs::new(ESP), Some(running))
+}
+
+/// When the machine booted: now minus `/proc/uptime`.
+pub fn boot_time() -> SystemTime {
+    let up = fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    SystemTime::now() - Duration::from_secs_f64(up)
+}
+
+/// init's status file: each service and its pid when running.
+pub fn services() -> Result<Vec<(String, Option<u32>)>, String> {
+    let text = fs::read_to_string(SERVICES_STATUS)
+        .map_err(|e| format!("reading {SERVICES_STATUS}: {e}"))?;
+    Ok(parse_services(&text))
+}
+
+pub fn parse_services(text: &str) -> Vec<(String, Option<u32>)> {
+    text.lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            let name = w.next()?.to_string();
+            let pid = match (w.next(), w.next()) {
+                (Some("running"), Some(pid)) => pid.parse().ok(),
+                _ => None,
+            };
+            Some((name, pid))
+        })
+        .collect()
+}
+
+/// The machine config: the one applied over the API (on STATE) if any, else the image's.
+fn load_config(state_root: &Path) -> Result<MachineConfig, String> {
+    let written = state_root.join(STATE_CONFIG);
+    let path = if written.exists() {
+        written
+    } else {
+        PathBuf::from(config::PATH)
+    };
+    match fs::read_to_string(&path) {
+        Ok(text) => MachineConfig::parse(&text).map_err(|e| format!("{}: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(MachineConfig::default()),
+        Err(e) => Err(format!("reading {}: {e}", path.display())),
+    }
+}
+
+/// What changes between two configs, one line per section.
+pub fn config_changes(old: &Result<MachineConfig, String>, new: &MachineConfig) -> Vec<String> {
+    let Ok(old) = old else {
+        return vec!["the whole config (the one in force is unusable)".into()];
+    };
+    let mut changes = Vec::new();
+    if old.network != new.network {
+        changes.push("network".to_string());
+    }
+    if old.health_window != new.health_window {
+        changes.push(format!(
+            "health window: {} s -> {} s",
+            old.health_window.as_secs(),
+            new.health_window.as_secs()
+        ));
+    }
+    if old.probes != new.probes {
+        changes.push(format!(
+            "health probes: {} -> {}",
+            old.probes.len(),
+            new.probes.len()
+        ));
+    }
+    if old.tries != new.tries {
+        changes.push(format!("update tries: {} -> {}", old.tries, new.tries));
+    }
+    if old.fetch_ca != new.fetch_ca {
+        changes.push("update fetch CA".to_string());
+    }
+    changes
+}
+
+impl Shared {
+    pub fn state_root(&self) -> PathBuf {
+        self.state.root().to_path_buf()
+    }
+
+    fn config(&self) -> Result<MachineConfig, String> {
+        self.config
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .current
+            .clone()
+    }
+
+    fn event(&self, event: Event) {
+        self.events
+            .push((remote::unix_ms(SystemTime::now()), event));
+    }
+
+    /// The checks a trial must pass; the API's Health runs the same ones.
+    fn checks(&self) -> Vec<Box<dyn Check>> {
+        let mut checks: Vec<Box<dyn Check>> = vec![
+            Box::new(ServicesCheck),
+            Box::new(LoopbackCheck),
+            Box::new(NetworkConfigCheck(self.network.view())),
+        ];
+        match self.config() {
+            Ok(c) => checks.extend(
+                c.probes
+                    .into_iter()
+                    .map(|p| Box::new(ProbeCheck(p)) as Box<dyn Check>),
+            ),
+            Err(e) => checks.push(Box::new(Failed(e))),
+        }
+        checks
+    }
+
+    /// Runs every check now.
+    pub fn health_now(&self) -> proto::HealthResponse {
+        let now = remote::unix_ms(SystemTime::now());
+        let results: Vec<(String, Result<(), String>)> =
+            self.checks().iter().map(|c| (c.name(), c.run())).collect();
+        let mut streaks = self.streaks.lock().unwrap_or_else(|e| e.into_inner());
+        let checks = results
+            .into_iter()
+            .map(|(name, result)| {
+                let ok = result.is_ok();
+                let streak = match streaks.iter_mut().find(|(n, _, _)| *n == name) {
+                    Some(entry) => {
+                        entry.2 = if entry.1 == ok { entry.2 + 1 } else { 1 };
+                        entry.1 = ok;
+                        entry.2
+                    }
+                    None => {
+                        streaks.push((name.clone(), ok, 1));
+                        1
+                    }
+                };
+                proto::HealthCheck {
+                    name,
+                    state: if ok {
+                        proto::CheckState::Passing
+                    } else {
+                        proto::CheckState::Failing
+                    } as i32,
+                    detail: result.err().unwrap_or_default(),
+                    checked_unix_ms: now,
+                    streak,
+                }
+            })
+            .collect::<Vec<_>>();
+        let deadline = *self
+            .trial_deadline
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        proto::HealthResponse {
+            healthy: checks
+                .iter()
+                .all(|c| c.state == proto::CheckState::Passing as i32),
+            checks,
+            trial: deadline.is_some(),
+            trial_deadline_unix_ms: deadline.map_or(0, remote::unix_ms),
+        }
+    }
+
+    /// Verifies and installs a bundle into the other slot and arms its trial. `what` names the
+    /// source in messages. Refused while another install or a rollback runs.
+    pub fn install(
+        &self,
+        what: &str,
+        reader: impl Read,
+        len: Option<u64>,
+        report: &mut dyn FnMut(&Progress),
+    ) -> Result<cairn_updater::install::Installed, DeviceError> {
+        let Ok(_busy) = self.install_lock.try_lock() else {
+            return Err(DeviceError::failed_precondition(
+                "another update or a rollback is in progress: try again when it is done",
+            ));
+        };
+        let installed_version = Version::parse(&self.release.version).map_err(|e| {
+            DeviceError::internal(format!("{RELEASE}: VERSION {}: {e}", self.release.version))
+        })?;
+        let keyring = load_keyring().map_err(DeviceError::failed_precondition)?;
+        let layout = Layout {
+            roots: [
+                block::find_partition("ROOT-A").map_err(DeviceError::internal)?,
+                block::find_partition("ROOT-B").map_err(DeviceError::internal)?,
+            ],
+            esp: PathBuf::from(ESP),
+        };
+        let tries = self
+            .config()
+            .map_or(cairn_updater::install::DEFAULT_TRIES, |c| c.tries);
+        let installer = Installer {
+            keyring: &keyring,
+            device: DeviceFacts {
+                board: self.release.board.clone(),
+                arch: std::env::consts::ARCH.to_string(),
+                installed_version,
+                security_floor: 0,
+            },
+            running: self.running,
+            layout,
+            state: self.state.clone(),
+            tries,
+        };
+        self.event(Event::Update(proto::UpdateEvent {
+            stage: proto::update_event::Stage::Started as i32,
+            os_version: String::new(),
+            detail: what.to_string(),
+        }));
+        let heart = self.heart.clone();
+        let mut failure = None;
+        let result = with_esp_rw(|| {
+            installer
+                .install(reader, len, &mut |p| {
+                    heart.beat();
+                    report(p);
+                })
+                .map_err(|e| {
+                    let message = format!("{what} refused: {e}");
+                    failure = Some(install_error(&e, message.clone()));
+                    message
+                })
+        });
+        match result {
+            Ok(installed) => {
+                self.event(Event::Update(proto::UpdateEvent {
+                    stage: proto::update_event::Stage::Installed as i32,
+                    os_version: installed.version.clone(),
+                    detail: format!("slot {}", installed.slot),
+                }));
+                Ok(installed)
+            }
+            Err(message) => {
+                self.event(Event::Update(proto::UpdateEvent {
+                    stage: proto::update_event::Stage::Failed as i32,
+                    os_version: String::new(),
+                    detail: message.clone(),
+                }));
+                Err(failure.unwrap_or_else(|| DeviceError::internal(message)))
+            }
+        }
+    }
+
+    /// Starts downloading a bundle, trusting the machine config's `update.fetch_ca`.
+    pub fn fetch(&self, url: &str) -> Result<cairn_api::fetch::Fetch, DeviceError> {
+        let Some(pem) = self.config().ok().and_then(|c| c.fetch_ca) else {
+            return Err(DeviceError::failed_precondition(format!(
+                "{url}: the device trusts no HTTPS server for bundles: set update.fetch_ca in the \
+                 machine config, or upload the file"
+            )));
+        };
+        let roots = cairn_api::fetch::roots_from_pem(&pem)
+            .map_err(|e| DeviceError::internal(format!("update.fetch_ca: {e}")))?;
+        cairn_api::fetch::Fetch::new(url, roots)
+            .map_err(|e| DeviceError::unavailable(e.to_string()))
+    }
+
+    /// Marks the running slot bad and reboots into the other one (shortly, so that the answer
+    /// reaches the client).
+    pub fn rollback(&self) -> Result<Slot, DeviceError> {
+        let Ok(_busy) = self.install_lock.try_lock() else {
+            return Err(DeviceError::failed_precondition(
+                "an update is being installed: try again when it is done",
+            ));
+        };
+        let (running, target) = (self.running, self.running.other());
+        with_esp_rw(|| {
+            bootloader(running)
+                .mark_bad(running)
+                .map_err(|e| e.to_string())
+        })
+        .map_err(|e| DeviceError::failed_precondition(format!("cannot roll back: {e}")))?;
+        let reason = "rolled back over the API";
+        let record = TrialRecord {
+            slot: running.to_string(),
+            version: self.release.version.clone(),
+            security_version: self.release.security_version,
+            outcome: Outcome::RolledBack,
+            reason: Some(reason.into()),
+        };
+        if let Err(e) = self.state.set_trial(&record) {
+            say!("recording the rollback: {e}");
+        }
+        self.event(Event::Rollback(proto::RollbackEvent {
+            from_slot: remote::proto_slot(running) as i32,
+            to_slot: remote::proto_slot(target) as i32,
+            reason: reason.into(),
+        }));
+        say!("slot {running} marked bad over the API; rebooting into slot {target}");
+        self.reboot_soon();
+        Ok(target)
+    }
+
+    /// Reboots after a second, on a thread of its own.
+    pub fn reboot_soon(&self) {
+        std::thread::spawn(|| {
+            std::thread::sleep(Duration::from_secs(1));
+            reboot();
+        });
+    }
+
+    /// Powers off after a second.
+    pub fn power_off_soon(&self) {
+        std::thread::spawn(|| {
+            std::thread::sleep(Duration::from_secs(1));
+            // SAFETY: kill(2) with a pid and a signal number has no memory effects.
+            unsafe {
+                libc::kill(1, libc::SIGUSR2);
+            }
+        });
+    }
+
+    /// Exits after a second; init starts cairnd again.
+    pub fn restart_self(&self) {
+        say!("restarting over the API");
+        std::thread::spawn(|| {
+            std::thread::sleep(Duration::from_secs(1));
+            std::process::exit(0);
+        });
+    }
+
+    /// Applies a machine config: checked, then the network changed live, then written to
+    /// STATE. With `try_timeout_s`, it is not written, and reverted unless confirmed in time.
+    pub fn apply_config(
+        self: &Arc<Self>,
+        text: &str,
+        dry_run: bool,
+        try_timeout_s: u32,
+    ) -> Result<proto::ApplyConfigResponse, DeviceError> {
+        let new = MachineConfig::parse(text)
+            .map_err(|e| DeviceError::invalid_argument(format!("machine config: {e}")))?;
+        let mut cfg = self.config.lock().unwrap_or_else(|e| e.into_inner());
+        let changes = config_changes(&cfg.current, &new);
+        if dry_run {
+            return Ok(proto::ApplyConfigResponse {
+                changes,
+                generation: 0,
+                revert_unix_ms: 0,
+            });
+        }
+        if let Some(p) = &cfg.pending {
+            return Err(DeviceError::failed_precondition(format!(
+                "config generation {} is on trial: confirm it or wait for it to revert",
+                p.generation
+            )));
+        }
+        self.network
+            .apply(new.network.clone())
+            .map_err(|e| self.restore_network(&cfg.current, e))?;
+        cfg.generation += 1;
+        let generation = cfg.generation;
+        let previous = std::mem::replace(&mut cfg.current, Ok(new));
+        if try_timeout_s == 0 {
+            self.persist(text)?;
+            say!(
+                "config generation {generation} applied: {}",
+                changes.join(", ")
+            );
+            self.config_event(proto::config_event::Change::Applied, generation);
+            return Ok(proto::ApplyConfigResponse {
+                changes,
+                generation,
+                revert_unix_ms: 0,
+            });
+        }
+        let timeout = Duration::from_secs(try_timeout_s.into());
+        let revert_at = SystemTime::now() + timeout;
+        cfg.pending = Some(Pending {
+            generation,
+            text: text.to_string(),
+            previous,
+        });
+        drop(cfg);
+        say!(
+            "config generation {generation} on trial for {} s: {}",
+            timeout.as_secs(),
+            changes.join(", ")
+        );
+        self.config_event(proto::config_event::Change::Trying, generation);
+        let me = Arc::clone(self);
+        std::thread::spawn(move || {
+            std::thread::sleep(timeout);
+            me.revert_if_pending(generation);
+        });
+        Ok(proto::ApplyConfigResponse {
+            changes,
+            generation,
+            revert_unix_ms: remote::unix_ms(revert_at),
+        })
+    }
+
+    /// Puts the network of `current` back after a refused apply and says why.
+    fn restore_network(&self, current: &Result<MachineConfig, String>, e: String) -> DeviceError {
+        let old = current
+            .as_ref()
+            .map(|c| c.network.clone())
+            .unwrap_or_default();
+        if let Err(again) = self.network.apply(old) {
+            say!("restoring the network config: {again}");
+        }
+        DeviceError::invalid_argument(format!("network config not applied: {e}; nothing changed"))
+    }
+
+    fn persist(&self, text: &str) -> Result<(), DeviceError> {
+        cairn_updater::state::replace(self.state.root(), STATE_CONFIG, text.as_bytes())
+            .map_err(|e| DeviceError::internal(format!("writing the machine config: {e}")))
+    }
+
+    fn config_event(&self, change: proto::config_event::Change, generation: u64) {
+        self.event(Event::Config(proto::ConfigEvent {
+            change: change as i32,
+            generation,
+        }));
+    }
+
+    pub fn confirm_config(&self, generation: u64) -> Result<(), DeviceError> {
+        let mut cfg = self.config.lock().unwrap_or_else(|e| e.into_inner());
+        match &cfg.pending {
+            Some(p) if p.generation == generation => {}
+            Some(p) => {
+                return Err(DeviceError::failed_precondition(format!(
+                    "config generation {generation} is not on trial (generation {} is)",
+                    p.generation
+                )))
+            }
+            None => {
+                return Err(DeviceError::failed_precondition(format!(
+                    "config generation {generation} is not on trial: nothing to confirm (it may have reverted)"
+                )))
+            }
+        }
+        let pending = cfg.pending.take().expect("checked above");
+        if let Err(e) = self.persist(&pending.text) {
+            cfg.pending = Some(pending);
+            return Err(e);
+        }
+        say!("config generation {generation} confirmed");
+        self.config_event(proto::config_event::Change::Confirmed, generation);
+        Ok(())
+    }
+
+    fn revert_if_pending(&self, generation: u64) {
+        let mut cfg = self.config.lock().unwrap_or_else(|e| e.into_inner());
+        if cfg.pending.as_ref().map(|p| p.generation) != Some(generation) {
+            return;
+        }
+        let pending = cfg.pending.take().expect("checked above");
+        let old = pending
+            .previous
+            .as_ref()
+            .map(|c| c.network.clone())
+            .unwrap_or_default();
+        if let Err(e) = self.network.apply(old) {
+            say!("reverting the network config: {e}");
+        }
+        cfg.current = pending.previous;
+        say!("config generation {generation} was not confirmed in time: reverted");
+        self.config_event(proto::config_event::Change::Reverted, generation);
+    }
+}
+
+/// The API's code for an install that failed: the bundle's fault, the device's state, or the
+/// device's failure.
+fn install_error(e: &cairn_updater::Error, message: String) -> DeviceError {
+    use cairn_updater::Error as E;
+    match e {
+        E::Bundle(_) | E::Refused(_) | E::Unsuitable(_) | E::BootSpec(_) | E::TooBig { .. } => {
+            DeviceError::invalid_argument(message)
+        }
+        E::RunningOnTrial { .. } => DeviceError::failed_precondition(message),
+        _ => DeviceError::internal(message),
+    }
+}
+
+struct Daemon {
+    shared: Arc<Shared>,
+    /// Kept for as long as the daemon lives.
+    _api: Option<cairn_api::Server>,
+}
+
+impl std::ops::Deref for Daemon {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.shared
+    }
 }
 
 impl Daemon {
@@ -214,11 +749,9 @@ impl Daemon {
         if let Err(e) = netif::set_up("lo") {
             say!("bringing up lo: {e}");
         }
-        let config = match fs::read_to_string(config::PATH) {
-            Ok(text) => MachineConfig::parse(&text).map_err(|e| format!("{}: {e}", config::PATH)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(MachineConfig::default()),
-            Err(e) => Err(format!("reading {}: {e}", config::PATH)),
-        };
+        let state_dev = block::find_partition("STATE")?;
+        block::mount_rw_once(&state_dev, Path::new(STATE_MOUNT), "vfat")?;
+        let config = load_config(Path::new(STATE_MOUNT));
         if let Err(e) = &config {
             say!("machine config unusable: {e}");
         }
@@ -234,16 +767,25 @@ impl Daemon {
             Arc::new(|line: &str| say!("{line}")),
         )
         .map_err(|e| format!("starting the network: {e}"))?;
-        let state_dev = block::find_partition("STATE")?;
-        block::mount_rw_once(&state_dev, Path::new(STATE_MOUNT), "vfat")?;
-        Ok(Daemon {
+        let shared = Arc::new(Shared {
             release,
             running,
-            config,
             state: StateDir::new(STATE_MOUNT),
+            booted: boot_time(),
             heart,
             network,
-        })
+            config: Mutex::new(ConfigState {
+                current: config,
+                generation: 0,
+                pending: None,
+            }),
+            install_lock: Mutex::new(()),
+            events: Ring::new(EVENTS),
+            trial_deadline: Mutex::new(None),
+            streaks: Mutex::new(Vec::new()),
+        });
+        let api = remote::start(shared.clone());
+        Ok(Daemon { shared, _api: api })
     }
 
     fn serve(&mut self) -> Result<(), String> {
@@ -260,6 +802,11 @@ impl Daemon {
         let status = bootloader(self.running)
             .status()
             .map_err(|e| e.to_string())?;
+        self.event(Event::Boot(proto::BootEvent {
+            slot: remote::proto_slot(self.running) as i32,
+            os_version: self.release.version.clone(),
+            trial: status.trial,
+        }));
         // A damaged record must not stop the daemon (and with it the watchdog feeding).
         let record = self.state.trial().unwrap_or_else(|e| {
             say!("{e}: ignoring the record of the last update");
@@ -324,28 +871,18 @@ impl Daemon {
     /// The trial boot: health window, then commit or roll back.
     fn judge_trial(&mut self, record: Option<TrialRecord>) -> Result<(), String> {
         let window = self
-            .config
-            .as_ref()
+            .config()
             .map_or(health::DEFAULT_WINDOW, |c| c.health_window);
         say!(
             "slot {} is on trial: health checks for up to {} s",
             self.running,
             window.as_secs()
         );
-        let mut checks: Vec<Box<dyn Check>> = vec![
-            Box::new(ServicesCheck),
-            Box::new(LoopbackCheck),
-            Box::new(NetworkConfigCheck(self.network.view())),
-        ];
-        match &self.config {
-            Ok(c) => checks.extend(
-                c.probes
-                    .iter()
-                    .cloned()
-                    .map(|p| Box::new(ProbeCheck(p)) as Box<dyn Check>),
-            ),
-            Err(e) => checks.push(Box::new(Failed(e.clone()))),
-        }
+        *self
+            .trial_deadline
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(SystemTime::now() + window);
+        let checks = self.checks();
         let clock = BeatingClock(&self.heart, Instant::now());
         let verdict = health::watch(
             &checks,
@@ -358,6 +895,10 @@ impl Daemon {
                 }
             },
         );
+        *self
+            .trial_deadline
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = None;
         let mut rec = record.unwrap_or(TrialRecord {
             slot: self.running.to_string(),
             version: self.release.version.clone(),
@@ -368,6 +909,7 @@ impl Daemon {
         let running = self.running;
         match verdict {
             Verdict::Healthy { rounds } => {
+                let _busy = self.install_lock.lock().unwrap_or_else(|e| e.into_inner());
                 with_esp_rw(|| {
                     bootloader(running)
                         .mark_good(running)
@@ -380,22 +922,41 @@ impl Daemon {
                 rec.outcome = Outcome::Committed;
                 rec.reason = None;
                 self.state.set_trial(&rec).map_err(|e| e.to_string())?;
+                drop(_busy);
                 say!(
                     "slot {running} healthy after {rounds} round(s): committed version {}, security floor {floor}",
                     self.release.version
                 );
+                self.event(Event::Health(proto::HealthEvent {
+                    healthy: true,
+                    detail: format!("after {rounds} round(s)"),
+                }));
+                self.event(Event::Update(proto::UpdateEvent {
+                    stage: proto::update_event::Stage::Committed as i32,
+                    os_version: self.release.version.clone(),
+                    detail: format!("slot {running}"),
+                }));
                 self.watch_for_sticks()
             }
             Verdict::Unhealthy { reason } => {
                 say!("slot {running} is not healthy: {reason}");
+                self.event(Event::Health(proto::HealthEvent {
+                    healthy: false,
+                    detail: reason.clone(),
+                }));
                 rec.outcome = Outcome::RolledBack;
-                rec.reason = Some(reason);
+                rec.reason = Some(reason.clone());
                 self.state.set_trial(&rec).map_err(|e| e.to_string())?;
                 with_esp_rw(|| {
                     bootloader(running)
                         .mark_bad(running)
                         .map_err(|e| e.to_string())
                 })?;
+                self.event(Event::Rollback(proto::RollbackEvent {
+                    from_slot: remote::proto_slot(running) as i32,
+                    to_slot: remote::proto_slot(running.other()) as i32,
+                    reason,
+                }));
                 say!(
                     "slot {running} marked bad; rebooting into slot {}",
                     running.other()
@@ -483,45 +1044,17 @@ impl Daemon {
             return Ok(false);
         }
         say!("installing {} (version {version})", bundle.display());
-        let keyring = load_keyring()?;
-        let layout = Layout {
-            roots: [
-                block::find_partition("ROOT-A")?,
-                block::find_partition("ROOT-B")?,
-            ],
-            esp: PathBuf::from(ESP),
-        };
-        let tries = self
-            .config
-            .as_ref()
-            .map_or(cairn_updater::install::DEFAULT_TRIES, |c| c.tries);
-        let installer = Installer {
-            keyring: &keyring,
-            device: DeviceFacts {
-                board: self.release.board.clone(),
-                arch: std::env::consts::ARCH.to_string(),
-                installed_version,
-                security_floor: 0,
-            },
-            running: self.running,
-            layout,
-            state: self.state.clone(),
-            tries,
-        };
         let file =
             fs::File::open(&bundle).map_err(|e| format!("opening {}: {e}", bundle.display()))?;
         let len = file.metadata().map(|m| m.len()).ok();
         let reader = std::io::BufReader::with_capacity(1 << 20, file);
-        let heart = self.heart.clone();
         let mut reporter = ProgressReporter::default();
-        let result = with_esp_rw(|| {
-            installer
-                .install(reader, len, &mut |p| {
-                    heart.beat();
-                    reporter.report(p);
-                })
-                .map_err(|e| format!("{} refused: {e}", bundle.display()))
-        })?;
+        let result = self
+            .shared
+            .install(&bundle.display().to_string(), reader, len, &mut |p| {
+                reporter.report(p)
+            })
+            .map_err(|e| e.message)?;
         say!(
             "installed version {} into slot {} ({} bytes); rebooting into the trial",
             result.version,
@@ -556,12 +1089,12 @@ pub fn skip_reason(
 
 /// Prints a progress line per phase and every 25 % of the bytes.
 #[derive(Default)]
-struct ProgressReporter {
+pub(crate) struct ProgressReporter {
     last: Option<(Phase, String, u64)>,
 }
 
 impl ProgressReporter {
-    fn report(&mut self, p: &Progress) {
+    pub(crate) fn report(&mut self, p: &Progress) {
         let quarter = (p.done * 4).checked_div(p.total).unwrap_or(0);
         let key = (p.phase, p.payload.clone(), quarter);
         if self.last.as_ref() == Some(&key) {

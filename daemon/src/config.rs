@@ -39,6 +39,8 @@ pub struct MachineConfig {
     pub health_window: Duration,
     pub probes: Vec<Probe>,
     pub tries: u32,
+    /// PEM CA certificates for bundle downloads (checked).
+    pub fetch_ca: Option<String>,
     pub network: Network,
 }
 
@@ -48,6 +50,7 @@ impl Default for MachineConfig {
             health_window: cairn_updater::health::DEFAULT_WINDOW,
             probes: Vec::new(),
             tries: cairn_updater::install::DEFAULT_TRIES,
+            fetch_ca: None,
             network: Network::default(),
         }
     }
@@ -88,6 +91,9 @@ struct RawHealth {
 struct RawUpdate {
     /// Boots a new slot gets to report healthy (default 2).
     tries: Option<u32>,
+    /// The CA certificates (PEM) of the HTTPS servers the device downloads bundles from
+    /// (`cairnctl upgrade https://…`). Without it the device downloads nothing.
+    fetch_ca: Option<String>,
 }
 
 /// The JSON Schema of the machine config.
@@ -128,6 +134,10 @@ impl MachineConfig {
                 return Err(format!("update.tries {t} must be 1..={max}"));
             }
             config.tries = t;
+        }
+        if let Some(pem) = raw.update.fetch_ca {
+            cairn_api::fetch::roots_from_pem(&pem).map_err(|e| format!("update.fetch_ca: {e}"))?;
+            config.fetch_ca = Some(pem);
         }
         config.network = raw.network.check()?;
         Ok(config)

@@ -10,8 +10,10 @@ pub mod block;
 pub mod cairnd;
 pub mod config;
 pub mod error;
+pub mod journal;
 pub mod netif;
 pub mod probe;
+pub mod remote;
 pub mod uevent;
 pub mod watchdog;
 

@@ -64,6 +64,20 @@ pub struct RootExtras {
     /// A different program as the root's `/sbin/init`, for fault-injection tests (an init that
     /// hangs or exits). The initramfs keeps the real device binary.
     pub init_override: Option<PathBuf>,
+    /// What the management API needs, written to the STATE partition's `api/` folder and not
+    /// to the root: bundles made from this image do not carry the device CA's key.
+    pub api_secrets: Option<ApiSecrets>,
+}
+
+/// The management API's trust, PEM (`cairnctl gen secrets` writes them to `<out>/device/`).
+#[derive(Debug, Clone)]
+pub struct ApiSecrets {
+    /// The CA client certificates must chain to (`client-ca.crt`).
+    pub client_ca: String,
+    /// The CA the device issues its server certificate from (`device-ca.crt`)...
+    pub device_ca: String,
+    /// ...and its key (`device-ca.key`).
+    pub device_ca_key: String,
 }
 
 /// image.json.
@@ -422,8 +436,26 @@ pub fn build(opts: &BuildOptions) -> Result<ImageManifest> {
             }
         }
     }
-    // STATE starts as an empty FAT volume; cairnd keeps the updater's state there.
-    write_fat(&mut disk, "STATE", &Tree::new())?;
+    // STATE: cairnd keeps the updater's state there; it starts empty but for the API's trust.
+    let mut state = Tree::new();
+    if let Some(api) = &opts.root.api_secrets {
+        state.add_file(
+            "api/client-ca.crt",
+            0o644,
+            api.client_ca.clone().into_bytes(),
+        )?;
+        state.add_file(
+            "api/device-ca.crt",
+            0o644,
+            api.device_ca.clone().into_bytes(),
+        )?;
+        state.add_file(
+            "api/device-ca.key",
+            0o600,
+            api.device_ca_key.clone().into_bytes(),
+        )?;
+    }
+    write_fat(&mut disk, "STATE", &state)?;
 
     disk.flush()
         .map_err(|e| Error::io("writing", &disk_path, e))?;
@@ -771,6 +803,33 @@ impl Drop for Staging {
     }
 }
 
+/// Copies `from` to `to` leaving holes where `from` has blocks of zeros, as `cp --sparse=always`
+/// does. Disk images are mostly empty; copying them this way takes a tenth of the space.
+pub fn copy_sparse(from: &Path, to: &Path) -> std::io::Result<u64> {
+    use std::io::Read;
+    const BLOCK: usize = 64 * 1024;
+    let mut src = File::open(from)?;
+    let len = src.metadata()?.len();
+    let mut dst = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(to)?;
+    let mut buf = vec![0u8; BLOCK];
+    let mut pos = 0u64;
+    while pos < len {
+        let n = BLOCK.min((len - pos) as usize);
+        src.read_exact(&mut buf[..n])?;
+        if buf[..n].iter().any(|&b| b != 0) {
+            dst.seek(SeekFrom::Start(pos))?;
+            dst.write_all(&buf[..n])?;
+        }
+        pos += n as u64;
+    }
+    dst.set_len(len)?;
+    Ok(len)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -872,31 +931,4 @@ mod tests {
         assert_eq!(fs::read(out.join("disk.img")).unwrap(), b"new");
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
     }
-}
-
-/// Copies `from` to `to` leaving holes where `from` has blocks of zeros, as `cp --sparse=always`
-/// does. Disk images are mostly empty; copying them this way takes a tenth of the space.
-pub fn copy_sparse(from: &Path, to: &Path) -> std::io::Result<u64> {
-    use std::io::Read;
-    const BLOCK: usize = 64 * 1024;
-    let mut src = File::open(from)?;
-    let len = src.metadata()?.len();
-    let mut dst = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(to)?;
-    let mut buf = vec![0u8; BLOCK];
-    let mut pos = 0u64;
-    while pos < len {
-        let n = BLOCK.min((len - pos) as usize);
-        src.read_exact(&mut buf[..n])?;
-        if buf[..n].iter().any(|&b| b != 0) {
-            dst.seek(SeekFrom::Start(pos))?;
-            dst.write_all(&buf[..n])?;
-        }
-        pos += n as u64;
-    }
-    dst.set_len(len)?;
-    Ok(len)
 }

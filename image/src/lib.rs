@@ -15,5 +15,5 @@ mod error;
 pub mod formats;
 pub mod kmod;
 
-pub use build::{build, copy_sparse, BuildOptions, ImageManifest, RootExtras};
+pub use build::{build, copy_sparse, ApiSecrets, BuildOptions, ImageManifest, RootExtras};
 pub use error::{Error, Result};

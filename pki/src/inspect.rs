@@ -35,6 +35,18 @@ pub fn issuer_fingerprint(cert_der: &[u8]) -> Result<Option<Fingerprint>> {
     Ok(authority_key_id(&cert))
 }
 
+/// The subject's first Common Name (a device server certificate's hostname).
+pub fn common_name(cert_der: &[u8]) -> Result<String> {
+    let cert = parse_der(cert_der, "the certificate")?;
+    let cn = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .unwrap_or_default();
+    Ok(cn.to_string())
+}
+
 /// The role a client certificate carries: its subject's one Organization, which must be
 /// `cairn:admin`, `cairn:operator` or `cairn:reader` exactly. Does not check who issued it: call
 /// it on a certificate the TLS stack has verified.

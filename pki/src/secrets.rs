@@ -26,6 +26,7 @@ use std::path::{Path, PathBuf};
 use crate::ca::{Ca, CaKind, Validity};
 use crate::client_config::ClientConfig;
 use crate::error::{Error, Result};
+use crate::fingerprint::Fingerprint;
 use crate::issue::{issue_client, Issued};
 use crate::role::Role;
 
@@ -210,4 +211,58 @@ fn write(path: &Path, text: &str, mode: u32) -> Result<()> {
     file.write_all(text.as_bytes())
         .and_then(|()| file.sync_all())
         .map_err(io)
+}
+
+/// What a device needs from a secrets folder, read back and checked: the client CA it trusts,
+/// and the device CA (with its key) it issues its server certificate from.
+#[derive(Debug, Clone)]
+pub struct DeviceSecrets {
+    pub client_ca: String,
+    pub device_ca: String,
+    pub device_ca_key: String,
+}
+
+impl DeviceSecrets {
+    /// Reads `dir/device/` (a folder `cairnctl gen secrets` wrote) or `dir` itself when it is
+    /// such a `device/` folder. The CAs must be Cairn CAs of the right kind, the key the device
+    /// CA's.
+    pub fn load(dir: &Path) -> Result<DeviceSecrets> {
+        let device = if dir.join(DEVICE_DIR).is_dir() {
+            dir.join(DEVICE_DIR)
+        } else {
+            dir.to_path_buf()
+        };
+        let read = |name: &str| {
+            let path = device.join(name);
+            std::fs::read_to_string(&path).map_err(|source| Error::Io {
+                action: "read",
+                path,
+                source,
+            })
+        };
+        let secrets = DeviceSecrets {
+            client_ca: read(CLIENT_CA_CERT)?,
+            device_ca: read(DEVICE_CA_CERT)?,
+            device_ca_key: read(DEVICE_CA_KEY)?,
+        };
+        let ca = Ca::from_pem(&secrets.device_ca, &secrets.device_ca_key)?;
+        if ca.kind() != CaKind::Device {
+            return Err(Error::WrongCa {
+                ca: ca.fingerprint(),
+                is: ca.kind(),
+                needed: CaKind::Device,
+            });
+        }
+        let client_der = crate::pem_to_der(&secrets.client_ca)?;
+        let client = crate::inspect::parse_der(&client_der, "the client CA certificate")?;
+        let kind = crate::ca::kind_of(&client)?;
+        if kind != CaKind::Client {
+            return Err(Error::WrongCa {
+                ca: Fingerprint::of_spki(client.public_key().raw),
+                is: kind,
+                needed: CaKind::Client,
+            });
+        }
+        Ok(secrets)
+    }
 }

@@ -5,6 +5,7 @@
 //! CAIRN_DEVICE_BIN_<ARCH>) and are `#[ignore]`d for a plain `cargo test`, which has no images.
 
 pub mod fault_init;
+pub mod release;
 pub mod stick;
 
 use std::path::PathBuf;
@@ -83,4 +84,17 @@ pub fn rig_dir(prefix: &str) -> tempfile::TempDir {
 pub fn qemu_lock() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The `cairnctl` binary of this build: `cargo test --workspace` builds it next to the tests.
+pub fn cairnctl() -> PathBuf {
+    // target/<profile>/deps/<test> -> target/<profile>/cairnctl
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().unwrap().parent().unwrap().join("cairnctl");
+    assert!(
+        bin.is_file(),
+        "{} is missing: run `cargo build -p cairnctl` (or `cargo xtask test`)",
+        bin.display()
+    );
+    bin
 }

@@ -17,20 +17,16 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use cairn_board::Board;
-use cairn_image::{build, BuildOptions, RootExtras};
+use cairn_image::RootExtras;
 use cairn_qemu::{LaunchOptions, Machine};
 use cairn_systest::fault_init::{self, Fault};
+use cairn_systest::release::{build_release, dev_key, sign_bundle};
 use cairn_systest::stick::{make_stick, StickFile};
-use cairn_systest::{cache_dir, device_bin, image_dir, keys_dir, qemu_lock};
+use cairn_systest::{image_dir, qemu_lock};
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
 const STEP_TIMEOUT: Duration = Duration::from_secs(300);
 const NEW_VERSION: &str = "0.2.0";
-
-fn dev_key() -> cairn_bundle::SecretKey {
-    let text = std::fs::read_to_string(keys_dir().join("dev.key")).unwrap();
-    cairn_bundle::SecretKey::from_text(&text).unwrap()
-}
 
 struct Rig {
     board: &'static Board,
@@ -57,46 +53,20 @@ impl Rig {
 
     /// Builds an image of this board (trusting the development key) and returns its folder.
     fn image(&self, name: &str, version: &str, security: u32, extras: RootExtras) -> PathBuf {
-        let out = self.tmp.path().join(name);
-        let keyring = std::fs::read_to_string(keys_dir().join("dev.pub")).unwrap();
-        build(&BuildOptions {
-            board: self.board,
-            out: out.clone(),
-            cache: cache_dir(),
-            device_bin: device_bin(self.board.arch),
-            version: version.into(),
-            seed: format!("systest-{}-{name}", self.board.name),
-            root: RootExtras {
-                keyring: Some(keyring),
-                security_version: security,
-                ..extras
-            },
-        })
-        .unwrap();
-        out
+        let seed = format!("systest-{}-{name}", self.board.name);
+        build_release(
+            self.board,
+            &self.tmp.path().join(name),
+            version,
+            security,
+            &seed,
+            extras,
+        )
     }
 
     /// A bundle of `image`, signed with `key`, written next to it.
     fn bundle(&self, image: &Path, key: &cairn_bundle::SecretKey) -> PathBuf {
-        let work = tempfile::tempdir_in(self.tmp.path()).unwrap();
-        let input = cairn_image::bundle_input::bundle_input(image, work.path()).unwrap();
-        let out = image.join(format!("update-{}.cairn", key.key_id()));
-        let mut file = std::fs::File::create(&out).unwrap();
-        cairn_bundle::create(
-            &mut file,
-            &cairn_bundle::ManifestMeta {
-                compatible: vec![input.board],
-                arch: input.arch,
-                version: cairn_bundle::Version::parse(&input.version).unwrap(),
-                security_version: input.security_version,
-                min_installed_version: cairn_bundle::Version::new(0, 1, 0),
-                created: 1_790_000_000,
-            },
-            &input.payloads,
-            key,
-        )
-        .unwrap();
-        out
+        sign_bundle(image, key)
     }
 
     /// Boots A, plugs in a stick with a bundle of `image`, and waits until cairnd installed it

@@ -35,9 +35,10 @@ fn main() -> ExitCode {
         Some("bench-install") => bench::run_bench(),
         Some("bench-prep") => bench::prep(),
         Some("bench-net") => bench_net(),
+        Some("bench-api") => bench_api(),
         _ => {
             eprintln!(
-                "usage: cargo xtask <setup|device|images|demo|test|report|fuzz|bench-install|bench-net>"
+                "usage: cargo xtask <setup|device|images|demo|test|report|fuzz|bench-install|bench-net|bench-api>"
             );
             return ExitCode::from(2);
         }
@@ -155,6 +156,28 @@ fn dev_keyring() -> Result<String> {
     Ok(std::fs::read_to_string(&public)?)
 }
 
+/// The development API secrets (generated on first use, in `<keys>/secrets/`): images built
+/// here trust its client CA, and `cairnctl --config <keys>/secrets/cairnctl.yaml` talks to them.
+fn dev_api_secrets() -> Result<cairn_image::ApiSecrets> {
+    let dir = keys_dir().join("secrets");
+    if !dir.join(cairn_pki::secrets::CLIENT_CONFIG).is_file() {
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(keys_dir())?;
+        cairn_pki::secrets::Secrets::generate(&cairn_pki::secrets::Options {
+            name: "cairn development".into(),
+            client_days: 3650,
+        })?
+        .write_new(&dir)?;
+        eprintln!("    new development API secrets in {}", dir.display());
+    }
+    let s = cairn_pki::secrets::DeviceSecrets::load(&dir)?;
+    Ok(cairn_image::ApiSecrets {
+        client_ca: s.client_ca,
+        device_ca: s.device_ca,
+        device_ca_key: s.device_ca_key,
+    })
+}
+
 fn image(board: &'static Board) -> Result<PathBuf> {
     step(&format!("image {}", board.name));
     let started = Instant::now();
@@ -169,6 +192,7 @@ fn image(board: &'static Board) -> Result<PathBuf> {
         version,
         root: cairn_image::RootExtras {
             keyring: Some(dev_keyring()?),
+            api_secrets: Some(dev_api_secrets()?),
             ..Default::default()
         },
     })?;
@@ -374,6 +398,21 @@ fn bench_net() -> Result<()> {
     ]))
 }
 
+/// `cargo xtask bench-api`: the management API's Version latency over mutual TLS, upload
+/// throughput against a plain TCP copy, and the idle server's memory, on loopback.
+fn bench_api() -> Result<()> {
+    step("management API figures (api/examples/api_bench.rs)");
+    run(cargo().args([
+        "run",
+        "--quiet",
+        "--release",
+        "--package",
+        "cairn-api",
+        "--example",
+        "api_bench",
+    ]))
+}
+
 fn test() -> Result<()> {
     setup::run()?;
     step("cargo fmt --check");
@@ -403,6 +442,10 @@ fn test() -> Result<()> {
             "cairn-updater",
             "--package",
             "cairn-netcfg",
+            "--package",
+            "cairn-api",
+            "--package",
+            "cairn-pki",
             "--target",
             arch.rust_target(),
             "--",

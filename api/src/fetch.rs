@@ -1,0 +1,1112 @@
+//! Fetching a bundle from an `https://` URL: a blocking HTTP/1.1 GET over rustls that resumes
+//! after a dropped connection.
+//!
+//! The one idea: [`Fetch`] is a [`Read`] of the body that hides broken connections but never
+//! splices two files together. When a connection breaks before the announced length has
+//! arrived, it connects again and asks for the rest (`Range: bytes=<received>-`, with
+//! `If-Range` carrying the first answer's strong ETag, or else its Last-Modified), and takes
+//! only a `206` whose `Content-Range` starts at the byte it needs and has the same total
+//! length, and whose validators match the first answer's. A server that answers `200` instead
+//! (it ignores ranges, or the file changed) ends the download with an error once bytes have
+//! been read, rather than starting over behind the reader's back.
+//!
+//! Deliberately small, for the static device binary: TLS 1.3 with ring, the server checked
+//! against the roots the caller gives, one request per connection (`Connection: close`), no
+//! proxies, no compression. A body needs a `Content-Length` or chunked transfer encoding (only
+//! the first can resume); one that just runs until the connection closes is refused, since a
+//! cut-off download could not be told from a whole one. Every size read from the server is
+//! bounded by [`FetchLimits`]. Failures are one line naming the URL.
+
+use std::fmt;
+use std::io::{self, BufRead, Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+
+type Tls = StreamOwned<ClientConnection, TcpStream>;
+
+/// Every bound and timeout of a fetch.
+#[derive(Clone, Debug)]
+pub struct FetchLimits {
+    /// The status line and headers of one answer, and a chunked body's chunk-size lines and
+    /// trailers.
+    pub max_header: usize,
+    /// Redirects followed for one request.
+    pub max_redirects: u32,
+    /// The largest body taken.
+    pub max_len: u64,
+    /// Attempts to connect again after a failure, before giving up; the count starts over
+    /// once bytes flow again.
+    pub retries: u32,
+    /// The wait before the first retry; it doubles with each retry, up to four times this.
+    pub backoff: Duration,
+    pub connect_timeout: Duration,
+    /// How long a read may wait for the server; then the connection counts as broken.
+    pub read_timeout: Duration,
+}
+
+impl Default for FetchLimits {
+    fn default() -> Self {
+        FetchLimits {
+            max_header: 16 * 1024,
+            max_redirects: 5,
+            max_len: 8 * 1024 * 1024 * 1024,
+            retries: 5,
+            backoff: Duration::from_secs(1),
+            connect_timeout: Duration::from_secs(10),
+            read_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A failed fetch: one line naming the URL; the cause, if any, is the [`std::error::Error::source`].
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("the bundle URL {url:?} cannot be fetched: {why}")]
+    Url { url: String, why: &'static str },
+    #[error("{url} redirected to {location:?}, which cannot be fetched: {why}")]
+    BadRedirect {
+        url: String,
+        location: String,
+        why: &'static str,
+    },
+    #[error("{url} redirected more than {max} times")]
+    Redirects { url: String, max: u32 },
+    #[error("cannot connect to {url}")]
+    Connect {
+        url: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{url} presented a certificate that this device does not trust (checked against its trusted roots)")]
+    Certificate {
+        url: String,
+        #[source]
+        source: rustls::Error,
+    },
+    #[error("the TLS handshake with {url} failed")]
+    Tls {
+        url: String,
+        #[source]
+        source: rustls::Error,
+    },
+    #[error("the connection to {url} broke after {received} bytes of the bundle")]
+    Broke {
+        url: String,
+        received: u64,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{url} answered {status}")]
+    Status { url: String, status: Status },
+    #[error("{url} sent a malformed answer: {why}")]
+    Malformed { url: String, why: String },
+    #[error("{url} answered without a Content-Length or chunked encoding, so a cut-off download could not be told from a whole one")]
+    NoFraming { url: String },
+    #[error("{url} is {len} bytes long; the device takes at most {max}")]
+    TooLong { url: String, len: u64, max: u64 },
+    #[error("{url} answered {status} to a request for the bytes from {from} on, so the download cannot resume: {why}")]
+    CannotResume {
+        url: String,
+        status: Status,
+        from: u64,
+        why: &'static str,
+    },
+    #[error("the download from {url} broke after {received} bytes and cannot resume: the answer had no Content-Length")]
+    NoLength {
+        url: String,
+        received: u64,
+        #[source]
+        source: io::Error,
+    },
+    #[error("gave up on {url} after {retries} retries, {received} bytes in")]
+    GaveUp {
+        url: String,
+        retries: u32,
+        received: u64,
+        #[source]
+        source: Box<FetchError>,
+    },
+    #[error("the download from {url} has failed already")]
+    Failed { url: String },
+}
+
+impl FetchError {
+    /// Worth another try: the network, or a server that is busy for now.
+    fn is_transient(&self) -> bool {
+        match self {
+            FetchError::Connect { .. } | FetchError::Broke { .. } => true,
+            FetchError::Status { status, .. } => {
+                matches!(status.code, 408 | 429 | 500 | 502 | 503 | 504)
+            }
+            _ => false,
+        }
+    }
+}
+
+impl From<FetchError> for io::Error {
+    fn from(e: FetchError) -> io::Error {
+        let kind = match e {
+            FetchError::Url { .. } => io::ErrorKind::InvalidInput,
+            FetchError::Malformed { .. } | FetchError::NoFraming { .. } => {
+                io::ErrorKind::InvalidData
+            }
+            _ => io::ErrorKind::Other,
+        };
+        io::Error::new(kind, e)
+    }
+}
+
+/// An HTTP status code and the server's reason phrase ("404 Not Found").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    pub code: u16,
+    pub reason: String,
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.reason.is_empty() {
+            write!(f, "{}", self.code)
+        } else {
+            write!(f, "{} {}", self.code, self.reason)
+        }
+    }
+}
+
+// The daemon hands a download to a thread of its own.
+const _: fn() = || {
+    fn send<T: Send>() {}
+    send::<Fetch>();
+};
+
+/// The body of an `https://` URL, read as it downloads; see the module documentation.
+pub struct Fetch {
+    url: Url,
+    config: Arc<ClientConfig>,
+    limits: FetchLimits,
+    /// The first answer's Content-Length.
+    len: Option<u64>,
+    /// The first answer's strong ETag and Last-Modified: a resumed answer must carry the same.
+    etag: Option<String>,
+    last_modified: Option<String>,
+    received: u64,
+    body: Option<Body>,
+    /// Failed attempts in a row.
+    failures: u32,
+    state: State,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Reading,
+    Done,
+    Failed,
+}
+
+impl fmt::Debug for Fetch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Fetch")
+            .field("url", &self.url.to_string())
+            .field("len", &self.len)
+            .field("received", &self.received)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Fetch {
+    /// Connects and reads the answer's headers (following redirects, retrying what may pass),
+    /// so a missing file or an untrusted server fails here. Server certificates are checked
+    /// against `roots`.
+    pub fn new(url: &str, roots: RootCertStore) -> Result<Fetch, FetchError> {
+        Fetch::with_limits(url, roots, FetchLimits::default())
+    }
+
+    /// [`Fetch::new`] with other bounds.
+    pub fn with_limits(
+        url: &str,
+        roots: RootCertStore,
+        limits: FetchLimits,
+    ) -> Result<Fetch, FetchError> {
+        let parsed = Url::parse(url).map_err(|why| FetchError::Url {
+            url: url.to_string(),
+            why,
+        })?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|source| FetchError::Tls {
+                url: parsed.to_string(),
+                source,
+            })?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let mut fetch = Fetch {
+            url: parsed,
+            config: Arc::new(config),
+            limits,
+            len: None,
+            etag: None,
+            last_modified: None,
+            received: 0,
+            body: None,
+            failures: 0,
+            state: State::Reading,
+        };
+        fetch.body = Some(fetch.open_retrying(None)?);
+        Ok(fetch)
+    }
+
+    /// The body's length, from the first answer's Content-Length (none when chunked).
+    #[allow(
+        clippy::len_without_is_empty,
+        reason = "the announced length of a download, not a collection's"
+    )]
+    pub fn len(&self) -> Option<u64> {
+        self.len
+    }
+
+    /// Body bytes read so far.
+    pub fn received(&self) -> u64 {
+        self.received
+    }
+
+    /// Opens the body at `self.received`, retrying while the failures are transient: the
+    /// first with `failed` when it is given.
+    fn open_retrying(&mut self, mut failed: Option<FetchError>) -> Result<Body, FetchError> {
+        loop {
+            if let Some(e) = failed.take() {
+                if !e.is_transient() {
+                    return Err(e);
+                }
+                if self.failures >= self.limits.retries {
+                    return Err(FetchError::GaveUp {
+                        url: self.url.to_string(),
+                        retries: self.failures,
+                        received: self.received,
+                        source: Box::new(e),
+                    });
+                }
+                let factor = 1u32 << self.failures.min(2);
+                std::thread::sleep(self.limits.backoff * factor);
+                self.failures += 1;
+            }
+            match self.open() {
+                Ok(body) => return Ok(body),
+                Err(e) => failed = Some(e),
+            }
+        }
+    }
+
+    /// One GET (following redirects) for the body from `self.received` on, checked against
+    /// the first answer when it resumes.
+    fn open(&mut self) -> Result<Body, FetchError> {
+        let from = self.received;
+        let (url, head, tls) = self.get(from)?;
+        let cannot_resume = |why| FetchError::CannotResume {
+            url: url.to_string(),
+            status: head.status.clone(),
+            from,
+            why,
+        };
+        match head.status.code {
+            200 if from == 0 => {}
+            200 => {
+                return Err(cannot_resume(
+                    "the server ignores ranges, or the file has changed",
+                ))
+            }
+            206 if from > 0 => {}
+            _ => {
+                return Err(FetchError::Status {
+                    url: url.to_string(),
+                    status: head.status,
+                })
+            }
+        }
+        let malformed = |why: String| FetchError::Malformed {
+            url: url.to_string(),
+            why,
+        };
+        let framing = head
+            .framing()
+            .map_err(malformed)?
+            .ok_or_else(|| FetchError::NoFraming {
+                url: url.to_string(),
+            })?;
+        let length = match framing {
+            Framing::Length(n) => Some(n),
+            Framing::Chunked { .. } => None,
+        };
+        if from == 0 {
+            if let Some(len) = length.filter(|&n| n > self.limits.max_len) {
+                return Err(FetchError::TooLong {
+                    url: url.to_string(),
+                    len,
+                    max: self.limits.max_len,
+                });
+            }
+            self.len = length;
+            self.etag = head
+                .get("etag")
+                .filter(|t| is_strong_etag(t))
+                .map(Into::into);
+            self.last_modified = head.get("last-modified").map(Into::into);
+        } else {
+            let range = head
+                .get("content-range")
+                .ok_or_else(|| malformed("a 206 answer without Content-Range".into()))?;
+            let (start, end, total) = content_range(range).ok_or_else(|| {
+                malformed(format!("the Content-Range {range:?} is not bytes N-M/T"))
+            })?;
+            if start != from || Some(total) != self.len || end >= total {
+                return Err(cannot_resume("its Content-Range does not match the file"));
+            }
+            if length.is_some_and(|n| n != end - start + 1) {
+                return Err(malformed(format!(
+                    "the Content-Length does not match the Content-Range {range:?}"
+                )));
+            }
+            let same = |theirs: Option<&str>, ours: &Option<String>| match (theirs, ours) {
+                (Some(theirs), Some(ours)) => theirs == ours,
+                _ => true,
+            };
+            if !same(head.get("etag"), &self.etag)
+                || !same(head.get("last-modified"), &self.last_modified)
+            {
+                return Err(cannot_resume("the file has changed"));
+            }
+        }
+        Ok(Body { tls, framing, url })
+    }
+
+    /// Sends the request and reads the answer's head, following redirects.
+    fn get(&self, from: u64) -> Result<(Url, Head, Tls), FetchError> {
+        let mut url = self.url.clone();
+        let mut redirects = 0;
+        loop {
+            let mut tls = self.connect(&url)?;
+            let broke = |source| FetchError::Broke {
+                url: url.to_string(),
+                received: from,
+                source,
+            };
+            let mut request = format!(
+                "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: cairn\r\nAccept: */*\r\n\
+                 Accept-Encoding: identity\r\nConnection: close\r\n",
+                url.target,
+                url.authority()
+            );
+            if from > 0 {
+                request.push_str(&format!("Range: bytes={from}-\r\n"));
+                if let Some(validator) = self.etag.as_ref().or(self.last_modified.as_ref()) {
+                    request.push_str(&format!("If-Range: {validator}\r\n"));
+                }
+            }
+            request.push_str("\r\n");
+            tls.write_all(request.as_bytes())
+                .and_then(|()| tls.flush())
+                .map_err(broke)?;
+            let head = match Head::read(&mut tls, self.limits.max_header) {
+                Ok(head) => head,
+                Err(Broken::Dropped(e)) => return Err(broke(e)),
+                Err(Broken::Malformed(why)) => {
+                    return Err(FetchError::Malformed {
+                        url: url.to_string(),
+                        why,
+                    })
+                }
+            };
+            if !matches!(head.status.code, 301 | 302 | 303 | 307 | 308) {
+                return Ok((url, head, tls));
+            }
+            let Some(location) = head.get("location") else {
+                return Err(FetchError::Malformed {
+                    url: url.to_string(),
+                    why: format!("a {} answer without Location", head.status.code),
+                });
+            };
+            if redirects == self.limits.max_redirects {
+                return Err(FetchError::Redirects {
+                    url: self.url.to_string(),
+                    max: self.limits.max_redirects,
+                });
+            }
+            redirects += 1;
+            url = url.join(location).map_err(|why| FetchError::BadRedirect {
+                url: url.to_string(),
+                location: location.to_string(),
+                why,
+            })?;
+        }
+    }
+
+    /// A TCP connection and a finished TLS handshake, so a certificate the device does not
+    /// trust is told apart from a network that failed.
+    fn connect(&self, url: &Url) -> Result<Tls, FetchError> {
+        let failed = |source| FetchError::Connect {
+            url: url.to_string(),
+            source,
+        };
+        let mut last = io::Error::new(io::ErrorKind::NotFound, "the host has no address");
+        let mut tcp = None;
+        for addr in (url.host.as_str(), url.port)
+            .to_socket_addrs()
+            .map_err(failed)?
+        {
+            match TcpStream::connect_timeout(&addr, self.limits.connect_timeout) {
+                Ok(stream) => {
+                    tcp = Some(stream);
+                    break;
+                }
+                Err(e) => last = e,
+            }
+        }
+        let tcp = tcp.ok_or_else(|| failed(last))?;
+        tcp.set_read_timeout(Some(self.limits.read_timeout))
+            .and_then(|()| tcp.set_write_timeout(Some(self.limits.read_timeout)))
+            .map_err(failed)?;
+        let name = ServerName::try_from(url.host.clone()).map_err(|_| FetchError::Url {
+            url: url.to_string(),
+            why: "the host is not a valid name",
+        })?;
+        let tls_failed = |source| FetchError::Tls {
+            url: url.to_string(),
+            source,
+        };
+        let connection = ClientConnection::new(self.config.clone(), name).map_err(tls_failed)?;
+        let mut tls = StreamOwned::new(connection, tcp);
+        while tls.conn.is_handshaking() {
+            match tls.conn.complete_io(&mut tls.sock) {
+                Ok((0, 0)) => {
+                    return Err(failed(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the server closed the connection during the TLS handshake",
+                    )))
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    let rustls_error = e.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>());
+                    return Err(match rustls_error {
+                        Some(source @ rustls::Error::InvalidCertificate(_)) => {
+                            FetchError::Certificate {
+                                url: url.to_string(),
+                                source: source.clone(),
+                            }
+                        }
+                        Some(source) => tls_failed(source.clone()),
+                        None => failed(e),
+                    });
+                }
+            }
+        }
+        Ok(tls)
+    }
+}
+
+impl Read for Fetch {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            match self.state {
+                State::Done => return Ok(0),
+                State::Failed => {
+                    return Err(FetchError::Failed {
+                        url: self.url.to_string(),
+                    }
+                    .into())
+                }
+                State::Reading => {}
+            }
+            let read = match self.body.as_mut() {
+                Some(body) => body.read(buf, self.limits.max_header),
+                None => Err(Broken::Dropped(io::Error::other("not connected"))),
+            };
+            let cause = match read {
+                Ok(0) if self.len.is_none_or(|len| self.received == len) => {
+                    self.state = State::Done;
+                    self.body = None;
+                    return Ok(0);
+                }
+                // A 206 may carry less than the rest: ask for what is missing.
+                Ok(0) => io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the answer ended before the whole file",
+                ),
+                Ok(n) => {
+                    self.received += n as u64;
+                    self.failures = 0;
+                    if self.received > self.limits.max_len {
+                        return Err(self.fail(FetchError::TooLong {
+                            url: self.url.to_string(),
+                            len: self.received,
+                            max: self.limits.max_len,
+                        }));
+                    }
+                    return Ok(n);
+                }
+                Err(Broken::Malformed(why)) => {
+                    let url = self.body.as_ref().map_or(&self.url, |b| &b.url).to_string();
+                    return Err(self.fail(FetchError::Malformed { url, why }));
+                }
+                Err(Broken::Dropped(e)) => e,
+            };
+            self.body = None;
+            if self.received > 0 && self.len.is_none() {
+                return Err(self.fail(FetchError::NoLength {
+                    url: self.url.to_string(),
+                    received: self.received,
+                    source: cause,
+                }));
+            }
+            let broke = FetchError::Broke {
+                url: self.url.to_string(),
+                received: self.received,
+                source: cause,
+            };
+            match self.open_retrying(Some(broke)) {
+                Ok(body) => self.body = Some(body),
+                Err(e) => return Err(self.fail(e)),
+            }
+        }
+    }
+}
+
+impl Fetch {
+    fn fail(&mut self, e: FetchError) -> io::Error {
+        self.state = State::Failed;
+        self.body = None;
+        e.into()
+    }
+}
+
+/// The URL parts a request needs: `https://host[:port]/path[?query]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Url {
+    /// A name or an IP address (IPv6 without its brackets).
+    host: String,
+    port: u16,
+    /// The path and query, starting with `/`.
+    target: String,
+}
+
+impl Url {
+    fn parse(text: &str) -> Result<Url, &'static str> {
+        let Some(rest) = text
+            .get(..8)
+            .filter(|scheme| scheme.eq_ignore_ascii_case("https://"))
+            .map(|_| &text[8..])
+        else {
+            return Err(if text.contains("://") {
+                "only https:// URLs are fetched"
+            } else {
+                "it is not an https:// URL"
+            });
+        };
+        check_chars(rest)?;
+        let rest = rest.split('#').next().unwrap_or_default();
+        let (authority, target) = match rest.find(['/', '?']) {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        let target = match target.starts_with('?') {
+            true => format!("/{target}"),
+            false => target.to_string(),
+        };
+        if authority.contains('@') {
+            return Err("user names and passwords in the URL are not supported");
+        }
+        let (host, port) = match authority.strip_prefix('[') {
+            Some(bracketed) => {
+                let (host, after) = bracketed.split_once(']').ok_or("the IPv6 host has no ]")?;
+                match after {
+                    "" => (host, None),
+                    _ => (
+                        host,
+                        Some(after.strip_prefix(':').ok_or("junk after the host")?),
+                    ),
+                }
+            }
+            None => match authority.rsplit_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (authority, None),
+            },
+        };
+        let port = match port {
+            None => 443,
+            Some(port) => port
+                .parse::<u16>()
+                .ok()
+                .filter(|&p| p != 0)
+                .ok_or("the port is not a number from 1 to 65535")?,
+        };
+        if host.is_empty() {
+            return Err("it has no host");
+        }
+        ServerName::try_from(host).map_err(|_| "the host is not a valid name")?;
+        Ok(Url {
+            host: host.to_string(),
+            port,
+            target,
+        })
+    }
+
+    /// Where a redirect's Location leads from here.
+    fn join(&self, location: &str) -> Result<Url, &'static str> {
+        if location.starts_with("//") {
+            return Url::parse(&format!("https:{location}"));
+        }
+        if location.contains("://") {
+            return Url::parse(location);
+        }
+        check_chars(location)?;
+        let location = location.split('#').next().unwrap_or_default();
+        let target = if location.starts_with('/') {
+            location.to_string()
+        } else {
+            let path = self.target.split('?').next().unwrap_or_default();
+            let dir = &path[..path.rfind('/').map_or(0, |i| i + 1)];
+            format!("{dir}{location}")
+        };
+        Ok(Url {
+            target: remove_dot_segments(&target),
+            ..self.clone()
+        })
+    }
+
+    /// The Host header's value.
+    fn authority(&self) -> String {
+        let host = match self.host.contains(':') {
+            true => format!("[{}]", self.host),
+            false => self.host.clone(),
+        };
+        match self.port {
+            443 => host,
+            port => format!("{host}:{port}"),
+        }
+    }
+}
+
+impl fmt::Display for Url {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "https://{}{}", self.authority(), self.target)
+    }
+}
+
+/// Resolves `.` and `..` in a target's path (RFC 3986, 5.2.4); the query stays as it is.
+fn remove_dot_segments(target: &str) -> String {
+    let (path, query) = target.split_at(target.find('?').unwrap_or(target.len()));
+    let segments: Vec<&str> = path.split('/').skip(1).collect();
+    let mut out = Vec::new();
+    for (i, segment) in segments.iter().enumerate() {
+        let last = i + 1 == segments.len();
+        match *segment {
+            "." | ".." => {
+                if *segment == ".." {
+                    out.pop();
+                }
+                if last {
+                    out.push("");
+                }
+            }
+            segment => out.push(segment),
+        }
+    }
+    format!("/{}{query}", out.join("/"))
+}
+
+/// A URL goes into the request line as it is, so it may hold only visible ASCII.
+fn check_chars(text: &str) -> Result<(), &'static str> {
+    match text.bytes().all(|b| b.is_ascii_graphic()) {
+        true => Ok(()),
+        false => Err("it holds spaces, control characters or non-ASCII (percent-encode them)"),
+    }
+}
+
+/// A strong ETag (`"…"`, not `W/"…"`): only those may go into If-Range.
+fn is_strong_etag(tag: &str) -> bool {
+    tag.len() >= 2 && tag.starts_with('"') && tag.ends_with('"')
+}
+
+/// `bytes START-END/TOTAL`.
+fn content_range(value: &str) -> Option<(u64, u64, u64)> {
+    let (unit, rest) = value.trim().split_once(' ')?;
+    if !unit.eq_ignore_ascii_case("bytes") {
+        return None;
+    }
+    let (range, total) = rest.trim().split_once('/')?;
+    let (start, end) = range.split_once('-')?;
+    let number = |s: &str| {
+        s.bytes()
+            .all(|b| b.is_ascii_digit())
+            .then(|| s.parse::<u64>().ok())
+            .flatten()
+    };
+    let (start, end, total) = (number(start)?, number(end)?, number(total)?);
+    (start <= end).then_some((start, end, total))
+}
+
+/// Why a read from the server stopped: the connection (worth resuming), or what it sent.
+enum Broken {
+    Dropped(io::Error),
+    Malformed(String),
+}
+
+/// An answer's status line and headers.
+#[derive(Debug)]
+struct Head {
+    status: Status,
+    /// Names in lower case.
+    headers: Vec<(String, String)>,
+}
+
+impl Head {
+    /// Reads a head, skipping interim (1xx) answers; all of it within `max` bytes.
+    fn read(tls: &mut Tls, max: usize) -> Result<Head, Broken> {
+        let mut budget = max;
+        loop {
+            let line = read_line(tls, &mut budget, max)?;
+            let status = status_line(&line)
+                .ok_or_else(|| Broken::Malformed(format!("the status line {line:?}")))?;
+            let mut headers = Vec::new();
+            loop {
+                let line = read_line(tls, &mut budget, max)?;
+                if line.is_empty() {
+                    break;
+                }
+                let (name, value) = line
+                    .split_once(':')
+                    .filter(|(name, _)| !name.is_empty() && !name.contains([' ', '\t']))
+                    .ok_or_else(|| Broken::Malformed(format!("the header line {line:?}")))?;
+                headers.push((name.to_ascii_lowercase(), value.trim().to_string()));
+            }
+            match status.code {
+                101 => return Err(Broken::Malformed("it switched protocols".into())),
+                100..=199 => continue,
+                _ => return Ok(Head { status, headers }),
+            }
+        }
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// How the body ends: chunked, or after Content-Length bytes; `None` when neither says.
+    fn framing(&self) -> Result<Option<Framing>, String> {
+        let codings: Vec<&str> = self
+            .headers
+            .iter()
+            .filter(|(n, _)| n == "transfer-encoding")
+            .flat_map(|(_, v)| v.split(','))
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .collect();
+        if let Some(last) = codings.last() {
+            if codings.len() == 1 && last.eq_ignore_ascii_case("chunked") {
+                return Ok(Some(Framing::Chunked {
+                    left: 0,
+                    first: true,
+                    ended: false,
+                }));
+            }
+            return Err(format!(
+                "the Transfer-Encoding {:?} (only chunked is understood)",
+                codings.join(", ")
+            ));
+        }
+        let mut length = None;
+        for (_, value) in self.headers.iter().filter(|(n, _)| n == "content-length") {
+            for value in value.split(',').map(str::trim) {
+                let n = value
+                    .bytes()
+                    .all(|b| b.is_ascii_digit())
+                    .then(|| value.parse::<u64>().ok())
+                    .flatten()
+                    .ok_or_else(|| format!("the Content-Length {value:?}"))?;
+                if length.is_some_and(|l| l != n) {
+                    return Err("Content-Length headers that disagree".into());
+                }
+                length = Some(n);
+            }
+        }
+        Ok(length.map(Framing::Length))
+    }
+}
+
+/// `HTTP/1.x CODE [REASON]`; the reason keeps printable ASCII only, and at most 64 characters.
+fn status_line(line: &str) -> Option<Status> {
+    let rest = line
+        .strip_prefix("HTTP/1.1 ")
+        .or_else(|| line.strip_prefix("HTTP/1.0 "))?;
+    let (code, reason) = rest.split_once(' ').unwrap_or((rest, ""));
+    if code.len() != 3 || !code.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let reason: String = reason
+        .trim()
+        .chars()
+        .filter(|c| c.is_ascii_graphic() || *c == ' ')
+        .take(64)
+        .collect();
+    Some(Status {
+        code: code.parse().ok()?,
+        reason,
+    })
+}
+
+/// Reads a line ending in LF (or CR LF), without its end. `budget` is what the lines of this
+/// head (or chunk) may still take, of `max` in all.
+fn read_line(tls: &mut Tls, budget: &mut usize, max: usize) -> Result<String, Broken> {
+    let mut line = Vec::new();
+    loop {
+        let available = tls.fill_buf().map_err(Broken::Dropped)?;
+        if available.is_empty() {
+            return Err(Broken::Dropped(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the server closed the connection",
+            )));
+        }
+        let (take, end) = match available.iter().position(|&b| b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (available.len(), false),
+        };
+        if take > *budget {
+            return Err(Broken::Malformed(format!(
+                "its headers are longer than {max} bytes"
+            )));
+        }
+        line.extend_from_slice(&available[..take]);
+        *budget -= take;
+        tls.consume(take);
+        if end {
+            line.pop();
+            if line.last() == Some(&b'\r') {
+                line.pop();
+            }
+            return Ok(String::from_utf8_lossy(&line).into_owned());
+        }
+    }
+}
+
+/// How a body ends.
+#[derive(Debug, Clone, Copy)]
+enum Framing {
+    /// After this many more bytes.
+    Length(u64),
+    /// At the chunk of size 0; `left` is what remains of the current chunk.
+    Chunked { left: u64, first: bool, ended: bool },
+}
+
+/// An answer's body, on its own connection.
+struct Body {
+    tls: Tls,
+    framing: Framing,
+    /// Where the answer came from (after redirects).
+    url: Url,
+}
+
+impl Body {
+    /// Reads body bytes; `Ok(0)` at the end the framing announces, and only there.
+    fn read(&mut self, buf: &mut [u8], max_line: usize) -> Result<usize, Broken> {
+        loop {
+            let left = match &mut self.framing {
+                Framing::Length(0) => return Ok(0),
+                Framing::Length(left) => left,
+                Framing::Chunked { ended: true, .. } => return Ok(0),
+                Framing::Chunked { left, first, ended } if *left == 0 => {
+                    let mut budget = max_line;
+                    if !*first && !read_line(&mut self.tls, &mut budget, max_line)?.is_empty() {
+                        return Err(Broken::Malformed("a chunk longer than its size".into()));
+                    }
+                    *first = false;
+                    let line = read_line(&mut self.tls, &mut budget, max_line)?;
+                    *left = chunk_size(&line).ok_or_else(|| {
+                        Broken::Malformed(format!("the chunk size line {line:?}"))
+                    })?;
+                    if *left == 0 {
+                        // Trailers, to the empty line that ends the body.
+                        while !read_line(&mut self.tls, &mut budget, max_line)?.is_empty() {}
+                        *ended = true;
+                    }
+                    continue;
+                }
+                Framing::Chunked { left, .. } => left,
+            };
+            let want = buf.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
+            let n = self.tls.read(&mut buf[..want]).map_err(Broken::Dropped)?;
+            if n == 0 {
+                return Err(Broken::Dropped(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the server closed the connection",
+                )));
+            }
+            *left -= n as u64;
+            return Ok(n);
+        }
+    }
+}
+
+/// The hexadecimal size at the start of a chunk-size line (extensions after `;` ignored).
+fn chunk_size(line: &str) -> Option<u64> {
+    let size = line.split(';').next()?.trim();
+    if size.is_empty() || size.len() > 15 || !size.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    u64::from_str_radix(size, 16).ok()
+}
+
+/// The roots for [`Fetch`] from PEM text holding one or more CA certificates; the error is one
+/// line naming what is wrong.
+pub fn roots_from_pem(pem: &str) -> Result<RootCertStore, String> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::CertificateDer;
+    let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("not PEM certificates: {e}"))?;
+    if certs.is_empty() {
+        return Err("no PEM CERTIFICATE block".into());
+    }
+    let mut roots = RootCertStore::empty();
+    for (i, cert) in certs.into_iter().enumerate() {
+        roots
+            .add(cert)
+            .map_err(|e| format!("certificate {}: {e}", i + 1))?;
+    }
+    Ok(roots)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_https_with_a_host() {
+        let url = Url::parse("https://updates.example.com/b/1.5.0.cairn?sig=x#frag").unwrap();
+        assert_eq!(url.host, "updates.example.com");
+        assert_eq!(url.port, 443);
+        assert_eq!(url.target, "/b/1.5.0.cairn?sig=x");
+        assert_eq!(
+            url.to_string(),
+            "https://updates.example.com/b/1.5.0.cairn?sig=x"
+        );
+
+        let url = Url::parse("HTTPS://[::1]:8443").unwrap();
+        assert_eq!((url.host.as_str(), url.port), ("::1", 8443));
+        assert_eq!(url.target, "/");
+        assert_eq!(url.authority(), "[::1]:8443");
+
+        let url = Url::parse("https://10.0.0.7:9000?x=1").unwrap();
+        assert_eq!(url.to_string(), "https://10.0.0.7:9000/?x=1");
+
+        for (bad, why) in [
+            ("http://example.com/b", "only https://"),
+            ("ftp://example.com/b", "only https://"),
+            ("example.com/b", "not an https:// URL"),
+            ("https:///b", "no host"),
+            ("https://example.com:0/b", "port"),
+            ("https://example.com:https/b", "port"),
+            ("https://user:pw@example.com/b", "passwords"),
+            ("https://example.com/a b", "spaces"),
+            ("https://example.com/\r\nX: y", "control"),
+            ("https://exa_mple..com/b", "valid name"),
+        ] {
+            let e = Url::parse(bad).unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn redirects_resolve_against_the_current_url() {
+        let base = Url::parse("https://a.example:444/dir/file?q=1").unwrap();
+        let join = |l| base.join(l).unwrap().to_string();
+        assert_eq!(join("/other"), "https://a.example:444/other");
+        assert_eq!(join("next.cairn"), "https://a.example:444/dir/next.cairn");
+        assert_eq!(join("../up?x=/.."), "https://a.example:444/up?x=/..");
+        assert_eq!(join("./sub/./a/../b/"), "https://a.example:444/dir/sub/b/");
+        assert_eq!(join("/../.."), "https://a.example:444/");
+        assert_eq!(join("//b.example/x"), "https://b.example/x");
+        assert_eq!(join("https://c.example/y"), "https://c.example/y");
+        assert!(base.join("http://c.example/y").is_err());
+        assert!(base.join("/a b").is_err());
+    }
+
+    #[test]
+    fn content_ranges_and_chunk_sizes_parse_strictly() {
+        assert_eq!(
+            content_range("bytes 1048576-3145727/3145728"),
+            Some((1048576, 3145727, 3145728))
+        );
+        for bad in [
+            "bytes 1-2/*",
+            "bytes */100",
+            "items 1-2/3",
+            "bytes 5-1/9",
+            "bytes +1-2/3",
+        ] {
+            assert_eq!(content_range(bad), None, "{bad}");
+        }
+        assert_eq!(chunk_size("1a2B"), Some(0x1a2b));
+        assert_eq!(chunk_size("10;name=value"), Some(16));
+        assert_eq!(chunk_size("0"), Some(0));
+        for bad in ["", "+10", "0x10", "g", "1000000000000000"] {
+            assert_eq!(chunk_size(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn status_lines_and_framing() {
+        let status = status_line("HTTP/1.1 404 Not Found").unwrap();
+        assert_eq!(status.to_string(), "404 Not Found");
+        assert_eq!(status_line("HTTP/1.0 200").unwrap().to_string(), "200");
+        assert!(status_line("HTTP/2 200 OK").is_none());
+        assert!(status_line("HTTP/1.1 20 OK").is_none());
+
+        let head = |headers: &[(&str, &str)]| Head {
+            status: status_line("HTTP/1.1 200 OK").unwrap(),
+            headers: headers
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect(),
+        };
+        assert!(matches!(
+            head(&[("content-length", "12")]).framing(),
+            Ok(Some(Framing::Length(12)))
+        ));
+        assert!(matches!(
+            head(&[("transfer-encoding", "chunked"), ("content-length", "12")]).framing(),
+            Ok(Some(Framing::Chunked { .. }))
+        ));
+        assert!(matches!(head(&[]).framing(), Ok(None)));
+        assert!(head(&[("transfer-encoding", "gzip, chunked")])
+            .framing()
+            .is_err());
+        assert!(head(&[("content-length", "1"), ("content-length", "2")])
+            .framing()
+            .is_err());
+        assert!(head(&[("content-length", "-1")]).framing().is_err());
+    }
+
+    #[test]
+    fn roots_from_pem_names_what_is_wrong() {
+        assert!(roots_from_pem("")
+            .unwrap_err()
+            .contains("no PEM CERTIFICATE"));
+        assert!(
+            roots_from_pem("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+                .unwrap_err()
+                .contains("certificate 1")
+        );
+        let ca = rcgen::generate_simple_self_signed(vec!["ca".into()]).unwrap();
+        assert_eq!(roots_from_pem(&ca.cert.pem()).unwrap().len(), 1);
+    }
+}

@@ -1,0 +1,886 @@
+//! The remote commands against a real API server (`cairn_api::serve` on loopback) with a fake
+//! device, using certificates from `cairn_pki` as `cairnctl gen secrets` makes them: tables and
+//! JSON, streams, uploads, roles, and the one-line explanations of refused connections.
+
+use std::io::{BufRead as _, BufReader, Read as _};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use cairn_api::proto;
+use cairn_api::{Device, DeviceError, Options, Server, Sink, TlsConfig, UpgradeSource};
+use cairn_pki::client_config::ClientConfig;
+use cairn_pki::secrets::{self, Secrets};
+use cairn_pki::{Role, Validity};
+
+/// Lets a test hold an upgrade inside the device until it says so.
+struct Gate {
+    entered: mpsc::Sender<()>,
+    release: mpsc::Receiver<()>,
+}
+
+/// A device that answers from constants and keeps what reached it.
+#[derive(Default)]
+struct Fake {
+    calls: Mutex<Vec<&'static str>>,
+    logs: Mutex<Vec<proto::LogsRequest>>,
+    uploaded: Mutex<Vec<u8>>,
+    reboot: Mutex<Option<bool>>,
+    applied: Mutex<Vec<proto::ApplyConfigRequest>>,
+    gate: Mutex<Option<Gate>>,
+}
+
+impl Fake {
+    fn record(&self, call: &'static str) {
+        self.calls.lock().unwrap().push(call);
+    }
+
+    fn called(&self, call: &str) -> bool {
+        self.calls.lock().unwrap().contains(&call)
+    }
+}
+
+impl Device for Fake {
+    fn version(&self) -> Result<proto::VersionResponse, DeviceError> {
+        self.record("Version");
+        Ok(proto::VersionResponse {
+            os_version: "1.4.0".into(),
+            security_version: 3,
+            security_floor: 2,
+            board: "qemu-aarch64".into(),
+            arch: "aarch64".into(),
+            running_slot: proto::Slot::A as i32,
+            hostname: "edge-01".into(),
+            booted_unix_ms: 1_700_000_000_000,
+            api_version: cairn_api::API_VERSION.into(),
+        })
+    }
+
+    fn health(&self) -> Result<proto::HealthResponse, DeviceError> {
+        self.record("Health");
+        Ok(proto::HealthResponse {
+            healthy: false,
+            checks: vec![
+                proto::HealthCheck {
+                    name: "services".into(),
+                    state: proto::CheckState::Passing as i32,
+                    detail: String::new(),
+                    checked_unix_ms: 1_700_000_001_000,
+                    streak: 4,
+                },
+                proto::HealthCheck {
+                    name: "tcp 127.0.0.1:6443".into(),
+                    state: proto::CheckState::Failing as i32,
+                    detail: "connection refused".into(),
+                    checked_unix_ms: 1_700_000_001_000,
+                    streak: 2,
+                },
+            ],
+            trial: false,
+            trial_deadline_unix_ms: 0,
+        })
+    }
+
+    fn slot_status(&self) -> Result<proto::SlotStatusResponse, DeviceError> {
+        self.record("SlotStatus");
+        Ok(proto::SlotStatusResponse {
+            slots: vec![
+                proto::SlotInfo {
+                    slot: proto::Slot::A as i32,
+                    state: proto::SlotState::Good as i32,
+                    os_version: "1.4.0".into(),
+                    security_version: 3,
+                    tries_left: 0,
+                    installed_unix_ms: 0,
+                },
+                proto::SlotInfo {
+                    slot: proto::Slot::B as i32,
+                    state: proto::SlotState::Trial as i32,
+                    os_version: "1.5.0".into(),
+                    security_version: 3,
+                    tries_left: 2,
+                    installed_unix_ms: 1_700_000_100_000,
+                },
+            ],
+            running: proto::Slot::A as i32,
+            next_boot: proto::Slot::B as i32,
+            last_update: proto::UpdateOutcome::Pending as i32,
+            last_update_detail: "1.5.0".into(),
+        })
+    }
+
+    fn service_list(&self) -> Result<proto::ServiceListResponse, DeviceError> {
+        self.record("ServiceList");
+        Ok(proto::ServiceListResponse {
+            services: vec![
+                proto::ServiceInfo {
+                    name: "containerd".into(),
+                    state: proto::ServiceState::Running as i32,
+                    pid: 812,
+                    restarts: 0,
+                    since_unix_ms: 1_700_000_002_000,
+                    last_exit: String::new(),
+                },
+                proto::ServiceInfo {
+                    name: "ntp".into(),
+                    state: proto::ServiceState::Backoff as i32,
+                    pid: 0,
+                    restarts: 12,
+                    since_unix_ms: 1_700_000_003_000,
+                    last_exit: "exit status 1".into(),
+                },
+            ],
+        })
+    }
+
+    fn service_restart(&self, name: &str) -> Result<proto::ServiceRestartResponse, DeviceError> {
+        self.record("ServiceRestart");
+        if name != "containerd" {
+            return Err(DeviceError::not_found(format!(
+                "no service {name:?}; ServiceList shows them"
+            )));
+        }
+        Ok(proto::ServiceRestartResponse { pid: 42 })
+    }
+
+    fn logs(
+        &self,
+        request: &proto::LogsRequest,
+        sink: &Sink<proto::LogsResponse>,
+    ) -> Result<(), DeviceError> {
+        self.record("Logs");
+        self.logs.lock().unwrap().push(request.clone());
+        for i in 0..request.tail {
+            let line = proto::LogsResponse {
+                time_unix_ms: 1_700_000_000_000 + i64::from(i) * 1000,
+                line: format!("line {i}"),
+                dropped: 0,
+                priority: 6,
+            };
+            if sink.send(line).is_err() {
+                return Ok(());
+            }
+        }
+        while request.follow && !sink.is_closed() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    fn upgrade(
+        &self,
+        source: UpgradeSource,
+        reboot: bool,
+        progress: &mut dyn FnMut(proto::UpgradeProgress),
+    ) -> Result<proto::UpgradeDone, DeviceError> {
+        self.record("Upgrade");
+        let UpgradeSource::Upload(mut upload) = source else {
+            return Err(DeviceError::failed_precondition(
+                "this fake only takes uploads",
+            ));
+        };
+        let mut bundle = Vec::new();
+        upload
+            .read_to_end(&mut bundle)
+            .map_err(|e| DeviceError::invalid_argument(format!("reading: {e}")))?;
+        progress(proto::UpgradeProgress {
+            phase: proto::UpgradePhase::Writing as i32,
+            received: bundle.len() as u64,
+            written: 1000,
+            total: 1000,
+            payload: "rootfs".into(),
+        });
+        let gate = self.gate.lock().unwrap().take();
+        if let Some(gate) = gate {
+            gate.entered.send(()).unwrap();
+            gate.release.recv().unwrap();
+        }
+        *self.uploaded.lock().unwrap() = bundle;
+        *self.reboot.lock().unwrap() = Some(reboot);
+        Ok(proto::UpgradeDone {
+            slot: proto::Slot::B as i32,
+            os_version: "1.5.0".into(),
+            security_version: 3,
+            rebooting: reboot,
+        })
+    }
+
+    fn rollback(&self) -> Result<proto::RollbackResponse, DeviceError> {
+        self.record("Rollback");
+        Ok(proto::RollbackResponse {
+            target: proto::Slot::B as i32,
+        })
+    }
+
+    fn reboot(&self) -> Result<(), DeviceError> {
+        self.record("Reboot");
+        Ok(())
+    }
+
+    fn shutdown(&self) -> Result<(), DeviceError> {
+        self.record("Shutdown");
+        Ok(())
+    }
+
+    fn apply_config(
+        &self,
+        request: &proto::ApplyConfigRequest,
+    ) -> Result<proto::ApplyConfigResponse, DeviceError> {
+        self.record("ApplyConfig");
+        self.applied.lock().unwrap().push(request.clone());
+        let trying = request.try_timeout_s > 0;
+        Ok(proto::ApplyConfigResponse {
+            changes: vec!["network.hostname: edge-01 -> edge-02".into()],
+            generation: if request.dry_run { 7 } else { 8 },
+            revert_unix_ms: if trying { 1_700_000_120_000 } else { 0 },
+        })
+    }
+
+    fn confirm_config(&self, _generation: u64) -> Result<(), DeviceError> {
+        self.record("ConfirmConfig");
+        Ok(())
+    }
+
+    fn events(
+        &self,
+        request: &proto::EventsRequest,
+        sink: &Sink<proto::EventsResponse>,
+    ) -> Result<(), DeviceError> {
+        self.record("Events");
+        use proto::events_response::Event;
+        let recent = [
+            Event::Boot(proto::BootEvent {
+                slot: proto::Slot::A as i32,
+                os_version: "1.4.0".into(),
+                trial: false,
+            }),
+            Event::Service(proto::ServiceEvent {
+                name: "ntp".into(),
+                state: proto::ServiceState::Backoff as i32,
+                detail: "exit status 1".into(),
+            }),
+        ];
+        for (seq, event) in recent.into_iter().enumerate().take(request.tail as usize) {
+            let event = proto::EventsResponse {
+                seq: seq as u64 + 1,
+                time_unix_ms: 1_700_000_000_000,
+                event: Some(event),
+            };
+            if sink.send(event).is_err() {
+                return Ok(());
+            }
+        }
+        while !sink.is_closed() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+}
+
+/// A secrets folder as `cairnctl gen secrets` writes it, a device serving the API with a
+/// server certificate from its device CA, and a scratch folder to run cairnctl in.
+struct Fleet {
+    dir: tempfile::TempDir,
+    secrets: Secrets,
+    device: Arc<Fake>,
+    server: Option<Server>,
+}
+
+impl Fleet {
+    fn start() -> Fleet {
+        let dir = tempfile::tempdir().unwrap();
+        let secrets = new_secrets("Test");
+        secrets.write_new(&dir.path().join("secrets")).unwrap();
+        let server_cert = cairn_pki::issue_server(
+            &secrets.device_ca,
+            "cairn-test",
+            &[],
+            secrets.device_ca.validity(),
+        )
+        .unwrap();
+        let tls = TlsConfig::from_pem(
+            secrets.client_ca.cert_pem().as_bytes(),
+            server_cert.cert_pem.as_bytes(),
+            server_cert.key_pem.as_bytes(),
+        )
+        .unwrap();
+        let device = Arc::new(Fake::default());
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let options = Options {
+            log: Arc::new(|_: &str| {}),
+            ..Options::default()
+        };
+        let server = cairn_api::serve(listener, &tls, device.clone(), options).unwrap();
+        let fleet = Fleet {
+            dir,
+            secrets,
+            device,
+            server: Some(server),
+        };
+        // The folder's own config, pointed at this device.
+        fleet.config("secrets/cairnctl.yaml", "device-ca.crt", "admin");
+        fleet
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    fn endpoint(&self) -> String {
+        self.server.as_ref().unwrap().local_addr().to_string()
+    }
+
+    /// Writes a config at `rel` trusting `ca` (relative to the secrets folder) and presenting
+    /// `<client>.crt` / `<client>.key` from the secrets folder; returns its path.
+    fn config(&self, rel: &str, ca: &str, client: &str) -> String {
+        let secrets = self.path("secrets");
+        let config = ClientConfig {
+            endpoint: self.endpoint(),
+            ca: secrets.join(ca),
+            cert: secrets.join(format!("{client}.crt")),
+            key: secrets.join(format!("{client}.key")),
+        };
+        let path = self.path(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, config.to_yaml()).unwrap();
+        path.to_str().unwrap().to_string()
+    }
+
+    /// cairnctl with the admin config, run in the scratch folder with no config in the
+    /// environment.
+    fn admin(&self, args: &[&str]) -> (bool, String, String) {
+        let config = self.path("secrets/cairnctl.yaml");
+        let mut all = vec!["--config", config.to_str().unwrap()];
+        all.extend_from_slice(args);
+        self.run(&all)
+    }
+
+    fn run(&self, args: &[&str]) -> (bool, String, String) {
+        let out = self.command(args).output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let home = self.path("home");
+        std::fs::create_dir_all(&home).unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_cairnctl"));
+        command
+            .args(args)
+            .current_dir(self.dir.path())
+            .env_remove("CAIRNCTL_CONFIG")
+            .env_remove("XDG_CONFIG_HOME")
+            .env("HOME", home);
+        command
+    }
+
+    /// Starts cairnctl with piped output; the test kills it.
+    fn spawn(&self, args: &[&str]) -> Child {
+        let config = self.path("secrets/cairnctl.yaml");
+        let mut all = vec!["--config", config.to_str().unwrap()];
+        all.extend_from_slice(args);
+        self.command(&all)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.shutdown().unwrap();
+        }
+    }
+}
+
+fn new_secrets(name: &str) -> Secrets {
+    Secrets::generate(&secrets::Options {
+        name: name.into(),
+        client_days: 30,
+    })
+    .unwrap()
+}
+
+fn one_line(stderr: &str) {
+    assert_eq!(stderr.lines().count(), 1, "not one line: {stderr}");
+}
+
+/// Reads `n` lines of a running child's stdout (each within the test's patience).
+fn read_lines(child: &mut Child, n: usize) -> Vec<String> {
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap()).is_err() {
+                return;
+            }
+        }
+    });
+    (0..n)
+        .map(|_| rx.recv_timeout(Duration::from_secs(10)).expect("a line"))
+        .collect()
+}
+
+#[test]
+fn unary_answers_as_tables_and_json() {
+    let fleet = Fleet::start();
+
+    let (ok, out, err) = fleet.admin(&["version"]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        out,
+        "hostname      edge-01\n\
+         os version    1.4.0\n\
+         security      version 3, floor 2\n\
+         board         qemu-aarch64 (aarch64)\n\
+         running slot  a\n\
+         booted        2023-11-14 22:13:20Z\n\
+         api version   1\n"
+    );
+    let (ok, out, err) = fleet.admin(&["version", "--json"]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["running_slot"], "a");
+    assert_eq!(v["security_floor"], 2);
+    assert_eq!(v["booted_unix_ms"], 1_700_000_000_000i64);
+
+    let (ok, out, err) = fleet.admin(&["health"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.starts_with("unhealthy: 1 of 2 checks do not pass\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "CHECK               STATE    STREAK  CHECKED               DETAIL\n\
+             services            passing  4       2023-11-14 22:13:21Z\n\
+             tcp 127.0.0.1:6443  failing  2       2023-11-14 22:13:21Z  connection refused\n"
+        ),
+        "{out}"
+    );
+    let (ok, out, _) = fleet.admin(&["--json", "health"]);
+    assert!(ok);
+    let h: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(h["healthy"], false);
+    assert_eq!(h["checks"][1]["state"], "failing");
+    assert_eq!(h["checks"][1]["detail"], "connection refused");
+
+    let (ok, out, err) = fleet.admin(&["slots"]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        out,
+        "SLOT  STATE  VERSION  SECURITY  TRIES LEFT  INSTALLED\n\
+         a     good   1.4.0    3         -           -                     running\n\
+         b     trial  1.5.0    3         2           2023-11-14 22:15:00Z  next boot\n\
+         running a, next boot b\n\
+         last update: pending (1.5.0)\n"
+    );
+    let (ok, out, _) = fleet.admin(&["slots", "--json"]);
+    assert!(ok);
+    let s: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(s["slots"][1]["state"], "trial");
+    assert_eq!(s["next_boot"], "b");
+    assert_eq!(s["last_update"], "pending");
+
+    let (ok, out, err) = fleet.admin(&["services"]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        out,
+        "NAME        STATE    PID  RESTARTS  SINCE                 LAST EXIT\n\
+         containerd  running  812  0         2023-11-14 22:13:22Z\n\
+         ntp         backoff  -    12        2023-11-14 22:13:23Z  exit status 1\n"
+    );
+    let (ok, out, _) = fleet.admin(&["services", "--json"]);
+    assert!(ok);
+    let s: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(s["services"][1]["state"], "backoff");
+    assert_eq!(s["services"][1]["restarts"], 12);
+
+    let (ok, out, err) = fleet.admin(&["restart", "containerd"]);
+    assert!(ok, "{err}");
+    assert_eq!(out, "restarted containerd (pid 42)\n");
+    // The device's own message, one line.
+    let (ok, _, err) = fleet.admin(&["restart", "nope"]);
+    assert!(!ok);
+    one_line(&err);
+    assert!(
+        err.contains("restart: no service \"nope\"; ServiceList shows them"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_config_is_found_in_the_documented_order() {
+    let fleet = Fleet::start();
+    // No --config, nothing in the folder or the environment.
+    let (ok, _, err) = fleet.run(&["version"]);
+    assert!(!ok);
+    one_line(&err);
+    assert!(
+        err.contains("cairnctl gen secrets --out DIR")
+            && err.contains("--config DIR/cairnctl.yaml"),
+        "{err}"
+    );
+
+    // ~/.config/cairn/cairnctl.yaml.
+    fleet.config(
+        "home/.config/cairn/cairnctl.yaml",
+        "device-ca.crt",
+        "reader",
+    );
+    let (ok, out, err) = fleet.run(&["version"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("edge-01"), "{out}");
+
+    // ./cairnctl.yaml comes before it: this one trusts the wrong CA, so which one was used
+    // shows in the outcome.
+    fleet.config("cairnctl.yaml", "client-ca.crt", "reader");
+    let (ok, _, err) = fleet.run(&["version"]);
+    assert!(!ok && err.contains("point `ca:`"), "{err}");
+
+    // $CAIRNCTL_CONFIG comes before that, and --config before everything.
+    let good = fleet.path("secrets/cairnctl.yaml");
+    let out = fleet
+        .command(&["version"])
+        .env("CAIRNCTL_CONFIG", &good)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let out = fleet
+        .command(&["--config", good.to_str().unwrap(), "version"])
+        .env("CAIRNCTL_CONFIG", fleet.path("nonexistent.yaml"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    // A named file that is missing is an error, not a reason to look elsewhere.
+    let missing = fleet.path("missing.yaml");
+    let (ok, _, err) = fleet.run(&["--config", missing.to_str().unwrap(), "version"]);
+    assert!(!ok && err.contains("missing.yaml"), "{err}");
+
+    // --endpoint overrides the config's endpoint.
+    let (ok, _, err) = fleet.admin(&["--endpoint", "127.0.0.1:1", "version"]);
+    assert!(!ok && err.contains("127.0.0.1:1"), "{err}");
+}
+
+#[test]
+fn logs_tail_and_follow() {
+    let fleet = Fleet::start();
+    let (ok, out, err) = fleet.admin(&["logs", "-n", "3", "containerd"]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        out,
+        "2023-11-14 22:13:20Z  line 0\n\
+         2023-11-14 22:13:21Z  line 1\n\
+         2023-11-14 22:13:22Z  line 2\n"
+    );
+    let (ok, out, err) = fleet.admin(&["logs", "--json", "-n", "2", "kernel"]);
+    assert!(ok, "{err}");
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[1]["line"], "line 1");
+    assert_eq!(lines[1]["priority"], 6);
+    {
+        let requests = fleet.device.logs.lock().unwrap();
+        assert_eq!(
+            requests[0].source,
+            Some(proto::logs_request::Source::Service("containerd".into()))
+        );
+        assert_eq!((requests[0].tail, requests[0].follow), (3, false));
+        assert_eq!(
+            requests[1].source,
+            Some(proto::logs_request::Source::Kernel(proto::KernelLog {}))
+        );
+    }
+
+    // -f keeps the stream open after the tail.
+    let mut child = fleet.spawn(&["logs", "-f", "-n", "2", "containerd"]);
+    let lines = read_lines(&mut child, 2);
+    assert!(lines[1].ends_with("line 1"), "{lines:?}");
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "logs -f ended by itself"
+    );
+    assert!(fleet.device.logs.lock().unwrap()[2].follow);
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[test]
+fn events_follow() {
+    let fleet = Fleet::start();
+    let mut child = fleet.spawn(&["events", "-n", "5"]);
+    let lines = read_lines(&mut child, 2);
+    assert_eq!(
+        lines,
+        [
+            "2023-11-14 22:13:20Z  #1     boot      slot a, 1.4.0",
+            "2023-11-14 22:13:20Z  #2     service   ntp backoff: exit status 1",
+        ]
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "events ended by itself"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let mut child = fleet.spawn(&["events", "--json", "-n", "1"]);
+    let lines = read_lines(&mut child, 1);
+    let event: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+    assert_eq!(event["seq"], 1);
+    assert_eq!(event["boot"]["slot"], "a");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+/// A fake bundle a little over five chunks long, so the last chunk is a short one.
+fn bundle(dir: &Path) -> (PathBuf, Vec<u8>) {
+    let bytes: Vec<u8> = b"CAIRN"
+        .iter()
+        .copied()
+        .chain((0..1_310_000u32).map(|i| (i % 251) as u8))
+        .collect();
+    let path = dir.join("update.cairn");
+    std::fs::write(&path, &bytes).unwrap();
+    (path, bytes)
+}
+
+#[test]
+fn upgrade_uploads_the_file_in_chunks() {
+    let fleet = Fleet::start();
+    let (path, bytes) = bundle(fleet.dir.path());
+    let (ok, out, err) = fleet.admin(&["upgrade", "--no-reboot", path.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        out,
+        "installed 1.5.0 (security version 3) into slot b; it boots as a trial at the next \
+         reboot (`cairnctl reboot`)\n"
+    );
+    assert!(*fleet.device.uploaded.lock().unwrap() == bytes);
+    assert_eq!(*fleet.device.reboot.lock().unwrap(), Some(false));
+    // Not a terminal: plain progress lines, ending with the whole file, then the device's.
+    assert!(
+        err.contains("upgrade: upload 1.25 MiB of 1.25 MiB (100%)"),
+        "{err}"
+    );
+    assert!(err.contains("upgrade: write rootfs"), "{err}");
+
+    let (ok, out, err) = fleet.admin(&["upgrade", "--json", path.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let done: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(done["slot"], "b");
+    assert_eq!(done["rebooting"], true);
+    assert_eq!(*fleet.device.reboot.lock().unwrap(), Some(true));
+
+    let (ok, _, err) = fleet.admin(&["upgrade", "/nonexistent/update.cairn"]);
+    assert!(!ok && err.contains("/nonexistent/update.cairn"), "{err}");
+    let (ok, _, err) = fleet.admin(&["upgrade", "http://example.com/update.cairn"]);
+    assert!(!ok && err.contains("https://"), "{err}");
+}
+
+#[test]
+fn a_second_upgrade_is_refused_with_the_devices_message() {
+    let fleet = Fleet::start();
+    let (path, _) = bundle(fleet.dir.path());
+    let (entered_tx, entered) = mpsc::channel();
+    let (release, release_rx) = mpsc::channel();
+    *fleet.device.gate.lock().unwrap() = Some(Gate {
+        entered: entered_tx,
+        release: release_rx,
+    });
+    let first = fleet.spawn(&["upgrade", path.to_str().unwrap()]);
+    entered
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the first upgrade reaches the device");
+
+    let (ok, _, err) = fleet.admin(&["upgrade", path.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(
+        err.ends_with("upgrade: an upgrade or rollback is already running; this upgrade can start when it has finished\n"),
+        "{err}"
+    );
+
+    release.send(()).unwrap();
+    let out = first.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+}
+
+#[test]
+fn a_reader_may_look_but_not_upgrade() {
+    let fleet = Fleet::start();
+    let reader = fleet.config("reader.yaml", "device-ca.crt", "reader");
+    let (ok, _, err) = fleet.run(&["--config", &reader, "slots"]);
+    assert!(ok, "{err}");
+    let (path, _) = bundle(fleet.dir.path());
+    let (ok, _, err) = fleet.run(&["--config", &reader, "upgrade", path.to_str().unwrap()]);
+    assert!(!ok);
+    one_line(&err);
+    assert!(
+        err.contains("Upgrade needs the operator role")
+            && err.contains("has the reader role")
+            && err.contains("reader.yaml at a certificate with that role"),
+        "{err}"
+    );
+    assert!(!fleet.device.called("Upgrade"));
+}
+
+#[test]
+fn apply_config_checks_locally_then_applies() {
+    let fleet = Fleet::start();
+    let good = fleet.path("machine.yaml");
+    std::fs::write(
+        &good,
+        "update:\n  tries: 3\nnetwork:\n  hostname: edge-02\n",
+    )
+    .unwrap();
+    let good = good.to_str().unwrap();
+
+    let (ok, out, err) = fleet.admin(&["apply-config", "--dry-run", good]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("would change (nothing applied; generation 7 is in force)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("  network.hostname: edge-01 -> edge-02\n"),
+        "{out}"
+    );
+    {
+        let applied = fleet.device.applied.lock().unwrap();
+        assert!(applied[0].dry_run);
+        assert_eq!(applied[0].try_timeout_s, 0);
+        assert!(applied[0].config.contains("hostname: edge-02"));
+    }
+
+    let (ok, out, err) = fleet.admin(&["apply-config", "--try", "2m", good]);
+    assert!(ok, "{err}");
+    assert!(out.contains("generation 8 on trial"), "{out}");
+    assert!(out.contains("`cairnctl confirm-config 8`"), "{out}");
+    assert_eq!(fleet.device.applied.lock().unwrap()[1].try_timeout_s, 120);
+
+    let (ok, out, err) = fleet.admin(&["confirm-config", "8", "--json"]);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "{}");
+
+    let (ok, _, err) = fleet.admin(&["apply-config", "--try", "2d", good]);
+    assert!(!ok && err.contains("90s, 2m or 1h"), "{err}");
+
+    // Refused here with `config validate`'s line; the device never sees it.
+    let bad = fleet.path("bad.yaml");
+    std::fs::write(&bad, "update:\n  triez: 3\n").unwrap();
+    let bad = bad.to_str().unwrap();
+    let (_, _, validate_err) = fleet.run(&["config", "validate", bad]);
+    let (ok, _, err) = fleet.admin(&["apply-config", bad]);
+    assert!(!ok);
+    one_line(&err);
+    assert_eq!(err, validate_err);
+    assert_eq!(fleet.device.applied.lock().unwrap().len(), 2);
+}
+
+#[test]
+fn a_client_certificate_from_another_ca_is_explained() {
+    let fleet = Fleet::start();
+    let other = new_secrets("Other");
+    other.write_new(&fleet.path("other")).unwrap();
+    let config = fleet.config("stranger.yaml", "device-ca.crt", "../other/admin");
+    let (ok, _, err) = fleet.run(&["--config", &config, "version"]);
+    assert!(!ok);
+    one_line(&err);
+    assert!(
+        err.contains("the device does not trust this client certificate")
+            && err.contains("other/admin.crt")
+            && err.contains(&format!("issued by CA {}", other.client_ca.fingerprint())),
+        "{err}"
+    );
+    assert!(!fleet.device.called("Version"));
+
+    // An expired certificate from the right CA: the line says so.
+    let now = SystemTime::now();
+    let expired = cairn_pki::issue_client(
+        &fleet.secrets.client_ca,
+        "old",
+        Role::Admin,
+        Validity {
+            not_before: now - Duration::from_secs(3 * 86400),
+            not_after: now - Duration::from_secs(86400),
+        },
+    )
+    .unwrap();
+    std::fs::write(fleet.path("secrets/old.crt"), &expired.cert_pem).unwrap();
+    std::fs::write(fleet.path("secrets/old.key"), &expired.key_pem).unwrap();
+    let config = fleet.config("old.yaml", "device-ca.crt", "old");
+    let (ok, _, err) = fleet.run(&["--config", &config, "version"]);
+    assert!(!ok);
+    one_line(&err);
+    assert!(
+        err.contains("the device does not trust this client certificate")
+            && err.contains("expired on"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_wrong_ca_names_both_cas() {
+    let fleet = Fleet::start();
+    // The classic mistake: the client CA where the device CA belongs.
+    let config = fleet.config("wrong-ca.yaml", "client-ca.crt", "admin");
+    let (ok, _, err) = fleet.run(&["--config", &config, "version"]);
+    assert!(!ok);
+    one_line(&err);
+    let device_ca = fleet.secrets.device_ca.fingerprint();
+    let client_ca = fleet.secrets.client_ca.fingerprint();
+    assert!(
+        err.contains(&format!(
+            "the device's certificate was issued by CA {device_ca}, but "
+        )) && err.contains(&format!("client-ca.crt is CA {client_ca}: point `ca:` in ")),
+        "{err}"
+    );
+    assert!(!fleet.device.called("Version"));
+}
+
+#[test]
+fn an_unreachable_endpoint_is_named() {
+    let fleet = Fleet::start();
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().to_string()
+    };
+    let (ok, _, err) = fleet.admin(&["--endpoint", &closed, "health"]);
+    assert!(!ok);
+    one_line(&err);
+    assert!(
+        err.contains(&format!("cannot connect to the device at {closed}"))
+            && err.contains("--endpoint"),
+        "{err}"
+    );
+}
+
+#[test]
+fn completions_cover_the_remote_commands() {
+    let out = Command::new(env!("CARGO_BIN_EXE_cairnctl"))
+        .args(["completions", "bash"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let script = String::from_utf8(out.stdout).unwrap();
+    for word in [
+        "upgrade",
+        "apply-config",
+        "confirm-config",
+        "--endpoint",
+        "--no-reboot",
+    ] {
+        assert!(script.contains(word), "{word} missing");
+    }
+}

@@ -1,0 +1,640 @@
+//! cairnd's side of the management API: the [`cairn_api::Device`] it serves, and the server's
+//! certificate.
+//!
+//! The one idea: every call is a thin view of state cairnd already keeps ([`Shared`]): the
+//! release, the bootloader's slots, the STATE partition's records, the network loop, the log and
+//! event rings. Calls that change the machine (upgrade, rollback, config) take the same paths and
+//! locks as the USB-stick install and the health window, so the API cannot do anything a stick
+//! could not, nor two things at once.
+//!
+//! The server certificate is issued on the device, by the device CA the image put on STATE
+//! ([`SECRETS_DIR`]), for the hostname and `localhost`/loopback addresses, and kept on STATE.
+//! It is issued again when the hostname or the device CA changes or it is about to expire.
+
+use std::fs;
+use std::io::Read;
+use std::net::TcpListener;
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use cairn_api::proto;
+use cairn_api::{Device, DeviceError, Sink, UpgradeSource};
+use cairn_boot::{Bootloader, Slot};
+use cairn_updater::install::Phase;
+use cairn_updater::state::Outcome;
+
+use crate::cairnd::{self, Shared};
+use crate::journal::Batch;
+
+/// Where the image build puts what `cairnctl gen secrets` made for devices (on STATE), and
+/// where the server certificate is kept.
+pub const SECRETS_DIR: &str = "/var/lib/cairn/api";
+/// The port the API listens on, on every address.
+pub const PORT: u16 = 50000;
+/// Re-issue the server certificate when it has less than this left.
+const RENEW_BEFORE: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// Starts the API server, or says why there is none.
+pub fn start(shared: Arc<Shared>) -> Option<cairn_api::Server> {
+    let tls = match server_tls(Path::new(SECRETS_DIR), Path::new(SECRETS_DIR)) {
+        Ok(Some(tls)) => tls,
+        Ok(None) => {
+            cairnd::log(format_args!(
+                "no management API: this image carries no API secrets (no {SECRETS_DIR}/client-ca.crt; \
+                 build it with `cairnctl image build --api-secrets DIR`)"
+            ));
+            return None;
+        }
+        Err(e) => {
+            cairnd::log(format_args!("no management API: {e}"));
+            return None;
+        }
+    };
+    // One socket for IPv4 and IPv6 where the kernel has IPv6.
+    let listener =
+        TcpListener::bind(("::", PORT)).or_else(|_| TcpListener::bind(("0.0.0.0", PORT)));
+    let listener = match listener {
+        Ok(l) => l,
+        Err(e) => {
+            cairnd::log(format_args!("no management API: port {PORT}: {e}"));
+            return None;
+        }
+    };
+    let options = cairn_api::Options {
+        log: Arc::new(|line: &str| cairnd::log(format_args!("api: {line}"))),
+        ..Default::default()
+    };
+    match cairn_api::serve(listener, &tls, Arc::new(ApiDevice(shared)), options) {
+        Ok(server) => {
+            cairnd::log(format_args!("management API on port {PORT} (mutual TLS)"));
+            Some(server)
+        }
+        Err(e) => {
+            cairnd::log(format_args!("no management API: {e}"));
+            None
+        }
+    }
+}
+
+/// The TLS config from the image's secrets and the server certificate on STATE (issued now if
+/// missing or stale). `None` when the image has no secrets.
+pub fn server_tls(secrets: &Path, keep: &Path) -> Result<Option<cairn_api::TlsConfig>, String> {
+    let read = |name: &str| {
+        let path = secrets.join(name);
+        fs::read_to_string(&path).map_err(|e| format!("reading {}: {e}", path.display()))
+    };
+    if !secrets.join(cairn_pki::secrets::CLIENT_CA_CERT).exists() {
+        return Ok(None);
+    }
+    let client_ca = read(cairn_pki::secrets::CLIENT_CA_CERT)?;
+    let (cert, key) = server_certificate(
+        &read(cairn_pki::secrets::DEVICE_CA_CERT)?,
+        &read(cairn_pki::secrets::DEVICE_CA_KEY)?,
+        &hostname(),
+        keep,
+    )?;
+    cairn_api::TlsConfig::from_pem(client_ca.as_bytes(), cert.as_bytes(), key.as_bytes())
+        .map(Some)
+        .map_err(|e| e.to_string())
+}
+
+/// The server certificate and key kept in `keep`, or new ones from the device CA.
+pub fn server_certificate(
+    ca_cert: &str,
+    ca_key: &str,
+    hostname: &str,
+    keep: &Path,
+) -> Result<(String, String), String> {
+    let (cert_path, key_path) = (keep.join("server.crt"), keep.join("server.key"));
+    let ca_der =
+        cairn_pki::pem_to_der(ca_cert).map_err(|e| format!("{SECRETS_DIR}/device-ca.crt: {e}"))?;
+    if let (Ok(cert), Ok(key)) = (
+        fs::read_to_string(&cert_path),
+        fs::read_to_string(&key_path),
+    ) {
+        let renew_at = SystemTime::now() + RENEW_BEFORE;
+        let fresh = cairn_pki::pem_to_der(&cert)
+            .ok()
+            .filter(|der| cairn_pki::check_issued_by(der, &ca_der, renew_at).is_ok())
+            .and_then(|der| cairn_pki::common_name(&der).ok())
+            .is_some_and(|cn| cn == hostname);
+        if fresh {
+            return Ok((cert, key));
+        }
+    }
+    let ca = cairn_pki::Ca::from_pem(ca_cert, ca_key).map_err(|e| format!("the device CA: {e}"))?;
+    let issued = cairn_pki::issue_server(&ca, hostname, &[], ca.validity())
+        .map_err(|e| format!("issuing the server certificate: {e}"))?;
+    fs::create_dir_all(keep).map_err(|e| format!("creating {}: {e}", keep.display()))?;
+    write_private(&key_path, &issued.key_pem)?;
+    write_private(&cert_path, &issued.cert_pem)?;
+    cairnd::log(format_args!(
+        "issued the API server certificate for {hostname} (fingerprint {})",
+        issued.fingerprint()
+    ));
+    Ok((issued.cert_pem, issued.key_pem))
+}
+
+fn write_private(path: &Path, text: &str) -> Result<(), String> {
+    let tmp = path.with_extension("tmp");
+    let write = || -> std::io::Result<()> {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        std::io::Write::write_all(&mut f, text.as_bytes())?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)
+    };
+    write().map_err(|e| format!("writing {}: {e}", path.display()))
+}
+
+/// The kernel's hostname (netcfg sets it from the machine config).
+pub fn hostname() -> String {
+    fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty() && h != "(none)")
+        .unwrap_or_else(|| "cairn".into())
+}
+
+pub fn unix_ms(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+pub fn proto_slot(slot: Slot) -> proto::Slot {
+    match slot {
+        Slot::A => proto::Slot::A,
+        Slot::B => proto::Slot::B,
+    }
+}
+
+struct ApiDevice(Arc<Shared>);
+
+impl Device for ApiDevice {
+    fn version(&self) -> Result<proto::VersionResponse, DeviceError> {
+        let s = &self.0;
+        Ok(proto::VersionResponse {
+            os_version: s.release.version.clone(),
+            security_version: s.release.security_version,
+            security_floor: s.state.security_floor().unwrap_or(0),
+            board: s.release.board.clone(),
+            arch: std::env::consts::ARCH.into(),
+            running_slot: proto_slot(s.running) as i32,
+            hostname: hostname(),
+            booted_unix_ms: unix_ms(s.booted),
+            api_version: cairn_api::API_VERSION.into(),
+        })
+    }
+
+    fn health(&self) -> Result<proto::HealthResponse, DeviceError> {
+        Ok(self.0.health_now())
+    }
+
+    fn slot_status(&self) -> Result<proto::SlotStatusResponse, DeviceError> {
+        let s = &self.0;
+        let status = cairnd::bootloader(s.running)
+            .status()
+            .map_err(|e| DeviceError::internal(format!("reading the boot state: {e}")))?;
+        let record = s.state.trial().ok().flatten();
+        let slots = Slot::ALL
+            .into_iter()
+            .map(|slot| {
+                let info = status.slot(slot);
+                let state = if !info.bootable && !info.successful {
+                    if info.tries_left == Some(0) {
+                        proto::SlotState::Bad
+                    } else if slot == s.running {
+                        proto::SlotState::Trial
+                    } else {
+                        proto::SlotState::Empty
+                    }
+                } else if slot == s.running && status.trial {
+                    proto::SlotState::Trial
+                } else if info.successful {
+                    proto::SlotState::Good
+                } else if info.tries_left == Some(0) {
+                    proto::SlotState::Bad
+                } else {
+                    proto::SlotState::Trial
+                };
+                let (os_version, security_version) = if slot == s.running {
+                    (s.release.version.clone(), s.release.security_version)
+                } else {
+                    match &record {
+                        Some(r) if r.slot == slot.to_string() => {
+                            (r.version.clone(), r.security_version)
+                        }
+                        _ => (String::new(), 0),
+                    }
+                };
+                proto::SlotInfo {
+                    slot: proto_slot(slot) as i32,
+                    state: state as i32,
+                    os_version,
+                    security_version,
+                    tries_left: info.tries_left.unwrap_or(0),
+                    installed_unix_ms: 0,
+                }
+            })
+            .collect();
+        let (last_update, detail) = match &record {
+            None => (proto::UpdateOutcome::None, String::new()),
+            Some(r) => (
+                match r.outcome {
+                    Outcome::Installed => proto::UpdateOutcome::Pending,
+                    Outcome::Committed => proto::UpdateOutcome::Committed,
+                    Outcome::RolledBack => proto::UpdateOutcome::RolledBack,
+                    Outcome::Abandoned => proto::UpdateOutcome::Abandoned,
+                },
+                format!(
+                    "version {} in slot {}{}",
+                    r.version,
+                    r.slot,
+                    r.reason
+                        .as_deref()
+                        .map(|w| format!(": {w}"))
+                        .unwrap_or_default()
+                ),
+            ),
+        };
+        Ok(proto::SlotStatusResponse {
+            slots,
+            running: proto_slot(s.running) as i32,
+            next_boot: status.next.map_or(proto::Slot::Unspecified, proto_slot) as i32,
+            last_update: last_update as i32,
+            last_update_detail: detail,
+        })
+    }
+
+    fn service_list(&self) -> Result<proto::ServiceListResponse, DeviceError> {
+        let services = cairnd::services()
+            .map_err(DeviceError::unavailable)?
+            .into_iter()
+            .map(|(name, pid)| proto::ServiceInfo {
+                name,
+                state: if pid.is_some() {
+                    proto::ServiceState::Running
+                } else {
+                    proto::ServiceState::Backoff
+                } as i32,
+                pid: pid.unwrap_or(0),
+                restarts: 0,
+                since_unix_ms: 0,
+                last_exit: String::new(),
+            })
+            .collect();
+        Ok(proto::ServiceListResponse { services })
+    }
+
+    fn service_restart(&self, name: &str) -> Result<proto::ServiceRestartResponse, DeviceError> {
+        let services = cairnd::services().map_err(DeviceError::unavailable)?;
+        let Some((_, pid)) = services.iter().find(|(n, _)| n == name) else {
+            return Err(DeviceError::not_found(format!(
+                "no service {name:?}: the services are {}",
+                services
+                    .iter()
+                    .map(|(n, _)| n.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        };
+        if name != "cairnd" {
+            return Err(DeviceError::failed_precondition(format!(
+                "{name} cannot be restarted over the API"
+            )));
+        }
+        // cairnd is the one answering: it exits once the answer is out, and init starts it again.
+        self.0.restart_self();
+        Ok(proto::ServiceRestartResponse {
+            pid: pid.unwrap_or(0),
+        })
+    }
+
+    fn logs(
+        &self,
+        request: &proto::LogsRequest,
+        sink: &Sink<proto::LogsResponse>,
+    ) -> Result<(), DeviceError> {
+        use proto::logs_request::Source;
+        match &request.source {
+            Some(Source::Kernel(_)) => kernel_log(request.tail, request.follow, sink),
+            Some(Source::Service(name)) if name == "cairnd" => follow_ring(
+                cairnd::log_ring(),
+                request.tail,
+                request.follow,
+                sink,
+                |(ms, line)| proto::LogsResponse {
+                    time_unix_ms: *ms,
+                    line: line.clone(),
+                    dropped: 0,
+                    priority: 6,
+                },
+            ),
+            Some(Source::Service(name)) => Err(DeviceError::not_found(format!(
+                "no log {name:?}: the logs are cairnd and the kernel's"
+            ))),
+            None => Err(DeviceError::invalid_argument("no log source")),
+        }
+    }
+
+    fn upgrade(
+        &self,
+        source: UpgradeSource,
+        reboot: bool,
+        progress: &mut dyn FnMut(proto::UpgradeProgress),
+    ) -> Result<proto::UpgradeDone, DeviceError> {
+        let mut console = cairnd::ProgressReporter::default();
+        let mut report = |p: &cairn_updater::install::Progress| {
+            console.report(p);
+            progress(proto::UpgradeProgress {
+                phase: match p.phase {
+                    Phase::Verifying => proto::UpgradePhase::Verifying,
+                    Phase::Writing => proto::UpgradePhase::Writing,
+                    Phase::Arming => proto::UpgradePhase::Arming,
+                } as i32,
+                received: 0,
+                written: p.done,
+                total: p.total,
+                payload: p.payload.clone(),
+            })
+        };
+        let installed = match source {
+            UpgradeSource::Upload(upload) => {
+                let len = upload.size();
+                cairnd::log(format_args!("installing an uploaded bundle ({len} bytes)"));
+                let reader = std::io::BufReader::with_capacity(1 << 20, upload);
+                self.0
+                    .install("the uploaded bundle", reader, Some(len), &mut report)
+            }
+            UpgradeSource::Fetch { url } => {
+                let fetch = self.0.fetch(&url)?;
+                let len = fetch.len();
+                cairnd::log(format_args!("installing the bundle at {url}"));
+                let reader = std::io::BufReader::with_capacity(1 << 20, fetch);
+                self.0.install(&url, reader, len, &mut report)
+            }
+        }
+        .inspect_err(|e| cairnd::log(format_args!("{e}")))?;
+        cairnd::log(format_args!(
+            "installed version {} into slot {} ({} bytes){}",
+            installed.version,
+            installed.slot,
+            installed.bytes,
+            if reboot {
+                "; rebooting into the trial"
+            } else {
+                "; the next reboot starts its trial"
+            }
+        ));
+        if reboot {
+            self.0.reboot_soon();
+        }
+        Ok(proto::UpgradeDone {
+            slot: proto_slot(installed.slot) as i32,
+            os_version: installed.version,
+            security_version: installed.security_version,
+            rebooting: reboot,
+        })
+    }
+
+    fn rollback(&self) -> Result<proto::RollbackResponse, DeviceError> {
+        let target = self.0.rollback()?;
+        Ok(proto::RollbackResponse {
+            target: proto_slot(target) as i32,
+        })
+    }
+
+    fn reboot(&self) -> Result<(), DeviceError> {
+        cairnd::log(format_args!("reboot requested over the API"));
+        self.0.reboot_soon();
+        Ok(())
+    }
+
+    fn shutdown(&self) -> Result<(), DeviceError> {
+        cairnd::log(format_args!("power-off requested over the API"));
+        self.0.power_off_soon();
+        Ok(())
+    }
+
+    fn apply_config(
+        &self,
+        request: &proto::ApplyConfigRequest,
+    ) -> Result<proto::ApplyConfigResponse, DeviceError> {
+        self.0
+            .apply_config(&request.config, request.dry_run, request.try_timeout_s)
+    }
+
+    fn confirm_config(&self, generation: u64) -> Result<(), DeviceError> {
+        self.0.confirm_config(generation)
+    }
+
+    fn events(
+        &self,
+        request: &proto::EventsRequest,
+        sink: &Sink<proto::EventsResponse>,
+    ) -> Result<(), DeviceError> {
+        follow_ring(&self.0.events, request.tail, true, sink, |(ms, event)| {
+            proto::EventsResponse {
+                seq: 0,
+                time_unix_ms: *ms,
+                event: Some(event.clone()),
+            }
+        })
+    }
+}
+
+/// Sends a ring's last `tail` entries, then new ones while `follow`, until the client goes.
+fn follow_ring<T: Clone, M>(
+    ring: &crate::journal::Ring<T>,
+    tail: u32,
+    follow: bool,
+    sink: &Sink<M>,
+    make: impl Fn(&T) -> M,
+) -> Result<(), DeviceError>
+where
+    M: SetSeq,
+{
+    let mut seq = ring.tail_start(tail.into());
+    loop {
+        let wait = if follow {
+            Duration::from_secs(1)
+        } else {
+            Duration::ZERO
+        };
+        let Batch { entries, dropped } = ring.after(seq, 256, wait);
+        let mut dropped = dropped;
+        for (s, entry) in &entries {
+            let mut m = make(entry);
+            m.set(*s, std::mem::take(&mut dropped));
+            if sink.send(m).is_err() {
+                return Ok(());
+            }
+            seq = *s;
+        }
+        if !follow && entries.len() < 256 {
+            return Ok(());
+        }
+        if sink.is_closed() {
+            return Ok(());
+        }
+    }
+}
+
+/// Fills in what a ring knows about a message: its sequence number and what was missed.
+trait SetSeq {
+    fn set(&mut self, seq: u64, dropped: u64);
+}
+
+impl SetSeq for proto::LogsResponse {
+    fn set(&mut self, _seq: u64, dropped: u64) {
+        self.dropped = dropped;
+    }
+}
+
+impl SetSeq for proto::EventsResponse {
+    fn set(&mut self, seq: u64, _dropped: u64) {
+        self.seq = seq;
+    }
+}
+
+/// The kernel log from `/dev/kmsg`: its last `tail` records, then new ones while `follow`.
+fn kernel_log(
+    tail: u32,
+    follow: bool,
+    sink: &Sink<proto::LogsResponse>,
+) -> Result<(), DeviceError> {
+    let mut kmsg = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open("/dev/kmsg")
+        .map_err(|e| DeviceError::internal(format!("opening /dev/kmsg: {e}")))?;
+    let booted = cairnd::boot_time();
+    // The backlog: keep the last `tail` records.
+    let mut backlog = std::collections::VecDeque::new();
+    let mut buf = vec![0u8; 8192];
+    let mut next = |kmsg: &mut fs::File| -> Option<std::io::Result<proto::LogsResponse>> {
+        match kmsg.read(&mut buf) {
+            Ok(n) => Some(Ok(parse_kmsg(&buf[..n], booted))),
+            // EPIPE: records were overwritten before we read them; go on with the next.
+            Err(e) if e.raw_os_error() == Some(libc::EPIPE) => Some(Ok(proto::LogsResponse {
+                dropped: 1,
+                ..Default::default()
+            })),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => None,
+            Err(e) => Some(Err(e)),
+        }
+    };
+    while let Some(record) = next(&mut kmsg) {
+        let record =
+            record.map_err(|e| DeviceError::internal(format!("reading /dev/kmsg: {e}")))?;
+        if backlog.len() == tail as usize {
+            backlog.pop_front();
+        }
+        if tail > 0 {
+            backlog.push_back(record);
+        }
+    }
+    for record in backlog {
+        if sink.send(record).is_err() {
+            return Ok(());
+        }
+    }
+    while follow && !sink.is_closed() {
+        let mut pfd = libc::pollfd {
+            fd: std::os::fd::AsRawFd::as_raw_fd(&kmsg),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the duration of the call.
+        unsafe { libc::poll(&mut pfd, 1, 1000) };
+        while let Some(record) = next(&mut kmsg) {
+            let record =
+                record.map_err(|e| DeviceError::internal(format!("reading /dev/kmsg: {e}")))?;
+            if sink.send(record).is_err() {
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One `/dev/kmsg` record: `<prio+facility>,<seq>,<usec since boot>,<flags>;<text>\n…`.
+pub fn parse_kmsg(record: &[u8], booted: SystemTime) -> proto::LogsResponse {
+    let text = String::from_utf8_lossy(record);
+    let (head, message) = text.split_once(';').unwrap_or(("", &text));
+    let mut fields = head.split(',');
+    let priority = fields
+        .next()
+        .and_then(|p| p.parse::<u32>().ok())
+        .map_or(6, |p| p & 7);
+    let usec = fields
+        .nth(1)
+        .and_then(|u| u.parse::<u64>().ok())
+        .unwrap_or(0);
+    // Continuation lines (" KEY=value") follow the first newline.
+    let line = message.lines().next().unwrap_or("").to_string();
+    proto::LogsResponse {
+        time_unix_ms: unix_ms(booted + Duration::from_micros(usec)),
+        line,
+        dropped: 0,
+        priority,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kmsg_records_parse() {
+        let booted = UNIX_EPOCH + Duration::from_secs(1_000);
+        let r = parse_kmsg(
+            b"3,1234,2500000,-;virtio_net virtio0 eth0: link up\n SUBSYSTEM=net\n",
+            booted,
+        );
+        assert_eq!(r.priority, 3);
+        assert_eq!(r.line, "virtio_net virtio0 eth0: link up");
+        assert_eq!(r.time_unix_ms, 1_002_500);
+        // Facility bits are dropped from the priority.
+        assert_eq!(parse_kmsg(b"30,1,0,-;x", booted).priority, 6);
+        assert_eq!(parse_kmsg(b"garbage", booted).line, "garbage");
+    }
+
+    #[test]
+    fn the_server_certificate_is_kept_and_renewed_when_the_hostname_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = cairn_pki::Ca::generate(cairn_pki::CaKind::Device, "test device CA").unwrap();
+        let (ca_cert, ca_key) = (ca.cert_pem().to_string(), ca.key_pem());
+        let keep = dir.path().join("api");
+        let (c1, _) = server_certificate(&ca_cert, &ca_key, "edge-1", &keep).unwrap();
+        let (c2, _) = server_certificate(&ca_cert, &ca_key, "edge-1", &keep).unwrap();
+        assert_eq!(c1, c2, "an unchanged hostname keeps the certificate");
+        let (c3, _) = server_certificate(&ca_cert, &ca_key, "edge-2", &keep).unwrap();
+        assert_ne!(c1, c3);
+        let der = cairn_pki::pem_to_der(&c3).unwrap();
+        assert_eq!(cairn_pki::common_name(&der).unwrap(), "edge-2");
+        // Another device CA (a re-keyed fleet) gets a new certificate from it.
+        let other = cairn_pki::Ca::generate(cairn_pki::CaKind::Device, "new CA").unwrap();
+        let (c4, _) =
+            server_certificate(other.cert_pem(), &other.key_pem(), "edge-2", &keep).unwrap();
+        let der = cairn_pki::pem_to_der(&c4).unwrap();
+        cairn_pki::check_issued_by(
+            &der,
+            &cairn_pki::pem_to_der(other.cert_pem()).unwrap(),
+            SystemTime::now(),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(keep.join("server.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+}

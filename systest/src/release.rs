@@ -1,0 +1,67 @@
+//! New releases for update tests: an image of another version, and its signed bundle, both
+//! made with the code `cairnctl image build` and `cairnctl bundle create` run.
+
+use std::path::{Path, PathBuf};
+
+use cairn_board::Board;
+use cairn_image::{build, BuildOptions, RootExtras};
+
+use crate::{cache_dir, device_bin, keys_dir};
+
+/// The development signing key xtask made; the built images trust it.
+pub fn dev_key() -> cairn_bundle::SecretKey {
+    let text = std::fs::read_to_string(keys_dir().join("dev.key")).unwrap();
+    cairn_bundle::SecretKey::from_text(&text).unwrap()
+}
+
+/// Builds an image of `board` at version `version` into `out` (trusting the development key)
+/// and returns `out`. `seed` tells the builds of one test apart.
+pub fn build_release(
+    board: &'static Board,
+    out: &Path,
+    version: &str,
+    security: u32,
+    seed: &str,
+    extras: RootExtras,
+) -> PathBuf {
+    let keyring = std::fs::read_to_string(keys_dir().join("dev.pub")).unwrap();
+    build(&BuildOptions {
+        board,
+        out: out.to_path_buf(),
+        cache: cache_dir(),
+        device_bin: device_bin(board.arch),
+        version: version.into(),
+        seed: seed.into(),
+        root: RootExtras {
+            keyring: Some(keyring),
+            security_version: security,
+            ..extras
+        },
+    })
+    .unwrap();
+    out.to_path_buf()
+}
+
+/// A bundle of the image in `image`, signed with `key`, written into that folder as
+/// `update-<key id>.cairn`.
+pub fn sign_bundle(image: &Path, key: &cairn_bundle::SecretKey) -> PathBuf {
+    let work = tempfile::tempdir_in(image).unwrap();
+    let input = cairn_image::bundle_input::bundle_input(image, work.path()).unwrap();
+    let out = image.join(format!("update-{}.cairn", key.key_id()));
+    let mut file = std::fs::File::create(&out).unwrap();
+    cairn_bundle::create(
+        &mut file,
+        &cairn_bundle::ManifestMeta {
+            compatible: vec![input.board],
+            arch: input.arch,
+            version: cairn_bundle::Version::parse(&input.version).unwrap(),
+            security_version: input.security_version,
+            min_installed_version: cairn_bundle::Version::new(0, 1, 0),
+            created: 1_790_000_000,
+        },
+        &input.payloads,
+        key,
+    )
+    .unwrap();
+    out
+}

@@ -1,0 +1,230 @@
+//! The management API end to end on qemu-aarch64, driven by the real `cairnctl` over a port
+//! forwarded to the guest's API (mutual TLS with the development secrets xtask put on STATE).
+//!
+//! A reader may look but not upgrade; an operator uploads a bundle of version 0.2.0, which
+//! cairnd installs into slot B while `cairnctl logs -f` (a second connection) shows it
+//! happen; the machine reboots into the trial and commits; `cairnctl rollback` then brings A
+//! back, and A's cairnd reports the update rolled back over the API.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cairn_image::RootExtras;
+use cairn_qemu::{free_local_port, LaunchOptions, Machine, PortForward};
+use cairn_systest::release::{build_release, dev_key, sign_bundle};
+use cairn_systest::{cairnctl, image_dir, keys_dir, qemu_lock, rig_dir};
+
+const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
+const API_PORT: u16 = 50000;
+
+/// `cairnctl` against the guest, as the role whose certificate `config` names.
+struct Ctl {
+    config: PathBuf,
+    endpoint: String,
+}
+
+impl Ctl {
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(cairnctl());
+        cmd.arg("--config")
+            .arg(&self.config)
+            .args(["--endpoint", &self.endpoint])
+            .args(args);
+        cmd
+    }
+
+    /// Runs a command; returns (success, stdout, stderr).
+    fn run(&self, args: &[&str]) -> (bool, String, String) {
+        let out = self.command(args).output().unwrap();
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        );
+        eprintln!("cairnctl {}: {stdout}{stderr}", args.join(" "));
+        (out.status.success(), stdout, stderr)
+    }
+
+    fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let (ok, stdout, stderr) = self.run(&all);
+        assert!(ok, "cairnctl {args:?} failed: {stderr}");
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+    }
+
+    /// The running (version, slot), retried while the API comes up after a boot.
+    fn version(&self) -> (String, String) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (ok, stdout, stderr) = self.run(&["--json", "version"]);
+            if ok {
+                let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+                return (
+                    v["os_version"].as_str().unwrap().to_string(),
+                    v["running_slot"].as_str().unwrap().to_string(),
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the API never answered: {stderr}"
+            );
+            std::thread::sleep(Duration::from_secs(2));
+        }
+    }
+}
+
+/// A config file for another role of the same secrets folder.
+fn config_for(secrets: &Path, role: &str, dir: &Path) -> PathBuf {
+    let path = dir.join(format!("{role}.yaml"));
+    let text = format!(
+        "endpoint: 127.0.0.1:{API_PORT}\nca: {0}/device-ca.crt\ncert: {0}/{role}.crt\nkey: {0}/{role}.key\n",
+        secrets.display()
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// A child's stdout lines, collected on a thread as they come.
+fn collect(child: &mut Child) -> Arc<Mutex<Vec<String>>> {
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let out = child.stdout.take().unwrap();
+    let sink = lines.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    lines
+}
+
+fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn ready(m: &mut Machine) -> String {
+    m.wait_for_line("cairn-init: ready ", BOOT_TIMEOUT).unwrap()
+}
+
+#[test]
+#[ignore = "needs built images: run `cargo xtask test`"]
+fn qemu_aarch64_upgrade_and_rollback_with_cairnctl() {
+    let board = cairn_board::find("qemu-aarch64").unwrap();
+    let tmp = rig_dir("cairn-api-");
+    let secrets = keys_dir().join("secrets");
+    let disk = tmp.path().join("disk.img");
+    cairn_image::copy_sparse(&image_dir(board).join("disk.img"), &disk).unwrap();
+    // The release to upgrade to, built before the machine takes both cores.
+    let release = build_release(
+        board,
+        &tmp.path().join("release"),
+        "0.2.0",
+        0,
+        "systest-api-0.2.0",
+        RootExtras::default(),
+    );
+    let bundle = sign_bundle(&release, &dev_key());
+    let bundle = bundle.to_str().unwrap();
+
+    let _lock = qemu_lock();
+    let port = free_local_port().unwrap();
+    let mut opts = LaunchOptions::new(board, &disk, tmp.path().join("work"));
+    opts.writable_image = true;
+    opts.echo_console = true;
+    opts.port_forwards = vec![PortForward::new(port, API_PORT)];
+    let mut m = Machine::launch(opts).unwrap();
+    assert!(ready(&mut m).contains("slot=a"));
+    m.wait_for_line("cairnd: management API on port 50000", BOOT_TIMEOUT)
+        .unwrap();
+
+    let endpoint = format!("127.0.0.1:{port}");
+    let ctl = |role: &str| Ctl {
+        config: config_for(&secrets, role, tmp.path()),
+        endpoint: endpoint.clone(),
+    };
+    let (operator, reader) = (ctl("operator"), ctl("reader"));
+    assert_eq!(reader.version(), ("0.1.0".into(), "a".into()));
+    let health = reader.json(&["health"]);
+    let checks = health["checks"].as_array().unwrap();
+    assert!(
+        checks.iter().any(|c| c["name"] == "services"),
+        "no services check in {health}"
+    );
+    let services = reader.json(&["services"]);
+    assert_eq!(services["services"][0]["name"], "cairnd", "{services}");
+    let (ok, stdout, _) = reader.run(&["logs", "-n", "5", "kernel"]);
+    assert!(ok && stdout.lines().count() >= 5, "kernel log: {stdout}");
+
+    // A reader may look, not upgrade: refused before a byte is sent, nothing changes.
+    let (ok, _, stderr) = reader.run(&["upgrade", bundle]);
+    assert!(!ok);
+    assert!(stderr.contains("operator"), "{stderr}");
+
+    // Follow cairnd's log on a second connection while the operator upgrades.
+    let mut follow = reader
+        .command(&["logs", "-f", "-n", "0", "cairnd"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let followed = collect(&mut follow);
+    std::thread::sleep(Duration::from_secs(2));
+    let done = operator.json(&["upgrade", bundle]);
+    assert_eq!(done["os_version"], "0.2.0", "{done}");
+    assert_eq!(done["slot"], "b", "{done}");
+    wait_until(
+        "the followed log to show the install",
+        Duration::from_secs(30),
+        || {
+            followed
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|l| l.contains("installed version 0.2.0") || l.contains("install: arming"))
+        },
+    );
+
+    // The trial boot of B commits, and the API says so.
+    let trial = ready(&mut m);
+    assert!(
+        trial.contains("slot=b") && trial.contains("version=0.2.0"),
+        "{trial}"
+    );
+    m.wait_for_line("cairnd: slot b healthy", BOOT_TIMEOUT)
+        .unwrap();
+    // The follower's connection died with the reboot: stop it, by its pid.
+    let _ = follow.kill();
+    let _ = follow.wait();
+    let lines = followed.lock().unwrap().clone();
+    assert!(
+        lines.iter().any(|l| l.contains("install: writing rootfs")),
+        "logs -f did not show the install: {lines:?}"
+    );
+    assert_eq!(reader.version(), ("0.2.0".into(), "b".into()));
+    let slots = reader.json(&["slots"]);
+    assert_eq!(slots["last_update"], "committed", "{slots}");
+
+    // Rollback: A again, and A's cairnd says why.
+    let answer = operator.json(&["rollback"]);
+    assert_eq!(answer["target"], "a", "{answer}");
+    let back = ready(&mut m);
+    assert!(
+        back.contains("slot=a") && back.contains("version=0.1.0"),
+        "{back}"
+    );
+    m.wait_for_line(
+        "last update: version 0.2.0 in slot b was rolled back: rolled back over the API",
+        BOOT_TIMEOUT,
+    )
+    .unwrap();
+    assert_eq!(reader.version(), ("0.1.0".into(), "a".into()));
+
+    m.quit().unwrap();
+    m.wait_exit(Duration::from_secs(60)).unwrap();
+}
