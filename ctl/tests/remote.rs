@@ -121,6 +121,7 @@ impl Device for Fake {
                     restarts: 0,
                     since_unix_ms: 1_700_000_002_000,
                     last_exit: String::new(),
+                    rss_bytes: 6 << 20,
                 },
                 proto::ServiceInfo {
                     name: "ntp".into(),
@@ -129,6 +130,7 @@ impl Device for Fake {
                     restarts: 12,
                     since_unix_ms: 1_700_000_003_000,
                     last_exit: "exit status 1".into(),
+                    rss_bytes: 0,
                 },
             ],
         })
@@ -492,15 +494,16 @@ fn unary_answers_as_tables_and_json() {
     assert!(ok, "{err}");
     assert_eq!(
         out,
-        "NAME        STATE    PID  RESTARTS  SINCE                 LAST EXIT\n\
-         containerd  running  812  0         2023-11-14 22:13:22Z\n\
-         ntp         backoff  -    12        2023-11-14 22:13:23Z  exit status 1\n"
+        "NAME        STATE    PID  MEMORY   RESTARTS  SINCE                 LAST EXIT\n\
+         containerd  running  812  6.0 MiB  0         2023-11-14 22:13:22Z\n\
+         ntp         backoff  -    -        12        2023-11-14 22:13:23Z  exit status 1\n"
     );
     let (ok, out, _) = fleet.admin(&["services", "--json"]);
     assert!(ok);
     let s: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(s["services"][1]["state"], "backoff");
     assert_eq!(s["services"][1]["restarts"], 12);
+    assert_eq!(s["services"][0]["rss_bytes"], 6 << 20);
 
     let (ok, out, err) = fleet.admin(&["restart", "containerd"]);
     assert!(ok, "{err}");

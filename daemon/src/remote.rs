@@ -153,6 +153,24 @@ fn write_private(path: &Path, text: &str) -> Result<(), String> {
     write().map_err(|e| format!("writing {}: {e}", path.display()))
 }
 
+/// A process's resident memory, from `/proc/<pid>/status`.
+pub fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    vm_rss(&status)
+}
+
+/// The `VmRSS:` line of a `/proc/<pid>/status`, in bytes.
+pub fn vm_rss(status: &str) -> Option<u64> {
+    let kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse::<u64>()
+        .ok()?;
+    Some(kb * 1024)
+}
+
 /// The kernel's hostname (netcfg sets it from the machine config).
 pub fn hostname() -> String {
     fs::read_to_string("/proc/sys/kernel/hostname")
@@ -287,6 +305,7 @@ impl Device for ApiDevice {
                 restarts: 0,
                 since_unix_ms: 0,
                 last_exit: String::new(),
+                rss_bytes: pid.and_then(rss_bytes).unwrap_or(0),
             })
             .collect();
         Ok(proto::ServiceListResponse { services })
@@ -590,6 +609,13 @@ pub fn parse_kmsg(record: &[u8], booted: SystemTime) -> proto::LogsResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rss_comes_from_the_status_file() {
+        assert_eq!(vm_rss("Name:\tcairn\nVmRSS:\t    2048 kB\n"), Some(2 << 20));
+        assert_eq!(vm_rss("Name:\tkthreadd\n"), None);
+        assert!(rss_bytes(std::process::id()).unwrap() > 0);
+    }
 
     #[test]
     fn kmsg_records_parse() {

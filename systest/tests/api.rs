@@ -4,7 +4,10 @@
 //! A reader may look but not upgrade; an operator uploads a bundle of version 0.2.0, which
 //! cairnd installs into slot B while `cairnctl logs -f` (a second connection) shows it
 //! happen; the machine reboots into the trial and commits; `cairnctl rollback` then brings A
-//! back, and A's cairnd reports the update rolled back over the API.
+//! back, and A's cairnd reports the update rolled back over the API. Then an admin applies a
+//! machine config that trusts a bundle server's CA (`apply-config`, dry run first), and the
+//! operator has the device download the bundle from that HTTPS server on the host (Python's
+//! http.server behind TLS, reached at 10.0.2.2) into slot B without rebooting.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -108,6 +111,58 @@ fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// An HTTPS file server for `dir` on the host (Python's http.server behind TLS), stopped by
+/// its pid when dropped.
+struct BundleServer(Child);
+
+impl BundleServer {
+    const SCRIPT: &'static str = r#"
+import functools, http.server, ssl, sys
+port, cert, key, root = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=root)
+server = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+context.load_cert_chain(cert, key)
+server.socket = context.wrap_socket(server.socket, server_side=True)
+print("serving", flush=True)
+server.serve_forever()
+"#;
+
+    /// Serves `root` on 127.0.0.1:`port` with a certificate for 10.0.2.2 (the host as the
+    /// guest sees it) from a new CA; returns the server and that CA's PEM.
+    fn start(dir: &Path, root: &Path, port: u16) -> (BundleServer, String) {
+        let ca = cairn_pki::Ca::generate(cairn_pki::CaKind::Device, "bundle server CA").unwrap();
+        let host = std::net::IpAddr::from([10, 0, 2, 2]);
+        let issued =
+            cairn_pki::issue_server(&ca, "bundles", &[cairn_pki::San::Ip(host)], ca.validity())
+                .unwrap();
+        let (cert, key, script) = (dir.join("srv.crt"), dir.join("srv.key"), dir.join("srv.py"));
+        std::fs::write(&cert, &issued.cert_pem).unwrap();
+        std::fs::write(&key, &issued.key_pem).unwrap();
+        std::fs::write(&script, Self::SCRIPT).unwrap();
+        let mut child = Command::new("python3")
+            .arg(&script)
+            .arg(port.to_string())
+            .args([&cert, &key, &root.to_path_buf()])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 (`cargo xtask setup` installs it)");
+        let mut first = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut first)
+            .unwrap();
+        assert_eq!(first.trim(), "serving");
+        (BundleServer(child), ca.cert_pem().to_string())
+    }
+}
+
+impl Drop for BundleServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn ready(m: &mut Machine) -> String {
     m.wait_for_line("cairn-init: ready ", BOOT_TIMEOUT).unwrap()
 }
@@ -148,8 +203,15 @@ fn qemu_aarch64_upgrade_and_rollback_with_cairnctl() {
         config: config_for(&secrets, role, tmp.path()),
         endpoint: endpoint.clone(),
     };
-    let (operator, reader) = (ctl("operator"), ctl("reader"));
+    let (admin, operator, reader) = (ctl("admin"), ctl("operator"), ctl("reader"));
     assert_eq!(reader.version(), ("0.1.0".into(), "a".into()));
+    let services = reader.json(&["services"]);
+    let rss = services["services"][0]["rss_bytes"].as_u64().unwrap();
+    assert!(rss > 0, "{services}");
+    eprintln!(
+        "figure: cairnd resident memory after boot, API serving: {:.1} MiB (budget 16 MiB)",
+        rss as f64 / (1 << 20) as f64
+    );
     let health = reader.json(&["health"]);
     let checks = health["checks"].as_array().unwrap();
     assert!(
@@ -224,6 +286,31 @@ fn qemu_aarch64_upgrade_and_rollback_with_cairnctl() {
     )
     .unwrap();
     assert_eq!(reader.version(), ("0.1.0".into(), "a".into()));
+
+    // The device fetches a bundle over HTTPS once its config trusts the server's CA.
+    let served = tmp.path().join("served");
+    std::fs::create_dir_all(&served).unwrap();
+    std::fs::copy(bundle, served.join("update.cairn")).unwrap();
+    let server_port = free_local_port().unwrap();
+    let (_server, server_ca) = BundleServer::start(tmp.path(), &served, server_port);
+    let url = format!("https://10.0.2.2:{server_port}/update.cairn");
+    let (ok, _, stderr) = operator.run(&["upgrade", &url, "--no-reboot"]);
+    assert!(!ok && stderr.contains("fetch_ca"), "{stderr}");
+    let config = tmp.path().join("machine.yaml");
+    let indented: String = server_ca.lines().map(|l| format!("    {l}\n")).collect();
+    std::fs::write(&config, format!("update:\n  fetch_ca: |\n{indented}")).unwrap();
+    let dry = admin.json(&["apply-config", config.to_str().unwrap(), "--dry-run"]);
+    assert_eq!(dry["changes"][0], "update fetch CA", "{dry}");
+    let (ok, _, stderr) = operator.run(&["apply-config", config.to_str().unwrap()]);
+    assert!(!ok && stderr.contains("admin"), "{stderr}");
+    let applied = admin.json(&["apply-config", config.to_str().unwrap()]);
+    assert_eq!(applied["generation"], 1, "{applied}");
+    let done = operator.json(&["upgrade", &url, "--no-reboot"]);
+    assert_eq!(done["os_version"], "0.2.0", "{done}");
+    assert_eq!(done["rebooting"], false, "{done}");
+    let slots = reader.json(&["slots"]);
+    assert_eq!(slots["next_boot"], "b", "{slots}");
+    assert_eq!(slots["last_update"], "pending", "{slots}");
 
     m.quit().unwrap();
     m.wait_exit(Duration::from_secs(60)).unwrap();

@@ -219,9 +219,11 @@ fn demo() -> Result<()> {
     // A host port forwarded to a guest port nothing listens on: the guest's reset shows it holds
     // the address (see cairn_qemu::forward_answer).
     let forward = cairn_qemu::PortForward::new(cairn_qemu::free_local_port()?, 9);
+    // And one to the management API.
+    let api = cairn_qemu::PortForward::new(cairn_qemu::free_local_port()?, 50000);
     let mut machine = cairn_qemu::Machine::launch(cairn_qemu::LaunchOptions {
         echo_console: true,
-        port_forwards: vec![forward],
+        port_forwards: vec![forward, api],
         ..cairn_qemu::LaunchOptions::new(board, dir.join("disk.img"), work)
     })?;
     let ready = machine.wait_for_line("cairn-init: ready", Duration::from_secs(180))?;
@@ -231,6 +233,21 @@ fn demo() -> Result<()> {
         machine.wait_for_line("cairnd: netcfg: eth0: DHCP lease", Duration::from_secs(60))?;
     machine.wait_for_line("cairnd: netcfg: applied", Duration::from_secs(30))?;
     let answer = cairn_qemu::forward_answer(forward.host, Duration::from_secs(3))?;
+    machine.wait_for_line("cairnd: management API on port", Duration::from_secs(60))?;
+    let config = keys_dir().join("secrets").join(cairn_pki::secrets::CLIENT_CONFIG);
+    for args in [&["version"][..], &["health"], &["slots"], &["services"]] {
+        step(&format!(
+            "cairnctl --config {} --endpoint 127.0.0.1:{} {}",
+            config.display(),
+            api.host,
+            args.join(" ")
+        ));
+        run(cargo()
+            .args(["run", "--quiet", "--package", "cairnctl", "--", "--config"])
+            .arg(&config)
+            .args(["--endpoint", &format!("127.0.0.1:{}", api.host)])
+            .args(args))?;
+    }
     step("asking the guest to power off (ACPI power button)");
     machine.powerdown()?;
     let status = machine.wait_exit(Duration::from_secs(60))?;

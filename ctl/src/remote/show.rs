@@ -311,12 +311,21 @@ pub fn services_json(s: &proto::ServiceListResponse) -> Value {
             "restarts": i.restarts,
             "since_unix_ms": i.since_unix_ms,
             "last_exit": i.last_exit,
+            "rss_bytes": i.rss_bytes,
         })).collect::<Vec<_>>(),
     })
 }
 
 pub fn services_text(s: &proto::ServiceListResponse) -> String {
-    let mut table = Table::new(&["NAME", "STATE", "PID", "RESTARTS", "SINCE", "LAST EXIT"]);
+    let mut table = Table::new(&[
+        "NAME",
+        "STATE",
+        "PID",
+        "MEMORY",
+        "RESTARTS",
+        "SINCE",
+        "LAST EXIT",
+    ]);
     for i in &s.services {
         table.row(vec![
             i.name.clone(),
@@ -325,6 +334,11 @@ pub fn services_text(s: &proto::ServiceListResponse) -> String {
                 "-".to_string()
             } else {
                 i.pid.to_string()
+            },
+            if i.rss_bytes == 0 {
+                "-".to_string()
+            } else {
+                format!("{:.1} MiB", i.rss_bytes as f64 / (1 << 20) as f64)
             },
             i.restarts.to_string(),
             time_ms(i.since_unix_ms),
