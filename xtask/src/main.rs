@@ -234,7 +234,9 @@ fn demo() -> Result<()> {
     machine.wait_for_line("cairnd: netcfg: applied", Duration::from_secs(30))?;
     let answer = cairn_qemu::forward_answer(forward.host, Duration::from_secs(3))?;
     machine.wait_for_line("cairnd: management API on port", Duration::from_secs(60))?;
-    let config = keys_dir().join("secrets").join(cairn_pki::secrets::CLIENT_CONFIG);
+    let config = keys_dir()
+        .join("secrets")
+        .join(cairn_pki::secrets::CLIENT_CONFIG);
     for args in [&["version"][..], &["health"], &["slots"], &["services"]] {
         step(&format!(
             "cairnctl --config {} --endpoint 127.0.0.1:{} {}",
