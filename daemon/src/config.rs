@@ -111,7 +111,16 @@ impl MachineConfig {
         // An empty file (or only comments) is YAML's null: the defaults.
         let raw: Raw = match serde_norway::from_str::<Option<Raw>>(text) {
             Ok(raw) => raw.unwrap_or_default(),
-            Err(e) => return Err(e.to_string()),
+            Err(e) => {
+                let e = e.to_string();
+                // serde names the Rust type; the user wrote a file.
+                return Err(match e.split_once(", expected struct Raw") {
+                    Some((what, _)) => format!(
+                        "{what}: a machine config is a YAML mapping of health, update and network"
+                    ),
+                    None => e,
+                });
+            }
         };
         let mut config = MachineConfig::default();
         if let Some(w) = raw.health.window_s {
@@ -147,6 +156,13 @@ impl MachineConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_that_is_not_a_mapping_is_named_so() {
+        let e = MachineConfig::parse("just a line\n").unwrap_err();
+        assert!(e.contains("a machine config is a YAML mapping"), "{e}");
+        assert!(!e.contains("Raw"), "{e}");
+    }
 
     #[test]
     fn empty_config_is_the_defaults() {
@@ -204,7 +220,10 @@ mod tests {
             (r#"{"health":{"window_s":0}}"#, "window_s 0"),
             (r#"{"update":{"tries":0}}"#, "tries 0"),
             (r#"{"health":{"probes":[{"ftp":"x"}]}}"#, "health.probes[0]"),
-            ("not json", "expected"),
+            (
+                "not json",
+                "invalid type: string \"not json\": a machine config is a YAML mapping",
+            ),
             ("health: [1]", "health: invalid type: sequence"),
             (
                 "network: {interfaces: [{name: eth0, addresses: [10.1.1.1]}]}",
