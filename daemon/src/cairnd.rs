@@ -324,6 +324,9 @@ pub fn config_changes(old: &Result<MachineConfig, String>, new: &MachineConfig) 
     if old.fetch_ca != new.fetch_ca {
         changes.push("update fetch CA".to_string());
     }
+    if old.api_identity != new.api_identity {
+        changes.push("API server certificate (used from cairnd's next start)".to_string());
+    }
     changes
 }
 
@@ -332,7 +335,34 @@ impl Shared {
         self.state.root().to_path_buf()
     }
 
-    fn config(&self) -> Result<MachineConfig, String> {
+    /// The addresses on the device's links (not loopback, not IPv6 link-local), waiting up to
+    /// `wait` for the first one (a DHCP lease comes a moment after the network starts).
+    pub fn addresses(&self, wait: Duration) -> Vec<std::net::IpAddr> {
+        let deadline = Instant::now() + wait;
+        loop {
+            let found: Vec<std::net::IpAddr> = self
+                .network
+                .status()
+                .links
+                .iter()
+                .filter(|l| l.name != "lo")
+                .flat_map(|l| l.addresses.iter())
+                .filter_map(|a| a.split('/').next()?.parse().ok())
+                .filter(|a: &std::net::IpAddr| match a {
+                    std::net::IpAddr::V4(v4) => !v4.is_loopback() && !v4.is_link_local(),
+                    std::net::IpAddr::V6(v6) => {
+                        !v6.is_loopback() && (v6.segments()[0] & 0xffc0) != 0xfe80
+                    }
+                })
+                .collect();
+            if !found.is_empty() || Instant::now() >= deadline {
+                return found;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub(crate) fn config(&self) -> Result<MachineConfig, String> {
         self.config
             .lock()
             .unwrap_or_else(|e| e.into_inner())

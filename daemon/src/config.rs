@@ -42,6 +42,8 @@ pub struct MachineConfig {
     /// PEM CA certificates for bundle downloads (checked).
     pub fetch_ca: Option<String>,
     pub network: Network,
+    /// A server certificate chain and key for the API (PEM), checked to match.
+    pub api_identity: Option<(String, String)>,
 }
 
 impl Default for MachineConfig {
@@ -52,6 +54,7 @@ impl Default for MachineConfig {
             tries: cairn_updater::install::DEFAULT_TRIES,
             fetch_ca: None,
             network: Network::default(),
+            api_identity: None,
         }
     }
 }
@@ -71,6 +74,20 @@ struct Raw {
     /// Links, addresses, routes, DNS and time.
     #[serde(default)]
     network: RawNetwork,
+    /// The management API.
+    #[serde(default)]
+    api: RawApi,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+struct RawApi {
+    /// The API's server certificate chain (PEM, leaf first), instead of the one the device
+    /// issues itself from the device CA. Clients must trust its issuer. Needs `server_key`.
+    server_cert: Option<String>,
+    /// The key of `server_cert` (PEM).
+    server_key: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -149,6 +166,16 @@ impl MachineConfig {
             config.fetch_ca = Some(pem);
         }
         config.network = raw.network.check()?;
+        config.api_identity = match (raw.api.server_cert, raw.api.server_key) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => {
+                cairn_api::TlsConfig::check_server_identity(cert.as_bytes(), key.as_bytes())
+                    .map_err(|e| format!("api.server_cert/server_key: {e}"))?;
+                Some((cert, key))
+            }
+            (Some(_), None) => return Err("api.server_cert needs api.server_key".into()),
+            (None, Some(_)) => return Err("api.server_key needs api.server_cert".into()),
+        };
         Ok(config)
     }
 }
@@ -156,6 +183,31 @@ impl MachineConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_api_certificate_needs_its_own_key() {
+        let ca = cairn_pki::Ca::generate(cairn_pki::CaKind::Device, "test").unwrap();
+        let v = ca.validity();
+        let a = cairn_pki::issue_server(&ca, "edge", &[], v).unwrap();
+        let b = cairn_pki::issue_server(&ca, "edge", &[], v).unwrap();
+        let yaml = |cert: &str, key: &str| {
+            let indent = |t: &str| t.lines().map(|l| format!("    {l}\n")).collect::<String>();
+            format!(
+                "api:\n  server_cert: |\n{}  server_key: |\n{}",
+                indent(cert),
+                indent(key)
+            )
+        };
+        let c = MachineConfig::parse(&yaml(&a.cert_pem, &a.key_pem)).unwrap();
+        assert_eq!(
+            c.api_identity,
+            Some((a.cert_pem.clone(), a.key_pem.clone()))
+        );
+        let e = MachineConfig::parse(&yaml(&a.cert_pem, &b.key_pem)).unwrap_err();
+        assert!(e.starts_with("api.server_cert/server_key:"), "{e}");
+        let e = MachineConfig::parse("api: {server_cert: x}").unwrap_err();
+        assert!(e.contains("needs api.server_key"), "{e}");
+    }
 
     #[test]
     fn a_file_that_is_not_a_mapping_is_named_so() {

@@ -13,7 +13,7 @@
 
 use std::fs;
 use std::io::Read;
-use std::net::TcpListener;
+use std::net::{IpAddr, TcpListener};
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::Path;
 use std::sync::Arc;
@@ -38,7 +38,25 @@ const RENEW_BEFORE: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// Starts the API server, or says why there is none.
 pub fn start(shared: Arc<Shared>) -> Option<cairn_api::Server> {
-    let tls = match server_tls(Path::new(SECRETS_DIR), Path::new(SECRETS_DIR)) {
+    let configured = shared.config().ok().and_then(|c| c.api_identity);
+    let tls = match &configured {
+        Some((cert, key)) => match read_client_ca(Path::new(SECRETS_DIR)) {
+            Ok(Some(ca)) => {
+                cairnd::log(format_args!(
+                    "API server certificate from the machine config (api.server_cert)"
+                ));
+                cairn_api::TlsConfig::from_pem(ca.as_bytes(), cert.as_bytes(), key.as_bytes())
+                    .map(Some)
+                    .map_err(|e| e.to_string())
+            }
+            other => other.map(|_| None),
+        },
+        None => {
+            let addresses = shared.addresses(Duration::from_secs(5));
+            server_tls(Path::new(SECRETS_DIR), Path::new(SECRETS_DIR), &addresses)
+        }
+    };
+    let tls = match tls {
         Ok(Some(tls)) => tls,
         Ok(None) => {
             cairnd::log(format_args!(
@@ -78,21 +96,35 @@ pub fn start(shared: Arc<Shared>) -> Option<cairn_api::Server> {
     }
 }
 
+/// The client CA from the secrets folder; `None` when the image has no secrets.
+fn read_client_ca(secrets: &Path) -> Result<Option<String>, String> {
+    let path = secrets.join(cairn_pki::secrets::CLIENT_CA_CERT);
+    match fs::read_to_string(&path) {
+        Ok(pem) => Ok(Some(pem)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("reading {}: {e}", path.display())),
+    }
+}
+
 /// The TLS config from the image's secrets and the server certificate on STATE (issued now if
-/// missing or stale). `None` when the image has no secrets.
-pub fn server_tls(secrets: &Path, keep: &Path) -> Result<Option<cairn_api::TlsConfig>, String> {
+/// missing or stale, for the hostname and `addresses`). `None` when the image has no secrets.
+pub fn server_tls(
+    secrets: &Path,
+    keep: &Path,
+    addresses: &[IpAddr],
+) -> Result<Option<cairn_api::TlsConfig>, String> {
     let read = |name: &str| {
         let path = secrets.join(name);
         fs::read_to_string(&path).map_err(|e| format!("reading {}: {e}", path.display()))
     };
-    if !secrets.join(cairn_pki::secrets::CLIENT_CA_CERT).exists() {
+    let Some(client_ca) = read_client_ca(secrets)? else {
         return Ok(None);
-    }
-    let client_ca = read(cairn_pki::secrets::CLIENT_CA_CERT)?;
+    };
     let (cert, key) = server_certificate(
         &read(cairn_pki::secrets::DEVICE_CA_CERT)?,
         &read(cairn_pki::secrets::DEVICE_CA_KEY)?,
         &hostname(),
+        addresses,
         keep,
     )?;
     cairn_api::TlsConfig::from_pem(client_ca.as_bytes(), cert.as_bytes(), key.as_bytes())
@@ -100,11 +132,13 @@ pub fn server_tls(secrets: &Path, keep: &Path) -> Result<Option<cairn_api::TlsCo
         .map_err(|e| e.to_string())
 }
 
-/// The server certificate and key kept in `keep`, or new ones from the device CA.
+/// The server certificate and key kept in `keep`, or new ones from the device CA when the kept
+/// ones are missing, from another CA, near their end, or for another hostname or addresses.
 pub fn server_certificate(
     ca_cert: &str,
     ca_key: &str,
     hostname: &str,
+    addresses: &[IpAddr],
     keep: &Path,
 ) -> Result<(String, String), String> {
     let (cert_path, key_path) = (keep.join("server.crt"), keep.join("server.key"));
@@ -118,6 +152,9 @@ pub fn server_certificate(
         let fresh = cairn_pki::pem_to_der(&cert)
             .ok()
             .filter(|der| cairn_pki::check_issued_by(der, &ca_der, renew_at).is_ok())
+            .filter(|der| {
+                cairn_pki::san_ips(der).is_ok_and(|ips| addresses.iter().all(|a| ips.contains(a)))
+            })
             .and_then(|der| cairn_pki::common_name(&der).ok())
             .is_some_and(|cn| cn == hostname);
         if fresh {
@@ -125,13 +162,18 @@ pub fn server_certificate(
         }
     }
     let ca = cairn_pki::Ca::from_pem(ca_cert, ca_key).map_err(|e| format!("the device CA: {e}"))?;
-    let issued = cairn_pki::issue_server(&ca, hostname, &[], ca.validity())
+    let sans: Vec<cairn_pki::San> = addresses.iter().map(|a| cairn_pki::San::Ip(*a)).collect();
+    let issued = cairn_pki::issue_server(&ca, hostname, &sans, ca.validity())
         .map_err(|e| format!("issuing the server certificate: {e}"))?;
     fs::create_dir_all(keep).map_err(|e| format!("creating {}: {e}", keep.display()))?;
     write_private(&key_path, &issued.key_pem)?;
     write_private(&cert_path, &issued.cert_pem)?;
     cairnd::log(format_args!(
-        "issued the API server certificate for {hostname} (fingerprint {})",
+        "issued the API server certificate for {hostname}{} (fingerprint {})",
+        addresses
+            .iter()
+            .map(|a| format!(", {a}"))
+            .collect::<String>(),
         issued.fingerprint()
     ));
     Ok((issued.cert_pem, issued.key_pem))
@@ -638,17 +680,28 @@ mod tests {
         let ca = cairn_pki::Ca::generate(cairn_pki::CaKind::Device, "test device CA").unwrap();
         let (ca_cert, ca_key) = (ca.cert_pem().to_string(), ca.key_pem());
         let keep = dir.path().join("api");
-        let (c1, _) = server_certificate(&ca_cert, &ca_key, "edge-1", &keep).unwrap();
-        let (c2, _) = server_certificate(&ca_cert, &ca_key, "edge-1", &keep).unwrap();
+        let (c1, _) = server_certificate(&ca_cert, &ca_key, "edge-1", &[], &keep).unwrap();
+        let (c2, _) = server_certificate(&ca_cert, &ca_key, "edge-1", &[], &keep).unwrap();
         assert_eq!(c1, c2, "an unchanged hostname keeps the certificate");
-        let (c3, _) = server_certificate(&ca_cert, &ca_key, "edge-2", &keep).unwrap();
+        let (c3, _) = server_certificate(&ca_cert, &ca_key, "edge-2", &[], &keep).unwrap();
         assert_ne!(c1, c3);
         let der = cairn_pki::pem_to_der(&c3).unwrap();
         assert_eq!(cairn_pki::common_name(&der).unwrap(), "edge-2");
+        // A new address: a new certificate that names it; the same address again keeps it.
+        let addr: IpAddr = "10.0.2.15".parse().unwrap();
+        let (c5, _) = server_certificate(&ca_cert, &ca_key, "edge-2", &[addr], &keep).unwrap();
+        assert_ne!(c3, c5);
+        let ips = cairn_pki::san_ips(&cairn_pki::pem_to_der(&c5).unwrap()).unwrap();
+        assert!(
+            ips.contains(&addr) && ips.contains(&"127.0.0.1".parse().unwrap()),
+            "{ips:?}"
+        );
+        let (c6, _) = server_certificate(&ca_cert, &ca_key, "edge-2", &[addr], &keep).unwrap();
+        assert_eq!(c5, c6);
         // Another device CA (a re-keyed fleet) gets a new certificate from it.
         let other = cairn_pki::Ca::generate(cairn_pki::CaKind::Device, "new CA").unwrap();
         let (c4, _) =
-            server_certificate(other.cert_pem(), &other.key_pem(), "edge-2", &keep).unwrap();
+            server_certificate(other.cert_pem(), &other.key_pem(), "edge-2", &[], &keep).unwrap();
         let der = cairn_pki::pem_to_der(&c4).unwrap();
         cairn_pki::check_issued_by(
             &der,

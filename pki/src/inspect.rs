@@ -47,6 +47,27 @@ pub fn common_name(cert_der: &[u8]) -> Result<String> {
     Ok(cn.to_string())
 }
 
+/// The IP addresses among a certificate's subject alternative names.
+pub fn san_ips(cert_der: &[u8]) -> Result<Vec<std::net::IpAddr>> {
+    use x509_parser::extensions::GeneralName;
+    let cert = parse_der(cert_der, "the certificate")?;
+    let mut ips = Vec::new();
+    for ext in cert.extensions() {
+        if let ParsedExtension::SubjectAlternativeName(san) = ext.parsed_extension() {
+            for name in &san.general_names {
+                if let GeneralName::IPAddress(bytes) = name {
+                    match bytes.len() {
+                        4 => ips.push(<[u8; 4]>::try_from(*bytes).unwrap_or_default().into()),
+                        16 => ips.push(<[u8; 16]>::try_from(*bytes).unwrap_or_default().into()),
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+    Ok(ips)
+}
+
 /// The role a client certificate carries: its subject's one Organization, which must be
 /// `cairn:admin`, `cairn:operator` or `cairn:reader` exactly. Does not check who issued it: call
 /// it on a certificate the TLS stack has verified.

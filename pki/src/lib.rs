@@ -55,7 +55,7 @@ pub use ca::{Ca, CaKind, Validity, CA_VALIDITY_DAYS};
 pub use error::{Error, Result};
 pub use fingerprint::Fingerprint;
 pub use inspect::{
-    check_issued_by, common_name, fingerprint, issuer_fingerprint, pem_to_der, role_of,
+    check_issued_by, common_name, fingerprint, issuer_fingerprint, pem_to_der, role_of, san_ips,
 };
 pub use issue::{issue_client, issue_server, Issued, San, MAX_SANS};
 pub use role::Role;
