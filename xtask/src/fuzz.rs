@@ -29,6 +29,7 @@ const BRIEF_SECONDS: u64 = 30;
 const PROJECTS: &[(&str, &[&str])] = &[
     ("bundle/fuzz", &["bundle", "manifest"]),
     ("netcfg/fuzz", &["dhcp_reply", "dhcp_frame"]),
+    ("luks/fuzz", &["header_json", "header_image"]),
 ];
 
 /// Installs cargo-fuzz unless this exact version is already there.

@@ -27,7 +27,7 @@ pub const PACKAGES: &[&str] = &[
     "mtools",
     "squashfs-tools",
     "cpio",
-    // veritysetup, for the dm-verity interop tests.
+    // cryptsetup and veritysetup, for the LUKS2 and dm-verity interop tests.
     "cryptsetup-bin",
     // fw_printenv/fw_setenv and mkimage, for the U-Boot environment and boot script.
     "libubootenv-tool",
@@ -50,6 +50,9 @@ pub const PACKAGES: &[&str] = &[
     "python3-protobuf",
     "protobuf-compiler",
     "protobuf-compiler-grpc",
+    // A software TPM 2.0 for the TPM sealing tests.
+    "swtpm",
+    "swtpm-tools",
 ];
 
 const TARGETS: &[&str] = &["x86_64-unknown-linux-musl", "aarch64-unknown-linux-musl"];

@@ -1,0 +1,193 @@
+//! Sealing a random secret to PCR values, and unsealing it while they still hold.
+//!
+//! Both directions start by recreating the storage primary key from a fixed template (the
+//! same template yields the same key on the same TPM, so nothing is persisted in the TPM),
+//! and every handle they load is flushed before they return.
+
+use zeroize::Zeroizing;
+
+use crate::marshal::{Reader, Writer};
+use crate::policy::{policy_pcr_digest, PcrSelection};
+use crate::tpm::{template, Handle, Tpm, ALG_NULL};
+use crate::{Error, Result};
+
+/// Bytes of the sealed secret.
+pub const SECRET_LEN: usize = 32;
+
+/// `TPM_ALG_KEYEDHASH`, the type of a sealed data object.
+const ALG_KEYEDHASH: u16 = 0x0008;
+const ALG_SHA256: u16 = 0x000B;
+const ALG_RSA: u16 = 0x0001;
+const ALG_ECC: u16 = 0x0023;
+const ALG_AES: u16 = 0x0006;
+const ALG_CFB: u16 = 0x0043;
+const ECC_NIST_P256: u16 = 0x0003;
+
+/// TPMA_OBJECT bits.
+const FIXED_TPM: u32 = 1 << 1;
+const FIXED_PARENT: u32 = 1 << 4;
+const SENSITIVE_DATA_ORIGIN: u32 = 1 << 5;
+const USER_WITH_AUTH: u32 = 1 << 6;
+const RESTRICTED: u32 = 1 << 16;
+const DECRYPT: u32 = 1 << 17;
+
+/// The algorithm of the storage primary key the sealed object lives under.
+///
+/// The templates are systemd's "legacy" SRK templates, the ones it recreates for a token that
+/// carries no `tpm2_srk` field: a restricted decryption key, SHA-256 name, AES-128-CFB for
+/// its children, no unique seed, and `noDA` clear.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PrimaryAlg {
+    /// NIST P-256; generated in milliseconds.
+    #[default]
+    Ecc,
+    /// RSA 2048; for TPMs without ECC, and seconds slower to generate.
+    Rsa,
+}
+
+impl PrimaryAlg {
+    /// The name systemd uses in `tpm2-primary-alg`.
+    pub fn name(self) -> &'static str {
+        match self {
+            PrimaryAlg::Ecc => "ecc",
+            PrimaryAlg::Rsa => "rsa",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "ecc" => Some(PrimaryAlg::Ecc),
+            "rsa" => Some(PrimaryAlg::Rsa),
+            _ => None,
+        }
+    }
+
+    /// The `TPMT_PUBLIC` template.
+    fn template(self) -> Vec<u8> {
+        let attrs = FIXED_TPM
+            | FIXED_PARENT
+            | SENSITIVE_DATA_ORIGIN
+            | USER_WITH_AUTH
+            | RESTRICTED
+            | DECRYPT;
+        template(|w| {
+            let alg = match self {
+                PrimaryAlg::Ecc => ALG_ECC,
+                PrimaryAlg::Rsa => ALG_RSA,
+            };
+            w.u16(alg).u16(ALG_SHA256).u32(attrs).tpm2b(&[]);
+            // symmetric: AES-128-CFB; scheme: none
+            w.u16(ALG_AES).u16(128).u16(ALG_CFB).u16(ALG_NULL);
+            match self {
+                // curve, kdf: none; unique: empty x and y
+                PrimaryAlg::Ecc => w.u16(ECC_NIST_P256).u16(ALG_NULL).tpm2b(&[]).tpm2b(&[]),
+                // keyBits, exponent: default; unique: empty modulus
+                PrimaryAlg::Rsa => w.u16(2048).u32(0).tpm2b(&[]),
+            };
+        })
+    }
+}
+
+/// A sealed secret as stored outside the TPM: only the TPM that sealed it can load it, and
+/// only while the PCRs match the policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealedBlob {
+    /// `TPM2B_PRIVATE` contents: the secret, encrypted to the primary key.
+    pub private: Vec<u8>,
+    /// `TPM2B_PUBLIC` contents: the object's public area, including its authPolicy.
+    pub public: Vec<u8>,
+    /// The PCRs (and bank) the policy covers.
+    pub pcrs: PcrSelection,
+    pub primary_alg: PrimaryAlg,
+    /// The PolicyPCR digest, equal to the public area's authPolicy.
+    pub policy_hash: [u8; 32],
+    /// systemd's `tpm2_srk` (a serialised persistent SRK handle), kept so a token reads back
+    /// unchanged; unsealing such a blob is not supported.
+    pub srk: Option<String>,
+}
+
+impl SealedBlob {
+    /// The authPolicy recorded in the public area.
+    pub fn public_auth_policy(&self) -> Result<Vec<u8>> {
+        let mut r = Reader::new("sealed object public area", &self.public);
+        let _type = r.u16()?;
+        let _name_alg = r.u16()?;
+        let _attributes = r.u32()?;
+        Ok(r.tpm2b()?.to_vec())
+    }
+}
+
+/// The `TPMT_PUBLIC` of a sealed data object: fixed to this TPM and parent, no user auth (the
+/// policy is the only way in), and `sensitiveDataOrigin` clear because the data is supplied.
+fn sealed_template(policy: &[u8]) -> Vec<u8> {
+    template(|w: &mut Writer| {
+        w.u16(ALG_KEYEDHASH)
+            .u16(ALG_SHA256)
+            .u32(FIXED_TPM | FIXED_PARENT)
+            .tpm2b(policy)
+            .u16(ALG_NULL) // keyed-hash scheme: none
+            .tpm2b(&[]); // unique
+    })
+}
+
+/// Seals a fresh random secret to the current values of `pcrs` and returns it with its blob.
+pub fn seal(
+    tpm: &mut Tpm,
+    pcrs: &PcrSelection,
+    primary_alg: PrimaryAlg,
+) -> Result<(Zeroizing<Vec<u8>>, SealedBlob)> {
+    let mut secret = Zeroizing::new(vec![0u8; SECRET_LEN]);
+    rand_core::RngCore::try_fill_bytes(&mut rand_core::OsRng, &mut secret)
+        .map_err(Error::Random)?;
+    let values = tpm.pcr_values(pcrs)?;
+    let policy_hash = policy_pcr_digest(pcrs, &values);
+    let primary = tpm.create_primary(&primary_alg.template())?;
+    let created = tpm.with_flush(primary, |tpm| {
+        tpm.create(primary, &sealed_template(&policy_hash), &secret)
+    })?;
+    let blob = SealedBlob {
+        private: created.private,
+        public: created.public,
+        pcrs: pcrs.clone(),
+        primary_alg,
+        policy_hash,
+        srk: None,
+    };
+    Ok((secret, blob))
+}
+
+/// Unseals a blob's secret; fails with a policy error ([`Error::is_policy_failure`]) when the
+/// PCRs no longer hold the values it was sealed to.
+pub fn unseal(tpm: &mut Tpm, blob: &SealedBlob) -> Result<Zeroizing<Vec<u8>>> {
+    if blob.srk.is_some() {
+        return Err(Error::Token(
+            "sealed under a persistent SRK (tpm2_srk); only the recreated primary key is supported"
+                .into(),
+        ));
+    }
+    if blob.public_auth_policy()? != blob.policy_hash {
+        return Err(Error::Token(
+            "tpm2-policy-hash does not match the sealed object's authPolicy".into(),
+        ));
+    }
+    let primary = tpm.create_primary(&blob.primary_alg.template())?;
+    tpm.with_flush(primary, |tpm| {
+        let item = tpm.load(primary, &blob.private, &blob.public)?;
+        tpm.with_flush(item, |tpm| {
+            let session = tpm.start_policy_session(false)?;
+            tpm.with_flush(session, |tpm| {
+                tpm.policy_pcr(session, &blob.pcrs)?;
+                tpm.unseal_object(item, session)
+            })
+        })
+    })
+}
+
+/// The PolicyPCR digest the TPM computes in a trial session over the live values of `pcrs`.
+pub fn trial_policy_digest(tpm: &mut Tpm, pcrs: &PcrSelection) -> Result<Vec<u8>> {
+    let session: Handle = tpm.start_policy_session(true)?;
+    tpm.with_flush(session, |tpm| {
+        tpm.policy_pcr(session, pcrs)?;
+        tpm.policy_get_digest(session)
+    })
+}

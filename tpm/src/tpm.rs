@@ -1,0 +1,330 @@
+//! The TPM commands sealing needs, each one call: marshal, send, check the response code, parse.
+
+use std::path::Path;
+use std::time::Duration;
+
+use zeroize::Zeroizing;
+
+use crate::marshal::{self, Auth, Command, CommandCode, Reader, Writer, HEADER_LEN, ST_SESSIONS};
+use crate::policy::{marshal_one, PcrBank, PcrSelection};
+use crate::rc::{self, ResponseCode};
+use crate::transport::{Device, Tcp, Transport};
+use crate::{Error, Result};
+
+/// `TPM_RH_OWNER`: the storage hierarchy.
+const RH_OWNER: u32 = 0x4000_0001;
+/// `TPM_RH_NULL`: no salt key, no bind object.
+const RH_NULL: u32 = 0x4000_0007;
+/// `TPM_ALG_NULL`.
+pub(crate) const ALG_NULL: u16 = 0x0010;
+/// `TPM_SE_POLICY` and `TPM_SE_TRIAL`.
+const SE_POLICY: u8 = 0x01;
+const SE_TRIAL: u8 = 0x03;
+/// `TPM_ALG_SHA256`, the sessions' hash.
+const ALG_SHA256: u16 = 0x000B;
+/// How often a command is resent while the TPM answers with a transient code.
+const RETRIES: usize = 20;
+/// Caller nonce size for StartAuthSession (16 is the minimum, the digest size the maximum).
+const NONCE_LEN: usize = 32;
+
+/// A loaded object or session, valid until flushed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Handle(pub u32);
+
+/// The public and private parts of an object created under a parent: `TPM2B_PUBLIC` and
+/// `TPM2B_PRIVATE` contents, without their size prefixes.
+pub(crate) struct Created {
+    pub private: Vec<u8>,
+    pub public: Vec<u8>,
+}
+
+/// A connection to a TPM.
+pub struct Tpm {
+    transport: Box<dyn Transport>,
+}
+
+impl Tpm {
+    pub fn new(transport: Box<dyn Transport>) -> Self {
+        Tpm { transport }
+    }
+
+    /// Opens a TPM character device, normally [`crate::transport::DEFAULT_DEVICE`].
+    pub fn open_device(path: impl AsRef<Path>) -> Result<Self> {
+        Ok(Self::new(Box::new(Device::open(path.as_ref())?)))
+    }
+
+    /// Connects to swtpm's TCP command port (`127.0.0.1:PORT`).
+    pub fn connect_tcp(addr: &str) -> Result<Self> {
+        Ok(Self::new(Box::new(Tcp::connect(addr)?)))
+    }
+
+    /// Sends `cmd` and returns the response after its header, or the TPM's error. A TPM that
+    /// answers "retry", "yielded" or "testing" gets the same command again after a pause.
+    fn execute(&mut self, cmd: &Command) -> Result<Response> {
+        let bytes = cmd.finish();
+        let mut pause = Duration::from_millis(10);
+        for _ in 0..RETRIES {
+            match self.execute_once(cmd.code(), &bytes) {
+                Err(Error::Tpm { rc, .. }) if rc.is_transient() => {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(500));
+                }
+                other => return other,
+            }
+        }
+        self.execute_once(cmd.code(), &bytes)
+    }
+
+    fn execute_once(&mut self, code: CommandCode, bytes: &[u8]) -> Result<Response> {
+        let buf = self.transport.transact(bytes).map_err(|source| Error::Io {
+            command: code.name,
+            source,
+        })?;
+        let mut r = Reader::new(code.name, &buf);
+        let tag = r.u16()?;
+        let size = r.u32()?;
+        let rc = r.u32()?;
+        if size as usize != buf.len() {
+            return Err(r.malformed(format!("header says {size} bytes, {} received", buf.len())));
+        }
+        if rc != rc::SUCCESS {
+            return Err(Error::Tpm {
+                command: code.name,
+                rc: ResponseCode(rc),
+            });
+        }
+        Ok(Response {
+            code,
+            sessions: tag == ST_SESSIONS,
+            buf,
+        })
+    }
+
+    /// TPM2_Startup(CLEAR). A TPM that is already started is not an error.
+    pub fn startup_clear(&mut self) -> Result<()> {
+        let cmd = Command::new(marshal::STARTUP).params(|w| {
+            w.u16(0);
+        });
+        match self.execute(&cmd) {
+            Err(Error::Tpm { rc, .. }) if rc.base() == rc::INITIALIZE => Ok(()),
+            other => other.map(drop),
+        }
+    }
+
+    /// TPM2_GetRandom: up to 32 bytes from the TPM's generator.
+    pub fn get_random(&mut self, len: u16) -> Result<Zeroizing<Vec<u8>>> {
+        let cmd = Command::new(marshal::GET_RANDOM).params(|w| {
+            w.u16(len);
+        });
+        let resp = self.execute(&cmd)?;
+        resp.parse(0, |_, r| Ok(Zeroizing::new(r.tpm2b()?.to_vec())))
+    }
+
+    /// TPM2_PCR_Read of one PCR.
+    pub fn pcr_read(&mut self, bank: PcrBank, pcr: u8) -> Result<Vec<u8>> {
+        let cmd = Command::new(marshal::PCR_READ).params(|w| {
+            w.u32(1);
+            marshal_one(w, bank, &[pcr]);
+        });
+        let resp = self.execute(&cmd)?;
+        resp.parse(0, |_, r| {
+            let _update_counter = r.u32()?;
+            let banks = r.u32()?;
+            for _ in 0..banks {
+                r.u16()?;
+                let n = r.u8()?;
+                r.bytes(usize::from(n))?;
+            }
+            let count = r.u32()?;
+            if count != 1 {
+                return Err(r.malformed(format!(
+                    "{count} digests for PCR {pcr} (is the {} bank allocated?)",
+                    bank.name()
+                )));
+            }
+            let value = r.tpm2b()?;
+            if value.len() != bank.digest_len() {
+                return Err(r.malformed(format!("PCR {pcr} value is {} bytes", value.len())));
+            }
+            Ok(value.to_vec())
+        })
+    }
+
+    /// The values of the selected PCRs, in the selection's order.
+    pub fn pcr_values(&mut self, selection: &PcrSelection) -> Result<Vec<Vec<u8>>> {
+        selection
+            .pcrs()
+            .iter()
+            .map(|&p| self.pcr_read(selection.bank(), p))
+            .collect()
+    }
+
+    /// TPM2_PCR_Extend of one PCR in the sha256 bank: `PCR = SHA-256(PCR || digest)`.
+    pub fn pcr_extend(&mut self, pcr: u8, digest: &[u8; 32]) -> Result<()> {
+        let cmd = Command::new(marshal::PCR_EXTEND)
+            .authorized_handle(u32::from(pcr), Auth::EmptyPassword)
+            .params(|w| {
+                w.u32(1).u16(ALG_SHA256).bytes(digest);
+            });
+        self.execute(&cmd).map(drop)
+    }
+
+    /// TPM2_CreatePrimary under the owner hierarchy (empty owner password) from a
+    /// `TPMT_PUBLIC` template. The same template always yields the same key.
+    pub(crate) fn create_primary(&mut self, template: &[u8]) -> Result<Handle> {
+        let cmd = Command::new(marshal::CREATE_PRIMARY)
+            .authorized_handle(RH_OWNER, Auth::EmptyPassword)
+            .params(|w| {
+                // TPM2B_SENSITIVE_CREATE { userAuth: empty, data: empty }
+                w.sized(|s| {
+                    s.tpm2b(&[]).tpm2b(&[]);
+                })
+                .tpm2b(template)
+                .tpm2b(&[]) // outsideInfo
+                .u32(0); // creationPCR: none
+            });
+        let resp = self.execute(&cmd)?;
+        resp.parse(1, |handles, _| Ok(Handle(handles[0])))
+    }
+
+    /// TPM2_Create of an object under `parent` from a `TPMT_PUBLIC` template, with `data` as
+    /// its sensitive data and an empty auth value.
+    pub(crate) fn create(
+        &mut self,
+        parent: Handle,
+        template: &[u8],
+        data: &[u8],
+    ) -> Result<Created> {
+        let cmd = Command::new(marshal::CREATE)
+            .authorized_handle(parent.0, Auth::EmptyPassword)
+            .params(|w| {
+                w.sized(|s| {
+                    s.tpm2b(&[]).tpm2b(data);
+                })
+                .tpm2b(template)
+                .tpm2b(&[])
+                .u32(0);
+            });
+        let resp = self.execute(&cmd)?;
+        resp.parse(0, |_, r| {
+            let private = r.tpm2b()?.to_vec();
+            let public = r.tpm2b()?.to_vec();
+            // creationData, creationHash and creationTicket follow; sealing does not use them.
+            Ok(Created { private, public })
+        })
+    }
+
+    /// TPM2_Load of a sealed object's parts under `parent`.
+    pub(crate) fn load(&mut self, parent: Handle, private: &[u8], public: &[u8]) -> Result<Handle> {
+        let cmd = Command::new(marshal::LOAD)
+            .authorized_handle(parent.0, Auth::EmptyPassword)
+            .params(|w| {
+                w.tpm2b(private).tpm2b(public);
+            });
+        let resp = self.execute(&cmd)?;
+        resp.parse(1, |handles, _| Ok(Handle(handles[0])))
+    }
+
+    /// TPM2_StartAuthSession: an unsalted, unbound SHA-256 policy session, or a trial session
+    /// that only computes a digest.
+    pub fn start_policy_session(&mut self, trial: bool) -> Result<Handle> {
+        let mut nonce = [0u8; NONCE_LEN];
+        rand_core::RngCore::try_fill_bytes(&mut rand_core::OsRng, &mut nonce)
+            .map_err(Error::Random)?;
+        let cmd = Command::new(marshal::START_AUTH_SESSION)
+            .handle(RH_NULL) // tpmKey
+            .handle(RH_NULL) // bind
+            .params(|w| {
+                w.tpm2b(&nonce)
+                    .tpm2b(&[]) // encryptedSalt
+                    .u8(if trial { SE_TRIAL } else { SE_POLICY })
+                    .u16(ALG_NULL) // symmetric: no parameter encryption
+                    .u16(ALG_SHA256);
+            });
+        let resp = self.execute(&cmd)?;
+        resp.parse(1, |handles, _| Ok(Handle(handles[0])))
+    }
+
+    /// TPM2_PolicyPCR with an empty expected digest: the TPM extends the session's digest with
+    /// the live values of the selected PCRs.
+    pub fn policy_pcr(&mut self, session: Handle, selection: &PcrSelection) -> Result<()> {
+        let cmd = Command::new(marshal::POLICY_PCR)
+            .handle(session.0)
+            .params(|w| {
+                w.tpm2b(&[]);
+                selection.marshal(w);
+            });
+        self.execute(&cmd).map(drop)
+    }
+
+    /// TPM2_PolicyGetDigest: the session's current policy digest.
+    pub fn policy_get_digest(&mut self, session: Handle) -> Result<Vec<u8>> {
+        let cmd = Command::new(marshal::POLICY_GET_DIGEST).handle(session.0);
+        let resp = self.execute(&cmd)?;
+        resp.parse(0, |_, r| Ok(r.tpm2b()?.to_vec()))
+    }
+
+    /// TPM2_Unseal of a loaded sealed object, authorised by a policy session.
+    pub fn unseal_object(&mut self, item: Handle, session: Handle) -> Result<Zeroizing<Vec<u8>>> {
+        let cmd = Command::new(marshal::UNSEAL).authorized_handle(item.0, Auth::Policy(session.0));
+        let resp = self.execute(&cmd)?;
+        resp.parse(0, |_, r| Ok(Zeroizing::new(r.tpm2b()?.to_vec())))
+    }
+
+    /// TPM2_FlushContext: unloads an object or ends a session.
+    pub fn flush(&mut self, handle: Handle) -> Result<()> {
+        let cmd = Command::new(marshal::FLUSH_CONTEXT).params(|w| {
+            w.u32(handle.0);
+        });
+        self.execute(&cmd).map(drop)
+    }
+
+    /// Runs `f` with `handle` loaded and flushes it afterwards, whatever `f` returned. The
+    /// first error wins: a failed flush is reported only when `f` succeeded.
+    pub(crate) fn with_flush<R>(
+        &mut self,
+        handle: Handle,
+        f: impl FnOnce(&mut Tpm) -> Result<R>,
+    ) -> Result<R> {
+        let result = f(self);
+        let flushed = self.flush(handle);
+        let value = result?;
+        flushed?;
+        Ok(value)
+    }
+}
+
+/// A successful response, still to be parsed.
+struct Response {
+    code: CommandCode,
+    sessions: bool,
+    buf: Zeroizing<Vec<u8>>,
+}
+
+impl Response {
+    /// Reads `handles` handles, then hands the parameter area to `f`; with sessions the
+    /// parameter area is bounded by its size field and the authorisation area is skipped.
+    fn parse<R>(
+        &self,
+        handles: usize,
+        f: impl FnOnce(&[u32], &mut Reader<'_>) -> Result<R>,
+    ) -> Result<R> {
+        let mut r = Reader::new(self.code.name, &self.buf[HEADER_LEN..]);
+        let hs = (0..handles).map(|_| r.u32()).collect::<Result<Vec<_>>>()?;
+        let params = if self.sessions {
+            let n = r.u32()?;
+            r.bytes(n as usize)?
+        } else {
+            r.bytes(self.buf.len() - HEADER_LEN - 4 * handles)?
+        };
+        let mut p = Reader::new(self.code.name, params);
+        f(&hs, &mut p)
+    }
+}
+
+/// Writes a TPMT_PUBLIC with `f`; a helper for templates.
+pub(crate) fn template(f: impl FnOnce(&mut Writer)) -> Vec<u8> {
+    let mut w = Writer::default();
+    f(&mut w);
+    w.as_slice().to_vec()
+}

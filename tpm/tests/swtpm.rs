@@ -1,0 +1,227 @@
+//! Sealing against a real TPM 2.0 implementation: Debian's swtpm, one instance per test on free
+//! loopback ports with its own state directory, stopped by pid when the test ends.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cairn_tpm::{
+    policy_pcr_digest, seal, trial_policy_digest, unseal, PcrSelection, PrimaryAlg, SealedBlob,
+    Token, Tpm, SECRET_LEN,
+};
+use serde_json::Value;
+
+struct Swtpm {
+    child: Child,
+    _state: tempfile::TempDir,
+}
+
+impl Drop for Swtpm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind a loopback port")
+        .port()
+}
+
+/// Starts swtpm and returns it with a connection to its command port. The TPM is ready when
+/// the port accepts a connection; a port taken in between makes swtpm exit, and the start is
+/// retried on fresh ports.
+fn start_swtpm() -> (Swtpm, Tpm) {
+    if Command::new("swtpm").arg("--version").output().is_err() {
+        panic!("swtpm is not installed: `cargo xtask setup` installs it (Debian packages swtpm, swtpm-tools)");
+    }
+    for _ in 0..5 {
+        let state = tempfile::tempdir().expect("state dir");
+        let (port, ctrl) = (free_port(), free_port());
+        let child = Command::new("swtpm")
+            .arg("socket")
+            .arg("--tpm2")
+            .arg("--server")
+            .arg(format!("type=tcp,port={port}"))
+            .arg("--ctrl")
+            .arg(format!("type=tcp,port={ctrl}"))
+            .arg("--flags")
+            .arg("not-need-init,startup-clear")
+            .arg("--tpmstate")
+            .arg(format!("dir={}", state.path().display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn swtpm");
+        let mut swtpm = Swtpm {
+            child,
+            _state: state,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(mut tpm) = Tpm::connect_tcp(&format!("127.0.0.1:{port}")) {
+                tpm.startup_clear().expect("TPM2_Startup");
+                return (swtpm, tpm);
+            }
+            if swtpm.child.try_wait().expect("poll swtpm").is_some() || Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    panic!("swtpm did not come up on a loopback port");
+}
+
+#[test]
+fn seal_unseal_round_trip() {
+    let (_swtpm, mut tpm) = start_swtpm();
+    let pcrs = PcrSelection::default();
+    let (secret, blob) = seal(&mut tpm, &pcrs, PrimaryAlg::Ecc).unwrap();
+    assert_eq!(secret.len(), SECRET_LEN);
+    assert_ne!(secret.as_slice(), [0u8; SECRET_LEN]);
+    assert_eq!(*unseal(&mut tpm, &blob).unwrap(), *secret);
+    // Every handle was flushed: a second unseal works just the same.
+    assert_eq!(*unseal(&mut tpm, &blob).unwrap(), *secret);
+}
+
+#[test]
+fn round_trip_under_rsa_primary() {
+    let (_swtpm, mut tpm) = start_swtpm();
+    let pcrs = PcrSelection::sha256(&[0, 7]).unwrap();
+    let (secret, blob) = seal(&mut tpm, &pcrs, PrimaryAlg::Rsa).unwrap();
+    assert_eq!(*unseal(&mut tpm, &blob).unwrap(), *secret);
+
+    // The same private part under the other primary does not load.
+    let wrong = SealedBlob {
+        primary_alg: PrimaryAlg::Ecc,
+        ..blob
+    };
+    let err = unseal(&mut tpm, &wrong).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "TPM2_Load: integrity check failed: wrong parent key or damaged blob \
+         (TPM_RC_INTEGRITY, parameter 1)"
+    );
+}
+
+#[test]
+fn unseal_fails_after_pcr_extend() {
+    let (_swtpm, mut tpm) = start_swtpm();
+    let (_, blob) = seal(&mut tpm, &PcrSelection::default(), PrimaryAlg::Ecc).unwrap();
+    tpm.pcr_extend(7, &[0x42; 32]).unwrap();
+    let err = unseal(&mut tpm, &blob).unwrap_err();
+    assert!(err.is_policy_failure(), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        "TPM2_Unseal: policy check failed (TPM_RC_POLICY_FAIL)"
+    );
+}
+
+#[test]
+fn other_pcr_selection_is_refused() {
+    let (_swtpm, mut tpm) = start_swtpm();
+    let (secret, blob) = seal(
+        &mut tpm,
+        &PcrSelection::sha256(&[8]).unwrap(),
+        PrimaryAlg::Ecc,
+    )
+    .unwrap();
+    assert_eq!(*unseal(&mut tpm, &blob).unwrap(), *secret);
+
+    // PCRs 7 and 8 hold the same (zero) value, so only the selection differs.
+    let pcr7 = SealedBlob {
+        pcrs: PcrSelection::default(),
+        ..blob.clone()
+    };
+    let err = unseal(&mut tpm, &pcr7).unwrap_err();
+    assert!(err.is_policy_failure(), "{err:?}");
+
+    // The same through the token: its tpm2-pcrs changed to [7].
+    let mut token: Value = serde_json::from_str(&blob.to_token_json(&[1])).unwrap();
+    token["tpm2-pcrs"] = serde_json::json!([7]);
+    let edited = Token::from_json(&token.to_string()).unwrap();
+    let err = unseal(&mut tpm, &edited.sealed).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "TPM2_Unseal: policy check failed (TPM_RC_POLICY_FAIL)"
+    );
+
+    // A policy hash that no longer matches the object is caught before the TPM is asked.
+    token["tpm2-pcrs"] = serde_json::json!([8]);
+    token["tpm2-policy-hash"] = "00".repeat(32).into();
+    let edited = Token::from_json(&token.to_string()).unwrap();
+    let err = unseal(&mut tpm, &edited.sealed).unwrap_err();
+    assert!(
+        err.to_string().contains("tpm2-policy-hash does not match"),
+        "{err}"
+    );
+}
+
+#[test]
+fn software_policy_digest_matches_trial_session() {
+    let (_swtpm, mut tpm) = start_swtpm();
+    // Non-zero values in some of the PCRs, so ordering and concatenation matter.
+    tpm.pcr_extend(7, &[1; 32]).unwrap();
+    tpm.pcr_extend(16, &[2; 32]).unwrap();
+    for pcrs in [vec![7], vec![8], vec![0, 7, 16], vec![16, 7, 1, 23]] {
+        let sel = PcrSelection::sha256(&pcrs).unwrap();
+        let values = tpm.pcr_values(&sel).unwrap();
+        let software = policy_pcr_digest(&sel, &values);
+        let trial = trial_policy_digest(&mut tpm, &sel).unwrap();
+        assert_eq!(hex::encode(software), hex::encode(trial), "PCRs {pcrs:?}");
+    }
+    let (_, blob) = seal(&mut tpm, &PcrSelection::default(), PrimaryAlg::Ecc).unwrap();
+    assert_eq!(blob.public_auth_policy().unwrap(), blob.policy_hash);
+    assert_eq!(
+        trial_policy_digest(&mut tpm, &PcrSelection::default()).unwrap(),
+        blob.policy_hash
+    );
+}
+
+#[test]
+fn token_json_round_trip_unseals() {
+    let (_swtpm, mut tpm) = start_swtpm();
+    let (secret, blob) = seal(
+        &mut tpm,
+        &PcrSelection::sha256(&[7, 11]).unwrap(),
+        PrimaryAlg::Ecc,
+    )
+    .unwrap();
+    let json = blob.to_token_json(&[1]);
+    let token = SealedBlob::from_token_json(&json).unwrap();
+    assert_eq!(token.keyslots, [1]);
+    assert_eq!(token.sealed, blob);
+    assert_eq!(token.to_json(), json);
+    assert_eq!(*unseal(&mut tpm, &token.sealed).unwrap(), *secret);
+}
+
+/// A token in the shape systemd-cryptenroll 254 writes (no `tpm2_srk`: the primary key is
+/// recreated from the legacy template), with a blob sealed here, is read and unsealed.
+#[test]
+fn systemd_token_sample() {
+    let (_swtpm, mut tpm) = start_swtpm();
+    let (secret, blob) = seal(&mut tpm, &PcrSelection::default(), PrimaryAlg::Ecc).unwrap();
+    let ours: Value = serde_json::from_str(&blob.to_token_json(&[0])).unwrap();
+    let sample = format!(
+        r#"{{"type":"systemd-tpm2","keyslots":["2"],"tpm2-blob":"{}","tpm2-pcrs":[7],"tpm2-pcr-bank":"sha256","tpm2-primary-alg":"ecc","tpm2-policy-hash":"{}","tpm2-pin":false,"tpm2_pcrlock":false}}"#,
+        ours["tpm2-blob"].as_str().unwrap(),
+        ours["tpm2-policy-hash"].as_str().unwrap(),
+    );
+    let token = Token::from_json(&sample).unwrap();
+    assert_eq!(token.keyslots, [2]);
+    assert_eq!(token.sealed.pcrs.pcrs(), [7]);
+    assert_eq!(*unseal(&mut tpm, &token.sealed).unwrap(), *secret);
+
+    // systemd 255 and later record the persistent SRK they sealed under; such a token reads,
+    // keeps the field, and is refused at unseal time with a clear reason.
+    let mut newer: Value = serde_json::from_str(&sample).unwrap();
+    newer["tpm2_srk"] = "gAAAAQ==".into();
+    let token = Token::from_json(&newer.to_string()).unwrap();
+    assert_eq!(token.sealed.srk.as_deref(), Some("gAAAAQ=="));
+    let back: Value = serde_json::from_str(&token.to_json()).unwrap();
+    assert_eq!(back["tpm2_srk"], "gAAAAQ==");
+    let err = unseal(&mut tpm, &token.sealed).unwrap_err();
+    assert!(err.to_string().contains("tpm2_srk"), "{err}");
+}
