@@ -214,6 +214,9 @@ pub struct Shared {
     /// Held while a bundle is installed or a rollback is made, by whichever asked first (a
     /// stick or the API).
     install_lock: Mutex<()>,
+    /// Set (under `install_lock`) once a rollback has marked the running slot bad: the reboot
+    /// is coming, and nothing may mark the slot good or install in the meantime.
+    rolled_back: std::sync::atomic::AtomicBool,
     pub events: Ring<(i64, Event)>,
     /// Set while the running slot is on trial: when the health window ends.
     trial_deadline: Mutex<Option<SystemTime>>,
@@ -455,6 +458,11 @@ impl Shared {
                 "another update or a rollback is in progress: try again when it is done",
             ));
         };
+        if self.rolled_back.load(Ordering::SeqCst) {
+            return Err(DeviceError::failed_precondition(
+                "the device is rolling back and about to reboot",
+            ));
+        }
         let installed_version = Version::parse(&self.release.version).map_err(|e| {
             DeviceError::internal(format!("{RELEASE}: VERSION {}: {e}", self.release.version))
         })?;
@@ -543,6 +551,11 @@ impl Shared {
                 "an update is being installed: try again when it is done",
             ));
         };
+        if self.rolled_back.load(Ordering::SeqCst) {
+            return Err(DeviceError::failed_precondition(
+                "already rolled back: the device is about to reboot",
+            ));
+        }
         let (running, target) = (self.running, self.running.other());
         with_esp_rw(|| {
             bootloader(running)
@@ -550,6 +563,7 @@ impl Shared {
                 .map_err(|e| e.to_string())
         })
         .map_err(|e| DeviceError::failed_precondition(format!("cannot roll back: {e}")))?;
+        self.rolled_back.store(true, Ordering::SeqCst);
         let reason = "rolled back over the API";
         let record = TrialRecord {
             slot: running.to_string(),
@@ -810,6 +824,7 @@ impl Daemon {
                 pending: None,
             }),
             install_lock: Mutex::new(()),
+            rolled_back: std::sync::atomic::AtomicBool::new(false),
             events: Ring::new(EVENTS),
             trial_deadline: Mutex::new(None),
             streaks: Mutex::new(Vec::new()),
@@ -940,6 +955,15 @@ impl Daemon {
         match verdict {
             Verdict::Healthy { rounds } => {
                 let _busy = self.install_lock.lock().unwrap_or_else(|e| e.into_inner());
+                if self.rolled_back.load(Ordering::SeqCst) {
+                    // A rollback over the API came first: its reboot is on the way.
+                    say!("slot {running} healthy, but it was rolled back meanwhile: not committed");
+                    drop(_busy);
+                    loop {
+                        self.heart.beat();
+                        std::thread::sleep(Duration::from_secs(5));
+                    }
+                }
                 with_esp_rw(|| {
                     bootloader(running)
                         .mark_good(running)
