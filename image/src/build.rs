@@ -167,6 +167,32 @@ pub enum InputInfo {
 
 /// Builds the image described by `opts`.
 pub fn build(opts: &BuildOptions) -> Result<ImageManifest> {
+    // The disk image is sparse, so a full filesystem shows up wherever a write first needs a
+    // block (inside the FAT or squashfs writer, say): any ENOSPC below becomes one message.
+    build_staged(opts).map_err(|e| match e {
+        Error::DiskFull { .. } => e,
+        e if caused_by_enospc(&e) => Error::DiskFull {
+            path: opts.out.clone(),
+        },
+        e => e,
+    })
+}
+
+fn caused_by_enospc(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(e) = next {
+        if e.downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::raw_os_error)
+            == Some(crate::error::libc_enospc())
+        {
+            return true;
+        }
+        next = e.source();
+    }
+    false
+}
+
+fn build_staged(opts: &BuildOptions) -> Result<ImageManifest> {
     validate_version(&opts.version)?;
     check_device_binary(&opts.device_bin, opts.board.arch)?;
     let staging = Staging::new(&opts.out)?;

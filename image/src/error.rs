@@ -113,7 +113,7 @@ impl Error {
 }
 
 /// ENOSPC is 28 on every Linux architecture Cairn builds on.
-const fn libc_enospc() -> i32 {
+pub(crate) const fn libc_enospc() -> i32 {
     28
 }
 

@@ -17,11 +17,22 @@ fn options(board: &'static Board, out: &Path) -> BuildOptions {
         device_bin: device_bin(board.arch),
         seed: format!("cairn-{}-{}", board.name, version),
         version,
-        // As `cargo xtask images` builds them: trusting the development key.
+        // As `cargo xtask images` builds them: trusting the development key, with the
+        // development API secrets on STATE.
         root: cairn_image::RootExtras {
             keyring: Some(std::fs::read_to_string(keys_dir().join("dev.pub")).unwrap()),
+            api_secrets: Some(dev_api_secrets()),
             ..Default::default()
         },
+    }
+}
+
+fn dev_api_secrets() -> cairn_image::ApiSecrets {
+    let s = cairn_pki::secrets::DeviceSecrets::load(&keys_dir().join("secrets")).unwrap();
+    cairn_image::ApiSecrets {
+        client_ca: s.client_ca,
+        device_ca: s.device_ca,
+        device_ca_key: s.device_ca_key,
     }
 }
 
@@ -364,7 +375,8 @@ fn full_disk_fails_cleanly_without_output() {
     let mnt = tmp.path();
     tool(
         Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=48m", "tmpfs"])
+            // Smaller than what the image holds (it is sparse: only the data takes space).
+            .args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"])
             .arg(mnt),
     );
     struct Unmount<'a>(&'a Path);
