@@ -24,12 +24,14 @@ pub enum DiskArg<'a> {
 /// The same list serves both boards as verified against QEMU 7.2: q35 with the non-secure-boot
 /// OVMF (`OVMF_CODE_4M.fd`) needs neither SMM nor `-global` pflash settings, and `virt` with
 /// AAVMF takes the two 64 MiB pflash volumes as they are. The board adds its own devices
-/// (watchdog, USB controller, hot-plug root port) after the network card.
+/// (watchdog, USB controller, hot-plug root port) after the network card. `tpm` is a software
+/// TPM's control socket ([`crate::Swtpm`]); without it the machine has no TPM.
 pub fn qemu_args(
     profile: &QemuProfile,
     paths: &WorkPaths,
     disk: DiskArg<'_>,
     port_forwards: &[PortForward],
+    tpm: Option<&Path>,
     extra_args: &[String],
 ) -> Vec<OsString> {
     let mut args: Vec<OsString> = vec!["-nodefaults".into()];
@@ -78,6 +80,15 @@ pub fn qemu_args(
     for device in profile.devices {
         opt("-device", (*device).into());
     }
+    if let Some(socket) = tpm {
+        // QEMU passes swtpm the data channel over this control socket (`CMD_SET_DATAFD`).
+        opt("-chardev", with_path("socket,id=chrtpm,path=", socket, ""));
+        opt("-tpmdev", "emulator,id=tpm0,chardev=chrtpm".into());
+        opt(
+            "-device",
+            format!("{},tpmdev=tpm0", tpm_device(profile)).into(),
+        );
+    }
     // A watchdog that expires resets the machine like the reset button (QEMU's default, stated
     // so that a changed default cannot turn a watchdog test into a hang). QMP reports it as a
     // `WATCHDOG` event; `watchdog-set-action` changes it for one run.
@@ -95,6 +106,17 @@ pub fn qemu_args(
 
     args.extend(extra_args.iter().map(OsString::from));
     args
+}
+
+/// The TPM interface the board's firmware and kernel look for: the ISA TIS device at its fixed
+/// address on a PC (q35), its sysbus twin on the Arm `virt` machine (described to the guest in the
+/// device tree and ACPI tables that QEMU generates).
+fn tpm_device(profile: &QemuProfile) -> &'static str {
+    if profile.machine == "virt" || profile.machine.starts_with("virt-") {
+        "tpm-tis-device"
+    } else {
+        "tpm-tis"
+    }
 }
 
 /// `prefix`, `path` with its commas doubled (QEMU's escape inside option values), `suffix`.
@@ -115,6 +137,15 @@ mod tests {
     use super::*;
 
     fn args_for(board: &str, fwd: &[PortForward], extra: &[String]) -> Vec<String> {
+        args_with_tpm(board, fwd, None, extra)
+    }
+
+    fn args_with_tpm(
+        board: &str,
+        fwd: &[PortForward],
+        tpm: Option<&Path>,
+        extra: &[String],
+    ) -> Vec<String> {
         let board = cairn_board::find(board).unwrap();
         let paths = WorkPaths::new(Path::new("/w"));
         qemu_args(
@@ -122,6 +153,7 @@ mod tests {
             &paths,
             DiskArg::Overlay(&paths.overlay),
             fwd,
+            tpm,
             extra,
         )
         .into_iter()
@@ -135,6 +167,18 @@ mod tests {
         code: &str,
         netdev: &str,
         devices: &[&str],
+    ) -> Vec<String> {
+        expected_with(machine, cpu, code, netdev, devices, &[])
+    }
+
+    /// The full command line; `after_devices` follows the board's devices.
+    fn expected_with(
+        machine: &str,
+        cpu: &str,
+        code: &str,
+        netdev: &str,
+        devices: &[&str],
+        after_devices: &[&str],
     ) -> Vec<String> {
         let mut args: Vec<String> = [
             "-nodefaults",
@@ -167,6 +211,7 @@ mod tests {
         for d in devices {
             args.extend(["-device".to_string(), d.to_string()]);
         }
+        args.extend(after_devices.iter().map(|s| s.to_string()));
         args.extend(
             [
                 "-action",
@@ -229,13 +274,76 @@ mod tests {
         let board = cairn_board::find("qemu-x86_64").unwrap();
         let paths = WorkPaths::new(Path::new("/tmp/a,b"));
         let profile = board.qemu.as_ref().unwrap();
-        let args = qemu_args(profile, &paths, DiskArg::Overlay(&paths.overlay), &[], &[]);
+        let tpm = Path::new("/run/t,pm/swtpm.sock");
+        let args = qemu_args(
+            profile,
+            &paths,
+            DiskArg::Overlay(&paths.overlay),
+            &[],
+            Some(tpm),
+            &[],
+        );
         let args: Vec<_> = args.iter().map(|a| a.to_str().unwrap()).collect();
         assert!(args.contains(&"if=none,id=disk0,format=qcow2,file=/tmp/a,,b/overlay.qcow2"));
         assert!(args.contains(&"unix:/tmp/a,,b/qmp.sock,server=on,wait=off"));
+        assert!(args.contains(&"socket,id=chrtpm,path=/run/t,,pm/swtpm.sock"));
         let raw = Path::new("/img/x,y.img");
-        let args = qemu_args(profile, &paths, DiskArg::Raw(raw), &[], &[]);
+        let args = qemu_args(profile, &paths, DiskArg::Raw(raw), &[], None, &[]);
         let args: Vec<_> = args.iter().map(|a| a.to_str().unwrap()).collect();
         assert!(args.contains(&"if=none,id=disk0,format=raw,file=/img/x,,y.img"));
+    }
+
+    #[test]
+    fn x86_64_board_with_tpm() {
+        let sock = Path::new("/w/tpm/swtpm.sock");
+        assert_eq!(
+            args_with_tpm("qemu-x86_64", &[], Some(sock), &[]),
+            expected_with(
+                "q35",
+                "max",
+                "/usr/share/OVMF/OVMF_CODE_4M.fd",
+                "user,id=net0",
+                &["i6300esb", "qemu-xhci,id=xhci"],
+                &[
+                    "-chardev",
+                    "socket,id=chrtpm,path=/w/tpm/swtpm.sock",
+                    "-tpmdev",
+                    "emulator,id=tpm0,chardev=chrtpm",
+                    "-device",
+                    "tpm-tis,tpmdev=tpm0",
+                ],
+            )
+        );
+    }
+
+    #[test]
+    fn aarch64_board_with_tpm() {
+        let sock = Path::new("/w/tpm/swtpm.sock");
+        assert_eq!(
+            args_with_tpm("qemu-aarch64", &[], Some(sock), &[]),
+            expected_with(
+                "virt",
+                "cortex-a57",
+                "/usr/share/AAVMF/AAVMF_CODE.fd",
+                "user,id=net0",
+                &["pcie-root-port,id=hotplug0,chassis=1"],
+                &[
+                    "-chardev",
+                    "socket,id=chrtpm,path=/w/tpm/swtpm.sock",
+                    "-tpmdev",
+                    "emulator,id=tpm0,chardev=chrtpm",
+                    "-device",
+                    "tpm-tis-device,tpmdev=tpm0",
+                ],
+            )
+        );
+    }
+
+    #[test]
+    fn no_tpm_without_a_socket() {
+        for board in ["qemu-x86_64", "qemu-aarch64"] {
+            let args = args_for(board, &[], &[]);
+            assert!(!args.iter().any(|a| a.contains("tpm")), "{board}: {args:?}");
+        }
     }
 }

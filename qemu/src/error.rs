@@ -10,6 +10,9 @@ use std::time::Duration;
 /// What the fix is when a host tool or firmware file is missing.
 pub const SETUP_HINT: &str = "run `cargo xtask setup` to install QEMU and the UEFI firmware";
 
+/// What the fix is when swtpm is missing.
+pub const SWTPM_HINT: &str = "run `cargo xtask setup` to install swtpm";
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[derive(Debug, thiserror::Error)]
@@ -151,4 +154,36 @@ pub enum Error {
 
     #[error("no stick {id:?} is plugged in: QEMU has no block node {id}-img")]
     NoStick { id: String },
+
+    #[error("swtpm is not installed: {SWTPM_HINT}")]
+    SwtpmNotInstalled(#[source] std::io::Error),
+
+    #[error(
+        "swtpm (state {}) did not come up: {detail}; swtpm log {}:\n{log_tail}",
+        state_dir.display(),
+        log.display()
+    )]
+    SwtpmStart {
+        state_dir: PathBuf,
+        detail: String,
+        log: PathBuf,
+        log_tail: String,
+    },
+
+    #[error("cannot read swtpm log {}", path.display())]
+    SwtpmLog {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("UEFI variable store {}: {reason}", path.display())]
+    VarStore { path: PathBuf, reason: String },
+
+    #[error("cannot read or write UEFI variable store {}", path.display())]
+    VarStoreIo {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }

@@ -6,10 +6,16 @@
 //! the writes) and the QEMU process never outlives its [`Machine`]. A running machine can have a
 //! removable disk plugged in and out ([`Machine::attach_stick`], [`Machine::detach_stick`]), and
 //! tests can wait for QMP events such as `WATCHDOG` or `RESET` ([`Machine::wait_for_event`]).
+//!
+//! A machine can have a TPM 2.0: start a [`Swtpm`] on a state directory and pass its socket as
+//! [`LaunchOptions::tpm`]. [`efivars::add_dbx_hash`] changes what the firmware measures into
+//! PCR 7 on the next boot, as a Secure Boot configuration update would; [`pcr_extends`] reads
+//! back what was measured.
 
 mod args;
 mod console;
 mod disk;
+pub mod efivars;
 mod error;
 mod machine;
 mod net;
@@ -17,12 +23,14 @@ mod options;
 mod qmp;
 mod stick;
 mod timeouts;
+mod tpm;
 
 pub use args::qemu_args;
 pub use console::MAX_LINE_BYTES;
-pub use error::{Error, Result, SETUP_HINT};
+pub use error::{Error, Result, SETUP_HINT, SWTPM_HINT};
 pub use machine::{LineMatch, Machine, Shutdown};
 pub use net::{forward_answer, free_local_port, ForwardAnswer};
 pub use options::{LaunchOptions, PortForward, WorkPaths};
 pub use stick::StickReads;
 pub use timeouts::{Timeouts, TIMEOUT_SCALE_ENV};
+pub use tpm::{pcr_extends, PcrExtend, Swtpm, SWTPM_LOG_COMMANDS, TPM_ALG_SHA256};

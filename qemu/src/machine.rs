@@ -33,7 +33,7 @@ const QUIT_GRACE: Duration = Duration::from_secs(10);
 /// How long QEMU's exit and the end of its console may lag one another (before scaling).
 const EXIT_AFTER_CLOSE: Duration = Duration::from_secs(5);
 /// `sun_path` holds 108 bytes including the terminating NUL.
-const MAX_SOCKET_PATH: usize = 107;
+pub(crate) const MAX_SOCKET_PATH: usize = 107;
 /// How much of QEMU's stderr an error message quotes.
 const STDERR_TAIL_BYTES: u64 = 4096;
 /// How often waits on QMP state ask QEMU again. QMP delivers events only while a command runs
@@ -174,6 +174,7 @@ impl Machine {
             &paths,
             disk,
             &opts.port_forwards,
+            opts.tpm.as_deref(),
             &opts.extra_args,
         ))
         .current_dir(&work_dir)

@@ -62,10 +62,13 @@ pub struct LaunchOptions {
     pub timeouts: Option<Timeouts>,
     /// How long QMP may take to come up after launch, before scaling.
     pub qmp_connect_timeout: Duration,
+    /// A software TPM's control socket ([`crate::Swtpm::socket_path`]): the machine gets a TPM
+    /// 2.0 behind the board's TIS interface, which the firmware measures the boot into.
+    pub tpm: Option<PathBuf>,
 }
 
 impl LaunchOptions {
-    /// Options with no port forwards, no echo, a fresh disk and no extra arguments.
+    /// Options with no port forwards, no echo, a fresh disk, no TPM and no extra arguments.
     pub fn new(
         board: &'static Board,
         disk_image: impl Into<PathBuf>,
@@ -83,6 +86,7 @@ impl LaunchOptions {
             binary_override: None,
             timeouts: None,
             qmp_connect_timeout: Duration::from_secs(10),
+            tpm: None,
         }
     }
 }
