@@ -73,6 +73,34 @@ pub trait Device: Send + Sync + 'static {
         request: &proto::EventsRequest,
         sink: &Sink<proto::EventsResponse>,
     ) -> Result<(), DeviceError>;
+
+    /// The recovery key of the encrypted STATE and DATA, once: forget it before returning it,
+    /// so that every later call fails with [`ErrorKind::FailedPrecondition`]. The server logs
+    /// that the call was made and by whom, never the answer.
+    ///
+    /// The default is for a device whose disks are not encrypted.
+    fn recovery_key(&self) -> Result<proto::RecoveryKeyResponse, DeviceError> {
+        Err(DeviceError::failed_precondition(
+            "this device keeps no recovery key (its disks are not encrypted)",
+        ))
+    }
+
+    /// In maintenance mode (the TPM refused to unseal the disk key): opens STATE and DATA with
+    /// `recovery_key`, seals a new key to the current PCRs and lets the boot go on, after
+    /// returning. Outside maintenance mode: [`ErrorKind::FailedPrecondition`]. A key that opens
+    /// nothing: [`ErrorKind::InvalidArgument`].
+    ///
+    /// `recovery_key` is non-empty and at most [`crate::Limits::max_recovery_key`] bytes, as
+    /// the client sent it (no whitespace trimmed). Never called twice at once. Keep it out of
+    /// logs and error messages; the server also blanks it out of what it logs.
+    ///
+    /// The default is for a device that is never in maintenance mode.
+    fn unlock(&self, recovery_key: &str) -> Result<proto::UnlockResponse, DeviceError> {
+        let _ = recovery_key;
+        Err(DeviceError::failed_precondition(
+            "the device is not in maintenance mode: its disks are unlocked",
+        ))
+    }
 }
 
 /// A failed device call: the gRPC code it becomes, and a one-line message.
@@ -86,7 +114,8 @@ pub struct DeviceError {
 /// The gRPC codes a device call may fail with (the API itself uses the others).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
-    /// The request is wrong (a config that does not parse, a bundle that does not verify).
+    /// The request is wrong (a config that does not parse, a bundle that does not verify, a
+    /// recovery key that opens nothing).
     InvalidArgument,
     /// No such service.
     NotFound,

@@ -20,6 +20,8 @@ pub struct Limits {
     pub max_config: usize,
     /// Longest service name, Fetch URL, and the like.
     pub max_name: usize,
+    /// Longest recovery key Unlock passes to the device (systemd's are 71 bytes).
+    pub max_recovery_key: usize,
     /// Time a call has until its response starts (for a unary call: its answer); after that it
     /// is DEADLINE_EXCEEDED. A stream's messages flow after this, without a deadline.
     pub call_deadline: Duration,
@@ -51,6 +53,7 @@ impl Default for Limits {
             max_upload: 8 * 1024 * 1024 * 1024,
             max_config: 64 * 1024,
             max_name: 2048,
+            max_recovery_key: 256,
             call_deadline: Duration::from_secs(30),
             upload_idle: Duration::from_secs(60),
             handshake_timeout: Duration::from_secs(10),

@@ -8,14 +8,15 @@
 //! |----------|-------|
 //! | reader   | Version, Health, SlotStatus, ServiceList, Logs, Events |
 //! | operator | + ServiceRestart, Upgrade, Rollback, Reboot |
-//! | admin    | + Shutdown, ApplyConfig, ConfirmConfig |
+//! | admin    | + Shutdown, ApplyConfig, ConfirmConfig, RecoveryKey, Unlock |
 //!
 //! Why this split: a reader observes and changes nothing (a monitoring system). An operator
 //! does what brings a box back or forward and cannot lock anyone out: an upgrade only installs
 //! bundles signed by a key the device trusts, a rollback only boots a slot that was committed,
 //! and a reboot comes back by itself. Admin keeps what a mistake cannot undo remotely:
 //! Shutdown (someone has to go to the box to power it on) and the machine config (a wrong
-//! network section cuts the box off; try mode helps, but it is still the admin's call).
+//! network section cuts the box off; try mode helps, but it is still the admin's call), and the
+//! disks' recovery key, which opens the device's data to whoever holds it.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -84,10 +85,12 @@ pub enum Rpc {
     ApplyConfig,
     ConfirmConfig,
     Events,
+    RecoveryKey,
+    Unlock,
 }
 
 impl Rpc {
-    pub const ALL: [Rpc; 13] = [
+    pub const ALL: [Rpc; 15] = [
         Rpc::Version,
         Rpc::Health,
         Rpc::SlotStatus,
@@ -101,6 +104,8 @@ impl Rpc {
         Rpc::ApplyConfig,
         Rpc::ConfirmConfig,
         Rpc::Events,
+        Rpc::RecoveryKey,
+        Rpc::Unlock,
     ];
 
     /// The role table: the lowest role that may make this call.
@@ -113,7 +118,11 @@ impl Rpc {
             | Rpc::Logs
             | Rpc::Events => Role::Reader,
             Rpc::ServiceRestart | Rpc::Upgrade | Rpc::Rollback | Rpc::Reboot => Role::Operator,
-            Rpc::Shutdown | Rpc::ApplyConfig | Rpc::ConfirmConfig => Role::Admin,
+            Rpc::Shutdown
+            | Rpc::ApplyConfig
+            | Rpc::ConfirmConfig
+            | Rpc::RecoveryKey
+            | Rpc::Unlock => Role::Admin,
         }
     }
 
@@ -133,6 +142,8 @@ impl Rpc {
             Rpc::ApplyConfig => "ApplyConfig",
             Rpc::ConfirmConfig => "ConfirmConfig",
             Rpc::Events => "Events",
+            Rpc::RecoveryKey => "RecoveryKey",
+            Rpc::Unlock => "Unlock",
         }
     }
 
@@ -272,7 +283,10 @@ mod tests {
             ]
         );
         assert_eq!(allowed(Role::Operator).len(), 10);
+        assert!(!allowed(Role::Operator).contains(&"RecoveryKey"));
+        assert!(!allowed(Role::Operator).contains(&"Unlock"));
         assert_eq!(allowed(Role::Admin).len(), Rpc::ALL.len());
+        assert!(Rpc::RecoveryKey.changes_device() && Rpc::Unlock.changes_device());
         assert!(Rpc::Reboot.changes_device());
         assert!(!Rpc::Version.changes_device());
     }

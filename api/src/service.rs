@@ -2,8 +2,9 @@
 //! method on a blocking thread and carry its answer back.
 //!
 //! Roles and deadlines are not here but in [`crate::policy`], which every request passes first.
-//! What is here: one upgrade (or rollback) at a time, a bound on open streams, and the upload
-//! pump that turns the client's chunks into the [`Upload`] reader the installer reads.
+//! What is here: one upgrade (or rollback) at a time, one unlock at a time, a bound on open
+//! streams, the upload pump that turns the client's chunks into the [`Upload`] reader the
+//! installer reads, and keeping the recovery key out of the log.
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,6 +31,8 @@ pub(crate) struct Api {
     slots: Arc<Semaphore>,
     /// One permit per open Logs or Events stream.
     streams: Arc<Semaphore>,
+    /// Held by a running Unlock: opening a LUKS keyslot costs the KDF's memory and seconds.
+    unlocking: Arc<Semaphore>,
 }
 
 impl Api {
@@ -38,6 +41,7 @@ impl Api {
             device,
             streams: Arc::new(Semaphore::new(limits.max_streams)),
             slots: Arc::new(Semaphore::new(1)),
+            unlocking: Arc::new(Semaphore::new(1)),
             limits,
             log,
         }
@@ -107,6 +111,34 @@ impl Api {
         }
         Ok(())
     }
+
+    /// The recovery key's bounds; the messages never quote it.
+    fn check_recovery_key(&self, key: &str) -> Result<(), Status> {
+        if key.is_empty() {
+            return Err(Status::invalid_argument(
+                "the recovery key is empty: send the key RecoveryKey gave, or the console showed",
+            ));
+        }
+        if key.len() > self.limits.max_recovery_key {
+            return Err(Status::invalid_argument(format!(
+                "the recovery key is {} bytes long; a recovery key is at most {} (systemd's are 71)",
+                key.len(),
+                self.limits.max_recovery_key
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// `text` with every copy of the recovery key blanked out: what the device says about an
+/// unlock goes to the log, and a careless message must not put the key there. Keys shorter
+/// than a group of systemd's format are not blanked, since they would garble the message and
+/// give little away.
+fn without_key(text: &str, key: &str) -> String {
+    if key.len() < 8 {
+        return text.to_string();
+    }
+    text.replace(key, "(the recovery key)")
 }
 
 #[tonic::async_trait]
@@ -337,6 +369,41 @@ impl DeviceService for Api {
         self.stream(request.into_inner(), |d, r, sink| d.events(r, sink))
             .map(Response::new)
     }
+
+    async fn recovery_key(
+        &self,
+        _: Request<proto::RecoveryKeyRequest>,
+    ) -> Result<Response<proto::RecoveryKeyResponse>, Status> {
+        // The policy has logged who asked; the answer is never logged.
+        self.device(|d| d.recovery_key()).await.map(Response::new)
+    }
+
+    async fn unlock(
+        &self,
+        request: Request<proto::UnlockRequest>,
+    ) -> Result<Response<proto::UnlockResponse>, Status> {
+        let key = request.into_inner().recovery_key;
+        self.check_recovery_key(&key)?;
+        let busy = self.unlocking.clone().try_acquire_owned().map_err(|_| {
+            Status::failed_precondition(
+                "an unlock is already running; wait for its answer before trying again",
+            )
+        })?;
+        // The permit goes with the device call, which runs on when the deadline has passed.
+        let log = self.log.clone();
+        let result = self
+            .device(move |d| {
+                let _busy = busy;
+                let answer = d.unlock(&key);
+                match &answer {
+                    Ok(r) => log(&format!("unlocked: {}", without_key(&r.message, &key))),
+                    Err(e) => log(&format!("unlock failed: {}", without_key(&e.message, &key))),
+                }
+                answer.map_err(|e| DeviceError::new(e.kind, without_key(&e.message, &key)))
+            })
+            .await;
+        result.map(Response::new)
+    }
 }
 
 /// Moves upload chunks from the call into the [`Upload`] reader, checking the announced length
@@ -416,5 +483,25 @@ impl Pump {
                 return None;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_recovery_key_is_blanked_out_of_messages() {
+        let key = "cbdefghi-jklnrtuv-cbdefghi-jklnrtuv-cbdefghi-jklnrtuv-cbdefghi-jklnrtuv";
+        let said = format!("key {key} opens no keyslot of STATE; {key}");
+        let blanked = without_key(&said, key);
+        assert!(!blanked.contains("cbdefghi"), "{blanked}");
+        assert_eq!(
+            blanked,
+            "key (the recovery key) opens no keyslot of STATE; (the recovery key)"
+        );
+        assert_eq!(without_key("no key here", key), "no key here");
+        // A key too short to be one is left alone rather than garbling the message.
+        assert_eq!(without_key("the STATE volume", "a"), "the STATE volume");
     }
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use cairn_api::proto::device_service_client::DeviceServiceClient;
 use cairn_api::proto::{self, logs_request, upgrade_request, upgrade_response, upgrade_start};
 use cairn_api::{Limits, Role, Rpc};
-use common::{Harness, Pem};
+use common::{Harness, Pem, RECOVERY_KEY};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -115,7 +115,22 @@ async fn call(client: &mut Client, rpc: Rpc) -> Result<(), Status> {
             while events.message().await?.is_some() {}
             Ok(())
         }
+        Rpc::RecoveryKey => client
+            .recovery_key(proto::RecoveryKeyRequest {})
+            .await
+            .map(drop),
+        Rpc::Unlock => unlock(client, RECOVERY_KEY).await.map(drop),
     }
+}
+
+async fn unlock(client: &mut Client, key: &str) -> Result<proto::UnlockResponse, Status> {
+    let request = proto::UnlockRequest {
+        recovery_key: key.into(),
+    };
+    client
+        .unlock(request)
+        .await
+        .map(tonic::Response::into_inner)
 }
 
 #[tokio::test]
@@ -602,4 +617,149 @@ fn the_role_table_matches_the_proto() {
     }
     let all: BTreeSet<String> = Rpc::ALL.iter().map(|r| r.name().to_string()).collect();
     assert_eq!(seen, all);
+}
+
+#[tokio::test]
+async fn only_an_admin_gets_the_recovery_key_or_unlocks() {
+    let h = Harness::start();
+    for pem in [&h.pki.reader, &h.pki.operator] {
+        let mut client = h.client(pem).await;
+        for rpc in [Rpc::RecoveryKey, Rpc::Unlock] {
+            let status = call(&mut client, rpc).await.unwrap_err();
+            assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+            assert!(
+                status
+                    .message()
+                    .contains(&format!("{rpc} needs the admin role")),
+                "{status:?}"
+            );
+        }
+    }
+    assert!(h.device.take_calls().is_empty());
+    h.wait_for_log("denied RecoveryKey to CN=test operator")
+        .await;
+
+    let mut admin = h.client(&h.pki.admin).await;
+    call(&mut admin, Rpc::RecoveryKey).await.unwrap();
+    call(&mut admin, Rpc::Unlock).await.unwrap();
+    assert_eq!(h.device.take_calls(), ["RecoveryKey", "Unlock"]);
+    // Both are on the audit trail.
+    h.wait_for_log("RecoveryKey by CN=test admin").await;
+    h.wait_for_log("Unlock by CN=test admin").await;
+}
+
+#[tokio::test]
+async fn the_recovery_key_is_answered_once_and_never_logged() {
+    let h = Harness::start();
+    let mut admin = h.client(&h.pki.admin).await;
+    let answer = admin
+        .recovery_key(proto::RecoveryKeyRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.recovery_key, RECOVERY_KEY);
+    let status = admin
+        .recovery_key(proto::RecoveryKeyRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+
+    // A good key and a wrong one that the device quotes in its error.
+    let done = unlock(&mut admin, RECOVERY_KEY).await.unwrap();
+    assert_eq!(done.message, "unlocked STATE and DATA; sealed to PCR 7");
+    let wrong = RECOVERY_KEY.replace('c', "d");
+    let status = unlock(&mut admin, &wrong).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert_eq!(
+        status.message(),
+        "(the recovery key) opens no keyslot of STATE"
+    );
+    assert_eq!(
+        *h.device.unlock_keys.lock().unwrap(),
+        [RECOVERY_KEY.to_string(), wrong.clone()]
+    );
+
+    h.wait_for_log("unlocked: unlocked STATE and DATA").await;
+    h.wait_for_log("unlock failed: (the recovery key) opens no keyslot")
+        .await;
+    for line in h.log_lines() {
+        for group in RECOVERY_KEY.split('-').chain(wrong.split('-')) {
+            assert!(!line.contains(group), "the key is in the log: {line}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_recovery_key_is_bounded_before_the_device_sees_it() {
+    let max = Limits::default().max_recovery_key;
+    let h = Harness::start();
+    let mut admin = h.client(&h.pki.admin).await;
+    for (key, says) in [
+        (String::new(), "is empty".to_string()),
+        ("c".repeat(max + 1), format!("{} bytes long", max + 1)),
+    ] {
+        let status = unlock(&mut admin, &key).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains(&says), "{status:?}");
+    }
+    assert!(h.device.take_calls().is_empty());
+
+    // At the limit it reaches the device (which finds it wrong), whitespace and all.
+    let status = unlock(&mut admin, &"c".repeat(max)).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    unlock(&mut admin, &format!(" {RECOVERY_KEY}\n"))
+        .await
+        .unwrap_err();
+    assert_eq!(h.device.take_calls(), ["Unlock", "Unlock"]);
+    assert_eq!(
+        h.device.unlock_keys.lock().unwrap()[1],
+        format!(" {RECOVERY_KEY}\n")
+    );
+}
+
+#[tokio::test]
+async fn a_second_unlock_is_refused_while_the_first_runs() {
+    let h = Harness::start();
+    *h.device.unlock_delay.lock().unwrap() = Duration::from_millis(500);
+    let mut first = h.client(&h.pki.admin).await;
+    let running = tokio::spawn(async move { unlock(&mut first, RECOVERY_KEY).await });
+    // Wait until the first has reached the device.
+    for _ in 0..250 {
+        if !h.device.unlock_keys.lock().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut second = h.client(&h.pki.admin).await;
+    let status = unlock(&mut second, RECOVERY_KEY).await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(status.message().contains("already running"), "{status:?}");
+    running.await.unwrap().unwrap();
+    assert_eq!(h.device.take_calls(), ["Unlock"]);
+    // Free again once it is over.
+    unlock(&mut second, RECOVERY_KEY).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_device_without_encrypted_disks_answers_with_the_defaults() {
+    let h = Harness::unencrypted();
+    let mut admin = h.client(&h.pki.admin).await;
+    let status = admin
+        .recovery_key(proto::RecoveryKeyRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert_eq!(
+        status.message(),
+        "this device keeps no recovery key (its disks are not encrypted)"
+    );
+    let status = unlock(&mut admin, RECOVERY_KEY).await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert_eq!(
+        status.message(),
+        "the device is not in maintenance mode: its disks are unlocked"
+    );
+    // The rest is the fake's.
+    call(&mut admin, Rpc::Version).await.unwrap();
+    assert_eq!(h.device.take_calls(), ["Version"]);
 }

@@ -2,7 +2,7 @@
 //! device, using certificates from `cairn_pki` as `cairnctl gen secrets` makes them: tables and
 //! JSON, streams, uploads, roles, and the one-line explanations of refused connections.
 
-use std::io::{BufRead as _, BufReader, Read as _};
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
@@ -29,7 +29,15 @@ struct Fake {
     reboot: Mutex<Option<bool>>,
     applied: Mutex<Vec<proto::ApplyConfigRequest>>,
     gate: Mutex<Option<Gate>>,
+    /// RecoveryKey has answered, and the key is forgotten.
+    handed_out: Mutex<bool>,
+    /// The keys Unlock was given.
+    unlock_keys: Mutex<Vec<String>>,
 }
+
+/// The fake's recovery key (systemd's format).
+const RECOVERY_KEY: &str =
+    "cbdefghi-jklnrtuv-bcdefghi-jklnrtuv-cbdefghi-jklnrtuv-cbdefghi-jklnrtuv";
 
 impl Fake {
     fn record(&self, call: &'static str) {
@@ -278,6 +286,31 @@ impl Device for Fake {
         }
         Ok(())
     }
+
+    fn recovery_key(&self) -> Result<proto::RecoveryKeyResponse, DeviceError> {
+        self.record("RecoveryKey");
+        if std::mem::replace(&mut *self.handed_out.lock().unwrap(), true) {
+            return Err(DeviceError::failed_precondition(
+                "the recovery key was handed out once already and is forgotten",
+            ));
+        }
+        Ok(proto::RecoveryKeyResponse {
+            recovery_key: RECOVERY_KEY.into(),
+        })
+    }
+
+    fn unlock(&self, recovery_key: &str) -> Result<proto::UnlockResponse, DeviceError> {
+        self.record("Unlock");
+        self.unlock_keys.lock().unwrap().push(recovery_key.into());
+        if recovery_key != RECOVERY_KEY {
+            return Err(DeviceError::invalid_argument(
+                "the recovery key opens neither STATE nor DATA",
+            ));
+        }
+        Ok(proto::UnlockResponse {
+            message: "unlocked STATE and DATA; sealed to PCR 7".into(),
+        })
+    }
 }
 
 /// A secrets folder as `cairnctl gen secrets` writes it, a device serving the API with a
@@ -291,20 +324,41 @@ struct Fleet {
 
 impl Fleet {
     fn start() -> Fleet {
+        Fleet::serving(|secrets| {
+            let issued = cairn_pki::issue_server(
+                &secrets.device_ca,
+                "cairn-test",
+                &[],
+                secrets.device_ca.validity(),
+            )
+            .unwrap();
+            (issued.cert_pem, issued.key_pem)
+        })
+    }
+
+    /// A device in maintenance mode: a self-signed server certificate made now, the same
+    /// client CA. Returns its key's fingerprint as the console shows it.
+    fn maintenance() -> (Fleet, String) {
+        let mut shown = String::new();
+        let fleet = Fleet::serving(|_| {
+            let (chain, key, fingerprint) =
+                cairn_pki::ephemeral_server_identity("cairn-test").unwrap();
+            shown = fingerprint;
+            (chain, key)
+        });
+        (fleet, shown)
+    }
+
+    /// A device with the server certificate and key (PEM) `identity` makes.
+    fn serving(identity: impl FnOnce(&Secrets) -> (String, String)) -> Fleet {
         let dir = tempfile::tempdir().unwrap();
         let secrets = new_secrets("Test");
         secrets.write_new(&dir.path().join("secrets")).unwrap();
-        let server_cert = cairn_pki::issue_server(
-            &secrets.device_ca,
-            "cairn-test",
-            &[],
-            secrets.device_ca.validity(),
-        )
-        .unwrap();
+        let (chain, key) = identity(&secrets);
         let tls = TlsConfig::from_pem(
             secrets.client_ca.cert_pem().as_bytes(),
-            server_cert.cert_pem.as_bytes(),
-            server_cert.key_pem.as_bytes(),
+            chain.as_bytes(),
+            key.as_bytes(),
         )
         .unwrap();
         let device = Arc::new(Fake::default());
@@ -378,6 +432,36 @@ impl Fleet {
             .env_remove("XDG_CONFIG_HOME")
             .env("HOME", home);
         command
+    }
+
+    /// cairnctl with the admin config and `input` on its standard input.
+    fn admin_with_input(&self, args: &[&str], input: &str) -> (bool, String, String) {
+        let config = self.path("secrets/cairnctl.yaml");
+        let mut all = vec!["--config", config.to_str().unwrap()];
+        all.extend_from_slice(args);
+        let mut child = self
+            .command(&all)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    fn unlock_keys(&self) -> Vec<String> {
+        self.device.unlock_keys.lock().unwrap().clone()
     }
 
     /// Starts cairnctl with piped output; the test kills it.
@@ -886,4 +970,203 @@ fn completions_cover_the_remote_commands() {
     ] {
         assert!(script.contains(word), "{word} missing");
     }
+}
+
+#[test]
+fn recovery_key_is_printed_once_and_then_refused() {
+    let fleet = Fleet::start();
+    let reader = fleet.config("reader.yaml", "device-ca.crt", "reader");
+    let (ok, out, err) = fleet.run(&["--config", &reader, "recovery-key"]);
+    assert!(!ok && out.is_empty());
+    one_line(&err);
+    assert!(err.contains("RecoveryKey needs the admin role"), "{err}");
+    assert!(!fleet.device.called("RecoveryKey"));
+
+    let (ok, out, err) = fleet.admin(&["recovery-key"]);
+    assert!(ok, "{err}");
+    assert_eq!(out, format!("{RECOVERY_KEY}\n"));
+    one_line(&err);
+    assert!(
+        err.contains("the device has now forgotten this key") && err.contains("store it"),
+        "{err}"
+    );
+    assert!(!err.contains(RECOVERY_KEY), "{err}");
+
+    let (ok, out, err) = fleet.admin(&["recovery-key"]);
+    assert!(!ok && out.is_empty());
+    one_line(&err);
+    assert!(
+        err.ends_with(
+            "recovery-key: the recovery key was handed out once already and is forgotten\n"
+        ),
+        "{err}"
+    );
+
+    let fleet = Fleet::start();
+    let (ok, out, err) = fleet.admin(&["recovery-key", "--json"]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["recovery_key"], RECOVERY_KEY);
+}
+
+#[test]
+fn unlock_takes_the_key_from_a_file_or_standard_input() {
+    let (fleet, fingerprint) = Fleet::maintenance();
+    let file = fleet.path("recovery.key");
+    std::fs::write(&file, format!("{RECOVERY_KEY}\n")).unwrap();
+    let (ok, out, err) = fleet.admin(&["unlock", "--recovery-key-file", file.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert_eq!(out, "unlocked STATE and DATA; sealed to PCR 7\n");
+    // The device's key, in full and as its console shows it, and that nothing checked it.
+    assert!(
+        err.contains(&format!("has key {fingerprint}; NOT verified")),
+        "{err}"
+    );
+    one_line(&err);
+    assert_eq!(fleet.unlock_keys(), [RECOVERY_KEY]);
+
+    let (ok, out, err) = fleet.admin_with_input(&["unlock"], &format!("{RECOVERY_KEY}\n"));
+    assert!(ok, "{err}");
+    assert_eq!(out, "unlocked STATE and DATA; sealed to PCR 7\n");
+    let (ok, out, err) = fleet.admin_with_input(&["unlock", "--json"], RECOVERY_KEY);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["message"], "unlocked STATE and DATA; sealed to PCR 7");
+    assert_eq!(fleet.unlock_keys().len(), 3);
+
+    // Nothing on standard input, and no file: refused before connecting.
+    let (ok, _, err) = fleet.admin(&["unlock"]);
+    assert!(!ok);
+    one_line(&err);
+    assert!(
+        err.contains("no recovery key on standard input") && err.contains("--recovery-key-file"),
+        "{err}"
+    );
+    let (ok, _, err) = fleet.admin_with_input(&["unlock"], "\n");
+    assert!(
+        !ok && err.contains("no recovery key on standard input"),
+        "{err}"
+    );
+    let missing = fleet.path("missing.key");
+    let (ok, _, err) = fleet.admin(&["unlock", "--recovery-key-file", missing.to_str().unwrap()]);
+    assert!(!ok && err.contains("missing.key"), "{err}");
+    assert_eq!(fleet.unlock_keys().len(), 3);
+
+    // A wrong key: the device's line, and the key is not repeated.
+    let wrong = RECOVERY_KEY.replace('c', "d");
+    let (ok, _, err) = fleet.admin_with_input(&["unlock"], &wrong);
+    assert!(!ok);
+    assert!(
+        err.ends_with("unlock: the recovery key opens neither STATE nor DATA\n"),
+        "{err}"
+    );
+    assert!(!err.contains(&wrong), "{err}");
+
+    // Only admins unlock.
+    let operator = fleet.config("operator.yaml", "device-ca.crt", "operator");
+    let out = fleet
+        .command(&["--config", &operator, "unlock", "--recovery-key-file"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("Unlock needs the admin role"), "{err}");
+    assert_eq!(fleet.unlock_keys().len(), 4);
+}
+
+#[test]
+fn unlock_checks_the_expected_fingerprint_before_sending_the_key() {
+    let (fleet, fingerprint) = Fleet::maintenance();
+    let file = fleet.path("recovery.key");
+    std::fs::write(&file, RECOVERY_KEY).unwrap();
+    let file = file.to_str().unwrap();
+
+    let other = "00112233445566778899aabbccddeeff00112233";
+    let (ok, out, err) = fleet.admin(&[
+        "unlock",
+        "--recovery-key-file",
+        file,
+        "--expect-fingerprint",
+        other,
+    ]);
+    assert!(!ok && out.is_empty());
+    one_line(&err);
+    assert!(
+        err.contains(&format!(
+            "has key {fingerprint}, not {other} (--expect-fingerprint)"
+        )) && err.contains("nothing was sent"),
+        "{err}"
+    );
+    assert!(fleet.unlock_keys().is_empty());
+
+    // As the console shows it, in capitals with colons as some people copy it, too.
+    let spaced = fingerprint
+        .to_uppercase()
+        .as_bytes()
+        .chunks(2)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect::<Vec<_>>()
+        .join(":");
+    for expect in [fingerprint.as_str(), &spaced] {
+        let (ok, out, err) = fleet.admin(&[
+            "unlock",
+            "--recovery-key-file",
+            file,
+            "--expect-fingerprint",
+            expect,
+        ]);
+        assert!(ok, "{err}");
+        assert_eq!(out, "unlocked STATE and DATA; sealed to PCR 7\n");
+        assert!(
+            err.contains(&format!(
+                "has key {fingerprint}, as --expect-fingerprint says"
+            )),
+            "{err}"
+        );
+    }
+    assert_eq!(fleet.unlock_keys().len(), 2);
+
+    // The short form names CAs; it is too short to pin a key.
+    let (ok, _, err) = fleet.admin(&[
+        "unlock",
+        "--recovery-key-file",
+        file,
+        "--expect-fingerprint",
+        &fingerprint[..8],
+    ]);
+    assert!(!ok && err.contains("all 40 hex digits"), "{err}");
+
+    // Every other command still checks the certificate against `ca:`, and says what it saw.
+    let (ok, _, err) = fleet.admin(&["version"]);
+    assert!(!ok);
+    one_line(&err);
+    assert!(
+        err.contains(&format!("self-signed (key {fingerprint})"))
+            && err.contains(&format!(
+                "cairnctl unlock --expect-fingerprint {fingerprint}"
+            )),
+        "{err}"
+    );
+    assert!(!fleet.device.called("Version"));
+}
+
+#[test]
+fn unlock_never_takes_the_key_from_the_command_line() {
+    let (fleet, _) = Fleet::maintenance();
+    for args in [
+        &["unlock", RECOVERY_KEY][..],
+        &["unlock", "--recovery-key", RECOVERY_KEY],
+        &["unlock", &format!("--recovery-key={RECOVERY_KEY}")],
+    ] {
+        let (ok, _, err) = fleet.admin(args);
+        assert!(!ok, "{args:?}: {err}");
+    }
+    assert!(fleet.unlock_keys().is_empty());
+
+    let out = fleet.command(&["unlock", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("--recovery-key-file <FILE>"), "{help}");
+    assert!(help.contains("--expect-fingerprint <FP>"), "{help}");
+    assert!(!help.contains("[KEY]") && !help.contains("<KEY>"), "{help}");
 }

@@ -1,12 +1,12 @@
 //! Issuing leaf certificates: client certificates (role in O, EKU clientAuth) from the client CA,
-//! server certificates (names in SANs, EKU serverAuth) from the device CA. Every leaf gets a fresh
-//! ECDSA P-256 key.
+//! server certificates (names in SANs, EKU serverAuth) from the device CA, and the self-signed
+//! server identity of a device in maintenance mode. Every leaf gets a fresh ECDSA P-256 key.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use rcgen::{
-    CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType,
-    PKCS_ECDSA_P256_SHA256,
+    CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
+    PublicKeyData as _, SanType, PKCS_ECDSA_P256_SHA256,
 };
 
 use crate::ca::{pem_text, Ca, CaKind, Validity};
@@ -100,6 +100,56 @@ pub fn issue_client(ca: &Ca, common_name: &str, role: Role, validity: Validity) 
 /// dropped). What a device does on first boot, with [`Ca::validity`] as `validity`.
 pub fn issue_server(ca: &Ca, hostname: &str, sans: &[San], validity: Validity) -> Result<Issued> {
     let issuer = ca.issuer(CaKind::Device)?;
+    let mut params = leaf_params(validity, ExtendedKeyUsagePurpose::ServerAuth);
+    params.distinguished_name.push(DnType::CommonName, hostname);
+    params.subject_alt_names = server_names(hostname, sans)?;
+    sign(
+        params,
+        &issuer,
+        &format!("the server certificate for {hostname}"),
+    )
+}
+
+/// A self-signed server certificate and its key for `hostname`, made for one boot in
+/// maintenance mode, when the device's own certificate is on the locked STATE partition.
+/// Returns the certificate (PEM), the key (PKCS#8 PEM), and the key's [`Fingerprint`] in full
+/// (`{:#}`: 40 lowercase hex digits) for the console, where an operator reads it to check what
+/// `cairnctl unlock` shows.
+///
+/// Nothing vouches for this certificate but that fingerprint: clients cannot chain it to a CA.
+/// It is valid from 2000 to 9999 (a board in maintenance mode may not know the time, and the
+/// key lives only in memory) and carries the names [`issue_server`] gives, EKU serverAuth,
+/// CA:FALSE and subject `CN=<hostname>, OU=maintenance mode`.
+pub fn ephemeral_server_identity(hostname: &str) -> Result<(String, String, String)> {
+    let mut params = CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params.distinguished_name.push(DnType::CommonName, hostname);
+    params
+        .distinguished_name
+        .push(DnType::OrganizationalUnitName, "maintenance mode");
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    params.not_before = rcgen::date_time_ymd(2000, 1, 1);
+    params.not_after = rcgen::date_time_ymd(9999, 12, 31);
+    params.subject_alt_names = server_names(hostname, &[])?;
+    let generate = |source| Error::Generate {
+        what: format!("the maintenance mode certificate for {hostname}"),
+        source,
+    };
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(generate)?;
+    let cert = params.self_signed(&key).map_err(generate)?;
+    let fingerprint = Fingerprint::of_spki(&key.subject_public_key_info());
+    Ok((
+        pem_text("CERTIFICATE", cert.der()),
+        key.serialize_pem(),
+        format!("{fingerprint:#}"),
+    ))
+}
+
+/// The SANs of a server certificate: `hostname`, `localhost`, `127.0.0.1`, `::1`, then `sans`
+/// (duplicates dropped, names checked, at most [`MAX_SANS`]).
+fn server_names(hostname: &str, sans: &[San]) -> Result<Vec<SanType>> {
     check_dns_name(hostname)?;
     let mut all: Vec<San> = vec![
         San::Dns(hostname.to_string()),
@@ -121,10 +171,7 @@ pub fn issue_server(ca: &Ca, hostname: &str, sans: &[San], validity: Validity) -
             max: MAX_SANS,
         });
     }
-    let mut params = leaf_params(validity, ExtendedKeyUsagePurpose::ServerAuth);
-    params.distinguished_name.push(DnType::CommonName, hostname);
-    params.subject_alt_names = all
-        .into_iter()
+    all.into_iter()
         .map(|san| match san {
             San::Ip(ip) => Ok(SanType::IpAddress(ip)),
             San::Dns(name) => {
@@ -137,12 +184,7 @@ pub fn issue_server(ca: &Ca, hostname: &str, sans: &[San], validity: Validity) -
                     })
             }
         })
-        .collect::<Result<_>>()?;
-    sign(
-        params,
-        &issuer,
-        &format!("the server certificate for {hostname}"),
-    )
+        .collect()
 }
 
 fn leaf_params(validity: Validity, eku: ExtendedKeyUsagePurpose) -> CertificateParams {

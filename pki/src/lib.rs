@@ -57,7 +57,7 @@ pub use fingerprint::Fingerprint;
 pub use inspect::{
     check_issued_by, common_name, fingerprint, issuer_fingerprint, pem_to_der, role_of, san_ips,
 };
-pub use issue::{issue_client, issue_server, Issued, San, MAX_SANS};
+pub use issue::{ephemeral_server_identity, issue_client, issue_server, Issued, San, MAX_SANS};
 pub use role::Role;
 
 /// Longest PEM text accepted for one certificate or key, so a hostile file cannot make the parser

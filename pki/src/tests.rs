@@ -383,3 +383,52 @@ fn hostile_input_is_refused_without_panicking() {
     }
     assert!(Ca::from_pem(ca.cert_pem(), "garbage").is_err());
 }
+
+#[test]
+fn maintenance_mode_identity_is_self_signed_and_named_by_its_fingerprint() {
+    let (chain, key, fp) = ephemeral_server_identity("cairn-01").unwrap();
+    let der = pem_to_der(&chain).unwrap();
+    let cert = parse(&der);
+    assert_eq!(
+        cert.subject().to_string(),
+        "CN=cairn-01, OU=maintenance mode"
+    );
+    assert_eq!(cert.issuer(), cert.subject(), "self-signed");
+    cert.verify_signature(None).expect("signed by its own key");
+    assert!(!cert.is_ca());
+    let eku = cert.extended_key_usage().unwrap().unwrap().value;
+    assert!(eku.server_auth && !eku.client_auth);
+    assert!(
+        cert.validity().is_valid(),
+        "valid now, whatever the clock says"
+    );
+    assert_eq!(cert.validity().not_before.to_datetime().year(), 2000);
+    assert_eq!(cert.validity().not_after.to_datetime().year(), 9999);
+
+    // The fingerprint is the certificate key's, in full, as `{:#}` prints it.
+    assert_eq!(fp, format!("{:#}", fingerprint(&der).unwrap()));
+    assert_eq!(fp.len(), 40);
+    assert!(fp
+        .bytes()
+        .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+    // The key is the certificate's.
+    let key = KeyPair::from_pem(&key).unwrap();
+    assert_eq!(
+        Fingerprint::of_spki(&rcgen::PublicKeyData::subject_public_key_info(&key)).to_string(),
+        fingerprint(&der).unwrap().to_string()
+    );
+    let names = cert.subject_alternative_name().unwrap().unwrap().value;
+    assert_eq!(
+        names.general_names.len(),
+        4,
+        "hostname, localhost, 127.0.0.1, ::1"
+    );
+
+    // A new key every time.
+    let (_, _, again) = ephemeral_server_identity("cairn-01").unwrap();
+    assert_ne!(fp, again);
+    let err = ephemeral_server_identity("bad host")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("is not a valid name"), "{err}");
+}

@@ -151,7 +151,17 @@ pub struct FakeDevice {
     pub calls: Mutex<Vec<&'static str>>,
     /// How long ServiceRestart takes (to run into the deadline).
     pub restart_delay: Mutex<Duration>,
+    /// How long Unlock takes (to overlap two).
+    pub unlock_delay: Mutex<Duration>,
+    /// RecoveryKey has answered: it fails from then on.
+    pub handed_out: Mutex<bool>,
+    /// The keys Unlock was given, as the device saw them.
+    pub unlock_keys: Mutex<Vec<String>>,
 }
+
+/// The fake's recovery key (systemd's format).
+pub const RECOVERY_KEY: &str =
+    "cbdefghi-jklnrtuv-bcdefghi-jklnrtuv-cbdefghi-jklnrtuv-cbdefghi-jklnrtuv";
 
 impl FakeDevice {
     fn record(&self, call: &'static str) {
@@ -344,6 +354,96 @@ impl Device for FakeDevice {
         let _ = sink.send(boot);
         Ok(())
     }
+
+    fn recovery_key(&self) -> Result<proto::RecoveryKeyResponse, DeviceError> {
+        self.record("RecoveryKey");
+        let mut handed_out = self.handed_out.lock().unwrap();
+        if std::mem::replace(&mut *handed_out, true) {
+            return Err(DeviceError::failed_precondition(
+                "the recovery key was handed out already, and the device has forgotten it",
+            ));
+        }
+        Ok(proto::RecoveryKeyResponse {
+            recovery_key: RECOVERY_KEY.into(),
+        })
+    }
+
+    fn unlock(&self, recovery_key: &str) -> Result<proto::UnlockResponse, DeviceError> {
+        self.record("Unlock");
+        self.unlock_keys.lock().unwrap().push(recovery_key.into());
+        std::thread::sleep(*self.unlock_delay.lock().unwrap());
+        if recovery_key != RECOVERY_KEY {
+            // Careless on purpose: the server must keep the key out of its log anyway.
+            return Err(DeviceError::invalid_argument(format!(
+                "{recovery_key} opens no keyslot of STATE"
+            )));
+        }
+        Ok(proto::UnlockResponse {
+            message: "unlocked STATE and DATA; sealed to PCR 7".into(),
+        })
+    }
+}
+
+/// The fake device without its RecoveryKey and Unlock: what [`Device`]'s defaults answer, as
+/// a device with unencrypted disks does.
+pub struct Unencrypted(pub Arc<FakeDevice>);
+
+impl Device for Unencrypted {
+    fn version(&self) -> Result<proto::VersionResponse, DeviceError> {
+        self.0.version()
+    }
+    fn health(&self) -> Result<proto::HealthResponse, DeviceError> {
+        self.0.health()
+    }
+    fn slot_status(&self) -> Result<proto::SlotStatusResponse, DeviceError> {
+        self.0.slot_status()
+    }
+    fn service_list(&self) -> Result<proto::ServiceListResponse, DeviceError> {
+        self.0.service_list()
+    }
+    fn service_restart(&self, name: &str) -> Result<proto::ServiceRestartResponse, DeviceError> {
+        self.0.service_restart(name)
+    }
+    fn logs(
+        &self,
+        request: &proto::LogsRequest,
+        sink: &Sink<proto::LogsResponse>,
+    ) -> Result<(), DeviceError> {
+        self.0.logs(request, sink)
+    }
+    fn upgrade(
+        &self,
+        source: UpgradeSource,
+        reboot: bool,
+        progress: &mut dyn FnMut(proto::UpgradeProgress),
+    ) -> Result<proto::UpgradeDone, DeviceError> {
+        self.0.upgrade(source, reboot, progress)
+    }
+    fn rollback(&self) -> Result<proto::RollbackResponse, DeviceError> {
+        self.0.rollback()
+    }
+    fn reboot(&self) -> Result<(), DeviceError> {
+        self.0.reboot()
+    }
+    fn shutdown(&self) -> Result<(), DeviceError> {
+        self.0.shutdown()
+    }
+    fn apply_config(
+        &self,
+        request: &proto::ApplyConfigRequest,
+    ) -> Result<proto::ApplyConfigResponse, DeviceError> {
+        self.0.apply_config(request)
+    }
+    fn confirm_config(&self, generation: u64) -> Result<(), DeviceError> {
+        self.0.confirm_config(generation)
+    }
+    fn events(
+        &self,
+        request: &proto::EventsRequest,
+        sink: &Sink<proto::EventsResponse>,
+    ) -> Result<(), DeviceError> {
+        self.0.events(request, sink)
+    }
 }
 
 /// A server on 127.0.0.1:0 with a fake device; its log lines are kept.
@@ -360,8 +460,23 @@ impl Harness {
     }
 
     pub fn with_limits(limits: Limits) -> Harness {
-        let pki = Pki::new();
         let device = Arc::new(FakeDevice::default());
+        Harness::serving(limits, device.clone(), device)
+    }
+
+    /// Serves [`Unencrypted`]: the fake with [`Device`]'s default RecoveryKey and Unlock.
+    pub fn unencrypted() -> Harness {
+        let device = Arc::new(FakeDevice::default());
+        Harness::serving(
+            Limits::default(),
+            Arc::new(Unencrypted(device.clone())),
+            device,
+        )
+    }
+
+    /// Serves `serve`, which records its calls in `device`.
+    fn serving(limits: Limits, serve: Arc<dyn Device>, device: Arc<FakeDevice>) -> Harness {
+        let pki = Pki::new();
         let log = Arc::new(Mutex::new(Vec::new()));
         let lines = log.clone();
         let options = Options {
@@ -369,7 +484,7 @@ impl Harness {
             log: Arc::new(move |line: &str| lines.lock().unwrap().push(line.to_string())),
         };
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let server = cairn_api::serve(listener, &pki.tls(), device.clone(), options).unwrap();
+        let server = cairn_api::serve(listener, &pki.tls(), serve, options).unwrap();
         Harness {
             pki,
             device,

@@ -10,6 +10,9 @@
 //! The device sends no application data to a client it refused, so [`Watched`] takes a
 //! connection that ends before any data arrived as a refused certificate, and the call that
 //! fails on it is explained so rather than as an HTTP/2 transport error.
+//!
+//! A device in maintenance mode has no certificate a CA vouches for: `unlock` connects with
+//! [`ServerIdentity::AnyKey`], which names the device's key instead (see [`super::unverified`]).
 
 use std::future::Future;
 use std::io;
@@ -33,6 +36,7 @@ use tonic::{Code, Status};
 
 use super::config::Target;
 use super::explain::tls_error;
+use super::unverified::AnyKey;
 
 /// How long TCP and the TLS handshake may take together.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -41,6 +45,17 @@ pub const CALL_DEADLINE: Duration = Duration::from_secs(35);
 /// HTTP/2 pings notice a device that vanished while a stream was quiet.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How the device's certificate is checked.
+pub enum ServerIdentity {
+    /// It chains to `ca:` and names the endpoint's host: every command but `unlock`.
+    Ca,
+    /// Any certificate; its key's fingerprint is printed and, when `expect` is given, must be
+    /// that one: `unlock`, for a device in maintenance mode.
+    AnyKey {
+        expect: Option<cairn_pki::Fingerprint>,
+    },
+}
 
 /// A connected client and what is needed to explain its failures.
 pub struct Session {
@@ -70,9 +85,9 @@ impl Link {
 }
 
 impl Session {
-    /// Connects to the device `target` names.
-    pub async fn connect(target: Target) -> anyhow::Result<Session> {
-        let tls = tls_config(&target)?;
+    /// Connects to the device `target` names, checking its certificate as `identity` says.
+    pub async fn connect(target: Target, identity: ServerIdentity) -> anyhow::Result<Session> {
+        let tls = tls_config(&target, identity)?;
         let server_name = ServerName::try_from(target.host.clone()).map_err(|_| {
             anyhow::anyhow!(
                 "{:?} is not a host name or address (`endpoint:` in {}, or --endpoint)",
@@ -186,31 +201,50 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
 
 struct Tls {
     config: Arc<rustls::ClientConfig>,
-    verifier: Arc<Recording>,
+    verifier: Verifier,
 }
 
-/// TLS 1.3 only, ring, ALPN h2, the device CA as the only root, our certificate for the client.
-fn tls_config(target: &Target) -> anyhow::Result<Tls> {
+/// The verifier a session uses, kept to explain a failed handshake.
+#[derive(Clone)]
+enum Verifier {
+    Ca(Arc<Recording>),
+    AnyKey(Arc<AnyKey>),
+}
+
+impl Verifier {
+    fn handshake_failed(&self, target: &Target, e: &io::Error) -> String {
+        match self {
+            Verifier::Ca(recording) => target.handshake_failed(e, recording.refused().as_deref()),
+            Verifier::AnyKey(any) => any
+                .refusal()
+                .unwrap_or_else(|| target.handshake_failed(e, None)),
+        }
+    }
+
+    fn rustls(&self) -> Arc<dyn ServerCertVerifier> {
+        match self {
+            Verifier::Ca(recording) => recording.clone(),
+            Verifier::AnyKey(any) => any.clone(),
+        }
+    }
+}
+
+/// TLS 1.3 only, ring, ALPN h2, our certificate for the client, and for the device's the
+/// device CA as the only root (or, for `unlock`, any key by its fingerprint).
+fn tls_config(target: &Target, identity: ServerIdentity) -> anyhow::Result<Tls> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = RootCertStore::empty();
-    roots.add(target.ca.clone()).map_err(|e| {
-        anyhow::anyhow!(
-            "{} (`ca:` in {}) is not a usable CA certificate: {e}",
-            target.ca_path.display(),
-            target.config.display()
-        )
-    })?;
-    let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .build()
-        .map_err(|e| anyhow::anyhow!("cannot trust {}: {e}", target.ca_path.display()))?;
-    let verifier = Arc::new(Recording {
-        inner: webpki,
-        presented: Mutex::new(None),
-    });
+    let verifier = match identity {
+        ServerIdentity::Ca => Verifier::Ca(ca_verifier(target, &provider)?),
+        ServerIdentity::AnyKey { expect } => Verifier::AnyKey(Arc::new(AnyKey::new(
+            provider.clone(),
+            expect,
+            &target.endpoint,
+        ))),
+    };
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
-        .with_custom_certificate_verifier(verifier.clone())
+        .with_custom_certificate_verifier(verifier.rustls())
         .with_client_auth_cert(target.chain.clone(), target.key.clone_key())
         .map_err(|e| {
             anyhow::anyhow!(
@@ -224,6 +258,28 @@ fn tls_config(target: &Target) -> anyhow::Result<Tls> {
         config: Arc::new(config),
         verifier,
     })
+}
+
+/// webpki with `ca:` as the only root.
+fn ca_verifier(
+    target: &Target,
+    provider: &Arc<rustls::crypto::CryptoProvider>,
+) -> anyhow::Result<Arc<Recording>> {
+    let mut roots = RootCertStore::empty();
+    roots.add(target.ca.clone()).map_err(|e| {
+        anyhow::anyhow!(
+            "{} (`ca:` in {}) is not a usable CA certificate: {e}",
+            target.ca_path.display(),
+            target.config.display()
+        )
+    })?;
+    let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|e| anyhow::anyhow!("cannot trust {}: {e}", target.ca_path.display()))?;
+    Ok(Arc::new(Recording {
+        inner: webpki,
+        presented: Mutex::new(None),
+    }))
 }
 
 /// webpki's verifier, keeping the certificate it refused so the refusal can name its issuer.
@@ -292,7 +348,7 @@ impl ServerCertVerifier for Recording {
 #[derive(Clone)]
 struct Dialer {
     connector: TlsConnector,
-    verifier: Arc<Recording>,
+    verifier: Verifier,
     server_name: ServerName<'static>,
     link: Arc<Link>,
 }
@@ -308,7 +364,7 @@ impl Dialer {
             self.connector
                 .connect(self.server_name.clone(), tcp)
                 .await
-                .map_err(|e| target.handshake_failed(&e, self.verifier.refused().as_deref()))
+                .map_err(|e| self.verifier.handshake_failed(target, &e))
         };
         let tls = match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
             Ok(Ok(tls)) => tls,

@@ -119,6 +119,16 @@ impl Target {
                 )
             }
             _ => {
+                // A device in maintenance mode: its own certificate is on its locked disk.
+                if let Some(c) = cert.as_ref().filter(|c| c.issuer() == c.subject()) {
+                    let key = cairn_pki::Fingerprint::of_spki(c.public_key().raw);
+                    return format!(
+                        "the device's certificate is self-signed (key {key:#}), as in \
+                         maintenance mode, when its TPM refused to unlock the disks: if the \
+                         device's console shows that fingerprint, run `cairnctl unlock \
+                         --expect-fingerprint {key:#}`"
+                    );
+                }
                 let issuer = match presented.map(cairn_pki::issuer_fingerprint) {
                     Some(Ok(Some(fp))) => format!("CA {fp}"),
                     Some(_) => "a CA that does not name its key".to_string(),

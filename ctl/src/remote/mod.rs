@@ -6,11 +6,17 @@
 //! connects and the answer is printed by [`show`], as text or with `--json` as JSON. Whatever
 //! fails comes back as one line that says what to do: [`explain`] turns refused connections
 //! into lines about certificates and CAs, and the device's own errors already are such lines.
+//!
+//! `unlock` is the one command that does not check the device's certificate against `ca:`: a
+//! device in maintenance mode has only a self-signed one, and is known by its key's
+//! fingerprint instead ([`unverified`]).
 
 mod config;
 mod connect;
 mod explain;
+mod recovery;
 mod show;
+mod unverified;
 mod upgrade;
 
 use std::io::Write as _;
@@ -19,7 +25,9 @@ use std::path::{Path, PathBuf};
 use cairn_api::proto::{self, logs_request};
 use clap::{Args, Subcommand};
 
-use connect::Session;
+use cairn_pki::Fingerprint;
+use connect::{ServerIdentity, Session};
+use recovery::RecoveryKey;
 
 /// Options of every command (they matter to the remote ones).
 #[derive(Args)]
@@ -99,6 +107,26 @@ pub enum Command {
         #[arg(short = 'n', long = "lines", value_name = "N", default_value_t = 20)]
         lines: u32,
     },
+    /// Print the recovery key of the device's encrypted disks, which it gives out only once.
+    ///
+    /// The device forgets the key when it answers: store it somewhere safe. `cairnctl unlock`
+    /// needs it when the device's TPM refuses to unlock the disks.
+    RecoveryKey,
+    /// Unlock a device in maintenance mode with its disks' recovery key.
+    ///
+    /// The key is read from --recovery-key-file, or else as one line from standard input;
+    /// never from the command line, where other users can read it. A device in maintenance
+    /// mode has a self-signed certificate, so its key's fingerprint is printed instead of
+    /// checked against `ca:`; compare it with the device's console, or pass
+    /// --expect-fingerprint to have it checked before the key is sent.
+    Unlock {
+        /// A file holding the recovery key (one line) [default: standard input].
+        #[arg(long, value_name = "FILE")]
+        recovery_key_file: Option<PathBuf>,
+        /// The fingerprint the device's console shows (40 hex digits): refuse any other key.
+        #[arg(long, value_name = "FP", value_parser = recovery::parse_fingerprint)]
+        expect_fingerprint: Option<Fingerprint>,
+    },
 }
 
 /// `90s`, `2m`, `1h` or plain seconds, as whole seconds from 1 s to 1 h (the device's range).
@@ -142,7 +170,18 @@ pub fn run(global: &Global, command: Command) -> anyhow::Result<()> {
             dry_run,
             try_for: try_for.unwrap_or(0),
         },
+        Command::Unlock {
+            recovery_key_file,
+            expect_fingerprint,
+        } => Prepared::Unlock {
+            key: RecoveryKey::read(recovery_key_file.as_deref())?,
+            expect: expect_fingerprint,
+        },
         other => Prepared::Call(other),
+    };
+    let identity = match &prepared {
+        Prepared::Unlock { expect, .. } => ServerIdentity::AnyKey { expect: *expect },
+        _ => ServerIdentity::Ca,
     };
     let config = config::find(global.config.as_deref())?;
     let target = config::Target::load(&config, global.endpoint.as_deref())?;
@@ -150,7 +189,7 @@ pub fn run(global: &Global, command: Command) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let session = Session::connect(target).await?;
+        let session = Session::connect(target, identity).await?;
         prepared.run(&session, global.json).await
     })
 }
@@ -167,6 +206,10 @@ enum Prepared {
         text: String,
         dry_run: bool,
         try_for: u32,
+    },
+    Unlock {
+        key: RecoveryKey,
+        expect: Option<Fingerprint>,
     },
 }
 
@@ -292,8 +335,28 @@ impl Prepared {
                     }
                 }
             }
-            Prepared::Call(Command::Upgrade { .. } | Command::ApplyConfig { .. }) => {
+            Prepared::Unlock { key, expect: _ } => {
+                let request = proto::UnlockRequest {
+                    recovery_key: key.expose().to_string(),
+                };
+                let r = s.call("unlock", c.unlock(request)).await?;
+                print(
+                    json,
+                    || serde_json::json!({ "message": r.message }),
+                    || format!("{}\n", r.message),
+                );
+                Ok(())
+            }
+            Prepared::Call(
+                Command::Upgrade { .. } | Command::ApplyConfig { .. } | Command::Unlock { .. },
+            ) => {
                 unreachable!("prepared before connecting")
+            }
+            Prepared::Call(Command::RecoveryKey) => {
+                let r = s
+                    .call("recovery-key", c.recovery_key(proto::RecoveryKeyRequest {}))
+                    .await?;
+                recovery::print_key(&r.recovery_key, json)
             }
             Prepared::Call(Command::Rollback) => {
                 let r = s
