@@ -200,6 +200,13 @@ pub const BOARDS: &[Board] = &[
             // Networking: the NIC and 802.1Q for VLAN sub-interfaces.
             "virtio_net",
             "8021q",
+            // Encrypted STATE and DATA: dm-crypt with aes-xts (xts over ecb(aes); the kernel
+            // cannot load the templates itself: there is no modprobe), and the TIS driver for
+            // the machine's tpm-tis-device (a module in this kernel).
+            "dm_crypt",
+            "ecb",
+            "xts",
+            "tpm_tis",
         ],
         layout: QEMU_LAYOUT,
         qemu: Some(QemuProfile {
@@ -249,6 +256,11 @@ pub const BOARDS: &[Board] = &[
             // Networking: the NIC and 802.1Q for VLAN sub-interfaces.
             "virtio_net",
             "8021q",
+            // Encrypted STATE and DATA: dm-crypt with aes-xts (xts over ecb(aes); no modprobe to
+            // load the templates on demand). tpm_tis is built into this kernel.
+            "dm_crypt",
+            "ecb",
+            "xts",
         ],
         layout: QEMU_LAYOUT,
         qemu: Some(QemuProfile {

@@ -87,7 +87,7 @@ fn mount(source: &Path, target: &Path, fstype: &str, flags: libc::c_ulong) -> io
 }
 
 /// Whether `target` is a mount point (its device differs from its parent's).
-fn is_mount_point(target: &Path) -> bool {
+pub fn is_mount_point(target: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
     match (fs::metadata(target), target.parent().map(fs::metadata)) {
         (Ok(t), Some(Ok(p))) => t.dev() != p.dev(),

@@ -38,13 +38,13 @@ use cairn_updater::state::{Outcome, StateDir, TrialRecord};
 use crate::block;
 use crate::config::{self, MachineConfig};
 use crate::journal::Ring;
-use crate::{netif, remote, uevent, watchdog};
+use crate::{maintenance, netif, remote, storage, uevent, watchdog};
 use cairn_netcfg::agent::{self as netcfg, Netcfg};
 
 const RELEASE: &str = "/etc/cairn/release";
 const KEYRING: &str = "/etc/cairn/keyring";
-const ESP: &str = "/boot";
-const STATE_MOUNT: &str = "/var/lib/cairn";
+pub const ESP: &str = "/boot";
+pub const STATE_MOUNT: &str = "/var/lib/cairn";
 const STICK_MOUNT: &str = "/run/cairn/stick";
 const SERVICES_STATUS: &str = "/run/cairn/services";
 const WATCHDOG: &str = "/dev/watchdog";
@@ -69,11 +69,54 @@ pub fn log_ring() -> &'static Ring<(i64, String)> {
     LOG.get_or_init(|| Ring::new(LOG_LINES))
 }
 
-/// Prints a line on the console (`cairnd: …`) and keeps it for the API.
+/// The log file on the encrypted DATA, once it is mounted.
+static LOG_FILE: OnceLock<Mutex<fs::File>> = OnceLock::new();
+/// Where cairnd's log is kept across boots when DATA is encrypted.
+const LOG_PATH: &str = "/var/log/cairnd.log";
+/// The log file is started over (the old one kept as `.1`) past this size.
+const LOG_FILE_MAX: u64 = 1 << 20;
+
+/// Prints a line on the console (`cairnd: …`) and keeps it for the API, and in
+/// [`LOG_PATH`] when DATA is encrypted.
 pub fn log(args: std::fmt::Arguments) {
     let line = args.to_string();
     eprintln!("cairnd: {line}");
-    log_ring().push((remote::unix_ms(SystemTime::now()), line));
+    let now = remote::unix_ms(SystemTime::now());
+    if let Some(file) = LOG_FILE.get() {
+        use std::io::Write as _;
+        let mut f = file.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = writeln!(f, "{now} {line}");
+    }
+    log_ring().push((now, line));
+}
+
+/// Starts keeping the log in [`LOG_PATH`] (on the encrypted DATA), after putting the previous
+/// boots' last lines into the ring, so `cairnctl logs cairnd` shows them too.
+fn keep_log_on_data() {
+    let path = Path::new(LOG_PATH);
+    let _ = fs::create_dir_all("/var/log");
+    if fs::metadata(path).is_ok_and(|m| m.len() > LOG_FILE_MAX) {
+        let _ = fs::rename(path, format!("{LOG_PATH}.1"));
+    }
+    let earlier = fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = earlier.lines().collect();
+    let ring = log_ring();
+    let mut kept = Vec::new();
+    for l in &lines[lines.len().saturating_sub(LOG_LINES / 2)..] {
+        if let Some((ms, text)) = l.split_once(' ') {
+            if let Ok(ms) = ms.parse::<i64>() {
+                kept.push((ms, text.to_string()));
+            }
+        }
+    }
+    // The lines of this boot so far come after the earlier boots' lines.
+    ring.prepend(kept);
+    match fs::OpenOptions::new().create(true).append(true).open(path) {
+        Ok(f) => {
+            let _ = LOG_FILE.set(Mutex::new(f));
+        }
+        Err(e) => log(format_args!("keeping the log in {LOG_PATH}: {e}")),
+    }
 }
 
 fn say(args: std::fmt::Arguments) {
@@ -82,6 +125,135 @@ fn say(args: std::fmt::Arguments) {
 
 macro_rules! say {
     ($($t:tt)*) => { say(format_args!($($t)*)) };
+}
+
+/// Where DATA is mounted when it is encrypted.
+const DATA_MOUNT: &str = "/var";
+/// The recovery key, on the encrypted STATE, until `cairnctl recovery-key` fetches it.
+pub const RECOVERY_KEY_FILE: &str = "recovery-key";
+
+/// Mounts STATE on [`STATE_MOUNT`] (and DATA on [`DATA_MOUNT`] when encrypted): on the first
+/// boot with a TPM it encrypts both ([`storage::provision`]), on later boots it unlocks them
+/// with the TPM, and when the TPM refuses it runs maintenance mode until the recovery key
+/// arrives. Returns the network when maintenance mode started it.
+fn bring_up_storage(heart: &Heartbeat, release: &Release) -> Result<Option<Netcfg>, String> {
+    let state_mount = Path::new(STATE_MOUNT);
+    if block::is_mount_point(state_mount) {
+        // cairnd restarted: init keeps the mounts.
+        return Ok(None);
+    }
+    let beat = || heart.beat();
+    let state_dev = block::find_partition("STATE")?;
+    if !storage::is_luks(&state_dev)? {
+        block::mount_rw_once(&state_dev, state_mount, "vfat")?;
+        let wanted = load_config(state_mount)
+            .map(|c| c.storage)
+            .unwrap_or_default();
+        let plain = |why: String| {
+            say!("STATE and DATA are not encrypted: {why}");
+            Ok(None)
+        };
+        if !wanted.encrypt {
+            return plain("the machine config says storage.encrypt: false".into());
+        }
+        let data_dev = match block::find_partition("DATA") {
+            Ok(d) => d,
+            Err(e) => return plain(e),
+        };
+        let mut tpm = match storage::open_tpm(Duration::from_secs(2)) {
+            None => return plain(format!("this box has no TPM ({})", storage::TPM_DEVICE)),
+            Some(Err(e)) => return plain(e),
+            Some(Ok(tpm)) => tpm,
+        };
+        let pcrs = cairn_tpm::PcrSelection::sha256(&wanted.pcrs).map_err(|e| e.to_string())?;
+        let list: Vec<String> = wanted.pcrs.iter().map(|p| p.to_string()).collect();
+        say!(
+            "first boot: encrypting STATE and DATA (LUKS2), the key sealed in the TPM to PCR {}",
+            list.join(", ")
+        );
+        let started = Instant::now();
+        // The client CA's public certificate, for maintenance mode, while it is at hand.
+        maintenance::remember_client_ca(Path::new(remote::SECRETS_DIR));
+        let seed = storage::read_tree(state_mount)?;
+        block::unmount(state_mount).map_err(|e| format!("unmounting the seed STATE: {e}"))?;
+        let parts = storage::Partitions {
+            state: state_dev.clone(),
+            data: data_dev,
+        };
+        let provisioned = storage::provision(&parts, &mut tpm, &pcrs, &beat).and_then(|done| {
+            mount_volumes(&done.opened)?;
+            storage::write_tree(state_mount, &seed)?;
+            std::fs::write(
+                state_mount.join(RECOVERY_KEY_FILE),
+                done.recovery_key.as_bytes(),
+            )
+            .map_err(|e| format!("keeping the recovery key on STATE: {e}"))?;
+            Ok(done.recovery_key)
+        });
+        let recovery_key = match provisioned {
+            Ok(key) => key,
+            Err(e) => {
+                // Put the seed back as it was, so the box keeps its config and API secrets.
+                say!("encrypting STATE and DATA failed: {e}; STATE stays unencrypted");
+                let _ = block::unmount(state_mount);
+                let _ = block::unmount(Path::new(DATA_MOUNT));
+                storage::restore_plain(&state_dev, &seed, state_mount)?;
+                return Ok(None);
+            }
+        };
+        // The console only: the log ring is served over the API.
+        eprintln!(
+            "cairnd: recovery key (shown once; keep it safe): {}",
+            recovery_key.as_str()
+        );
+        say!(
+            "encrypted STATE and DATA in {:.1} s; the recovery key is on the console and \
+             `cairnctl recovery-key` fetches it once",
+            started.elapsed().as_secs_f64()
+        );
+        return Ok(None);
+    }
+    let parts = storage::Partitions {
+        state: state_dev,
+        data: block::find_partition("DATA")?,
+    };
+    let mut tpm = match storage::open_tpm(Duration::from_secs(2)) {
+        Some(Ok(tpm)) => Some(tpm),
+        Some(Err(e)) => {
+            say!("{e}");
+            None
+        }
+        None => None,
+    };
+    match storage::unlock_with_tpm(&parts, tpm.as_mut()) {
+        Ok((opened, times)) => {
+            mount_volumes(&opened)?;
+            say!(
+                "unlocked STATE and DATA with the TPM in {} ms (unseal {} ms, keyslots {} ms)",
+                times.total.as_millis(),
+                times.unseal.as_millis(),
+                times.keyslots.as_millis()
+            );
+            maintenance::remember_client_ca(Path::new(remote::SECRETS_DIR));
+            Ok(None)
+        }
+        Err(storage::TpmUnlockError::Refused(why) | storage::TpmUnlockError::Failed(why)) => {
+            let (opened, network) = maintenance::run(parts, tpm, &why, release, &beat)?;
+            mount_volumes(&opened)?;
+            maintenance::remember_client_ca(Path::new(remote::SECRETS_DIR));
+            Ok(Some(network))
+        }
+    }
+}
+
+/// DATA on /var, then STATE on /var/lib/cairn inside it.
+fn mount_volumes(opened: &storage::Opened) -> Result<(), String> {
+    block::mount_rw_once(&opened.data, Path::new(DATA_MOUNT), "vfat")?;
+    std::fs::create_dir_all(STATE_MOUNT)
+        .map_err(|e| format!("creating {STATE_MOUNT} on DATA: {e}"))?;
+    block::mount_rw_once(&opened.state, Path::new(STATE_MOUNT), "vfat")?;
+    keep_log_on_data();
+    Ok(())
 }
 
 /// The role's entry point. Returns only on a fatal error (init restarts it).
@@ -793,8 +965,7 @@ impl Daemon {
         if let Err(e) = netif::set_up("lo") {
             say!("bringing up lo: {e}");
         }
-        let state_dev = block::find_partition("STATE")?;
-        block::mount_rw_once(&state_dev, Path::new(STATE_MOUNT), "vfat")?;
+        let early_network = bring_up_storage(&heart, &release)?;
         let config = load_config(Path::new(STATE_MOUNT));
         if let Err(e) = &config {
             say!("machine config unusable: {e}");
@@ -805,12 +976,20 @@ impl Daemon {
             .as_ref()
             .map(|c| c.network.clone())
             .unwrap_or_default();
-        let network = Netcfg::start(
-            network_config,
-            netcfg::Options::device(),
-            Arc::new(|line: &str| say!("{line}")),
-        )
-        .map_err(|e| format!("starting the network: {e}"))?;
+        let network = match early_network {
+            Some(network) => {
+                if let Err(e) = network.apply(network_config) {
+                    say!("network config: {e}");
+                }
+                network
+            }
+            None => Netcfg::start(
+                network_config,
+                netcfg::Options::device(),
+                Arc::new(|line: &str| say!("{line}")),
+            )
+            .map_err(|e| format!("starting the network: {e}"))?,
+        };
         let shared = Arc::new(Shared {
             release,
             running,

@@ -44,6 +44,26 @@ pub struct MachineConfig {
     pub network: Network,
     /// A server certificate chain and key for the API (PEM), checked to match.
     pub api_identity: Option<(String, String)>,
+    /// Whether STATE and DATA are encrypted on first boot, and the PCRs the key is sealed to.
+    pub storage: Storage,
+}
+
+/// `storage:`, read once, on the first boot (the seed config), when STATE and DATA are formatted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Storage {
+    /// Encrypt STATE and DATA when the device has a TPM (default true).
+    pub encrypt: bool,
+    /// The sha256-bank PCRs the disk key is sealed to (default `[7]`, the Secure Boot state).
+    pub pcrs: Vec<u8>,
+}
+
+impl Default for Storage {
+    fn default() -> Self {
+        Storage {
+            encrypt: true,
+            pcrs: vec![7],
+        }
+    }
 }
 
 impl Default for MachineConfig {
@@ -55,6 +75,7 @@ impl Default for MachineConfig {
             fetch_ca: None,
             network: Network::default(),
             api_identity: None,
+            storage: Storage::default(),
         }
     }
 }
@@ -77,6 +98,20 @@ struct Raw {
     /// The management API.
     #[serde(default)]
     api: RawApi,
+    /// Disk encryption of STATE and DATA, decided on the first boot.
+    #[serde(default)]
+    storage: RawStorage,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+struct RawStorage {
+    /// Format STATE and DATA as LUKS2 on the first boot, the key sealed in the TPM (default
+    /// true; without a TPM they stay unencrypted either way).
+    encrypt: Option<bool>,
+    /// The PCRs (sha256 bank, 0..=23) the key is sealed to (default `[7]`).
+    pcrs: Option<Vec<u8>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -133,7 +168,7 @@ impl MachineConfig {
                 // serde names the Rust type; the user wrote a file.
                 return Err(match e.split_once(", expected struct Raw") {
                     Some((what, _)) => format!(
-                        "{what}: a machine config is a YAML mapping of health, update and network"
+                        "{what}: a machine config is a YAML mapping of health, update, network, api and storage"
                     ),
                     None => e,
                 });
@@ -176,6 +211,16 @@ impl MachineConfig {
             (Some(_), None) => return Err("api.server_cert needs api.server_key".into()),
             (None, Some(_)) => return Err("api.server_key needs api.server_cert".into()),
         };
+        if let Some(e) = raw.storage.encrypt {
+            config.storage.encrypt = e;
+        }
+        if let Some(pcrs) = raw.storage.pcrs {
+            if pcrs.is_empty() {
+                return Err("storage.pcrs is empty: name at least one PCR".into());
+            }
+            cairn_tpm::PcrSelection::sha256(&pcrs).map_err(|e| format!("storage.pcrs: {e}"))?;
+            config.storage.pcrs = pcrs;
+        }
         Ok(config)
     }
 }
@@ -253,6 +298,17 @@ mod tests {
         assert_eq!(c.tries, 2);
         assert_eq!(c.network.hostname.as_deref(), Some("edge-01"));
         assert_eq!(c.network.interfaces[0].settings.addresses.len(), 1);
+    }
+
+    #[test]
+    fn storage_pcrs_are_checked() {
+        let c = MachineConfig::parse("storage: {encrypt: false, pcrs: [0, 7]}").unwrap();
+        assert!(!c.storage.encrypt);
+        assert_eq!(c.storage.pcrs, vec![0, 7]);
+        let e = MachineConfig::parse("storage: {pcrs: [24]}").unwrap_err();
+        assert!(e.starts_with("storage.pcrs:"), "{e}");
+        let e = MachineConfig::parse("storage: {pcrs: []}").unwrap_err();
+        assert!(e.contains("storage.pcrs is empty"), "{e}");
     }
 
     #[test]

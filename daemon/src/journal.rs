@@ -58,6 +58,17 @@ impl<T: Clone> Ring<T> {
     }
 
     /// The sequence number of the newest entry (0 when empty).
+    /// Puts `earlier` before the entries already there and numbers them all from 1 again,
+    /// keeping the newest `capacity`. For before anyone reads the ring (numbers change).
+    pub fn prepend(&self, earlier: Vec<T>) {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut all = earlier;
+        all.extend(inner.entries.drain(..).map(|(_, e)| e));
+        let skip = all.len().saturating_sub(self.capacity);
+        inner.entries = (1..).zip(all.into_iter().skip(skip)).collect();
+        inner.next = inner.entries.len() as u64 + 1;
+    }
+
     pub fn last_seq(&self) -> u64 {
         self.inner.lock().unwrap_or_else(|e| e.into_inner()).next - 1
     }
@@ -113,6 +124,17 @@ mod tests {
             vec![(5, 50)]
         );
         assert_eq!(ring.after(0, 1, Duration::ZERO).entries, vec![(3, 30)]);
+    }
+
+    #[test]
+    fn earlier_entries_go_first_and_the_newest_are_kept() {
+        let ring = Ring::new(3);
+        ring.push(40);
+        ring.push(50);
+        ring.prepend(vec![10, 20, 30]);
+        let b = ring.after(0, 100, Duration::ZERO);
+        assert_eq!(b.entries, vec![(1, 30), (2, 40), (3, 50)]);
+        assert_eq!(ring.push(60), 4);
     }
 
     #[test]

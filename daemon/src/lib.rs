@@ -11,9 +11,11 @@ pub mod cairnd;
 pub mod config;
 pub mod error;
 pub mod journal;
+pub mod maintenance;
 pub mod netif;
 pub mod probe;
 pub mod remote;
+pub mod storage;
 pub mod uevent;
 pub mod watchdog;
 

@@ -483,6 +483,31 @@ impl Device for ApiDevice {
         Ok(())
     }
 
+    fn recovery_key(&self) -> Result<proto::RecoveryKeyResponse, DeviceError> {
+        let path = Path::new(cairnd::STATE_MOUNT).join(cairnd::RECOVERY_KEY_FILE);
+        let key = match fs::read_to_string(&path) {
+            Ok(key) => zeroize::Zeroizing::new(key),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(DeviceError::failed_precondition(
+                    "the recovery key was fetched already, or STATE and DATA are not encrypted",
+                ))
+            }
+            Err(e) => {
+                return Err(DeviceError::internal(format!(
+                    "reading the recovery key: {e}"
+                )))
+            }
+        };
+        crate::storage::shred(&path)
+            .map_err(|e| DeviceError::internal(format!("forgetting the recovery key: {e}")))?;
+        cairnd::log(format_args!(
+            "the recovery key was fetched over the API; the device no longer keeps it"
+        ));
+        Ok(proto::RecoveryKeyResponse {
+            recovery_key: key.trim().to_string(),
+        })
+    }
+
     fn apply_config(
         &self,
         request: &proto::ApplyConfigRequest,

@@ -503,14 +503,19 @@ impl Luks2 {
         Ok(())
     }
 
-    /// Tries `passphrase` on one keyslot; returns the volume key if it opens it.
-    fn try_keyslot<R: ReadAt + ?Sized>(
+    /// Tries `passphrase` on keyslot `id` only (a token names the keyslots its secret opens,
+    /// so the others' KDFs need not run); returns the volume key if it opens it.
+    pub fn try_keyslot<R: ReadAt + ?Sized>(
         &self,
         dev: &R,
         id: u32,
         passphrase: &[u8],
     ) -> Result<Option<VolumeKey>> {
-        let ks = &self.meta.keyslots[&id];
+        let ks = self
+            .meta
+            .keyslots
+            .get(&id)
+            .ok_or(Error::NoSuchKeyslot(id))?;
         if ks.kind != "luks2" || ks.af.kind != "luks1" || ks.area.kind != "raw" {
             return Err(Error::Unsupported(format!("keyslot {id} type")));
         }

@@ -26,6 +26,7 @@ const ECC_NIST_P256: u16 = 0x0003;
 /// TPMA_OBJECT bits.
 const FIXED_TPM: u32 = 1 << 1;
 const FIXED_PARENT: u32 = 1 << 4;
+const NO_DA: u32 = 1 << 10;
 const SENSITIVE_DATA_ORIGIN: u32 = 1 << 5;
 const USER_WITH_AUTH: u32 = 1 << 6;
 const RESTRICTED: u32 = 1 << 16;
@@ -119,11 +120,14 @@ impl SealedBlob {
 
 /// The `TPMT_PUBLIC` of a sealed data object: fixed to this TPM and parent, no user auth (the
 /// policy is the only way in), and `sensitiveDataOrigin` clear because the data is supplied.
+/// `noDA` is set: with no authValue there is nothing to guess, and a DA-protected object would
+/// be locked out after a few power cuts (each unclean TPM restart counts as a failure once a
+/// DA-protected object was used), leaving a box that boots only with the recovery key.
 fn sealed_template(policy: &[u8]) -> Vec<u8> {
     template(|w: &mut Writer| {
         w.u16(ALG_KEYEDHASH)
             .u16(ALG_SHA256)
-            .u32(FIXED_TPM | FIXED_PARENT)
+            .u32(FIXED_TPM | FIXED_PARENT | NO_DA)
             .tpm2b(policy)
             .u16(ALG_NULL) // keyed-hash scheme: none
             .tpm2b(&[]); // unique

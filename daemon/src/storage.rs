@@ -1,0 +1,651 @@
+//! STATE and DATA encrypted with LUKS2, the key sealed in the TPM.
+//!
+//! The image ships STATE as a plain FAT seed (machine config, API secrets) and DATA empty. On the
+//! first boot with a TPM, [`provision`] reads the seed into memory, wipes STATE, formats both
+//! partitions as LUKS2 and writes a fresh FAT inside each, the seed going back into STATE. Each
+//! volume gets two keyslots:
+//!
+//! - keyslot 0 opens with a random secret sealed in the TPM to the chosen PCRs (PolicyPCR), kept
+//!   as a `systemd-tpm2` token; the passphrase is the secret in base64, as systemd-cryptenroll
+//!   does, so its KDF is a token PBKDF2 (the secret has full entropy);
+//! - keyslot 1 opens with the recovery key (systemd's format: 32 random bytes as 64 modhex
+//!   characters), behind argon2id tuned for a Raspberry Pi 4 class CPU (docs/luks2.md).
+//!
+//! Later boots [`unlock_with_tpm`]. When the TPM refuses (the PCRs changed), the caller goes to
+//! maintenance mode and, given the recovery key, [`unlock_with_recovery`] opens both volumes and
+//! seals a new secret to the PCRs as they are now, replacing keyslot 0 and its token.
+//!
+//! Opened volumes are dm-crypt mappings made with our own device-mapper ioctls
+//! ([`cairn_luks::dm`]); nothing from cryptsetup runs on the device.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use cairn_luks::{dm, Credential, FormatOptions, Kdf, Luks2, VolumeKey};
+use cairn_tpm::{PcrSelection, PrimaryAlg, SealedBlob, Tpm};
+use zeroize::Zeroizing;
+
+/// The device-mapper names of the opened volumes.
+pub const STATE_MAP: &str = "cairn-state";
+pub const DATA_MAP: &str = "cairn-data";
+/// The TPM's resource-managed device node.
+pub const TPM_DEVICE: &str = "/dev/tpmrm0";
+/// PBKDF2-SHA256 iterations of the TPM keyslot (cryptsetup's minimum; the secret is random).
+const TPM_KEYSLOT_ITERATIONS: u32 = 1000;
+/// Iterations of the volume-key digest: it only tells a right key from a wrong one.
+const DIGEST_ITERATIONS: u32 = 1000;
+/// The token type systemd-cryptenroll writes, and the one we look for.
+const TPM2_TOKEN: &str = "systemd-tpm2";
+/// systemd's modhex alphabet for recovery keys.
+const MODHEX: &[u8; 16] = b"cbdefghijklnrtuv";
+
+/// The two partitions, by their device nodes.
+#[derive(Debug, Clone)]
+pub struct Partitions {
+    pub state: PathBuf,
+    pub data: PathBuf,
+}
+
+/// The opened volumes' device nodes.
+#[derive(Debug, Clone)]
+pub struct Opened {
+    pub state: PathBuf,
+    pub data: PathBuf,
+}
+
+/// Whether a partition holds LUKS2 or something else (the plain seed, or nothing).
+pub fn is_luks(dev: &Path) -> Result<bool, String> {
+    let f = File::open(dev).map_err(|e| format!("opening {}: {e}", dev.display()))?;
+    let mut magic = [0u8; 6];
+    f.read_exact_at(&mut magic, 0)
+        .map_err(|e| format!("reading {}: {e}", dev.display()))?;
+    Ok(&magic == b"LUKS\xba\xbe")
+}
+
+/// The TPM, once its device node is there (the driver may still be probing), or `None`.
+pub fn open_tpm(wait: Duration) -> Option<Result<Tpm, String>> {
+    // Init loaded the drivers before cairnd started: no TPM class device, no TPM.
+    let any = fs::read_dir("/sys/class/tpm").is_ok_and(|mut d| d.next().is_some());
+    if !any {
+        return None;
+    }
+    let until = Instant::now() + wait;
+    while !Path::new(TPM_DEVICE).exists() {
+        if Instant::now() >= until {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Some(Tpm::open_device(TPM_DEVICE).map_err(|e| format!("opening {TPM_DEVICE}: {e}")))
+}
+
+/// A fresh recovery key: 32 random bytes as 8 dash-separated groups of 8 modhex characters.
+pub fn new_recovery_key() -> Zeroizing<String> {
+    let mut bytes = Zeroizing::new([0u8; 32]);
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, bytes.as_mut());
+    let mut key = Zeroizing::new(String::with_capacity(71));
+    for (i, b) in bytes.iter().enumerate() {
+        if i > 0 && i % 4 == 0 {
+            key.push('-');
+        }
+        key.push(MODHEX[usize::from(b >> 4)] as char);
+        key.push(MODHEX[usize::from(b & 15)] as char);
+    }
+    key
+}
+
+/// A recovery key as typed: surrounding space and case do not matter, and it must look like
+/// one (so a typo is named as such rather than tried against argon2id twice).
+pub fn normalize_recovery_key(typed: &str) -> Result<Zeroizing<String>, String> {
+    let key = Zeroizing::new(typed.trim().to_ascii_lowercase());
+    let groups: Vec<&str> = key.split('-').collect();
+    let well_formed = groups.len() == 8
+        && groups
+            .iter()
+            .all(|g| g.len() == 8 && g.bytes().all(|c| MODHEX.contains(&c)));
+    if !well_formed {
+        return Err(
+            "that is not a recovery key: 8 groups of 8 characters from cbdefghijklnrtuv, joined by dashes"
+                .into(),
+        );
+    }
+    Ok(key)
+}
+
+/// The passphrase of the TPM keyslot: the unsealed secret in base64, as systemd-cryptenroll
+/// does.
+fn tpm_passphrase(secret: &[u8]) -> Zeroizing<String> {
+    Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(secret))
+}
+
+fn open_rw(dev: &Path) -> Result<File, String> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(dev)
+        .map_err(|e| format!("opening {}: {e}", dev.display()))
+}
+
+fn size_of(file: &File, dev: &Path) -> Result<u64, String> {
+    let mut f = file;
+    f.seek(SeekFrom::End(0))
+        .map_err(|e| format!("sizing {}: {e}", dev.display()))
+}
+
+/// Maps a volume through dm-crypt as `name`, replacing a mapping a crashed earlier run left.
+fn map(
+    name: &str,
+    luks: &Luks2,
+    key: &VolumeKey,
+    dev: &Path,
+    file: &File,
+) -> Result<PathBuf, String> {
+    let size = size_of(file, dev)?;
+    let table =
+        dm::CryptTable::new(luks, key, dev, size).map_err(|e| format!("{}: {e}", dev.display()))?;
+    let _ = dm::remove(name);
+    dm::activate(name, &table, false).map_err(|e| format!("mapping {}: {e}", dev.display()))
+}
+
+/// Writes zeros over all of `file`, so nothing of what it held is left in the clear.
+fn wipe(file: &File, dev: &Path, beat: &dyn Fn()) -> Result<(), String> {
+    let size = size_of(file, dev)?;
+    let zeros = vec![0u8; 1 << 20];
+    let mut at = 0;
+    while at < size {
+        let n = (size - at).min(zeros.len() as u64) as usize;
+        file.write_all_at(&zeros[..n], at)
+            .map_err(|e| format!("wiping {}: {e}", dev.display()))?;
+        at += n as u64;
+        beat();
+    }
+    file.sync_all()
+        .map_err(|e| format!("wiping {}: {e}", dev.display()))
+}
+
+/// A FAT file system on an opened volume (fatfs picks FAT16 or FAT32 by size).
+fn make_fat(mapped: &Path, label: &[u8; 11]) -> Result<(), String> {
+    let mut f = open_rw(mapped)?;
+    // The volumes have 4096-byte sectors, and Linux mounts no FAT with smaller ones there.
+    let options = fatfs::FormatVolumeOptions::new()
+        .bytes_per_sector(4096)
+        .volume_label(*label);
+    fatfs::format_volume(&mut f, options)
+        .map_err(|e| format!("making a FAT file system on {}: {e}", mapped.display()))?;
+    f.flush()
+        .and_then(|_| f.sync_all())
+        .map_err(|e| format!("syncing {}: {e}", mapped.display()))
+}
+
+/// Formats one volume: keyslot 0 for the TPM secret, keyslot 1 for the recovery key, the
+/// sealed blob as token 0. Returns the header and the new volume key.
+fn format_volume(
+    dev: &Path,
+    label: &str,
+    tpm_pass: &[u8],
+    recovery: &[u8],
+    sealed: &SealedBlob,
+) -> Result<(File, Luks2, VolumeKey), String> {
+    let file = open_rw(dev)?;
+    let key = VolumeKey::generate();
+    let opts = FormatOptions {
+        kdf: Kdf::Pbkdf2 {
+            iterations: TPM_KEYSLOT_ITERATIONS,
+        },
+        digest_iterations: DIGEST_ITERATIONS,
+        label: label.into(),
+        ..FormatOptions::default()
+    };
+    let e = |what: &str| {
+        let what = what.to_string();
+        let dev = dev.display().to_string();
+        move |e: cairn_luks::Error| format!("{what} {dev}: {e}")
+    };
+    let mut luks = Luks2::format(&file, &key, tpm_pass, &opts).map_err(e("formatting"))?;
+    let slot = luks.keyslots()[0];
+    luks.add_keyslot(
+        &file,
+        Credential::VolumeKey(&key),
+        recovery,
+        FormatOptions::default().kdf,
+    )
+    .map_err(e("adding the recovery keyslot to"))?;
+    luks.add_token(&file, luks_token(sealed, slot)?)
+        .map_err(e("adding the TPM token to"))?;
+    file.sync_all()
+        .map_err(|err| format!("syncing {}: {err}", dev.display()))?;
+    Ok((file, luks, key))
+}
+
+/// A sealed blob as a LUKS2 token for `keyslot`.
+fn luks_token(sealed: &SealedBlob, keyslot: u32) -> Result<cairn_luks::Token, String> {
+    serde_json::from_str(&sealed.to_token_json(&[keyslot]))
+        .map_err(|e| format!("encoding the TPM token: {e}"))
+}
+
+/// What [`provision`] made.
+pub struct Provisioned {
+    pub opened: Opened,
+    pub recovery_key: Zeroizing<String>,
+}
+
+/// Encrypts both partitions (see the module docs). STATE must not be mounted; its seed is
+/// wiped. The new volumes hold empty FAT file systems.
+pub fn provision(
+    parts: &Partitions,
+    tpm: &mut Tpm,
+    pcrs: &PcrSelection,
+    beat: &dyn Fn(),
+) -> Result<Provisioned, String> {
+    let (secret, sealed) = cairn_tpm::seal(tpm, pcrs, PrimaryAlg::Ecc)
+        .map_err(|e| format!("sealing the disk key in the TPM: {e}"))?;
+    let pass = tpm_passphrase(&secret);
+    let recovery_key = new_recovery_key();
+    wipe(&open_rw(&parts.state)?, &parts.state, beat)?;
+    let mut opened = Vec::new();
+    for (dev, name, label, fat_label) in [
+        (&parts.state, STATE_MAP, "cairn-state", b"STATE      "),
+        (&parts.data, DATA_MAP, "cairn-data", b"DATA       "),
+    ] {
+        beat();
+        let (file, luks, key) = format_volume(
+            dev,
+            label,
+            pass.as_bytes(),
+            recovery_key.as_bytes(),
+            &sealed,
+        )?;
+        beat();
+        let mapped = map(name, &luks, &key, dev, &file)?;
+        make_fat(&mapped, fat_label)?;
+        opened.push(mapped);
+    }
+    let data = opened.pop().expect("two volumes");
+    let state = opened.pop().expect("two volumes");
+    Ok(Provisioned {
+        opened: Opened { state, data },
+        recovery_key,
+    })
+}
+
+/// Why the TPM path did not open the volumes.
+#[derive(Debug)]
+pub enum TpmUnlockError {
+    /// The TPM refused (the PCRs changed) or is gone: the recovery key is the way in.
+    Refused(String),
+    /// Anything else (a damaged header, a device-mapper failure).
+    Failed(String),
+}
+
+/// How long the TPM path took, for the boot log.
+#[derive(Debug, Clone, Copy)]
+pub struct UnlockTimes {
+    pub unseal: Duration,
+    pub keyslots: Duration,
+    pub total: Duration,
+}
+
+/// The `systemd-tpm2` tokens of a header: (token id, parsed token).
+fn tpm_tokens(luks: &Luks2) -> Vec<(u32, Result<cairn_tpm::Token, String>)> {
+    luks.tokens()
+        .iter()
+        .filter(|(_, t)| t.kind == TPM2_TOKEN)
+        .map(|(id, t)| {
+            let parsed = serde_json::to_string(t)
+                .map_err(|e| e.to_string())
+                .and_then(|json| cairn_tpm::Token::from_json(&json).map_err(|e| e.to_string()));
+            (*id, parsed)
+        })
+        .collect()
+}
+
+fn read_header(dev: &Path) -> Result<(File, Luks2), String> {
+    let file = open_rw(dev)?;
+    let luks = Luks2::open(&file).map_err(|e| format!("{}: {e}", dev.display()))?;
+    Ok((file, luks))
+}
+
+/// Opens both volumes with the secret sealed in the TPM.
+pub fn unlock_with_tpm(
+    parts: &Partitions,
+    tpm: Option<&mut Tpm>,
+) -> Result<(Opened, UnlockTimes), TpmUnlockError> {
+    let start = Instant::now();
+    let Some(tpm) = tpm else {
+        return Err(TpmUnlockError::Refused(format!(
+            "no TPM ({TPM_DEVICE} is missing)"
+        )));
+    };
+    let mut unseal = Duration::ZERO;
+    let mut keyslots = Duration::ZERO;
+    // STATE and DATA carry the same sealed blob: unseal once.
+    let mut secrets: Vec<(SealedBlob, Zeroizing<Vec<u8>>)> = Vec::new();
+    let mut opened = Vec::new();
+    for (dev, name) in [(&parts.state, STATE_MAP), (&parts.data, DATA_MAP)] {
+        let (file, luks) = read_header(dev).map_err(TpmUnlockError::Failed)?;
+        let tokens = tpm_tokens(&luks);
+        let Some((_, token)) = tokens.into_iter().next() else {
+            return Err(TpmUnlockError::Refused(format!(
+                "{} has no {TPM2_TOKEN} token",
+                dev.display()
+            )));
+        };
+        let token = token.map_err(|e| {
+            TpmUnlockError::Failed(format!("{}: {TPM2_TOKEN} token: {e}", dev.display()))
+        })?;
+        let t = Instant::now();
+        let secret = match secrets.iter().find(|(b, _)| *b == token.sealed) {
+            Some((_, s)) => s.clone(),
+            None => {
+                let s = cairn_tpm::unseal(tpm, &token.sealed).map_err(|e| {
+                    let why = format!("the TPM did not unseal the key of {}: {e}", dev.display());
+                    if e.is_policy_failure() || e.response_code().is_some() {
+                        TpmUnlockError::Refused(why)
+                    } else {
+                        TpmUnlockError::Failed(why)
+                    }
+                })?;
+                secrets.push((token.sealed.clone(), s.clone()));
+                s
+            }
+        };
+        unseal += t.elapsed();
+        let t = Instant::now();
+        let pass = tpm_passphrase(&secret);
+        // Only the token's keyslots: trying the recovery keyslot would cost an argon2id run.
+        let mut key = None;
+        for &slot in &token.keyslots {
+            match luks.try_keyslot(&file, slot, pass.as_bytes()) {
+                Ok(Some(k)) => {
+                    key = Some(k);
+                    break;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    return Err(TpmUnlockError::Failed(format!(
+                        "{} keyslot {slot}: {e}",
+                        dev.display()
+                    )))
+                }
+            }
+        }
+        let key = key.ok_or_else(|| {
+            TpmUnlockError::Refused(format!(
+                "the TPM's secret opens none of the token's keyslots of {}",
+                dev.display()
+            ))
+        })?;
+        keyslots += t.elapsed();
+        opened.push(map(name, &luks, &key, dev, &file).map_err(TpmUnlockError::Failed)?);
+    }
+    let data = opened.pop().expect("two volumes");
+    let state = opened.pop().expect("two volumes");
+    Ok((
+        Opened { state, data },
+        UnlockTimes {
+            unseal,
+            keyslots,
+            total: start.elapsed(),
+        },
+    ))
+}
+
+/// Opens both volumes with the recovery key and, when there is a TPM, seals a new secret to the
+/// PCRs as they are now: a new keyslot and token are added before the old ones are removed, so
+/// an interruption leaves a volume the recovery key still opens. Returns what it did.
+pub fn unlock_with_recovery(
+    parts: &Partitions,
+    tpm: Option<&mut Tpm>,
+    typed: &str,
+) -> Result<(Opened, String), String> {
+    let recovery = normalize_recovery_key(typed)?;
+    // Check the key on both volumes before changing anything.
+    let mut volumes = Vec::new();
+    for dev in [&parts.state, &parts.data] {
+        let (file, luks) = read_header(dev)?;
+        let (slot, key) = luks
+            .unlock(&file, recovery.as_bytes())
+            .map_err(|e| match e {
+                cairn_luks::Error::WrongPassphrase => {
+                    format!("the recovery key opens no keyslot of {}", dev.display())
+                }
+                e => format!("{}: {e}", dev.display()),
+            })?;
+        volumes.push((dev, file, luks, slot, key));
+    }
+    let mut message = String::from("unlocked STATE and DATA with the recovery key");
+    if let Some(tpm) = tpm {
+        // Keep the PCR selection the volumes were sealed to (the config that chose it is on
+        // the locked STATE); PCR 7 when the token is unreadable.
+        let pcrs = tpm_tokens(&volumes[0].2)
+            .into_iter()
+            .find_map(|(_, t)| t.ok())
+            .map(|t| t.sealed.pcrs)
+            .unwrap_or(PcrSelection::sha256(&[7]).expect("PCR 7 is valid"));
+        let (secret, sealed) = cairn_tpm::seal(tpm, &pcrs, PrimaryAlg::Ecc)
+            .map_err(|e| format!("sealing a new disk key in the TPM: {e}"))?;
+        let pass = tpm_passphrase(&secret);
+        for (dev, file, luks, recovery_slot, key) in &mut volumes {
+            let old: Vec<(u32, Vec<u32>)> = tpm_tokens(luks)
+                .into_iter()
+                .map(|(id, t)| {
+                    let slots = t.map(|t| t.keyslots).unwrap_or_default();
+                    (id, slots)
+                })
+                .collect();
+            let e = |what: &'static str| {
+                let dev = dev.display().to_string();
+                move |e: cairn_luks::Error| format!("{what} {dev}: {e}")
+            };
+            let slot = luks
+                .add_keyslot(
+                    file,
+                    Credential::VolumeKey(key),
+                    pass.as_bytes(),
+                    Kdf::Pbkdf2 {
+                        iterations: TPM_KEYSLOT_ITERATIONS,
+                    },
+                )
+                .map_err(e("adding the new TPM keyslot to"))?;
+            luks.add_token(file, luks_token(&sealed, slot)?)
+                .map_err(e("adding the new TPM token to"))?;
+            for (id, slots) in old {
+                luks.remove_token(file, id)
+                    .map_err(e("removing the old TPM token from"))?;
+                for s in slots {
+                    if s != *recovery_slot && s != slot && luks.keyslots().contains(&s) {
+                        luks.remove_keyslot(file, s)
+                            .map_err(e("removing the old TPM keyslot from"))?;
+                    }
+                }
+            }
+            file.sync_all()
+                .map_err(|err| format!("syncing {}: {err}", dev.display()))?;
+        }
+        let list: Vec<String> = pcrs.pcrs().iter().map(|p| p.to_string()).collect();
+        message.push_str(&format!(
+            "; sealed a new key to PCR {} as they are now",
+            list.join(", ")
+        ));
+    } else {
+        message.push_str("; no TPM, so the next boot needs the recovery key again");
+    }
+    let mut opened = Vec::new();
+    for ((dev, file, luks, _, key), name) in volumes.iter().zip([STATE_MAP, DATA_MAP]) {
+        opened.push(map(name, luks, key, dev, file)?);
+    }
+    let data = opened.pop().expect("two volumes");
+    let state = opened.pop().expect("two volumes");
+    Ok((Opened { state, data }, message))
+}
+
+/// A folder's contents in memory: (relative path, bytes), directories with `None`.
+pub type Tree = Vec<(PathBuf, Option<Zeroizing<Vec<u8>>>)>;
+
+/// Reads every file under `root` into memory.
+pub fn read_tree(root: &Path) -> Result<Tree, String> {
+    let mut out = Vec::new();
+    let mut todo = vec![PathBuf::new()];
+    while let Some(rel) = todo.pop() {
+        let dir = root.join(&rel);
+        let mut entries: Vec<_> = fs::read_dir(&dir)
+            .map_err(|e| format!("listing {}: {e}", dir.display()))?
+            .flatten()
+            .collect();
+        entries.sort_by_key(|e| e.file_name());
+        for entry in entries {
+            let path = rel.join(entry.file_name());
+            let kind = entry
+                .file_type()
+                .map_err(|e| format!("reading {}: {e}", entry.path().display()))?;
+            if kind.is_dir() {
+                out.push((path.clone(), None));
+                todo.push(path);
+            } else if kind.is_file() {
+                let bytes = fs::read(entry.path())
+                    .map_err(|e| format!("reading {}: {e}", entry.path().display()))?;
+                out.push((path, Some(Zeroizing::new(bytes))));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Writes what [`read_tree`] read under `root`.
+pub fn write_tree(root: &Path, tree: &Tree) -> Result<(), String> {
+    for (rel, content) in tree {
+        let path = root.join(rel);
+        match content {
+            None => fs::create_dir_all(&path),
+            Some(bytes) => fs::write(&path, bytes.as_slice()),
+        }
+        .map_err(|e| format!("writing {}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// After a failed [`provision`]: a plain FAT on STATE again, holding the seed, mounted on
+/// `mount`. The next boot tries to encrypt again.
+pub fn restore_plain(state: &Path, seed: &Tree, mount: &Path) -> Result<(), String> {
+    let _ = dm::remove(STATE_MAP);
+    let _ = dm::remove(DATA_MAP);
+    make_fat(state, b"STATE      ")?;
+    crate::block::mount_rw_once(state, mount, "vfat")?;
+    write_tree(mount, seed)
+}
+
+/// Overwrites a file with zeros, syncs it and removes it.
+pub fn shred(path: &Path) -> std::io::Result<()> {
+    let len = fs::metadata(path)?.len();
+    let f = OpenOptions::new().write(true).open(path)?;
+    f.write_all_at(&vec![0u8; len as usize], 0)?;
+    f.sync_all()?;
+    drop(f);
+    fs::remove_file(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recovery_keys_are_systemd_shaped_and_round_trip() {
+        let a = new_recovery_key();
+        let b = new_recovery_key();
+        assert_ne!(*a, *b);
+        assert_eq!(a.len(), 71);
+        assert_eq!(a.split('-').count(), 8);
+        let typed = format!("  {}\n", a.to_ascii_uppercase());
+        assert_eq!(*normalize_recovery_key(&typed).unwrap(), *a);
+    }
+
+    #[test]
+    fn malformed_recovery_keys_are_named() {
+        for bad in ["", "abc", "cbdefghi-jklnrtuv", &"cbdefghi-".repeat(8)] {
+            let e = normalize_recovery_key(bad).unwrap_err();
+            assert!(e.starts_with("that is not a recovery key"), "{e}");
+        }
+        // 'a' is not modhex.
+        let bad = ["cbdefgha"; 8].join("-");
+        assert!(normalize_recovery_key(&bad).is_err());
+    }
+
+    #[test]
+    fn the_tpm_passphrase_is_base64_of_the_secret() {
+        assert_eq!(*tpm_passphrase(&[0xff, 0x00, 0x10]), "/wAQ");
+    }
+
+    #[test]
+    fn trees_round_trip_and_shred_removes() {
+        let src = tempfile::tempdir().unwrap();
+        fs::create_dir_all(src.path().join("api/device")).unwrap();
+        fs::write(src.path().join("machine.yaml"), "a: 1\n").unwrap();
+        fs::write(src.path().join("api/device/key.pem"), "secret").unwrap();
+        let tree = read_tree(src.path()).unwrap();
+        let dst = tempfile::tempdir().unwrap();
+        write_tree(dst.path(), &tree).unwrap();
+        assert_eq!(
+            fs::read(dst.path().join("api/device/key.pem")).unwrap(),
+            b"secret"
+        );
+        assert_eq!(
+            fs::read(dst.path().join("machine.yaml")).unwrap(),
+            b"a: 1\n"
+        );
+        shred(&dst.path().join("machine.yaml")).unwrap();
+        assert!(!dst.path().join("machine.yaml").exists());
+    }
+
+    /// The whole LUKS side of provisioning and both unlock paths, on plain files with a
+    /// software TPM would need swtpm: see systest's storage test. Here: a header formatted by
+    /// [`format_volume`]'s options opens with the base64 passphrase and with the recovery key.
+    #[test]
+    fn both_keyslots_open_a_volume() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vol");
+        let f = File::create(&path).unwrap();
+        f.set_len(20 << 20).unwrap();
+        drop(f);
+        let file = open_rw(&path).unwrap();
+        let key = VolumeKey::generate();
+        let pass = tpm_passphrase(&[7u8; 32]);
+        let opts = FormatOptions {
+            kdf: Kdf::Pbkdf2 {
+                iterations: TPM_KEYSLOT_ITERATIONS,
+            },
+            digest_iterations: DIGEST_ITERATIONS,
+            ..FormatOptions::default()
+        };
+        let mut luks = Luks2::format(&file, &key, pass.as_bytes(), &opts).unwrap();
+        let recovery = new_recovery_key();
+        let cheap = Kdf::Argon2id {
+            time: 1,
+            memory_kib: 64,
+            cpus: 1,
+        };
+        luks.add_keyslot(
+            &file,
+            Credential::VolumeKey(&key),
+            recovery.as_bytes(),
+            cheap,
+        )
+        .unwrap();
+        let luks = Luks2::open(&file).unwrap();
+        assert_eq!(
+            luks.unlock(&file, pass.as_bytes()).unwrap().1.as_bytes(),
+            key.as_bytes()
+        );
+        assert_eq!(
+            luks.unlock(&file, recovery.as_bytes())
+                .unwrap()
+                .1
+                .as_bytes(),
+            key.as_bytes()
+        );
+        assert!(luks.unlock(&file, b"wrong").is_err());
+    }
+}

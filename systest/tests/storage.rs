@@ -1,0 +1,342 @@
+//! Encrypted STATE and DATA end to end, with a software TPM (Debian's swtpm) attached to the
+//! machine: tpm-tis-device on qemu-aarch64's virt, tpm-tis on qemu-x86_64's q35.
+//!
+//! 1. First boot: cairnd encrypts STATE and DATA, shows the recovery key on the console; an
+//!    admin fetches it once over the API (a second fetch fails). A config with a marker
+//!    hostname goes to STATE and the marker into cairnd's log on DATA.
+//! 2. Second boot: unlocked by the TPM with no input; the log kept on DATA still has the
+//!    marker line from the first boot. The unlock time is printed as a figure.
+//! 3. The firmware's Secure Boot configuration changes (a hash added to `dbx` in the machine's
+//!    variable store, so the firmware measures a different PCR 7): the box comes up in
+//!    maintenance mode; a malformed and a wrong key are refused; the recovery key unlocks and
+//!    re-seals, and the boot goes on to the usual API.
+//! 4. The next boot is silent again.
+//! 5. From the host: the disk holds the marker nowhere, and Debian's cryptsetup reads both
+//!    headers and accepts the recovery key on DATA.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cairn_qemu::{free_local_port, LaunchOptions, Machine, PortForward, Swtpm};
+use cairn_systest::{cairnctl, image_dir, keys_dir, qemu_lock, rig_dir};
+
+const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
+/// Provisioning and the recovery unlock run argon2id twice each under TCG.
+const SLOW_TIMEOUT: Duration = Duration::from_secs(600);
+const API_PORT: u16 = 50000;
+
+struct Ctl {
+    config: PathBuf,
+    endpoint: String,
+}
+
+impl Ctl {
+    fn run_with(&self, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+        let mut cmd = Command::new(cairnctl());
+        cmd.arg("--config")
+            .arg(&self.config)
+            .args(["--endpoint", &self.endpoint])
+            .args(args)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        if let Some(text) = stdin {
+            use std::io::Write as _;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(text.as_bytes())
+                .unwrap();
+        }
+        let out = child.wait_with_output().unwrap();
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        );
+        eprintln!("cairnctl {}: {stdout}{stderr}", args.join(" "));
+        (out.status.success(), stdout, stderr)
+    }
+
+    fn run(&self, args: &[&str]) -> (bool, String, String) {
+        self.run_with(args, None)
+    }
+
+    /// Retries while the API comes up after a boot.
+    fn until_ok(&self, args: &[&str]) -> String {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let (ok, stdout, stderr) = self.run(args);
+            if ok {
+                return stdout;
+            }
+            assert!(Instant::now() < deadline, "cairnctl {args:?}: {stderr}");
+            std::thread::sleep(Duration::from_secs(2));
+        }
+    }
+}
+
+fn admin(tmp: &Path, endpoint: &str) -> Ctl {
+    let secrets = keys_dir().join("secrets");
+    let config = tmp.join("admin.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "endpoint: {endpoint}\nca: {0}/device-ca.crt\ncert: {0}/admin.crt\nkey: {0}/admin.key\n",
+            secrets.display()
+        ),
+    )
+    .unwrap();
+    Ctl {
+        config,
+        endpoint: endpoint.to_string(),
+    }
+}
+
+/// The text after `marker` on the first console line holding it, waiting for it.
+fn value_after(m: &mut Machine, marker: &str, timeout: Duration) -> String {
+    let line = m.wait_for_line(marker, timeout).unwrap();
+    let at = line.find(marker).unwrap() + marker.len();
+    line[at..].trim().to_string()
+}
+
+struct Rig {
+    board: &'static cairn_board::Board,
+    dir: tempfile::TempDir,
+    disk: PathBuf,
+    port: u16,
+}
+
+impl Rig {
+    fn new(board: &str) -> Rig {
+        let board = cairn_board::find(board).unwrap();
+        let dir = rig_dir("cairn-storage-");
+        let disk = dir.path().join("disk.img");
+        cairn_image::copy_sparse(&image_dir(board).join("disk.img"), &disk).unwrap();
+        Rig {
+            board,
+            dir,
+            disk,
+            port: free_local_port().unwrap(),
+        }
+    }
+
+    /// A machine with the rig's TPM; the disk and variable store carry over between launches.
+    fn launch(&self, tpm: &Swtpm) -> Machine {
+        let mut opts = LaunchOptions::new(self.board, &self.disk, self.dir.path().join("work"));
+        opts.writable_image = true;
+        opts.reuse_disk = true;
+        opts.echo_console = true;
+        opts.tpm = Some(tpm.socket_path().to_path_buf());
+        opts.port_forwards = vec![PortForward::new(self.port, API_PORT)];
+        Machine::launch(opts).unwrap()
+    }
+
+    fn swtpm(&self) -> Swtpm {
+        Swtpm::start(&self.dir.path().join("tpm"), 0).unwrap()
+    }
+}
+
+/// Byte offset and length of the partition labelled `label`, read with sfdisk.
+fn partition(disk: &Path, label: &str) -> (u64, u64) {
+    let out = Command::new("sfdisk")
+        .arg("--json")
+        .arg(disk)
+        .output()
+        .expect("sfdisk (`cargo xtask setup` installs fdisk)");
+    assert!(out.status.success());
+    let table: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let sector = table["partitiontable"]["sectorsize"]
+        .as_u64()
+        .unwrap_or(512);
+    let part = table["partitiontable"]["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == label)
+        .unwrap_or_else(|| panic!("no {label} partition"));
+    (
+        part["start"].as_u64().unwrap() * sector,
+        part["size"].as_u64().unwrap() * sector,
+    )
+}
+
+fn extract(disk: &Path, label: &str, to: &Path) {
+    use std::io::{Read, Seek, SeekFrom};
+    let (start, len) = partition(disk, label);
+    let mut f = std::fs::File::open(disk).unwrap();
+    f.seek(SeekFrom::Start(start)).unwrap();
+    let mut buf = vec![0u8; len as usize];
+    f.read_exact(&mut buf).unwrap();
+    std::fs::write(to, buf).unwrap();
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+fn encrypted_state_and_data(board: &str) {
+    let rig = Rig::new(board);
+    let tmp = rig.dir.path();
+    let endpoint = format!("127.0.0.1:{}", rig.port);
+    let ctl = admin(tmp, &endpoint);
+    let marker = format!("m{:x}", std::process::id() as u64 * 7919 + 0x5eed);
+
+    let _lock = qemu_lock();
+    // 1. First boot: provisioning.
+    let tpm = rig.swtpm();
+    let mut m = rig.launch(&tpm);
+    m.wait_for_line(
+        "cairnd: first boot: encrypting STATE and DATA",
+        BOOT_TIMEOUT,
+    )
+    .unwrap();
+    let shown = value_after(
+        &mut m,
+        "recovery key (shown once; keep it safe):",
+        SLOW_TIMEOUT,
+    );
+    m.wait_for_line("cairnd: management API on port 50000", BOOT_TIMEOUT)
+        .unwrap();
+    let fetched = ctl.until_ok(&["recovery-key"]);
+    assert_eq!(
+        fetched.trim(),
+        shown,
+        "the API's recovery key is the console's"
+    );
+    let (ok, _, stderr) = ctl.run(&["recovery-key"]);
+    assert!(!ok && stderr.contains("fetched already"), "{stderr}");
+    let config = tmp.join("machine.yaml");
+    std::fs::write(&config, format!("network:\n  hostname: {marker}\n")).unwrap();
+    let (ok, _, stderr) = ctl.run(&["apply-config", config.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    m.wait_for_line(&format!("cairnd: netcfg: hostname {marker}"), BOOT_TIMEOUT)
+        .unwrap();
+
+    // 2. Second boot: the TPM unlocks, nobody types anything.
+    let (ok, _, stderr) = ctl.run(&["reboot"]);
+    assert!(ok, "{stderr}");
+    let took = value_after(
+        &mut m,
+        "cairnd: unlocked STATE and DATA with the TPM in",
+        BOOT_TIMEOUT,
+    );
+    eprintln!("figure: {board}: unlock at boot (TPM unseal + keyslots, under TCG): {took}");
+    m.wait_for_line("cairnd: management API on port 50000", BOOT_TIMEOUT)
+        .unwrap();
+    let logs = ctl.until_ok(&["logs", "-n", "2000", "cairnd"]);
+    assert!(
+        logs.contains(&format!("hostname {marker}")),
+        "the first boot's log lines, kept on DATA, are gone:\n{logs}"
+    );
+    assert!(
+        !m.lines().iter().any(|l| l.contains("maintenance mode")),
+        "a TPM unlock went to maintenance mode"
+    );
+    m.quit().unwrap();
+    m.wait_exit(Duration::from_secs(60)).unwrap();
+    drop(tpm);
+
+    // 3. The Secure Boot configuration changes: PCR 7 differs, the TPM refuses.
+    let vars = tmp.join("work").join("efivars.fd");
+    cairn_qemu::efivars::add_dbx_hash(&vars, [0x5a; 32]).unwrap();
+    let tpm = rig.swtpm();
+    let mut m = rig.launch(&tpm);
+    m.wait_for_line(
+        "cairnd: maintenance mode: network and API only",
+        BOOT_TIMEOUT,
+    )
+    .unwrap();
+    let fingerprint = value_after(&mut m, "its key's fingerprint is", BOOT_TIMEOUT);
+    let key_file = tmp.join("recovery.key");
+    std::fs::write(&key_file, &shown).unwrap();
+    let key_arg = key_file.to_str().unwrap();
+    let (ok, _, stderr) = ctl.run_with(
+        &["unlock", "--expect-fingerprint", &fingerprint],
+        Some("not-a-key\n"),
+    );
+    assert!(!ok && stderr.contains("not a recovery key"), "{stderr}");
+    let wrong = ["cbdefghi"; 8].join("-");
+    let (ok, _, stderr) = ctl.run_with(
+        &["unlock", "--expect-fingerprint", &fingerprint],
+        Some(&format!("{wrong}\n")),
+    );
+    assert!(!ok && stderr.contains("opens no keyslot"), "{stderr}");
+    let (ok, stdout, stderr) = ctl.run(&[
+        "unlock",
+        "--recovery-key-file",
+        key_arg,
+        "--expect-fingerprint",
+        &fingerprint,
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("sealed a new key to PCR 7"), "{stdout}");
+    m.wait_for_line(
+        "cairnd: management API on port 50000 (mutual TLS)",
+        BOOT_TIMEOUT,
+    )
+    .unwrap();
+    ctl.until_ok(&["version"]);
+
+    // 4. The next boot is silent again.
+    let (ok, _, stderr) = ctl.run(&["reboot"]);
+    assert!(ok, "{stderr}");
+    m.wait_for_line(
+        "cairnd: unlocked STATE and DATA with the TPM in",
+        BOOT_TIMEOUT,
+    )
+    .unwrap();
+    m.wait_for_line("cairnd: management API on port 50000", BOOT_TIMEOUT)
+        .unwrap();
+    m.quit().unwrap();
+    m.wait_exit(Duration::from_secs(60)).unwrap();
+    drop(tpm);
+
+    // 5. From the host.
+    let raw = std::fs::read(&rig.disk).unwrap();
+    assert!(
+        !contains(&raw, marker.as_bytes()),
+        "the marker is readable on the raw disk"
+    );
+    for label in ["STATE", "DATA"] {
+        let part = tmp.join(format!("{label}.img"));
+        extract(&rig.disk, label, &part);
+        let dump = Command::new("cryptsetup")
+            .arg("luksDump")
+            .arg(&part)
+            .output()
+            .expect("cryptsetup");
+        let text = String::from_utf8_lossy(&dump.stdout);
+        assert!(dump.status.success(), "luksDump {label}: {text}");
+        assert!(text.contains("systemd-tpm2"), "{label}: {text}");
+        assert!(text.contains("argon2id"), "{label}: {text}");
+        let test = Command::new("cryptsetup")
+            .args(["open", "--test-passphrase", "--key-file", key_arg])
+            .arg(&part)
+            .status()
+            .unwrap();
+        assert!(
+            test.success(),
+            "cryptsetup refuses the recovery key on {label}"
+        );
+        std::fs::remove_file(&part).unwrap();
+    }
+}
+
+#[test]
+#[ignore = "needs built images: run `cargo xtask test`"]
+fn qemu_aarch64_encrypted_state_and_data() {
+    encrypted_state_and_data("qemu-aarch64");
+}
+
+#[test]
+#[ignore = "needs built images: run `cargo xtask test`"]
+fn qemu_x86_64_encrypted_state_and_data() {
+    encrypted_state_and_data("qemu-x86_64");
+}
