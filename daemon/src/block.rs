@@ -148,6 +148,18 @@ pub fn unmount(target: &Path) -> io::Result<()> {
     }
 }
 
+/// Flushes the file system `path` is on to its disk (`syncfs`).
+pub fn sync_fs(path: &Path) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let f = fs::File::open(path)?;
+    // SAFETY: `f` is an open descriptor for the duration of the call.
+    if unsafe { libc::syncfs(f.as_raw_fd()) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Remounts the filesystem on `target` read-only or read-write.
 pub fn remount(target: &Path, read_only: bool) -> io::Result<()> {
     let mut flags = libc::MS_REMOUNT | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;

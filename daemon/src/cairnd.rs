@@ -139,7 +139,10 @@ pub const RECOVERY_KEY_FILE: &str = "recovery-key";
 fn bring_up_storage(heart: &Heartbeat, release: &Release) -> Result<Option<Netcfg>, String> {
     let state_mount = Path::new(STATE_MOUNT);
     if block::is_mount_point(state_mount) {
-        // cairnd restarted: init keeps the mounts.
+        // cairnd restarted: init keeps the mounts; the log goes on where it was kept.
+        if block::is_mount_point(Path::new(DATA_MOUNT)) {
+            keep_log_on_data();
+        }
         return Ok(None);
     }
     let beat = || heart.beat();
@@ -172,8 +175,11 @@ fn bring_up_storage(heart: &Heartbeat, release: &Release) -> Result<Option<Netcf
             list.join(", ")
         );
         let started = Instant::now();
-        // The client CA's public certificate, for maintenance mode, while it is at hand.
-        maintenance::remember_client_ca(Path::new(remote::SECRETS_DIR));
+        // The client CA's public certificate, for maintenance mode, while it is at hand:
+        // without it a box whose TPM refuses could not be unlocked remotely.
+        if let Err(e) = maintenance::remember_client_ca(Path::new(remote::SECRETS_DIR)) {
+            return plain(e);
+        }
         let seed = storage::read_tree(state_mount)?;
         block::unmount(state_mount).map_err(|e| format!("unmounting the seed STATE: {e}"))?;
         let parts = storage::Partitions {
@@ -188,6 +194,8 @@ fn bring_up_storage(heart: &Heartbeat, release: &Release) -> Result<Option<Netcf
                 done.recovery_key.as_bytes(),
             )
             .map_err(|e| format!("keeping the recovery key on STATE: {e}"))?;
+            // The seed exists nowhere else now: on the disk before the key is shown.
+            block::sync_fs(state_mount).map_err(|e| format!("syncing STATE: {e}"))?;
             Ok(done.recovery_key)
         });
         let recovery_key = match provisioned {
@@ -234,15 +242,22 @@ fn bring_up_storage(heart: &Heartbeat, release: &Release) -> Result<Option<Netcf
                 times.unseal.as_millis(),
                 times.keyslots.as_millis()
             );
-            maintenance::remember_client_ca(Path::new(remote::SECRETS_DIR));
+            remember_client_ca();
             Ok(None)
         }
         Err(storage::TpmUnlockError::Refused(why) | storage::TpmUnlockError::Failed(why)) => {
             let (opened, network) = maintenance::run(parts, tpm, &why, release, &beat)?;
             mount_volumes(&opened)?;
-            maintenance::remember_client_ca(Path::new(remote::SECRETS_DIR));
+            remember_client_ca();
             Ok(Some(network))
         }
+    }
+}
+
+/// Keeps the ESP's copy of the client CA current (it may change with a new config).
+fn remember_client_ca() {
+    if let Err(e) = maintenance::remember_client_ca(Path::new(remote::SECRETS_DIR)) {
+        say!("{e}");
     }
 }
 

@@ -30,30 +30,28 @@ use crate::storage::{self, Opened, Partitions};
 pub const CLIENT_CA_COPY: &str = "/boot/cairn/client-ca.crt";
 
 /// Copies the client CA certificate from the unlocked STATE to the ESP when it differs.
-pub fn remember_client_ca(secrets: &Path) {
+/// Without a client CA (an image with no API secrets) there is nothing to copy.
+pub fn remember_client_ca(secrets: &Path) -> Result<(), String> {
     let from = secrets.join(cairn_pki::secrets::CLIENT_CA_CERT);
     let Ok(pem) = fs::read(&from) else {
-        return;
+        return Ok(());
     };
     let to = Path::new(CLIENT_CA_COPY);
     if fs::read(to).ok().as_deref() == Some(pem.as_slice()) {
-        return;
+        return Ok(());
     }
-    let written = (|| {
-        crate::block::remount(Path::new(cairnd::ESP), false).map_err(std::io::Error::other)?;
-        let r = to
-            .parent()
-            .map(fs::create_dir_all)
-            .unwrap_or(Ok(()))
-            .and_then(|()| fs::write(to, &pem));
-        let _ = crate::block::remount(Path::new(cairnd::ESP), true);
-        r
-    })();
-    if let Err(e) = written {
-        cairnd::log(format_args!(
-            "keeping the client CA for maintenance mode ({CLIENT_CA_COPY}): {e}"
-        ));
-    }
+    let esp = Path::new(cairnd::ESP);
+    crate::block::remount(esp, false)
+        .map_err(|e| format!("keeping the client CA for maintenance mode: {e}"))?;
+    let written = to
+        .parent()
+        .map(fs::create_dir_all)
+        .unwrap_or(Ok(()))
+        .and_then(|()| fs::write(to, &pem))
+        .and_then(|()| crate::block::sync_fs(esp));
+    let _ = crate::block::remount(esp, true);
+    written
+        .map_err(|e| format!("keeping the client CA for maintenance mode ({CLIENT_CA_COPY}): {e}"))
 }
 
 const LOCKED: &str = "the box is in maintenance mode: STATE and DATA are locked; \

@@ -63,7 +63,8 @@ pub fn is_luks(dev: &Path) -> Result<bool, String> {
     let mut magic = [0u8; 6];
     f.read_exact_at(&mut magic, 0)
         .map_err(|e| format!("reading {}: {e}", dev.display()))?;
-    Ok(&magic == b"LUKS\xba\xbe")
+    // A torn write of the primary header leaves the secondary copy, which opens the volume.
+    Ok(&magic == b"LUKS\xba\xbe" || Luks2::open(&f).is_ok())
 }
 
 /// The TPM, once its device node is there (the driver may still be probing), or `None`.
@@ -309,6 +310,20 @@ fn read_header(dev: &Path) -> Result<(File, Luks2), String> {
     Ok((file, luks))
 }
 
+/// Unseals, trying once more when a PCR changed during the policy session (something else
+/// extended a PCR at that moment; the next try sees the settled value).
+fn unseal_retrying(tpm: &mut Tpm, sealed: &SealedBlob) -> cairn_tpm::Result<Zeroizing<Vec<u8>>> {
+    match cairn_tpm::unseal(tpm, sealed) {
+        Err(e) if e.response_code().map(|c| c.base()) == Some(PCR_CHANGED) => {
+            cairn_tpm::unseal(tpm, sealed)
+        }
+        other => other,
+    }
+}
+
+/// `TPM_RC_PCR_CHANGED`.
+const PCR_CHANGED: u32 = 0x128;
+
 /// Opens both volumes with the secret sealed in the TPM.
 pub fn unlock_with_tpm(
     parts: &Partitions,
@@ -327,59 +342,63 @@ pub fn unlock_with_tpm(
     let mut opened = Vec::new();
     for (dev, name) in [(&parts.state, STATE_MAP), (&parts.data, DATA_MAP)] {
         let (file, luks) = read_header(dev).map_err(TpmUnlockError::Failed)?;
-        let tokens = tpm_tokens(&luks);
-        let Some((_, token)) = tokens.into_iter().next() else {
-            return Err(TpmUnlockError::Refused(format!(
-                "{} has no {TPM2_TOKEN} token",
-                dev.display()
-            )));
-        };
-        let token = token.map_err(|e| {
-            TpmUnlockError::Failed(format!("{}: {TPM2_TOKEN} token: {e}", dev.display()))
-        })?;
-        let t = Instant::now();
-        let secret = match secrets.iter().find(|(b, _)| *b == token.sealed) {
-            Some((_, s)) => s.clone(),
-            None => {
-                let s = cairn_tpm::unseal(tpm, &token.sealed).map_err(|e| {
-                    let why = format!("the TPM did not unseal the key of {}: {e}", dev.display());
-                    if e.is_policy_failure() || e.response_code().is_some() {
-                        TpmUnlockError::Refused(why)
-                    } else {
-                        TpmUnlockError::Failed(why)
-                    }
-                })?;
-                secrets.push((token.sealed.clone(), s.clone()));
-                s
-            }
-        };
-        unseal += t.elapsed();
-        let t = Instant::now();
-        let pass = tpm_passphrase(&secret);
-        // Only the token's keyslots: trying the recovery keyslot would cost an argon2id run.
-        let mut key = None;
-        for &slot in &token.keyslots {
-            match luks.try_keyslot(&file, slot, pass.as_bytes()) {
-                Ok(Some(k)) => {
-                    key = Some(k);
-                    break;
-                }
-                Ok(None) => {}
+        // Every systemd-tpm2 token in turn: an interrupted re-seal leaves the old one beside
+        // the new one, and only the new one unseals.
+        let mut refusals = Vec::new();
+        let mut found = None;
+        for (id, token) in tpm_tokens(&luks) {
+            let token = match token {
+                Ok(t) => t,
                 Err(e) => {
-                    return Err(TpmUnlockError::Failed(format!(
-                        "{} keyslot {slot}: {e}",
-                        dev.display()
-                    )))
+                    refusals.push(format!("token {id}: {e}"));
+                    continue;
                 }
+            };
+            let t = Instant::now();
+            let secret = match secrets.iter().find(|(b, _)| *b == token.sealed) {
+                Some((_, s)) => s.clone(),
+                None => match unseal_retrying(tpm, &token.sealed) {
+                    Ok(s) => {
+                        secrets.push((token.sealed.clone(), s.clone()));
+                        s
+                    }
+                    Err(e) => {
+                        unseal += t.elapsed();
+                        refusals.push(format!("token {id}: the TPM did not unseal it: {e}"));
+                        continue;
+                    }
+                },
+            };
+            unseal += t.elapsed();
+            let t = Instant::now();
+            let pass = tpm_passphrase(&secret);
+            // Only the token's keyslots: the recovery keyslot would cost an argon2id run.
+            for &slot in &token.keyslots {
+                match luks.try_keyslot(&file, slot, pass.as_bytes()) {
+                    Ok(Some(k)) => {
+                        found = Some(k);
+                        break;
+                    }
+                    Ok(None) => refusals.push(format!("token {id}: keyslot {slot} refuses it")),
+                    Err(e) => refusals.push(format!("token {id}: keyslot {slot}: {e}")),
+                }
+            }
+            keyslots += t.elapsed();
+            if found.is_some() {
+                break;
             }
         }
-        let key = key.ok_or_else(|| {
-            TpmUnlockError::Refused(format!(
-                "the TPM's secret opens none of the token's keyslots of {}",
-                dev.display()
-            ))
-        })?;
-        keyslots += t.elapsed();
+        let Some(key) = found else {
+            if refusals.is_empty() {
+                refusals.push(format!("no {TPM2_TOKEN} token"));
+            }
+            return Err(TpmUnlockError::Refused(format!(
+                "{}: {}",
+                dev.display(),
+                refusals.join("; ")
+            )));
+        };
+
         opened.push(map(name, &luks, &key, dev, &file).map_err(TpmUnlockError::Failed)?);
     }
     let data = opened.pop().expect("two volumes");
@@ -417,70 +436,82 @@ pub fn unlock_with_recovery(
             })?;
         volumes.push((dev, file, luks, slot, key));
     }
-    let mut message = String::from("unlocked STATE and DATA with the recovery key");
-    if let Some(tpm) = tpm {
-        // Keep the PCR selection the volumes were sealed to (the config that chose it is on
-        // the locked STATE); PCR 7 when the token is unreadable.
-        let pcrs = tpm_tokens(&volumes[0].2)
-            .into_iter()
-            .find_map(|(_, t)| t.ok())
-            .map(|t| t.sealed.pcrs)
-            .unwrap_or(PcrSelection::sha256(&[7]).expect("PCR 7 is valid"));
-        let (secret, sealed) = cairn_tpm::seal(tpm, &pcrs, PrimaryAlg::Ecc)
-            .map_err(|e| format!("sealing a new disk key in the TPM: {e}"))?;
-        let pass = tpm_passphrase(&secret);
-        for (dev, file, luks, recovery_slot, key) in &mut volumes {
-            let old: Vec<(u32, Vec<u32>)> = tpm_tokens(luks)
-                .into_iter()
-                .map(|(id, t)| {
-                    let slots = t.map(|t| t.keyslots).unwrap_or_default();
-                    (id, slots)
-                })
-                .collect();
-            let e = |what: &'static str| {
-                let dev = dev.display().to_string();
-                move |e: cairn_luks::Error| format!("{what} {dev}: {e}")
-            };
-            let slot = luks
-                .add_keyslot(
-                    file,
-                    Credential::VolumeKey(key),
-                    pass.as_bytes(),
-                    Kdf::Pbkdf2 {
-                        iterations: TPM_KEYSLOT_ITERATIONS,
-                    },
-                )
-                .map_err(e("adding the new TPM keyslot to"))?;
-            luks.add_token(file, luks_token(&sealed, slot)?)
-                .map_err(e("adding the new TPM token to"))?;
-            for (id, slots) in old {
-                luks.remove_token(file, id)
-                    .map_err(e("removing the old TPM token from"))?;
-                for s in slots {
-                    if s != *recovery_slot && s != slot && luks.keyslots().contains(&s) {
-                        luks.remove_keyslot(file, s)
-                            .map_err(e("removing the old TPM keyslot from"))?;
-                    }
-                }
-            }
-            file.sync_all()
-                .map_err(|err| format!("syncing {}: {err}", dev.display()))?;
-        }
-        let list: Vec<String> = pcrs.pcrs().iter().map(|p| p.to_string()).collect();
-        message.push_str(&format!(
-            "; sealed a new key to PCR {} as they are now",
-            list.join(", ")
-        ));
-    } else {
-        message.push_str("; no TPM, so the next boot needs the recovery key again");
-    }
+    // Open first: a TPM that cannot seal must not keep a right key out.
     let mut opened = Vec::new();
     for ((dev, file, luks, _, key), name) in volumes.iter().zip([STATE_MAP, DATA_MAP]) {
         opened.push(map(name, luks, key, dev, file)?);
     }
     let data = opened.pop().expect("two volumes");
     let state = opened.pop().expect("two volumes");
+    let mut message = String::from("unlocked STATE and DATA with the recovery key");
+    match tpm {
+        Some(tpm) => match reseal(tpm, &mut volumes) {
+            Ok(pcrs) => {
+                message.push_str(&format!("; sealed a new key to PCR {pcrs} as they are now"))
+            }
+            Err(e) => message.push_str(&format!(
+                "; sealing a new key failed ({e}), so the next boot needs the recovery key again"
+            )),
+        },
+        None => message.push_str("; no TPM, so the next boot needs the recovery key again"),
+    }
     Ok((Opened { state, data }, message))
+}
+
+/// An opened volume during a recovery: device, header file, header, recovery keyslot, key.
+type Recovered<'a> = (&'a PathBuf, File, Luks2, u32, VolumeKey);
+
+/// Seals a new secret to the PCRs the volumes were sealed to, as they are now: a new keyslot
+/// and token on each volume first, then the old TPM tokens and keyslots go, so an interruption
+/// leaves volumes that the recovery key, and one of the tokens, still open. Returns the PCR
+/// list.
+fn reseal(tpm: &mut Tpm, volumes: &mut [Recovered<'_>]) -> Result<String, String> {
+    // Keep the PCR selection the volumes were sealed to (the config that chose it is on the
+    // locked STATE); PCR 7 when the token is unreadable.
+    let pcrs = tpm_tokens(&volumes[0].2)
+        .into_iter()
+        .find_map(|(_, t)| t.ok())
+        .map(|t| t.sealed.pcrs)
+        .unwrap_or(PcrSelection::sha256(&[7]).expect("PCR 7 is valid"));
+    let (secret, sealed) = cairn_tpm::seal(tpm, &pcrs, PrimaryAlg::Ecc)
+        .map_err(|e| format!("sealing a new disk key in the TPM: {e}"))?;
+    let pass = tpm_passphrase(&secret);
+    for (dev, file, luks, recovery_slot, key) in volumes.iter_mut() {
+        let old: Vec<(u32, Vec<u32>)> = tpm_tokens(luks)
+            .into_iter()
+            .map(|(id, t)| (id, t.map(|t| t.keyslots).unwrap_or_default()))
+            .collect();
+        let e = |what: &'static str| {
+            let dev = dev.display().to_string();
+            move |e: cairn_luks::Error| format!("{what} {dev}: {e}")
+        };
+        let slot = luks
+            .add_keyslot(
+                file,
+                Credential::VolumeKey(key),
+                pass.as_bytes(),
+                Kdf::Pbkdf2 {
+                    iterations: TPM_KEYSLOT_ITERATIONS,
+                },
+            )
+            .map_err(e("adding the new TPM keyslot to"))?;
+        luks.add_token(file, luks_token(&sealed, slot)?)
+            .map_err(e("adding the new TPM token to"))?;
+        for (id, slots) in old {
+            luks.remove_token(file, id)
+                .map_err(e("removing the old TPM token from"))?;
+            for s in slots {
+                if s != *recovery_slot && s != slot && luks.keyslots().contains(&s) {
+                    luks.remove_keyslot(file, s)
+                        .map_err(e("removing the old TPM keyslot from"))?;
+                }
+            }
+        }
+        file.sync_all()
+            .map_err(|err| format!("syncing {}: {err}", dev.display()))?;
+    }
+    let list: Vec<String> = pcrs.pcrs().iter().map(|p| p.to_string()).collect();
+    Ok(list.join(", "))
 }
 
 /// A folder's contents in memory: (relative path, bytes), directories with `None`.
@@ -535,7 +566,8 @@ pub fn restore_plain(state: &Path, seed: &Tree, mount: &Path) -> Result<(), Stri
     let _ = dm::remove(DATA_MAP);
     make_fat(state, b"STATE      ")?;
     crate::block::mount_rw_once(state, mount, "vfat")?;
-    write_tree(mount, seed)
+    write_tree(mount, seed)?;
+    crate::block::sync_fs(mount).map_err(|e| format!("syncing STATE: {e}"))
 }
 
 /// Overwrites a file with zeros, syncs it and removes it.

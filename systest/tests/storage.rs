@@ -236,6 +236,10 @@ fn encrypted_state_and_data(board: &str) {
         "the first boot's log lines, kept on DATA, are gone:\n{logs}"
     );
     assert!(
+        !logs.contains(&shown),
+        "the recovery key is in the log the API serves"
+    );
+    assert!(
         !m.lines().iter().any(|l| l.contains("maintenance mode")),
         "a TPM unlock went to maintenance mode"
     );
@@ -304,6 +308,20 @@ fn encrypted_state_and_data(board: &str) {
         !contains(&raw, marker.as_bytes()),
         "the marker is readable on the raw disk"
     );
+    assert!(
+        !contains(&raw, shown.as_bytes()),
+        "the recovery key is readable on the raw disk"
+    );
+    // The image's seed STATE held the device CA key in the clear; the first boot wiped it.
+    let ca_key = std::fs::read_to_string(keys_dir().join("secrets/device/device-ca.key")).unwrap();
+    let body = ca_key
+        .lines()
+        .find(|l| l.len() >= 40 && !l.starts_with("-----"))
+        .expect("a base64 line in the device CA key");
+    assert!(
+        !contains(&raw, body.as_bytes()),
+        "the device CA key from the image's seed is still on the raw disk"
+    );
     for label in ["STATE", "DATA"] {
         let part = tmp.join(format!("{label}.img"));
         extract(&rig.disk, label, &part);
@@ -314,7 +332,9 @@ fn encrypted_state_and_data(board: &str) {
             .expect("cryptsetup");
         let text = String::from_utf8_lossy(&dump.stdout);
         assert!(dump.status.success(), "luksDump {label}: {text}");
-        assert!(text.contains("systemd-tpm2"), "{label}: {text}");
+        // After the re-seal: one TPM token and two keyslots (TPM and recovery), nothing stale.
+        assert_eq!(text.matches("systemd-tpm2").count(), 1, "{label}: {text}");
+        assert_eq!(text.matches(": luks2").count(), 2, "{label}: {text}");
         assert!(text.contains("argon2id"), "{label}: {text}");
         let test = Command::new("cryptsetup")
             .args(["open", "--test-passphrase", "--key-file", key_arg])

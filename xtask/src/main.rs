@@ -221,9 +221,12 @@ fn demo() -> Result<()> {
     let forward = cairn_qemu::PortForward::new(cairn_qemu::free_local_port()?, 9);
     // And one to the management API.
     let api = cairn_qemu::PortForward::new(cairn_qemu::free_local_port()?, 50000);
+    // A software TPM: the first boot encrypts STATE and DATA, the key sealed to PCR 7.
+    let tpm = cairn_qemu::Swtpm::start(&work.join("tpm"), 0)?;
     let mut machine = cairn_qemu::Machine::launch(cairn_qemu::LaunchOptions {
         echo_console: true,
         port_forwards: vec![forward, api],
+        tpm: Some(tpm.socket_path().to_path_buf()),
         ..cairn_qemu::LaunchOptions::new(board, dir.join("disk.img"), work)
     })?;
     let ready = machine.wait_for_line("cairn-init: ready", Duration::from_secs(180))?;
@@ -234,6 +237,11 @@ fn demo() -> Result<()> {
     machine.wait_for_line("cairnd: netcfg: applied", Duration::from_secs(30))?;
     let answer = cairn_qemu::forward_answer(forward.host, Duration::from_secs(3))?;
     machine.wait_for_line("cairnd: management API on port", Duration::from_secs(60))?;
+    let storage = machine
+        .lines()
+        .into_iter()
+        .find(|l| l.contains("cairnd: encrypted STATE and DATA") || l.contains("not encrypted"))
+        .unwrap_or_else(|| "no word from cairnd on STATE and DATA".into());
     let config = keys_dir()
         .join("secrets")
         .join(cairn_pki::secrets::CLIENT_CONFIG);
@@ -280,7 +288,12 @@ fn demo() -> Result<()> {
             cairn_qemu::ForwardAnswer::Data => "the guest answered with data",
         }
     );
+    eprintln!(
+        "    storage      {} (docs/storage.md)",
+        storage.split("cairnd: ").nth(1).unwrap_or(&storage)
+    );
     eprintln!("    powered off  QEMU exited ({status})");
+    drop(tpm);
     eprintln!("    image        {}", dir.display());
 
     let boots = demo_update(board, &dir)?;
@@ -465,6 +478,10 @@ fn test() -> Result<()> {
             "cairn-api",
             "--package",
             "cairn-pki",
+            "--package",
+            "cairn-luks",
+            "--package",
+            "cairn-tpm",
             "--target",
             arch.rust_target(),
             "--",
