@@ -69,8 +69,9 @@ pub fn log_ring() -> &'static Ring<(i64, String)> {
     LOG.get_or_init(|| Ring::new(LOG_LINES))
 }
 
-/// The log file on the encrypted DATA, once it is mounted.
-static LOG_FILE: OnceLock<Mutex<fs::File>> = OnceLock::new();
+/// Set once DATA is mounted: log lines are appended to [`LOG_PATH`] too. The file is opened
+/// per line, so nothing holds DATA busy when it must be unmounted.
+static LOG_TO_DATA: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 /// Where cairnd's log is kept across boots when DATA is encrypted.
 const LOG_PATH: &str = "/var/log/cairnd.log";
 /// The log file is started over (the old one kept as `.1`) past this size.
@@ -82,10 +83,11 @@ pub fn log(args: std::fmt::Arguments) {
     let line = args.to_string();
     eprintln!("cairnd: {line}");
     let now = remote::unix_ms(SystemTime::now());
-    if let Some(file) = LOG_FILE.get() {
+    if LOG_TO_DATA.load(Ordering::Relaxed) {
         use std::io::Write as _;
-        let mut f = file.lock().unwrap_or_else(|e| e.into_inner());
-        let _ = writeln!(f, "{now} {line}");
+        if let Ok(mut f) = fs::OpenOptions::new().append(true).open(LOG_PATH) {
+            let _ = writeln!(f, "{now} {line}");
+        }
     }
     log_ring().push((now, line));
 }
@@ -112,9 +114,7 @@ fn keep_log_on_data() {
     // The lines of this boot so far come after the earlier boots' lines.
     ring.prepend(kept);
     match fs::OpenOptions::new().create(true).append(true).open(path) {
-        Ok(f) => {
-            let _ = LOG_FILE.set(Mutex::new(f));
-        }
+        Ok(_) => LOG_TO_DATA.store(true, Ordering::Relaxed),
         Err(e) => log(format_args!("keeping the log in {LOG_PATH}: {e}")),
     }
 }
@@ -132,94 +132,52 @@ const DATA_MOUNT: &str = "/var";
 /// The recovery key, on the encrypted STATE, until `cairnctl recovery-key` fetches it.
 pub const RECOVERY_KEY_FILE: &str = "recovery-key";
 
+/// On DATA during the first boot's encryption: a copy of the seed and the recovery key, kept
+/// until STATE holds them, so a power cut after STATE was wiped loses nothing.
+const PROVISIONING: &str = "/var/.cairn-provisioning";
+
 /// Mounts STATE on [`STATE_MOUNT`] (and DATA on [`DATA_MOUNT`] when encrypted): on the first
-/// boot with a TPM it encrypts both ([`storage::provision`]), on later boots it unlocks them
-/// with the TPM, and when the TPM refuses it runs maintenance mode until the recovery key
-/// arrives. Returns the network when maintenance mode started it.
+/// boot with a TPM it encrypts both, on later boots it unlocks them with the TPM (finishing an
+/// interrupted first boot if DATA says so), and when the TPM refuses it runs maintenance mode
+/// until the recovery key arrives. Returns the network when maintenance mode started it.
 fn bring_up_storage(heart: &Heartbeat, release: &Release) -> Result<Option<Netcfg>, String> {
     let state_mount = Path::new(STATE_MOUNT);
     if block::is_mount_point(state_mount) {
-        // cairnd restarted: init keeps the mounts; the log goes on where it was kept.
-        if block::is_mount_point(Path::new(DATA_MOUNT)) {
-            keep_log_on_data();
+        if !Path::new(PROVISIONING).exists() {
+            // cairnd restarted: init keeps the mounts; the log goes on where it was kept.
+            if block::is_mount_point(Path::new(DATA_MOUNT)) {
+                keep_log_on_data();
+            }
+            return Ok(None);
         }
-        return Ok(None);
+        // A cairnd that stopped while it encrypted STATE: start over from DATA's copy.
+        block::unmount(state_mount).map_err(|e| format!("unmounting STATE to start over: {e}"))?;
     }
     let beat = || heart.beat();
+    // A cairnd that stopped between mounting DATA and STATE: start over.
+    if block::is_mount_point(Path::new(DATA_MOUNT)) {
+        LOG_TO_DATA.store(false, Ordering::Relaxed);
+        block::unmount(Path::new(DATA_MOUNT))
+            .map_err(|e| format!("unmounting DATA to start over: {e}"))?;
+    }
+    storage::close(storage::Volume::State);
+    storage::close(storage::Volume::Data);
     let state_dev = block::find_partition("STATE")?;
     if !storage::is_luks(&state_dev)? {
-        block::mount_rw_once(&state_dev, state_mount, "vfat")?;
-        let wanted = load_config(state_mount)
-            .map(|c| c.storage)
-            .unwrap_or_default();
-        let plain = |why: String| {
-            say!("STATE and DATA are not encrypted: {why}");
-            Ok(None)
-        };
-        if !wanted.encrypt {
-            return plain("the machine config says storage.encrypt: false".into());
-        }
-        let data_dev = match block::find_partition("DATA") {
-            Ok(d) => d,
-            Err(e) => return plain(e),
-        };
-        let mut tpm = match storage::open_tpm(Duration::from_secs(2)) {
-            None => return plain(format!("this box has no TPM ({})", storage::TPM_DEVICE)),
-            Some(Err(e)) => return plain(e),
-            Some(Ok(tpm)) => tpm,
-        };
-        let pcrs = cairn_tpm::PcrSelection::sha256(&wanted.pcrs).map_err(|e| e.to_string())?;
-        let list: Vec<String> = wanted.pcrs.iter().map(|p| p.to_string()).collect();
-        say!(
-            "first boot: encrypting STATE and DATA (LUKS2), the key sealed in the TPM to PCR {}",
-            list.join(", ")
-        );
-        let started = Instant::now();
-        // The client CA's public certificate, for maintenance mode, while it is at hand:
-        // without it a box whose TPM refuses could not be unlocked remotely.
-        if let Err(e) = maintenance::remember_client_ca(Path::new(remote::SECRETS_DIR)) {
-            return plain(e);
-        }
-        let seed = storage::read_tree(state_mount)?;
-        block::unmount(state_mount).map_err(|e| format!("unmounting the seed STATE: {e}"))?;
-        let parts = storage::Partitions {
-            state: state_dev.clone(),
-            data: data_dev,
-        };
-        let provisioned = storage::provision(&parts, &mut tpm, &pcrs, &beat).and_then(|done| {
-            mount_volumes(&done.opened)?;
-            storage::write_tree(state_mount, &seed)?;
-            std::fs::write(
-                state_mount.join(RECOVERY_KEY_FILE),
-                done.recovery_key.as_bytes(),
-            )
-            .map_err(|e| format!("keeping the recovery key on STATE: {e}"))?;
-            // The seed exists nowhere else now: on the disk before the key is shown.
-            block::sync_fs(state_mount).map_err(|e| format!("syncing STATE: {e}"))?;
-            Ok(done.recovery_key)
-        });
-        let recovery_key = match provisioned {
-            Ok(key) => key,
+        match block::mount_rw_once(&state_dev, state_mount, "vfat") {
+            Ok(()) => return first_boot(&state_dev, &beat).map(|()| None),
             Err(e) => {
-                // Put the seed back as it was, so the box keeps its config and API secrets.
-                say!("encrypting STATE and DATA failed: {e}; STATE stays unencrypted");
-                let _ = block::unmount(state_mount);
-                let _ = block::unmount(Path::new(DATA_MOUNT));
-                storage::restore_plain(&state_dev, &seed, state_mount)?;
-                return Ok(None);
+                // Neither LUKS nor FAT: STATE was wiped by a first boot that was cut short, and
+                // DATA holds the seed, unless DATA is not encrypted either.
+                let data_dev = block::find_partition("DATA")?;
+                if !storage::is_luks(&data_dev)? {
+                    return Err(format!(
+                        "{e}; STATE holds neither the image's seed nor an encrypted volume: \
+                         flash the image again"
+                    ));
+                }
             }
-        };
-        // The console only: the log ring is served over the API.
-        eprintln!(
-            "cairnd: recovery key (shown once; keep it safe): {}",
-            recovery_key.as_str()
-        );
-        say!(
-            "encrypted STATE and DATA in {:.1} s; the recovery key is on the console and \
-             `cairnctl recovery-key` fetches it once",
-            started.elapsed().as_secs_f64()
-        );
-        return Ok(None);
+        }
     }
     let parts = storage::Partitions {
         state: state_dev,
@@ -233,9 +191,49 @@ fn bring_up_storage(heart: &Heartbeat, release: &Release) -> Result<Option<Netcf
         }
         None => None,
     };
-    match storage::unlock_with_tpm(&parts, tpm.as_mut()) {
-        Ok((opened, times)) => {
-            mount_volumes(&opened)?;
+    let mut cache = storage::SecretCache::default();
+    let mut times = storage::UnlockTimes::default();
+    let unlocked = storage::unlock_volume(
+        &parts.data,
+        storage::Volume::Data,
+        tpm.as_mut(),
+        &mut cache,
+        &mut times,
+    )
+    .and_then(|(data, seal)| {
+        mount_data(&data).map_err(storage::TpmUnlockError::Failed)?;
+        if Path::new(PROVISIONING).exists() {
+            return Ok(Some(seal));
+        }
+        let unlocked = storage::unlock_volume(
+            &parts.state,
+            storage::Volume::State,
+            tpm.as_mut(),
+            &mut cache,
+            &mut times,
+        )
+        .and_then(|(state, _)| mount_state(&state).map_err(storage::TpmUnlockError::Failed));
+        if unlocked.is_err() {
+            LOG_TO_DATA.store(false, Ordering::Relaxed);
+            let _ = block::unmount(Path::new(DATA_MOUNT));
+            storage::close(storage::Volume::Data);
+        }
+        unlocked.map(|()| None)
+    });
+    drop(cache);
+    match unlocked {
+        Ok(Some(seal)) => {
+            say!("finishing the encryption of STATE that an earlier boot began");
+            let started = Instant::now();
+            let seed = storage::read_tree(&Path::new(PROVISIONING).join("seed"))?;
+            let recovery = zeroize::Zeroizing::new(
+                fs::read_to_string(Path::new(PROVISIONING).join(RECOVERY_KEY_FILE))
+                    .map_err(|e| format!("reading the recovery key kept on DATA: {e}"))?,
+            );
+            finish_state(&parts.state, &seal, &recovery, &seed, started, &beat)?;
+            Ok(None)
+        }
+        Ok(None) => {
             say!(
                 "unlocked STATE and DATA with the TPM in {} ms (unseal {} ms, keyslots {} ms)",
                 times.total.as_millis(),
@@ -247,11 +245,126 @@ fn bring_up_storage(heart: &Heartbeat, release: &Release) -> Result<Option<Netcf
         }
         Err(storage::TpmUnlockError::Refused(why) | storage::TpmUnlockError::Failed(why)) => {
             let (opened, network) = maintenance::run(parts, tpm, &why, release, &beat)?;
-            mount_volumes(&opened)?;
+            mount_data(&opened.data)?;
+            mount_state(&opened.state)?;
             remember_client_ca();
             Ok(Some(network))
         }
     }
+}
+
+/// The first boot: STATE holds the image's seed and is mounted on [`STATE_MOUNT`]. Encrypts
+/// STATE and DATA when the seed's config wants it and there is a TPM; otherwise leaves STATE as
+/// it is. DATA is done first and keeps a copy of the seed until STATE holds it again.
+fn first_boot(state_dev: &Path, beat: &dyn Fn()) -> Result<(), String> {
+    let state_mount = Path::new(STATE_MOUNT);
+    let wanted = load_config(state_mount)
+        .map(|c| c.storage)
+        .unwrap_or_default();
+    let plain = |why: String| {
+        say!("STATE and DATA are not encrypted: {why}");
+        Ok(())
+    };
+    if !wanted.encrypt {
+        return plain("the machine config says storage.encrypt: false".into());
+    }
+    let data_dev = match block::find_partition("DATA") {
+        Ok(d) => d,
+        Err(e) => return plain(e),
+    };
+    let mut tpm = match storage::open_tpm(Duration::from_secs(2)) {
+        None => return plain(format!("this box has no TPM ({})", storage::TPM_DEVICE)),
+        Some(Err(e)) => return plain(e),
+        Some(Ok(tpm)) => tpm,
+    };
+    let pcrs = cairn_tpm::PcrSelection::sha256(&wanted.pcrs).map_err(|e| e.to_string())?;
+    // The client CA's public certificate, for maintenance mode, while it is at hand: without
+    // it a box whose TPM refuses could not be unlocked remotely.
+    if let Err(e) = maintenance::remember_client_ca(Path::new(remote::SECRETS_DIR)) {
+        return plain(e);
+    }
+    let list: Vec<String> = wanted.pcrs.iter().map(|p| p.to_string()).collect();
+    say!(
+        "first boot: encrypting STATE and DATA (LUKS2), the key sealed in the TPM to PCR {}",
+        list.join(", ")
+    );
+    let started = Instant::now();
+    let seed = storage::read_tree(state_mount)?;
+    let recovery = storage::new_recovery_key();
+    block::unmount(state_mount).map_err(|e| format!("unmounting the seed STATE: {e}"))?;
+    // Until STATE is wiped, a failure leaves the seed where it was and STATE unencrypted.
+    let data_ready = storage::new_seal(&mut tpm, &pcrs).and_then(|seal| {
+        let data =
+            storage::create_volume(&data_dev, storage::Volume::Data, &seal, &recovery, beat)?;
+        mount_data(&data)?;
+        let copy = Path::new(PROVISIONING);
+        storage::write_tree(&copy.join("seed"), &seed)?;
+        fs::write(copy.join(RECOVERY_KEY_FILE), recovery.as_bytes())
+            .map_err(|e| format!("keeping the recovery key on DATA: {e}"))?;
+        block::sync_fs(copy).map_err(|e| format!("syncing DATA: {e}"))?;
+        Ok(seal)
+    });
+    let seal = match data_ready {
+        Ok(seal) => seal,
+        Err(e) => {
+            LOG_TO_DATA.store(false, Ordering::Relaxed);
+            let _ = block::unmount(Path::new(DATA_MOUNT));
+            storage::close(storage::Volume::Data);
+            block::mount_rw_once(state_dev, state_mount, "vfat")?;
+            return plain(format!("encrypting DATA failed: {e}"));
+        }
+    };
+    say!("DATA is encrypted and holds a copy of the seed; now STATE");
+    finish_state(state_dev, &seal, &recovery, &seed, started, beat)
+}
+
+/// Makes STATE an encrypted volume holding `seed` and the recovery key, then drops DATA's copy
+/// of them and shows the key. DATA is mounted. A failure leaves DATA's copy for the next try.
+fn finish_state(
+    state_dev: &Path,
+    seal: &storage::Seal,
+    recovery: &str,
+    seed: &storage::Tree,
+    started: Instant,
+    beat: &dyn Fn(),
+) -> Result<(), String> {
+    let state_mount = Path::new(STATE_MOUNT);
+    let done = storage::wipe_partition(state_dev, beat)
+        .and_then(|()| {
+            say!("STATE wiped; encrypting it");
+            storage::create_volume(state_dev, storage::Volume::State, seal, recovery, beat)
+        })
+        .and_then(|state| {
+            mount_state(&state)?;
+            storage::write_tree(state_mount, seed)?;
+            fs::write(state_mount.join(RECOVERY_KEY_FILE), recovery.as_bytes())
+                .map_err(|e| format!("keeping the recovery key on STATE: {e}"))?;
+            block::sync_fs(state_mount).map_err(|e| format!("syncing STATE: {e}"))
+        });
+    if let Err(e) = done {
+        let _ = block::unmount(state_mount);
+        storage::close(storage::Volume::State);
+        LOG_TO_DATA.store(false, Ordering::Relaxed);
+        let _ = block::unmount(Path::new(DATA_MOUNT));
+        storage::close(storage::Volume::Data);
+        return Err(format!(
+            "encrypting STATE failed: {e}; DATA keeps the seed for the next try"
+        ));
+    }
+    let copy = Path::new(PROVISIONING);
+    let _ = storage::shred(&copy.join(RECOVERY_KEY_FILE));
+    if let Err(e) = fs::remove_dir_all(copy).and_then(|()| block::sync_fs(Path::new(DATA_MOUNT))) {
+        say!("removing the seed's copy from DATA: {e}");
+    }
+    remember_client_ca();
+    // The console only: the log ring is served over the API.
+    eprintln!("cairnd: recovery key (shown once; keep it safe): {recovery}");
+    say!(
+        "encrypted STATE and DATA in {:.1} s; the recovery key is on the console and \
+         `cairnctl recovery-key` fetches it once",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 /// Keeps the ESP's copy of the client CA current (it may change with a new config).
@@ -261,14 +374,17 @@ fn remember_client_ca() {
     }
 }
 
-/// DATA on /var, then STATE on /var/lib/cairn inside it.
-fn mount_volumes(opened: &storage::Opened) -> Result<(), String> {
-    block::mount_rw_once(&opened.data, Path::new(DATA_MOUNT), "vfat")?;
-    std::fs::create_dir_all(STATE_MOUNT)
-        .map_err(|e| format!("creating {STATE_MOUNT} on DATA: {e}"))?;
-    block::mount_rw_once(&opened.state, Path::new(STATE_MOUNT), "vfat")?;
+/// DATA on /var, and the log kept there from now on.
+fn mount_data(data: &Path) -> Result<(), String> {
+    block::mount_rw_once(data, Path::new(DATA_MOUNT), "vfat")?;
     keep_log_on_data();
     Ok(())
+}
+
+/// STATE on /var/lib/cairn, inside DATA.
+fn mount_state(state: &Path) -> Result<(), String> {
+    fs::create_dir_all(STATE_MOUNT).map_err(|e| format!("creating {STATE_MOUNT} on DATA: {e}"))?;
+    block::mount_rw_once(state, Path::new(STATE_MOUNT), "vfat")
 }
 
 /// The role's entry point. Returns only on a fatal error (init restarts it).

@@ -1,9 +1,9 @@
 //! STATE and DATA encrypted with LUKS2, the key sealed in the TPM.
 //!
 //! The image ships STATE as a plain FAT seed (machine config, API secrets) and DATA empty. On the
-//! first boot with a TPM, [`provision`] reads the seed into memory, wipes STATE, formats both
-//! partitions as LUKS2 and writes a fresh FAT inside each, the seed going back into STATE. Each
-//! volume gets two keyslots:
+//! first boot with a TPM, cairnd seals a secret ([`new_seal`]) and makes DATA a LUKS2 volume
+//! with a FAT inside ([`create_volume`]), keeps a copy of the seed there, then does the same to
+//! STATE (wiping it first) and writes the seed back into it. Each volume gets two keyslots:
 //!
 //! - keyslot 0 opens with a random secret sealed in the TPM to the chosen PCRs (PolicyPCR), kept
 //!   as a `systemd-tpm2` token; the passphrase is the secret in base64, as systemd-cryptenroll
@@ -11,7 +11,7 @@
 //! - keyslot 1 opens with the recovery key (systemd's format: 32 random bytes as 64 modhex
 //!   characters), behind argon2id tuned for a Raspberry Pi 4 class CPU (docs/luks2.md).
 //!
-//! Later boots [`unlock_with_tpm`]. When the TPM refuses (the PCRs changed), the caller goes to
+//! Later boots [`unlock_volume`] each. When the TPM refuses (the PCRs changed), the caller goes to
 //! maintenance mode and, given the recovery key, [`unlock_with_recovery`] opens both volumes and
 //! seals a new secret to the PCRs as they are now, replacing keyslot 0 and its token.
 //!
@@ -228,49 +228,85 @@ fn luks_token(sealed: &SealedBlob, keyslot: u32) -> Result<cairn_luks::Token, St
         .map_err(|e| format!("encoding the TPM token: {e}"))
 }
 
-/// What [`provision`] made.
-pub struct Provisioned {
-    pub opened: Opened,
-    pub recovery_key: Zeroizing<String>,
+/// One of the two volumes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Volume {
+    State,
+    Data,
 }
 
-/// Encrypts both partitions (see the module docs). STATE must not be mounted; its seed is
-/// wiped. The new volumes hold empty FAT file systems.
-pub fn provision(
-    parts: &Partitions,
-    tpm: &mut Tpm,
-    pcrs: &PcrSelection,
-    beat: &dyn Fn(),
-) -> Result<Provisioned, String> {
+impl Volume {
+    /// The device-mapper name of its mapping.
+    pub fn map_name(self) -> &'static str {
+        match self {
+            Volume::State => STATE_MAP,
+            Volume::Data => DATA_MAP,
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Volume::State => "cairn-state",
+            Volume::Data => "cairn-data",
+        }
+    }
+
+    fn fat_label(self) -> &'static [u8; 11] {
+        match self {
+            Volume::State => b"STATE      ",
+            Volume::Data => b"DATA       ",
+        }
+    }
+}
+
+/// What the TPM keyslot and token of a volume are made of: the sealed blob and the passphrase
+/// its secret gives.
+pub struct Seal {
+    sealed: SealedBlob,
+    pass: Zeroizing<String>,
+}
+
+/// Seals a fresh random secret to the current values of `pcrs`.
+pub fn new_seal(tpm: &mut Tpm, pcrs: &PcrSelection) -> Result<Seal, String> {
     let (secret, sealed) = cairn_tpm::seal(tpm, pcrs, PrimaryAlg::Ecc)
         .map_err(|e| format!("sealing the disk key in the TPM: {e}"))?;
-    let pass = tpm_passphrase(&secret);
-    let recovery_key = new_recovery_key();
-    wipe(&open_rw(&parts.state)?, &parts.state, beat)?;
-    let mut opened = Vec::new();
-    for (dev, name, label, fat_label) in [
-        (&parts.state, STATE_MAP, "cairn-state", b"STATE      "),
-        (&parts.data, DATA_MAP, "cairn-data", b"DATA       "),
-    ] {
-        beat();
-        let (file, luks, key) = format_volume(
-            dev,
-            label,
-            pass.as_bytes(),
-            recovery_key.as_bytes(),
-            &sealed,
-        )?;
-        beat();
-        let mapped = map(name, &luks, &key, dev, &file)?;
-        make_fat(&mapped, fat_label)?;
-        opened.push(mapped);
-    }
-    let data = opened.pop().expect("two volumes");
-    let state = opened.pop().expect("two volumes");
-    Ok(Provisioned {
-        opened: Opened { state, data },
-        recovery_key,
+    Ok(Seal {
+        sealed,
+        pass: tpm_passphrase(&secret),
     })
+}
+
+/// Writes zeros over all of a partition and syncs: STATE held the image's seed in the clear.
+pub fn wipe_partition(dev: &Path, beat: &dyn Fn()) -> Result<(), String> {
+    wipe(&open_rw(dev)?, dev, beat)
+}
+
+/// Makes `dev` a LUKS2 volume (see the module docs) for `seal` and `recovery`, maps it and
+/// puts an empty FAT file system in it; returns the mapping's device node.
+pub fn create_volume(
+    dev: &Path,
+    which: Volume,
+    seal: &Seal,
+    recovery: &str,
+    beat: &dyn Fn(),
+) -> Result<PathBuf, String> {
+    beat();
+    let (file, luks, key) = format_volume(
+        dev,
+        which.label(),
+        seal.pass.as_bytes(),
+        recovery.as_bytes(),
+        &seal.sealed,
+    )?;
+    beat();
+    let mapped = map(which.map_name(), &luks, &key, dev, &file)?;
+    make_fat(&mapped, which.fat_label())?;
+    Ok(mapped)
+}
+
+/// Removes a mapping this module made, if it is there.
+pub fn close(which: Volume) {
+    let _ = dm::remove(which.map_name());
 }
 
 /// Why the TPM path did not open the volumes.
@@ -283,7 +319,7 @@ pub enum TpmUnlockError {
 }
 
 /// How long the TPM path took, for the boot log.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct UnlockTimes {
     pub unseal: Duration,
     pub keyslots: Duration,
@@ -324,93 +360,92 @@ fn unseal_retrying(tpm: &mut Tpm, sealed: &SealedBlob) -> cairn_tpm::Result<Zero
 /// `TPM_RC_PCR_CHANGED`.
 const PCR_CHANGED: u32 = 0x128;
 
-/// Opens both volumes with the secret sealed in the TPM.
-pub fn unlock_with_tpm(
-    parts: &Partitions,
+/// Unsealed secrets, kept while both volumes are opened: they carry the same sealed blob.
+#[derive(Default)]
+pub struct SecretCache(Vec<(SealedBlob, Zeroizing<Vec<u8>>)>);
+
+/// Opens one volume with the secret sealed in the TPM, adding to `times`; returns the
+/// mapping's device node and the seal that opened it.
+pub fn unlock_volume(
+    dev: &Path,
+    which: Volume,
     tpm: Option<&mut Tpm>,
-) -> Result<(Opened, UnlockTimes), TpmUnlockError> {
+    cache: &mut SecretCache,
+    times: &mut UnlockTimes,
+) -> Result<(PathBuf, Seal), TpmUnlockError> {
     let start = Instant::now();
     let Some(tpm) = tpm else {
         return Err(TpmUnlockError::Refused(format!(
             "no TPM ({TPM_DEVICE} is missing)"
         )));
     };
-    let mut unseal = Duration::ZERO;
-    let mut keyslots = Duration::ZERO;
-    // STATE and DATA carry the same sealed blob: unseal once.
-    let mut secrets: Vec<(SealedBlob, Zeroizing<Vec<u8>>)> = Vec::new();
-    let mut opened = Vec::new();
-    for (dev, name) in [(&parts.state, STATE_MAP), (&parts.data, DATA_MAP)] {
-        let (file, luks) = read_header(dev).map_err(TpmUnlockError::Failed)?;
-        // Every systemd-tpm2 token in turn: an interrupted re-seal leaves the old one beside
-        // the new one, and only the new one unseals.
-        let mut refusals = Vec::new();
-        let mut found = None;
-        for (id, token) in tpm_tokens(&luks) {
-            let token = match token {
-                Ok(t) => t,
+    let (file, luks) = read_header(dev).map_err(TpmUnlockError::Failed)?;
+    // Every systemd-tpm2 token in turn: an interrupted re-seal leaves the old one beside the
+    // new one, and only the new one unseals.
+    let mut refusals = Vec::new();
+    let mut found = None;
+    for (id, token) in tpm_tokens(&luks) {
+        let token = match token {
+            Ok(t) => t,
+            Err(e) => {
+                refusals.push(format!("token {id}: {e}"));
+                continue;
+            }
+        };
+        let t = Instant::now();
+        let secret = match cache.0.iter().find(|(b, _)| *b == token.sealed) {
+            Some((_, s)) => s.clone(),
+            None => match unseal_retrying(tpm, &token.sealed) {
+                Ok(s) => {
+                    cache.0.push((token.sealed.clone(), s.clone()));
+                    s
+                }
                 Err(e) => {
-                    refusals.push(format!("token {id}: {e}"));
+                    times.unseal += t.elapsed();
+                    refusals.push(format!("token {id}: the TPM did not unseal it: {e}"));
                     continue;
                 }
-            };
-            let t = Instant::now();
-            let secret = match secrets.iter().find(|(b, _)| *b == token.sealed) {
-                Some((_, s)) => s.clone(),
-                None => match unseal_retrying(tpm, &token.sealed) {
-                    Ok(s) => {
-                        secrets.push((token.sealed.clone(), s.clone()));
-                        s
-                    }
-                    Err(e) => {
-                        unseal += t.elapsed();
-                        refusals.push(format!("token {id}: the TPM did not unseal it: {e}"));
-                        continue;
-                    }
-                },
-            };
-            unseal += t.elapsed();
-            let t = Instant::now();
-            let pass = tpm_passphrase(&secret);
-            // Only the token's keyslots: the recovery keyslot would cost an argon2id run.
-            for &slot in &token.keyslots {
-                match luks.try_keyslot(&file, slot, pass.as_bytes()) {
-                    Ok(Some(k)) => {
-                        found = Some(k);
-                        break;
-                    }
-                    Ok(None) => refusals.push(format!("token {id}: keyslot {slot} refuses it")),
-                    Err(e) => refusals.push(format!("token {id}: keyslot {slot}: {e}")),
+            },
+        };
+        times.unseal += t.elapsed();
+        let t = Instant::now();
+        let pass = tpm_passphrase(&secret);
+        // Only the token's keyslots: the recovery keyslot would cost an argon2id run.
+        for &slot in &token.keyslots {
+            match luks.try_keyslot(&file, slot, pass.as_bytes()) {
+                Ok(Some(k)) => {
+                    found = Some((
+                        k,
+                        Seal {
+                            sealed: token.sealed.clone(),
+                            pass: pass.clone(),
+                        },
+                    ));
+                    break;
                 }
-            }
-            keyslots += t.elapsed();
-            if found.is_some() {
-                break;
+                Ok(None) => refusals.push(format!("token {id}: keyslot {slot} refuses it")),
+                Err(e) => refusals.push(format!("token {id}: keyslot {slot}: {e}")),
             }
         }
-        let Some(key) = found else {
-            if refusals.is_empty() {
-                refusals.push(format!("no {TPM2_TOKEN} token"));
-            }
-            return Err(TpmUnlockError::Refused(format!(
-                "{}: {}",
-                dev.display(),
-                refusals.join("; ")
-            )));
-        };
-
-        opened.push(map(name, &luks, &key, dev, &file).map_err(TpmUnlockError::Failed)?);
+        times.keyslots += t.elapsed();
+        if found.is_some() {
+            break;
+        }
     }
-    let data = opened.pop().expect("two volumes");
-    let state = opened.pop().expect("two volumes");
-    Ok((
-        Opened { state, data },
-        UnlockTimes {
-            unseal,
-            keyslots,
-            total: start.elapsed(),
-        },
-    ))
+    let Some((key, seal)) = found else {
+        if refusals.is_empty() {
+            refusals.push(format!("no {TPM2_TOKEN} token"));
+        }
+        times.total += start.elapsed();
+        return Err(TpmUnlockError::Refused(format!(
+            "{}: {}",
+            dev.display(),
+            refusals.join("; ")
+        )));
+    };
+    let mapped = map(which.map_name(), &luks, &key, dev, &file).map_err(TpmUnlockError::Failed);
+    times.total += start.elapsed();
+    Ok((mapped?, seal))
 }
 
 /// Opens both volumes with the recovery key and, when there is a TPM, seals a new secret to the
@@ -557,17 +592,6 @@ pub fn write_tree(root: &Path, tree: &Tree) -> Result<(), String> {
         .map_err(|e| format!("writing {}: {e}", path.display()))?;
     }
     Ok(())
-}
-
-/// After a failed [`provision`]: a plain FAT on STATE again, holding the seed, mounted on
-/// `mount`. The next boot tries to encrypt again.
-pub fn restore_plain(state: &Path, seed: &Tree, mount: &Path) -> Result<(), String> {
-    let _ = dm::remove(STATE_MAP);
-    let _ = dm::remove(DATA_MAP);
-    make_fat(state, b"STATE      ")?;
-    crate::block::mount_rw_once(state, mount, "vfat")?;
-    write_tree(mount, seed)?;
-    crate::block::sync_fs(mount).map_err(|e| format!("syncing STATE: {e}"))
 }
 
 /// Overwrites a file with zeros, syncs it and removes it.

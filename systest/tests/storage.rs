@@ -1,8 +1,11 @@
 //! Encrypted STATE and DATA end to end, with a software TPM (Debian's swtpm) attached to the
 //! machine: tpm-tis-device on qemu-aarch64's virt, tpm-tis on qemu-x86_64's q35.
 //!
-//! 1. First boot: cairnd encrypts STATE and DATA, shows the recovery key on the console; an
-//!    admin fetches it once over the API (a second fetch fails). A config with a marker
+//! 0. First boot, cut short (QEMU killed) while STATE is being wiped and encrypted, after DATA
+//!    took a copy of the seed.
+//! 1. The next boot finishes from DATA's copy and shows the recovery key on the console; an
+//!    admin fetches it once over the API (a second fetch fails), with the certificates the
+//!    image's seed carried. A config with a marker
 //!    hostname goes to STATE and the marker into cairnd's log on DATA.
 //! 2. Second boot: unlocked by the TPM with no input; the log kept on DATA still has the
 //!    marker line from the first boot. The unlock time is printed as a figure.
@@ -189,14 +192,33 @@ fn encrypted_state_and_data(board: &str) {
     let marker = format!("m{:x}", std::process::id() as u64 * 7919 + 0x5eed);
 
     let _lock = qemu_lock();
-    // 1. First boot: provisioning.
+    // 0. A power cut in the middle of the first boot's encryption: STATE's seed is wiped (and
+    // synced), STATE is being formatted, DATA holds the only copy of the seed.
     let tpm = rig.swtpm();
     let mut m = rig.launch(&tpm);
-    m.wait_for_line(
-        "cairnd: first boot: encrypting STATE and DATA",
-        BOOT_TIMEOUT,
-    )
-    .unwrap();
+    m.wait_for_line("cairnd: STATE wiped; encrypting it", BOOT_TIMEOUT)
+        .unwrap();
+    m.kill().unwrap();
+    drop(tpm);
+
+    // 1. The next boot finishes the job from DATA's copy; the seed's API secrets survive.
+    let tpm = rig.swtpm();
+    let mut m = rig.launch(&tpm);
+    let resumed = m
+        .wait_for_any(
+            &[
+                "cairnd: finishing the encryption of STATE",
+                "cairnd: first boot: encrypting STATE and DATA",
+            ],
+            BOOT_TIMEOUT,
+        )
+        .unwrap();
+    eprintln!("after the power cut: {}", resumed.line);
+    assert_eq!(
+        resumed.needle, 0,
+        "the cut came before STATE was touched, so the test proved nothing: {}",
+        resumed.line
+    );
     let shown = value_after(
         &mut m,
         "recovery key (shown once; keep it safe):",
