@@ -10,85 +10,19 @@
 //! http.server behind TLS, reached at 10.0.2.2) into slot B without rebooting.
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cairn_image::RootExtras;
 use cairn_qemu::{free_local_port, LaunchOptions, Machine, PortForward};
+use cairn_systest::ctl::Ctl;
 use cairn_systest::release::{build_release, dev_key, sign_bundle};
-use cairn_systest::{cairnctl, image_dir, keys_dir, qemu_lock, rig_dir};
+use cairn_systest::{image_dir, qemu_lock, rig_dir};
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
 const API_PORT: u16 = 50000;
-
-/// `cairnctl` against the guest, as the role whose certificate `config` names.
-struct Ctl {
-    config: PathBuf,
-    endpoint: String,
-}
-
-impl Ctl {
-    fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(cairnctl());
-        cmd.arg("--config")
-            .arg(&self.config)
-            .args(["--endpoint", &self.endpoint])
-            .args(args);
-        cmd
-    }
-
-    /// Runs a command; returns (success, stdout, stderr).
-    fn run(&self, args: &[&str]) -> (bool, String, String) {
-        let out = self.command(args).output().unwrap();
-        let (stdout, stderr) = (
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        );
-        eprintln!("cairnctl {}: {stdout}{stderr}", args.join(" "));
-        (out.status.success(), stdout, stderr)
-    }
-
-    fn json(&self, args: &[&str]) -> serde_json::Value {
-        let mut all = vec!["--json"];
-        all.extend_from_slice(args);
-        let (ok, stdout, stderr) = self.run(&all);
-        assert!(ok, "cairnctl {args:?} failed: {stderr}");
-        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
-    }
-
-    /// The running (version, slot), retried while the API comes up after a boot.
-    fn version(&self) -> (String, String) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let (ok, stdout, stderr) = self.run(&["--json", "version"]);
-            if ok {
-                let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
-                return (
-                    v["os_version"].as_str().unwrap().to_string(),
-                    v["running_slot"].as_str().unwrap().to_string(),
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the API never answered: {stderr}"
-            );
-            std::thread::sleep(Duration::from_secs(2));
-        }
-    }
-}
-
-/// A config file for another role of the same secrets folder.
-fn config_for(secrets: &Path, role: &str, dir: &Path) -> PathBuf {
-    let path = dir.join(format!("{role}.yaml"));
-    let text = format!(
-        "endpoint: 127.0.0.1:{API_PORT}\nca: {0}/device-ca.crt\ncert: {0}/{role}.crt\nkey: {0}/{role}.key\n",
-        secrets.display()
-    );
-    std::fs::write(&path, text).unwrap();
-    path
-}
 
 /// A child's stdout lines, collected on a thread as they come.
 fn collect(child: &mut Child) -> Arc<Mutex<Vec<String>>> {
@@ -172,7 +106,6 @@ fn ready(m: &mut Machine) -> String {
 fn qemu_aarch64_upgrade_and_rollback_with_cairnctl() {
     let board = cairn_board::find("qemu-aarch64").unwrap();
     let tmp = rig_dir("cairn-api-");
-    let secrets = keys_dir().join("secrets");
     let disk = tmp.path().join("disk.img");
     cairn_image::copy_sparse(&image_dir(board).join("disk.img"), &disk).unwrap();
     // The release to upgrade to, built before the machine takes both cores.
@@ -199,10 +132,7 @@ fn qemu_aarch64_upgrade_and_rollback_with_cairnctl() {
         .unwrap();
 
     let endpoint = format!("127.0.0.1:{port}");
-    let ctl = |role: &str| Ctl {
-        config: config_for(&secrets, role, tmp.path()),
-        endpoint: endpoint.clone(),
-    };
+    let ctl = |role: &str| Ctl::for_role(role, tmp.path(), &endpoint);
     let (admin, operator, reader) = (ctl("admin"), ctl("operator"), ctl("reader"));
     assert_eq!(reader.version(), ("0.1.0".into(), "a".into()));
     let services = reader.json(&["services"]);

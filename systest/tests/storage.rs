@@ -18,89 +18,17 @@
 //!    headers and accepts the recovery key on DATA.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use cairn_qemu::{free_local_port, LaunchOptions, Machine, PortForward, Swtpm};
-use cairn_systest::{cairnctl, image_dir, keys_dir, qemu_lock, rig_dir};
+use cairn_systest::ctl::Ctl;
+use cairn_systest::{image_dir, keys_dir, qemu_lock, rig_dir};
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
 /// Provisioning and the recovery unlock run argon2id twice each under TCG.
 const SLOW_TIMEOUT: Duration = Duration::from_secs(600);
 const API_PORT: u16 = 50000;
-
-struct Ctl {
-    config: PathBuf,
-    endpoint: String,
-}
-
-impl Ctl {
-    fn run_with(&self, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
-        let mut cmd = Command::new(cairnctl());
-        cmd.arg("--config")
-            .arg(&self.config)
-            .args(["--endpoint", &self.endpoint])
-            .args(args)
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().unwrap();
-        if let Some(text) = stdin {
-            use std::io::Write as _;
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(text.as_bytes())
-                .unwrap();
-        }
-        let out = child.wait_with_output().unwrap();
-        let (stdout, stderr) = (
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        );
-        eprintln!("cairnctl {}: {stdout}{stderr}", args.join(" "));
-        (out.status.success(), stdout, stderr)
-    }
-
-    fn run(&self, args: &[&str]) -> (bool, String, String) {
-        self.run_with(args, None)
-    }
-
-    /// Retries while the API comes up after a boot.
-    fn until_ok(&self, args: &[&str]) -> String {
-        let deadline = Instant::now() + Duration::from_secs(90);
-        loop {
-            let (ok, stdout, stderr) = self.run(args);
-            if ok {
-                return stdout;
-            }
-            assert!(Instant::now() < deadline, "cairnctl {args:?}: {stderr}");
-            std::thread::sleep(Duration::from_secs(2));
-        }
-    }
-}
-
-fn admin(tmp: &Path, endpoint: &str) -> Ctl {
-    let secrets = keys_dir().join("secrets");
-    let config = tmp.join("admin.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "endpoint: {endpoint}\nca: {0}/device-ca.crt\ncert: {0}/admin.crt\nkey: {0}/admin.key\n",
-            secrets.display()
-        ),
-    )
-    .unwrap();
-    Ctl {
-        config,
-        endpoint: endpoint.to_string(),
-    }
-}
 
 /// The text after `marker` on the first console line holding it, waiting for it.
 fn value_after(m: &mut Machine, marker: &str, timeout: Duration) -> String {
@@ -188,7 +116,7 @@ fn encrypted_state_and_data(board: &str) {
     let rig = Rig::new(board);
     let tmp = rig.dir.path();
     let endpoint = format!("127.0.0.1:{}", rig.port);
-    let ctl = admin(tmp, &endpoint);
+    let ctl = Ctl::for_role("admin", tmp, &endpoint);
     let marker = format!("m{:x}", std::process::id() as u64 * 7919 + 0x5eed);
 
     let _lock = qemu_lock();

@@ -195,3 +195,21 @@ pub fn trial_policy_digest(tpm: &mut Tpm, pcrs: &PcrSelection) -> Result<Vec<u8>
         tpm.policy_get_digest(session)
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The sealed object is fixed to the TPM and its parent, has no user auth, and is exempt
+    /// from dictionary-attack lockout (unclean restarts must not lock a box out of its disks).
+    #[test]
+    fn the_sealed_template_is_no_da_and_policy_only() {
+        let t = sealed_template(&[0xAB; 32]);
+        assert_eq!(&t[..2], &ALG_KEYEDHASH.to_be_bytes());
+        let attrs = u32::from_be_bytes(t[4..8].try_into().unwrap());
+        assert_eq!(attrs, FIXED_TPM | FIXED_PARENT | NO_DA);
+        assert_eq!(attrs & USER_WITH_AUTH, 0);
+        assert_eq!(&t[8..10], &32u16.to_be_bytes());
+        assert_eq!(&t[10..42], &[0xAB; 32]);
+    }
+}

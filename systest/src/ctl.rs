@@ -1,0 +1,110 @@
+//! The real `cairnctl` against a guest's API, as one role of the development secrets.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::{cairnctl, keys_dir};
+
+/// `cairnctl` with a client config for one role and an endpoint (a port forwarded to the
+/// guest's API).
+pub struct Ctl {
+    pub config: PathBuf,
+    pub endpoint: String,
+}
+
+impl Ctl {
+    /// A client config in `dir` for `role` (admin, operator or reader) of the development
+    /// secrets xtask puts on the images.
+    pub fn for_role(role: &str, dir: &Path, endpoint: &str) -> Ctl {
+        let secrets = keys_dir().join("secrets");
+        let config = dir.join(format!("{role}.yaml"));
+        let text = format!(
+            "endpoint: {endpoint}\nca: {0}/device-ca.crt\ncert: {0}/{role}.crt\nkey: {0}/{role}.key\n",
+            secrets.display()
+        );
+        std::fs::write(&config, text).unwrap();
+        Ctl {
+            config,
+            endpoint: endpoint.to_string(),
+        }
+    }
+
+    /// The command line, for callers that spawn it themselves.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(cairnctl());
+        cmd.arg("--config")
+            .arg(&self.config)
+            .args(["--endpoint", &self.endpoint])
+            .args(args);
+        cmd
+    }
+
+    /// Runs a command with `stdin` (or none); returns (success, stdout, stderr).
+    pub fn run_with(&self, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+        let mut child = self
+            .command(args)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        if let Some(text) = stdin {
+            use std::io::Write as _;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(text.as_bytes())
+                .unwrap();
+        }
+        let out = child.wait_with_output().unwrap();
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        );
+        eprintln!("cairnctl {}: {stdout}{stderr}", args.join(" "));
+        (out.status.success(), stdout, stderr)
+    }
+
+    /// Runs a command; returns (success, stdout, stderr).
+    pub fn run(&self, args: &[&str]) -> (bool, String, String) {
+        self.run_with(args, None)
+    }
+
+    /// A command's `--json` output, which must succeed.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let (ok, stdout, stderr) = self.run(&all);
+        assert!(ok, "cairnctl {args:?} failed: {stderr}");
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+    }
+
+    /// A command's stdout, retried for 90 s while the API comes up after a boot.
+    pub fn until_ok(&self, args: &[&str]) -> String {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let (ok, stdout, stderr) = self.run(args);
+            if ok {
+                return stdout;
+            }
+            assert!(Instant::now() < deadline, "cairnctl {args:?}: {stderr}");
+            std::thread::sleep(Duration::from_secs(2));
+        }
+    }
+
+    /// The running (version, slot), retried while the API comes up after a boot.
+    pub fn version(&self) -> (String, String) {
+        let v: serde_json::Value =
+            serde_json::from_str(&self.until_ok(&["--json", "version"])).unwrap();
+        (
+            v["os_version"].as_str().unwrap().to_string(),
+            v["running_slot"].as_str().unwrap().to_string(),
+        )
+    }
+}
