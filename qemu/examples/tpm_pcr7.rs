@@ -8,7 +8,9 @@
 //! cargo run -p cairn-qemu --example tpm_pcr7 -- qemu-x86_64 target/cairn/images/qemu-x86_64/disk.img /tmp/tpm-x86 dbx
 //! ```
 //!
-//! `TPM_PCR7_UNTIL` names another console line to wait for (e.g. `cairn-init: ready`).
+//! `TPM_PCR7_UNTIL` names another console line to wait for (e.g. `cairn-init: ready`), and
+//! `TPM_REUSE` (any value) boots the same machine again without touching `dbx`; the log then
+//! shows every TPM command of that boot (e.g. the unlock's).
 
 use std::error::Error;
 use std::path::PathBuf;
@@ -22,6 +24,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     let board = cairn_board::find(board)?;
     let work = PathBuf::from(work);
     let again = rest.first().is_some_and(|a| a == "dbx");
+    let reuse = again || std::env::var("TPM_REUSE").is_ok();
     let until = std::env::var("TPM_PCR7_UNTIL").unwrap_or_else(|_| "BdsDxe: starting".into());
 
     if again {
@@ -33,7 +36,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     let swtpm = cairn_qemu::Swtpm::start(&work.join("tpm"), cairn_qemu::SWTPM_LOG_COMMANDS)?;
     let mut machine = cairn_qemu::Machine::launch(cairn_qemu::LaunchOptions {
         tpm: Some(swtpm.socket_path().to_path_buf()),
-        reuse_disk: again,
+        reuse_disk: reuse,
         echo_console: true,
         ..cairn_qemu::LaunchOptions::new(board, image, &work)
     })?;

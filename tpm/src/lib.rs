@@ -22,7 +22,7 @@ pub use policy::{policy_pcr_digest, PcrBank, PcrSelection, PCR_COUNT};
 pub use rc::ResponseCode;
 pub use seal::{seal, trial_policy_digest, unseal, PrimaryAlg, SealedBlob, SECRET_LEN};
 pub use token::{Token, TOKEN_TYPE};
-pub use tpm::{Handle, Tpm};
+pub use tpm::{Handle, Tpm, HT_LOADED_SESSION, HT_TRANSIENT};
 
 /// The crate's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

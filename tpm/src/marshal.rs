@@ -14,8 +14,6 @@ pub const ST_NO_SESSIONS: u16 = 0x8001;
 pub const ST_SESSIONS: u16 = 0x8002;
 /// `TPM_RS_PW`: the password session (an empty owner or object password here).
 pub const RS_PW: u32 = 0x4000_0009;
-/// `TPMA_SESSION.continueSession`: keep the session after the command; it is flushed explicitly.
-const CONTINUE_SESSION: u8 = 0x01;
 /// Header bytes of commands and responses.
 pub const HEADER_LEN: usize = 10;
 
@@ -40,6 +38,7 @@ commands! {
     UNSEAL = 0x15E, "TPM2_Unseal";
     FLUSH_CONTEXT = 0x165, "TPM2_FlushContext";
     START_AUTH_SESSION = 0x176, "TPM2_StartAuthSession";
+    GET_CAPABILITY = 0x17A, "TPM2_GetCapability";
     GET_RANDOM = 0x17B, "TPM2_GetRandom";
     PCR_READ = 0x17E, "TPM2_PCR_Read";
     POLICY_PCR = 0x17F, "TPM2_PolicyPCR";
@@ -52,8 +51,9 @@ commands! {
 pub enum Auth {
     /// The password session with an empty password.
     EmptyPassword,
-    /// A policy session, left open after the command.
-    Policy(u32),
+    /// A policy session used once: `continueSession` is clear, so the TPM ends the session
+    /// when the command succeeds (a failed command leaves it open, for the caller to flush).
+    PolicyOnce(u32),
 }
 
 /// A growable big-endian buffer.
@@ -136,12 +136,8 @@ impl Command {
             }
             // A policy session without PolicyAuthValue or PolicyPassword needs no HMAC and no
             // caller nonce.
-            Auth::Policy(session) => {
-                self.auths
-                    .u32(session)
-                    .tpm2b(&[])
-                    .u8(CONTINUE_SESSION)
-                    .tpm2b(&[]);
+            Auth::PolicyOnce(session) => {
+                self.auths.u32(session).tpm2b(&[]).u8(0).tpm2b(&[]);
             }
         }
         self

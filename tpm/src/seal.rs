@@ -174,16 +174,23 @@ pub fn unseal(tpm: &mut Tpm, blob: &SealedBlob) -> Result<Zeroizing<Vec<u8>>> {
             "tpm2-policy-hash does not match the sealed object's authPolicy".into(),
         ));
     }
+    // Behind the kernel's resource manager every command costs a context load of each handle
+    // this client holds, and a save after it: so the primary goes as soon as the sealed object
+    // is loaded, and the unseal itself ends the session.
     let primary = tpm.create_primary(&blob.primary_alg.template())?;
-    tpm.with_flush(primary, |tpm| {
-        let item = tpm.load(primary, &blob.private, &blob.public)?;
-        tpm.with_flush(item, |tpm| {
-            let session = tpm.start_policy_session(false)?;
-            tpm.with_flush(session, |tpm| {
-                tpm.policy_pcr(session, &blob.pcrs)?;
-                tpm.unseal_object(item, session)
-            })
-        })
+    let item = tpm.with_flush(primary, |tpm| {
+        tpm.load(primary, &blob.private, &blob.public)
+    })?;
+    tpm.with_flush(item, |tpm| {
+        let session = tpm.start_policy_session(false)?;
+        let unsealed = tpm
+            .policy_pcr(session, &blob.pcrs)
+            .and_then(|()| tpm.unseal_object(item, session));
+        if unsealed.is_err() {
+            // The first error is the one to report; a failed flush here changes nothing.
+            let _ = tpm.flush(session);
+        }
+        unsealed
     })
 }
 

@@ -24,6 +24,11 @@ const SE_TRIAL: u8 = 0x03;
 const ALG_SHA256: u16 = 0x000B;
 /// How often a command is resent while the TPM answers with a transient code.
 const RETRIES: usize = 20;
+
+/// `TPM_HT_TRANSIENT`: the handle type of loaded objects.
+pub const HT_TRANSIENT: u8 = 0x80;
+/// `TPM_HT_LOADED_SESSION`: the handle type under which GetCapability lists loaded sessions.
+pub const HT_LOADED_SESSION: u8 = 0x02;
 /// Caller nonce size for StartAuthSession (16 is the minimum, the digest size the maximum).
 const NONCE_LEN: usize = 32;
 
@@ -108,6 +113,46 @@ impl Tpm {
         match self.execute(&cmd) {
             Err(Error::Tpm { rc, .. }) if rc.base() == rc::INITIALIZE => Ok(()),
             other => other.map(drop),
+        }
+    }
+
+    /// The handles of one type the TPM holds loaded (TPM2_GetCapability, `TPM_CAP_HANDLES`),
+    /// e.g. [`HT_TRANSIENT`] objects or [`HT_LOADED_SESSION`]s. Behind the kernel's resource
+    /// manager these are only this client's.
+    pub fn loaded_handles(&mut self, handle_type: u8) -> Result<Vec<u32>> {
+        const CAP_HANDLES: u32 = 1;
+        let first = u32::from(handle_type) << 24;
+        let mut handles = Vec::new();
+        let mut next = first;
+        loop {
+            let cmd = Command::new(marshal::GET_CAPABILITY).params(|w| {
+                w.u32(CAP_HANDLES).u32(next).u32(64);
+            });
+            let resp = self.execute(&cmd)?;
+            let (more, page) = resp.parse(0, |_, r| {
+                let more = r.u8()? != 0;
+                let _capability = r.u32()?;
+                let count = r.u32()?;
+                let page = (0..count).map(|_| r.u32()).collect::<Result<Vec<_>>>()?;
+                Ok((more, page))
+            })?;
+            // Loaded sessions are listed with their own types (0x02 HMAC, 0x03 policy); the
+            // list ends where the next type's handles begin.
+            let wanted = |h: &u32| match handle_type {
+                HT_LOADED_SESSION => matches!(h >> 24, 0x02 | 0x03),
+                t => h >> 24 == u32::from(t),
+            };
+            let page: Vec<u32> = page.into_iter().filter(wanted).collect();
+            match page.last() {
+                Some(&last) if more => {
+                    next = last + 1;
+                    handles.extend(page);
+                }
+                _ => {
+                    handles.extend(page);
+                    return Ok(handles);
+                }
+            }
         }
     }
 
@@ -264,9 +309,11 @@ impl Tpm {
         resp.parse(0, |_, r| Ok(r.tpm2b()?.to_vec()))
     }
 
-    /// TPM2_Unseal of a loaded sealed object, authorised by a policy session.
+    /// TPM2_Unseal of a loaded sealed object, authorised by a policy session that the TPM ends
+    /// when the unseal succeeds; after a failure the session is still loaded.
     pub fn unseal_object(&mut self, item: Handle, session: Handle) -> Result<Zeroizing<Vec<u8>>> {
-        let cmd = Command::new(marshal::UNSEAL).authorized_handle(item.0, Auth::Policy(session.0));
+        let cmd =
+            Command::new(marshal::UNSEAL).authorized_handle(item.0, Auth::PolicyOnce(session.0));
         let resp = self.execute(&cmd)?;
         resp.parse(0, |_, r| Ok(Zeroizing::new(r.tpm2b()?.to_vec())))
     }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use cairn_tpm::{
     policy_pcr_digest, seal, trial_policy_digest, unseal, PcrSelection, PrimaryAlg, SealedBlob,
-    Token, Tpm, SECRET_LEN,
+    Token, Tpm, HT_LOADED_SESSION, HT_TRANSIENT, SECRET_LEN,
 };
 use serde_json::Value;
 
@@ -117,6 +117,38 @@ fn unseal_fails_after_pcr_extend() {
         err.to_string(),
         "TPM2_Unseal: policy check failed (TPM_RC_POLICY_FAIL)"
     );
+    assert_nothing_loaded(&mut tpm);
+}
+
+/// Nothing stays loaded in the TPM: a leaked object or session per boot would fill its slots
+/// (a TPM holds a handful) on a device without the kernel's resource manager.
+fn assert_nothing_loaded(tpm: &mut Tpm) {
+    assert_eq!(tpm.loaded_handles(HT_TRANSIENT).unwrap(), Vec::<u32>::new());
+    assert_eq!(
+        tpm.loaded_handles(HT_LOADED_SESSION).unwrap(),
+        Vec::<u32>::new()
+    );
+}
+
+#[test]
+fn seal_and_unseal_leave_nothing_loaded() {
+    let (_swtpm, mut tpm) = start_swtpm();
+    // The check itself sees what is loaded.
+    let session = tpm.start_policy_session(false).unwrap();
+    assert_eq!(tpm.loaded_handles(HT_LOADED_SESSION).unwrap().len(), 1);
+    tpm.flush(session).unwrap();
+    assert_nothing_loaded(&mut tpm);
+
+    let (secret, blob) = seal(&mut tpm, &PcrSelection::default(), PrimaryAlg::Ecc).unwrap();
+    assert_nothing_loaded(&mut tpm);
+    for _ in 0..5 {
+        assert_eq!(unseal(&mut tpm, &blob).unwrap(), secret);
+        assert_nothing_loaded(&mut tpm);
+    }
+    let mut bad = blob.clone();
+    bad.private[20] ^= 1;
+    assert!(unseal(&mut tpm, &bad).is_err());
+    assert_nothing_loaded(&mut tpm);
 }
 
 #[test]
