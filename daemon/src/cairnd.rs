@@ -183,7 +183,7 @@ fn bring_up_storage(heart: &Heartbeat, release: &Release) -> Result<Option<Netcf
         state: state_dev,
         data: block::find_partition("DATA")?,
     };
-    let mut tpm = match storage::open_tpm(Duration::from_secs(2)) {
+    let mut tpm = match open_tpm() {
         Some(Ok(tpm)) => Some(tpm),
         Some(Err(e)) => {
             say!("{e}");
@@ -253,6 +253,21 @@ fn bring_up_storage(heart: &Heartbeat, release: &Release) -> Result<Option<Netcf
     }
 }
 
+/// The TPM, if there is one; the kernel's random pool is seeded from it while still empty.
+fn open_tpm() -> Option<Result<cairn_tpm::Tpm, String>> {
+    let mut tpm = storage::open_tpm(Duration::from_secs(2));
+    if let Some(Ok(t)) = tpm.as_mut() {
+        match storage::seed_kernel_random(t) {
+            Ok(true) => {
+                say!("the kernel's random pool was not initialised: seeded it from the TPM")
+            }
+            Ok(false) => {}
+            Err(e) => say!("could not seed the kernel's random pool from the TPM: {e}"),
+        }
+    }
+    tpm
+}
+
 /// The first boot: STATE holds the image's seed and is mounted on [`STATE_MOUNT`]. Encrypts
 /// STATE and DATA when the seed's config wants it and there is a TPM; otherwise leaves STATE as
 /// it is. DATA is done first and keeps a copy of the seed until STATE holds it again.
@@ -272,7 +287,7 @@ fn first_boot(state_dev: &Path, beat: &dyn Fn()) -> Result<(), String> {
         Ok(d) => d,
         Err(e) => return plain(e),
     };
-    let mut tpm = match storage::open_tpm(Duration::from_secs(2)) {
+    let mut tpm = match open_tpm() {
         None => return plain(format!("this box has no TPM ({})", storage::TPM_DEVICE)),
         Some(Err(e)) => return plain(e),
         Some(Ok(tpm)) => tpm,

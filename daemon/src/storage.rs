@@ -84,6 +84,78 @@ pub fn open_tpm(wait: Duration) -> Option<Result<Tpm, String>> {
     Some(Tpm::open_device(TPM_DEVICE).map_err(|e| format!("opening {TPM_DEVICE}: {e}")))
 }
 
+/// `RNDADDENTROPY`: `_IOW('R', 0x03, int[2])`, the same number on x86_64 and aarch64.
+const RNDADDENTROPY: u32 = 0x4008_5203;
+
+/// Bytes taken from the TPM, and the entropy credited for them (half a bit per bit).
+const SEED_BYTES: usize = 64;
+const SEED_CREDIT_BITS: i32 = 256;
+
+/// Feeds the kernel's random pool from the TPM's generator and credits it, as rngd does with a
+/// TPM source, when the pool is not yet initialised; returns whether it did.
+///
+/// Until the pool is initialised getrandom(2) blocks, and cairnd's first call (the policy
+/// session's nonce, on the unlock path) would wait for the kernel's own jitter entropy: about a
+/// second on a board without a CPU random instruction, such as the qemu-aarch64 Cortex-A57.
+pub fn seed_kernel_random(tpm: &mut Tpm) -> Result<bool, String> {
+    let mut probe = [0u8; 1];
+    // SAFETY: probe is a valid, writable one-byte buffer.
+    let n = unsafe { libc::getrandom(probe.as_mut_ptr().cast(), 1, libc::GRND_NONBLOCK) };
+    if n == 1 {
+        return Ok(false);
+    }
+    let err = std::io::Error::last_os_error();
+    if err.raw_os_error() != Some(libc::EAGAIN) {
+        return Err(format!("getrandom: {err}"));
+    }
+    #[repr(C)]
+    struct RandPoolInfo {
+        entropy_count: i32,
+        buf_size: i32,
+        buf: [u8; SEED_BYTES],
+    }
+    let mut info = Zeroizing::new([0u8; SEED_BYTES]);
+    let mut filled = 0;
+    while filled < SEED_BYTES {
+        let want = (SEED_BYTES - filled).min(32) as u16;
+        let bytes = tpm.get_random(want).map_err(|e| e.to_string())?;
+        if bytes.is_empty() {
+            return Err("TPM2_GetRandom returned no bytes".into());
+        }
+        let take = bytes.len().min(SEED_BYTES - filled);
+        info[filled..filled + take].copy_from_slice(&bytes[..take]);
+        filled += take;
+    }
+    let mut pool = RandPoolInfo {
+        entropy_count: SEED_CREDIT_BITS,
+        buf_size: SEED_BYTES as i32,
+        buf: *info,
+    };
+    let random = OpenOptions::new()
+        .write(true)
+        .open("/dev/random")
+        .map_err(|e| format!("opening /dev/random: {e}"))?;
+    // SAFETY: pool is a live rand_pool_info whose buf_size matches its buffer; the kernel only
+    // reads it.
+    let rc = unsafe {
+        libc::ioctl(
+            std::os::fd::AsRawFd::as_raw_fd(&random),
+            RNDADDENTROPY as _,
+            &pool as *const RandPoolInfo,
+        )
+    };
+    let result = if rc == 0 {
+        Ok(true)
+    } else {
+        Err(format!(
+            "RNDADDENTROPY: {}",
+            std::io::Error::last_os_error()
+        ))
+    };
+    zeroize::Zeroize::zeroize(&mut pool.buf);
+    result
+}
+
 /// A fresh recovery key: 32 random bytes as 8 dash-separated groups of 8 modhex characters.
 pub fn new_recovery_key() -> Zeroizing<String> {
     let mut bytes = Zeroizing::new([0u8; 32]);
