@@ -12,6 +12,7 @@ mod error;
 mod marshal;
 mod policy;
 mod rc;
+mod salted;
 mod seal;
 mod token;
 mod tpm;

@@ -47,13 +47,20 @@ commands! {
 }
 
 /// How a handle in the command is authorised.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub enum Auth {
     /// The password session with an empty password.
     EmptyPassword,
     /// A policy session used once: `continueSession` is clear, so the TPM ends the session
     /// when the command succeeds (a failed command leaves it open, for the caller to flush).
     PolicyOnce(u32),
+    /// A session whose caller nonce, attributes and HMAC the caller computed.
+    Session {
+        handle: u32,
+        nonce: Vec<u8>,
+        attributes: u8,
+        hmac: Vec<u8>,
+    },
 }
 
 /// A growable big-endian buffer.
@@ -138,6 +145,18 @@ impl Command {
             // caller nonce.
             Auth::PolicyOnce(session) => {
                 self.auths.u32(session).tpm2b(&[]).u8(0).tpm2b(&[]);
+            }
+            Auth::Session {
+                handle,
+                nonce,
+                attributes,
+                hmac,
+            } => {
+                self.auths
+                    .u32(handle)
+                    .tpm2b(&nonce)
+                    .u8(attributes)
+                    .tpm2b(&hmac);
             }
         }
         self

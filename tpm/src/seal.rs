@@ -145,7 +145,7 @@ pub fn seal(
         .map_err(Error::Random)?;
     let values = tpm.pcr_values(pcrs)?;
     let policy_hash = policy_pcr_digest(pcrs, &values);
-    let primary = tpm.create_primary(&primary_alg.template())?;
+    let (primary, _) = tpm.create_primary(&primary_alg.template())?;
     let created = tpm.with_flush(primary, |tpm| {
         tpm.create(primary, &sealed_template(&policy_hash), &secret)
     })?;
@@ -176,16 +176,34 @@ pub fn unseal(tpm: &mut Tpm, blob: &SealedBlob) -> Result<Zeroizing<Vec<u8>>> {
     }
     // Behind the kernel's resource manager every command costs a context load of each handle
     // this client holds, and a save after it: so the primary goes as soon as the sealed object
-    // is loaded, and the unseal itself ends the session.
-    let primary = tpm.create_primary(&blob.primary_alg.template())?;
-    let item = tpm.with_flush(primary, |tpm| {
-        tpm.load(primary, &blob.private, &blob.public)
+    // is loaded and the session is started, and the unseal itself ends the session.
+    let (primary, primary_public) = tpm.create_primary(&blob.primary_alg.template())?;
+    let (item, session) = tpm.with_flush(primary, |tpm| {
+        let item = tpm.load(primary, &blob.private, &blob.public)?;
+        // An ECC primary salts the session, and the secret comes back encrypted; for an RSA
+        // primary the session is unsalted and the secret crosses the bus in the clear.
+        let session = match blob.primary_alg {
+            PrimaryAlg::Ecc => tpm
+                .start_salted_policy_session(primary, &primary_public)
+                .map(|(h, keys)| (h, Some(keys))),
+            PrimaryAlg::Rsa => tpm.start_policy_session(false).map(|h| (h, None)),
+        };
+        match session {
+            Ok(session) => Ok((item, session)),
+            Err(e) => {
+                let _ = tpm.flush(item);
+                Err(e)
+            }
+        }
     })?;
     tpm.with_flush(item, |tpm| {
-        let session = tpm.start_policy_session(false)?;
+        let (session, keys) = session;
         let unsealed = tpm
             .policy_pcr(session, &blob.pcrs)
-            .and_then(|()| tpm.unseal_object(item, session));
+            .and_then(|()| match &keys {
+                Some(keys) => tpm.unseal_encrypted(item, &blob.public, session, keys),
+                None => tpm.unseal_object(item, session),
+            });
         if unsealed.is_err() {
             // The first error is the one to report; a failed flush here changes nothing.
             let _ = tpm.flush(session);

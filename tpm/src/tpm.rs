@@ -8,6 +8,7 @@ use zeroize::Zeroizing;
 use crate::marshal::{self, Auth, Command, CommandCode, Reader, Writer, HEADER_LEN, ST_SESSIONS};
 use crate::policy::{marshal_one, PcrBank, PcrSelection};
 use crate::rc::{self, ResponseCode};
+use crate::salted;
 use crate::transport::{Device, Tcp, Transport};
 use crate::{Error, Result};
 
@@ -31,6 +32,25 @@ pub const HT_TRANSIENT: u8 = 0x80;
 pub const HT_LOADED_SESSION: u8 = 0x02;
 /// Caller nonce size for StartAuthSession (16 is the minimum, the digest size the maximum).
 const NONCE_LEN: usize = 32;
+
+/// `TPM_ALG_AES` and `TPM_ALG_CFB`: the sessions' parameter encryption.
+const ALG_AES: u16 = 0x0006;
+const ALG_CFB: u16 = 0x0043;
+/// `TPMA_SESSION.encrypt`: the TPM encrypts the response's first parameter.
+const SESSION_ENCRYPT: u8 = 0x40;
+
+/// A salted session's key and the TPM's newest nonce.
+pub(crate) struct SaltedSession {
+    session_key: Zeroizing<Vec<u8>>,
+    nonce_tpm: Vec<u8>,
+}
+
+/// A fresh caller nonce.
+fn random_nonce() -> Result<[u8; NONCE_LEN]> {
+    let mut nonce = [0u8; NONCE_LEN];
+    rand_core::RngCore::try_fill_bytes(&mut rand_core::OsRng, &mut nonce).map_err(Error::Random)?;
+    Ok(nonce)
+}
 
 /// A loaded object or session, valid until flushed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -215,8 +235,9 @@ impl Tpm {
     }
 
     /// TPM2_CreatePrimary under the owner hierarchy (empty owner password) from a
-    /// `TPMT_PUBLIC` template. The same template always yields the same key.
-    pub(crate) fn create_primary(&mut self, template: &[u8]) -> Result<Handle> {
+    /// `TPMT_PUBLIC` template. The same template always yields the same key; its public area
+    /// (`TPMT_PUBLIC`) comes back with the handle.
+    pub(crate) fn create_primary(&mut self, template: &[u8]) -> Result<(Handle, Vec<u8>)> {
         let cmd = Command::new(marshal::CREATE_PRIMARY)
             .authorized_handle(RH_OWNER, Auth::EmptyPassword)
             .params(|w| {
@@ -229,7 +250,9 @@ impl Tpm {
                 .u32(0); // creationPCR: none
             });
         let resp = self.execute(&cmd)?;
-        resp.parse(1, |handles, _| Ok(Handle(handles[0])))
+        resp.parse(1, |handles, r| {
+            Ok((Handle(handles[0]), r.tpm2b()?.to_vec()))
+        })
     }
 
     /// TPM2_Create of an object under `parent` from a `TPMT_PUBLIC` template, with `data` as
@@ -288,6 +311,102 @@ impl Tpm {
             });
         let resp = self.execute(&cmd)?;
         resp.parse(1, |handles, _| Ok(Handle(handles[0])))
+    }
+
+    /// TPM2_StartAuthSession: a policy session salted to `tpm_key` (an ECC storage key whose
+    /// public area is `key_public`), with AES-128-CFB for parameter encryption. Returns the
+    /// session and its key and nonces.
+    pub(crate) fn start_salted_policy_session(
+        &mut self,
+        tpm_key: Handle,
+        key_public: &[u8],
+    ) -> Result<(Handle, SaltedSession)> {
+        let key = salted::ecc_public_key(key_public)?;
+        let (salt, point) = salted::ecdh_salt(&key)?;
+        let nonce_caller = random_nonce()?;
+        let cmd = Command::new(marshal::START_AUTH_SESSION)
+            .handle(tpm_key.0)
+            .handle(RH_NULL) // bind
+            .params(|w| {
+                w.tpm2b(&nonce_caller)
+                    .tpm2b(&point)
+                    .u8(SE_POLICY)
+                    .u16(ALG_AES)
+                    .u16(128)
+                    .u16(ALG_CFB)
+                    .u16(ALG_SHA256);
+            });
+        let resp = self.execute(&cmd)?;
+        let (handle, nonce_tpm) = resp.parse(1, |handles, r| {
+            Ok((Handle(handles[0]), r.tpm2b()?.to_vec()))
+        })?;
+        // Unbound: the session key comes from the salt alone.
+        let session_key = salted::kdfa(
+            &salt,
+            "ATH",
+            &nonce_tpm,
+            &nonce_caller,
+            8 * salted::DIGEST_LEN as u32,
+        );
+        Ok((
+            handle,
+            SaltedSession {
+                session_key,
+                nonce_tpm,
+            },
+        ))
+    }
+
+    /// TPM2_Unseal authorised by a salted policy session ([`Tpm::start_salted_policy_session`])
+    /// that also encrypts the response, so the secret is sent over the bus encrypted. The
+    /// command carries the session's HMAC, and the response's HMAC is checked before the
+    /// secret is decrypted. Like [`Tpm::unseal_object`], a success ends the session.
+    pub(crate) fn unseal_encrypted(
+        &mut self,
+        item: Handle,
+        item_public: &[u8],
+        session: Handle,
+        keys: &SaltedSession,
+    ) -> Result<Zeroizing<Vec<u8>>> {
+        let code = marshal::UNSEAL.code.to_be_bytes();
+        let cp_hash = salted::sha256(&[&code, &salted::name(item_public)?]);
+        let nonce_caller = random_nonce()?;
+        let attributes = [SESSION_ENCRYPT];
+        // The policy needs no authValue, so the HMAC key is the session key alone.
+        let hmac = salted::hmac(
+            &keys.session_key,
+            &[&cp_hash, &nonce_caller, &keys.nonce_tpm, &attributes],
+        );
+        let cmd = Command::new(marshal::UNSEAL).authorized_handle(
+            item.0,
+            Auth::Session {
+                handle: session.0,
+                nonce: nonce_caller.to_vec(),
+                attributes: attributes[0],
+                hmac: hmac.to_vec(),
+            },
+        );
+        let resp = self.execute(&cmd)?;
+        let (params, auth) = resp.areas()?;
+        let mut r = Reader::new(marshal::UNSEAL.name, auth);
+        let nonce_tpm = r.tpm2b()?;
+        let returned = r.u8()?;
+        let their_hmac = r.tpm2b()?;
+        let rp_hash = salted::sha256(&[&0u32.to_be_bytes(), &code, params]);
+        let expected = salted::hmac(
+            &keys.session_key,
+            &[&rp_hash, nonce_tpm, &nonce_caller, &[returned]],
+        );
+        if their_hmac != expected {
+            return Err(r.malformed("the response's HMAC does not match: not from this session"));
+        }
+        let mut r = Reader::new(marshal::UNSEAL.name, params);
+        let mut secret = Zeroizing::new(r.tpm2b()?.to_vec());
+        let cfb = salted::kdfa(&keys.session_key, "CFB", nonce_tpm, &nonce_caller, 256);
+        let key: [u8; 16] = cfb[..16].try_into().expect("16 bytes");
+        let iv: [u8; 16] = cfb[16..32].try_into().expect("16 bytes");
+        salted::cfb_decrypt(&key, &iv, &mut secret);
+        Ok(secret)
     }
 
     /// TPM2_PolicyPCR with an empty expected digest: the TPM extends the session's digest with
@@ -349,6 +468,18 @@ struct Response {
 }
 
 impl Response {
+    /// The parameter and authorisation areas of a response with sessions and no handles.
+    fn areas(&self) -> Result<(&[u8], &[u8])> {
+        let mut r = Reader::new(self.code.name, &self.buf[HEADER_LEN..]);
+        if !self.sessions {
+            return Err(r.malformed("no authorisation area in the response"));
+        }
+        let n = r.u32()?;
+        let params = r.bytes(n as usize)?;
+        let auth = r.bytes(self.buf.len() - HEADER_LEN - 4 - n as usize)?;
+        Ok((params, auth))
+    }
+
     /// Reads `handles` handles, then hands the parameter area to `f`; with sessions the
     /// parameter area is bounded by its size field and the authorisation area is skipped.
     fn parse<R>(

@@ -3,17 +3,21 @@
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use cairn_tpm::transport::{Tcp, Transport};
 use cairn_tpm::{
     policy_pcr_digest, seal, trial_policy_digest, unseal, PcrSelection, PrimaryAlg, SealedBlob,
     Token, Tpm, HT_LOADED_SESSION, HT_TRANSIENT, SECRET_LEN,
 };
 use serde_json::Value;
+use zeroize::Zeroizing;
 
 struct Swtpm {
     child: Child,
     _state: tempfile::TempDir,
+    port: u16,
 }
 
 impl Drop for Swtpm {
@@ -58,6 +62,7 @@ fn start_swtpm() -> (Swtpm, Tpm) {
         let mut swtpm = Swtpm {
             child,
             _state: state,
+            port,
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -256,4 +261,56 @@ fn systemd_token_sample() {
     assert_eq!(back["tpm2_srk"], "gAAAAQ==");
     let err = unseal(&mut tpm, &token.sealed).unwrap_err();
     assert!(err.to_string().contains("tpm2_srk"), "{err}");
+}
+
+/// A transport that keeps a copy of every command and response.
+struct Recording {
+    inner: Tcp,
+    seen: Arc<Mutex<Vec<u8>>>,
+}
+
+impl Transport for Recording {
+    fn transact(&mut self, command: &[u8]) -> std::io::Result<Zeroizing<Vec<u8>>> {
+        let response = self.inner.transact(command)?;
+        let mut seen = self.seen.lock().unwrap();
+        seen.extend_from_slice(command);
+        seen.extend_from_slice(&response);
+        Ok(response)
+    }
+}
+
+/// Unseals `blob` over a recording connection; returns the secret and every byte exchanged.
+fn unseal_recorded(swtpm: &Swtpm, blob: &SealedBlob) -> (Vec<u8>, Vec<u8>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let inner = Tcp::connect(format!("127.0.0.1:{}", swtpm.port)).unwrap();
+    let mut tpm = Tpm::new(Box::new(Recording {
+        inner,
+        seen: seen.clone(),
+    }));
+    let secret = unseal(&mut tpm, blob).unwrap().to_vec();
+    drop(tpm);
+    let bytes = seen.lock().unwrap().clone();
+    (secret, bytes)
+}
+
+/// Under an ECC primary the unseal runs in a salted session that encrypts the response: the
+/// secret is not in the bytes on the wire. Under an RSA primary (unsalted) it is, which shows
+/// the check can see it.
+#[test]
+fn the_unsealed_secret_crosses_the_wire_encrypted() {
+    let (swtpm, mut tpm) = start_swtpm();
+    let (secret, ecc) = seal(&mut tpm, &PcrSelection::default(), PrimaryAlg::Ecc).unwrap();
+    let (rsa_secret, rsa) = seal(&mut tpm, &PcrSelection::default(), PrimaryAlg::Rsa).unwrap();
+    drop(tpm);
+
+    let (unsealed, wire) = unseal_recorded(&swtpm, &ecc);
+    assert_eq!(unsealed, secret.to_vec());
+    assert!(
+        !wire.windows(SECRET_LEN).any(|w| w == secret.as_slice()),
+        "the secret crossed the wire in the clear"
+    );
+
+    let (unsealed, wire) = unseal_recorded(&swtpm, &rsa);
+    assert_eq!(unsealed, rsa_secret.to_vec());
+    assert!(wire.windows(SECRET_LEN).any(|w| w == rsa_secret.as_slice()));
 }
