@@ -4,8 +4,6 @@ use std::fmt;
 use std::io;
 use std::net::IpAddr;
 
-use netlink_packet_core::DecodeError;
-
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// A failure on the netlink socket, or a request the kernel refused.
@@ -70,6 +68,31 @@ impl fmt::Display for Refusal {
 }
 
 impl std::error::Error for Refusal {}
+
+/// What is wrong with a netlink message the kernel sent (or that arrived garbled).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("a netlink message claims {claimed} bytes, but {left} are left in the datagram")]
+    MessageLength { claimed: usize, left: usize },
+    #[error("{what} has {len} bytes, fewer than its {need}-byte header")]
+    Short {
+        what: &'static str,
+        len: usize,
+        need: usize,
+    },
+    #[error("an attribute in {what} claims {claimed} bytes, but {left} are left")]
+    AttributeLength {
+        what: &'static str,
+        claimed: usize,
+        left: usize,
+    },
+    #[error("attribute {name} has {len} bytes instead of {want}")]
+    AttributeSize {
+        name: &'static str,
+        len: usize,
+        want: usize,
+    },
+}
 
 /// Why a desired state cannot be reached. Nothing has been changed when `plan` returns one.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

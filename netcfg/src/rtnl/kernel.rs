@@ -8,14 +8,8 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use netlink_packet_route::address::{AddressAttribute, AddressMessage};
-use netlink_packet_route::link::{
-    InfoData, InfoKind, InfoVlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, State,
-};
-use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteType};
-use netlink_packet_route::AddressFamily;
-
 use super::prefix;
+use super::wire::{self, AddressMessage, LinkMessage, RouteMessage};
 
 /// The main routing table (`RT_TABLE_MAIN`); routes in other tables are not read.
 pub const MAIN_TABLE: u32 = 254;
@@ -95,17 +89,17 @@ pub enum OperState {
     Other(u8),
 }
 
-impl From<State> for OperState {
-    fn from(s: State) -> Self {
+impl From<u8> for OperState {
+    fn from(s: u8) -> Self {
         match s {
-            State::Unknown => Self::Unknown,
-            State::NotPresent => Self::NotPresent,
-            State::Down => Self::Down,
-            State::LowerLayerDown => Self::LowerLayerDown,
-            State::Testing => Self::Testing,
-            State::Dormant => Self::Dormant,
-            State::Up => Self::Up,
-            other => Self::Other(u8::from(other)),
+            0 => Self::Unknown,
+            1 => Self::NotPresent,
+            2 => Self::Down,
+            3 => Self::LowerLayerDown,
+            4 => Self::Testing,
+            5 => Self::Dormant,
+            6 => Self::Up,
+            other => Self::Other(other),
         }
     }
 }
@@ -224,162 +218,89 @@ impl fmt::Display for KernelRoute {
 
 /// A link from an `RTM_NEWLINK`; `None` without a name (which the kernel always sends).
 pub(super) fn link_from(msg: &LinkMessage) -> Option<Link> {
-    let flags = msg.header.flags;
-    let mut name = None;
-    let mut mac = None;
-    let mut mtu = 0;
-    let mut oper = OperState::Unknown;
-    let mut parent = None;
-    let mut kind = None;
-    let mut vlan_id = None;
-    for attr in &msg.attributes {
-        match attr {
-            LinkAttribute::IfName(n) => name = Some(n.clone()),
-            LinkAttribute::Address(a) => mac = <[u8; 6]>::try_from(a.as_slice()).ok(),
-            LinkAttribute::Mtu(m) => mtu = *m,
-            LinkAttribute::OperState(s) => oper = OperState::from(*s),
-            LinkAttribute::Link(p) => parent = Some(*p),
-            LinkAttribute::LinkInfo(infos) => {
-                for info in infos {
-                    match info {
-                        LinkInfo::Kind(k) => kind = Some(k.clone()),
-                        LinkInfo::Data(InfoData::Vlan(vlan)) => {
-                            vlan_id = vlan.iter().find_map(|v| match v {
-                                InfoVlan::Id(id) => Some(*id),
-                                _ => None,
-                            });
-                        }
-                        _ => {}
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-    let kind = if flags.contains(LinkFlags::Loopback) {
+    let flags = msg.flags;
+    let kind = if flags & wire::IFF_LOOPBACK != 0 {
         LinkKind::Loopback
     } else {
-        match (kind, parent, vlan_id) {
+        match (msg.info_kind.as_deref(), msg.link, msg.vlan_id) {
             (None, _, _) => LinkKind::Physical,
-            (Some(InfoKind::Vlan), Some(parent), Some(id)) => LinkKind::Vlan { parent, id },
-            (Some(k), _, _) => LinkKind::Other(k.to_string()),
+            (Some("vlan"), Some(parent), Some(id)) => LinkKind::Vlan { parent, id },
+            (Some(k), _, _) => LinkKind::Other(k.to_owned()),
         }
     };
     Some(Link {
-        index: msg.header.index,
-        name: name?,
-        mac,
-        mtu,
-        up: flags.contains(LinkFlags::Up),
-        carrier: flags.contains(LinkFlags::LowerUp),
-        oper,
+        index: msg.index,
+        name: msg.name.clone()?,
+        mac: msg
+            .address
+            .as_deref()
+            .and_then(|a| <[u8; 6]>::try_from(a).ok()),
+        mtu: msg.mtu.unwrap_or(0),
+        up: flags & wire::IFF_UP != 0,
+        carrier: flags & wire::IFF_LOWER_UP != 0,
+        oper: msg.oper_state.map_or(OperState::Unknown, OperState::from),
         kind,
     })
 }
 
 /// An IPv4 or IPv6 address from an `RTM_NEWADDR`; `None` for other families.
 pub(super) fn address_from(msg: &AddressMessage) -> Option<KernelAddress> {
-    if !matches!(
-        msg.header.family,
-        AddressFamily::Inet | AddressFamily::Inet6
-    ) {
+    if !matches!(msg.family, wire::AF_INET | wire::AF_INET6) {
         return None;
-    }
-    let mut local = None;
-    let mut address = None;
-    // The header holds only the low 8 flag bits; IFA_FLAGS, when present, has them all.
-    let mut flags = AddrFlags(u32::from(msg.header.flags.bits()));
-    let mut proto = 0;
-    let mut valid_lft = None;
-    for attr in &msg.attributes {
-        match attr {
-            AddressAttribute::Local(a) => local = Some(*a),
-            AddressAttribute::Address(a) => address = Some(*a),
-            AddressAttribute::Flags(f) => flags = AddrFlags(f.bits()),
-            AddressAttribute::Protocol(p) => proto = u8::from(*p),
-            AddressAttribute::CacheInfo(c) => {
-                valid_lft = (c.ifa_valid != u32::MAX).then_some(c.ifa_valid)
-            }
-            _ => {}
-        }
     }
     // IFA_LOCAL is the address itself; IFA_ADDRESS is the peer on point-to-point links and
     // the only one IPv6 sends otherwise.
     Some(KernelAddress {
-        index: msg.header.index,
-        addr: local.or(address)?,
-        prefix: msg.header.prefix_len,
-        flags,
-        proto,
-        valid_lft,
+        index: msg.index,
+        addr: msg.local.or(msg.address)?,
+        prefix: msg.prefix_len,
+        // The header holds only the low 8 flag bits; IFA_FLAGS, when present, has them all.
+        flags: AddrFlags(msg.all_flags.unwrap_or(u32::from(msg.flags))),
+        proto: msg.proto.unwrap_or(0),
+        valid_lft: msg
+            .cache
+            .and_then(|c| (c.valid != u32::MAX).then_some(c.valid)),
     })
 }
 
 /// A route in the main table from an `RTM_NEWROUTE`; `None` for other tables and families.
 pub(super) fn route_from(msg: &RouteMessage) -> Option<KernelRoute> {
     let header = &msg.header;
-    let unspecified = match header.address_family {
-        AddressFamily::Inet => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-        AddressFamily::Inet6 => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+    let unspecified = match header.family {
+        wire::AF_INET => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        wire::AF_INET6 => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
         _ => return None,
     };
-    let mut table = u32::from(header.table);
-    let mut dst = unspecified;
-    let mut gateway = None;
-    let mut oif = None;
-    let mut metric = 0;
-    for attr in &msg.attributes {
-        match attr {
-            RouteAttribute::Table(t) => table = *t,
-            RouteAttribute::Destination(a) => dst = ip_of(a)?,
-            RouteAttribute::Gateway(a) => gateway = Some(ip_of(a)?),
-            RouteAttribute::Oif(i) => oif = Some(*i),
-            RouteAttribute::Priority(p) => metric = *p,
-            _ => {}
-        }
-    }
+    let table = msg.table.unwrap_or(u32::from(header.table));
     (table == MAIN_TABLE).then_some(KernelRoute {
-        dst,
-        prefix: header.destination_prefix_length,
-        gateway,
-        oif,
-        metric,
-        protocol: RouteProto(u8::from(header.protocol)),
-        unicast: header.kind == RouteType::Unicast,
+        dst: msg.dst.unwrap_or(unspecified),
+        prefix: header.dst_len,
+        gateway: msg.gateway,
+        oif: msg.oif,
+        metric: msg.priority.unwrap_or(0),
+        protocol: RouteProto(header.protocol),
+        unicast: header.kind == wire::RTN_UNICAST,
     })
-}
-
-fn ip_of(a: &RouteAddress) -> Option<IpAddr> {
-    match a {
-        RouteAddress::Inet(a) => Some(IpAddr::V4(*a)),
-        RouteAddress::Inet6(a) => Some(IpAddr::V6(*a)),
-        _ => None,
-    }
 }
 
 #[cfg(test)]
 mod tests {
-    use netlink_packet_route::address::AddressFlags;
-    use netlink_packet_route::route::RouteProtocol;
-
     use super::*;
+    use crate::rtnl::wire::{CacheInfo, RtMsg};
 
     #[test]
     fn a_vlan_link_is_read_with_its_parent_and_id() {
-        let mut msg = LinkMessage::default();
-        msg.header.index = 7;
-        msg.header.flags = LinkFlags::Up | LinkFlags::LowerUp;
-        msg.attributes = vec![
-            LinkAttribute::IfName("eth0.100".into()),
-            LinkAttribute::Address(vec![2, 0, 0, 0, 0, 1]),
-            LinkAttribute::Mtu(1500),
-            LinkAttribute::Link(2),
-            LinkAttribute::OperState(State::Up),
-            LinkAttribute::LinkInfo(vec![
-                LinkInfo::Kind(InfoKind::Vlan),
-                LinkInfo::Data(InfoData::Vlan(vec![InfoVlan::Id(100)])),
-            ]),
-        ];
+        let msg = LinkMessage {
+            index: 7,
+            flags: wire::IFF_UP | wire::IFF_LOWER_UP,
+            name: Some("eth0.100".into()),
+            address: Some(vec![2, 0, 0, 0, 0, 1]),
+            mtu: Some(1500),
+            link: Some(2),
+            oper_state: Some(6),
+            info_kind: Some("vlan".into()),
+            vlan_id: Some(100),
+        };
         let link = link_from(&msg).unwrap();
         assert_eq!(link.kind, LinkKind::Vlan { parent: 2, id: 100 });
         assert_eq!(link.mac, Some([2, 0, 0, 0, 0, 1]));
@@ -388,16 +309,38 @@ mod tests {
     }
 
     #[test]
+    fn a_link_without_a_name_or_of_another_kind() {
+        let mut msg = LinkMessage {
+            index: 3,
+            flags: wire::IFF_LOOPBACK | wire::IFF_UP,
+            name: Some("lo".into()),
+            ..Default::default()
+        };
+        assert_eq!(link_from(&msg).unwrap().kind, LinkKind::Loopback);
+        msg.flags = 0;
+        msg.info_kind = Some("veth".into());
+        let link = link_from(&msg).unwrap();
+        assert_eq!(link.kind, LinkKind::Other("veth".into()));
+        assert_eq!(
+            (link.mtu, link.oper, link.mac),
+            (0, OperState::Unknown, None)
+        );
+        msg.name = None;
+        assert_eq!(link_from(&msg), None);
+    }
+
+    #[test]
     fn an_ipv4_address_is_its_local_and_full_flags_win() {
-        let mut msg = AddressMessage::default();
-        msg.header.family = AddressFamily::Inet;
-        msg.header.prefix_len = 24;
-        msg.header.index = 2;
-        msg.attributes = vec![
-            AddressAttribute::Address("10.0.0.255".parse().unwrap()),
-            AddressAttribute::Local("10.0.0.2".parse().unwrap()),
-            AddressAttribute::Flags(AddressFlags::Permanent | AddressFlags::Noprefixroute),
-        ];
+        let msg = AddressMessage {
+            family: wire::AF_INET,
+            prefix_len: 24,
+            flags: 0,
+            index: 2,
+            address: Some("10.0.0.255".parse().unwrap()),
+            local: Some("10.0.0.2".parse().unwrap()),
+            all_flags: Some(AddrFlags::PERMANENT | AddrFlags::NOPREFIXROUTE),
+            ..Default::default()
+        };
         let a = address_from(&msg).unwrap();
         assert_eq!(a.addr, "10.0.0.2".parse::<IpAddr>().unwrap());
         assert!(a.flags.has(AddrFlags::NOPREFIXROUTE) && a.flags.has(AddrFlags::PERMANENT));
@@ -406,22 +349,49 @@ mod tests {
     }
 
     #[test]
+    fn an_address_lifetime_and_header_flags_without_ifa_flags() {
+        let msg = AddressMessage {
+            family: wire::AF_INET6,
+            prefix_len: 64,
+            flags: AddrFlags::TENTATIVE as u8,
+            index: 2,
+            address: Some("2001:db8::2".parse().unwrap()),
+            proto: Some(2),
+            cache: Some(CacheInfo {
+                preferred: 100,
+                valid: 200,
+            }),
+            ..Default::default()
+        };
+        let a = address_from(&msg).unwrap();
+        assert_eq!(a.addr, "2001:db8::2".parse::<IpAddr>().unwrap());
+        assert_eq!(a.flags, AddrFlags(AddrFlags::TENTATIVE));
+        assert_eq!(a.valid_lft, Some(200));
+        assert!(a.is_kernel_made());
+        let other = AddressMessage { family: 17, ..msg };
+        assert_eq!(address_from(&other), None);
+    }
+
+    #[test]
     fn a_default_route_has_the_unspecified_destination_and_other_tables_are_skipped() {
-        let mut msg = RouteMessage::default();
-        msg.header.address_family = AddressFamily::Inet6;
-        msg.header.table = 254;
-        msg.header.protocol = RouteProtocol::Dhcp;
-        msg.header.kind = RouteType::Unicast;
-        msg.attributes = vec![
-            RouteAttribute::Gateway(RouteAddress::Inet6("fe80::1".parse().unwrap())),
-            RouteAttribute::Oif(2),
-            RouteAttribute::Priority(1024),
-        ];
+        let mut msg = RouteMessage {
+            header: RtMsg {
+                family: wire::AF_INET6,
+                table: 254,
+                protocol: 16,
+                kind: wire::RTN_UNICAST,
+                ..Default::default()
+            },
+            gateway: Some("fe80::1".parse().unwrap()),
+            oif: Some(2),
+            priority: Some(1024),
+            ..Default::default()
+        };
         let r = route_from(&msg).unwrap();
         assert_eq!((r.dst, r.prefix), (IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0));
         assert_eq!(r.protocol, RouteProto::DHCP);
         assert_eq!(r.to_string(), "::/0 via fe80::1 metric 1024 proto dhcp");
-        msg.attributes.push(RouteAttribute::Table(100));
+        msg.table = Some(100);
         assert_eq!(route_from(&msg), None);
     }
 }

@@ -20,13 +20,12 @@ mod monitor;
 mod plan;
 pub mod prefix;
 mod socket;
+mod wire;
 
 use std::collections::HashMap;
 
-use netlink_packet_route::{AddressFamily, RouteNetlinkMessage as Rtm};
-
 pub use desired::{Address, Desired, DesiredLink, Protocol, Route, VlanOf};
-pub use error::{Error, PlanError, Refusal, Result};
+pub use error::{DecodeError, Error, PlanError, Refusal, Result};
 pub use kernel::{
     AddrFlags, KernelAddress, KernelRoute, KernelState, Link, LinkKind, OperState, RouteProto,
 };
@@ -34,6 +33,7 @@ pub use monitor::{LinkEvent, Monitor};
 pub use plan::{plan, plan_flush, Change};
 
 use socket::NlSocket;
+use wire::{Payload, Request};
 
 /// A NETLINK_ROUTE socket for reading and changing links, addresses and routes.
 pub struct Rtnl {
@@ -50,37 +50,36 @@ impl Rtnl {
 
     /// Every link, every IPv4 and IPv6 address, and the main table's routes.
     pub fn state(&mut self) -> Result<KernelState> {
-        let links = self.sock.dump(encode::dump_links(), "the link dump")?;
+        let links = self.sock.dump(&encode::dump_links(), "the link dump")?;
         let addresses = self
             .sock
-            .dump(encode::dump_addresses(), "the address dump")?;
-        let mut routes = self.sock.dump(
-            encode::dump_routes(AddressFamily::Inet),
-            "the IPv4 route dump",
-        )?;
-        routes.extend(self.sock.dump(
-            encode::dump_routes(AddressFamily::Inet6),
-            "the IPv6 route dump",
-        )?);
+            .dump(&encode::dump_addresses(), "the address dump")?;
+        let mut routes = self
+            .sock
+            .dump(&encode::dump_routes(wire::AF_INET), "the IPv4 route dump")?;
+        routes.extend(
+            self.sock
+                .dump(&encode::dump_routes(wire::AF_INET6), "the IPv6 route dump")?,
+        );
         Ok(KernelState {
             links: links
                 .iter()
                 .filter_map(|m| match m {
-                    Rtm::NewLink(l) => kernel::link_from(l),
+                    Payload::Link(l) => kernel::link_from(l),
                     _ => None,
                 })
                 .collect(),
             addresses: addresses
                 .iter()
                 .filter_map(|m| match m {
-                    Rtm::NewAddress(a) => kernel::address_from(a),
+                    Payload::Address(a) => kernel::address_from(a),
                     _ => None,
                 })
                 .collect(),
             routes: routes
                 .iter()
                 .filter_map(|m| match m {
-                    Rtm::NewRoute(r) => kernel::route_from(r),
+                    Payload::Route(r) => kernel::route_from(r),
                     _ => None,
                 })
                 .collect(),
@@ -92,8 +91,8 @@ impl Rtnl {
     pub fn apply(&mut self, changes: &[Change]) -> Result<usize> {
         let mut indexes = HashMap::new();
         for change in changes {
-            let (request, flags) = self.encode(change, &mut indexes)?;
-            self.sock.request(request, flags, &change.to_string())?;
+            let request = self.encode(change, &mut indexes)?;
+            self.sock.request(&request, &change.to_string())?;
         }
         Ok(changes.len())
     }
@@ -108,9 +107,9 @@ impl Rtnl {
     /// Renews an address's lifetime (a DHCP renewal): `RTM_NEWADDR` with `NLM_F_REPLACE`.
     /// Adds the address when it is not there.
     pub fn refresh_address(&mut self, index: u32, address: Address) -> Result<()> {
-        let (request, flags) = encode::add_address(index, &address);
+        let request = encode::add_address(index, &address);
         let what = format!("refresh address {address} on interface #{index}");
-        self.sock.request(request, flags, &what)?;
+        self.sock.request(&request, &what)?;
         Ok(())
     }
 
@@ -121,11 +120,7 @@ impl Rtnl {
         self.apply(&changes)
     }
 
-    fn encode(
-        &mut self,
-        change: &Change,
-        indexes: &mut HashMap<String, u32>,
-    ) -> Result<encode::Request> {
+    fn encode(&mut self, change: &Change, indexes: &mut HashMap<String, u32>) -> Result<Request> {
         Ok(match change {
             Change::CreateVlan {
                 name,
@@ -133,6 +128,7 @@ impl Rtnl {
                 id,
                 mtu,
             } => {
+                plan::check_name(name)?;
                 let parent = self.index_of(parent, indexes)?;
                 encode::create_vlan(name, parent, *id, *mtu)
             }
@@ -157,8 +153,11 @@ impl Rtnl {
         if let Some(&index) = indexes.get(name) {
             return Ok(index);
         }
+        if plan::check_name(name).is_err() {
+            return Err(Error::NoSuchLink(name.to_owned()));
+        }
         let what = format!("look up interface {name}");
-        let replies = match self.sock.request(encode::get_link(name), 0, &what) {
+        let replies = match self.sock.request(&encode::get_link(name), &what) {
             Err(Error::Refused { source, .. }) if source.errno == libc::ENODEV => {
                 return Err(Error::NoSuchLink(name.to_owned()))
             }
@@ -167,7 +166,7 @@ impl Rtnl {
         let index = replies
             .iter()
             .find_map(|m| match m {
-                Rtm::NewLink(l) => Some(l.header.index),
+                Payload::Link(l) => Some(l.index),
                 _ => None,
             })
             .ok_or_else(|| Error::NoSuchLink(name.to_owned()))?;

@@ -11,12 +11,10 @@ use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::time::{Duration, Instant};
 
-use netlink_packet_core::NetlinkPayload;
-use netlink_packet_route::RouteNetlinkMessage;
-
 use super::error::{Error, Result};
 use super::kernel::{link_from, OperState};
 use super::socket::{self, NlSocket};
+use super::wire::{self, Payload};
 
 /// `RTNLGRP_LINK`.
 const RTNLGRP_LINK: u32 = 1;
@@ -78,22 +76,22 @@ impl Monitor {
 
     /// Reads one datagram's events into `pending`.
     fn read(&mut self) -> Result<()> {
-        let len = socket::recv(self.sock.raw(), &mut self.buf)?;
-        for msg in socket::split(&self.buf[..len]) {
-            let msg = msg.map_err(|source| Error::Decode {
+        let len = self.sock.recv(&mut self.buf)?;
+        for msg in wire::messages(&self.buf[..len]) {
+            let decode = |source| Error::Decode {
                 what: "a link event".into(),
                 source,
-            })?;
-            let (link, removed) = match &msg.payload {
-                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(m)) => {
-                    (link_from(m), false)
-                }
-                NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(m)) => {
-                    (link_from(m), true)
-                }
+            };
+            let msg = msg.map_err(decode)?;
+            let removed = match msg.header.kind {
+                wire::RTM_NEWLINK => false,
+                wire::RTM_DELLINK => true,
                 _ => continue,
             };
-            let Some(link) = link else { continue };
+            let Payload::Link(m) = msg.decode().map_err(decode)? else {
+                continue;
+            };
+            let Some(link) = link_from(&m) else { continue };
             let event = LinkEvent {
                 index: link.index,
                 name: link.name,

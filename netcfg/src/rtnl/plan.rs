@@ -171,7 +171,7 @@ fn managed_links<'a>(
 }
 
 /// Refuses what the kernel would refuse (`dev_valid_name`), with the reason.
-fn check_name(name: &str) -> Result<(), PlanError> {
+pub(super) fn check_name(name: &str) -> Result<(), PlanError> {
     let bad = |reason| {
         Err(PlanError::BadName {
             name: name.to_owned(),

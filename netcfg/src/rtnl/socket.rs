@@ -8,17 +8,12 @@
 //! half-way) are skipped.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::mem;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_DUMP, NLM_F_DUMP_INTR,
-    NLM_F_REQUEST,
-};
-use netlink_packet_route::RouteNetlinkMessage;
-use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
-
 use super::error::{Error, Refusal, Result};
+use super::wire::{self, Payload, Request, NLM_F_ACK, NLM_F_DUMP, NLM_F_DUMP_INTR};
 
 /// Receive buffer. The kernel sizes dump datagrams to what the reader asks for, capped at
 /// 32 KiB, so nothing it sends is larger.
@@ -27,20 +22,10 @@ pub const RECV_BUFFER: usize = 64 * 1024;
 const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Dumps interrupted by concurrent changes are retried this many times.
 const DUMP_TRIES: u32 = 5;
-/// `NLM_F_CAPPED` and `NLM_F_ACK_TLVS` in an `NLMSG_ERROR`'s own header.
-const NLM_F_CAPPED: u16 = 0x100;
-const NLM_F_ACK_TLVS: u16 = 0x200;
-/// `NLMSGERR_ATTR_MSG`: the extended ack's text.
-const NLMSGERR_ATTR_MSG: u16 = 1;
-/// Longest extended-ack message kept.
-const MAX_EXT_ACK: usize = 512;
-const NLMSG_HDRLEN: usize = 16;
-
-pub type Message = NetlinkMessage<RouteNetlinkMessage>;
 
 /// A NETLINK_ROUTE socket in the calling thread's network namespace, connected to the kernel.
 pub struct NlSocket {
-    sock: Socket,
+    fd: OwnedFd,
     seq: u32,
     buf: Vec<u8>,
 }
@@ -48,44 +33,61 @@ pub struct NlSocket {
 impl NlSocket {
     /// A socket for requests; `groups` are multicast groups to join (`RTNLGRP_*`) for events.
     pub fn open(groups: &[u32]) -> Result<Self> {
-        let mut sock = Socket::new(NETLINK_ROUTE).map_err(Error::Open)?;
-        sock.bind_auto().map_err(Error::Open)?;
-        sock.connect(&SocketAddr::new(0, 0)).map_err(Error::Open)?;
+        // SAFETY: socket(2) takes no pointers; the result is checked before use.
+        let raw = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                libc::NETLINK_ROUTE,
+            )
+        };
+        if raw < 0 {
+            return Err(Error::Open(io::Error::last_os_error()));
+        }
+        // SAFETY: `raw` is a descriptor socket(2) just returned, owned by nothing else.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        // Port 0 in bind: the kernel picks ours. Port 0 in connect: the kernel is the peer, and
+        // unicasts from anyone else are refused.
+        // SAFETY: sockaddr_nl is plain old data; all-zero is a valid value.
+        let mut addr: libc::sockaddr_nl = unsafe { mem::zeroed() };
+        addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+        let len = mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t;
+        // SAFETY: `addr` is a live sockaddr_nl and its size is passed with it.
+        check(unsafe { libc::bind(fd.as_raw_fd(), (&raw const addr).cast(), len) })
+            .map_err(Error::Open)?;
+        // SAFETY: as above.
+        check(unsafe { libc::connect(fd.as_raw_fd(), (&raw const addr).cast(), len) })
+            .map_err(Error::Open)?;
         // Both are refinements (Linux 4.2+, 4.12+): a refusal then carries the kernel's reason,
         // and acks are not padded with a copy of the request. Older kernels just lack them.
-        let _ = sock.set_ext_ack(true);
-        let _ = sock.set_cap_ack(true);
+        let _ = set_option(&fd, libc::SOL_NETLINK, libc::NETLINK_EXT_ACK, 1);
+        let _ = set_option(&fd, libc::SOL_NETLINK, libc::NETLINK_CAP_ACK, 1);
         for &group in groups {
-            sock.add_membership(group).map_err(Error::Open)?;
+            let group = libc::c_int::try_from(group)
+                .map_err(|_| Error::Open(io::Error::from_raw_os_error(libc::EINVAL)))?;
+            set_option(&fd, libc::SOL_NETLINK, libc::NETLINK_ADD_MEMBERSHIP, group)
+                .map_err(Error::Open)?;
         }
         Ok(NlSocket {
-            sock,
+            fd,
             seq: 0,
             buf: vec![0; RECV_BUFFER],
         })
     }
 
-    pub fn raw(&self) -> &Socket {
-        &self.sock
-    }
-
     /// Sets the kernel's receive buffer for this socket, so bursts of events do not overflow.
     pub fn set_recv_buffer(&self, bytes: usize) -> Result<()> {
         let bytes = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
-        self.sock.set_rx_buf_sz(bytes).map_err(|source| Error::Io {
+        set_option(&self.fd, libc::SOL_SOCKET, libc::SO_RCVBUF, bytes).map_err(|source| Error::Io {
             op: "setting SO_RCVBUF",
             source,
         })
     }
 
     /// Every message of a dump of `request`'s kind; `what` names it in errors.
-    pub fn dump(
-        &mut self,
-        request: RouteNetlinkMessage,
-        what: &'static str,
-    ) -> Result<Vec<RouteNetlinkMessage>> {
+    pub fn dump(&mut self, request: &Request, what: &'static str) -> Result<Vec<Payload>> {
         for _ in 0..DUMP_TRIES {
-            let seq = self.send(request.clone(), NLM_F_DUMP, what)?;
+            let seq = self.send(request, NLM_F_DUMP, what)?;
             let (messages, interrupted) = self.replies(seq, what)?;
             if !interrupted {
                 return Ok(messages);
@@ -97,31 +99,28 @@ impl NlSocket {
         })
     }
 
-    /// Sends `request` with `flags` and `NLM_F_ACK`, and waits for the ack; returns whatever
-    /// the kernel answered before it. `what` reads as "the kernel refused to {what}".
-    pub fn request(
-        &mut self,
-        request: RouteNetlinkMessage,
-        flags: u16,
-        what: &str,
-    ) -> Result<Vec<RouteNetlinkMessage>> {
-        let seq = self.send(request, flags | NLM_F_ACK, what)?;
+    /// Sends `request` with `NLM_F_ACK`, and waits for the ack; returns whatever the kernel
+    /// answered before it. `what` reads as "the kernel refused to {what}".
+    pub fn request(&mut self, request: &Request, what: &str) -> Result<Vec<Payload>> {
+        let seq = self.send(request, NLM_F_ACK, what)?;
         Ok(self.replies(seq, what)?.0)
     }
 
-    fn send(&mut self, request: RouteNetlinkMessage, flags: u16, what: &str) -> Result<u32> {
+    fn send(&mut self, request: &Request, flags: u16, what: &str) -> Result<u32> {
         self.seq = self.seq.wrapping_add(1);
-        let mut header = NetlinkHeader::default();
-        header.flags = NLM_F_REQUEST | flags;
-        header.sequence_number = self.seq;
-        let mut msg = NetlinkMessage::new(header, NetlinkPayload::from(request));
-        msg.finalize();
-        let mut bytes = vec![0; msg.buffer_len()];
-        msg.serialize(&mut bytes);
-        let sent = self
-            .sock
-            .send(&bytes, 0)
-            .map_err(|source| Error::Io { op: "send", source })?;
+        let bytes = request.message(flags, self.seq);
+        let sent = loop {
+            // SAFETY: `bytes` is live for the call and its length is passed with it.
+            let n =
+                unsafe { libc::send(self.fd.as_raw_fd(), bytes.as_ptr().cast(), bytes.len(), 0) };
+            if n >= 0 {
+                break n as usize;
+            }
+            let source = io::Error::last_os_error();
+            if source.kind() != io::ErrorKind::Interrupted {
+                return Err(Error::Io { op: "send", source });
+            }
+        };
         if sent != bytes.len() {
             return Err(Error::Io {
                 op: "send",
@@ -133,13 +132,13 @@ impl NlSocket {
 
     /// Reads the replies to `seq` until the one that ends them; also says whether the kernel
     /// marked any as interrupted.
-    fn replies(&mut self, seq: u32, what: &str) -> Result<(Vec<RouteNetlinkMessage>, bool)> {
+    fn replies(&mut self, seq: u32, what: &str) -> Result<(Vec<Payload>, bool)> {
         let deadline = Instant::now() + REPLY_TIMEOUT;
         let mut out = Vec::new();
         let mut interrupted = false;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            if !wait_readable(self.sock.as_fd(), left)
+            if !wait_readable(self.fd.as_fd(), left)
                 .map_err(|source| Error::Io { op: "poll", source })?
             {
                 return Err(Error::Timeout {
@@ -147,21 +146,21 @@ impl NlSocket {
                     secs: REPLY_TIMEOUT.as_secs(),
                 });
             }
-            let len = recv(&self.sock, &mut self.buf)?;
-            for msg in split(&self.buf[..len]) {
-                let msg = msg.map_err(|source| Error::Decode {
+            let len = recv(self.fd.as_fd(), &mut self.buf)?;
+            for msg in wire::messages(&self.buf[..len]) {
+                let decode = |source| Error::Decode {
                     what: what.to_owned(),
                     source,
-                })?;
-                if msg.header.sequence_number != seq {
+                };
+                let msg = msg.map_err(decode)?;
+                if msg.header.seq != seq {
                     continue;
                 }
                 interrupted |= msg.header.flags & NLM_F_DUMP_INTR != 0;
-                match msg.payload {
-                    NetlinkPayload::InnerMessage(m) => out.push(m),
-                    NetlinkPayload::Done(done) if done.code < 0 => {
+                match msg.decode().map_err(decode)? {
+                    Payload::Done(code) if code < 0 => {
                         let refusal = Refusal {
-                            errno: -done.code,
+                            errno: code.saturating_neg(),
                             message: None,
                         };
                         return Err(Error::Refused {
@@ -169,102 +168,84 @@ impl NlSocket {
                             source: refusal,
                         });
                     }
-                    NetlinkPayload::Done(_) => return Ok((out, interrupted)),
-                    NetlinkPayload::Error(e) if e.code.is_none() => return Ok((out, interrupted)),
-                    NetlinkPayload::Error(e) => {
-                        let refusal = Refusal {
-                            errno: e.raw_code().saturating_abs(),
-                            message: ext_ack_message(msg.header.flags, &e.header),
-                        };
+                    Payload::Done(_) | Payload::Ack => return Ok((out, interrupted)),
+                    Payload::Refused { errno, message } => {
                         return Err(Error::Refused {
                             what: what.to_owned(),
-                            source: refusal,
+                            source: Refusal { errno, message },
                         });
                     }
-                    _ => {}
+                    Payload::Other => {}
+                    object => out.push(object),
                 }
             }
         }
+    }
+
+    /// Reads one datagram into `buf` without blocking; see [`recv`].
+    pub fn recv(&self, buf: &mut [u8]) -> Result<usize> {
+        recv(self.fd.as_fd(), buf)
     }
 }
 
 impl AsFd for NlSocket {
     fn as_fd(&self) -> BorrowedFd<'_> {
-        self.sock.as_fd()
+        self.fd.as_fd()
     }
 }
 
-/// Reads one datagram without blocking; 0 when there is none. ENOBUFS (events were dropped)
-/// comes back as [`Error::Overflow`].
-pub fn recv(sock: &Socket, buf: &mut [u8]) -> Result<usize> {
-    let flags = libc::MSG_DONTWAIT | libc::MSG_TRUNC;
-    match sock.recv(&mut &mut buf[..], flags) {
-        Ok(len) if len > buf.len() => Err(Error::Truncated {
-            len,
-            max: buf.len(),
-        }),
-        Ok(len) => Ok(len),
-        Err(e)
-            if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted =>
-        {
-            Ok(0)
-        }
-        Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => Err(Error::Overflow),
-        Err(source) => Err(Error::Io { op: "recv", source }),
+fn check(rc: libc::c_int) -> io::Result<()> {
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
     }
 }
 
-/// The netlink messages in one datagram.
-pub fn split(
-    datagram: &[u8],
-) -> impl Iterator<Item = Result<Message, netlink_packet_core::DecodeError>> + '_ {
-    let mut rest = datagram;
-    std::iter::from_fn(move || {
-        if rest.len() < NLMSG_HDRLEN {
-            return None;
-        }
-        let len = u32::from_ne_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-        if len < NLMSG_HDRLEN || len > rest.len() {
-            rest = &[];
-            return Some(Err(format!("a netlink message claims {len} bytes").into()));
-        }
-        let msg = Message::deserialize(&rest[..len]);
-        rest = rest.get(align(len)..).unwrap_or(&[]);
-        Some(msg)
+fn set_option(
+    fd: &OwnedFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: `value` is a live c_int and its size is passed with it; the kernel only reads it.
+    check(unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            (&raw const value).cast(),
+            mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
     })
 }
 
-fn align(len: usize) -> usize {
-    (len + 3) & !3
-}
-
-/// The kernel's extended-ack text in an `NLMSG_ERROR`, whose payload after the error code is
-/// the request's header (and, unless capped, its body), then the attributes.
-fn ext_ack_message(flags: u16, after_code: &[u8]) -> Option<String> {
-    if flags & NLM_F_ACK_TLVS == 0 || after_code.len() < NLMSG_HDRLEN {
-        return None;
+/// Reads one datagram without blocking; 0 when there is none. ENOBUFS (events were dropped)
+/// comes back as [`Error::Overflow`], and a datagram larger than `buf` as [`Error::Truncated`].
+fn recv(fd: BorrowedFd, buf: &mut [u8]) -> Result<usize> {
+    let flags = libc::MSG_DONTWAIT | libc::MSG_TRUNC;
+    // SAFETY: `buf` is live and writable for the call and its length is passed with it.
+    let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), flags) };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        return match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(0),
+            _ if e.raw_os_error() == Some(libc::ENOBUFS) => Err(Error::Overflow),
+            _ => Err(Error::Io {
+                op: "recv",
+                source: e,
+            }),
+        };
     }
-    let request_len = if flags & NLM_F_CAPPED != 0 {
-        NLMSG_HDRLEN
-    } else {
-        u32::from_ne_bytes(after_code[..4].try_into().ok()?) as usize
-    };
-    let mut tlvs = after_code.get(align(request_len)..)?;
-    while tlvs.len() >= 4 {
-        let len = usize::from(u16::from_ne_bytes([tlvs[0], tlvs[1]]));
-        let kind = u16::from_ne_bytes([tlvs[2], tlvs[3]]) & 0x3fff;
-        if len < 4 || len > tlvs.len() {
-            return None;
-        }
-        if kind == NLMSGERR_ATTR_MSG {
-            let text = &tlvs[4..len];
-            let text = text.split(|&b| b == 0).next().unwrap_or_default();
-            let text = String::from_utf8_lossy(&text[..text.len().min(MAX_EXT_ACK)]);
-            return Some(text.trim().to_owned()).filter(|t| !t.is_empty());
-        }
-        tlvs = tlvs.get(align(len)..).unwrap_or_default();
+    // With MSG_TRUNC, recv returns the datagram's real length.
+    let len = n as usize;
+    if len > buf.len() {
+        return Err(Error::Truncated {
+            len,
+            max: buf.len(),
+        });
     }
-    None
+    Ok(len)
 }
 
 /// Waits until `fd` is readable; false when `timeout` passed first.
@@ -299,27 +280,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ext_ack_text_is_found_after_a_capped_header() {
-        let mut payload = vec![0u8; NLMSG_HDRLEN];
-        let text = b"Nexthop has invalid gateway\0";
-        let len = 4 + text.len();
-        payload.extend_from_slice(&(len as u16).to_ne_bytes());
-        payload.extend_from_slice(&NLMSGERR_ATTR_MSG.to_ne_bytes());
-        payload.extend_from_slice(text);
-        let flags = NLM_F_CAPPED | NLM_F_ACK_TLVS;
-        assert_eq!(
-            ext_ack_message(flags, &payload).as_deref(),
-            Some("Nexthop has invalid gateway")
+    fn a_socket_dumps_links_and_an_ack_ends_a_request() {
+        // Unprivileged reads work in any namespace: the loopback link is always there.
+        let mut sock = NlSocket::open(&[]).unwrap();
+        let links = sock
+            .dump(&super::super::encode::dump_links(), "the link dump")
+            .unwrap();
+        assert!(links.iter().any(|p| matches!(
+            p,
+            Payload::Link(l) if l.flags & wire::IFF_LOOPBACK != 0 && l.name.as_deref() == Some("lo")
+        )));
+        let replies = sock
+            .request(&super::super::encode::get_link("lo"), "look up lo")
+            .unwrap();
+        assert!(matches!(&replies[..], [Payload::Link(l)] if l.name.as_deref() == Some("lo")));
+        let err = sock
+            .request(
+                &super::super::encode::get_link("no-such-link0"),
+                "look up no-such-link0",
+            )
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::Refused { source, .. } if source.errno == libc::ENODEV),
+            "{err:?}"
         );
-        assert_eq!(ext_ack_message(NLM_F_CAPPED, &payload), None);
-    }
-
-    #[test]
-    fn split_refuses_a_length_past_the_datagram() {
-        let mut bytes = vec![0u8; 20];
-        bytes[..4].copy_from_slice(&64u32.to_ne_bytes());
-        let all: Vec<_> = split(&bytes).collect();
-        assert_eq!(all.len(), 1);
-        assert!(all[0].is_err());
     }
 }
