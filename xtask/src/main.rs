@@ -245,7 +245,7 @@ fn demo() -> Result<()> {
     let config = keys_dir()
         .join("secrets")
         .join(cairn_pki::secrets::CLIENT_CONFIG);
-    for args in [&["version"][..], &["health"], &["slots"], &["services"]] {
+    let cairnctl = |args: &[&str]| {
         step(&format!(
             "cairnctl --config {} --endpoint 127.0.0.1:{} {}",
             config.display(),
@@ -256,8 +256,26 @@ fn demo() -> Result<()> {
             .args(["run", "--quiet", "--package", "cairnctl", "--", "--config"])
             .arg(&config)
             .args(["--endpoint", &format!("127.0.0.1:{}", api.host)])
-            .args(args))?;
+            .args(args))
+    };
+    // recovery-key answers once: the device forgets the key as it answers.
+    for args in [
+        &["version"][..],
+        &["health"],
+        &["slots"],
+        &["services"],
+        &["recovery-key"],
+    ] {
+        cairnctl(args)?;
     }
+    // The second boot opens STATE and DATA with the TPM alone.
+    cairnctl(&["reboot"])?;
+    let unlocked = machine.wait_for_line(
+        "cairnd: unlocked STATE and DATA with the TPM",
+        Duration::from_secs(240),
+    )?;
+    machine.wait_for_line("cairnd: management API on port", Duration::from_secs(60))?;
+    cairnctl(&["version"])?;
     step("asking the guest to power off (ACPI power button)");
     machine.powerdown()?;
     let status = machine.wait_exit(Duration::from_secs(60))?;
@@ -291,6 +309,10 @@ fn demo() -> Result<()> {
     eprintln!(
         "    storage      {} (docs/storage.md)",
         storage.split("cairnd: ").nth(1).unwrap_or(&storage)
+    );
+    eprintln!(
+        "    reboot       {}, no input",
+        unlocked.split("cairnd: ").nth(1).unwrap_or(&unlocked)
     );
     eprintln!("    powered off  QEMU exited ({status})");
     drop(tpm);
