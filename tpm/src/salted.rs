@@ -35,22 +35,19 @@ pub fn kdfa(
     context_v: &[u8],
     bits: u32,
 ) -> Zeroizing<Vec<u8>> {
-    let len = bits.div_ceil(8) as usize;
-    let mut out = Zeroizing::new(Vec::with_capacity(len + DIGEST_LEN));
-    let mut counter = 1u32;
-    while out.len() < len {
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes any key");
-        mac.update(&counter.to_be_bytes());
-        mac.update(label.as_bytes());
-        mac.update(&[0]);
-        mac.update(context_u);
-        mac.update(context_v);
-        mac.update(&bits.to_be_bytes());
-        out.extend_from_slice(&mac.finalize().into_bytes());
-        counter += 1;
-    }
-    out.truncate(len);
-    out
+    counter_mode(bits, |i| {
+        hmac(
+            key,
+            &[
+                &i.to_be_bytes(),
+                label.as_bytes(),
+                &[0],
+                context_u,
+                context_v,
+                &bits.to_be_bytes(),
+            ],
+        )
+    })
 }
 
 /// KDFe with SHA-256 (the counter-mode hash KDF of NIST SP 800-56A): `bits` of output from the
@@ -62,18 +59,27 @@ pub fn kdfe(
     party_v: &[u8],
     bits: u32,
 ) -> Zeroizing<Vec<u8>> {
+    counter_mode(bits, |i| {
+        sha256(&[
+            &i.to_be_bytes(),
+            z,
+            label.as_bytes(),
+            &[0],
+            party_u,
+            party_v,
+        ])
+    })
+}
+
+/// `block(1)`, `block(2)`, … concatenated and cut to `bits`.
+fn counter_mode(bits: u32, mut block: impl FnMut(u32) -> [u8; DIGEST_LEN]) -> Zeroizing<Vec<u8>> {
     let len = bits.div_ceil(8) as usize;
     let mut out = Zeroizing::new(Vec::with_capacity(len + DIGEST_LEN));
     let mut counter = 1u32;
     while out.len() < len {
-        let mut h = Sha256::new();
-        h.update(counter.to_be_bytes());
-        h.update(z);
-        h.update(label.as_bytes());
-        h.update([0]);
-        h.update(party_u);
-        h.update(party_v);
-        out.extend_from_slice(&h.finalize());
+        let mut b = block(counter);
+        out.extend_from_slice(&b);
+        zeroize::Zeroize::zeroize(&mut b);
         counter += 1;
     }
     out.truncate(len);
