@@ -114,46 +114,52 @@ pub fn seed_kernel_random(tpm: &mut Tpm) -> Result<bool, String> {
         buf_size: i32,
         buf: [u8; SEED_BYTES],
     }
-    let mut info = Zeroizing::new([0u8; SEED_BYTES]);
+    let mut pool = RandPoolInfo {
+        entropy_count: SEED_CREDIT_BITS,
+        buf_size: SEED_BYTES as i32,
+        buf: [0; SEED_BYTES],
+    };
+    let credit = |pool: &RandPoolInfo| -> Result<(), String> {
+        let random = OpenOptions::new()
+            .write(true)
+            .open("/dev/random")
+            .map_err(|e| format!("opening /dev/random: {e}"))?;
+        // SAFETY: pool is a live rand_pool_info whose buf_size matches its buffer; the kernel
+        // only reads it.
+        let rc = unsafe {
+            libc::ioctl(
+                std::os::fd::AsRawFd::as_raw_fd(&random),
+                RNDADDENTROPY as _,
+                pool as *const RandPoolInfo,
+            )
+        };
+        if rc != 0 {
+            return Err(format!(
+                "RNDADDENTROPY: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        Ok(())
+    };
+    let result = fill_from_tpm(tpm, &mut pool.buf).and_then(|()| credit(&pool));
+    zeroize::Zeroize::zeroize(&mut pool.buf);
+    result.map(|()| true)
+}
+
+/// Fills `buf` from `TPM2_GetRandom`, which answers at most a digest's worth per call.
+fn fill_from_tpm(tpm: &mut Tpm, buf: &mut [u8]) -> Result<(), String> {
     let mut filled = 0;
-    while filled < SEED_BYTES {
-        let want = (SEED_BYTES - filled).min(32) as u16;
+    while filled < buf.len() {
+        let want = (buf.len() - filled).min(32) as u16;
         let bytes = tpm.get_random(want).map_err(|e| e.to_string())?;
         if bytes.is_empty() {
             return Err("TPM2_GetRandom returned no bytes".into());
         }
-        let take = bytes.len().min(SEED_BYTES - filled);
-        info[filled..filled + take].copy_from_slice(&bytes[..take]);
+        let take = bytes.len().min(buf.len() - filled);
+        buf[filled..filled + take].copy_from_slice(&bytes[..take]);
         filled += take;
     }
-    let mut pool = RandPoolInfo {
-        entropy_count: SEED_CREDIT_BITS,
-        buf_size: SEED_BYTES as i32,
-        buf: *info,
-    };
-    let random = OpenOptions::new()
-        .write(true)
-        .open("/dev/random")
-        .map_err(|e| format!("opening /dev/random: {e}"))?;
-    // SAFETY: pool is a live rand_pool_info whose buf_size matches its buffer; the kernel only
-    // reads it.
-    let rc = unsafe {
-        libc::ioctl(
-            std::os::fd::AsRawFd::as_raw_fd(&random),
-            RNDADDENTROPY as _,
-            &pool as *const RandPoolInfo,
-        )
-    };
-    let result = if rc == 0 {
-        Ok(true)
-    } else {
-        Err(format!(
-            "RNDADDENTROPY: {}",
-            std::io::Error::last_os_error()
-        ))
-    };
-    zeroize::Zeroize::zeroize(&mut pool.buf);
-    result
+    Ok(())
 }
 
 /// A fresh recovery key: 32 random bytes as 8 dash-separated groups of 8 modhex characters.

@@ -296,9 +296,7 @@ impl Tpm {
     /// TPM2_StartAuthSession: an unsalted, unbound SHA-256 policy session, or a trial session
     /// that only computes a digest.
     pub fn start_policy_session(&mut self, trial: bool) -> Result<Handle> {
-        let mut nonce = [0u8; NONCE_LEN];
-        rand_core::RngCore::try_fill_bytes(&mut rand_core::OsRng, &mut nonce)
-            .map_err(Error::Random)?;
+        let nonce = random_nonce()?;
         let cmd = Command::new(marshal::START_AUTH_SESSION)
             .handle(RH_NULL) // tpmKey
             .handle(RH_NULL) // bind
