@@ -55,6 +55,9 @@ pub struct Storage {
     pub encrypt: bool,
     /// The sha256-bank PCRs the disk key is sealed to (default `[7]`, the Secure Boot state).
     pub pcrs: Vec<u8>,
+    /// When encryption cannot be set up, run no workloads on plain storage (maintenance mode).
+    /// `None`: required wherever there is a TPM.
+    pub require_encryption: Option<bool>,
 }
 
 impl Default for Storage {
@@ -62,6 +65,7 @@ impl Default for Storage {
         Storage {
             encrypt: true,
             pcrs: vec![7],
+            require_encryption: None,
         }
     }
 }
@@ -112,6 +116,10 @@ struct RawStorage {
     encrypt: Option<bool>,
     /// The PCRs (sha256 bank, 0..=23) the key is sealed to (default `[7]`).
     pcrs: Option<Vec<u8>>,
+    /// When encryption cannot be set up on the first boot, come up in maintenance mode
+    /// (network and API only, no workloads) rather than run on plain storage (default: true
+    /// where the box has a TPM).
+    require_encryption: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -221,6 +229,12 @@ impl MachineConfig {
             cairn_tpm::PcrSelection::sha256(&pcrs).map_err(|e| format!("storage.pcrs: {e}"))?;
             config.storage.pcrs = pcrs;
         }
+        if let Some(r) = raw.storage.require_encryption {
+            if r && !config.storage.encrypt {
+                return Err("storage.require_encryption: true needs storage.encrypt: true".into());
+            }
+            config.storage.require_encryption = Some(r);
+        }
         Ok(config)
     }
 }
@@ -309,6 +323,19 @@ mod tests {
         assert!(e.starts_with("storage.pcrs:"), "{e}");
         let e = MachineConfig::parse("storage: {pcrs: []}").unwrap_err();
         assert!(e.contains("storage.pcrs is empty"), "{e}");
+    }
+
+    #[test]
+    fn encryption_is_required_only_where_it_is_wanted() {
+        let c = MachineConfig::parse("storage: {require_encryption: true}").unwrap();
+        assert_eq!(c.storage.require_encryption, Some(true));
+        let c =
+            MachineConfig::parse("storage: {encrypt: false, require_encryption: false}").unwrap();
+        assert_eq!(c.storage.require_encryption, Some(false));
+        assert_eq!(MachineConfig::default().storage.require_encryption, None);
+        let e = MachineConfig::parse("storage: {encrypt: false, require_encryption: true}")
+            .unwrap_err();
+        assert!(e.starts_with("storage.require_encryption:"), "{e}");
     }
 
     #[test]

@@ -1,21 +1,48 @@
-//! Small, synchronous, device-side building blocks of the `cairnd` role.
+//! The `cairnd` role of the device binary, in three layers; arrows only point down
+//! (docs/architecture.md):
 //!
-//! Each module owns one kernel or network interface and nothing else: [`probe`] runs the
-//! configured TCP and HTTP health probes without a shell, [`uevent`] receives the kernel's device
-//! events over netlink, [`watchdog`] drives `/dev/watchdog`, and [`netif`] brings an interface up
-//! and reports its addresses. There is no async runtime here and no C dependency: everything is
-//! std, or libc where std has no call. The daemon's main loop decides when to call what.
+//! - **wiring**: [`cairnd`] decides which capabilities start, in what order, with what.
+//! - **API adapters**: [`remote`] maps `cairn.v1` calls onto the capabilities; [`maintenance`]
+//!   serves the one call a locked box answers. Nothing below imports them.
+//! - **capabilities**, each with its own state and a narrow interface: [`bringup`] (STATE and
+//!   DATA: first-boot encryption, unlock), [`settings`] (the machine config in force, applied
+//!   live), [`health`] (the health gate), [`update`] (install, trial, commit, rollback),
+//!   [`sticks`] (bundles from USB sticks).
+//! - **mechanisms** they share, each owning one kernel interface or one format and nothing else:
+//!   [`storage`] (LUKS2 + TPM volumes), [`block`] (partitions and mounts), [`probe`] (TCP and
+//!   HTTP health probes without a shell), [`uevent`] (the kernel's device events), [`watchdog`],
+//!   [`netif`], [`heartbeat`], [`events`], [`journal`], [`log`], [`system`] (this boot, and
+//!   signals to init).
+//!
+//! There is no async runtime here and no C dependency: everything is std, or libc where std has
+//! no call.
 
-pub mod block;
+// Wiring.
 pub mod cairnd;
+
+// API adapters.
+pub mod maintenance;
+pub mod remote;
+
+// Capabilities.
+pub mod bringup;
+pub mod health;
+pub mod settings;
+pub mod sticks;
+pub mod update;
+
+// Mechanisms.
+pub mod block;
 pub mod config;
 pub mod error;
+pub mod events;
+pub mod heartbeat;
 pub mod journal;
-pub mod maintenance;
+pub mod log;
 pub mod netif;
 pub mod probe;
-pub mod remote;
 pub mod storage;
+pub mod system;
 pub mod uevent;
 pub mod watchdog;
 

@@ -12,7 +12,6 @@
 
 use std::fs;
 use std::net::TcpListener;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -22,37 +21,10 @@ use cairn_api::{proto, Device, DeviceError, Sink, UpgradeSource};
 use cairn_netcfg::agent::{self as netcfg, Netcfg};
 use cairn_tpm::Tpm;
 
-use crate::cairnd;
-use crate::remote;
+use crate::bringup::CLIENT_CA_COPY;
+use crate::log::say;
 use crate::storage::{self, Opened, Partitions};
-
-/// Where cairnd keeps a copy of the client CA certificate (public) for maintenance mode.
-pub const CLIENT_CA_COPY: &str = "/boot/cairn/client-ca.crt";
-
-/// Copies the client CA certificate from the unlocked STATE to the ESP when it differs.
-/// Without a client CA (an image with no API secrets) there is nothing to copy.
-pub fn remember_client_ca(secrets: &Path) -> Result<(), String> {
-    let from = secrets.join(cairn_pki::secrets::CLIENT_CA_CERT);
-    let Ok(pem) = fs::read(&from) else {
-        return Ok(());
-    };
-    let to = Path::new(CLIENT_CA_COPY);
-    if fs::read(to).ok().as_deref() == Some(pem.as_slice()) {
-        return Ok(());
-    }
-    let esp = Path::new(cairnd::ESP);
-    crate::block::remount(esp, false)
-        .map_err(|e| format!("keeping the client CA for maintenance mode: {e}"))?;
-    let written = to
-        .parent()
-        .map(fs::create_dir_all)
-        .unwrap_or(Ok(()))
-        .and_then(|()| fs::write(to, &pem))
-        .and_then(|()| crate::block::sync_fs(esp));
-    let _ = crate::block::remount(esp, true);
-    written
-        .map_err(|e| format!("keeping the client CA for maintenance mode ({CLIENT_CA_COPY}): {e}"))
-}
+use crate::system::{self, Release, API_PORT};
 
 const LOCKED: &str = "the box is in maintenance mode: STATE and DATA are locked; \
                       send the recovery key with `cairnctl unlock`";
@@ -60,7 +32,7 @@ const LOCKED: &str = "the box is in maintenance mode: STATE and DATA are locked;
 struct Maintenance {
     parts: Partitions,
     tpm: Mutex<Option<Tpm>>,
-    release: cairnd::Release,
+    release: Release,
     unlocked: AtomicBool,
     tx: Mutex<mpsc::Sender<Opened>>,
 }
@@ -78,7 +50,7 @@ impl Device for Maintenance {
             board: self.release.board.clone(),
             arch: std::env::consts::ARCH.into(),
             running_slot: 0,
-            hostname: remote::hostname(),
+            hostname: system::hostname(),
             booted_unix_ms: 0,
             api_version: cairn_api::API_VERSION.into(),
         })
@@ -157,11 +129,11 @@ impl Device for Maintenance {
             ));
         }
         storage::normalize_recovery_key(recovery_key).map_err(DeviceError::invalid_argument)?;
-        cairnd::log(format_args!("unlocking STATE and DATA with a recovery key"));
+        say!("unlocking STATE and DATA with a recovery key");
         match storage::unlock_with_recovery(&self.parts, tpm.as_mut(), recovery_key) {
             Ok((opened, message)) => {
                 self.unlocked.store(true, Ordering::SeqCst);
-                cairnd::log(format_args!("{message}"));
+                say!("{message}");
                 let _ = self
                     .tx
                     .lock()
@@ -170,7 +142,7 @@ impl Device for Maintenance {
                 Ok(proto::UnlockResponse { message })
             }
             Err(e) => {
-                cairnd::log(format_args!("unlock refused: {e}"));
+                say!("unlock refused: {e}");
                 Err(DeviceError::invalid_argument(e))
             }
         }
@@ -183,17 +155,17 @@ pub fn run(
     parts: Partitions,
     tpm: Option<Tpm>,
     why: &str,
-    release: &cairnd::Release,
+    release: &Release,
     beat: &dyn Fn(),
 ) -> Result<(Opened, Netcfg), String> {
-    cairnd::log(format_args!("STATE and DATA stay locked: {why}"));
-    cairnd::log(format_args!(
+    say!("STATE and DATA stay locked: {why}");
+    say!(
         "maintenance mode: network and API only; unlock with `cairnctl unlock` and the recovery key"
-    ));
+    );
     let network = Netcfg::start(
         Default::default(),
         netcfg::Options::device(),
-        Arc::new(|line: &str| cairnd::log(format_args!("{line}"))),
+        Arc::new(|line: &str| say!("{line}")),
     )
     .map_err(|e| format!("starting the network: {e}"))?;
     let (tx, rx) = mpsc::channel();
@@ -208,9 +180,7 @@ pub fn run(
     let server = match serve(device.clone()) {
         Ok(server) => Some(server),
         Err(e) => {
-            cairnd::log(format_args!(
-                "no maintenance API ({e}); this box cannot be unlocked remotely and waits"
-            ));
+            say!("no maintenance API ({e}); this box cannot be unlocked remotely and waits");
             None
         }
     };
@@ -234,25 +204,25 @@ pub fn run(
 fn serve(device: Arc<Maintenance>) -> Result<cairn_api::Server, String> {
     let ca = fs::read_to_string(CLIENT_CA_COPY)
         .map_err(|e| format!("reading the client CA {CLIENT_CA_COPY}: {e}"))?;
-    let identity = cairn_pki::ephemeral_server_identity(&remote::hostname())
+    let identity = cairn_pki::ephemeral_server_identity(&system::hostname())
         .map_err(|e| format!("making a maintenance key: {e}"))?;
     let tls =
         cairn_api::TlsConfig::from_pem(ca.as_bytes(), identity.0.as_bytes(), identity.1.as_bytes())
             .map_err(|e| e.to_string())?;
-    let listener = TcpListener::bind(("::", remote::PORT))
-        .or_else(|_| TcpListener::bind(("0.0.0.0", remote::PORT)))
-        .map_err(|e| format!("port {}: {e}", remote::PORT))?;
+    let listener = TcpListener::bind(("::", API_PORT))
+        .or_else(|_| TcpListener::bind(("0.0.0.0", API_PORT)))
+        .map_err(|e| format!("port {}: {e}", API_PORT))?;
     let mut options = cairn_api::Options {
-        log: Arc::new(|line: &str| cairnd::log(format_args!("api: {line}"))),
+        log: Arc::new(|line: &str| say!("api: {line}")),
         ..Default::default()
     };
     // Two argon2id derivations under a slow CPU take a while.
     options.limits.call_deadline = Duration::from_secs(600);
     let server = cairn_api::serve(listener, &tls, device, options).map_err(|e| e.to_string())?;
-    cairnd::log(format_args!(
+    say!(
         "maintenance API on port {} (mutual TLS); its key's fingerprint is {}",
-        remote::PORT,
+        API_PORT,
         identity.2
-    ));
+    );
     Ok(server)
 }

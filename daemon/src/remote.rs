@@ -1,11 +1,12 @@
 //! cairnd's side of the management API: the [`cairn_api::Device`] it serves, and the server's
 //! certificate.
 //!
-//! The one idea: every call is a thin view of state cairnd already keeps ([`Shared`]): the
-//! release, the bootloader's slots, the STATE partition's records, the network loop, the log and
-//! event rings. Calls that change the machine (upgrade, rollback, config) take the same paths and
-//! locks as the USB-stick install and the health window, so the API cannot do anything a stick
-//! could not, nor two things at once.
+//! The one idea: every call is a thin view of a capability cairnd already runs ([`Api`]): the
+//! boot, the bootloader's slots, the STATE partition's records, the config and network, health,
+//! updates, the log and event rings. Calls that change the machine (upgrade, rollback, config)
+//! take the same paths and locks as the USB-stick install and the health window, so the API
+//! cannot do anything a stick could not, nor two things at once. Nothing in the daemon depends
+//! on this module but the wiring that starts it.
 //!
 //! The server certificate is issued on the device, by the device CA the image put on STATE
 //! ([`SECRETS_DIR`]), for the hostname and `localhost`/loopback addresses, and kept on STATE.
@@ -17,34 +18,42 @@ use std::net::{IpAddr, TcpListener};
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use cairn_api::proto;
 use cairn_api::{Device, DeviceError, Sink, UpgradeSource};
 use cairn_boot::{Bootloader, Slot};
 use cairn_updater::install::Phase;
-use cairn_updater::state::Outcome;
+use cairn_updater::state::{Outcome, StateDir};
 
-use crate::cairnd::{self, Shared};
+use crate::bringup::{RECOVERY_KEY_FILE, SECRETS_DIR, STATE_MOUNT};
+use crate::events::{proto_slot, Events};
+use crate::health::Health;
 use crate::journal::Batch;
+use crate::log::{self, say, unix_ms};
+use crate::settings::Settings;
+use crate::system::{self, Boot, API_PORT as PORT};
+use crate::update::{ProgressReporter, Updates};
 
-/// Where the image build puts what `cairnctl gen secrets` made for devices (on STATE), and
-/// where the server certificate is kept.
-pub const SECRETS_DIR: &str = "/var/lib/cairn/api";
-/// The port the API listens on, on every address.
-pub const PORT: u16 = 50000;
+/// The capabilities the API maps its calls onto.
+pub struct Api {
+    pub boot: Boot,
+    pub state: StateDir,
+    pub events: Arc<Events>,
+    pub settings: Arc<Settings>,
+    pub health: Arc<Health>,
+    pub updates: Arc<Updates>,
+}
 /// Re-issue the server certificate when it has less than this left.
 const RENEW_BEFORE: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// Starts the API server, or says why there is none.
-pub fn start(shared: Arc<Shared>) -> Option<cairn_api::Server> {
-    let configured = shared.config().ok().and_then(|c| c.api_identity);
+pub fn start(api: Api) -> Option<cairn_api::Server> {
+    let configured = api.settings.current().ok().and_then(|c| c.api_identity);
     let tls = match &configured {
         Some((cert, key)) => match read_client_ca(Path::new(SECRETS_DIR)) {
             Ok(Some(ca)) => {
-                cairnd::log(format_args!(
-                    "API server certificate from the machine config (api.server_cert)"
-                ));
+                say!("API server certificate from the machine config (api.server_cert)");
                 cairn_api::TlsConfig::from_pem(ca.as_bytes(), cert.as_bytes(), key.as_bytes())
                     .map(Some)
                     .map_err(|e| e.to_string())
@@ -52,21 +61,21 @@ pub fn start(shared: Arc<Shared>) -> Option<cairn_api::Server> {
             other => other.map(|_| None),
         },
         None => {
-            let addresses = shared.addresses(Duration::from_secs(5));
+            let addresses = api.settings.addresses(Duration::from_secs(5));
             server_tls(Path::new(SECRETS_DIR), Path::new(SECRETS_DIR), &addresses)
         }
     };
     let tls = match tls {
         Ok(Some(tls)) => tls,
         Ok(None) => {
-            cairnd::log(format_args!(
+            say!(
                 "no management API: this image carries no API secrets (no {SECRETS_DIR}/client-ca.crt; \
                  build it with `cairnctl image build --api-secrets DIR`)"
-            ));
+            );
             return None;
         }
         Err(e) => {
-            cairnd::log(format_args!("no management API: {e}"));
+            say!("no management API: {e}");
             return None;
         }
     };
@@ -76,21 +85,21 @@ pub fn start(shared: Arc<Shared>) -> Option<cairn_api::Server> {
     let listener = match listener {
         Ok(l) => l,
         Err(e) => {
-            cairnd::log(format_args!("no management API: port {PORT}: {e}"));
+            say!("no management API: port {PORT}: {e}");
             return None;
         }
     };
     let options = cairn_api::Options {
-        log: Arc::new(|line: &str| cairnd::log(format_args!("api: {line}"))),
+        log: Arc::new(|line: &str| say!("api: {line}")),
         ..Default::default()
     };
-    match cairn_api::serve(listener, &tls, Arc::new(ApiDevice(shared)), options) {
+    match cairn_api::serve(listener, &tls, Arc::new(ApiDevice(api)), options) {
         Ok(server) => {
-            cairnd::log(format_args!("management API on port {PORT} (mutual TLS)"));
+            say!("management API on port {PORT} (mutual TLS)");
             Some(server)
         }
         Err(e) => {
-            cairnd::log(format_args!("no management API: {e}"));
+            say!("no management API: {e}");
             None
         }
     }
@@ -123,7 +132,7 @@ pub fn server_tls(
     let (cert, key) = server_certificate(
         &read(cairn_pki::secrets::DEVICE_CA_CERT)?,
         &read(cairn_pki::secrets::DEVICE_CA_KEY)?,
-        &hostname(),
+        &system::hostname(),
         addresses,
         keep,
     )?;
@@ -168,14 +177,14 @@ pub fn server_certificate(
     fs::create_dir_all(keep).map_err(|e| format!("creating {}: {e}", keep.display()))?;
     write_private(&key_path, &issued.key_pem)?;
     write_private(&cert_path, &issued.cert_pem)?;
-    cairnd::log(format_args!(
+    say!(
         "issued the API server certificate for {hostname}{} (fingerprint {})",
         addresses
             .iter()
             .map(|a| format!(", {a}"))
             .collect::<String>(),
         issued.fingerprint()
-    ));
+    );
     Ok((issued.cert_pem, issued.key_pem))
 }
 
@@ -213,52 +222,31 @@ pub fn vm_rss(status: &str) -> Option<u64> {
     Some(kb * 1024)
 }
 
-/// The kernel's hostname (netcfg sets it from the machine config).
-pub fn hostname() -> String {
-    fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .ok()
-        .filter(|h| !h.is_empty() && h != "(none)")
-        .unwrap_or_else(|| "cairn".into())
-}
-
-pub fn unix_ms(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
-pub fn proto_slot(slot: Slot) -> proto::Slot {
-    match slot {
-        Slot::A => proto::Slot::A,
-        Slot::B => proto::Slot::B,
-    }
-}
-
-struct ApiDevice(Arc<Shared>);
+struct ApiDevice(Api);
 
 impl Device for ApiDevice {
     fn version(&self) -> Result<proto::VersionResponse, DeviceError> {
         let s = &self.0;
         Ok(proto::VersionResponse {
-            os_version: s.release.version.clone(),
-            security_version: s.release.security_version,
+            os_version: s.boot.release.version.clone(),
+            security_version: s.boot.release.security_version,
             security_floor: s.state.security_floor().unwrap_or(0),
-            board: s.release.board.clone(),
+            board: s.boot.release.board.clone(),
             arch: std::env::consts::ARCH.into(),
-            running_slot: proto_slot(s.running) as i32,
-            hostname: hostname(),
-            booted_unix_ms: unix_ms(s.booted),
+            running_slot: proto_slot(s.boot.running) as i32,
+            hostname: system::hostname(),
+            booted_unix_ms: unix_ms(s.boot.booted),
             api_version: cairn_api::API_VERSION.into(),
         })
     }
 
     fn health(&self) -> Result<proto::HealthResponse, DeviceError> {
-        Ok(self.0.health_now())
+        Ok(self.0.health.now())
     }
 
     fn slot_status(&self) -> Result<proto::SlotStatusResponse, DeviceError> {
         let s = &self.0;
-        let status = cairnd::bootloader(s.running)
+        let status = system::bootloader(s.boot.running)
             .status()
             .map_err(|e| DeviceError::internal(format!("reading the boot state: {e}")))?;
         let record = s.state.trial().ok().flatten();
@@ -269,12 +257,12 @@ impl Device for ApiDevice {
                 let state = if !info.bootable && !info.successful {
                     if info.tries_left == Some(0) {
                         proto::SlotState::Bad
-                    } else if slot == s.running {
+                    } else if slot == s.boot.running {
                         proto::SlotState::Trial
                     } else {
                         proto::SlotState::Empty
                     }
-                } else if slot == s.running && status.trial {
+                } else if slot == s.boot.running && status.trial {
                     proto::SlotState::Trial
                 } else if info.successful {
                     proto::SlotState::Good
@@ -283,8 +271,11 @@ impl Device for ApiDevice {
                 } else {
                     proto::SlotState::Trial
                 };
-                let (os_version, security_version) = if slot == s.running {
-                    (s.release.version.clone(), s.release.security_version)
+                let (os_version, security_version) = if slot == s.boot.running {
+                    (
+                        s.boot.release.version.clone(),
+                        s.boot.release.security_version,
+                    )
                 } else {
                     match &record {
                         Some(r) if r.slot == slot.to_string() => {
@@ -325,7 +316,7 @@ impl Device for ApiDevice {
         };
         Ok(proto::SlotStatusResponse {
             slots,
-            running: proto_slot(s.running) as i32,
+            running: proto_slot(s.boot.running) as i32,
             next_boot: status.next.map_or(proto::Slot::Unspecified, proto_slot) as i32,
             last_update: last_update as i32,
             last_update_detail: detail,
@@ -333,7 +324,7 @@ impl Device for ApiDevice {
     }
 
     fn service_list(&self) -> Result<proto::ServiceListResponse, DeviceError> {
-        let services = cairnd::services()
+        let services = system::services()
             .map_err(DeviceError::unavailable)?
             .into_iter()
             .map(|(name, pid)| proto::ServiceInfo {
@@ -354,7 +345,7 @@ impl Device for ApiDevice {
     }
 
     fn service_restart(&self, name: &str) -> Result<proto::ServiceRestartResponse, DeviceError> {
-        let services = cairnd::services().map_err(DeviceError::unavailable)?;
+        let services = system::services().map_err(DeviceError::unavailable)?;
         let Some((_, pid)) = services.iter().find(|(n, _)| n == name) else {
             return Err(DeviceError::not_found(format!(
                 "no service {name:?}: the services are {}",
@@ -371,7 +362,7 @@ impl Device for ApiDevice {
             )));
         }
         // cairnd is the one answering: it exits once the answer is out, and init starts it again.
-        self.0.restart_self();
+        system::restart_soon();
         Ok(proto::ServiceRestartResponse {
             pid: pid.unwrap_or(0),
         })
@@ -386,7 +377,7 @@ impl Device for ApiDevice {
         match &request.source {
             Some(Source::Kernel(_)) => kernel_log(request.tail, request.follow, sink),
             Some(Source::Service(name)) if name == "cairnd" => follow_ring(
-                cairnd::log_ring(),
+                log::ring(),
                 request.tail,
                 request.follow,
                 sink,
@@ -410,7 +401,7 @@ impl Device for ApiDevice {
         reboot: bool,
         progress: &mut dyn FnMut(proto::UpgradeProgress),
     ) -> Result<proto::UpgradeDone, DeviceError> {
-        let mut console = cairnd::ProgressReporter::default();
+        let mut console = ProgressReporter::default();
         let mut report = |p: &cairn_updater::install::Progress| {
             console.report(p);
             progress(proto::UpgradeProgress {
@@ -428,21 +419,22 @@ impl Device for ApiDevice {
         let installed = match source {
             UpgradeSource::Upload(upload) => {
                 let len = upload.size();
-                cairnd::log(format_args!("installing an uploaded bundle ({len} bytes)"));
+                say!("installing an uploaded bundle ({len} bytes)");
                 let reader = std::io::BufReader::with_capacity(1 << 20, upload);
                 self.0
+                    .updates
                     .install("the uploaded bundle", reader, Some(len), &mut report)
             }
             UpgradeSource::Fetch { url } => {
-                let fetch = self.0.fetch(&url)?;
+                let fetch = self.0.updates.fetch(&url)?;
                 let len = fetch.len();
-                cairnd::log(format_args!("installing the bundle at {url}"));
+                say!("installing the bundle at {url}");
                 let reader = std::io::BufReader::with_capacity(1 << 20, fetch);
-                self.0.install(&url, reader, len, &mut report)
+                self.0.updates.install(&url, reader, len, &mut report)
             }
         }
-        .inspect_err(|e| cairnd::log(format_args!("{e}")))?;
-        cairnd::log(format_args!(
+        .inspect_err(|e| say!("{e}"))?;
+        say!(
             "installed version {} into slot {} ({} bytes){}",
             installed.version,
             installed.slot,
@@ -452,9 +444,9 @@ impl Device for ApiDevice {
             } else {
                 "; the next reboot starts its trial"
             }
-        ));
+        );
         if reboot {
-            self.0.reboot_soon();
+            system::reboot_soon();
         }
         Ok(proto::UpgradeDone {
             slot: proto_slot(installed.slot) as i32,
@@ -465,26 +457,26 @@ impl Device for ApiDevice {
     }
 
     fn rollback(&self) -> Result<proto::RollbackResponse, DeviceError> {
-        let target = self.0.rollback()?;
+        let target = self.0.updates.rollback()?;
         Ok(proto::RollbackResponse {
             target: proto_slot(target) as i32,
         })
     }
 
     fn reboot(&self) -> Result<(), DeviceError> {
-        cairnd::log(format_args!("reboot requested over the API"));
-        self.0.reboot_soon();
+        say!("reboot requested over the API");
+        system::reboot_soon();
         Ok(())
     }
 
     fn shutdown(&self) -> Result<(), DeviceError> {
-        cairnd::log(format_args!("power-off requested over the API"));
-        self.0.power_off_soon();
+        say!("power-off requested over the API");
+        system::power_off_soon();
         Ok(())
     }
 
     fn recovery_key(&self) -> Result<proto::RecoveryKeyResponse, DeviceError> {
-        let path = Path::new(cairnd::STATE_MOUNT).join(cairnd::RECOVERY_KEY_FILE);
+        let path = Path::new(STATE_MOUNT).join(RECOVERY_KEY_FILE);
         let key = match fs::read_to_string(&path) {
             Ok(key) => zeroize::Zeroizing::new(key),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -500,9 +492,7 @@ impl Device for ApiDevice {
         };
         crate::storage::shred(&path)
             .map_err(|e| DeviceError::internal(format!("forgetting the recovery key: {e}")))?;
-        cairnd::log(format_args!(
-            "the recovery key was fetched over the API; the device no longer keeps it"
-        ));
+        say!("the recovery key was fetched over the API; the device no longer keeps it");
         Ok(proto::RecoveryKeyResponse {
             recovery_key: key.trim().to_string(),
         })
@@ -513,11 +503,12 @@ impl Device for ApiDevice {
         request: &proto::ApplyConfigRequest,
     ) -> Result<proto::ApplyConfigResponse, DeviceError> {
         self.0
-            .apply_config(&request.config, request.dry_run, request.try_timeout_s)
+            .settings
+            .apply(&request.config, request.dry_run, request.try_timeout_s)
     }
 
     fn confirm_config(&self, generation: u64) -> Result<(), DeviceError> {
-        self.0.confirm_config(generation)
+        self.0.settings.confirm(generation)
     }
 
     fn events(
@@ -525,13 +516,17 @@ impl Device for ApiDevice {
         request: &proto::EventsRequest,
         sink: &Sink<proto::EventsResponse>,
     ) -> Result<(), DeviceError> {
-        follow_ring(&self.0.events, request.tail, true, sink, |(ms, event)| {
-            proto::EventsResponse {
+        follow_ring(
+            self.0.events.ring(),
+            request.tail,
+            true,
+            sink,
+            |(ms, event)| proto::EventsResponse {
                 seq: 0,
                 time_unix_ms: *ms,
                 event: Some(event.clone()),
-            }
-        })
+            },
+        )
     }
 }
 
@@ -600,7 +595,7 @@ fn kernel_log(
         .custom_flags(libc::O_NONBLOCK)
         .open("/dev/kmsg")
         .map_err(|e| DeviceError::internal(format!("opening /dev/kmsg: {e}")))?;
-    let booted = cairnd::boot_time();
+    let booted = system::boot_time();
     // The backlog: keep the last `tail` records.
     let mut backlog = std::collections::VecDeque::new();
     let mut buf = vec![0u8; 8192];
@@ -676,6 +671,7 @@ pub fn parse_kmsg(record: &[u8], booted: SystemTime) -> proto::LogsResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::UNIX_EPOCH;
 
     #[test]
     fn rss_comes_from_the_status_file() {

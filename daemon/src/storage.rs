@@ -659,8 +659,10 @@ pub fn read_tree(root: &Path) -> Result<Tree, String> {
     Ok(out)
 }
 
-/// Writes what [`read_tree`] read under `root`.
+/// Writes what [`read_tree`] read under `root`, creating `root` itself first: an empty tree
+/// (a seed without API secrets) still leaves the folder, so what is written next to it lands.
 pub fn write_tree(root: &Path, tree: &Tree) -> Result<(), String> {
+    fs::create_dir_all(root).map_err(|e| format!("creating {}: {e}", root.display()))?;
     for (rel, content) in tree {
         let path = root.join(rel);
         match content {
@@ -732,6 +734,34 @@ mod tests {
         );
         shred(&dst.path().join("machine.yaml")).unwrap();
         assert!(!dst.path().join("machine.yaml").exists());
+    }
+
+    /// The seeds users build: nothing (no API secrets), a file at the top, a folder only. Each
+    /// lands in a folder that does not exist yet, as DATA's provisioning copy does.
+    #[test]
+    fn every_seed_shape_is_written_into_a_new_folder() {
+        let seeds: [&[(&str, Option<&str>)]; 3] = [
+            &[],
+            &[("machine.yaml", Some("a: 1\n"))],
+            &[("api", None), ("api/client-ca.crt", Some("pem"))],
+        ];
+        for seed in seeds {
+            let tree: Tree = seed
+                .iter()
+                .map(|(p, c)| {
+                    (
+                        PathBuf::from(p),
+                        c.map(|c| Zeroizing::new(c.as_bytes().to_vec())),
+                    )
+                })
+                .collect();
+            let dst = tempfile::tempdir().unwrap();
+            let copy = dst.path().join(".cairn-provisioning/seed");
+            write_tree(&copy, &tree).unwrap();
+            assert!(copy.is_dir());
+            assert_eq!(read_tree(&copy).unwrap(), tree);
+            fs::write(copy.parent().unwrap().join("recovery-key"), "k").unwrap();
+        }
     }
 
     /// The whole LUKS side of provisioning and both unlock paths, on plain files with a

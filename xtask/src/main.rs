@@ -86,8 +86,31 @@ pub fn cargo() -> Command {
     cmd
 }
 
+/// The steps so far and when each began, for the timing table `cargo xtask test` ends with.
+static STEPS: std::sync::Mutex<Vec<(String, Instant)>> = std::sync::Mutex::new(Vec::new());
+
 pub fn step(title: &str) {
     eprintln!("\n==> {title}");
+    STEPS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push((title.to_string(), Instant::now()));
+}
+
+/// Prints how long each step took (until the next began, the last until now), so the suite's
+/// growth shows stage by stage.
+fn print_step_times() {
+    let steps = STEPS.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(first) = steps.first().map(|s| s.1) else {
+        return;
+    };
+    eprintln!("\n==> time per stage");
+    let now = Instant::now();
+    for (i, (title, began)) in steps.iter().enumerate() {
+        let end = steps.get(i + 1).map_or(now, |s| s.1);
+        eprintln!("    {:>7.1} s  {title}", (end - *began).as_secs_f64());
+    }
+    eprintln!("    {:>7.1} s  in all", (now - first).as_secs_f64());
 }
 
 pub fn run(cmd: &mut Command) -> Result<()> {
@@ -513,13 +536,49 @@ fn test() -> Result<()> {
     }
     fuzz::run_brief()?;
     images()?;
-    step("cargo test (unit, interop and QEMU tests)");
-    run(cargo()
-        .args(["test", "--workspace", "--", "--include-ignored"])
-        .env("CAIRN_IMAGES", images_dir())
-        .env("CAIRN_KEYS", keys_dir())
-        .env("CAIRN_CACHE", cache_dir())
-        .env("CAIRN_DEVICE_BIN_AARCH64", device_bin(Arch::Aarch64))
-        .env("CAIRN_DEVICE_BIN_X86_64", device_bin(Arch::X86_64)))?;
+    let result = tests();
+    print_step_times();
+    result
+}
+
+/// The tests: every crate's unit and interop tests, then each system test file (QEMU boots) as
+/// a stage of its own.
+fn tests() -> Result<()> {
+    let test = |args: &[&str]| -> Result<()> {
+        run(cargo()
+            .arg("test")
+            .args(args)
+            .args(["--", "--include-ignored"])
+            .env("CAIRN_IMAGES", images_dir())
+            .env("CAIRN_KEYS", keys_dir())
+            .env("CAIRN_CACHE", cache_dir())
+            .env("CAIRN_DEVICE_BIN_AARCH64", device_bin(Arch::Aarch64))
+            .env("CAIRN_DEVICE_BIN_X86_64", device_bin(Arch::X86_64)))
+    };
+    step("cargo test (unit and interop tests, every crate but systest)");
+    test(&["--workspace", "--exclude", "cairn-systest"])?;
+    step("cargo test -p cairn-systest --lib");
+    test(&["--package", "cairn-systest", "--lib"])?;
+    let dir = root().join("systest/tests");
+    let mut files: Vec<String> = std::fs::read_dir(&dir)
+        .with_context(|| format!("listing {}", dir.display()))?
+        .filter_map(|e| {
+            let name = e.ok()?.file_name().into_string().ok()?;
+            Some(name.strip_suffix(".rs")?.to_string())
+        })
+        .collect();
+    files.sort();
+    // A failing file does not stop the others: CI shows every failure at once.
+    let mut failed = Vec::new();
+    for name in files {
+        step(&format!("system tests: systest/tests/{name}.rs (QEMU)"));
+        if let Err(e) = test(&["--package", "cairn-systest", "--test", &name]) {
+            eprintln!("    FAILED: {e}");
+            failed.push(name);
+        }
+    }
+    if !failed.is_empty() {
+        bail!("system tests failed: {}", failed.join(", "));
+    }
     Ok(())
 }

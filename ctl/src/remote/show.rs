@@ -80,6 +80,15 @@ fn config_change(v: i32) -> String {
     )
 }
 
+fn storage_state(v: i32) -> String {
+    lower(
+        proto::storage_event::State::try_from(v)
+            .ok()
+            .map(|e| e.as_str_name()),
+        "STATE_",
+    )
+}
+
 /// A time in seconds since the epoch as `2024-05-01 12:00:00Z`.
 pub fn time_s(secs: i64) -> String {
     match time::OffsetDateTime::from_unix_timestamp(secs) {
@@ -403,6 +412,10 @@ pub fn event_json(e: &proto::EventsResponse) -> Value {
             "service",
             json!({"name": s.name, "state": service_state(s.state), "detail": s.detail}),
         ),
+        Some(Event::Storage(s)) => (
+            "storage",
+            json!({"state": storage_state(s.state), "detail": s.detail}),
+        ),
         None => return v,
     };
     v[key] = body;
@@ -459,6 +472,7 @@ pub fn event_text(e: &proto::EventsResponse) -> String {
             "service",
             with(format!("{} {}", s.name, service_state(s.state)), &s.detail),
         ),
+        Some(Event::Storage(s)) => ("storage", with(storage_state(s.state), &s.detail)),
         None => (
             "unknown",
             "(an event this cairnctl does not know)".to_string(),

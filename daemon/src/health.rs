@@ -1,0 +1,233 @@
+//! The health gate: the checks a trial boot must pass before its slot is committed, and the
+//! same checks on demand for the API's Health call (with how many times in a row each gave the
+//! same answer).
+//!
+//! The checks: every service init supervises is running, loopback is up, the machine config's
+//! network section is applied, STATE and DATA are as the config asked (encrypted, or plain by
+//! choice), and the config's probes. A new capability that must gate updates adds its check in
+//! [`Health::checks`].
+
+use std::fs;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use cairn_api::proto;
+use cairn_netcfg::agent as netcfg;
+use cairn_updater::health::{self, Check, Verdict};
+
+use crate::bringup::StorageStatus;
+use crate::heartbeat::{BeatingClock, Heartbeat};
+use crate::log::{say, unix_ms};
+use crate::netif;
+use crate::settings::Settings;
+use crate::system::SERVICES_STATUS;
+
+/// The health capability.
+pub struct Health {
+    settings: Arc<Settings>,
+    storage: StorageStatus,
+    /// Set while the running slot is on trial: when the health window ends.
+    trial_deadline: Mutex<Option<SystemTime>>,
+    /// Per health check: passing, and for how many checks in a row.
+    streaks: Mutex<Vec<(String, bool, u32)>>,
+}
+
+impl Health {
+    pub fn new(settings: Arc<Settings>, storage: StorageStatus) -> Health {
+        Health {
+            settings,
+            storage,
+            trial_deadline: Mutex::new(None),
+            streaks: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The checks a trial must pass; the API's Health runs the same ones.
+    fn checks(&self) -> Vec<Box<dyn Check>> {
+        let mut checks: Vec<Box<dyn Check>> = vec![
+            Box::new(ServicesCheck),
+            Box::new(LoopbackCheck),
+            Box::new(NetworkConfigCheck(self.settings.network_view())),
+            Box::new(StorageCheck(self.storage.clone())),
+        ];
+        match self.settings.current() {
+            Ok(c) => checks.extend(
+                c.probes
+                    .into_iter()
+                    .map(|p| Box::new(ProbeCheck(p)) as Box<dyn Check>),
+            ),
+            Err(e) => checks.push(Box::new(Failed(e))),
+        }
+        checks
+    }
+
+    /// Runs every check now.
+    pub fn now(&self) -> proto::HealthResponse {
+        let now = unix_ms(SystemTime::now());
+        let results: Vec<(String, Result<(), String>)> =
+            self.checks().iter().map(|c| (c.name(), c.run())).collect();
+        let mut streaks = self.streaks.lock().unwrap_or_else(|e| e.into_inner());
+        let checks = results
+            .into_iter()
+            .map(|(name, result)| {
+                let ok = result.is_ok();
+                let streak = match streaks.iter_mut().find(|(n, _, _)| *n == name) {
+                    Some(entry) => {
+                        entry.2 = if entry.1 == ok { entry.2 + 1 } else { 1 };
+                        entry.1 = ok;
+                        entry.2
+                    }
+                    None => {
+                        streaks.push((name.clone(), ok, 1));
+                        1
+                    }
+                };
+                proto::HealthCheck {
+                    name,
+                    state: if ok {
+                        proto::CheckState::Passing
+                    } else {
+                        proto::CheckState::Failing
+                    } as i32,
+                    detail: result.err().unwrap_or_default(),
+                    checked_unix_ms: now,
+                    streak,
+                }
+            })
+            .collect::<Vec<_>>();
+        let deadline = *self
+            .trial_deadline
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        proto::HealthResponse {
+            healthy: checks
+                .iter()
+                .all(|c| c.state == proto::CheckState::Passing as i32),
+            checks,
+            trial: deadline.is_some(),
+            trial_deadline_unix_ms: deadline.map_or(0, unix_ms),
+        }
+    }
+
+    /// The trial's health window: the checks every few seconds until all pass often enough or
+    /// `window` runs out. The API's Health shows the deadline meanwhile.
+    pub fn watch_trial(&self, window: Duration, heart: &Heartbeat) -> Verdict {
+        self.set_deadline(Some(SystemTime::now() + window));
+        let checks = self.checks();
+        let clock = BeatingClock(heart, Instant::now());
+        let verdict = health::watch(
+            &checks,
+            window,
+            health::DEFAULT_INTERVAL,
+            &clock,
+            &mut |round, failures| {
+                if !failures.is_empty() && round % 5 == 1 {
+                    say!("health round {round}: {}", failures.join("; "));
+                }
+            },
+        );
+        self.set_deadline(None);
+        verdict
+    }
+
+    fn set_deadline(&self, deadline: Option<SystemTime>) {
+        *self
+            .trial_deadline
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = deadline;
+    }
+}
+
+/// Every supervised service is running (init's status file).
+struct ServicesCheck;
+
+impl Check for ServicesCheck {
+    fn name(&self) -> String {
+        "services".into()
+    }
+    fn run(&self) -> Result<(), String> {
+        let text = fs::read_to_string(SERVICES_STATUS)
+            .map_err(|e| format!("reading {SERVICES_STATUS}: {e}"))?;
+        let down: Vec<&str> = text
+            .lines()
+            .filter(|l| l.split_whitespace().nth(1) != Some("running"))
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        if down.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("not running: {}", down.join(", ")))
+        }
+    }
+}
+
+/// Loopback is up (the network check until netcfg configures interfaces).
+struct LoopbackCheck;
+
+impl Check for LoopbackCheck {
+    fn name(&self) -> String {
+        "network".into()
+    }
+    fn run(&self) -> Result<(), String> {
+        match netif::status("lo") {
+            Ok(st) if st.up && st.has_address() => Ok(()),
+            Ok(st) if st.up => Err("lo has no address".into()),
+            Ok(_) => Err("lo is down".into()),
+            Err(e) => Err(format!("lo: {e}")),
+        }
+    }
+}
+
+/// The machine config's network section is applied: a new system whose network config the
+/// kernel refuses (an interface it does not have, a gateway on no link) is not committed.
+struct NetworkConfigCheck(netcfg::StatusView);
+
+impl Check for NetworkConfigCheck {
+    fn name(&self) -> String {
+        "network config".into()
+    }
+    fn run(&self) -> Result<(), String> {
+        match self.0.get().error {
+            None => Ok(()),
+            Some(e) => Err(format!("not applied: {e}")),
+        }
+    }
+}
+
+/// A probe from the machine config.
+struct ProbeCheck(crate::probe::Probe);
+
+impl Check for ProbeCheck {
+    fn name(&self) -> String {
+        self.0.name()
+    }
+    fn run(&self) -> Result<(), String> {
+        self.0.run().map_err(|f| f.reason.to_string())
+    }
+}
+
+/// A check that always fails with a fixed reason (an unusable machine config).
+struct Failed(String);
+
+impl Check for Failed {
+    fn name(&self) -> String {
+        "machine config".into()
+    }
+    fn run(&self) -> Result<(), String> {
+        Err(self.0.clone())
+    }
+}
+
+/// STATE and DATA are what the machine config asked for: a box that wanted encryption and did
+/// not get it fails, with the reason; a box plain by choice (no TPM, `storage.encrypt: false`)
+/// passes.
+struct StorageCheck(StorageStatus);
+
+impl Check for StorageCheck {
+    fn name(&self) -> String {
+        "storage".into()
+    }
+    fn run(&self) -> Result<(), String> {
+        self.0.check()
+    }
+}

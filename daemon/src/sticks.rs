@@ -1,0 +1,258 @@
+//! The USB watcher: waits for block devices (kernel uevents), mounts each new one read-only in
+//! a private place, and installs the newest `*.cairn` bundle at its root through the update
+//! capability; then the machine reboots into the trial.
+//!
+//! A stick left in across reboots must not install the same thing again, nor a version whose
+//! trial already failed ([`skip_reason`]).
+
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use cairn_bundle::Version;
+use cairn_updater::state::{Outcome, TrialRecord};
+
+use crate::heartbeat::Heartbeat;
+use crate::log::say;
+use crate::system;
+use crate::update::{ProgressReporter, Updates};
+use crate::{block, uevent};
+
+const STICK_MOUNT: &str = "/run/cairn/stick";
+/// Most `*.cairn` files looked at on one stick.
+const MAX_BUNDLES: usize = 64;
+
+/// Watches for sticks until one installs a bundle, then reboots into its trial.
+pub fn watch(updates: &Updates, heart: &Heartbeat) -> Result<(), String> {
+    let mut events = uevent::UeventSocket::open().map_err(|e| format!("uevent socket: {e}"))?;
+    let boot_disk = block::find_partition("STATE")
+        .ok()
+        .and_then(|p| block::disk_of(&p));
+    say!("waiting for update bundles on USB sticks and hot-plugged disks");
+    loop {
+        heart.beat();
+        let event = match events.recv(Some(Duration::from_secs(5))) {
+            Ok(Some(e)) => e,
+            Ok(None) => continue,
+            Err(e) => {
+                say!("reading uevents: {e}");
+                std::thread::sleep(Duration::from_secs(1));
+                continue;
+            }
+        };
+        if event.action != uevent::Action::Add || event.subsystem.as_deref() != Some("block") {
+            continue;
+        }
+        let Some(dev) = event.devname.clone() else {
+            continue;
+        };
+        let disk = block::disk_of_name(&dev);
+        if boot_disk.as_deref() == Some(disk.as_str()) {
+            continue;
+        }
+        if event.devtype.as_deref() == Some("disk")
+            && uevent::block_partitions_of(Path::new("/sys/class/block"), &dev)
+                .is_ok_and(|p| !p.is_empty())
+        {
+            continue; // its partitions arrive as their own events
+        }
+        match install_from(updates, &dev) {
+            Ok(true) => system::reboot(),
+            Ok(false) => {}
+            Err(e) => say!("{e}"),
+        }
+    }
+}
+
+/// Mounts `/dev/<dev>` read-only and installs its newest bundle; true when installed.
+fn install_from(updates: &Updates, dev: &str) -> Result<bool, String> {
+    let path = PathBuf::from("/dev").join(dev);
+    let mount = Path::new(STICK_MOUNT);
+    let fstype = block::mount_ro_private(&path, mount)?;
+    say!(
+        "{} ({fstype}) mounted read-only on {STICK_MOUNT}",
+        path.display()
+    );
+    let result = install_newest(updates, mount);
+    if let Err(e) = block::unmount(mount) {
+        say!("unmounting {STICK_MOUNT}: {e}");
+    }
+    result
+}
+
+fn install_newest(updates: &Updates, dir: &Path) -> Result<bool, String> {
+    let Some((bundle, version)) = newest_bundle(dir)? else {
+        say!("no *.cairn bundle at the root of the stick");
+        return Ok(false);
+    };
+    let installed_version = updates.running_version()?;
+    // A stick left in across reboots must not install the same thing over and over.
+    if let Some(why) = skip_reason(&version, &installed_version, updates.last_record()) {
+        say!("{} not installed: {why}", bundle.display());
+        return Ok(false);
+    }
+    say!("installing {} (version {version})", bundle.display());
+    let file = fs::File::open(&bundle).map_err(|e| format!("opening {}: {e}", bundle.display()))?;
+    let len = file.metadata().map(|m| m.len()).ok();
+    let reader = std::io::BufReader::with_capacity(1 << 20, file);
+    let mut reporter = ProgressReporter::default();
+    let result = updates
+        .install(&bundle.display().to_string(), reader, len, &mut |p| {
+            reporter.report(p)
+        })
+        .map_err(|e| e.message)?;
+    say!(
+        "installed version {} into slot {} ({} bytes); rebooting into the trial",
+        result.version,
+        result.slot,
+        result.bytes
+    );
+    Ok(true)
+}
+
+/// Why a stick's newest bundle is not installed: its version is the one running, or it is the
+/// version whose trial failed last time (a stick left in would otherwise loop: install, fail,
+/// roll back, install).
+pub fn skip_reason(
+    bundle: &Version,
+    running: &Version,
+    last: Option<TrialRecord>,
+) -> Option<String> {
+    if bundle == running {
+        return Some(format!("version {bundle} is already running"));
+    }
+    let last = last?;
+    let failed = matches!(last.outcome, Outcome::RolledBack | Outcome::Abandoned);
+    if failed && Version::parse(&last.version).is_ok_and(|v| v == *bundle) {
+        return Some(format!(
+            "version {bundle} failed its trial before ({}); bring a different version",
+            last.reason.as_deref().unwrap_or("no reason recorded")
+        ));
+    }
+    None
+}
+
+/// The `*.cairn` file at the root of `dir` with the highest manifest version (unverified: only
+/// to choose; the install verifies). Files that are not readable bundles are reported as refused
+/// and skipped.
+pub fn newest_bundle(dir: &Path) -> Result<Option<(PathBuf, Version)>, String> {
+    let entries = fs::read_dir(dir).map_err(|e| format!("listing {}: {e}", dir.display()))?;
+    let mut best: Option<(PathBuf, Version)> = None;
+    let mut looked = 0;
+    for entry in entries.flatten().take(4096) {
+        let path = entry.path();
+        let is_bundle = path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("cairn"))
+            && entry.file_type().is_ok_and(|t| t.is_file());
+        if !is_bundle {
+            continue;
+        }
+        looked += 1;
+        if looked > MAX_BUNDLES {
+            say!(
+                "more than {MAX_BUNDLES} bundles on the stick: looking at the first {MAX_BUNDLES}"
+            );
+            break;
+        }
+        let version = match fs::File::open(&path)
+            .map_err(cairn_bundle::Error::from_io)
+            .and_then(|f| cairn_bundle::inspect(std::io::BufReader::new(f).take(8 << 20)))
+        {
+            Ok((m, _)) => m.version,
+            Err(e) => {
+                say!("{} refused: {e}", path.display());
+                continue;
+            }
+        };
+        let newer = match &best {
+            None => true,
+            Some((p, v)) => version > *v || (version == *v && path > *p),
+        };
+        if newer {
+            best = Some((path, version));
+        }
+    }
+    Ok(best)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_running_version_and_a_failed_one_are_not_installed_again() {
+        let v = |t: &str| Version::parse(t).unwrap();
+        let record = |outcome| TrialRecord {
+            slot: "b".into(),
+            version: "0.3.0".into(),
+            security_version: 0,
+            outcome,
+            reason: Some("probe failed".into()),
+        };
+        assert!(skip_reason(&v("0.2.0"), &v("0.2.0"), None)
+            .unwrap()
+            .contains("already running"));
+        assert_eq!(skip_reason(&v("0.3.0"), &v("0.2.0"), None), None);
+        assert!(
+            skip_reason(&v("0.3.0"), &v("0.2.0"), Some(record(Outcome::RolledBack)))
+                .unwrap()
+                .contains("failed its trial before (probe failed)")
+        );
+        assert!(skip_reason(&v("0.3.0"), &v("0.2.0"), Some(record(Outcome::Abandoned))).is_some());
+        assert_eq!(
+            skip_reason(&v("0.3.0"), &v("0.2.0"), Some(record(Outcome::Committed))),
+            None
+        );
+        assert_eq!(
+            skip_reason(&v("0.4.0"), &v("0.2.0"), Some(record(Outcome::RolledBack))),
+            None
+        );
+    }
+
+    #[test]
+    fn newest_bundle_goes_by_manifest_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = cairn_bundle::SecretKey::from_bytes([3; 32]);
+        let payload = dir.path().join("p");
+        fs::write(&payload, b"x").unwrap();
+        let make = |name: &str, version: &str| {
+            let mut out = fs::File::create(dir.path().join(name)).unwrap();
+            cairn_bundle::create(
+                &mut out,
+                &cairn_bundle::ManifestMeta {
+                    compatible: vec!["b".into()],
+                    arch: "x86_64".into(),
+                    version: Version::parse(version).unwrap(),
+                    security_version: 0,
+                    min_installed_version: Version::new(0, 0, 0),
+                    created: 0,
+                },
+                &[cairn_bundle::PayloadSource {
+                    name: "p".into(),
+                    role: cairn_bundle::Role::Rootfs,
+                    path: payload.clone(),
+                    chunk_size: 65536,
+                }],
+                &key,
+            )
+            .unwrap();
+        };
+        make("a.cairn", "0.10.0");
+        make("b.cairn", "0.9.0");
+        fs::write(dir.path().join("c.cairn"), b"garbage").unwrap();
+        fs::write(dir.path().join("d.txt"), b"x").unwrap();
+        let (path, v) = newest_bundle(dir.path()).unwrap().unwrap();
+        assert_eq!(
+            (
+                path.file_name().unwrap().to_str().unwrap(),
+                v.to_string().as_str()
+            ),
+            ("a.cairn", "0.10.0")
+        );
+        fs::remove_file(dir.path().join("a.cairn")).unwrap();
+        fs::remove_file(dir.path().join("b.cairn")).unwrap();
+        assert_eq!(newest_bundle(dir.path()).unwrap(), None);
+    }
+}
