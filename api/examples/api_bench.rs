@@ -6,8 +6,10 @@
 //! runs on 127.0.0.1 with a throwaway PKI (the one `tests/common` makes).
 //!
 //! Both copies in the throughput figure write into the page cache of the same temporary
-//! directory with `std::io::copy`, and neither calls fsync: the figure is the network path's
-//! cost, not the disk's.
+//! directory, and neither calls fsync: the figure is the network path's cost, not the disk's.
+//! The plain copy is `std::io::copy`; the device is `cairn_api::testing::FakeDevice`, which
+//! writes the upload in the pieces it reads (64 KiB at most) and reports progress after each,
+//! as a device does.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -15,14 +17,15 @@ mod common;
 use std::fs::File;
 use std::io::{self, BufRead, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cairn_api::proto::device_service_client::DeviceServiceClient;
 use cairn_api::proto::{self, upgrade_request, upgrade_response, upgrade_start};
-use cairn_api::{Device, DeviceError, Options, Sink, TlsConfig, UpgradeSource};
+use cairn_api::testing::FakeDevice;
+use cairn_api::{Options, TlsConfig};
 use common::{Pem, Pki};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -55,7 +58,7 @@ fn main() {
         .expect("a tokio runtime for the client");
 
     let sink = dir.path().join("received.upload");
-    let device = Arc::new(BenchDevice { sink: sink.clone() });
+    let device = Arc::new(FakeDevice::new().uploads_into(&sink));
     let listener = TcpListener::bind("127.0.0.1:0").expect("a loopback port");
     let quiet = Options {
         log: Arc::new(|_: &str| {}),
@@ -229,9 +232,7 @@ fn idle_rss(dir: &Path) {
     )
     .expect("the PEM files");
     let listener = TcpListener::bind("127.0.0.1:0").expect("a loopback port");
-    let device = Arc::new(BenchDevice {
-        sink: dir.join("unused"),
-    });
+    let device = Arc::new(FakeDevice::new());
     let server = cairn_api::serve(listener, &tls, device, Options::default()).expect("serve");
     println!("{} {before}", server.local_addr());
     io::stdout().flush().unwrap();
@@ -333,108 +334,5 @@ fn verdict(ok: bool) -> &'static str {
         "ok"
     } else {
         "OVER BUDGET"
-    }
-}
-
-/// Answers Version, and writes an upload into `sink`; every other call is unavailable.
-struct BenchDevice {
-    sink: PathBuf,
-}
-
-fn not_here<T>() -> Result<T, DeviceError> {
-    Err(DeviceError::unavailable("not part of the benchmark"))
-}
-
-impl Device for BenchDevice {
-    fn version(&self) -> Result<proto::VersionResponse, DeviceError> {
-        Ok(proto::VersionResponse {
-            os_version: "1.4.0".into(),
-            security_version: 3,
-            security_floor: 2,
-            board: "qemu-x86_64".into(),
-            arch: "x86_64".into(),
-            running_slot: proto::Slot::A as i32,
-            hostname: "bench".into(),
-            booted_unix_ms: 1_700_000_000_000,
-            api_version: cairn_api::API_VERSION.into(),
-        })
-    }
-
-    fn health(&self) -> Result<proto::HealthResponse, DeviceError> {
-        not_here()
-    }
-
-    fn slot_status(&self) -> Result<proto::SlotStatusResponse, DeviceError> {
-        not_here()
-    }
-
-    fn service_list(&self) -> Result<proto::ServiceListResponse, DeviceError> {
-        not_here()
-    }
-
-    fn service_restart(&self, _: &str) -> Result<proto::ServiceRestartResponse, DeviceError> {
-        not_here()
-    }
-
-    fn logs(
-        &self,
-        _: &proto::LogsRequest,
-        _: &Sink<proto::LogsResponse>,
-    ) -> Result<(), DeviceError> {
-        not_here()
-    }
-
-    fn upgrade(
-        &self,
-        source: UpgradeSource,
-        reboot: bool,
-        _: &mut dyn FnMut(proto::UpgradeProgress),
-    ) -> Result<proto::UpgradeDone, DeviceError> {
-        let UpgradeSource::Upload(mut upload) = source else {
-            return not_here();
-        };
-        let written = File::create(&self.sink)
-            .and_then(|mut file| io::copy(&mut upload, &mut file))
-            .map_err(|e| DeviceError::internal(format!("writing the upload: {e}")))?;
-        if written != upload.size() {
-            return Err(DeviceError::internal("the upload came short"));
-        }
-        Ok(proto::UpgradeDone {
-            slot: proto::Slot::B as i32,
-            os_version: "1.5.0".into(),
-            security_version: 3,
-            rebooting: reboot,
-        })
-    }
-
-    fn rollback(&self) -> Result<proto::RollbackResponse, DeviceError> {
-        not_here()
-    }
-
-    fn reboot(&self) -> Result<(), DeviceError> {
-        not_here()
-    }
-
-    fn shutdown(&self) -> Result<(), DeviceError> {
-        not_here()
-    }
-
-    fn apply_config(
-        &self,
-        _: &proto::ApplyConfigRequest,
-    ) -> Result<proto::ApplyConfigResponse, DeviceError> {
-        not_here()
-    }
-
-    fn confirm_config(&self, _: u64) -> Result<(), DeviceError> {
-        not_here()
-    }
-
-    fn events(
-        &self,
-        _: &proto::EventsRequest,
-        _: &Sink<proto::EventsResponse>,
-    ) -> Result<(), DeviceError> {
-        not_here()
     }
 }

@@ -21,6 +21,8 @@ mod role;
 mod server;
 mod service;
 mod subject;
+#[cfg(feature = "testing")]
+pub mod testing;
 mod tls;
 
 /// The types, the server trait and a transport-generic client generated from the .proto files.
@@ -29,10 +31,11 @@ pub mod proto {
     tonic::include_proto!("cairn.v1");
 }
 
+pub use cairn_pki::Role;
 pub use device::{Closed, Device, DeviceError, ErrorKind, Sink, UpgradeSource, Upload};
 pub use error::Error;
 pub use limits::Limits;
-pub use role::{Caller, Role, Rpc, SERVICE};
+pub use role::{Caller, Rpc, SERVICE};
 pub use server::{serve, Log, Options, Server};
 pub use tls::TlsConfig;
 

@@ -1,8 +1,9 @@
 //! Who may call what: the role a client certificate carries and the role each call needs.
 //!
-//! A role is the certificate's subject Organization, so the CA decides roles when it issues
-//! certificates and the device keeps no user list. Roles are ordered: each may do what the
-//! ones below it may, so the table holds one minimum role per call.
+//! A role ([`Role`], from `cairn_pki`, which writes it into the certificates it issues) is the
+//! certificate's subject Organization, so the CA decides roles when it issues certificates and
+//! the device keeps no user list. Roles are ordered: each may do what the ones below it may, so
+//! the table holds one minimum role per call.
 //!
 //! | role     | calls |
 //! |----------|-------|
@@ -22,51 +23,13 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use cairn_pki::Role;
 use rustls::pki_types::CertificateDer;
 
 use crate::subject::Subject;
 
 /// The gRPC service's full name, as in request paths (`/cairn.v1.DeviceService/Version`).
 pub const SERVICE: &str = "cairn.v1.DeviceService";
-
-/// What a client certificate allows, lowest first.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Role {
-    Reader,
-    Operator,
-    Admin,
-}
-
-impl Role {
-    pub const ALL: [Role; 3] = [Role::Reader, Role::Operator, Role::Admin];
-
-    /// The certificate subject Organization that grants this role.
-    pub const fn organization(self) -> &'static str {
-        match self {
-            Role::Reader => "cairn:reader",
-            Role::Operator => "cairn:operator",
-            Role::Admin => "cairn:admin",
-        }
-    }
-
-    pub fn from_organization(o: &str) -> Option<Role> {
-        Role::ALL.into_iter().find(|r| r.organization() == o)
-    }
-
-    pub const fn name(self) -> &'static str {
-        match self {
-            Role::Reader => "reader",
-            Role::Operator => "operator",
-            Role::Admin => "admin",
-        }
-    }
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
 
 /// Every call of the service. A test checks this list against the .proto files, so a new RPC
 /// cannot be served without a row in [`Rpc::required`].
@@ -239,16 +202,6 @@ impl fmt::Display for Caller {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn roles_are_ordered_and_round_trip() {
-        assert!(Role::Reader < Role::Operator && Role::Operator < Role::Admin);
-        for r in Role::ALL {
-            assert_eq!(Role::from_organization(r.organization()), Some(r));
-        }
-        assert_eq!(Role::from_organization("cairn:Admin"), None);
-        assert_eq!(Role::from_organization("admin"), None);
-    }
 
     #[test]
     fn paths_name_calls() {

@@ -7,7 +7,9 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{Harness, OS_VERSION};
+use cairn_api::testing::OS_VERSION;
+use cairn_api::Rpc;
+use common::Harness;
 
 /// Debian's interpreter, which sees Debian's python3-grpcio (a pyenv or venv python may not).
 const PYTHON: &str = "/usr/bin/python3";
@@ -80,7 +82,10 @@ fn python_grpcio_calls_version_and_health_through_the_shipped_protos() {
         reboot.starts_with("PERMISSION_DENIED: Reboot needs the operator role"),
         "{reboot}"
     );
-    assert_eq!(h.device.take_calls(), ["Version", "Health", "Logs"]);
+    assert_eq!(
+        h.device.take_calls(),
+        [Rpc::Version, Rpc::Health, Rpc::Logs]
+    );
     // The denial is logged before it is answered.
     assert!(
         h.log_lines()

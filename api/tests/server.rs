@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 
 use cairn_api::proto::device_service_client::DeviceServiceClient;
 use cairn_api::proto::{self, logs_request, upgrade_request, upgrade_response, upgrade_start};
+use cairn_api::testing::RECOVERY_KEY;
 use cairn_api::{Limits, Role, Rpc};
-use common::{Harness, Pem, RECOVERY_KEY};
+use common::{Harness, Pem};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -147,7 +148,7 @@ async fn every_call_reaches_the_device_for_the_roles_allowed_and_no_further() {
             let result = call(&mut client, rpc).await;
             if rpc.required() <= role {
                 result.unwrap_or_else(|s| panic!("{role} calling {rpc}: {s:?}"));
-                allowed.push(rpc.name());
+                allowed.push(rpc);
             } else {
                 let status = result.expect_err(rpc.name());
                 assert_eq!(
@@ -321,7 +322,7 @@ async fn a_second_upgrade_is_refused_while_the_first_runs() {
     };
     assert_eq!(done.os_version, "1.5.0");
     assert!(done.rebooting);
-    assert_eq!(h.device.take_calls(), ["Upgrade"]);
+    assert_eq!(h.device.take_calls(), [Rpc::Upgrade]);
 
     // Free again once it is over.
     upload(&mut second, b"CAIRN another", 64).await.unwrap();
@@ -396,7 +397,7 @@ async fn messages_over_the_size_limit_are_refused() {
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
 
     // None of it reached the device but the upgrade, which read nothing.
-    assert!(h.device.take_calls().iter().all(|c| *c == "Upgrade"));
+    assert!(h.device.take_calls().iter().all(|c| *c == Rpc::Upgrade));
 
     // A message at the limit is fine.
     let chunk = vec![b'x'; Limits::default().max_chunk - 5];
@@ -411,7 +412,7 @@ async fn a_device_call_that_hangs_runs_into_the_deadline() {
         call_deadline: Duration::from_millis(300),
         ..Limits::default()
     });
-    *h.device.restart_delay.lock().unwrap() = Duration::from_secs(2);
+    h.device.delay(Rpc::ServiceRestart, Duration::from_secs(2));
     let mut operator = h.client(&h.pki.operator).await;
     let started = Instant::now();
     let status = call(&mut operator, Rpc::ServiceRestart).await.unwrap_err();
@@ -642,7 +643,7 @@ async fn only_an_admin_gets_the_recovery_key_or_unlocks() {
     let mut admin = h.client(&h.pki.admin).await;
     call(&mut admin, Rpc::RecoveryKey).await.unwrap();
     call(&mut admin, Rpc::Unlock).await.unwrap();
-    assert_eq!(h.device.take_calls(), ["RecoveryKey", "Unlock"]);
+    assert_eq!(h.device.take_calls(), [Rpc::RecoveryKey, Rpc::Unlock]);
     // Both are on the audit trail.
     h.wait_for_log("RecoveryKey by CN=test admin").await;
     h.wait_for_log("Unlock by CN=test admin").await;
@@ -675,7 +676,7 @@ async fn the_recovery_key_is_answered_once_and_never_logged() {
         "(the recovery key) opens no keyslot of STATE"
     );
     assert_eq!(
-        *h.device.unlock_keys.lock().unwrap(),
+        h.device.unlock_keys(),
         [RECOVERY_KEY.to_string(), wrong.clone()]
     );
 
@@ -710,22 +711,19 @@ async fn a_recovery_key_is_bounded_before_the_device_sees_it() {
     unlock(&mut admin, &format!(" {RECOVERY_KEY}\n"))
         .await
         .unwrap_err();
-    assert_eq!(h.device.take_calls(), ["Unlock", "Unlock"]);
-    assert_eq!(
-        h.device.unlock_keys.lock().unwrap()[1],
-        format!(" {RECOVERY_KEY}\n")
-    );
+    assert_eq!(h.device.take_calls(), [Rpc::Unlock, Rpc::Unlock]);
+    assert_eq!(h.device.unlock_keys()[1], format!(" {RECOVERY_KEY}\n"));
 }
 
 #[tokio::test]
 async fn a_second_unlock_is_refused_while_the_first_runs() {
     let h = Harness::start();
-    *h.device.unlock_delay.lock().unwrap() = Duration::from_millis(500);
+    h.device.delay(Rpc::Unlock, Duration::from_millis(500));
     let mut first = h.client(&h.pki.admin).await;
     let running = tokio::spawn(async move { unlock(&mut first, RECOVERY_KEY).await });
     // Wait until the first has reached the device.
     for _ in 0..250 {
-        if !h.device.unlock_keys.lock().unwrap().is_empty() {
+        if !h.device.unlock_keys().is_empty() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -735,7 +733,7 @@ async fn a_second_unlock_is_refused_while_the_first_runs() {
     assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
     assert!(status.message().contains("already running"), "{status:?}");
     running.await.unwrap().unwrap();
-    assert_eq!(h.device.take_calls(), ["Unlock"]);
+    assert_eq!(h.device.take_calls(), [Rpc::Unlock]);
     // Free again once it is over.
     unlock(&mut second, RECOVERY_KEY).await.unwrap();
 }
@@ -761,5 +759,5 @@ async fn a_device_without_encrypted_disks_answers_with_the_defaults() {
     );
     // The rest is the fake's.
     call(&mut admin, Rpc::Version).await.unwrap();
-    assert_eq!(h.device.take_calls(), ["Version"]);
+    assert_eq!(h.device.take_calls(), [Rpc::Version]);
 }

@@ -2,323 +2,25 @@
 //! device, using certificates from `cairn_pki` as `cairnctl gen secrets` makes them: tables and
 //! JSON, streams, uploads, roles, and the one-line explanations of refused connections.
 
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::io::{BufRead as _, BufReader, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, SystemTime};
 
 use cairn_api::proto;
-use cairn_api::{Device, DeviceError, Options, Server, Sink, TlsConfig, UpgradeSource};
+use cairn_api::testing::{FakeDevice, RECOVERY_KEY};
+use cairn_api::{Options, Rpc, Server, TlsConfig};
 use cairn_pki::client_config::ClientConfig;
 use cairn_pki::secrets::{self, Secrets};
 use cairn_pki::{Role, Validity};
-
-/// Lets a test hold an upgrade inside the device until it says so.
-struct Gate {
-    entered: mpsc::Sender<()>,
-    release: mpsc::Receiver<()>,
-}
-
-/// A device that answers from constants and keeps what reached it.
-#[derive(Default)]
-struct Fake {
-    calls: Mutex<Vec<&'static str>>,
-    logs: Mutex<Vec<proto::LogsRequest>>,
-    uploaded: Mutex<Vec<u8>>,
-    reboot: Mutex<Option<bool>>,
-    applied: Mutex<Vec<proto::ApplyConfigRequest>>,
-    gate: Mutex<Option<Gate>>,
-    /// RecoveryKey has answered, and the key is forgotten.
-    handed_out: Mutex<bool>,
-    /// The keys Unlock was given.
-    unlock_keys: Mutex<Vec<String>>,
-}
-
-/// The fake's recovery key (systemd's format).
-const RECOVERY_KEY: &str =
-    "cbdefghi-jklnrtuv-bcdefghi-jklnrtuv-cbdefghi-jklnrtuv-cbdefghi-jklnrtuv";
-
-impl Fake {
-    fn record(&self, call: &'static str) {
-        self.calls.lock().unwrap().push(call);
-    }
-
-    fn called(&self, call: &str) -> bool {
-        self.calls.lock().unwrap().contains(&call)
-    }
-}
-
-impl Device for Fake {
-    fn version(&self) -> Result<proto::VersionResponse, DeviceError> {
-        self.record("Version");
-        Ok(proto::VersionResponse {
-            os_version: "1.4.0".into(),
-            security_version: 3,
-            security_floor: 2,
-            board: "qemu-aarch64".into(),
-            arch: "aarch64".into(),
-            running_slot: proto::Slot::A as i32,
-            hostname: "edge-01".into(),
-            booted_unix_ms: 1_700_000_000_000,
-            api_version: cairn_api::API_VERSION.into(),
-        })
-    }
-
-    fn health(&self) -> Result<proto::HealthResponse, DeviceError> {
-        self.record("Health");
-        Ok(proto::HealthResponse {
-            healthy: false,
-            checks: vec![
-                proto::HealthCheck {
-                    name: "services".into(),
-                    state: proto::CheckState::Passing as i32,
-                    detail: String::new(),
-                    checked_unix_ms: 1_700_000_001_000,
-                    streak: 4,
-                },
-                proto::HealthCheck {
-                    name: "tcp 127.0.0.1:6443".into(),
-                    state: proto::CheckState::Failing as i32,
-                    detail: "connection refused".into(),
-                    checked_unix_ms: 1_700_000_001_000,
-                    streak: 2,
-                },
-            ],
-            trial: false,
-            trial_deadline_unix_ms: 0,
-        })
-    }
-
-    fn slot_status(&self) -> Result<proto::SlotStatusResponse, DeviceError> {
-        self.record("SlotStatus");
-        Ok(proto::SlotStatusResponse {
-            slots: vec![
-                proto::SlotInfo {
-                    slot: proto::Slot::A as i32,
-                    state: proto::SlotState::Good as i32,
-                    os_version: "1.4.0".into(),
-                    security_version: 3,
-                    tries_left: 0,
-                    installed_unix_ms: 0,
-                },
-                proto::SlotInfo {
-                    slot: proto::Slot::B as i32,
-                    state: proto::SlotState::Trial as i32,
-                    os_version: "1.5.0".into(),
-                    security_version: 3,
-                    tries_left: 2,
-                    installed_unix_ms: 1_700_000_100_000,
-                },
-            ],
-            running: proto::Slot::A as i32,
-            next_boot: proto::Slot::B as i32,
-            last_update: proto::UpdateOutcome::Pending as i32,
-            last_update_detail: "1.5.0".into(),
-        })
-    }
-
-    fn service_list(&self) -> Result<proto::ServiceListResponse, DeviceError> {
-        self.record("ServiceList");
-        Ok(proto::ServiceListResponse {
-            services: vec![
-                proto::ServiceInfo {
-                    name: "containerd".into(),
-                    state: proto::ServiceState::Running as i32,
-                    pid: 812,
-                    restarts: 0,
-                    since_unix_ms: 1_700_000_002_000,
-                    last_exit: String::new(),
-                    rss_bytes: 6 << 20,
-                },
-                proto::ServiceInfo {
-                    name: "ntp".into(),
-                    state: proto::ServiceState::Backoff as i32,
-                    pid: 0,
-                    restarts: 12,
-                    since_unix_ms: 1_700_000_003_000,
-                    last_exit: "exit status 1".into(),
-                    rss_bytes: 0,
-                },
-            ],
-        })
-    }
-
-    fn service_restart(&self, name: &str) -> Result<proto::ServiceRestartResponse, DeviceError> {
-        self.record("ServiceRestart");
-        if name != "containerd" {
-            return Err(DeviceError::not_found(format!(
-                "no service {name:?}; ServiceList shows them"
-            )));
-        }
-        Ok(proto::ServiceRestartResponse { pid: 42 })
-    }
-
-    fn logs(
-        &self,
-        request: &proto::LogsRequest,
-        sink: &Sink<proto::LogsResponse>,
-    ) -> Result<(), DeviceError> {
-        self.record("Logs");
-        self.logs.lock().unwrap().push(request.clone());
-        for i in 0..request.tail {
-            let line = proto::LogsResponse {
-                time_unix_ms: 1_700_000_000_000 + i64::from(i) * 1000,
-                line: format!("line {i}"),
-                dropped: 0,
-                priority: 6,
-            };
-            if sink.send(line).is_err() {
-                return Ok(());
-            }
-        }
-        while request.follow && !sink.is_closed() {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(())
-    }
-
-    fn upgrade(
-        &self,
-        source: UpgradeSource,
-        reboot: bool,
-        progress: &mut dyn FnMut(proto::UpgradeProgress),
-    ) -> Result<proto::UpgradeDone, DeviceError> {
-        self.record("Upgrade");
-        let UpgradeSource::Upload(mut upload) = source else {
-            return Err(DeviceError::failed_precondition(
-                "this fake only takes uploads",
-            ));
-        };
-        let mut bundle = Vec::new();
-        upload
-            .read_to_end(&mut bundle)
-            .map_err(|e| DeviceError::invalid_argument(format!("reading: {e}")))?;
-        progress(proto::UpgradeProgress {
-            phase: proto::UpgradePhase::Writing as i32,
-            received: bundle.len() as u64,
-            written: 1000,
-            total: 1000,
-            payload: "rootfs".into(),
-        });
-        let gate = self.gate.lock().unwrap().take();
-        if let Some(gate) = gate {
-            gate.entered.send(()).unwrap();
-            gate.release.recv().unwrap();
-        }
-        *self.uploaded.lock().unwrap() = bundle;
-        *self.reboot.lock().unwrap() = Some(reboot);
-        Ok(proto::UpgradeDone {
-            slot: proto::Slot::B as i32,
-            os_version: "1.5.0".into(),
-            security_version: 3,
-            rebooting: reboot,
-        })
-    }
-
-    fn rollback(&self) -> Result<proto::RollbackResponse, DeviceError> {
-        self.record("Rollback");
-        Ok(proto::RollbackResponse {
-            target: proto::Slot::B as i32,
-        })
-    }
-
-    fn reboot(&self) -> Result<(), DeviceError> {
-        self.record("Reboot");
-        Ok(())
-    }
-
-    fn shutdown(&self) -> Result<(), DeviceError> {
-        self.record("Shutdown");
-        Ok(())
-    }
-
-    fn apply_config(
-        &self,
-        request: &proto::ApplyConfigRequest,
-    ) -> Result<proto::ApplyConfigResponse, DeviceError> {
-        self.record("ApplyConfig");
-        self.applied.lock().unwrap().push(request.clone());
-        let trying = request.try_timeout_s > 0;
-        Ok(proto::ApplyConfigResponse {
-            changes: vec!["network.hostname: edge-01 -> edge-02".into()],
-            generation: if request.dry_run { 7 } else { 8 },
-            revert_unix_ms: if trying { 1_700_000_120_000 } else { 0 },
-        })
-    }
-
-    fn confirm_config(&self, _generation: u64) -> Result<(), DeviceError> {
-        self.record("ConfirmConfig");
-        Ok(())
-    }
-
-    fn events(
-        &self,
-        request: &proto::EventsRequest,
-        sink: &Sink<proto::EventsResponse>,
-    ) -> Result<(), DeviceError> {
-        self.record("Events");
-        use proto::events_response::Event;
-        let recent = [
-            Event::Boot(proto::BootEvent {
-                slot: proto::Slot::A as i32,
-                os_version: "1.4.0".into(),
-                trial: false,
-            }),
-            Event::Service(proto::ServiceEvent {
-                name: "ntp".into(),
-                state: proto::ServiceState::Backoff as i32,
-                detail: "exit status 1".into(),
-            }),
-        ];
-        for (seq, event) in recent.into_iter().enumerate().take(request.tail as usize) {
-            let event = proto::EventsResponse {
-                seq: seq as u64 + 1,
-                time_unix_ms: 1_700_000_000_000,
-                event: Some(event),
-            };
-            if sink.send(event).is_err() {
-                return Ok(());
-            }
-        }
-        while !sink.is_closed() {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(())
-    }
-
-    fn recovery_key(&self) -> Result<proto::RecoveryKeyResponse, DeviceError> {
-        self.record("RecoveryKey");
-        if std::mem::replace(&mut *self.handed_out.lock().unwrap(), true) {
-            return Err(DeviceError::failed_precondition(
-                "the recovery key was handed out once already and is forgotten",
-            ));
-        }
-        Ok(proto::RecoveryKeyResponse {
-            recovery_key: RECOVERY_KEY.into(),
-        })
-    }
-
-    fn unlock(&self, recovery_key: &str) -> Result<proto::UnlockResponse, DeviceError> {
-        self.record("Unlock");
-        self.unlock_keys.lock().unwrap().push(recovery_key.into());
-        if recovery_key != RECOVERY_KEY {
-            return Err(DeviceError::invalid_argument(
-                "the recovery key opens neither STATE nor DATA",
-            ));
-        }
-        Ok(proto::UnlockResponse {
-            message: "unlocked STATE and DATA; sealed to PCR 7".into(),
-        })
-    }
-}
 
 /// A secrets folder as `cairnctl gen secrets` writes it, a device serving the API with a
 /// server certificate from its device CA, and a scratch folder to run cairnctl in.
 struct Fleet {
     dir: tempfile::TempDir,
     secrets: Secrets,
-    device: Arc<Fake>,
+    device: Arc<FakeDevice>,
     server: Option<Server>,
 }
 
@@ -361,7 +63,7 @@ impl Fleet {
             key.as_bytes(),
         )
         .unwrap();
-        let device = Arc::new(Fake::default());
+        let device = Arc::new(FakeDevice::new());
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let options = Options {
             log: Arc::new(|_: &str| {}),
@@ -461,7 +163,7 @@ impl Fleet {
     }
 
     fn unlock_keys(&self) -> Vec<String> {
-        self.device.unlock_keys.lock().unwrap().clone()
+        self.device.unlock_keys()
     }
 
     /// Starts cairnctl with piped output; the test kills it.
@@ -676,7 +378,7 @@ fn logs_tail_and_follow() {
     assert_eq!(lines[1]["line"], "line 1");
     assert_eq!(lines[1]["priority"], 6);
     {
-        let requests = fleet.device.logs.lock().unwrap();
+        let requests = fleet.device.logs_requests();
         assert_eq!(
             requests[0].source,
             Some(proto::logs_request::Source::Service("containerd".into()))
@@ -697,7 +399,7 @@ fn logs_tail_and_follow() {
         child.try_wait().unwrap().is_none(),
         "logs -f ended by itself"
     );
-    assert!(fleet.device.logs.lock().unwrap()[2].follow);
+    assert!(fleet.device.logs_requests()[2].follow);
     child.kill().unwrap();
     child.wait().unwrap();
 }
@@ -754,8 +456,12 @@ fn upgrade_uploads_the_file_in_chunks() {
         "installed 1.5.0 (security version 3) into slot b; it boots as a trial at the next \
          reboot (`cairnctl reboot`)\n"
     );
-    assert!(*fleet.device.uploaded.lock().unwrap() == bytes);
-    assert_eq!(*fleet.device.reboot.lock().unwrap(), Some(false));
+    let upgraded = fleet
+        .device
+        .last_upgrade()
+        .expect("the upgrade reached the device");
+    assert!(upgraded.bundle == bytes);
+    assert!(!upgraded.reboot);
     // Not a terminal: plain progress lines, ending with the whole file, then the device's.
     assert!(
         err.contains("upgrade: upload 1.25 MiB of 1.25 MiB (100%)"),
@@ -768,7 +474,7 @@ fn upgrade_uploads_the_file_in_chunks() {
     let done: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(done["slot"], "b");
     assert_eq!(done["rebooting"], true);
-    assert_eq!(*fleet.device.reboot.lock().unwrap(), Some(true));
+    assert_eq!(fleet.device.last_upgrade().map(|u| u.reboot), Some(true));
 
     let (ok, _, err) = fleet.admin(&["upgrade", "/nonexistent/update.cairn"]);
     assert!(!ok && err.contains("/nonexistent/update.cairn"), "{err}");
@@ -780,16 +486,12 @@ fn upgrade_uploads_the_file_in_chunks() {
 fn a_second_upgrade_is_refused_with_the_devices_message() {
     let fleet = Fleet::start();
     let (path, _) = bundle(fleet.dir.path());
-    let (entered_tx, entered) = mpsc::channel();
-    let (release, release_rx) = mpsc::channel();
-    *fleet.device.gate.lock().unwrap() = Some(Gate {
-        entered: entered_tx,
-        release: release_rx,
-    });
+    let held = fleet.device.hold(Rpc::Upgrade);
     let first = fleet.spawn(&["upgrade", path.to_str().unwrap()]);
-    entered
-        .recv_timeout(Duration::from_secs(10))
-        .expect("the first upgrade reaches the device");
+    assert!(
+        held.entered(Duration::from_secs(10)),
+        "the first upgrade reaches the device"
+    );
 
     let (ok, _, err) = fleet.admin(&["upgrade", path.to_str().unwrap()]);
     assert!(!ok);
@@ -798,7 +500,7 @@ fn a_second_upgrade_is_refused_with_the_devices_message() {
         "{err}"
     );
 
-    release.send(()).unwrap();
+    held.release();
     let out = first.wait_with_output().unwrap();
     assert!(out.status.success(), "{out:?}");
 }
@@ -819,7 +521,7 @@ fn a_reader_may_look_but_not_upgrade() {
             && err.contains("reader.yaml at a certificate with that role"),
         "{err}"
     );
-    assert!(!fleet.device.called("Upgrade"));
+    assert!(!fleet.device.called(Rpc::Upgrade));
 }
 
 #[test]
@@ -844,7 +546,7 @@ fn apply_config_checks_locally_then_applies() {
         "{out}"
     );
     {
-        let applied = fleet.device.applied.lock().unwrap();
+        let applied = fleet.device.applied();
         assert!(applied[0].dry_run);
         assert_eq!(applied[0].try_timeout_s, 0);
         assert!(applied[0].config.contains("hostname: edge-02"));
@@ -854,7 +556,7 @@ fn apply_config_checks_locally_then_applies() {
     assert!(ok, "{err}");
     assert!(out.contains("generation 8 on trial"), "{out}");
     assert!(out.contains("`cairnctl confirm-config 8`"), "{out}");
-    assert_eq!(fleet.device.applied.lock().unwrap()[1].try_timeout_s, 120);
+    assert_eq!(fleet.device.applied()[1].try_timeout_s, 120);
 
     let (ok, out, err) = fleet.admin(&["confirm-config", "8", "--json"]);
     assert!(ok, "{err}");
@@ -872,7 +574,7 @@ fn apply_config_checks_locally_then_applies() {
     assert!(!ok);
     one_line(&err);
     assert_eq!(err, validate_err);
-    assert_eq!(fleet.device.applied.lock().unwrap().len(), 2);
+    assert_eq!(fleet.device.applied().len(), 2);
 }
 
 #[test]
@@ -890,7 +592,7 @@ fn a_client_certificate_from_another_ca_is_explained() {
             && err.contains(&format!("issued by CA {}", other.client_ca.fingerprint())),
         "{err}"
     );
-    assert!(!fleet.device.called("Version"));
+    assert!(!fleet.device.called(Rpc::Version));
 
     // An expired certificate from the right CA: the line says so.
     let now = SystemTime::now();
@@ -933,7 +635,7 @@ fn a_wrong_ca_names_both_cas() {
         )) && err.contains(&format!("client-ca.crt is CA {client_ca}: point `ca:` in ")),
         "{err}"
     );
-    assert!(!fleet.device.called("Version"));
+    assert!(!fleet.device.called(Rpc::Version));
 }
 
 #[test]
@@ -980,7 +682,7 @@ fn recovery_key_is_printed_once_and_then_refused() {
     assert!(!ok && out.is_empty());
     one_line(&err);
     assert!(err.contains("RecoveryKey needs the admin role"), "{err}");
-    assert!(!fleet.device.called("RecoveryKey"));
+    assert!(!fleet.device.called(Rpc::RecoveryKey));
 
     let (ok, out, err) = fleet.admin(&["recovery-key"]);
     assert!(ok, "{err}");
@@ -1148,7 +850,7 @@ fn unlock_checks_the_expected_fingerprint_before_sending_the_key() {
             )),
         "{err}"
     );
-    assert!(!fleet.device.called("Version"));
+    assert!(!fleet.device.called(Rpc::Version));
 }
 
 #[test]

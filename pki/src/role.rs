@@ -1,40 +1,46 @@
 //! The three roles a client certificate can carry, spelled as the subject's Organization.
+//!
+//! One type for both ends: this crate writes a role into the client certificates it issues, and
+//! the API server (`cairn_api`, which re-exports it) reads it back from the certificate a client
+//! presents and keeps the table of the role each call needs. Roles are ordered, lowest first:
+//! each may do what the ones below it may, so that table holds one minimum role per call.
 
 use std::fmt;
 use std::str::FromStr;
 
 use crate::error::Error;
 
-/// What a client may do; the API's role table maps each RPC to the roles allowed to call it.
+/// What a client certificate allows, lowest first (the derived order is the privilege order).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Role {
-    /// Everything, including upgrades, rollback, reboot and config changes.
-    Admin,
-    /// Day-to-day operation (the API's role table says exactly what).
-    Operator,
     /// Read-only: version, health, slots, services, logs, events.
     Reader,
+    /// Day-to-day operation (the API's role table says exactly what).
+    Operator,
+    /// Everything, including what a mistake cannot undo remotely.
+    Admin,
 }
 
 impl Role {
-    /// Every role, most powerful first.
-    pub const ALL: [Role; 3] = [Role::Admin, Role::Operator, Role::Reader];
+    /// Every role, lowest first.
+    pub const ALL: [Role; 3] = [Role::Reader, Role::Operator, Role::Admin];
 
     /// The subject Organization that carries this role: `cairn:admin`, ….
-    pub fn organization(self) -> &'static str {
+    pub const fn organization(self) -> &'static str {
         match self {
-            Role::Admin => "cairn:admin",
-            Role::Operator => "cairn:operator",
             Role::Reader => "cairn:reader",
+            Role::Operator => "cairn:operator",
+            Role::Admin => "cairn:admin",
         }
     }
 
-    /// The short name: `admin`, `operator` or `reader` (also the file names `gen secrets` uses).
-    pub fn name(self) -> &'static str {
+    /// The short name: `admin`, `operator` or `reader` (also the file names `gen secrets` uses,
+    /// and what [`fmt::Display`] writes, as in "Upgrade needs the operator role").
+    pub const fn name(self) -> &'static str {
         match self {
-            Role::Admin => "admin",
-            Role::Operator => "operator",
             Role::Reader => "reader",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
         }
     }
 
@@ -46,7 +52,7 @@ impl Role {
 
 impl fmt::Display for Role {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.organization())
+        f.write_str(self.name())
     }
 }
 
@@ -69,12 +75,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn roles_are_ordered_and_round_trip() {
+        assert!(Role::Reader < Role::Operator && Role::Operator < Role::Admin);
+        for r in Role::ALL {
+            assert_eq!(Role::from_organization(r.organization()), Some(r));
+        }
+        assert_eq!(Role::from_organization("cairn:Admin"), None);
+        assert_eq!(Role::from_organization("admin"), None);
+    }
+
+    #[test]
     fn names_round_trip() {
         for role in Role::ALL {
             assert_eq!(role.name().parse::<Role>().unwrap(), role);
             assert_eq!(role.organization().parse::<Role>().unwrap(), role);
             assert_eq!(Role::from_organization(role.organization()), Some(role));
-            assert_eq!(role.to_string(), role.organization());
+            assert_eq!(role.to_string(), role.name());
         }
     }
 

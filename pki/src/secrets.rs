@@ -61,7 +61,7 @@ pub struct Secrets {
     pub client_ca: Ca,
     /// Issues device server certificates.
     pub device_ca: Ca,
-    /// One client certificate per role, in [`Role::ALL`] order.
+    /// One client certificate per role, admin first.
     pub clients: Vec<(Role, Issued)>,
 }
 
@@ -71,8 +71,11 @@ impl Secrets {
         let client_ca = Ca::generate(CaKind::Client, &format!("{} client CA", options.name))?;
         let device_ca = Ca::generate(CaKind::Device, &format!("{} device CA", options.name))?;
         let validity = Validity::days_from_now(options.client_days);
+        // Admin first: it is the certificate the folder's cairnctl.yaml uses, so `gen secrets`
+        // lists it at the top.
         let clients = Role::ALL
             .into_iter()
+            .rev()
             .map(|role| Ok((role, issue_client(&client_ca, role.name(), role, validity)?)))
             .collect::<Result<_>>()?;
         Ok(Secrets {

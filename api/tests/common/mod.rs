@@ -1,14 +1,14 @@
-//! What the API tests share: a throwaway PKI made with rcgen, a fake device that records what
-//! reached it, a server on 127.0.0.1:0, and a tonic client over rustls.
+//! What the API tests share: a throwaway PKI made with rcgen, a server on 127.0.0.1:0 with
+//! [`FakeDevice`], and a tonic client over rustls.
 
 #![allow(dead_code)]
 
-use std::io::Read;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cairn_api::proto::{self, device_service_client::DeviceServiceClient};
+use cairn_api::testing::FakeDevice;
 use cairn_api::{Device, DeviceError, Limits, Options, Server, Sink, TlsConfig, UpgradeSource};
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -145,245 +145,6 @@ impl Pki {
     }
 }
 
-/// A device that answers from constants and records every call that reaches it.
-#[derive(Default)]
-pub struct FakeDevice {
-    pub calls: Mutex<Vec<&'static str>>,
-    /// How long ServiceRestart takes (to run into the deadline).
-    pub restart_delay: Mutex<Duration>,
-    /// How long Unlock takes (to overlap two).
-    pub unlock_delay: Mutex<Duration>,
-    /// RecoveryKey has answered: it fails from then on.
-    pub handed_out: Mutex<bool>,
-    /// The keys Unlock was given, as the device saw them.
-    pub unlock_keys: Mutex<Vec<String>>,
-}
-
-/// The fake's recovery key (systemd's format).
-pub const RECOVERY_KEY: &str =
-    "cbdefghi-jklnrtuv-bcdefghi-jklnrtuv-cbdefghi-jklnrtuv-cbdefghi-jklnrtuv";
-
-impl FakeDevice {
-    fn record(&self, call: &'static str) {
-        self.calls.lock().unwrap().push(call);
-    }
-
-    pub fn take_calls(&self) -> Vec<&'static str> {
-        std::mem::take(&mut *self.calls.lock().unwrap())
-    }
-}
-
-pub const OS_VERSION: &str = "1.4.0";
-
-impl Device for FakeDevice {
-    fn version(&self) -> Result<proto::VersionResponse, DeviceError> {
-        self.record("Version");
-        Ok(proto::VersionResponse {
-            os_version: OS_VERSION.into(),
-            security_version: 3,
-            security_floor: 2,
-            board: "qemu-aarch64".into(),
-            arch: "aarch64".into(),
-            running_slot: proto::Slot::A as i32,
-            hostname: "edge-01".into(),
-            booted_unix_ms: 1_700_000_000_000,
-            api_version: cairn_api::API_VERSION.into(),
-        })
-    }
-
-    fn health(&self) -> Result<proto::HealthResponse, DeviceError> {
-        self.record("Health");
-        Ok(proto::HealthResponse {
-            healthy: false,
-            checks: vec![
-                proto::HealthCheck {
-                    name: "services".into(),
-                    state: proto::CheckState::Passing as i32,
-                    detail: String::new(),
-                    checked_unix_ms: 1_700_000_001_000,
-                    streak: 4,
-                },
-                proto::HealthCheck {
-                    name: "tcp 127.0.0.1:6443".into(),
-                    state: proto::CheckState::Failing as i32,
-                    detail: "connection refused".into(),
-                    checked_unix_ms: 1_700_000_001_000,
-                    streak: 2,
-                },
-            ],
-            trial: false,
-            trial_deadline_unix_ms: 0,
-        })
-    }
-
-    fn slot_status(&self) -> Result<proto::SlotStatusResponse, DeviceError> {
-        self.record("SlotStatus");
-        Ok(proto::SlotStatusResponse {
-            running: proto::Slot::A as i32,
-            next_boot: proto::Slot::A as i32,
-            ..Default::default()
-        })
-    }
-
-    fn service_list(&self) -> Result<proto::ServiceListResponse, DeviceError> {
-        self.record("ServiceList");
-        Ok(proto::ServiceListResponse::default())
-    }
-
-    fn service_restart(&self, name: &str) -> Result<proto::ServiceRestartResponse, DeviceError> {
-        self.record("ServiceRestart");
-        std::thread::sleep(*self.restart_delay.lock().unwrap());
-        if name != "containerd" {
-            return Err(DeviceError::not_found(format!(
-                "no service {name:?}; ServiceList shows them"
-            )));
-        }
-        Ok(proto::ServiceRestartResponse { pid: 42 })
-    }
-
-    fn logs(
-        &self,
-        request: &proto::LogsRequest,
-        sink: &Sink<proto::LogsResponse>,
-    ) -> Result<(), DeviceError> {
-        self.record("Logs");
-        for i in 0..request.tail {
-            let line = proto::LogsResponse {
-                line: format!("line {i}"),
-                ..Default::default()
-            };
-            if sink.send(line).is_err() {
-                return Ok(());
-            }
-        }
-        while request.follow && !sink.is_closed() {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(())
-    }
-
-    fn upgrade(
-        &self,
-        source: UpgradeSource,
-        reboot: bool,
-        progress: &mut dyn FnMut(proto::UpgradeProgress),
-    ) -> Result<proto::UpgradeDone, DeviceError> {
-        self.record("Upgrade");
-        let UpgradeSource::Upload(mut upload) = source else {
-            return Err(DeviceError::failed_precondition(
-                "this fake only takes uploads",
-            ));
-        };
-        let mut bundle = Vec::new();
-        let mut buf = [0u8; 4096];
-        loop {
-            match upload.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => bundle.extend_from_slice(&buf[..n]),
-                Err(e) => return Err(DeviceError::invalid_argument(format!("reading: {e}"))),
-            }
-            progress(proto::UpgradeProgress {
-                phase: proto::UpgradePhase::Writing as i32,
-                written: bundle.len() as u64,
-                total: upload.size(),
-                ..Default::default()
-            });
-        }
-        if !bundle.starts_with(b"CAIRN") {
-            return Err(DeviceError::invalid_argument(
-                "not a Cairn bundle: it does not start with the magic bytes",
-            ));
-        }
-        Ok(proto::UpgradeDone {
-            slot: proto::Slot::B as i32,
-            os_version: "1.5.0".into(),
-            security_version: 3,
-            rebooting: reboot,
-        })
-    }
-
-    fn rollback(&self) -> Result<proto::RollbackResponse, DeviceError> {
-        self.record("Rollback");
-        Ok(proto::RollbackResponse {
-            target: proto::Slot::B as i32,
-        })
-    }
-
-    fn reboot(&self) -> Result<(), DeviceError> {
-        self.record("Reboot");
-        Ok(())
-    }
-
-    fn shutdown(&self) -> Result<(), DeviceError> {
-        self.record("Shutdown");
-        Ok(())
-    }
-
-    fn apply_config(
-        &self,
-        request: &proto::ApplyConfigRequest,
-    ) -> Result<proto::ApplyConfigResponse, DeviceError> {
-        self.record("ApplyConfig");
-        Ok(proto::ApplyConfigResponse {
-            changes: vec![format!("{} bytes of config", request.config.len())],
-            generation: 7,
-            revert_unix_ms: 0,
-        })
-    }
-
-    fn confirm_config(&self, _generation: u64) -> Result<(), DeviceError> {
-        self.record("ConfirmConfig");
-        Ok(())
-    }
-
-    fn events(
-        &self,
-        _request: &proto::EventsRequest,
-        sink: &Sink<proto::EventsResponse>,
-    ) -> Result<(), DeviceError> {
-        self.record("Events");
-        let boot = proto::EventsResponse {
-            seq: 1,
-            time_unix_ms: 1_700_000_000_000,
-            event: Some(proto::events_response::Event::Boot(proto::BootEvent {
-                slot: proto::Slot::A as i32,
-                os_version: OS_VERSION.into(),
-                trial: false,
-            })),
-        };
-        let _ = sink.send(boot);
-        Ok(())
-    }
-
-    fn recovery_key(&self) -> Result<proto::RecoveryKeyResponse, DeviceError> {
-        self.record("RecoveryKey");
-        let mut handed_out = self.handed_out.lock().unwrap();
-        if std::mem::replace(&mut *handed_out, true) {
-            return Err(DeviceError::failed_precondition(
-                "the recovery key was handed out already, and the device has forgotten it",
-            ));
-        }
-        Ok(proto::RecoveryKeyResponse {
-            recovery_key: RECOVERY_KEY.into(),
-        })
-    }
-
-    fn unlock(&self, recovery_key: &str) -> Result<proto::UnlockResponse, DeviceError> {
-        self.record("Unlock");
-        self.unlock_keys.lock().unwrap().push(recovery_key.into());
-        std::thread::sleep(*self.unlock_delay.lock().unwrap());
-        if recovery_key != RECOVERY_KEY {
-            // Careless on purpose: the server must keep the key out of its log anyway.
-            return Err(DeviceError::invalid_argument(format!(
-                "{recovery_key} opens no keyslot of STATE"
-            )));
-        }
-        Ok(proto::UnlockResponse {
-            message: "unlocked STATE and DATA; sealed to PCR 7".into(),
-        })
-    }
-}
-
 /// The fake device without its RecoveryKey and Unlock: what [`Device`]'s defaults answer, as
 /// a device with unencrypted disks does.
 pub struct Unencrypted(pub Arc<FakeDevice>);
@@ -446,6 +207,12 @@ impl Device for Unencrypted {
     }
 }
 
+/// The fake as these tests want it: streams end, so a call can be read to its end, and a wrong
+/// recovery key is quoted back, so the server's log is tested for keeping it out.
+fn fake() -> FakeDevice {
+    FakeDevice::new().events_end().quoting_wrong_keys()
+}
+
 /// A server on 127.0.0.1:0 with a fake device; its log lines are kept.
 pub struct Harness {
     pub pki: Pki,
@@ -460,13 +227,13 @@ impl Harness {
     }
 
     pub fn with_limits(limits: Limits) -> Harness {
-        let device = Arc::new(FakeDevice::default());
+        let device = Arc::new(fake());
         Harness::serving(limits, device.clone(), device)
     }
 
     /// Serves [`Unencrypted`]: the fake with [`Device`]'s default RecoveryKey and Unlock.
     pub fn unencrypted() -> Harness {
-        let device = Arc::new(FakeDevice::default());
+        let device = Arc::new(fake());
         Harness::serving(
             Limits::default(),
             Arc::new(Unencrypted(device.clone())),
