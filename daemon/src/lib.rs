@@ -1,10 +1,14 @@
 //! Small, synchronous, device-side building blocks of the `cairnd` role.
 //!
-//! Each module owns one kernel or network interface and nothing else: [`probe`] runs the
-//! configured TCP and HTTP health probes without a shell, [`uevent`] receives the kernel's device
-//! events over netlink, [`watchdog`] drives `/dev/watchdog`, and [`netif`] brings an interface up
-//! and reports its addresses. There is no async runtime here and no C dependency: everything is
-//! std, or libc where std has no call. The daemon's main loop decides when to call what.
+//! Each module owns one kernel or network interface and nothing else: [`uevent`] receives the
+//! kernel's device events over netlink, [`watchdog`] drives `/dev/watchdog`, and [`netif`] brings
+//! an interface up and reports its addresses. There is no async runtime here and no C
+//! dependency: everything is std, or libc where std has no call. The daemon's main loop decides
+//! when to call what.
+//!
+//! What the device is told comes from `cairn_facts`: [`config`] is its machine config (with the
+//! certificates checked by the API's TLS stack) and [`probe`] its health probes, which run
+//! without a shell.
 
 pub mod block;
 pub mod cairnd;
@@ -13,12 +17,12 @@ pub mod error;
 pub mod journal;
 pub mod maintenance;
 pub mod netif;
-pub mod probe;
 pub mod remote;
 pub mod storage;
 pub mod uevent;
 pub mod watchdog;
 
+pub use cairn_facts::probe;
 pub use error::{Error, Result};
 
 #[cfg(test)]
