@@ -37,7 +37,7 @@ pub use error::Error;
 pub use limits::Limits;
 pub use role::{Caller, Rpc, SERVICE};
 pub use server::{serve, Log, Options, Server};
-pub use tls::TlsConfig;
+pub use tls::{TlsCheck, TlsConfig};
 
 /// The `api_version` this crate serves (see `VersionResponse.api_version`).
 pub const API_VERSION: &str = "1";

@@ -34,6 +34,22 @@ impl Clone for TlsConfig {
     }
 }
 
+/// The machine config's certificate checks ([`cairn_facts::config::CertCheck`]) made with this
+/// crate's TLS stack, so a config is refused on the device and by `cairnctl` exactly when the API
+/// server or the bundle download would refuse its certificates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TlsCheck;
+
+impl cairn_facts::config::CertCheck for TlsCheck {
+    fn trust_anchors(pem: &str) -> Result<(), String> {
+        crate::fetch::roots_from_pem(pem).map(drop)
+    }
+
+    fn server_identity(cert: &str, key: &str) -> Result<(), String> {
+        TlsConfig::check_server_identity(cert.as_bytes(), key.as_bytes()).map_err(|e| e.to_string())
+    }
+}
+
 impl TlsConfig {
     /// From PEM: the client CA certificate(s), the server certificate chain (leaf first), and
     /// the server's private key (PKCS#8, PKCS#1 or SEC1).

@@ -21,3 +21,18 @@ pub mod uboot;
 pub use error::Error;
 pub use model::{Bootloader, SlotInfo, Status};
 pub use slot::Slot;
+
+#[cfg(test)]
+mod tests {
+    /// `update.tries` in the machine config is limited so that every backend takes it.
+    #[test]
+    fn every_backend_takes_the_tries_a_machine_config_may_ask_for() {
+        let asked = cairn_facts::config::MAX_TRIES;
+        assert_eq!(
+            asked,
+            crate::sdboot::MAX_TRIES,
+            "systemd-boot's is the lowest limit"
+        );
+        assert!(asked <= crate::uboot::state::MAX_TRIES);
+    }
+}

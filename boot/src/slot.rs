@@ -3,6 +3,8 @@
 use std::fmt;
 use std::str::FromStr;
 
+use cairn_facts::layout::label;
+
 use crate::Error;
 
 /// One of the two system slots. A slot is one unit: kernel, initramfs, root and its hash.
@@ -26,8 +28,8 @@ impl Slot {
     /// GPT label of the slot's root partition.
     pub fn root_label(self) -> &'static str {
         match self {
-            Slot::A => "ROOT-A",
-            Slot::B => "ROOT-B",
+            Slot::A => label::ROOT_A,
+            Slot::B => label::ROOT_B,
         }
     }
 

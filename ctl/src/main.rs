@@ -298,7 +298,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Config(ConfigCommand::Validate { file }) => config_validate(&file),
         Command::Gen(GenCommand::Secrets { out, days, name }) => gen_secrets(&out, days, name),
         Command::Config(ConfigCommand::Schema) => {
-            let schema = cairn_daemon::config::schema();
+            let schema = cairn_facts::config::schema();
             println!("{}", serde_json::to_string_pretty(&schema)?);
             Ok(())
         }
@@ -307,6 +307,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn image_slots(args: SlotsArgs) -> anyhow::Result<()> {
     use cairn_boot::{Bootloader, Slot};
+    use cairn_facts::layout::label;
     use cairn_image::formats::fat_fs::manifest_partition_fs;
 
     let json_path = args.image.join("image.json");
@@ -319,11 +320,11 @@ fn image_slots(args: SlotsArgs) -> anyhow::Result<()> {
     let slot = |s: &str| s.parse::<Slot>().map_err(anyhow::Error::from);
     let mut backend: Box<dyn Bootloader> = match kind {
         "systemd-boot" => Box::new(cairn_boot::sdboot::SdBoot::new(
-            manifest_partition_fs(&manifest, &disk, "ESP").map_err(anyhow::Error::msg)?,
+            manifest_partition_fs(&manifest, &disk, label::ESP).map_err(anyhow::Error::msg)?,
             None,
         )),
         "rpi-tryboot" => Box::new(cairn_boot::tryboot::Tryboot::new(
-            manifest_partition_fs(&manifest, &disk, "BOOT").map_err(anyhow::Error::msg)?,
+            manifest_partition_fs(&manifest, &disk, label::BOOT).map_err(anyhow::Error::msg)?,
             None,
             cairn_boot::tryboot::TrybootConfig::default(),
         )),
@@ -663,14 +664,16 @@ fn default_cache() -> PathBuf {
     }
 }
 
+/// The machine config, checked as the device checks it: its certificates and keys too, with the
+/// API's TLS stack.
+type MachineConfig = cairn_facts::config::MachineConfig<cairn_api::TlsCheck>;
+
 /// Reads and checks a machine config file: its text, and what it configures.
-fn read_machine_config(
-    file: &std::path::Path,
-) -> anyhow::Result<(String, cairn_daemon::config::MachineConfig)> {
+fn read_machine_config(file: &std::path::Path) -> anyhow::Result<(String, MachineConfig)> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-    let config = cairn_daemon::config::MachineConfig::parse(&text)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let config =
+        MachineConfig::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
     Ok((text, config))
 }
 
@@ -717,7 +720,7 @@ fn root_extras(
     let machine_config = match machine_config {
         Some(p) => {
             let text = read(p)?;
-            cairn_daemon::config::MachineConfig::parse(&text).map_err(|e| {
+            MachineConfig::parse(&text).map_err(|e| {
                 anyhow::anyhow!("{} is not a valid machine config: {e}", p.display())
             })?;
             Some(text)

@@ -1,4 +1,4 @@
-//! Errors of the daemon primitives, each naming the device, interface, path or probe concerned.
+//! Errors of the daemon primitives, each naming the device, interface or path concerned.
 //!
 //! A failing health probe is not an error of this crate but a verdict: see
 //! [`crate::probe::ProbeFailure`]. Messages start with the thing concerned and never repeat
@@ -12,10 +12,6 @@ use thiserror::Error;
 /// Errors of the daemon primitives.
 #[derive(Debug, Error)]
 pub enum Error {
-    /// A probe in the machine config is not one this crate can run.
-    #[error("invalid health probe: {reason}")]
-    BadProbe { reason: String },
-
     #[error("kernel uevent socket: {op}")]
     UeventSocket {
         op: &'static str,

@@ -40,12 +40,12 @@ pub mod heartbeat;
 pub mod journal;
 pub mod log;
 pub mod netif;
-pub mod probe;
 pub mod storage;
 pub mod system;
 pub mod uevent;
 pub mod watchdog;
 
+pub use cairn_facts::probe;
 pub use error::{Error, Result};
 
 #[cfg(test)]

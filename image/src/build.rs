@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use cairn_board::{Arch, Board, BootScheme};
 use cairn_boot::{bls, sdboot, tryboot, Slot};
+use cairn_facts::layout::{cmdline, label, INITRAMFS, KERNEL};
 use serde::Serialize;
 
 use crate::deb::{sha256_file, Cache, FetchedPackage};
@@ -218,17 +219,29 @@ fn build_staged(opts: &BuildOptions) -> Result<ImageManifest> {
     let root_type = opts.board.arch.root_type_guid();
     let mut parts: Vec<(&str, &str, u64, &'static str)> = Vec::new();
     match opts.board.boot {
-        BootScheme::SystemdBoot { .. } => parts.push(("ESP", ESP_TYPE, layout.esp_mib, "fat32")),
+        BootScheme::SystemdBoot { .. } => {
+            parts.push((label::ESP, ESP_TYPE, layout.esp_mib, "fat32"))
+        }
         BootScheme::RpiTryboot { .. } => {
-            parts.push(("BOOT", BASIC_DATA_TYPE, layout.esp_mib, "fat32"));
-            parts.push(("BOOT-A", BASIC_DATA_TYPE, layout.boot_slot_mib, "fat32"));
-            parts.push(("BOOT-B", BASIC_DATA_TYPE, layout.boot_slot_mib, "fat32"));
+            parts.push((label::BOOT, BASIC_DATA_TYPE, layout.esp_mib, "fat32"));
+            parts.push((
+                label::BOOT_A,
+                BASIC_DATA_TYPE,
+                layout.boot_slot_mib,
+                "fat32",
+            ));
+            parts.push((
+                label::BOOT_B,
+                BASIC_DATA_TYPE,
+                layout.boot_slot_mib,
+                "fat32",
+            ));
         }
     }
-    parts.push(("ROOT-A", root_type, layout.root_mib, "squashfs+verity"));
-    parts.push(("ROOT-B", root_type, layout.root_mib, "squashfs+verity"));
-    parts.push(("STATE", LINUX_DATA_TYPE, layout.state_mib, "fat32"));
-    parts.push(("DATA", LINUX_DATA_TYPE, layout.data_mib, "empty"));
+    parts.push((label::ROOT_A, root_type, layout.root_mib, "squashfs+verity"));
+    parts.push((label::ROOT_B, root_type, layout.root_mib, "squashfs+verity"));
+    parts.push((label::STATE, LINUX_DATA_TYPE, layout.state_mib, "fat32"));
+    parts.push((label::DATA, LINUX_DATA_TYPE, layout.data_mib, "empty"));
 
     let disk_size = MIB + parts.iter().map(|p| p.2 * MIB).sum::<u64>() + MIB;
     let sizes: Vec<(String, u64)> = parts.iter().map(|p| (p.0.to_string(), p.2 * MIB)).collect();
@@ -364,17 +377,17 @@ fn build_staged(opts: &BuildOptions) -> Result<ImageManifest> {
             let mut entries = Vec::new();
             for info in &slots {
                 let slot = &info.slot;
-                esp.add_file(&format!("EFI/cairn/{slot}/vmlinuz"), 0o644, kernel.clone())?;
+                esp.add_file(&format!("EFI/cairn/{slot}/{KERNEL}"), 0o644, kernel.clone())?;
                 esp.add_file(
-                    &format!("EFI/cairn/{slot}/initramfs.img"),
+                    &format!("EFI/cairn/{slot}/{INITRAMFS}"),
                     0o644,
                     initramfs.clone(),
                 )?;
                 entries.push(bls::Entry {
                     title: format!("Cairn {} (slot {slot})", opts.version),
                     version: opts.version.clone(),
-                    linux: format!("/EFI/cairn/{slot}/vmlinuz"),
-                    initrd: format!("/EFI/cairn/{slot}/initramfs.img"),
+                    linux: format!("/EFI/cairn/{slot}/{KERNEL}"),
+                    initrd: format!("/EFI/cairn/{slot}/{INITRAMFS}"),
                     options: info.cmdline.split(' ').map(str::to_string).collect(),
                 });
             }
@@ -393,7 +406,7 @@ fn build_staged(opts: &BuildOptions) -> Result<ImageManifest> {
                 info.entry = format!("loader/entries/{name}");
                 esp.add_file(&info.entry, 0o644, text.into_bytes())?;
             }
-            write_fat(&mut disk, "ESP", &esp)?;
+            write_fat(&mut disk, label::ESP, &esp)?;
         }
         BootScheme::RpiTryboot {
             firmware_package,
@@ -422,7 +435,7 @@ fn build_staged(opts: &BuildOptions) -> Result<ImageManifest> {
                 0o644,
                 tryboot::autoboot_txt(RPI_BOOT_A, RPI_BOOT_B).into_bytes(),
             )?;
-            write_fat(&mut disk, "BOOT", &boot)?;
+            write_fat(&mut disk, label::BOOT, &boot)?;
             for info in slots.iter_mut() {
                 let slot: Slot =
                     info.slot
@@ -431,7 +444,10 @@ fn build_staged(opts: &BuildOptions) -> Result<ImageManifest> {
                             command: "naming the slot".into(),
                             stderr: e.to_string(),
                         })?;
-                let label = format!("BOOT-{}", info.slot.to_ascii_uppercase());
+                let boot_label = match slot {
+                    Slot::A => label::BOOT_A,
+                    Slot::B => label::BOOT_B,
+                };
                 let mut tree = Tree::new();
                 for (name, path) in &firmware {
                     tree.add_file(name, 0o644, path.clone())?;
@@ -444,8 +460,8 @@ fn build_staged(opts: &BuildOptions) -> Result<ImageManifest> {
                     let name = Path::new(dtb).file_name().unwrap_or_default();
                     tree.add_file(&name.to_string_lossy(), 0o644, path)?;
                 }
-                tree.add_file("vmlinuz", 0o644, kernel.clone())?;
-                tree.add_file("initramfs.img", 0o644, initramfs.clone())?;
+                tree.add_file(KERNEL, 0o644, kernel.clone())?;
+                tree.add_file(INITRAMFS, 0o644, initramfs.clone())?;
                 tree.add_file(
                     "config.txt",
                     0o644,
@@ -456,9 +472,9 @@ fn build_staged(opts: &BuildOptions) -> Result<ImageManifest> {
                     0o644,
                     format!("{}\n", info.cmdline).into_bytes(),
                 )?;
-                write_fat(&mut disk, &label, &tree)?;
-                info.entry = format!("{label}/cmdline.txt");
-                info.boot_partition = Some(label);
+                write_fat(&mut disk, boot_label, &tree)?;
+                info.entry = format!("{boot_label}/cmdline.txt");
+                info.boot_partition = Some(boot_label.to_string());
             }
         }
     }
@@ -481,7 +497,7 @@ fn build_staged(opts: &BuildOptions) -> Result<ImageManifest> {
             api.device_ca_key.clone().into_bytes(),
         )?;
     }
-    write_fat(&mut disk, "STATE", &state)?;
+    write_fat(&mut disk, label::STATE, &state)?;
 
     disk.flush()
         .map_err(|e| Error::io("writing", &disk_path, e))?;
@@ -566,8 +582,8 @@ pub fn rpi_config_txt(slot: Slot, version: &str) -> String {
          enable_uart=1\n\
          upstream_kernel=1\n\
          disable_overscan=1\n\
-         kernel=vmlinuz\n\
-         initramfs initramfs.img followkernel\n",
+         kernel={KERNEL}\n\
+         initramfs {INITRAMFS} followkernel\n",
         upper = slot.name().to_ascii_uppercase(),
     )
 }
@@ -581,10 +597,12 @@ pub fn kernel_cmdline(board: &Board, slot: Slot, tree: &verity::VerityTree) -> S
         "quiet".to_string(),
         // A kernel panic reboots, so the bootloader's boot counting can act.
         "panic=5".to_string(),
-        format!("cairn.slot={slot}"),
-        format!("cairn.roothash={}", tree.root_hash_hex()),
-        format!("cairn.hashoffset={}", tree.hash_offset),
     ];
+    args.extend(cmdline::slot_words(
+        slot.name(),
+        &tree.root_hash_hex(),
+        tree.hash_offset,
+    ));
     args.extend(board.kernel_args.iter().map(|a| a.to_string()));
     args.join(" ")
 }

@@ -17,8 +17,8 @@ use std::path::{Path, PathBuf};
 
 use cairn_boot::fs::Fs;
 use cairn_bundle::{PayloadSource, Role};
-use cairn_updater::bootspec::{self, BootSpec};
-use cairn_updater::install::{INITRAMFS, KERNEL, MAX_BOOT_FILE};
+use cairn_facts::bootspec::{self, BootSpec};
+use cairn_facts::layout::{cmdline, label, INITRAMFS, KERNEL, MAX_BOOT_FILE, ROOTFS};
 use serde_json::Value;
 
 use crate::formats::fat_fs::manifest_partition_fs;
@@ -84,7 +84,7 @@ pub fn bundle_input(image_dir: &Path, work: &Path) -> Result<BundleInput, String
     }
 
     // rootfs: a byte range of disk.img.
-    let rootfs = work.join("rootfs");
+    let rootfs = work.join(ROOTFS);
     let mut src = File::open(&disk).map_err(|e| format!("opening {}: {e}", disk.display()))?;
     src.seek(SeekFrom::Start(number(part, "offset")?))
         .map_err(|e| format!("reading {}: {e}", disk.display()))?;
@@ -97,7 +97,7 @@ pub fn bundle_input(image_dir: &Path, work: &Path) -> Result<BundleInput, String
     }
 
     // vmlinuz and initramfs.img from the ESP.
-    let esp = manifest_partition_fs(&m, &disk, "ESP")?;
+    let esp = manifest_partition_fs(&m, &disk, label::ESP)?;
     let boot_file = |name: &str| -> Result<PathBuf, String> {
         let path = format!("EFI/cairn/a/{name}");
         let bytes = esp
@@ -116,11 +116,7 @@ pub fn bundle_input(image_dir: &Path, work: &Path) -> Result<BundleInput, String
     // boot.json: the command line minus the slot's own words.
     let options = field(slot, "cmdline")?
         .split(' ')
-        .filter(|w| {
-            !["cairn.slot=", "cairn.roothash=", "cairn.hashoffset="]
-                .iter()
-                .any(|p| w.starts_with(p))
-        })
+        .filter(|w| !cmdline::is_slot_word(w))
         .map(str::to_string)
         .collect();
     let spec = BootSpec {
@@ -146,7 +142,7 @@ pub fn bundle_input(image_dir: &Path, work: &Path) -> Result<BundleInput, String
         security_version: number(&m, "security_version")? as u32,
         payloads: vec![
             source(bootspec::PAYLOAD_NAME, Role::BootFiles, spec_path, 65536),
-            source("rootfs", Role::Rootfs, rootfs, ROOTFS_CHUNK),
+            source(ROOTFS, Role::Rootfs, rootfs, ROOTFS_CHUNK),
             source(KERNEL, Role::Kernel, kernel, BOOT_CHUNK),
             source(INITRAMFS, Role::Initramfs, initramfs, BOOT_CHUNK),
         ],

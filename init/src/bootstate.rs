@@ -17,6 +17,7 @@ use cairn_boot::fs::DirFs;
 use cairn_boot::sdboot::SdBoot;
 use cairn_boot::tryboot::{Tryboot, TrybootConfig};
 use cairn_boot::Bootloader;
+use cairn_facts::layout::label;
 
 use crate::cmdline::Slot;
 use crate::log::Logger;
@@ -53,8 +54,8 @@ impl Kind {
     /// GPT label of the partition holding the bootloader's state.
     pub fn partition(self) -> &'static str {
         match self {
-            Kind::SystemdBoot => "ESP",
-            Kind::RpiTryboot => "BOOT",
+            Kind::SystemdBoot => label::ESP,
+            Kind::RpiTryboot => label::BOOT,
         }
     }
 }

@@ -18,6 +18,8 @@
 
 use std::time::Duration;
 
+use cairn_facts::layout::label;
+
 use crate::error::{Error, Result};
 use crate::verity::{RootHash, BLOCK_SIZE};
 
@@ -53,8 +55,8 @@ impl Slot {
     /// GPT partition name of this slot's root filesystem.
     pub fn root_partition(self) -> &'static str {
         match self {
-            Self::A => "ROOT-A",
-            Self::B => "ROOT-B",
+            Self::A => label::ROOT_A,
+            Self::B => label::ROOT_B,
         }
     }
 }

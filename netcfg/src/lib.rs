@@ -1,7 +1,8 @@
 //! Declarative networking for the device, run inside `cairnd`.
 //!
-//! The machine config's `network` section says what the links should look like; this crate makes
-//! the kernel agree and keeps it that way. Each module owns one protocol:
+//! The machine config's `network` section ([`config`], parsed and checked without a kernel in
+//! `cairn_facts::network`) says what the links should look like; this crate makes the kernel
+//! agree and keeps it that way. Each module owns one protocol:
 //!
 //! - `rtnl`: the kernel's links, addresses and routes over rtnetlink, a pure `plan` from the
 //!   kernel's state to a desired state, and link events;
@@ -13,8 +14,10 @@
 //! thread's network namespace, which is how the tests run it inside namespaces of their own.
 
 pub mod agent;
-pub mod config;
 pub mod dhcp;
 pub mod resolv;
 pub mod rtnl;
 pub mod sntp;
+
+/// The `network` section of the machine config, as [`agent`] takes it.
+pub use cairn_facts::network as config;

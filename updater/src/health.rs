@@ -8,8 +8,8 @@
 
 use std::time::Duration;
 
-/// Default length of the health window.
-pub const DEFAULT_WINDOW: Duration = Duration::from_secs(300);
+/// Default length of the health window (the machine config's `health.window_s`).
+pub use cairn_facts::config::DEFAULT_WINDOW;
 /// Time between rounds.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(2);
 

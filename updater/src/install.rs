@@ -31,20 +31,15 @@ use cairn_boot::fs::DirFs;
 use cairn_boot::sdboot::SdBoot;
 use cairn_boot::{Bootloader, Slot};
 use cairn_bundle::{DeviceFacts, Keyring, Manifest, Role};
+use cairn_facts::bootspec::{self, BootSpec};
 use sha2::{Digest, Sha256};
 
-use crate::bootspec::{self, BootSpec};
 use crate::error::{Error, Result};
 use crate::state::{self, Outcome, StateDir, TrialRecord};
 use crate::stream;
 
-/// Largest kernel or initramfs accepted.
-pub const MAX_BOOT_FILE: u64 = 256 * 1024 * 1024;
-/// Default boot attempts a new slot gets before the bootloader gives up on it.
-pub const DEFAULT_TRIES: u32 = 2;
-/// Payload names for the files on the ESP.
-pub const KERNEL: &str = "vmlinuz";
-pub const INITRAMFS: &str = "initramfs.img";
+pub use cairn_facts::config::DEFAULT_TRIES;
+pub use cairn_facts::layout::{INITRAMFS, KERNEL, MAX_BOOT_FILE};
 
 /// Where each slot's parts live on this device.
 #[derive(Debug, Clone)]
@@ -207,7 +202,7 @@ impl Installer<'_> {
         let plan = Plan::of(&manifest)?;
         let rootfs = &manifest.payloads[plan.rootfs];
         let root_path = &self.layout.roots[slot.index()];
-        let root_name = format!("ROOT-{}", slot.to_string().to_uppercase());
+        let root_name = slot.root_label().to_string();
         let mut root = File::options()
             .read(true)
             .write(true)
@@ -296,7 +291,8 @@ impl Installer<'_> {
             }
             done_before += entry.size;
         }
-        let spec = BootSpec::parse(&spec_bytes, rootfs.size)?;
+        let spec = BootSpec::parse(&spec_bytes, rootfs.size)
+            .map_err(|e| Error::BootSpec(e.to_string()))?;
 
         // 5. and 6.
         report.phase = Phase::Arming;
@@ -317,7 +313,7 @@ impl Installer<'_> {
                 version: version.clone(),
                 linux: format!("/EFI/cairn/{slot}/{KERNEL}"),
                 initrd: format!("/EFI/cairn/{slot}/{INITRAMFS}"),
-                options: spec.options_for(slot),
+                options: spec.options_for(slot.name()),
             },
         )?;
         boot.set_trial(slot, self.tries)?;

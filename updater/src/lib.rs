@@ -9,13 +9,14 @@
 //!   last trial.
 //! - [`health`]: the health window after a trial boot: checks retried until all pass together
 //!   (commit) or the window closes (roll back).
-//! - [`bootspec`]: the bundle's `boot.json`: how to boot the root it carries.
+//! - [`bootspec`]: the bundle's `boot.json`: how to boot the root it carries (defined in
+//!   `cairn_facts`, which the image builder shares).
 
-pub mod bootspec;
 pub mod error;
 pub mod health;
 pub mod install;
 pub mod state;
 pub mod stream;
 
+pub use cairn_facts::bootspec;
 pub use error::{Error, Result};

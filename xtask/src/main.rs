@@ -514,6 +514,8 @@ fn test() -> Result<()> {
             "--package",
             "cairn-init",
             "--package",
+            "cairn-facts",
+            "--package",
             "cairn-daemon",
             "--package",
             "cairn-updater",

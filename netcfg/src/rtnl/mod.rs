@@ -18,7 +18,7 @@ pub mod error;
 pub mod kernel;
 mod monitor;
 mod plan;
-pub mod prefix;
+pub use cairn_facts::network::prefix;
 mod socket;
 mod wire;
 

@@ -8,11 +8,14 @@
 //! ```
 //!
 //! `options` are the kernel command-line words other than the slot's own (`cairn.slot`,
-//! `cairn.roothash`, `cairn.hashoffset`), which the installer adds for the slot it writes.
+//! `cairn.roothash`, `cairn.hashoffset`: [`crate::layout::cmdline`]), which the installer adds
+//! for the slot it writes. The image builder writes this file (`cairnctl bundle create`), the
+//! updater reads it.
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+pub use crate::error::BootSpecError;
+use crate::layout::cmdline;
 
 /// The payload name of the boot description in a bundle.
 pub const PAYLOAD_NAME: &str = "boot.json";
@@ -36,15 +39,15 @@ pub struct BootSpec {
 
 impl BootSpec {
     /// Parses and checks `boot.json`; `rootfs_size` is the size of the bundle's rootfs payload.
-    pub fn parse(bytes: &[u8], rootfs_size: u64) -> Result<BootSpec> {
+    pub fn parse(bytes: &[u8], rootfs_size: u64) -> Result<BootSpec, BootSpecError> {
         let spec: BootSpec =
-            serde_json::from_slice(bytes).map_err(|e| Error::BootSpec(e.to_string()))?;
+            serde_json::from_slice(bytes).map_err(|e| BootSpecError(e.to_string()))?;
         spec.check(rootfs_size)?;
         Ok(spec)
     }
 
-    fn check(&self, rootfs_size: u64) -> Result<()> {
-        let bad = |m: String| Err(Error::BootSpec(m));
+    fn check(&self, rootfs_size: u64) -> Result<(), BootSpecError> {
+        let bad = |m: String| Err(BootSpecError(m));
         if self.format != 1 {
             return bad(format!("format {} is not supported (1 is)", self.format));
         }
@@ -78,7 +81,7 @@ impl BootSpec {
                 ));
             }
             let key = word.split('=').next().unwrap_or(word);
-            if matches!(key, "cairn.slot" | "cairn.roothash" | "cairn.hashoffset") {
+            if cmdline::SLOT_KEYS.contains(&key) {
                 return bad(format!(
                     "option {word:?} is the installer's to set, not the bundle's"
                 ));
@@ -87,12 +90,11 @@ impl BootSpec {
         Ok(())
     }
 
-    /// The kernel command-line words for `slot`.
-    pub fn options_for(&self, slot: cairn_boot::Slot) -> Vec<String> {
+    /// The kernel command-line words for the slot named `slot` (`a` or `b`, as
+    /// `cairn_boot::Slot` displays).
+    pub fn options_for(&self, slot: &str) -> Vec<String> {
         let mut words = self.options.clone();
-        words.push(format!("cairn.slot={slot}"));
-        words.push(format!("cairn.roothash={}", self.roothash));
-        words.push(format!("cairn.hashoffset={}", self.hash_offset));
+        words.extend(cmdline::slot_words(slot, &self.roothash, self.hash_offset));
         words
     }
 
@@ -119,7 +121,7 @@ mod tests {
         let s = spec();
         assert_eq!(BootSpec::parse(s.to_json().as_bytes(), 20000).unwrap(), s);
         assert_eq!(
-            s.options_for(cairn_boot::Slot::B),
+            s.options_for("b"),
             [
                 "console=ttyAMA0".to_string(),
                 "quiet".into(),

@@ -1,5 +1,5 @@
 //! The `network` section of the machine config, and the checks that can be made without a
-//! kernel.
+//! kernel. `cairn_netcfg` applies it (and re-exports this module as `cairn_netcfg::config`).
 //!
 //! ```yaml
 //! network:
@@ -34,7 +34,7 @@ use std::net::IpAddr;
 
 use serde::Deserialize;
 
-use crate::rtnl::prefix;
+pub mod prefix;
 
 /// Longest interface name the kernel takes (`IFNAMSIZ` less its NUL).
 pub const MAX_IFNAME: usize = 15;
@@ -562,7 +562,7 @@ mod tests {
 
     #[test]
     fn the_documented_example_is_accepted() {
-        let doc = include_str!("config.rs");
+        let doc = include_str!("network.rs");
         let yaml: String = doc
             .lines()
             .skip_while(|l| !l.starts_with("//! ```yaml"))

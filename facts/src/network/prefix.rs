@@ -1,4 +1,6 @@
 //! Prefix arithmetic on `IpAddr`: the network of an address, and whether a prefix holds one.
+//! [`super::Cidr`] checks with it, and netcfg's route planning uses the same functions
+//! (`cairn_netcfg::rtnl::prefix`).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
