@@ -16,7 +16,7 @@
 //! seals a new secret to the PCRs as they are now, replacing keyslot 0 and its token.
 //!
 //! Opened volumes are dm-crypt mappings made with our own device-mapper ioctls
-//! ([`cairn_luks::dm`]); nothing from cryptsetup runs on the device.
+//! ([`cairn_luks::dm_crypt`], through `cairn-dm`); nothing from cryptsetup runs on the device.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use cairn_luks::{dm, Credential, FormatOptions, Kdf, Luks2, VolumeKey};
+use cairn_luks::{dm_crypt, Credential, FormatOptions, Kdf, Luks2, VolumeKey};
 use cairn_tpm::{PcrSelection, PrimaryAlg, SealedBlob, Tpm};
 use zeroize::Zeroizing;
 
@@ -224,10 +224,10 @@ fn map(
     file: &File,
 ) -> Result<PathBuf, String> {
     let size = size_of(file, dev)?;
-    let table =
-        dm::CryptTable::new(luks, key, dev, size).map_err(|e| format!("{}: {e}", dev.display()))?;
-    let _ = dm::remove(name);
-    dm::activate(name, &table, false).map_err(|e| format!("mapping {}: {e}", dev.display()))
+    let table = dm_crypt::CryptTable::new(luks, key, dev, size)
+        .map_err(|e| format!("{}: {e}", dev.display()))?;
+    let _ = dm_crypt::remove(name);
+    dm_crypt::activate(name, &table, false).map_err(|e| format!("mapping {}: {e}", dev.display()))
 }
 
 /// Writes zeros over all of `file`, so nothing of what it held is left in the clear.
@@ -384,7 +384,7 @@ pub fn create_volume(
 
 /// Removes a mapping this module made, if it is there.
 pub fn close(which: Volume) {
-    let _ = dm::remove(which.map_name());
+    let _ = dm_crypt::remove(which.map_name());
 }
 
 /// Why the TPM path did not open the volumes.

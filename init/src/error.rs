@@ -127,25 +127,9 @@ pub enum Error {
         expected: String,
     },
 
-    #[error("device-mapper request for {name}: {reason}")]
-    DmRequest { name: String, reason: String },
-
-    #[error("device-mapper {cmd} for {name}{hint}")]
-    Dm {
-        cmd: &'static str,
-        name: String,
-        /// Empty, or a parenthesised pointer to the likely cause, with a leading space.
-        hint: &'static str,
-        #[source]
-        source: io::Error,
-    },
-
-    #[error("device-mapper {cmd} for {name}: unexpected reply: {problem}")]
-    DmReply {
-        cmd: &'static str,
-        name: String,
-        problem: String,
-    },
+    /// Building, sending or checking a device-mapper request (the dm-verity root).
+    #[error(transparent)]
+    Dm(#[from] cairn_dm::Error),
 
     /// An I/O error reading the dm-verity device: the kernel reports a block that does not match
     /// the hash tree as EIO (when it does not restart the machine outright).

@@ -11,7 +11,6 @@
 
 pub mod bootstate;
 pub mod cmdline;
-pub mod dm;
 pub mod entry;
 pub mod error;
 pub mod input;

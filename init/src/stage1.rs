@@ -135,9 +135,9 @@ fn blame_verification(err: Error, slot: Slot) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dm::DevT;
     use crate::sys::fake::{Call, Fake};
     use crate::verity::testing::{fake_kernel, write_partition};
+    use cairn_dm::DevT;
 
     const HASH: &str = "1a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f809";
     const HASH_OFFSET: u64 = 32 * 4096;
@@ -262,10 +262,10 @@ mod tests {
             .into_iter()
             .find_map(|c| match c {
                 Call::DmIoctl {
-                    cmd: crate::dm::Command::TableLoad,
+                    cmd: cairn_dm::Command::TableLoad,
                     request,
                     ..
-                } => Some(crate::dm::Decoded::parse(&request)),
+                } => Some(cairn_dm::testing::Decoded::parse(&request)),
                 _ => None,
             })
             .unwrap();

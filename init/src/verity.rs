@@ -5,8 +5,9 @@
 //! 4096-byte block whose first 512 bytes are the verity superblock, then the hash tree: the
 //! layout `veritysetup format --hash-offset` writes, which the image builder reproduces. The
 //! root hash comes from the kernel command line (`cairn.roothash`), never from the partition.
-//! [`open`] checks the superblock, creates the device-mapper device `root-<slot>` with one
-//! read-only `verity` target over the partition, makes it live and waits for its node. From then
+//! [`open`] checks the superblock, has [`cairn_dm`] create the device-mapper device `root-<slot>`
+//! with one read-only `verity` target over the partition and make it live (its requests go
+//! through [`Syscalls::dm_ioctl`], so the tests fake the kernel), and waits for its node. From then
 //! on the kernel checks every block read through the device against the tree, up to the root
 //! hash; with `restart_on_corruption` a block that does not match restarts the machine, so a
 //! tampered root never runs.
@@ -24,8 +25,9 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use cairn_dm::{Command, DevT, Flags, Target, Transport};
+
 use crate::cmdline::{RootVerity, Slot};
-use crate::dm::{self, Command, DevT, Flags, Reply, Target};
 use crate::error::{chain, Error, Result};
 use crate::log::Logger;
 use crate::partition::{Partition, POLL_INTERVAL};
@@ -268,14 +270,11 @@ pub fn open(
 
     let control = paths.at(paths::DEV_MAPPER_CONTROL);
     wait_for_node(sys, &control, "is dm_mod in /etc/cairn/modules?")?;
-    let name = dm_name(slot);
-    let created = call(
+    let control = SysControl {
         sys,
-        &control,
-        Command::DevCreate,
-        name,
-        dm::request(name, Flags::NONE)?,
-    )?;
+        path: &control,
+    };
+    let name = dm_name(slot);
     let params = table_params(data_dev, &superblock, verity.hash_offset, &verity.root_hash);
     let length = superblock.data_blocks * SECTORS_PER_BLOCK;
     log.debug(format_args!("{name}: table 0 {length} verity {params}"));
@@ -285,113 +284,51 @@ pub fn open(
         target_type: "verity",
         params: &params,
     };
-    let result =
-        activate(sys, paths, &control, name, created, target).map(|(dev, node)| VerifiedRoot {
-            name,
-            node,
-            dev,
-            data_blocks: superblock.data_blocks,
-        });
-    if result.is_err() {
-        let removed = dm::request(name, Flags::NONE)
-            .and_then(|buf| call(sys, &control, Command::DevRemove, name, buf));
-        if let Err(e) = removed {
-            log.warn(format_args!(
-                "could not remove the unfinished device {name}: {}",
-                chain(&e)
-            ));
-        }
-    }
-    result
-}
-
-/// After `DM_DEV_CREATE`: loads the table, resumes the device, waits for `/dev/dm-<minor>`.
-fn activate(
-    sys: &dyn Syscalls,
-    paths: &Paths,
-    control: &Path,
-    name: &'static str,
-    created: Reply,
-    target: Target<'_>,
-) -> Result<(DevT, PathBuf)> {
-    let unexpected = |cmd: Command, problem: String| Error::DmReply {
-        cmd: cmd.name(),
-        name: name.to_owned(),
-        problem,
+    let left_behind = |e: &cairn_dm::Error| {
+        log.warn(format_args!(
+            "could not remove the unfinished device {name}: {}",
+            chain(e)
+        ))
     };
-    let dev = DevT::from_dm(created.dev)
-        .filter(|d| d.major != 0)
-        .ok_or_else(|| {
-            unexpected(
-                Command::DevCreate,
-                format!("device number {:#x}", created.dev),
-            )
-        })?;
-    call(
-        sys,
-        control,
-        Command::TableLoad,
-        name,
-        dm::table_load(name, Flags::READONLY, &[target])?,
-    )?;
-    // DM_DEV_SUSPEND without DM_SUSPEND_FLAG resumes: the loaded table becomes the live one.
-    let live = call(
-        sys,
-        control,
-        Command::DevSuspend,
-        name,
-        dm::request(name, Flags::NONE)?,
-    )?;
-    if !live.flags.contains(Flags::ACTIVE_PRESENT | Flags::READONLY)
-        || live.flags.contains(Flags::SUSPEND)
-    {
-        return Err(unexpected(
-            Command::DevSuspend,
-            format!(
-                "flags {:?}, expected a live, read-only, running device",
-                live.flags
-            ),
-        ));
-    }
-    let node = paths.at("dev").join(format!("dm-{}", dev.minor));
-    wait_for_node(
+    let device = cairn_dm::activate(&control, name, Flags::READONLY, &[target]).map_err(|f| {
+        if let Some(e) = &f.left_behind {
+            left_behind(e);
+        }
+        f.error.with_hint(
+            Command::TableLoad,
+            " (the kernel log says why; is dm_verity in /etc/cairn/modules?)",
+        )
+    })?;
+    let node = device.node(&paths.at("dev"));
+    let appeared = wait_for_node(
         sys,
         &node,
         "devtmpfs did not create the node of the new device",
-    )?;
-    Ok((dev, node))
+    );
+    if let Err(e) = appeared {
+        if let Err(removal) = cairn_dm::remove(&control, name) {
+            left_behind(&removal);
+        }
+        return Err(e);
+    }
+    Ok(VerifiedRoot {
+        name,
+        node,
+        dev: device.dev,
+        data_blocks: superblock.data_blocks,
+    })
 }
 
-/// One ioctl and the checks every reply gets.
-fn call(
-    sys: &dyn Syscalls,
-    control: &Path,
-    cmd: Command,
-    name: &str,
-    mut buf: Vec<u8>,
-) -> Result<Reply> {
-    // The kernel's errno for a rejected table is nearly always EINVAL; the reason is in its log.
-    let hint = match cmd {
-        Command::TableLoad => " (the kernel log says why; is dm_verity in /etc/cairn/modules?)",
-        _ => "",
-    };
-    sys.dm_ioctl(control, cmd, &mut buf)
-        .map_err(|source| Error::Dm {
-            cmd: cmd.name(),
-            name: name.to_owned(),
-            hint,
-            source,
-        })?;
-    let unexpected = |problem: &str| Error::DmReply {
-        cmd: cmd.name(),
-        name: name.to_owned(),
-        problem: problem.to_owned(),
-    };
-    let reply = Reply::parse(&buf).ok_or_else(|| unexpected("shorter than its header"))?;
-    if reply.flags.contains(Flags::BUFFER_FULL) {
-        return Err(unexpected("the kernel found the buffer too small"));
+/// The device-mapper control node as init reaches it: through [`Syscalls`].
+struct SysControl<'a> {
+    sys: &'a dyn Syscalls,
+    path: &'a Path,
+}
+
+impl Transport for SysControl<'_> {
+    fn ioctl(&self, cmd: Command, buf: &mut [u8]) -> io::Result<()> {
+        self.sys.dm_ioctl(self.path, cmd, buf)
     }
-    Ok(reply)
 }
 
 fn read_superblock(device: &Path, offset: u64) -> Result<Superblock> {
@@ -446,7 +383,9 @@ fn wait_for_node(sys: &dyn Syscalls, path: &Path, hint: &'static str) -> Result<
 pub(crate) mod testing {
     use std::path::{Path, PathBuf};
 
-    use crate::dm::{self, Command, DevT, Flags};
+    use cairn_dm::testing::write_reply;
+    use cairn_dm::{Command, DevT, Flags};
+
     use crate::sys::fake::Fake;
 
     /// A 4096-byte block with a superblock as `veritysetup format` writes it, from literal
@@ -478,13 +417,13 @@ pub(crate) mod testing {
     /// returns `dev`, a resume reports a live read-only device and creates `node`.
     pub fn fake_kernel(sys: &Fake, dev: DevT, node: PathBuf) {
         sys.on_dm_ioctl(move |cmd, buf| match cmd {
-            Command::DevCreate => dm::write_reply(buf, Flags::NONE, dev.to_dm()),
+            Command::DevCreate => write_reply(buf, Flags::NONE, dev.to_dm()),
             Command::TableLoad => {
-                dm::write_reply(buf, Flags::INACTIVE_PRESENT | Flags::READONLY, dev.to_dm())
+                write_reply(buf, Flags::INACTIVE_PRESENT | Flags::READONLY, dev.to_dm())
             }
             Command::DevSuspend => {
                 std::fs::write(&node, "").unwrap();
-                dm::write_reply(buf, Flags::ACTIVE_PRESENT | Flags::READONLY, dev.to_dm());
+                write_reply(buf, Flags::ACTIVE_PRESENT | Flags::READONLY, dev.to_dm());
             }
             Command::DevRemove | Command::Version => {}
         });
@@ -495,8 +434,8 @@ pub(crate) mod testing {
 mod tests {
     use super::testing::*;
     use super::*;
-    use crate::dm::Decoded;
     use crate::sys::fake::{Call, Fake};
+    use cairn_dm::testing::{write_reply, Decoded};
 
     const HASH: &str = "1a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f809";
     const HASH_OFFSET: u64 = 16 * 4096;
@@ -773,7 +712,7 @@ mod tests {
                 Command::DevSuspend => Flags::ACTIVE_PRESENT | Flags::READONLY,
                 _ => Flags::NONE,
             };
-            dm::write_reply(buf, flags, 0xfd07);
+            write_reply(buf, flags, 0xfd07);
         });
         let start = sys.now();
         sys.on_sleep(move |now| {
@@ -811,6 +750,75 @@ mod tests {
             )
         );
         assert!(dm_calls(&sys).is_empty());
+    }
+
+    #[test]
+    fn a_node_that_never_appears_removes_the_device() {
+        let (dir, paths, partition, verity) = setup();
+        let sys = Fake::new();
+        // Live and read-only, but devtmpfs never makes /dev/dm-0.
+        sys.on_dm_ioctl(|cmd, buf| {
+            let flags = match cmd {
+                Command::DevSuspend => Flags::ACTIVE_PRESENT | Flags::READONLY,
+                _ => Flags::NONE,
+            };
+            write_reply(buf, flags, 0xfd00);
+        });
+        let (log, mem) = Logger::memory();
+        let err = open(&sys, &log, &paths, &partition, Slot::B, &verity).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{} did not appear within 5000 ms (devtmpfs did not create the node of the new \
+                 device)",
+                dir.path().join("dev/dm-0").display()
+            )
+        );
+        let calls = dm_calls(&sys);
+        let cmds: Vec<Command> = calls.iter().map(|(_, c, _)| *c).collect();
+        assert_eq!(
+            cmds,
+            [
+                Command::DevCreate,
+                Command::TableLoad,
+                Command::DevSuspend,
+                Command::DevRemove
+            ]
+        );
+        assert_eq!(calls[3].2, plain("root-b", Flags::NONE), "removes by name");
+        assert!(!mem.text().contains("could not remove"));
+
+        // The removal fails too: one warning, the timeout stays the error.
+        let sys = Fake::new();
+        sys.on_dm_ioctl(|cmd, buf| {
+            let flags = match cmd {
+                Command::DevSuspend => Flags::ACTIVE_PRESENT | Flags::READONLY,
+                _ => Flags::NONE,
+            };
+            write_reply(buf, flags, 0xfd00);
+        });
+        sys.fail_when(
+            |c| {
+                matches!(
+                    c,
+                    Call::DmIoctl {
+                        cmd: Command::DevRemove,
+                        ..
+                    }
+                )
+            },
+            libc::EBUSY,
+        );
+        let err = open(&sys, &log, &paths, &partition, Slot::B, &verity).unwrap_err();
+        assert!(matches!(err, Error::NodeTimeout { .. }), "{err}");
+        assert!(
+            mem.text().contains(
+                "could not remove the unfinished device root-b: device-mapper DM_DEV_REMOVE for \
+                 root-b: Device or resource busy"
+            ),
+            "{}",
+            mem.text()
+        );
     }
 
     #[test]
@@ -884,10 +892,10 @@ mod tests {
         assert!(
             matches!(
                 err,
-                Error::Dm {
-                    cmd: "DM_DEV_SUSPEND",
+                Error::Dm(cairn_dm::Error::Ioctl {
+                    cmd: Command::DevSuspend,
                     ..
-                }
+                })
             ),
             "{err}"
         );
@@ -935,7 +943,7 @@ mod tests {
                 Command::DevSuspend => Flags::ACTIVE_PRESENT | Flags::READONLY | Flags::SUSPEND,
                 _ => Flags::NONE,
             };
-            dm::write_reply(buf, flags, 0xfd00);
+            write_reply(buf, flags, 0xfd00);
         });
         let err = open(&sys, &log, &paths, &partition, Slot::B, &verity).unwrap_err();
         assert_eq!(
@@ -947,7 +955,7 @@ mod tests {
 
         // A full buffer.
         let sys = Fake::new();
-        sys.on_dm_ioctl(|_, buf| dm::write_reply(buf, Flags::BUFFER_FULL, 0xfd00));
+        sys.on_dm_ioctl(|_, buf| write_reply(buf, Flags::BUFFER_FULL, 0xfd00));
         let err = open(&sys, &log, &paths, &partition, Slot::B, &verity).unwrap_err();
         assert_eq!(
             err.to_string(),

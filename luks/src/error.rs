@@ -43,13 +43,8 @@ pub enum Error {
         "the device is {size} bytes, smaller than the {needed}-byte LUKS2 header and keyslots"
     )]
     DeviceTooSmall { size: u64, needed: u64 },
-    #[error("device-mapper {op} of {name} failed")]
-    DeviceMapper {
-        op: &'static str,
-        name: String,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    DeviceMapper(#[from] cairn_dm::Error),
 }
 
 /// The crate's result type.

@@ -3,12 +3,12 @@
 //! A LUKS2 device starts with two copies of a header (binary header plus JSON metadata), then
 //! a keyslots area, then the encrypted data. Each keyslot holds the volume key, AF-split and
 //! encrypted with a key derived from a passphrase; a PBKDF2 digest of the volume key tells
-//! which candidate key is right. [`Luks2`] reads and changes headers; [`dm`] maps the data
-//! segment through dm-crypt once the volume key is known.
+//! which candidate key is right. [`Luks2`] reads and changes headers; [`dm_crypt`] maps the
+//! data segment through dm-crypt once the volume key is known.
 
 mod af;
 mod cipher;
-pub mod dm;
+pub mod dm_crypt;
 mod error;
 mod header;
 mod kdf;

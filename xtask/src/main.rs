@@ -529,6 +529,8 @@ fn test() -> Result<()> {
             "cairn-luks",
             "--package",
             "cairn-tpm",
+            "--package",
+            "cairn-dm",
             "--target",
             arch.rust_target(),
             "--",

@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::{ChildExit, KillSignal, Mount, MountFlags, RebootCmd, Syscalls, Umount, RAMFS_MAGIC};
-use crate::dm;
 
 /// One recorded syscall.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -49,7 +48,7 @@ pub enum Call {
     /// The request as sent, before any scripted reply overwrote it.
     DmIoctl {
         control: PathBuf,
-        cmd: dm::Command,
+        cmd: cairn_dm::Command,
         request: Vec<u8>,
     },
 }
@@ -57,7 +56,7 @@ pub enum Call {
 type Predicate = Box<dyn Fn(&Call) -> bool>;
 type ReapResult = io::Result<Option<(i32, ChildExit)>>;
 type SleepHook = Box<dyn FnMut(Duration)>;
-type DmHook = Box<dyn FnMut(dm::Command, &mut [u8])>;
+type DmHook = Box<dyn FnMut(cairn_dm::Command, &mut [u8])>;
 
 /// Records every call; fails those matching a registered predicate.
 #[derive(Default)]
@@ -121,7 +120,7 @@ impl Fake {
 
     /// Runs `reply(cmd, buf)` on every device-mapper ioctl that does not fail, to write the
     /// kernel's answer into the buffer. Without it the buffer comes back unchanged.
-    pub fn on_dm_ioctl(&self, reply: impl FnMut(dm::Command, &mut [u8]) + 'static) {
+    pub fn on_dm_ioctl(&self, reply: impl FnMut(cairn_dm::Command, &mut [u8]) + 'static) {
         *self.on_dm_ioctl.borrow_mut() = Some(Box::new(reply));
     }
 
@@ -259,7 +258,7 @@ impl Syscalls for Fake {
         })
     }
 
-    fn dm_ioctl(&self, control: &Path, cmd: dm::Command, buf: &mut [u8]) -> io::Result<()> {
+    fn dm_ioctl(&self, control: &Path, cmd: cairn_dm::Command, buf: &mut [u8]) -> io::Result<()> {
         self.record(Call::DmIoctl {
             control: control.into(),
             cmd,

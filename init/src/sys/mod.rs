@@ -17,8 +17,6 @@ use std::io;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::dm;
-
 pub use rustix::mount::MountFlags;
 
 /// One `mount(2)` call.
@@ -103,9 +101,9 @@ pub trait Syscalls {
     /// without following symlinks or crossing mount points (see [`crate::switch_root`]).
     fn remove_tree_same_fs(&self, root: &Path, keep: &Path) -> io::Result<()>;
     /// Opens `control` (`/dev/mapper/control`) and sends `cmd` with `buf`, a request built by
-    /// [`crate::dm`]; the kernel's reply overwrites `buf`. A failed command is an `Err` with the
-    /// kernel's errno. `buf` must hold at least the `data_size` its header declares.
-    fn dm_ioctl(&self, control: &Path, cmd: dm::Command, buf: &mut [u8]) -> io::Result<()>;
+    /// [`cairn_dm::Request`]; the kernel's reply overwrites `buf`. A failed command is an `Err`
+    /// with the kernel's errno. `buf` must hold at least the `data_size` its header declares.
+    fn dm_ioctl(&self, control: &Path, cmd: cairn_dm::Command, buf: &mut [u8]) -> io::Result<()>;
 }
 
 pub const RAMFS_MAGIC: u64 = 0x8584_58f6;

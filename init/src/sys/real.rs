@@ -2,20 +2,19 @@
 
 use std::ffi::CString;
 use std::io;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use cairn_dm::{Control, Transport as _};
 use rustix::fs::Mode;
 use rustix::mount::{MountFlags, UnmountFlags};
 use rustix::process::WaitOptions;
 use rustix::system::RebootCommand;
 
 use super::{ChildExit, KillSignal, Mount, RebootCmd, Syscalls, Umount};
-use crate::dm;
 
 /// `finit_module` flag: the file is compressed and the kernel decompresses it
 /// (needs CONFIG_MODULE_DECOMPRESS).
@@ -204,33 +203,13 @@ impl Syscalls for Real {
         crate::switch_root::remove_tree_same_fs(root, keep)
     }
 
-    fn dm_ioctl(&self, control: &Path, cmd: dm::Command, buf: &mut [u8]) -> io::Result<()> {
-        // The kernel reads, and writes back, as many bytes at `buf` as the header's `data_size`
-        // says (after reading the header itself). Refuse a buffer that does not hold them, so
-        // that the ioctl below stays inside `buf` whatever the caller passed.
-        let declared = dm::Reply::parse(buf).map(|r| r.data_size as usize);
-        if !declared.is_some_and(|n| (dm::HEADER_SIZE..=buf.len()).contains(&n)) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "device-mapper buffer shorter than its header or its data_size",
-            ));
-        }
+    fn dm_ioctl(&self, control: &Path, cmd: cairn_dm::Command, buf: &mut [u8]) -> io::Result<()> {
+        // std opens with O_CLOEXEC: the descriptor never reaches the services PID 1 starts.
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
-            .custom_flags(libc::O_CLOEXEC)
             .open(control)?;
-        let request = libc::_IOWR::<[u8; dm::HEADER_SIZE]>(dm::IOCTL_TYPE, cmd.nr());
-        // SAFETY: `file` is an open descriptor that outlives the call. Every device-mapper
-        // command takes a pointer to a `struct dm_ioctl` buffer, and the kernel accesses at most
-        // `data_size` bytes of it (copy_from_user / copy_to_user, so no alignment is needed);
-        // the check above guarantees `buf` is at least that long and at least the header, and
-        // `buf` is exclusively borrowed for the duration of the call.
-        let rc = unsafe { libc::ioctl(file.as_raw_fd(), request, buf.as_mut_ptr()) };
-        if rc < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(())
-        }
+        // cairn-dm checks the buffer against its declared size before the ioctl.
+        Control::from(file).ioctl(cmd, buf)
     }
 }

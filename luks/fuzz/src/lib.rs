@@ -15,7 +15,7 @@
 
 use std::os::unix::fs::FileExt;
 
-use cairn_luks::dm::CryptTable;
+use cairn_luks::dm_crypt::CryptTable;
 use cairn_luks::{FormatOptions, Kdf, Luks2, VolumeKey, DEFAULT_HDR_SIZE, MAX_KEYSLOTS};
 use sha2::{Digest, Sha256};
 

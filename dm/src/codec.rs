@@ -1,15 +1,18 @@
-//! Device-mapper's ioctl interface (`linux/dm-ioctl.h`, interface version 4), encoded by hand.
+//! The bytes of a device-mapper request and of the kernel's reply (`linux/dm-ioctl.h`, interface
+//! version 4), encoded by hand.
 //!
 //! Every request on `/dev/mapper/control` is one buffer that the kernel reads and then rewrites
 //! with its answer: a 312-byte `struct dm_ioctl` header (interface version, buffer size, flags,
 //! the device's name; the kernel returns the device number and state in it), followed, for
 //! `DM_TABLE_LOAD` only, by one `struct dm_target_spec` per target, each followed by its
 //! NUL-terminated parameter string padded to 8 bytes. This module builds and reads those buffers
-//! and does nothing else; [`crate::sys::Syscalls::dm_ioctl`] sends them. All integers are in the
-//! machine's byte order, which is little-endian on every board Cairn supports.
+//! and does nothing else; [`crate::control`] sends them. All integers are in the machine's byte
+//! order, which is little-endian on every board Cairn supports.
 
 use std::fmt;
-use std::ops::{BitOr, Range};
+use std::ops::{BitOr, Deref, DerefMut, Range};
+
+use zeroize::Zeroizing;
 
 use crate::error::{Error, Result};
 
@@ -23,8 +26,11 @@ pub const TARGET_SPEC_SIZE: usize = 40;
 pub const MAX_NAME_LEN: usize = 127;
 /// Longest target type: `target_type[DM_MAX_TYPE_NAME]` (16) including its NUL.
 pub const MAX_TYPE_LEN: usize = 15;
-/// Parameter strings are capped well below the kernel's own bound; a verity table is ~250 bytes.
+/// Parameter strings are capped well below the kernel's own bound; a verity table is ~250 bytes,
+/// a dm-crypt table with a 512-bit key ~200.
 pub const MAX_PARAMS_LEN: usize = 4096;
+/// Targets in one table. Cairn's tables have one; the cap keeps a request's size bounded.
+pub const MAX_TARGETS: usize = 16;
 /// The interface version we speak. The kernel accepts a request when the major number matches
 /// and the minor is at most its own, so 4.0.0 runs on every kernel with the v4 interface.
 pub const VERSION: [u32; 3] = [4, 0, 0];
@@ -60,7 +66,7 @@ pub mod spec {
     pub const TARGET_TYPE: Range<usize> = 24..40;
 }
 
-/// The device-mapper commands init uses; each is `_IOWR(0xfd, nr, struct dm_ioctl)`.
+/// The device-mapper commands Cairn uses; each is `_IOWR(0xfd, nr, struct dm_ioctl)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Command {
     Version,
@@ -85,8 +91,8 @@ impl Command {
 
     /// The request number as `<linux/dm-ioctl.h>` defines it, for architectures with the
     /// generic ioctl encoding (x86, arm, arm64, riscv): direction 3 in bits 30..32, the header
-    /// size in bits 16..30, the type in bits 8..16. The real syscall layer asks libc instead,
-    /// which also knows the other encodings.
+    /// size in bits 16..30, the type in bits 8..16. [`crate::Control`] asks libc instead, which
+    /// also knows the other encodings.
     pub fn generic_request(self) -> u32 {
         (3 << 30) | ((HEADER_SIZE as u32) << 16) | (IOCTL_TYPE << 8) | self.nr()
     }
@@ -100,6 +106,12 @@ impl Command {
             Self::DevSuspend => "DM_DEV_SUSPEND",
             Self::TableLoad => "DM_TABLE_LOAD",
         }
+    }
+}
+
+impl fmt::Display for Command {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -119,13 +131,17 @@ impl Flags {
     pub const INACTIVE_PRESENT: Self = Self(1 << 6);
     /// Out: the buffer was too small for the answer.
     pub const BUFFER_FULL: Self = Self(1 << 8);
+    /// In: the request carries a secret (a dm-crypt key). The kernel wipes its copy of the
+    /// buffer, and clears ours, once it has read it.
+    pub const SECURE_DATA: Self = Self(1 << 15);
 
-    const NAMES: [(Self, &'static str); 5] = [
+    const NAMES: [(Self, &'static str); 6] = [
         (Self::READONLY, "READONLY"),
         (Self::SUSPEND, "SUSPEND"),
         (Self::ACTIVE_PRESENT, "ACTIVE_PRESENT"),
         (Self::INACTIVE_PRESENT, "INACTIVE_PRESENT"),
         (Self::BUFFER_FULL, "BUFFER_FULL"),
+        (Self::SECURE_DATA, "SECURE_DATA"),
     ];
 
     pub const fn from_bits(bits: u32) -> Self {
@@ -150,7 +166,7 @@ impl BitOr for Flags {
 }
 
 impl fmt::Debug for Flags {
-    /// `READONLY | ACTIVE_PRESENT | 0x2000`, or `0`.
+    /// `READONLY | ACTIVE_PRESENT | 0x2000`, or `0x0`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut rest = self.0;
         let mut parts = Vec::new();
@@ -216,81 +232,144 @@ impl fmt::Display for DevT {
 }
 
 /// One line of a device-mapper table.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Target<'a> {
     /// First sector (512 bytes) of the mapped device this target covers.
     pub sector_start: u64,
     /// Sectors it covers.
     pub length: u64,
-    /// `linear`, `verity`, …
+    /// `linear`, `verity`, `crypt`, …
     pub target_type: &'a str,
-    /// The target's constructor arguments, space-separated.
+    /// The target's constructor arguments, space-separated. For `crypt` they hold the key.
     pub params: &'a str,
 }
 
-/// A request without targets (create, remove, suspend/resume, version) for the device `name`.
-pub fn request(name: &str, flags: Flags) -> Result<Vec<u8>> {
-    table_load(name, flags, &[])
+impl fmt::Debug for Target<'_> {
+    /// Without the parameters, which may hold a key; callers log them when they are not secret.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "Target {{ {} {} {}, {} bytes of parameters }}",
+            self.sector_start,
+            self.length,
+            self.target_type,
+            self.params.len()
+        )
+    }
 }
 
-/// A `DM_TABLE_LOAD` request: the header, then each target's spec and parameter string.
+/// A request buffer for one device, which the kernel reads and rewrites in place.
 ///
-/// `next` in each spec is the distance to the following spec, as the kernel reads it for table
-/// loads; the last one points just past the end, as libdevmapper writes it.
-pub fn table_load(name: &str, flags: Flags, targets: &[Target<'_>]) -> Result<Vec<u8>> {
-    let bad = |reason: String| Error::DmRequest {
-        name: name.to_owned(),
-        reason,
-    };
-    if name.is_empty() || name.len() > MAX_NAME_LEN {
-        return Err(bad(format!(
-            "the device name must have 1 to {MAX_NAME_LEN} bytes, not {}",
-            name.len()
-        )));
-    }
-    if name.contains(['/', '\0']) {
-        return Err(bad("the device name must not contain '/' or NUL".into()));
+/// The buffer is wiped when dropped, whatever it carries: a `crypt` table's parameters are the
+/// volume key in hex, and telling secret tables from others is not worth the risk for a few
+/// hundred bytes.
+pub struct Request(Zeroizing<Vec<u8>>);
+
+impl Request {
+    /// A request without targets (create, remove, suspend/resume, version) for the device `name`.
+    pub fn new(name: &str, flags: Flags) -> Result<Self> {
+        Self::table_load(name, flags, &[])
     }
 
-    let mut buf = vec![0u8; HEADER_SIZE];
-    for t in targets {
-        if t.target_type.is_empty() || t.target_type.len() > MAX_TYPE_LEN {
+    /// A `DM_TABLE_LOAD` request: the header, then each target's spec and parameter string.
+    ///
+    /// `next` in each spec is the distance to the following spec, as the kernel reads it for
+    /// table loads; the last one points just past the end, as libdevmapper writes it.
+    pub fn table_load(name: &str, flags: Flags, targets: &[Target<'_>]) -> Result<Self> {
+        let bad = |reason: String| Error::Request {
+            name: name.to_owned(),
+            reason,
+        };
+        if name.is_empty() || name.len() > MAX_NAME_LEN {
             return Err(bad(format!(
-                "target type {:?} must have 1 to {MAX_TYPE_LEN} bytes",
-                t.target_type
+                "the device name must have 1 to {MAX_NAME_LEN} bytes, not {}",
+                name.len()
             )));
         }
-        if t.params.len() > MAX_PARAMS_LEN || t.params.contains('\0') {
+        if name.contains(['/', '\0']) {
+            return Err(bad("the device name must not contain '/' or NUL".into()));
+        }
+        if targets.len() > MAX_TARGETS {
             return Err(bad(format!(
-                "{} target parameters must be at most {MAX_PARAMS_LEN} bytes without NUL",
-                t.target_type
+                "{} targets, more than the {MAX_TARGETS} a table may have",
+                targets.len()
             )));
         }
-        let start = buf.len();
-        let next = (TARGET_SPEC_SIZE + t.params.len() + 1).next_multiple_of(ALIGN);
-        buf.resize(start + next, 0);
-        let s = &mut buf[start..];
-        put(s, spec::SECTOR_START, &t.sector_start.to_ne_bytes());
-        put(s, spec::LENGTH, &t.length.to_ne_bytes());
-        put(s, spec::NEXT, &(next as u32).to_ne_bytes());
-        s[spec::TARGET_TYPE][..t.target_type.len()].copy_from_slice(t.target_type.as_bytes());
-        s[TARGET_SPEC_SIZE..][..t.params.len()].copy_from_slice(t.params.as_bytes());
-    }
-    let data_size = u32::try_from(buf.len()).map_err(|_| bad("too many targets".into()))?;
-    let target_count = u32::try_from(targets.len()).map_err(|_| bad("too many targets".into()))?;
+        for t in targets {
+            if t.target_type.is_empty() || t.target_type.len() > MAX_TYPE_LEN {
+                return Err(bad(format!(
+                    "target type {:?} must have 1 to {MAX_TYPE_LEN} bytes",
+                    t.target_type
+                )));
+            }
+            if t.params.len() > MAX_PARAMS_LEN || t.params.contains('\0') {
+                return Err(bad(format!(
+                    "{} target parameters must be at most {MAX_PARAMS_LEN} bytes without NUL",
+                    t.target_type
+                )));
+            }
+        }
 
-    let version: Vec<u8> = VERSION.iter().flat_map(|v| v.to_ne_bytes()).collect();
-    put(&mut buf, header::VERSION, &version);
-    put(&mut buf, header::DATA_SIZE, &data_size.to_ne_bytes());
-    put(
-        &mut buf,
-        header::DATA_START,
-        &(HEADER_SIZE as u32).to_ne_bytes(),
-    );
-    put(&mut buf, header::TARGET_COUNT, &target_count.to_ne_bytes());
-    put(&mut buf, header::FLAGS, &flags.bits().to_ne_bytes());
-    buf[header::NAME][..name.len()].copy_from_slice(name.as_bytes());
-    Ok(buf)
+        // Allocated once at its final size: growing the buffer would leave an unwiped copy of
+        // the parameters written so far (a key) in the old allocation.
+        let spec_len =
+            |t: &Target<'_>| (TARGET_SPEC_SIZE + t.params.len() + 1).next_multiple_of(ALIGN);
+        let total = HEADER_SIZE + targets.iter().map(spec_len).sum::<usize>();
+        let mut buf = Zeroizing::new(vec![0u8; total]);
+        let mut at = HEADER_SIZE;
+        for t in targets {
+            let next = spec_len(t);
+            let s = &mut buf[at..at + next];
+            put(s, spec::SECTOR_START, &t.sector_start.to_ne_bytes());
+            put(s, spec::LENGTH, &t.length.to_ne_bytes());
+            put(s, spec::NEXT, &(next as u32).to_ne_bytes());
+            s[spec::TARGET_TYPE][..t.target_type.len()].copy_from_slice(t.target_type.as_bytes());
+            s[TARGET_SPEC_SIZE..][..t.params.len()].copy_from_slice(t.params.as_bytes());
+            at += next;
+        }
+        // At most 16 targets of at most 4 KiB each: both fit a u32 by far.
+        let data_size = total as u32;
+        let target_count = targets.len() as u32;
+
+        for (i, v) in VERSION.iter().enumerate() {
+            buf[header::VERSION][i * 4..][..4].copy_from_slice(&v.to_ne_bytes());
+        }
+        put(&mut buf, header::DATA_SIZE, &data_size.to_ne_bytes());
+        put(
+            &mut buf,
+            header::DATA_START,
+            &(HEADER_SIZE as u32).to_ne_bytes(),
+        );
+        put(&mut buf, header::TARGET_COUNT, &target_count.to_ne_bytes());
+        put(&mut buf, header::FLAGS, &flags.bits().to_ne_bytes());
+        buf[header::NAME][..name.len()].copy_from_slice(name.as_bytes());
+        Ok(Self(buf))
+    }
+
+    /// What the kernel wrote back into the header; `None` if it is shorter than one.
+    pub fn reply(&self) -> Option<Reply> {
+        Reply::parse(&self.0)
+    }
+}
+
+impl Deref for Request {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl DerefMut for Request {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        &mut self.0
+    }
+}
+
+impl fmt::Debug for Request {
+    /// The length only: the buffer may hold a key.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Request({} bytes)", self.0.len())
+    }
 }
 
 /// What the kernel wrote back into the header.
@@ -326,61 +405,14 @@ impl Reply {
     }
 }
 
-/// Writes a reply's `flags` and `dev` into a request buffer, as the kernel does (tests only).
-#[cfg(test)]
-pub fn write_reply(buf: &mut [u8], flags: Flags, dev: u64) {
-    put(buf, header::FLAGS, &flags.bits().to_ne_bytes());
-    put(buf, header::DEV, &dev.to_ne_bytes());
-}
-
-/// A request buffer read back (tests only), to assert on what was sent.
-#[cfg(test)]
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Decoded {
-    pub name: String,
-    pub flags: Flags,
-    /// `(sector_start, length, target_type, params)` per target.
-    pub targets: Vec<(u64, u64, String, String)>,
-}
-
-#[cfg(test)]
-impl Decoded {
-    /// Follows `data_start` and each spec's `next` the way the kernel does.
-    pub fn parse(buf: &[u8]) -> Self {
-        let cstr = |b: &[u8]| {
-            let end = b.iter().position(|&c| c == 0).expect("NUL-terminated");
-            String::from_utf8(b[..end].to_vec()).unwrap()
-        };
-        let reply = Reply::parse(buf).unwrap();
-        let u32_at = |r: Range<usize>| u32::from_ne_bytes(buf[r].try_into().unwrap()) as usize;
-        let mut at = u32_at(header::DATA_START);
-        let mut targets = Vec::new();
-        for _ in 0..reply.target_count {
-            let s = &buf[at..];
-            let u64_at = |r: Range<usize>| u64::from_ne_bytes(s[r].try_into().unwrap());
-            targets.push((
-                u64_at(spec::SECTOR_START),
-                u64_at(spec::LENGTH),
-                cstr(&s[spec::TARGET_TYPE]),
-                cstr(&s[TARGET_SPEC_SIZE..]),
-            ));
-            at += u32::from_ne_bytes(s[spec::NEXT].try_into().unwrap()) as usize;
-        }
-        Self {
-            name: cstr(&buf[header::NAME]),
-            flags: reply.flags,
-            targets,
-        }
-    }
-}
-
-fn put(buf: &mut [u8], at: Range<usize>, bytes: &[u8]) {
+pub(crate) fn put(buf: &mut [u8], at: Range<usize>, bytes: &[u8]) {
     buf[at].copy_from_slice(bytes);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{write_reply, Decoded};
 
     fn le32(b: &[u8], at: usize) -> u32 {
         u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
@@ -436,12 +468,23 @@ mod tests {
         assert_eq!((ranges[0].start, ranges[11].end), (0, HEADER_SIZE));
         assert_eq!(header::NAME.len(), 128);
         assert_eq!(header::UUID.len(), 129);
-        assert_eq!(spec::TARGET_TYPE.end, TARGET_SPEC_SIZE);
+        let spec = [
+            spec::SECTOR_START,
+            spec::LENGTH,
+            spec::STATUS,
+            spec::NEXT,
+            spec::TARGET_TYPE,
+        ];
+        for pair in spec.windows(2) {
+            assert_eq!(pair[0].end, pair[1].start);
+        }
+        assert_eq!((spec[0].start, spec[4].end), (0, TARGET_SPEC_SIZE));
+        assert_eq!(spec::TARGET_TYPE.len(), MAX_TYPE_LEN + 1);
     }
 
     #[test]
     fn plain_request_layout() {
-        let b = request("root-b", Flags::NONE).unwrap();
+        let b = Request::new("root-b", Flags::NONE).unwrap();
         assert_eq!(b.len(), 312);
         assert_eq!([le32(&b, 0), le32(&b, 4), le32(&b, 8)], [4, 0, 0]);
         assert_eq!(le32(&b, 12), 312, "data_size");
@@ -457,7 +500,7 @@ mod tests {
     #[test]
     fn table_load_layout() {
         let params = "1 254:3 254:3 4096 4096 5 9 sha256 ab -";
-        let b = table_load(
+        let b = Request::table_load(
             "root-a",
             Flags::READONLY,
             &[Target {
@@ -486,10 +529,36 @@ mod tests {
     }
 
     #[test]
+    fn secure_crypt_table_layout() {
+        let b = Request::table_load(
+            "data",
+            Flags::SECURE_DATA,
+            &[Target {
+                sector_start: 0,
+                length: 8,
+                target_type: "crypt",
+                params: "abc",
+            }],
+        )
+        .unwrap();
+        // 312 header + 40 spec + "abc" + NUL, padded to 48.
+        assert_eq!(b.len(), 360);
+        assert_eq!(le32(&b, 28), 0x8000, "flags: DM_SECURE_DATA_FLAG");
+        assert_eq!(&b[48..53], b"data\0");
+        assert_eq!(le32(&b, 16), 312, "data_start");
+        assert_eq!(le32(&b, 20), 1, "target_count");
+        assert_eq!(le64(&b, 320), 8, "length");
+        assert_eq!(le32(&b, 332), 48, "next");
+        assert_eq!(&b[336..342], b"crypt\0");
+        assert_eq!(&b[352..356], b"abc\0");
+        assert_eq!(format!("{b:?}"), "Request(360 bytes)");
+    }
+
+    #[test]
     fn params_are_nul_terminated_and_padded_to_8() {
         for (len, total) in [(0, 360), (6, 360), (7, 360), (8, 368), (15, 368), (16, 376)] {
             let params = "x".repeat(len);
-            let b = table_load(
+            let b = Request::table_load(
                 "d",
                 Flags::NONE,
                 &[Target {
@@ -515,10 +584,11 @@ mod tests {
             target_type: "linear",
             params,
         };
-        let b = table_load("two", Flags::NONE, &[t(0, "8:1 0"), t(8, "8:2 100")]).unwrap();
+        let b = Request::table_load("two", Flags::NONE, &[t(0, "8:1 0"), t(8, "8:2 100")]).unwrap();
         assert_eq!(le32(&b, 20), 2);
         assert_eq!(le32(&b, 332), 48);
         assert_eq!(le64(&b, 312 + 48), 8, "second sector_start");
+        assert_eq!(le32(&b, 12) as usize, b.len(), "data_size covers both");
         assert_eq!(
             Decoded::parse(&b).targets,
             [
@@ -530,30 +600,39 @@ mod tests {
 
     #[test]
     fn bad_names_and_targets_are_refused() {
+        let (too_long, longest) = ("p".repeat(MAX_PARAMS_LEN + 1), "p".repeat(MAX_PARAMS_LEN));
         for name in ["", "a/b", "nul\0", &"n".repeat(128)] {
-            assert!(request(name, Flags::NONE).is_err(), "{name:?}");
+            assert!(Request::new(name, Flags::NONE).is_err(), "{name:?}");
         }
-        assert!(request(&"n".repeat(127), Flags::NONE).is_ok());
+        assert!(Request::new(&"n".repeat(127), Flags::NONE).is_ok());
         let t = |target_type, params| Target {
             sector_start: 0,
             length: 8,
             target_type,
             params,
         };
-        let err = table_load("d", Flags::NONE, &[t("a-very-long-type", "")]).unwrap_err();
-        assert!(err.to_string().contains("1 to 15 bytes"), "{err}");
-        assert!(table_load("d", Flags::NONE, &[t("linear", "a\0b")]).is_err());
-        assert!(table_load("d", Flags::NONE, &[t("linear", &"p".repeat(4097))]).is_err());
+        let err = Request::table_load("d", Flags::NONE, &[t("a-very-long-type", "")]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "device-mapper request for d: target type \"a-very-long-type\" must have 1 to 15 bytes"
+        );
+        assert!(Request::table_load("d", Flags::NONE, &[t("", "")]).is_err());
+        assert!(Request::table_load("d", Flags::NONE, &[t("linear", "a\0b")]).is_err());
+        assert!(Request::table_load("d", Flags::NONE, &[t("linear", &too_long)]).is_err());
+        assert!(Request::table_load("d", Flags::NONE, &[t("linear", &longest)]).is_ok());
+        let many = vec![t("linear", "8:1 0"); MAX_TARGETS + 1];
+        assert!(Request::table_load("d", Flags::NONE, &many).is_err());
+        assert!(Request::table_load("d", Flags::NONE, &many[1..]).is_ok());
     }
 
     #[test]
     fn reply_fields() {
-        let mut b = request("root-b", Flags::NONE).unwrap();
+        let mut b = Request::new("root-b", Flags::NONE).unwrap();
         b[0..12].copy_from_slice(&[4, 0, 0, 0, 48, 0, 0, 0, 1, 0, 0, 0]);
         b[24..28].copy_from_slice(&(-1i32).to_le_bytes());
         b[32..36].copy_from_slice(&7u32.to_le_bytes());
         write_reply(&mut b, Flags::ACTIVE_PRESENT | Flags::READONLY, 0xfd00);
-        let r = Reply::parse(&b).unwrap();
+        let r = b.reply().unwrap();
         assert_eq!(r.version, [4, 48, 1]);
         assert_eq!(r.data_size, 312);
         assert_eq!(r.open_count, -1);
@@ -604,7 +683,23 @@ mod tests {
             format!("{:?}", Flags::READONLY | Flags::from_bits(0x2000)),
             "READONLY | 0x2000"
         );
+        assert_eq!(
+            format!("{:?}", Flags::SECURE_DATA | Flags::READONLY),
+            "READONLY | SECURE_DATA"
+        );
         assert!(Flags::from_bits(0x161).contains(Flags::BUFFER_FULL | Flags::READONLY));
         assert!(!Flags::READONLY.contains(Flags::SUSPEND));
+    }
+
+    #[test]
+    fn debug_output_never_shows_parameters() {
+        let t = Target {
+            sector_start: 0,
+            length: 8,
+            target_type: "crypt",
+            params: "aes-xts-plain64 abcdef 0 8:3 32768",
+        };
+        let shown = format!("{t:?}");
+        assert_eq!(shown, "Target { 0 8 crypt, 34 bytes of parameters }");
     }
 }

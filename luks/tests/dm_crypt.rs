@@ -1,4 +1,4 @@
-//! dm-crypt mapping through our device-mapper ioctls, checked against `cryptsetup open`.
+//! dm-crypt mapping through cairn-dm's device-mapper ioctls, checked against `cryptsetup open`.
 //! Needs root, `/dev/mapper/control` and losetup; without them the test says why and passes.
 
 use std::fs::OpenOptions;
@@ -6,7 +6,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::Command;
 
-use cairn_luks::dm::{self, CryptTable};
+use cairn_luks::dm_crypt::{self, CryptTable};
 use cairn_luks::{FormatOptions, Kdf, Luks2, VolumeKey};
 
 fn skip(why: &str) {
@@ -30,10 +30,14 @@ fn our_mapping_reads_back_through_cryptsetup() {
         return skip("not running as root");
     }
     // The node can exist (libdevmapper creates it) while the kernel has no device-mapper.
-    if let Err(e) = OpenOptions::new().read(true).write(true).open(dm::CONTROL) {
+    if let Err(e) = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(cairn_dm::CONTROL)
+    {
         return skip(&format!(
             "cannot open {} ({e}): this kernel has no device-mapper (dm_mod, dm_crypt)",
-            dm::CONTROL
+            cairn_dm::CONTROL
         ));
     }
     if Command::new("losetup").arg("--version").output().is_err() {
@@ -61,14 +65,14 @@ fn our_mapping_reads_back_through_cryptsetup() {
     let name = format!("cairn-luks-test-{}", std::process::id());
     let result = std::panic::catch_unwind(|| {
         let table = CryptTable::new(&luks, &vk, Path::new(&loopdev), 32 << 20).unwrap();
-        let node = dm::activate(&name, &table, false).unwrap();
+        let node = dm_crypt::activate(&name, &table, false).unwrap();
         let pattern: Vec<u8> = (0..8192u32).map(|i| (i * 7) as u8).collect();
         {
             let d = OpenOptions::new().write(true).open(&node).unwrap();
             d.write_all_at(&pattern, 4096).unwrap();
             d.sync_all().unwrap();
         }
-        dm::remove(&name).unwrap();
+        dm_crypt::remove(&name).unwrap();
         // cryptsetup maps the same header and must see the same plaintext.
         let theirs = format!("{name}-cs");
         let out = Command::new("cryptsetup")
@@ -89,7 +93,7 @@ fn our_mapping_reads_back_through_cryptsetup() {
         read.unwrap();
         assert_eq!(got, pattern);
     });
-    let _ = dm::remove(&name);
+    let _ = dm_crypt::remove(&name);
     run("losetup", &["--detach", &loopdev]);
     if let Err(e) = result {
         std::panic::resume_unwind(e);
