@@ -11,6 +11,10 @@
 //! The server certificate is issued on the device, by the device CA the image put on STATE
 //! ([`SECRETS_DIR`]), for the hostname and `localhost`/loopback addresses, and kept on STATE.
 //! It is issued again when the hostname or the device CA changes or it is about to expire.
+//!
+//! Why one long file: it is the whole `cairn.v1` surface (one method per call, each a few
+//! lines of translation) plus the server certificate's life; splitting it by call would
+//! scatter one mapping over many files.
 
 use std::fs;
 use std::io::Read;

@@ -17,6 +17,9 @@
 //!
 //! Opened volumes are dm-crypt mappings made with our own device-mapper ioctls
 //! ([`cairn_luks::dm_crypt`], through `cairn-dm`); nothing from cryptsetup runs on the device.
+//!
+//! Why one long file: sealing, formatting, unlocking and re-sealing share the volume and
+//! keyslot conventions above; kept together, the conventions are read once.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
