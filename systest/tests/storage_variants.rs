@@ -150,6 +150,43 @@ fn decrypt_with_cryptsetup(part: &Path, recovery_key: &Path, dir: &Path) -> Vec<
     data
 }
 
+/// Waits for `cairnctl events` (which follows the device's events) to show the storage event
+/// with `state`, then stops it by its pid.
+fn storage_event(ctl: &Ctl, state: &str) {
+    use std::io::{BufRead, BufReader};
+    let mut child = ctl
+        .command(&["events", "-n", "50"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let found = loop {
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(line) => {
+                let hit = line.contains(" storage ") && line.contains(&format!(" {state}"));
+                seen.push(line);
+                if hit {
+                    break true;
+                }
+            }
+            Err(_) => break false,
+        }
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(found, "no storage {state} event in:\n{}", seen.join("\n"));
+}
+
 fn first_boot_encrypts(board_name: &str, v: Variant) {
     let board = cairn_board::find(board_name).unwrap();
     let rig = rig_dir("cairn-storage-variant-");
@@ -208,13 +245,7 @@ fn first_boot_encrypts(board_name: &str, v: Variant) {
                 .contains("storage.require_encryption"),
             "{health}"
         );
-        let events = ctl.until_ok(&["events"]);
-        assert!(
-            events
-                .lines()
-                .any(|l| l.contains("storage") && l.contains("refused")),
-            "{events}"
-        );
+        storage_event(&ctl, "refused");
         m.wait_for_line(
             "cairnd: maintenance mode: network and API only",
             BOOT_TIMEOUT,
@@ -286,13 +317,7 @@ fn first_boot_encrypts(board_name: &str, v: Variant) {
             .find(|c| c["name"] == "storage")
             .unwrap_or_else(|| panic!("no storage check: {health}"));
         assert_eq!(storage["state"], "passing", "{health}");
-        let events = ctl.until_ok(&["events"]);
-        assert!(
-            events
-                .lines()
-                .any(|l| l.contains("storage") && l.contains("encrypted")),
-            "{events}"
-        );
+        storage_event(&ctl, "encrypted");
     }
     m.powerdown().unwrap();
     m.wait_exit(Duration::from_secs(120)).unwrap();
