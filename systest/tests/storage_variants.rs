@@ -323,6 +323,9 @@ fn first_boot_encrypts(board_name: &str, v: Variant) {
     m.wait_exit(Duration::from_secs(120)).unwrap();
 
     // Power on again: the TPM unlocks, nobody types anything.
+    // swtpm ends with the machine it served; a new one carries on from the same state.
+    drop(tpm);
+    let tpm = Swtpm::start(&tmp.join("tpm"), 0).unwrap();
     let mut m = launch(board, &disk, &work, Some(&tpm), port);
     m.wait_for_line(
         "cairnd: unlocked STATE and DATA with the TPM in",
