@@ -99,3 +99,40 @@ pub fn cairnctl() -> PathBuf {
     );
     bin
 }
+
+/// Byte offset and length of the partition labelled `label` in the disk image `disk`, read
+/// with Debian's sfdisk.
+pub fn partition(disk: &std::path::Path, label: &str) -> (u64, u64) {
+    let out = tool(Command::new("sfdisk").arg("--json").arg(disk));
+    let table: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let sector = table["partitiontable"]["sectorsize"]
+        .as_u64()
+        .unwrap_or(512);
+    let part = table["partitiontable"]["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == label)
+        .unwrap_or_else(|| panic!("no {label} partition"));
+    (
+        part["start"].as_u64().unwrap() * sector,
+        part["size"].as_u64().unwrap() * sector,
+    )
+}
+
+/// Copies the partition labelled `label` out of `disk` into the file `to`; returns its bytes.
+pub fn extract_partition(disk: &std::path::Path, label: &str, to: &std::path::Path) -> Vec<u8> {
+    use std::io::{Read, Seek, SeekFrom};
+    let (start, len) = partition(disk, label);
+    let mut f = std::fs::File::open(disk).unwrap();
+    f.seek(SeekFrom::Start(start)).unwrap();
+    let mut buf = vec![0u8; len as usize];
+    f.read_exact(&mut buf).unwrap();
+    std::fs::write(to, &buf).unwrap();
+    buf
+}
+
+/// Whether `needle` occurs in `haystack`.
+pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}

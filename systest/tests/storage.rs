@@ -17,13 +17,13 @@
 //! 5. From the host: the disk holds the marker nowhere, and Debian's cryptsetup reads both
 //!    headers and accepts the recovery key on DATA.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
 use cairn_qemu::{free_local_port, LaunchOptions, Machine, PortForward, Swtpm};
 use cairn_systest::ctl::Ctl;
-use cairn_systest::{image_dir, keys_dir, qemu_lock, rig_dir};
+use cairn_systest::{contains, extract_partition, image_dir, keys_dir, qemu_lock, rig_dir};
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
 /// Provisioning and the recovery unlock run argon2id twice each under TCG.
@@ -72,44 +72,6 @@ impl Rig {
     fn swtpm(&self) -> Swtpm {
         Swtpm::start(&self.dir.path().join("tpm"), 0).unwrap()
     }
-}
-
-/// Byte offset and length of the partition labelled `label`, read with sfdisk.
-fn partition(disk: &Path, label: &str) -> (u64, u64) {
-    let out = Command::new("sfdisk")
-        .arg("--json")
-        .arg(disk)
-        .output()
-        .expect("sfdisk (`cargo xtask setup` installs fdisk)");
-    assert!(out.status.success());
-    let table: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let sector = table["partitiontable"]["sectorsize"]
-        .as_u64()
-        .unwrap_or(512);
-    let part = table["partitiontable"]["partitions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == label)
-        .unwrap_or_else(|| panic!("no {label} partition"));
-    (
-        part["start"].as_u64().unwrap() * sector,
-        part["size"].as_u64().unwrap() * sector,
-    )
-}
-
-fn extract(disk: &Path, label: &str, to: &Path) {
-    use std::io::{Read, Seek, SeekFrom};
-    let (start, len) = partition(disk, label);
-    let mut f = std::fs::File::open(disk).unwrap();
-    f.seek(SeekFrom::Start(start)).unwrap();
-    let mut buf = vec![0u8; len as usize];
-    f.read_exact(&mut buf).unwrap();
-    std::fs::write(to, buf).unwrap();
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 fn encrypted_state_and_data(board: &str) {
@@ -280,7 +242,7 @@ fn encrypted_state_and_data(board: &str) {
     );
     for label in ["STATE", "DATA"] {
         let part = tmp.join(format!("{label}.img"));
-        extract(&rig.disk, label, &part);
+        extract_partition(&rig.disk, label, &part);
         let dump = Command::new("cryptsetup")
             .arg("luksDump")
             .arg(&part)

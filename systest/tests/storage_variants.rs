@@ -23,7 +23,7 @@ use cairn_qemu::{free_local_port, LaunchOptions, Machine, PortForward, Swtpm};
 use cairn_systest::ctl::Ctl;
 use cairn_systest::release::build_release;
 use cairn_systest::stick::{make_stick, StickFile};
-use cairn_systest::{keys_dir, qemu_lock, rig_dir, tool};
+use cairn_systest::{contains, extract_partition, keys_dir, partition, qemu_lock, rig_dir, tool};
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
 /// Provisioning runs argon2id twice under TCG.
@@ -62,40 +62,6 @@ fn launch(
     opts.tpm = tpm.map(|t| t.socket_path().to_path_buf());
     opts.port_forwards = vec![PortForward::new(port, API_PORT)];
     Machine::launch(opts).unwrap()
-}
-
-/// Byte offset and length of the partition labelled `label`, read with sfdisk.
-fn partition(disk: &Path, label: &str) -> (u64, u64) {
-    let out = tool(Command::new("sfdisk").arg("--json").arg(disk));
-    let table: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let sector = table["partitiontable"]["sectorsize"]
-        .as_u64()
-        .unwrap_or(512);
-    let part = table["partitiontable"]["partitions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == label)
-        .unwrap_or_else(|| panic!("no {label} partition"));
-    (
-        part["start"].as_u64().unwrap() * sector,
-        part["size"].as_u64().unwrap() * sector,
-    )
-}
-
-fn extract(disk: &Path, label: &str, to: &Path) -> Vec<u8> {
-    use std::io::{Read, Seek, SeekFrom};
-    let (start, len) = partition(disk, label);
-    let mut f = std::fs::File::open(disk).unwrap();
-    f.seek(SeekFrom::Start(start)).unwrap();
-    let mut buf = vec![0u8; len as usize];
-    f.read_exact(&mut buf).unwrap();
-    std::fs::write(to, &buf).unwrap();
-    buf
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 /// The number after `key:` on the first line of `dump` that has it (`offset: 16777216 [bytes]`).
@@ -349,7 +315,7 @@ fn first_boot_encrypts(board_name: &str, v: Variant) {
     std::fs::write(&key_file, &recovery).unwrap();
     for label in ["STATE", "DATA"] {
         let part = tmp.join(format!("{label}.img"));
-        let raw = extract(&disk, label, &part);
+        let raw = extract_partition(&disk, label, &part);
         let dump = tool(Command::new("cryptsetup").arg("luksDump").arg(&part));
         assert!(dump.contains("Version:       \t2"), "{label}: {dump}");
         assert_eq!(dump.matches("systemd-tpm2").count(), 1, "{label}: {dump}");
