@@ -116,6 +116,20 @@ fn decrypt_with_cryptsetup(part: &Path, recovery_key: &Path, dir: &Path) -> Vec<
     data
 }
 
+/// `cairnctl --json health`: the text, the report, and its `storage` check.
+fn storage_check(ctl: &Ctl) -> (String, serde_json::Value, serde_json::Value) {
+    let health = ctl.until_ok(&["--json", "health"]);
+    let report: serde_json::Value = serde_json::from_str(&health).unwrap();
+    let storage = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "storage")
+        .unwrap_or_else(|| panic!("no storage check: {health}"))
+        .clone();
+    (health, report, storage)
+}
+
 /// Waits for `cairnctl events` (which follows the device's events) to show the storage event
 /// with `state`, then stops it by its pid.
 fn storage_event(ctl: &Ctl, state: &str) {
@@ -194,14 +208,7 @@ fn first_boot_encrypts(board_name: &str, v: Variant) {
         assert!(line.contains("no TPM"), "{line}");
         m.wait_for_line("cairnd: management API on port", BOOT_TIMEOUT)
             .unwrap();
-        let health = ctl.until_ok(&["--json", "health"]);
-        let report: serde_json::Value = serde_json::from_str(&health).unwrap();
-        let storage = report["checks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["name"] == "storage")
-            .unwrap_or_else(|| panic!("no storage check: {health}"));
+        let (health, report, storage) = storage_check(&ctl);
         assert_eq!(report["healthy"], false, "{health}");
         assert_eq!(storage["state"], "failing", "{health}");
         assert!(
@@ -274,14 +281,7 @@ fn first_boot_encrypts(board_name: &str, v: Variant) {
             .unwrap();
     }
     if v.api_secrets {
-        let health = ctl.until_ok(&["--json", "health"]);
-        let report: serde_json::Value = serde_json::from_str(&health).unwrap();
-        let storage = report["checks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["name"] == "storage")
-            .unwrap_or_else(|| panic!("no storage check: {health}"));
+        let (health, _, storage) = storage_check(&ctl);
         assert_eq!(storage["state"], "passing", "{health}");
         storage_event(&ctl, "encrypted");
     }
