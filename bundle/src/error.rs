@@ -18,6 +18,14 @@ fn key_list(keys: &[KeyId]) -> String {
         .join(", ")
 }
 
+fn line_label(line: usize) -> String {
+    if line == 0 {
+        String::new()
+    } else {
+        format!(" line {line}")
+    }
+}
+
 /// Everything that can go wrong with a bundle or a key. Each message is one line.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -172,9 +180,9 @@ pub enum Error {
         reason: String,
     },
     /// A keyring line is wrong.
-    #[error("keyring line {line}: {reason}")]
+    #[error("keyring{}: {reason}", line_label(*line))]
     Keyring {
-        /// 1-based line number.
+        /// 1-based line number; 0 for what concerns the whole keyring.
         line: usize,
         /// What is wrong.
         reason: String,

@@ -22,6 +22,10 @@ pub const MAX_PAYLOAD_SIZE: u64 = 64 * 1024 * 1024 * 1024;
 pub const MIN_CHUNK_SIZE: u32 = 64 * 1024;
 /// Largest allowed chunk size; also the most memory a reader holds for one chunk.
 pub const MAX_CHUNK_SIZE: u32 = 16 * 1024 * 1024;
+/// The most chunks all payloads of one bundle may have together: 3.75 MiB of `chunk_hashes`,
+/// which leaves room in the 4 MiB manifest for everything else. With 64 KiB chunks the payloads
+/// total at most 7.5 GiB; a 64 GiB payload needs chunks of at least 1 MiB.
+pub const MAX_CHUNKS: u64 = 122_880;
 /// Longest payload name, board name, architecture or version string, in bytes.
 pub const MAX_NAME_LEN: usize = 64;
 /// The `product` every manifest must name.

@@ -43,6 +43,14 @@ fn parse_key_line(text: &str, prefix: &str) -> std::result::Result<[u8; 32], Str
             hex_part.len()
         ));
     }
+    if let Some(c) = hex_part
+        .chars()
+        .find(|c| !matches!(c, '0'..='9' | 'a'..='f'))
+    {
+        return Err(format!(
+            "the key holds {c:?}: expected 64 lowercase hex digits (0-9, a-f)"
+        ));
+    }
     let mut bytes = [0u8; 32];
     hex::decode_to_slice(hex_part, &mut bytes)
         .map_err(|e| format!("the key is not valid hex: {e}"))?;
@@ -205,7 +213,11 @@ impl Keyring {
         Ok(())
     }
 
-    /// Parses the text form.
+    /// Parses the text form, exactly as docs/bundle-format.md section 3 states it: lines end in
+    /// `\n` (the last one may lack it); a key line is `cairn-ed25519-public <64 lowercase hex>`,
+    /// optionally followed by ` revoked`, with nothing before or after; a line whose first
+    /// non-blank character is `#`, and a line of spaces and tabs only, are ignored. Anything else
+    /// (a carriage return, uppercase hex, stray blanks) is refused with its line number.
     pub fn parse(text: &str) -> Result<Keyring> {
         if text.len() > MAX_KEYRING_BYTES {
             return Err(Error::Keyring {
@@ -214,22 +226,46 @@ impl Keyring {
             });
         }
         let mut ring = Keyring::default();
-        for (index, raw) in text.lines().enumerate() {
+        for (index, raw) in text.split_terminator('\n').enumerate() {
             let line = index + 1;
             let err = |reason: String| Error::Keyring { line, reason };
-            let trimmed = raw.trim();
-            if trimmed.is_empty() || trimmed.starts_with('#') {
+            if raw.contains('\r') {
+                return Err(err(
+                    "the line holds a carriage return (CRLF line endings?); lines end in \\n only"
+                        .to_string(),
+                ));
+            }
+            let blank = |c: char| c == ' ' || c == '\t';
+            let content = raw.trim_start_matches(blank);
+            if content.is_empty() || content.starts_with('#') {
                 continue;
             }
-            let (key_text, revoked) = match trimmed.strip_suffix(" revoked") {
-                Some(k) => (k.trim_end(), true),
-                None => (trimmed, false),
+            if content.len() != raw.len() || raw.ends_with(blank) {
+                return Err(err(
+                    "a key line has spaces or tabs before or after it".to_string()
+                ));
+            }
+            let (key_text, revoked) = match raw.strip_suffix(" revoked") {
+                Some(k) => (k, true),
+                None => (raw, false),
             };
             let bytes = parse_key_line(key_text, PUBLIC_PREFIX).map_err(err)?;
             let key = PublicKey::from_bytes(bytes).map_err(|e| err(e.to_string()))?;
             ring.push(KeyringEntry { key, revoked }).map_err(err)?;
         }
         Ok(ring)
+    }
+
+    /// Refuses a keyring that trusts no key, for the places that install one on a device: a
+    /// device with it could never take an update again.
+    pub fn require_trusted(&self) -> Result<()> {
+        if self.trusted_ids().is_empty() {
+            return Err(Error::Keyring {
+                line: 0,
+                reason: "it trusts no key (empty, comments only, or every key revoked), so a device with it could never be updated".to_string(),
+            });
+        }
+        Ok(())
     }
 
     /// The text form.
@@ -317,7 +353,7 @@ mod tests {
         assert!(err.contains("64 hex digits"), "{err}");
         let bad_hex = format!("cairn-ed25519-public {}", "zz".repeat(32));
         let err = PublicKey::from_text(&bad_hex).unwrap_err().to_string();
-        assert!(err.contains("not valid hex"), "{err}");
+        assert!(err.contains("lowercase hex"), "{err}");
         let err = PublicKey::from_text(&format!("cairn-ed25519-public{}", "00".repeat(32)))
             .unwrap_err()
             .to_string();
@@ -330,7 +366,7 @@ mod tests {
         let a = SecretKey::from_bytes([1; 32]).public();
         let b = SecretKey::from_bytes([2; 32]).public();
         let text = format!(
-            "# release keys\n\n{}  \n{} revoked\n   # old\n",
+            "# release keys\n\n \t\n{}\n{} revoked\n   # old",
             a.to_text().trim_end(),
             b.to_text().trim_end()
         );
@@ -361,6 +397,53 @@ mod tests {
         assert!(matches!(err, Error::Keyring { line: 1, .. }), "{err}");
         let err = Keyring::parse(&format!("{a}{a}")).unwrap_err();
         assert!(err.to_string().contains("listed twice"), "{err}");
+    }
+
+    #[test]
+    fn keyring_text_is_exactly_the_documented_form() {
+        let a = SecretKey::from_bytes([1; 32]).public().to_text();
+        let a = a.trim_end();
+        let line_of = |text: String| match Keyring::parse(&text) {
+            Err(Error::Keyring { line, reason }) => (line, reason),
+            other => panic!("{text:?} gave {other:?}"),
+        };
+        let (line, reason) = line_of(format!("# keys\r\n{a}\r\n"));
+        assert_eq!(line, 1);
+        assert!(reason.contains("carriage return"), "{reason}");
+        let (line, reason) = line_of(format!(
+            "# keys\n{}\n",
+            a.to_uppercase()
+                .replace("CAIRN-ED25519-PUBLIC", "cairn-ed25519-public")
+        ));
+        assert_eq!(line, 2);
+        assert!(reason.contains("lowercase hex"), "{reason}");
+        for padded in [
+            format!(" {a}\n"),
+            format!("{a} \n"),
+            format!("{a}\t\n"),
+            format!("{a}  revoked\n"),
+        ] {
+            let (line, _) = line_of(padded.clone());
+            assert_eq!(line, 1, "{padded:?}");
+        }
+        // The last line may lack its newline.
+        assert_eq!(Keyring::parse(a).unwrap().entries().len(), 1);
+    }
+
+    #[test]
+    fn a_keyring_that_trusts_no_key_parses_but_cannot_be_installed() {
+        let a = SecretKey::from_bytes([1; 32]).public().to_text();
+        for text in [
+            String::new(),
+            "# none yet\n\n".to_string(),
+            format!("{} revoked\n", a.trim_end()),
+        ] {
+            let ring = Keyring::parse(&text).unwrap();
+            assert!(ring.trusted_ids().is_empty());
+            let err = ring.require_trusted().unwrap_err().to_string();
+            assert!(err.starts_with("keyring: it trusts no key"), "{err}");
+        }
+        Keyring::parse(&a).unwrap().require_trusted().unwrap();
     }
 
     #[test]

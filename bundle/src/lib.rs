@@ -20,8 +20,8 @@ mod read;
 pub use create::{create, ManifestMeta, PayloadSource};
 pub use error::{Error, Refusal, Result};
 pub use format::{
-    ALIGNMENT, FORMAT_VERSION, HEADER_LEN, MAGIC, MAX_CHUNK_SIZE, MAX_MANIFEST_LEN, MAX_NAME_LEN,
-    MAX_PAYLOADS, MAX_PAYLOAD_SIZE, MIN_CHUNK_SIZE, PRODUCT,
+    ALIGNMENT, FORMAT_VERSION, HEADER_LEN, MAGIC, MAX_CHUNKS, MAX_CHUNK_SIZE, MAX_MANIFEST_LEN,
+    MAX_NAME_LEN, MAX_PAYLOADS, MAX_PAYLOAD_SIZE, MIN_CHUNK_SIZE, PRODUCT,
 };
 pub use install::{check_install, DeviceFacts};
 pub use keys::{KeyId, Keyring, KeyringEntry, PublicKey, SecretKey, MAX_KEYRING_KEYS};
@@ -31,3 +31,5 @@ pub use semver::Version;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod vectors;

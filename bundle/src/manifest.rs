@@ -12,7 +12,8 @@ use semver::Version;
 
 use crate::error::{Error, Result};
 use crate::format::{
-    MAX_CHUNK_SIZE, MAX_NAME_LEN, MAX_PAYLOADS, MAX_PAYLOAD_SIZE, MIN_CHUNK_SIZE, PRODUCT,
+    MAX_CHUNKS, MAX_CHUNK_SIZE, MAX_NAME_LEN, MAX_PAYLOADS, MAX_PAYLOAD_SIZE, MIN_CHUNK_SIZE,
+    PRODUCT,
 };
 use crate::keys::KeyId;
 
@@ -60,7 +61,7 @@ impl fmt::Display for Role {
 /// One payload as the manifest describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PayloadEntry {
-    /// Unique within the bundle; 1..=64 bytes of `[a-z0-9._-]`, starting with `[a-z0-9]`.
+    /// Unique within the bundle; 1..=64 bytes of `[a-z0-9.-]` (no `_`), starting with `[a-z0-9]`.
     pub name: String,
     /// What the payload is for.
     pub role: Role,
@@ -115,13 +116,13 @@ fn is_identifier(text: &str, allow_underscore: bool) -> bool {
         })
 }
 
-/// Checks a payload name: 1..=64 bytes of `[a-z0-9._-]`, starting with a letter or digit.
+/// Checks a payload name: 1..=64 bytes of `[a-z0-9.-]`, starting with a letter or digit.
 pub(crate) fn check_payload_name(name: &str) -> std::result::Result<(), String> {
     if is_identifier(name, false) {
         Ok(())
     } else {
         Err(format!(
-            "payload name {name:?} must be 1..={MAX_NAME_LEN} characters of [a-z0-9._-] starting with a letter or digit"
+            "payload name {name:?} must be 1..={MAX_NAME_LEN} characters of [a-z0-9.-] starting with a letter or digit"
         ))
     }
 }
@@ -132,7 +133,7 @@ fn check_board_word(what: &str, word: &str) -> std::result::Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "{what} {word:?} must be 1..={MAX_NAME_LEN} characters of [a-z0-9._-] or _, starting with a letter or digit"
+            "{what} {word:?} must be 1..={MAX_NAME_LEN} characters of [a-z0-9._-], starting with a letter or digit"
         ))
     }
 }
@@ -159,6 +160,7 @@ impl Manifest {
                 self.payloads.len()
             ));
         }
+        let mut total_chunks = 0u64;
         for (i, p) in self.payloads.iter().enumerate() {
             check_payload_name(&p.name)?;
             if self.payloads[..i].iter().any(|q| q.name == p.name) {
@@ -179,6 +181,13 @@ impl Manifest {
                 ));
             }
             let chunks = PayloadEntry::chunk_count(p.size, p.chunk_size);
+            total_chunks += chunks;
+            if total_chunks > MAX_CHUNKS {
+                return Err(format!(
+                    "the payloads have {total_chunks} chunks up to {:?}, more than the {MAX_CHUNKS} a bundle may have (use a larger chunk_size)",
+                    p.name
+                ));
+            }
             if p.chunk_hashes.len() as u64 != chunks {
                 return Err(format!(
                     "payload {:?} has {} bytes of chunk_hashes, expected {} ({chunks} chunks of 32 bytes)",

@@ -8,20 +8,21 @@ use std::io::{self, Read};
 
 use sha2::{Digest, Sha256};
 
-use crate::cose::{self, Envelope};
+use crate::cose;
 use crate::error::{Error, Result};
 use crate::format::{padding_after, Header, Source, HEADER_LEN};
 use crate::keys::{KeyId, Keyring};
 use crate::manifest::{Manifest, PayloadEntry};
 
-fn read_envelope<R: Read>(src: &mut Source<R>) -> Result<Envelope> {
+/// Reads the header and the signed manifest's bytes, for [`cose::parse`].
+fn read_envelope<R: Read>(src: &mut Source<R>) -> Result<Vec<u8>> {
     let mut header = [0u8; HEADER_LEN];
     src.read_exact(&mut header, &|| "the header".to_string())?;
     // decode() bounds the length, so this allocation is at most MAX_MANIFEST_LEN.
     let header = Header::decode(&header)?;
     let mut signed = vec![0u8; header.manifest_len as usize];
     src.read_exact(&mut signed, &|| "the manifest".to_string())?;
-    cose::parse(&signed)
+    Ok(signed)
 }
 
 fn check_key_id(manifest: &Manifest, kid: KeyId) -> Result<()> {
@@ -38,7 +39,8 @@ fn check_key_id(manifest: &Manifest, kid: KeyId) -> Result<()> {
 /// the signature or the payloads. For display only; never act on the result.
 pub fn inspect(reader: impl Read) -> Result<(Manifest, KeyId)> {
     let mut src = Source::new(reader);
-    let envelope = read_envelope(&mut src)?;
+    let signed = read_envelope(&mut src)?;
+    let envelope = cose::parse(&signed)?;
     let manifest = Manifest::from_cbor(envelope.payload_unverified())?;
     check_key_id(&manifest, envelope.kid)?;
     Ok((manifest, envelope.kid))
@@ -48,7 +50,8 @@ pub fn inspect(reader: impl Read) -> Result<(Manifest, KeyId)> {
 /// the manifest, then reads the padding up to the first payload.
 pub fn open_verified<R: Read>(reader: R, keyring: &Keyring) -> Result<VerifiedBundle<R>> {
     let mut src = Source::new(reader);
-    let envelope = read_envelope(&mut src)?;
+    let signed = read_envelope(&mut src)?;
+    let envelope = cose::parse(&signed)?;
     let payload = envelope.verify(keyring)?;
     let manifest = Manifest::from_cbor(payload)?;
     check_key_id(&manifest, envelope.kid)?;

@@ -712,7 +712,9 @@ fn root_extras(
         Some(p) => {
             let text = read(p)?;
             cairn_bundle::Keyring::parse(&text)
-                .with_context(|| format!("{} is not a keyring", p.display()))?;
+                .with_context(|| format!("{} is not a keyring", p.display()))?
+                .require_trusted()
+                .with_context(|| format!("{} cannot be the image's keyring", p.display()))?;
             Some(text)
         }
         None => None,

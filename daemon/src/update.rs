@@ -407,5 +407,8 @@ fn load_keyring() -> Result<Keyring, String> {
         }
         Err(e) => return Err(format!("reading {KEYRING}: {e}")),
     };
-    Keyring::parse(&text).map_err(|e| format!("{KEYRING}: {e}"))
+    let ring = Keyring::parse(&text).map_err(|e| format!("{KEYRING}: {e}"))?;
+    ring.require_trusted()
+        .map_err(|e| format!("{KEYRING}: {e}"))?;
+    Ok(ring)
 }
