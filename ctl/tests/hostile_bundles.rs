@@ -23,6 +23,7 @@ fn verify_rss(keyring: &Path, bundle: &Path) -> (bool, String, i64) {
     unsafe {
         std::os::unix::process::CommandExt::pre_exec(&mut command, || Ok(()));
     }
+    #[allow(clippy::zombie_processes)] // reaped by wait4 below, which also yields its rusage
     let child = command
         .args(["bundle", "verify", "--pubkey"])
         .arg(keyring)
@@ -37,8 +38,10 @@ fn verify_rss(keyring: &Path, bundle: &Path) -> (bool, String, i64) {
     let mut err = String::new();
     std::io::Read::read_to_string(&mut stderr, &mut err).unwrap();
     let mut status = 0;
-    // SAFETY: plain out-parameters; the child is ours and not yet reaped.
+    // SAFETY: rusage is plain integers, for which all zeros is a valid value.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: plain out-parameters; the child is ours and not yet reaped (wait4 reaps it, which is
+    // why std's Child is not waited on as well).
     let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
     assert_eq!(rc, pid);
     let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
@@ -184,7 +187,6 @@ fn hostile_cbor_costs_at_most_twice_a_genuine_bundle() {
         let path = dir.join(format!("hostile-{case}.cairn"));
         std::fs::write(&path, bundle_file(&make(case))).unwrap();
     }
-    drop(make);
     drop(huge_map);
     for (case, (what, reason)) in cases.into_iter().enumerate() {
         let path = dir.join(format!("hostile-{case}.cairn"));
