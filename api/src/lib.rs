@@ -12,6 +12,7 @@
 //! The server is one thread with a current-thread tokio runtime: [`serve`] starts it and the
 //! returned [`Server`] stops it.
 
+mod admission;
 mod device;
 mod error;
 pub mod fetch;

@@ -2,7 +2,8 @@
 //!
 //! Only clients holding a certificate from the device's CA get past the TLS handshake, so the
 //! HTTP/2 and gRPC limits guard against a buggy or compromised client, and the connection and
-//! handshake limits against everyone else. Memory in the worst case is about
+//! handshake limits against everyone else (see `admission.rs` for how they keep the admin's way
+//! open). Memory in the worst case is about
 //! `max_connections × max_calls_per_connection × max_message` for requests being decoded,
 //! plus `stream_buffer` messages per open stream and `upload_buffer` chunks for the upload.
 
@@ -29,8 +30,16 @@ pub struct Limits {
     pub upload_idle: Duration,
     /// Time a client has to finish the TLS handshake.
     pub handshake_timeout: Duration,
-    /// Open TLS connections (and handshakes) at once; more are closed at once.
+    /// TLS handshakes in progress at once; a new connection beyond this ends the oldest one.
+    pub max_handshakes: usize,
+    /// Connections past the handshake at once, admins included.
     pub max_connections: usize,
+    /// Of `max_connections`, how many only an admin may take.
+    pub admin_reserve: usize,
+    /// Connections one certificate subject may hold at once.
+    pub max_per_identity: usize,
+    /// A connection with no call in flight for this long is closed.
+    pub idle_timeout: Duration,
     /// Concurrent calls on one connection (HTTP/2 streams).
     pub max_calls_per_connection: u32,
     /// Logs and Events streams open at once, over all connections.
@@ -57,7 +66,11 @@ impl Default for Limits {
             call_deadline: Duration::from_secs(30),
             upload_idle: Duration::from_secs(60),
             handshake_timeout: Duration::from_secs(10),
+            max_handshakes: 64,
             max_connections: 32,
+            admin_reserve: 8,
+            max_per_identity: 4,
+            idle_timeout: Duration::from_secs(120),
             max_calls_per_connection: 16,
             max_streams: 16,
             stream_buffer: 64,

@@ -19,6 +19,7 @@ use tonic::codegen::http;
 use tonic::codegen::Service;
 use tonic::{Code, Status};
 
+use crate::admission::{Activity, Tracked};
 use crate::{Caller, Limits, Log, Rpc};
 
 #[derive(Clone)]
@@ -29,16 +30,25 @@ pub(crate) struct Policy<S> {
     deadline: Duration,
     max_message: usize,
     log: Log,
+    /// Calls in flight on the connection, for its idle timeout.
+    activity: std::sync::Arc<Activity>,
 }
 
 impl<S> Policy<S> {
-    pub(crate) fn new(inner: S, caller: Caller, limits: &Limits, log: Log) -> Policy<S> {
+    pub(crate) fn new(
+        inner: S,
+        caller: Caller,
+        limits: &Limits,
+        log: Log,
+        activity: std::sync::Arc<Activity>,
+    ) -> Policy<S> {
         Policy {
             inner,
             caller,
             deadline: limits.call_deadline,
             max_message: limits.max_message,
             log,
+            activity,
         }
     }
 }
@@ -67,9 +77,12 @@ where
         let rpc = Rpc::from_path(request.uri().path());
         if let Some(rpc) = rpc {
             if let Err(denied) = authorize(rpc, &self.caller, &self.log) {
+                self.activity.touch();
                 return Box::pin(std::future::ready(Ok(denied.into_http())));
             }
         }
+        // Counted from here until the client has the whole response (a stream's end).
+        let call = self.activity.call();
         // The service that was polled ready is the one that is called; the clone waits for the
         // next request (tower's usual dance; the generated service is always ready).
         let clone = self.inner.clone();
@@ -78,7 +91,9 @@ where
         let max_message = self.max_message;
         Box::pin(async move {
             match tokio::time::timeout(deadline, inner.call(request)).await {
-                Ok(Ok(response)) => Ok(name_oversize(response, max_message)),
+                Ok(Ok(response)) => {
+                    Ok(name_oversize(response, max_message).map(|body| Tracked::wrap(body, call)))
+                }
                 Ok(Err(never)) => match never {},
                 Err(_) => {
                     let what = rpc.map_or("the call", Rpc::name);

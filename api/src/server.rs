@@ -15,10 +15,11 @@ use std::time::Duration;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
+use crate::admission::{Activity, Admission, Pending};
 use crate::policy::Policy;
 use crate::proto::device_service_server::DeviceServiceServer;
 use crate::service::Api;
@@ -129,7 +130,7 @@ async fn run(
     let api = DeviceServiceServer::new(Api::new(device, limits.clone(), log.clone()))
         .max_decoding_message_size(limits.max_message)
         .max_encoding_message_size(limits.max_message);
-    let open = Arc::new(Semaphore::new(limits.max_connections));
+    let admission = Admission::new(&limits);
     let mut connections = JoinSet::new();
     loop {
         let (tcp, addr) = tokio::select! {
@@ -146,20 +147,14 @@ async fn run(
             // Reap finished connections as they go, so the set stays as small as what is open.
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
         };
-        let Ok(permit) = open.clone().try_acquire_owned() else {
-            log(&format!(
-                "refused a connection from {addr}: {} are open already",
-                limits.max_connections
-            ));
-            continue;
-        };
         let connection = Connection {
             acceptor: acceptor.clone(),
             api: api.clone(),
             limits: limits.clone(),
             log: log.clone(),
             stopped: stopped.clone(),
-            _permit: permit,
+            pending: admission.begin(),
+            admission: admission.clone(),
         };
         connections.spawn(connection.serve(tcp, addr));
     }
@@ -184,8 +179,9 @@ struct Connection {
     limits: Limits,
     log: Log,
     stopped: watch::Receiver<bool>,
-    /// Counts the connection against `max_connections` until it ends.
-    _permit: OwnedSemaphorePermit,
+    /// The handshake's place, until the connection is admitted.
+    pending: Pending,
+    admission: Arc<Admission>,
 }
 
 impl Connection {
@@ -193,15 +189,19 @@ impl Connection {
         let _ = tcp.set_nodelay(true);
         let handshake =
             tokio::time::timeout(self.limits.handshake_timeout, self.acceptor.accept(tcp));
-        let tls = match handshake.await {
-            Ok(Ok(tls)) => tls,
-            Ok(Err(e)) => return (self.log)(&format!("refused a connection from {addr}: {e}")),
-            Err(_) => {
-                return (self.log)(&format!(
-                    "refused a connection from {addr}: no TLS handshake within {} s",
-                    self.limits.handshake_timeout.as_secs()
-                ))
-            }
+        let tls = tokio::select! {
+            done = handshake => match done {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => return (self.log)(&format!("refused a connection from {addr}: {e}")),
+                Err(_) => {
+                    return (self.log)(&format!(
+                        "refused a connection from {addr}: no TLS handshake within {} s",
+                        self.limits.handshake_timeout.as_secs()
+                    ))
+                }
+            },
+            // A newer connection took the place; ended quietly, as a flood would flood the log.
+            _ = &mut self.pending.evicted => return,
         };
         // The verifier demands a certificate, so there is one.
         let Some(leaf) = tls.get_ref().1.peer_certificates().and_then(|c| c.first()) else {
@@ -210,26 +210,104 @@ impl Connection {
             ));
         };
         let caller = Caller::from_certificate(leaf, addr);
-        let service = Policy::new(self.api, caller, &self.limits, self.log.clone());
+        let admitted = match self.admission.admit(&caller) {
+            Ok(admitted) => admitted,
+            Err(reason) => {
+                (self.log)(&format!("refused a connection from {caller}: {reason}"));
+                return self.refuse(tls, reason).await;
+            }
+        };
+        drop(self.pending);
 
-        let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-        http2
-            .timer(TokioTimer::new())
-            .max_concurrent_streams(self.limits.max_calls_per_connection)
-            .max_header_list_size(MAX_HEADERS)
-            .keep_alive_interval(KEEPALIVE_INTERVAL)
-            .keep_alive_timeout(KEEPALIVE_TIMEOUT);
+        let activity = Activity::new();
+        let service = Policy::new(
+            self.api,
+            caller,
+            &self.limits,
+            self.log.clone(),
+            activity.clone(),
+        );
+        let http2 = http2_builder(&self.limits);
         let connection =
             http2.serve_connection(TokioIo::new(tls), TowerToHyperService::new(service));
         tokio::pin!(connection);
-        tokio::select! {
-            // A connection that breaks is the client's business; the calls on it have already
-            // reported what happened to them.
-            _ = connection.as_mut() => {}
-            () = stop_requested(&mut self.stopped) => {
-                connection.as_mut().graceful_shutdown();
-                let _ = connection.await;
+        let idle_timeout = self.limits.idle_timeout;
+        let mut tick = tokio::time::interval((idle_timeout / 4).max(Duration::from_millis(50)));
+        loop {
+            tokio::select! {
+                // A connection that breaks is the client's business; the calls on it have
+                // already reported what happened to them.
+                _ = connection.as_mut() => break,
+                () = stop_requested(&mut self.stopped) => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                    break;
+                }
+                _ = tick.tick() => {
+                    if activity.idle_since().is_some_and(|since| since.elapsed() >= idle_timeout) {
+                        // GOAWAY: the client sees the connection end and reconnects when it
+                        // next calls.
+                        connection.as_mut().graceful_shutdown();
+                        let _ = tokio::time::timeout(Duration::from_secs(5), connection).await;
+                        break;
+                    }
+                }
             }
         }
+        drop(admitted);
+    }
+
+    /// Answers every call on a connection that was not admitted with RESOURCE_EXHAUSTED and
+    /// `reason`, for a few seconds, so the client learns why. The connection keeps its
+    /// handshake place meanwhile, so refused connections stay bounded in number.
+    async fn refuse(mut self, tls: tokio_rustls::server::TlsStream<TcpStream>, reason: String) {
+        let refusal = Refusal(Arc::from(format!(
+            "the device refused this connection: {reason}"
+        )));
+        let http2 = http2_builder(&self.limits);
+        let connection =
+            http2.serve_connection(TokioIo::new(tls), TowerToHyperService::new(refusal));
+        tokio::select! {
+            _ = tokio::time::timeout(REFUSAL_TIME, connection) => {}
+            _ = &mut self.pending.evicted => {}
+            () = stop_requested(&mut self.stopped) => {}
+        }
+    }
+}
+
+/// How long a refused connection is answered before it is closed.
+const REFUSAL_TIME: Duration = Duration::from_secs(3);
+
+fn http2_builder(limits: &Limits) -> hyper::server::conn::http2::Builder<TokioExecutor> {
+    let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    http2
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.max_calls_per_connection)
+        .max_header_list_size(MAX_HEADERS)
+        .keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT);
+    http2
+}
+
+/// The service a refused connection gets: every call fails with the reason.
+#[derive(Clone)]
+struct Refusal(Arc<str>);
+
+impl<B> tonic::codegen::Service<tonic::codegen::http::Request<B>> for Refusal {
+    type Response = tonic::codegen::http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: tonic::codegen::http::Request<B>) -> Self::Future {
+        std::future::ready(Ok(
+            tonic::Status::resource_exhausted(self.0.to_string()).into_http()
+        ))
     }
 }

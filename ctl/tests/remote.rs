@@ -716,21 +716,46 @@ fn unlock_takes_the_key_from_a_file_or_standard_input() {
     let (fleet, fingerprint) = Fleet::maintenance();
     let file = fleet.path("recovery.key");
     std::fs::write(&file, format!("{RECOVERY_KEY}\n")).unwrap();
+    // A self-signed device and no fingerprint: nothing is sent, and the line says what to check.
     let (ok, out, err) = fleet.admin(&["unlock", "--recovery-key-file", file.to_str().unwrap()]);
+    assert!(!ok && out.is_empty());
+    one_line(&err);
+    assert!(
+        err.contains(&format!(
+            "has key {fingerprint}, which `ca:` does not vouch for"
+        )) && err.contains("nothing was sent")
+            && err.contains(&format!("--expect-fingerprint {fingerprint}")),
+        "{err}"
+    );
+    assert!(fleet.unlock_keys().is_empty());
+
+    // The flag that says what it risks sends it, and names the key it went to.
+    let (ok, out, err) = fleet.admin(&[
+        "unlock",
+        "--send-key-to-unverified-device",
+        "--recovery-key-file",
+        file.to_str().unwrap(),
+    ]);
     assert!(ok, "{err}");
     assert_eq!(out, "unlocked STATE and DATA; sealed to PCR 7\n");
-    // The device's key, in full and as its console shows it, and that nothing checked it.
     assert!(
-        err.contains(&format!("has key {fingerprint}; NOT verified")),
+        err.contains(&format!("has key {fingerprint}; NOT verified, sent anyway")),
         "{err}"
     );
     one_line(&err);
     assert_eq!(fleet.unlock_keys(), [RECOVERY_KEY]);
 
-    let (ok, out, err) = fleet.admin_with_input(&["unlock"], &format!("{RECOVERY_KEY}\n"));
+    let fp = fingerprint.as_str();
+    let (ok, out, err) = fleet.admin_with_input(
+        &["unlock", "--expect-fingerprint", fp],
+        &format!("{RECOVERY_KEY}\n"),
+    );
     assert!(ok, "{err}");
     assert_eq!(out, "unlocked STATE and DATA; sealed to PCR 7\n");
-    let (ok, out, err) = fleet.admin_with_input(&["unlock", "--json"], RECOVERY_KEY);
+    let (ok, out, err) = fleet.admin_with_input(
+        &["unlock", "--expect-fingerprint", fp, "--json"],
+        RECOVERY_KEY,
+    );
     assert!(ok, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["message"], "unlocked STATE and DATA; sealed to PCR 7");
@@ -756,7 +781,7 @@ fn unlock_takes_the_key_from_a_file_or_standard_input() {
 
     // A wrong key: the device's line, and the key is not repeated.
     let wrong = RECOVERY_KEY.replace('c', "d");
-    let (ok, _, err) = fleet.admin_with_input(&["unlock"], &wrong);
+    let (ok, _, err) = fleet.admin_with_input(&["unlock", "--expect-fingerprint", fp], &wrong);
     assert!(!ok);
     assert!(
         err.ends_with("unlock: the recovery key opens neither STATE nor DATA\n"),
@@ -767,7 +792,14 @@ fn unlock_takes_the_key_from_a_file_or_standard_input() {
     // Only admins unlock.
     let operator = fleet.config("operator.yaml", "device-ca.crt", "operator");
     let out = fleet
-        .command(&["--config", &operator, "unlock", "--recovery-key-file"])
+        .command(&[
+            "--config",
+            &operator,
+            "unlock",
+            "--expect-fingerprint",
+            fp,
+            "--recovery-key-file",
+        ])
         .arg(&file)
         .output()
         .unwrap();
@@ -851,6 +883,16 @@ fn unlock_checks_the_expected_fingerprint_before_sending_the_key() {
         "{err}"
     );
     assert!(!fleet.device.called(Rpc::Version));
+}
+
+#[test]
+fn unlock_sends_the_key_to_a_device_the_ca_vouches_for_without_a_fingerprint() {
+    let fleet = Fleet::start();
+    let (ok, out, err) = fleet.admin_with_input(&["unlock"], RECOVERY_KEY);
+    assert!(ok, "{err}");
+    assert!(!out.is_empty());
+    assert!(!err.contains("NOT verified"), "{err}");
+    assert!(fleet.device.called(Rpc::Unlock));
 }
 
 #[test]

@@ -190,6 +190,14 @@ fn encrypted_state_and_data(board: &str) {
         Some(&format!("{wrong}\n")),
     );
     assert!(!ok && stderr.contains("opens no keyslot"), "{stderr}");
+    // Without the fingerprint the key is not sent to a device no CA vouches for.
+    let (ok, _, stderr) = ctl.run(&["unlock", "--recovery-key-file", key_arg]);
+    assert!(
+        !ok && stderr.contains(&format!(
+            "has key {fingerprint}, which `ca:` does not vouch for"
+        )),
+        "{stderr}"
+    );
     let (ok, stdout, stderr) = ctl.run(&[
         "unlock",
         "--recovery-key-file",

@@ -284,19 +284,7 @@ impl Harness {
         &self,
         identity: Option<&Pem>,
     ) -> Result<DeviceServiceClient<Channel>, tonic::transport::Error> {
-        let mut tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(self.pki.ca.pem()))
-            .domain_name("localhost");
-        if let Some(id) = identity {
-            tls = tls.identity(Identity::from_pem(&id.cert, &id.key));
-        }
-        // The name the server certificate is checked against; the address stays 127.0.0.1.
-        let channel = Endpoint::from_shared(format!("https://{}", self.addr()))?
-            .tls_config(tls)?
-            .connect_timeout(Duration::from_secs(5))
-            .connect()
-            .await?;
-        Ok(DeviceServiceClient::new(channel))
+        connect_to(self.addr(), &self.pki.ca.pem(), identity).await
     }
 
     pub async fn client(&self, identity: &Pem) -> DeviceServiceClient<Channel> {
@@ -310,4 +298,25 @@ impl Drop for Harness {
             server.shutdown().unwrap();
         }
     }
+}
+
+/// A client of the server at `addr` presenting `identity` (or none) and trusting `ca_pem`.
+pub async fn connect_to(
+    addr: std::net::SocketAddr,
+    ca_pem: &str,
+    identity: Option<&Pem>,
+) -> Result<DeviceServiceClient<Channel>, tonic::transport::Error> {
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca_pem))
+        .domain_name("localhost");
+    if let Some(id) = identity {
+        tls = tls.identity(Identity::from_pem(&id.cert, &id.key));
+    }
+    // The name the server certificate is checked against; the address stays 127.0.0.1.
+    let channel = Endpoint::from_shared(format!("https://{addr}"))?
+        .tls_config(tls)?
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await?;
+    Ok(DeviceServiceClient::new(channel))
 }

@@ -50,10 +50,12 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum ServerIdentity {
     /// It chains to `ca:` and names the endpoint's host: every command but `unlock`.
     Ca,
-    /// Any certificate; its key's fingerprint is printed and, when `expect` is given, must be
-    /// that one: `unlock`, for a device in maintenance mode.
+    /// One that chains to `ca:`, or else the key `expect` names (the fingerprint a device in
+    /// maintenance mode shows on its console), or else, with `risk_unverified`, any key, which
+    /// is named: `unlock`.
     AnyKey {
         expect: Option<cairn_pki::Fingerprint>,
+        risk_unverified: bool,
     },
 }
 
@@ -235,9 +237,14 @@ fn tls_config(target: &Target, identity: ServerIdentity) -> anyhow::Result<Tls> 
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier = match identity {
         ServerIdentity::Ca => Verifier::Ca(ca_verifier(target, &provider)?),
-        ServerIdentity::AnyKey { expect } => Verifier::AnyKey(Arc::new(AnyKey::new(
-            provider.clone(),
+        ServerIdentity::AnyKey {
             expect,
+            risk_unverified,
+        } => Verifier::AnyKey(Arc::new(AnyKey::new(
+            provider.clone(),
+            Some(ca_verifier(target, &provider)?.inner.clone()),
+            expect,
+            risk_unverified,
             &target.endpoint,
         ))),
     };

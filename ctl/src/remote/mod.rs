@@ -116,9 +116,9 @@ pub enum Command {
     ///
     /// The key is read from --recovery-key-file, or else as one line from standard input;
     /// never from the command line, where other users can read it. A device in maintenance
-    /// mode has a self-signed certificate, so its key's fingerprint is printed instead of
-    /// checked against `ca:`; compare it with the device's console, or pass
-    /// --expect-fingerprint to have it checked before the key is sent.
+    /// mode has a self-signed certificate: the key is sent only to a device whose certificate
+    /// chains to `ca:`, or whose key is the one --expect-fingerprint names (the fingerprint on
+    /// the device's console).
     Unlock {
         /// A file holding the recovery key (one line) [default: standard input].
         #[arg(long, value_name = "FILE")]
@@ -126,6 +126,10 @@ pub enum Command {
         /// The fingerprint the device's console shows (40 hex digits): refuse any other key.
         #[arg(long, value_name = "FP", value_parser = recovery::parse_fingerprint)]
         expect_fingerprint: Option<Fingerprint>,
+        /// Send the key to a device nobody vouched for, with only its fingerprint printed
+        /// afterwards: whoever answers at the endpoint gets the recovery key.
+        #[arg(long, conflicts_with = "expect_fingerprint")]
+        send_key_to_unverified_device: bool,
     },
 }
 
@@ -173,14 +177,23 @@ pub fn run(global: &Global, command: Command) -> anyhow::Result<()> {
         Command::Unlock {
             recovery_key_file,
             expect_fingerprint,
+            send_key_to_unverified_device,
         } => Prepared::Unlock {
             key: RecoveryKey::read(recovery_key_file.as_deref())?,
             expect: expect_fingerprint,
+            risk_unverified: send_key_to_unverified_device,
         },
         other => Prepared::Call(other),
     };
     let identity = match &prepared {
-        Prepared::Unlock { expect, .. } => ServerIdentity::AnyKey { expect: *expect },
+        Prepared::Unlock {
+            expect,
+            risk_unverified,
+            ..
+        } => ServerIdentity::AnyKey {
+            expect: *expect,
+            risk_unverified: *risk_unverified,
+        },
         _ => ServerIdentity::Ca,
     };
     let config = config::find(global.config.as_deref())?;
@@ -210,6 +223,7 @@ enum Prepared {
     Unlock {
         key: RecoveryKey,
         expect: Option<Fingerprint>,
+        risk_unverified: bool,
     },
 }
 
@@ -335,7 +349,7 @@ impl Prepared {
                     }
                 }
             }
-            Prepared::Unlock { key, expect: _ } => {
+            Prepared::Unlock { key, .. } => {
                 let request = proto::UnlockRequest {
                     recovery_key: key.expose().to_string(),
                 };

@@ -2,26 +2,34 @@
 //! whose own certificate is on its locked STATE partition, serves a self-signed one made at
 //! that boot and shows its key's fingerprint on the console.
 //!
-//! The one idea: [`AnyKey`] accepts whatever certificate the device shows, so the only thing
-//! that ties the connection to the device is the key fingerprint, which it prints for the
-//! operator to compare with the console and, given `--expect-fingerprint`, compares itself
-//! before anything is sent. The handshake signatures are still checked with the crypto
-//! provider: they prove the peer holds the key the fingerprint names, which is what makes the
-//! fingerprint mean anything. Our client certificate is sent as usual.
+//! The one idea: [`AnyKey`] accepts a certificate that chains to `ca:` as usual, and otherwise
+//! only the key whose fingerprint the operator gives with `--expect-fingerprint` (read off the
+//! device's console), so the recovery key never goes to a device nobody vouched for. Without
+//! either it refuses, naming the key it saw, unless the operator passes
+//! `--send-key-to-unverified-device`, which says what it risks. The handshake signatures are
+//! still checked with the crypto provider: they prove the peer holds the key the fingerprint
+//! names, which is what makes the fingerprint mean anything. Our client certificate is sent as
+//! usual.
 
 use std::sync::{Arc, Mutex};
 
 use cairn_pki::Fingerprint;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
 
-/// Accepts any server certificate, names its key, and refuses a key other than `expect`.
+/// Accepts a certificate from `ca`, or the key `expect` names, or (only with `risk_unverified`)
+/// any key, which it names.
 #[derive(Debug)]
 pub struct AnyKey {
     provider: Arc<CryptoProvider>,
+    /// `ca:` from the client config, when it could be read.
+    ca: Option<Arc<WebPkiServerVerifier>>,
     expect: Option<Fingerprint>,
+    /// `--send-key-to-unverified-device`.
+    risk_unverified: bool,
     endpoint: String,
     /// The key last printed, so a reconnection to the same key prints nothing new.
     shown: Mutex<Option<Fingerprint>>,
@@ -32,12 +40,16 @@ pub struct AnyKey {
 impl AnyKey {
     pub fn new(
         provider: Arc<CryptoProvider>,
+        ca: Option<Arc<WebPkiServerVerifier>>,
         expect: Option<Fingerprint>,
+        risk_unverified: bool,
         endpoint: &str,
     ) -> AnyKey {
         AnyKey {
             provider,
+            ca,
             expect,
+            risk_unverified,
             endpoint: endpoint.to_string(),
             shown: Mutex::new(None),
             refusal: Mutex::new(None),
@@ -70,10 +82,9 @@ impl AnyKey {
                 self.endpoint
             ),
             None => eprintln!(
-                "cairnctl: the device at {} has key {key:#}; NOT verified: a device in \
-                 maintenance mode has a self-signed certificate, so compare this with the \
-                 fingerprint on its console (--expect-fingerprint checks it before anything is \
-                 sent)",
+                "cairnctl: the device at {} has key {key:#}; NOT verified, sent anyway \
+                 (--send-key-to-unverified-device): compare it with the fingerprint on the \
+                 device's console, and if they differ, the recovery key went elsewhere",
                 self.endpoint
             ),
         }
@@ -84,11 +95,20 @@ impl ServerCertVerifier for AnyKey {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        // A device whose own certificate the CA signed is verified the usual way.
+        if let Some(ca) = &self.ca {
+            if ca
+                .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+                .is_ok()
+            {
+                return Ok(ServerCertVerified::assertion());
+            }
+        }
         let key = cairn_pki::fingerprint(end_entity).map_err(|e| {
             self.refuse(format!(
                 "the device at {} sent a certificate that cannot be read: {e}",
@@ -100,6 +120,15 @@ impl ServerCertVerifier for AnyKey {
                 "the device at {} has key {key:#}, not {expected:#} (--expect-fingerprint): \
                  nothing was sent; check the fingerprint on the device's console and that \
                  --endpoint names that device",
+                self.endpoint
+            )));
+        }
+        if self.expect.is_none() && !self.risk_unverified {
+            return Err(self.refuse(format!(
+                "the device at {} has key {key:#}, which `ca:` does not vouch for (a device in \
+                 maintenance mode has a self-signed certificate): nothing was sent; if the \
+                 device's console shows that fingerprint, run `cairnctl unlock \
+                 --expect-fingerprint {key:#}`",
                 self.endpoint
             )));
         }
@@ -148,7 +177,12 @@ mod tests {
 
     fn verifier(expect: Option<Fingerprint>) -> AnyKey {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        AnyKey::new(provider, expect, "127.0.0.1:50000")
+        AnyKey::new(provider, None, expect, false, "127.0.0.1:50000")
+    }
+
+    fn risking() -> AnyKey {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        AnyKey::new(provider, None, None, true, "127.0.0.1:50000")
     }
 
     fn check(v: &AnyKey, cert: &[u8]) -> Result<ServerCertVerified, rustls::Error> {
@@ -166,7 +200,16 @@ mod tests {
     fn any_key_passes_unless_another_is_expected() {
         let (chain, _, fp) = cairn_pki::ephemeral_server_identity("cairn-01").unwrap();
         let der = cairn_pki::pem_to_der(&chain).unwrap();
-        assert!(check(&verifier(None), &der).is_ok());
+        // No CA vouches for it and no fingerprint was given: refused, naming the key.
+        let v = verifier(None);
+        assert!(check(&v, &der).is_err());
+        let why = v.refusal().unwrap();
+        assert!(
+            why.contains(&format!("has key {fp}, which `ca:` does not vouch for"))
+                && why.contains("nothing was sent"),
+            "{why}"
+        );
+        assert!(check(&risking(), &der).is_ok());
         let expected = super::super::recovery::parse_fingerprint(&fp).unwrap();
         assert!(check(&verifier(Some(expected)), &der).is_ok());
 
@@ -179,7 +222,7 @@ mod tests {
             "{why}"
         );
 
-        let v = verifier(None);
+        let v = risking();
         assert!(check(&v, b"not a certificate").is_err());
         assert!(v.refusal().unwrap().contains("cannot be read"));
     }
