@@ -79,9 +79,10 @@ impl Default for FetchLimits {
 pub enum FetchError {
     #[error("the bundle URL {url:?} cannot be fetched: {why}")]
     Url { url: String, why: &'static str },
-    #[error("{url} redirected to {location:?}, which cannot be fetched: {why}")]
+    #[error("{url} redirected to {location}, which cannot be fetched: {why}")]
     BadRedirect {
         url: String,
+        /// Quoted, and shortened when long.
         location: String,
         why: &'static str,
     },
@@ -403,7 +404,7 @@ impl Fetch {
             redirects += 1;
             url = url.join(location).map_err(|why| FetchError::BadRedirect {
                 url: url.to_string(),
-                location: location.to_string(),
+                location: quote(location),
                 why,
             })?;
         }
@@ -545,15 +546,20 @@ impl FirstAnswer {
         let range = head
             .get("content-range")
             .ok_or_else(|| malformed("a 206 answer without Content-Range".into()))?;
-        let (start, end, total) = content_range(range)
-            .ok_or_else(|| malformed(format!("the Content-Range {range:?} is not bytes N-M/T")))?;
+        let (start, end, total) = content_range(range).ok_or_else(|| {
+            malformed(format!(
+                "the Content-Range {} is not bytes N-M/T",
+                quote(range)
+            ))
+        })?;
         if start != from || Some(total) != self.len || end >= total {
             return Err(cannot_resume("its Content-Range does not match the file"));
         }
         let size = end - start + 1;
         if length.is_some_and(|n| n != size) {
             return Err(malformed(format!(
-                "the Content-Length does not match the Content-Range {range:?}"
+                "the Content-Length does not match the Content-Range {}",
+                quote(range)
             )));
         }
         let same = |theirs: Option<&str>, ours: &Option<String>| match (theirs, ours) {
@@ -612,18 +618,20 @@ impl Read for Fetch {
                     "the answer ended before the whole file",
                 ),
                 Ok(n) => {
-                    self.received += n as u64;
-                    self.delivered += n as u64;
-                    self.window.1 += n as u64;
-                    if self.delivered >= self.limits.progress {
-                        self.failures = 0;
-                    }
-                    if self.received > self.limits.max_len {
+                    // Bytes past the limit are never handed over.
+                    let n64 = n as u64;
+                    if self.received + n64 > self.limits.max_len {
                         return Err(self.fail(FetchError::TooLong {
                             url: self.url.to_string(),
-                            len: self.received,
+                            len: self.received + n64,
                             max: self.limits.max_len,
                         }));
+                    }
+                    self.received += n64;
+                    self.delivered += n64;
+                    self.window.1 += n64;
+                    if self.delivered >= self.limits.progress {
+                        self.failures = 0;
                     }
                     return Ok(n);
                 }
@@ -663,7 +671,7 @@ impl Fetch {
             return false;
         }
         self.window = (Duration::ZERO, 0);
-        bytes < self.limits.min_speed.saturating_mul(waited.as_secs())
+        (bytes as f64) < self.limits.min_speed as f64 * waited.as_secs_f64()
     }
 
     fn fail(&mut self, e: FetchError) -> io::Error {
@@ -702,23 +710,32 @@ impl Timed {
 
 impl Read for Timed {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let Some(deadline) = self.deadline else {
-            return self.tcp.read(buf);
-        };
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(self.late());
+        if let Some(deadline) = self.deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(self.late());
+            }
+            self.tcp
+                .set_read_timeout(Some(left.min(self.read_timeout)))?;
         }
-        self.tcp
-            .set_read_timeout(Some(left.min(self.read_timeout)))?;
         match self.tcp.read(buf) {
+            // The socket says "would block" when its timeout passes.
             Err(e)
                 if matches!(
                     e.kind(),
                     io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) && Instant::now() >= deadline =>
+                ) =>
             {
-                Err(self.late())
+                Err(match self.deadline {
+                    Some(deadline) if Instant::now() >= deadline => self.late(),
+                    _ => io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!(
+                            "the server sent nothing for {} s",
+                            self.read_timeout.as_secs_f64()
+                        ),
+                    ),
+                })
             }
             other => other,
         }
@@ -878,6 +895,16 @@ fn check_chars(text: &str) -> Result<(), &'static str> {
     }
 }
 
+/// Text from the server for an error message: quoted, with control characters escaped, and
+/// cut to its first 64 characters so that the message stays one short line.
+fn quote(text: &str) -> String {
+    const MAX: usize = 64;
+    match text.char_indices().nth(MAX) {
+        Some((end, _)) => format!("{:?}…", &text[..end]),
+        None => format!("{text:?}"),
+    }
+}
+
 /// A strong ETag (`"…"`, not `W/"…"`): only those may go into If-Range.
 fn is_strong_etag(tag: &str) -> bool {
     tag.len() >= 2 && tag.starts_with('"') && tag.ends_with('"')
@@ -922,7 +949,7 @@ impl Head {
         loop {
             let line = read_line(tls, &mut budget, max)?;
             let status = status_line(&line)
-                .ok_or_else(|| Broken::Malformed(format!("the status line {line:?}")))?;
+                .ok_or_else(|| Broken::Malformed(format!("the status line {}", quote(&line))))?;
             let mut headers = Vec::new();
             loop {
                 let line = read_line(tls, &mut budget, max)?;
@@ -932,7 +959,9 @@ impl Head {
                 let (name, value) = line
                     .split_once(':')
                     .filter(|(name, _)| !name.is_empty() && !name.contains([' ', '\t']))
-                    .ok_or_else(|| Broken::Malformed(format!("the header line {line:?}")))?;
+                    .ok_or_else(|| {
+                        Broken::Malformed(format!("the header line {}", quote(&line)))
+                    })?;
                 headers.push((name.to_ascii_lowercase(), value.trim().to_string()));
             }
             match status.code {
@@ -969,8 +998,8 @@ impl Head {
                 }));
             }
             return Err(format!(
-                "the Transfer-Encoding {:?} (only chunked is understood)",
-                codings.join(", ")
+                "the Transfer-Encoding {} (only chunked is understood)",
+                quote(&codings.join(", "))
             ));
         }
         let mut length = None;
@@ -981,7 +1010,7 @@ impl Head {
                     .all(|b| b.is_ascii_digit())
                     .then(|| value.parse::<u64>().ok())
                     .flatten()
-                    .ok_or_else(|| format!("the Content-Length {value:?}"))?;
+                    .ok_or_else(|| format!("the Content-Length {}", quote(value)))?;
                 if length.is_some_and(|l| l != n) {
                     return Err("Content-Length headers that disagree".into());
                 }
@@ -1047,6 +1076,20 @@ fn read_line(tls: &mut impl BufRead, budget: &mut usize, max: usize) -> Result<S
     }
 }
 
+/// A chunk-size line or a trailer, within what `budget` leaves of `max_line`.
+fn read_chunk_line(
+    stream: &mut impl BufRead,
+    budget: &mut usize,
+    max_line: usize,
+) -> Result<String, Broken> {
+    read_line(stream, budget, max_line).map_err(|e| match e {
+        Broken::Malformed(_) => Broken::Malformed(format!(
+            "a chunk-size line or its trailers are longer than {max_line} bytes"
+        )),
+        dropped => dropped,
+    })
+}
+
 /// How a body ends.
 #[derive(Debug, Clone, Copy)]
 enum Framing {
@@ -1077,17 +1120,21 @@ impl<S: BufRead> Body<S> {
                 Framing::Chunked { ended: true, .. } => return Ok(0),
                 Framing::Chunked { left, first, ended } if *left == 0 => {
                     let mut budget = max_line;
-                    if !*first && !read_line(&mut self.stream, &mut budget, max_line)?.is_empty() {
+                    if !*first
+                        && !read_chunk_line(&mut self.stream, &mut budget, max_line)?.is_empty()
+                    {
                         return Err(Broken::Malformed("a chunk longer than its size".into()));
                     }
                     *first = false;
-                    let line = read_line(&mut self.stream, &mut budget, max_line)?;
+                    let line = read_chunk_line(&mut self.stream, &mut budget, max_line)?;
                     *left = chunk_size(&line).ok_or_else(|| {
-                        Broken::Malformed(format!("the chunk size line {line:?}"))
+                        Broken::Malformed(format!("the chunk-size line {}", quote(&line)))
                     })?;
                     if *left == 0 {
                         // Trailers, to the empty line that ends the body.
-                        while !read_line(&mut self.stream, &mut budget, max_line)?.is_empty() {}
+                        while !read_chunk_line(&mut self.stream, &mut budget, max_line)?.is_empty()
+                        {
+                        }
                         *ended = true;
                     }
                     continue;
@@ -1400,6 +1447,30 @@ mod tests {
             .framing()
             .is_err());
         assert!(head(&[("content-length", "-1")]).framing().is_err());
+    }
+
+    #[test]
+    fn server_text_in_errors_is_quoted_and_short() {
+        assert_eq!(quote("HTTP/1.1 2\u{7}00"), "\"HTTP/1.1 2\\u{7}00\"");
+        let long = quote(&"\u{fffd}x".repeat(1000));
+        assert!(
+            long.ends_with("\"…") && long.chars().count() == 64 + 3,
+            "{long}"
+        );
+    }
+
+    #[test]
+    fn a_resumed_chunked_body_is_held_to_its_content_range() {
+        let limits = FetchLimits::default();
+        let first = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n0123456789";
+        let resume = b"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 4-5/10\r\n\
+                       Transfer-Encoding: chunked\r\n\r\n6\r\n456789\r\n0\r\n\r\n";
+        let out = fuzzing::answers(first, Some((resume, 4)), 3, &limits);
+        assert_eq!(out.body, b"012345");
+        assert_eq!(
+            out.error.as_deref(),
+            Some("https://fuzz.invalid/bundle sent a malformed answer: a chunked body longer than its Content-Range")
+        );
     }
 
     #[test]
