@@ -25,8 +25,11 @@ fn limits() -> FetchLimits {
     }
 }
 
+/// The resumed answer and the byte it was asked from.
+type Resume<'a> = Option<(&'a [u8], u64)>;
+
 /// Splits an input of `fetch_answer` into (piece size, first answer, resume).
-fn split(data: &[u8]) -> Option<(usize, &[u8], Option<(&[u8], u64)>)> {
+fn split(data: &[u8]) -> Option<(usize, &[u8], Resume<'_>)> {
     let (&[piece, l0, l1, c0, c1], rest) = data.split_first_chunk::<5>()?;
     let first_len = usize::from(u16::from_be_bytes([l0, l1])).min(rest.len());
     let (first, second) = rest.split_at(first_len);
@@ -132,8 +135,11 @@ fn der(tag: u8, value: &[u8]) -> Vec<u8> {
     out
 }
 
-/// A Name's contents from RDNs of (OID bytes, string tag, value).
-fn name(rdns: &[&[(&[u8], u8, &[u8])]]) -> Vec<u8> {
+/// An attribute: its OID's bytes, the string's DER tag, the string.
+type Attribute<'a> = (&'a [u8], u8, &'a [u8]);
+
+/// A Name's contents from RDNs of attributes.
+fn name(rdns: &[&[Attribute<'_>]]) -> Vec<u8> {
     let mut out = Vec::new();
     for rdn in rdns {
         let mut set = Vec::new();
