@@ -896,13 +896,23 @@ fn check_chars(text: &str) -> Result<(), &'static str> {
 }
 
 /// Text from the server for an error message: quoted, with control characters escaped, and
-/// cut to its first 64 characters so that the message stays one short line.
+/// cut after 64 characters of the escaped text so that the message stays one short line.
 fn quote(text: &str) -> String {
     const MAX: usize = 64;
-    match text.char_indices().nth(MAX) {
-        Some((end, _)) => format!("{:?}…", &text[..end]),
-        None => format!("{text:?}"),
+    let mut out = String::from("\"");
+    let mut shown = 0;
+    for c in text.chars() {
+        let mut buf = [0; 4];
+        let escaped: String = c.encode_utf8(&mut buf).escape_debug().collect();
+        shown += escaped.chars().count();
+        if shown > MAX {
+            out.push_str("\"…");
+            return out;
+        }
+        out.push_str(&escaped);
     }
+    out.push('"');
+    out
 }
 
 /// A strong ETag (`"…"`, not `W/"…"`): only those may go into If-Range.
@@ -1457,6 +1467,10 @@ mod tests {
             long.ends_with("\"…") && long.chars().count() == 64 + 3,
             "{long}"
         );
+        // Escapes count towards the length: a line of control characters stays short too.
+        let escaped = quote(&format!("HTTP/1.1 20{}", "\u{1d}".repeat(1000)));
+        assert!(escaped.ends_with("\\u{1d}\"…"), "{escaped}");
+        assert!(escaped.chars().count() <= 64 + 3, "{escaped}");
     }
 
     #[test]

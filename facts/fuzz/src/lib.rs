@@ -3,9 +3,10 @@
 //! The one idea: the probe reads a response as it arrives and decides as soon as it can, so a
 //! decision taken on the first bytes must be the one taken on all of them; otherwise the
 //! verdict would depend on how the network split the answer. `probe_status`: the input is the
-//! start of a response. Checked on it and on its prefixes: a decision (a status or a failure)
-//! on a prefix is the decision on the whole; a status is a final one (100 to 599, no 1xx but
-//! 101); a failure is one short line.
+//! start of a response. Checked on it and on its prefixes: a decision on a prefix is the
+//! decision on the whole (the same status, or a failure; a failure's text quotes what had
+//! arrived, so it may show more of it); a status is a final one (100 to 599, no 1xx but 101);
+//! a failure is one short line.
 
 use cairn_facts::probe::run::fuzzing::final_status;
 use cairn_facts::probe::MAX_RESPONSE_HEAD;
@@ -18,15 +19,18 @@ pub fn check_head(head: &[u8]) {
     let at_end = final_status(head, true);
     check_decision(&at_end);
     // The end of the stream can only decide what was still open.
-    if whole != Ok(None) {
-        assert_eq!(at_end, whole, "the end of the stream changed a decision");
+    match &whole {
+        Ok(None) => {}
+        Ok(status) => assert_eq!(at_end, Ok(*status), "the end of the stream changed it"),
+        Err(_) => assert!(at_end.is_err(), "the end of the stream changed a refusal"),
     }
     // Every prefix for short inputs, some spread over longer ones.
     let step = (head.len() / 256).max(1);
     for end in (0..head.len()).step_by(step) {
         match final_status(&head[..end], false) {
             Ok(None) => {}
-            decided => assert_eq!(decided, whole, "decided on {end} bytes, then changed"),
+            Ok(status) => assert_eq!(Ok(status), whole, "decided on {end} bytes, then changed"),
+            Err(_) => assert!(whole.is_err(), "refused on {end} bytes, then {whole:?}"),
         }
     }
 }
