@@ -21,12 +21,12 @@ use std::fmt;
 use std::io::{self, BufRead, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 
-type Tls = StreamOwned<ClientConnection, TcpStream>;
+type Tls = StreamOwned<ClientConnection, Timed>;
 
 /// Every bound and timeout of a fetch.
 #[derive(Clone, Debug)]
@@ -39,13 +39,22 @@ pub struct FetchLimits {
     /// The largest body taken.
     pub max_len: u64,
     /// Attempts to connect again after a failure, before giving up; the count starts over
-    /// once bytes flow again.
+    /// once one connection has delivered [`FetchLimits::progress`] bytes.
     pub retries: u32,
+    /// Body bytes one connection must deliver before the retry count starts over, so a server
+    /// that sends a little and then stalls, again and again, is given up on.
+    pub progress: u64,
     /// The wait before the first retry; it doubles with each retry, up to four times this.
     pub backoff: Duration,
     pub connect_timeout: Duration,
+    /// How long the TLS handshake and an answer's status line and headers may take in all,
+    /// however the server spaces its bytes; then the connection counts as broken.
+    pub head_timeout: Duration,
     /// How long a read may wait for the server; then the connection counts as broken.
     pub read_timeout: Duration,
+    /// The slowest body taken, in bytes per second, averaged over each `read_timeout`; a
+    /// connection that trickles slower counts as broken.
+    pub min_speed: u64,
 }
 
 impl Default for FetchLimits {
@@ -55,9 +64,12 @@ impl Default for FetchLimits {
             max_redirects: 5,
             max_len: 8 * 1024 * 1024 * 1024,
             retries: 5,
+            progress: 1024 * 1024,
             backoff: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(10),
+            head_timeout: Duration::from_secs(60),
             read_timeout: Duration::from_secs(30),
+            min_speed: 1024,
         }
     }
 }
@@ -67,9 +79,10 @@ impl Default for FetchLimits {
 pub enum FetchError {
     #[error("the bundle URL {url:?} cannot be fetched: {why}")]
     Url { url: String, why: &'static str },
-    #[error("{url} redirected to {location:?}, which cannot be fetched: {why}")]
+    #[error("{url} redirected to {location}, which cannot be fetched: {why}")]
     BadRedirect {
         url: String,
+        /// Quoted, and shortened when long.
         location: String,
         why: &'static str,
     },
@@ -188,16 +201,27 @@ pub struct Fetch {
     url: Url,
     config: Arc<ClientConfig>,
     limits: FetchLimits,
-    /// The first answer's Content-Length.
-    len: Option<u64>,
-    /// The first answer's strong ETag and Last-Modified: a resumed answer must carry the same.
-    etag: Option<String>,
-    last_modified: Option<String>,
+    first: FirstAnswer,
     received: u64,
     body: Option<Body>,
     /// Failed attempts in a row.
     failures: u32,
+    /// Body bytes the current connection has delivered.
+    delivered: u64,
+    /// The time spent waiting for the current connection's body, and the bytes that came in
+    /// it, since the last speed check.
+    window: (Duration, u64),
     state: State,
+}
+
+/// What the first answer said about the file; a resumed answer must agree with it.
+#[derive(Debug, Default)]
+struct FirstAnswer {
+    /// Its Content-Length.
+    len: Option<u64>,
+    /// Its strong ETag and its Last-Modified.
+    etag: Option<String>,
+    last_modified: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -211,7 +235,7 @@ impl fmt::Debug for Fetch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Fetch")
             .field("url", &self.url.to_string())
-            .field("len", &self.len)
+            .field("len", &self.first.len)
             .field("received", &self.received)
             .finish_non_exhaustive()
     }
@@ -249,12 +273,12 @@ impl Fetch {
             url: parsed,
             config: Arc::new(config),
             limits,
-            len: None,
-            etag: None,
-            last_modified: None,
+            first: FirstAnswer::default(),
             received: 0,
             body: None,
             failures: 0,
+            delivered: 0,
+            window: (Duration::ZERO, 0),
             state: State::Reading,
         };
         fetch.body = Some(fetch.open_retrying(None)?);
@@ -267,7 +291,7 @@ impl Fetch {
         reason = "the announced length of a download, not a collection's"
     )]
     pub fn len(&self) -> Option<u64> {
-        self.len
+        self.first.len
     }
 
     /// Body bytes read so far.
@@ -296,7 +320,11 @@ impl Fetch {
                 self.failures += 1;
             }
             match self.open() {
-                Ok(body) => return Ok(body),
+                Ok(body) => {
+                    self.delivered = 0;
+                    self.window = (Duration::ZERO, 0);
+                    return Ok(body);
+                }
                 Err(e) => failed = Some(e),
             }
         }
@@ -307,81 +335,13 @@ impl Fetch {
     fn open(&mut self) -> Result<Body, FetchError> {
         let from = self.received;
         let (url, head, tls) = self.get(from)?;
-        let cannot_resume = |why| FetchError::CannotResume {
-            url: url.to_string(),
-            status: head.status.clone(),
-            from,
-            why,
-        };
-        match head.status.code {
-            200 if from == 0 => {}
-            200 => {
-                return Err(cannot_resume(
-                    "the server ignores ranges, or the file has changed",
-                ))
-            }
-            206 if from > 0 => {}
-            _ => {
-                return Err(FetchError::Status {
-                    url: url.to_string(),
-                    status: head.status,
-                })
-            }
-        }
-        let malformed = |why: String| FetchError::Malformed {
-            url: url.to_string(),
-            why,
-        };
-        let framing = head
-            .framing()
-            .map_err(malformed)?
-            .ok_or_else(|| FetchError::NoFraming {
-                url: url.to_string(),
-            })?;
-        let length = match framing {
-            Framing::Length(n) => Some(n),
-            Framing::Chunked { .. } => None,
-        };
-        if from == 0 {
-            if let Some(len) = length.filter(|&n| n > self.limits.max_len) {
-                return Err(FetchError::TooLong {
-                    url: url.to_string(),
-                    len,
-                    max: self.limits.max_len,
-                });
-            }
-            self.len = length;
-            self.etag = head
-                .get("etag")
-                .filter(|t| is_strong_etag(t))
-                .map(Into::into);
-            self.last_modified = head.get("last-modified").map(Into::into);
-        } else {
-            let range = head
-                .get("content-range")
-                .ok_or_else(|| malformed("a 206 answer without Content-Range".into()))?;
-            let (start, end, total) = content_range(range).ok_or_else(|| {
-                malformed(format!("the Content-Range {range:?} is not bytes N-M/T"))
-            })?;
-            if start != from || Some(total) != self.len || end >= total {
-                return Err(cannot_resume("its Content-Range does not match the file"));
-            }
-            if length.is_some_and(|n| n != end - start + 1) {
-                return Err(malformed(format!(
-                    "the Content-Length does not match the Content-Range {range:?}"
-                )));
-            }
-            let same = |theirs: Option<&str>, ours: &Option<String>| match (theirs, ours) {
-                (Some(theirs), Some(ours)) => theirs == ours,
-                _ => true,
-            };
-            if !same(head.get("etag"), &self.etag)
-                || !same(head.get("last-modified"), &self.last_modified)
-            {
-                return Err(cannot_resume("the file has changed"));
-            }
-        }
-        Ok(Body { tls, framing, url })
+        let (framing, limit) = self.first.check(&url, from, &head, self.limits.max_len)?;
+        Ok(Body {
+            stream: tls,
+            framing,
+            limit,
+            url,
+        })
     }
 
     /// Sends the request and reads the answer's head, following redirects.
@@ -403,7 +363,8 @@ impl Fetch {
             );
             if from > 0 {
                 request.push_str(&format!("Range: bytes={from}-\r\n"));
-                if let Some(validator) = self.etag.as_ref().or(self.last_modified.as_ref()) {
+                let first = &self.first;
+                if let Some(validator) = first.etag.as_ref().or(first.last_modified.as_ref()) {
                     request.push_str(&format!("If-Range: {validator}\r\n"));
                 }
             }
@@ -412,7 +373,11 @@ impl Fetch {
                 .and_then(|()| tls.flush())
                 .map_err(broke)?;
             let head = match Head::read(&mut tls, self.limits.max_header) {
-                Ok(head) => head,
+                // The body has its own bounds: the read timeout and the slowest speed.
+                Ok(head) => {
+                    tls.sock.end_deadline().map_err(broke)?;
+                    head
+                }
                 Err(Broken::Dropped(e)) => return Err(broke(e)),
                 Err(Broken::Malformed(why)) => {
                     return Err(FetchError::Malformed {
@@ -439,7 +404,7 @@ impl Fetch {
             redirects += 1;
             url = url.join(location).map_err(|why| FetchError::BadRedirect {
                 url: url.to_string(),
-                location: location.to_string(),
+                location: quote(location),
                 why,
             })?;
         }
@@ -470,6 +435,12 @@ impl Fetch {
         tcp.set_read_timeout(Some(self.limits.read_timeout))
             .and_then(|()| tcp.set_write_timeout(Some(self.limits.read_timeout)))
             .map_err(failed)?;
+        let tcp = Timed {
+            tcp,
+            read_timeout: self.limits.read_timeout,
+            head_timeout: self.limits.head_timeout,
+            deadline: Some(Instant::now() + self.limits.head_timeout),
+        };
         let name = ServerName::try_from(url.host.clone()).map_err(|_| FetchError::Url {
             url: url.to_string(),
             why: "the host is not a valid name",
@@ -508,6 +479,103 @@ impl Fetch {
     }
 }
 
+impl FirstAnswer {
+    /// Checks an answer to a request for the bytes from `from` on: the first (`from` 0) is
+    /// remembered, a later one must continue the same file. Returns how its body ends and the
+    /// most body bytes it may carry.
+    fn check(
+        &mut self,
+        url: &Url,
+        from: u64,
+        head: &Head,
+        max_len: u64,
+    ) -> Result<(Framing, Option<u64>), FetchError> {
+        let cannot_resume = |why| FetchError::CannotResume {
+            url: url.to_string(),
+            status: head.status.clone(),
+            from,
+            why,
+        };
+        match head.status.code {
+            200 if from == 0 => {}
+            200 => {
+                return Err(cannot_resume(
+                    "the server ignores ranges, or the file has changed",
+                ))
+            }
+            206 if from > 0 => {}
+            _ => {
+                return Err(FetchError::Status {
+                    url: url.to_string(),
+                    status: head.status.clone(),
+                })
+            }
+        }
+        let malformed = |why: String| FetchError::Malformed {
+            url: url.to_string(),
+            why,
+        };
+        let framing = head
+            .framing()
+            .map_err(malformed)?
+            .ok_or_else(|| FetchError::NoFraming {
+                url: url.to_string(),
+            })?;
+        let length = match framing {
+            Framing::Length(n) => Some(n),
+            Framing::Chunked { .. } => None,
+        };
+        if from == 0 {
+            if let Some(len) = length.filter(|&n| n > max_len) {
+                return Err(FetchError::TooLong {
+                    url: url.to_string(),
+                    len,
+                    max: max_len,
+                });
+            }
+            *self = FirstAnswer {
+                len: length,
+                etag: head
+                    .get("etag")
+                    .filter(|t| is_strong_etag(t))
+                    .map(Into::into),
+                last_modified: head.get("last-modified").map(Into::into),
+            };
+            return Ok((framing, length));
+        }
+        let range = head
+            .get("content-range")
+            .ok_or_else(|| malformed("a 206 answer without Content-Range".into()))?;
+        let (start, end, total) = content_range(range).ok_or_else(|| {
+            malformed(format!(
+                "the Content-Range {} is not bytes N-M/T",
+                quote(range)
+            ))
+        })?;
+        if start != from || Some(total) != self.len || end >= total {
+            return Err(cannot_resume("its Content-Range does not match the file"));
+        }
+        let size = end - start + 1;
+        if length.is_some_and(|n| n != size) {
+            return Err(malformed(format!(
+                "the Content-Length does not match the Content-Range {}",
+                quote(range)
+            )));
+        }
+        let same = |theirs: Option<&str>, ours: &Option<String>| match (theirs, ours) {
+            (Some(theirs), Some(ours)) => theirs == ours,
+            _ => true,
+        };
+        if !same(head.get("etag"), &self.etag)
+            || !same(head.get("last-modified"), &self.last_modified)
+        {
+            return Err(cannot_resume("the file has changed"));
+        }
+        // A chunked body is held to its Content-Range too.
+        Ok((framing, Some(size)))
+    }
+}
+
 impl Read for Fetch {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if buf.is_empty() {
@@ -524,12 +592,22 @@ impl Read for Fetch {
                 }
                 State::Reading => {}
             }
+            let slow = self.body.is_some() && self.too_slow();
+            let started = Instant::now();
             let read = match self.body.as_mut() {
+                Some(_) if slow => Err(Broken::Dropped(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "the server sent fewer than {} bytes a second",
+                        self.limits.min_speed
+                    ),
+                ))),
                 Some(body) => body.read(buf, self.limits.max_header),
                 None => Err(Broken::Dropped(io::Error::other("not connected"))),
             };
+            self.window.0 += started.elapsed();
             let cause = match read {
-                Ok(0) if self.len.is_none_or(|len| self.received == len) => {
+                Ok(0) if self.first.len.is_none_or(|len| self.received == len) => {
                     self.state = State::Done;
                     self.body = None;
                     return Ok(0);
@@ -540,14 +618,20 @@ impl Read for Fetch {
                     "the answer ended before the whole file",
                 ),
                 Ok(n) => {
-                    self.received += n as u64;
-                    self.failures = 0;
-                    if self.received > self.limits.max_len {
+                    // Bytes past the limit are never handed over.
+                    let n64 = n as u64;
+                    if self.received + n64 > self.limits.max_len {
                         return Err(self.fail(FetchError::TooLong {
                             url: self.url.to_string(),
-                            len: self.received,
+                            len: self.received + n64,
                             max: self.limits.max_len,
                         }));
+                    }
+                    self.received += n64;
+                    self.delivered += n64;
+                    self.window.1 += n64;
+                    if self.delivered >= self.limits.progress {
+                        self.failures = 0;
                     }
                     return Ok(n);
                 }
@@ -558,7 +642,7 @@ impl Read for Fetch {
                 Err(Broken::Dropped(e)) => e,
             };
             self.body = None;
-            if self.received > 0 && self.len.is_none() {
+            if self.received > 0 && self.first.len.is_none() {
                 return Err(self.fail(FetchError::NoLength {
                     url: self.url.to_string(),
                     received: self.received,
@@ -579,10 +663,92 @@ impl Read for Fetch {
 }
 
 impl Fetch {
+    /// Whether the body came slower than [`FetchLimits::min_speed`] over the last
+    /// `read_timeout` spent waiting for it; each check starts a new window.
+    fn too_slow(&mut self) -> bool {
+        let (waited, bytes) = self.window;
+        if waited < self.limits.read_timeout {
+            return false;
+        }
+        self.window = (Duration::ZERO, 0);
+        (bytes as f64) < self.limits.min_speed as f64 * waited.as_secs_f64()
+    }
+
     fn fail(&mut self, e: FetchError) -> io::Error {
         self.state = State::Failed;
         self.body = None;
         e.into()
+    }
+}
+
+/// The TCP stream under TLS: until the answer's head is read, every read also waits for the
+/// head's deadline, so a server that sends a byte just before each read timeout still ends.
+struct Timed {
+    tcp: TcpStream,
+    read_timeout: Duration,
+    head_timeout: Duration,
+    deadline: Option<Instant>,
+}
+
+impl Timed {
+    /// The head has arrived: from now on only the read timeout applies.
+    fn end_deadline(&mut self) -> io::Result<()> {
+        self.deadline = None;
+        self.tcp.set_read_timeout(Some(self.read_timeout))
+    }
+
+    fn late(&self) -> io::Error {
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!(
+                "the TLS handshake and the answer's headers took longer than {} s",
+                self.head_timeout.as_secs_f64()
+            ),
+        )
+    }
+}
+
+impl Read for Timed {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(deadline) = self.deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(self.late());
+            }
+            self.tcp
+                .set_read_timeout(Some(left.min(self.read_timeout)))?;
+        }
+        match self.tcp.read(buf) {
+            // The socket says "would block" when its timeout passes.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                Err(match self.deadline {
+                    Some(deadline) if Instant::now() >= deadline => self.late(),
+                    _ => io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!(
+                            "the server sent nothing for {} s",
+                            self.read_timeout.as_secs_f64()
+                        ),
+                    ),
+                })
+            }
+            other => other,
+        }
+    }
+}
+
+impl Write for Timed {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.tcp.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.tcp.flush()
     }
 }
 
@@ -729,6 +895,26 @@ fn check_chars(text: &str) -> Result<(), &'static str> {
     }
 }
 
+/// Text from the server for an error message: quoted, with control characters escaped, and
+/// cut after 64 characters of the escaped text so that the message stays one short line.
+fn quote(text: &str) -> String {
+    const MAX: usize = 64;
+    let mut out = String::from("\"");
+    let mut shown = 0;
+    for c in text.chars() {
+        let mut buf = [0; 4];
+        let escaped: String = c.encode_utf8(&mut buf).escape_debug().collect();
+        shown += escaped.chars().count();
+        if shown > MAX {
+            out.push_str("\"…");
+            return out;
+        }
+        out.push_str(&escaped);
+    }
+    out.push('"');
+    out
+}
+
 /// A strong ETag (`"…"`, not `W/"…"`): only those may go into If-Range.
 fn is_strong_etag(tag: &str) -> bool {
     tag.len() >= 2 && tag.starts_with('"') && tag.ends_with('"')
@@ -768,12 +954,12 @@ struct Head {
 
 impl Head {
     /// Reads a head, skipping interim (1xx) answers; all of it within `max` bytes.
-    fn read(tls: &mut Tls, max: usize) -> Result<Head, Broken> {
+    fn read(tls: &mut impl BufRead, max: usize) -> Result<Head, Broken> {
         let mut budget = max;
         loop {
             let line = read_line(tls, &mut budget, max)?;
             let status = status_line(&line)
-                .ok_or_else(|| Broken::Malformed(format!("the status line {line:?}")))?;
+                .ok_or_else(|| Broken::Malformed(format!("the status line {}", quote(&line))))?;
             let mut headers = Vec::new();
             loop {
                 let line = read_line(tls, &mut budget, max)?;
@@ -783,7 +969,9 @@ impl Head {
                 let (name, value) = line
                     .split_once(':')
                     .filter(|(name, _)| !name.is_empty() && !name.contains([' ', '\t']))
-                    .ok_or_else(|| Broken::Malformed(format!("the header line {line:?}")))?;
+                    .ok_or_else(|| {
+                        Broken::Malformed(format!("the header line {}", quote(&line)))
+                    })?;
                 headers.push((name.to_ascii_lowercase(), value.trim().to_string()));
             }
             match status.code {
@@ -820,8 +1008,8 @@ impl Head {
                 }));
             }
             return Err(format!(
-                "the Transfer-Encoding {:?} (only chunked is understood)",
-                codings.join(", ")
+                "the Transfer-Encoding {} (only chunked is understood)",
+                quote(&codings.join(", "))
             ));
         }
         let mut length = None;
@@ -832,7 +1020,7 @@ impl Head {
                     .all(|b| b.is_ascii_digit())
                     .then(|| value.parse::<u64>().ok())
                     .flatten()
-                    .ok_or_else(|| format!("the Content-Length {value:?}"))?;
+                    .ok_or_else(|| format!("the Content-Length {}", quote(value)))?;
                 if length.is_some_and(|l| l != n) {
                     return Err("Content-Length headers that disagree".into());
                 }
@@ -866,7 +1054,7 @@ fn status_line(line: &str) -> Option<Status> {
 
 /// Reads a line ending in LF (or CR LF), without its end. `budget` is what the lines of this
 /// head (or chunk) may still take, of `max` in all.
-fn read_line(tls: &mut Tls, budget: &mut usize, max: usize) -> Result<String, Broken> {
+fn read_line(tls: &mut impl BufRead, budget: &mut usize, max: usize) -> Result<String, Broken> {
     let mut line = Vec::new();
     loop {
         let available = tls.fill_buf().map_err(Broken::Dropped)?;
@@ -898,6 +1086,20 @@ fn read_line(tls: &mut Tls, budget: &mut usize, max: usize) -> Result<String, Br
     }
 }
 
+/// A chunk-size line or a trailer, within what `budget` leaves of `max_line`.
+fn read_chunk_line(
+    stream: &mut impl BufRead,
+    budget: &mut usize,
+    max_line: usize,
+) -> Result<String, Broken> {
+    read_line(stream, budget, max_line).map_err(|e| match e {
+        Broken::Malformed(_) => Broken::Malformed(format!(
+            "a chunk-size line or its trailers are longer than {max_line} bytes"
+        )),
+        dropped => dropped,
+    })
+}
+
 /// How a body ends.
 #[derive(Debug, Clone, Copy)]
 enum Framing {
@@ -908,14 +1110,17 @@ enum Framing {
 }
 
 /// An answer's body, on its own connection.
-struct Body {
-    tls: Tls,
+struct Body<S = Tls> {
+    stream: S,
     framing: Framing,
+    /// The most body bytes the answer may still carry: what its Content-Length or its
+    /// Content-Range announced.
+    limit: Option<u64>,
     /// Where the answer came from (after redirects).
     url: Url,
 }
 
-impl Body {
+impl<S: BufRead> Body<S> {
     /// Reads body bytes; `Ok(0)` at the end the framing announces, and only there.
     fn read(&mut self, buf: &mut [u8], max_line: usize) -> Result<usize, Broken> {
         loop {
@@ -925,25 +1130,40 @@ impl Body {
                 Framing::Chunked { ended: true, .. } => return Ok(0),
                 Framing::Chunked { left, first, ended } if *left == 0 => {
                     let mut budget = max_line;
-                    if !*first && !read_line(&mut self.tls, &mut budget, max_line)?.is_empty() {
+                    if !*first
+                        && !read_chunk_line(&mut self.stream, &mut budget, max_line)?.is_empty()
+                    {
                         return Err(Broken::Malformed("a chunk longer than its size".into()));
                     }
                     *first = false;
-                    let line = read_line(&mut self.tls, &mut budget, max_line)?;
+                    let line = read_chunk_line(&mut self.stream, &mut budget, max_line)?;
                     *left = chunk_size(&line).ok_or_else(|| {
-                        Broken::Malformed(format!("the chunk size line {line:?}"))
+                        Broken::Malformed(format!("the chunk-size line {}", quote(&line)))
                     })?;
                     if *left == 0 {
                         // Trailers, to the empty line that ends the body.
-                        while !read_line(&mut self.tls, &mut budget, max_line)?.is_empty() {}
+                        while !read_chunk_line(&mut self.stream, &mut budget, max_line)?.is_empty()
+                        {
+                        }
                         *ended = true;
                     }
                     continue;
                 }
                 Framing::Chunked { left, .. } => left,
             };
-            let want = buf.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
-            let n = self.tls.read(&mut buf[..want]).map_err(Broken::Dropped)?;
+            let allowed = (*left).min(self.limit.unwrap_or(u64::MAX));
+            if allowed == 0 {
+                return Err(Broken::Malformed(
+                    "a chunked body longer than its Content-Range".into(),
+                ));
+            }
+            let want = buf
+                .len()
+                .min(usize::try_from(allowed).unwrap_or(usize::MAX));
+            let n = self
+                .stream
+                .read(&mut buf[..want])
+                .map_err(Broken::Dropped)?;
             if n == 0 {
                 return Err(Broken::Dropped(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
@@ -951,6 +1171,9 @@ impl Body {
                 )));
             }
             *left -= n as u64;
+            if let Some(limit) = &mut self.limit {
+                *limit -= n as u64;
+            }
             return Ok(n);
         }
     }
@@ -983,6 +1206,146 @@ pub fn roots_from_pem(pem: &str) -> Result<RootCertStore, String> {
             .map_err(|e| format!("certificate {}: {e}", i + 1))?;
     }
     Ok(roots)
+}
+
+/// The answer reader on bytes in memory, for the fuzz targets in `api/fuzz`; not part of the
+/// API. It runs the same head, framing, resume and body code as [`Fetch`], without TLS.
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::{Body, Broken, FetchError, FetchLimits, FirstAnswer, Head, Url};
+
+    /// What [`answers`] made of the server's bytes.
+    #[derive(Debug, PartialEq, Eq)]
+    pub struct Outcome {
+        /// The body bytes handed to the reader, in order: all that a sink would have written.
+        pub body: Vec<u8>,
+        /// The first answer's Content-Length.
+        pub len: Option<u64>,
+        /// Where the second answer was asked to start, when there was one.
+        pub resumed_at: Option<u64>,
+        /// The error the fetch ended with, as the daemon's log would show it.
+        pub error: Option<String>,
+    }
+
+    /// Reads `first` as the answer to `GET` for a whole file and hands its body over in pieces
+    /// of `piece` bytes. When the first answer announced a length, `resume` is the answer to
+    /// the request a broken connection leads to: for the bytes from `cut` on (at most what
+    /// had arrived), the first answer's body being cut there.
+    pub fn answers(
+        first: &[u8],
+        resume: Option<(&[u8], u64)>,
+        piece: usize,
+        limits: &FetchLimits,
+    ) -> Outcome {
+        let url = Url::parse("https://fuzz.invalid/bundle").expect("a valid URL");
+        let mut known = FirstAnswer::default();
+        let mut out = Outcome {
+            body: Vec::new(),
+            len: None,
+            resumed_at: None,
+            error: None,
+        };
+        let mut piece = vec![0; piece.clamp(1, 1 << 16)];
+        let result = (|| {
+            let (head, rest) = read_head(&url, first, limits)?;
+            let (framing, limit) = known.check(&url, 0, &head, limits.max_len)?;
+            out.len = known.len;
+            let ended = read_body(
+                &url,
+                rest,
+                framing,
+                limit,
+                &mut piece,
+                &mut out.body,
+                limits,
+            )?;
+            let Some((second, cut)) = resume.filter(|_| known.len.is_some()) else {
+                return Ok(());
+            };
+            let from = cut.min(out.body.len() as u64);
+            if from == 0 || (ended && known.len == Some(from)) {
+                return Ok(());
+            }
+            out.body.truncate(from as usize);
+            out.resumed_at = Some(from);
+            let (head, rest) = read_head(&url, second, limits)?;
+            let (framing, limit) = known.check(&url, from, &head, limits.max_len)?;
+            read_body(
+                &url,
+                rest,
+                framing,
+                limit,
+                &mut piece,
+                &mut out.body,
+                limits,
+            )?;
+            Ok(())
+        })();
+        out.error = result.err().map(|e: FetchError| e.to_string());
+        out
+    }
+
+    fn read_head<'a>(
+        url: &Url,
+        mut bytes: &'a [u8],
+        limits: &FetchLimits,
+    ) -> Result<(Head, &'a [u8]), FetchError> {
+        match Head::read(&mut bytes, limits.max_header) {
+            Ok(head) => Ok((head, bytes)),
+            Err(e) => Err(broken(url, 0, e)),
+        }
+    }
+
+    /// Reads a body to its end; `Ok(false)` when the bytes ran out first, as when a connection
+    /// drops.
+    fn read_body(
+        url: &Url,
+        stream: &[u8],
+        framing: super::Framing,
+        limit: Option<u64>,
+        piece: &mut [u8],
+        body: &mut Vec<u8>,
+        limits: &FetchLimits,
+    ) -> Result<bool, FetchError> {
+        let mut answer = Body {
+            stream,
+            framing,
+            limit,
+            url: url.clone(),
+        };
+        loop {
+            match answer.read(piece, limits.max_header) {
+                Ok(0) => return Ok(true),
+                Ok(n) => {
+                    let received = body.len() as u64 + n as u64;
+                    if received > limits.max_len {
+                        return Err(FetchError::TooLong {
+                            url: url.to_string(),
+                            len: received,
+                            max: limits.max_len,
+                        });
+                    }
+                    body.extend_from_slice(&piece[..n]);
+                }
+                Err(Broken::Dropped(_)) => return Ok(false),
+                Err(e) => return Err(broken(url, body.len() as u64, e)),
+            }
+        }
+    }
+
+    fn broken(url: &Url, received: u64, e: Broken) -> FetchError {
+        match e {
+            Broken::Dropped(source) => FetchError::Broke {
+                url: url.to_string(),
+                received,
+                source,
+            },
+            Broken::Malformed(why) => FetchError::Malformed {
+                url: url.to_string(),
+                why,
+            },
+        }
+    }
 }
 
 #[cfg(test)]
@@ -1094,6 +1457,34 @@ mod tests {
             .framing()
             .is_err());
         assert!(head(&[("content-length", "-1")]).framing().is_err());
+    }
+
+    #[test]
+    fn server_text_in_errors_is_quoted_and_short() {
+        assert_eq!(quote("HTTP/1.1 2\u{7}00"), "\"HTTP/1.1 2\\u{7}00\"");
+        let long = quote(&"\u{fffd}x".repeat(1000));
+        assert!(
+            long.ends_with("\"…") && long.chars().count() == 64 + 3,
+            "{long}"
+        );
+        // Escapes count towards the length: a line of control characters stays short too.
+        let escaped = quote(&format!("HTTP/1.1 20{}", "\u{1d}".repeat(1000)));
+        assert!(escaped.ends_with("\\u{1d}\"…"), "{escaped}");
+        assert!(escaped.chars().count() <= 64 + 3, "{escaped}");
+    }
+
+    #[test]
+    fn a_resumed_chunked_body_is_held_to_its_content_range() {
+        let limits = FetchLimits::default();
+        let first = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n0123456789";
+        let resume = b"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 4-5/10\r\n\
+                       Transfer-Encoding: chunked\r\n\r\n6\r\n456789\r\n0\r\n\r\n";
+        let out = fuzzing::answers(first, Some((resume, 4)), 3, &limits);
+        assert_eq!(out.body, b"012345");
+        assert_eq!(
+            out.error.as_deref(),
+            Some("https://fuzz.invalid/bundle sent a malformed answer: a chunked body longer than its Content-Range")
+        );
     }
 
     #[test]

@@ -21,7 +21,8 @@ mod policy;
 mod role;
 mod server;
 mod service;
-mod subject;
+#[doc(hidden)]
+pub mod subject;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod tls;

@@ -150,7 +150,8 @@ impl Uevent {
             match env.get(key) {
                 Some(v) if v != header_value => {
                     return bad(format!(
-                        "{key}={v} contradicts the header {action}@{devpath}"
+                        "{key}={v:?} contradicts the header {:?}",
+                        lossy(header)
                     ))
                 }
                 _ => {}
@@ -160,7 +161,7 @@ impl Uevent {
             None => None,
             Some(s) => match s.parse() {
                 Ok(n) => Some(n),
-                Err(_) => return bad(format!("SEQNUM={s} is not a number")),
+                Err(_) => return bad(format!("SEQNUM={s:?} is not a number")),
             },
         };
         Ok(Some(Self {
@@ -618,6 +619,19 @@ mod tests {
         assert_eq!(e.dev_node(), None);
         let e = Uevent::parse(b"add@/x\0DEVNAME=\0").unwrap().unwrap();
         assert_eq!(e.dev_node(), None);
+    }
+
+    #[test]
+    fn errors_quoting_the_message_stay_on_one_line() {
+        // A line break in the header (or in SEQNUM) must not start a new log line.
+        for m in [
+            &b"add@/devices/a\nforged line\0DEVPATH=/devices/b\0"[..],
+            b"add@/devices/a\0SEQNUM=1\nforged line\0",
+        ] {
+            let got = Uevent::parse(m).unwrap_err().to_string();
+            assert!(!got.contains('\n'), "{got:?}");
+            assert!(got.contains("\\nforged line"), "{got:?}");
+        }
     }
 
     /// Builds sysfs as the kernel lays it out: the disk's directory under /sys/devices holds

@@ -916,14 +916,7 @@ fn summary(changes: &[rtnl::Change]) -> String {
 }
 
 fn rustix_sethostname(name: &str) -> std::io::Result<()> {
-    // SAFETY: the pointer and length describe `name`'s bytes, which outlive the call; the
-    // kernel copies them.
-    let rc = unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    rustix::system::sethostname(name.as_bytes()).map_err(std::io::Error::from)
 }
 
 /// Forwards a DHCP thread's lease events to the loop.

@@ -23,6 +23,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use rustix::rand::{getrandom, GetRandomFlags};
+use rustix::time::{clock_gettime, clock_settime, ClockId, Timespec};
 use thiserror::Error;
 
 /// The NTP port, used when a configured server names none.
@@ -433,18 +435,11 @@ pub trait Clock {
 pub struct SystemClock;
 
 impl SystemClock {
-    fn read() -> io::Result<libc::timespec> {
-        // SAFETY: timespec is plain integers (and, on some targets, padding), for which all
-        // zeroes is a valid value.
-        let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
-        // SAFETY: `ts` is a valid, writable timespec for the duration of the call.
-        if unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(ts)
+    fn read() -> io::Result<Timespec> {
+        Ok(clock_gettime(ClockId::Realtime))
     }
 
-    fn timespec_nanos(ts: &libc::timespec) -> i128 {
+    fn timespec_nanos(ts: &Timespec) -> i128 {
         i128::from(ts.tv_sec) * NANOS_PER_SEC + i128::from(ts.tv_nsec)
     }
 }
@@ -470,11 +465,7 @@ impl Clock for SystemClock {
             .rem_euclid(NANOS_PER_SEC)
             .try_into()
             .map_err(|_| out_of_range())?;
-        // SAFETY: `ts` is a valid timespec with tv_nsec in 0..1e9; the call only reads it.
-        if unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &ts) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+        clock_settime(ClockId::Realtime, ts).map_err(io::Error::from)
     }
 }
 
@@ -482,10 +473,9 @@ impl Clock for SystemClock {
 /// time `t1` as RFC 4330 has it: the reply is still matched, only easier to forge.
 fn cookie(t1: i128) -> NtpTimestamp {
     let mut buf = [0u8; 8];
-    // SAFETY: `buf` is valid for writes of `buf.len()` bytes for the duration of the call.
-    let got = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), libc::GRND_NONBLOCK) };
+    let got = getrandom(&mut buf, GetRandomFlags::NONBLOCK);
     let random = u64::from_ne_bytes(buf);
-    if got == buf.len() as isize && random != 0 {
+    if got.is_ok_and(|n| n == buf.len()) && random != 0 {
         NtpTimestamp(random)
     } else {
         // Distinct even when two queries start in the same nanosecond.

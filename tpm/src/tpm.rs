@@ -164,6 +164,14 @@ impl Tpm {
             };
             let page: Vec<u32> = page.into_iter().filter(wanted).collect();
             match page.last() {
+                // Each page must start where it was asked to, or a TPM that repeats a page
+                // would keep this loop going for ever.
+                Some(&last) if more && last < next => {
+                    return Err(Error::Malformed {
+                        command: marshal::GET_CAPABILITY.name,
+                        what: format!("handle {last:#x} listed when asked from {next:#x}"),
+                    });
+                }
                 Some(&last) if more => {
                     next = last + 1;
                     handles.extend(page);
@@ -503,4 +511,32 @@ pub(crate) fn template(f: impl FnOnce(&mut Writer)) -> Vec<u8> {
     let mut w = Writer::default();
     f(&mut w);
     w.as_slice().to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A TPM that answers every command with the same response.
+    struct Repeating(Vec<u8>);
+
+    impl Transport for Repeating {
+        fn transact(&mut self, _command: &[u8]) -> std::io::Result<Zeroizing<Vec<u8>>> {
+            Ok(Zeroizing::new(self.0.clone()))
+        }
+    }
+
+    #[test]
+    fn a_tpm_that_repeats_a_page_of_handles_is_refused() {
+        // GetCapability: more data, TPM_CAP_HANDLES, one handle: 0x80000000, every time.
+        let mut response = vec![0x80, 0x01, 0, 0, 0, 23, 0, 0, 0, 0];
+        response.extend_from_slice(&[1, 0, 0, 0, 1, 0, 0, 0, 1, 0x80, 0, 0, 0]);
+        let mut tpm = Tpm::new(Box::new(Repeating(response)));
+        let e = tpm.loaded_handles(HT_TRANSIENT).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("handle 0x80000000 listed when asked from 0x80000001"),
+            "{e}"
+        );
+    }
 }

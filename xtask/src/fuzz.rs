@@ -3,12 +3,17 @@
 //! Each fuzz project is a cargo-fuzz crate outside the workspace (`bundle/fuzz/`) with an example
 //! named `seeds` that writes its seed corpus; seeds are generated into target/, never committed.
 //! The one idea: targets are built without a sanitizer by default, which cargo-fuzz does with
-//! stable `-C` flags only, so no nightly toolchain and no RUSTC_BOOTSTRAP are involved. The fuzzed
-//! crates have no `unsafe`, so AddressSanitizer would mostly cost speed; `--asan` still offers it,
-//! through RUSTC_BOOTSTRAP=1 because `-Zsanitizer` is a nightly flag.
+//! stable `-C` flags only, so no nightly toolchain and no RUSTC_BOOTSTRAP are involved. The code
+//! the targets reach has no `unsafe`: the fuzzed crates' only `unsafe` blocks are in their socket
+//! code, which no target calls (netcfg's AF_PACKET socket in `dhcp/socket.rs` and its
+//! NETLINK_ROUTE socket in `rtnl/socket.rs`, the daemon's uevent netlink socket in
+//! `uevent.rs`), so AddressSanitizer would mostly cost speed; `--asan` still offers it, through
+//! RUSTC_BOOTSTRAP=1 because `-Zsanitizer` is a nightly flag.
 //!
 //! `cargo xtask test` runs every target for a short while ([`run_brief`]) and fails on any crash;
-//! `cargo xtask fuzz [--seconds N] [--asan]` runs them for longer.
+//! `cargo xtask fuzz [--seconds N] [--asan]` runs them for longer. Either way the targets run in
+//! groups of [`GROUP`] side by side, and each reports its executions and crashes (libFuzzer
+//! stops a target at its first crash, so that is 0 or 1).
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -22,14 +27,22 @@ use crate::{cargo, run, step, target_dir};
 /// The cargo-fuzz release `setup` installs from crates.io.
 pub const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
-/// Seconds each target runs in `cargo xtask test`; targets run side by side.
+/// Seconds each target runs in `cargo xtask test`.
 const BRIEF_SECONDS: u64 = 30;
+
+/// Targets run side by side in groups of at most this many, one group after the other: enough
+/// to keep a small machine's cores busy while each target still gets a useful share of them.
+const GROUP: usize = 6;
 
 /// A cargo-fuzz project (relative to the workspace root) and its fuzz targets.
 const PROJECTS: &[(&str, &[&str])] = &[
     ("bundle/fuzz", &["bundle", "manifest"]),
     ("netcfg/fuzz", &["dhcp_reply", "dhcp_frame"]),
     ("luks/fuzz", &["header_json", "header_image"]),
+    ("api/fuzz", &["fetch_answer", "cert_subject"]),
+    ("tpm/fuzz", &["tpm_token", "tpm_response"]),
+    ("daemon/fuzz", &["uevent"]),
+    ("facts/fuzz", &["probe_status"]),
 ];
 
 /// Installs cargo-fuzz unless this exact version is already there.
@@ -146,34 +159,40 @@ fn fuzz(seconds: u64, asan: bool) -> Result<()> {
             .arg("--")
             .arg(&seeds))?;
     }
-    let mut running = Vec::new();
-    for (project, targets) in PROJECTS {
-        for name in targets.iter() {
-            running.push(start(project, name, &seeds, &work, seconds, asan)?);
-        }
-    }
+    let targets: Vec<(&'static str, &'static str)> = PROJECTS
+        .iter()
+        .flat_map(|(project, names)| names.iter().map(move |name| (*project, *name)))
+        .collect();
+    let groups = targets.len().div_ceil(GROUP);
     step(&format!(
-        "fuzzing {} targets side by side for {seconds} s each",
-        running.len()
+        "fuzzing {} targets for {seconds} s each, {} side by side ({groups} rounds)",
+        targets.len(),
+        GROUP.min(targets.len()),
     ));
     let started = Instant::now();
     let mut failed = Vec::new();
-    for mut target in running {
-        let name = target.name;
-        let status = target
-            .child
-            .wait()
-            .with_context(|| format!("waiting for fuzz target {name}"))?;
-        let text = std::fs::read_to_string(&target.log).unwrap_or_default();
-        if status.success() {
-            eprintln!("    {name:<10} {}", summary(&text));
-            continue;
+    for group in targets.chunks(GROUP) {
+        let mut running = Vec::new();
+        for (project, name) in group {
+            running.push(start(project, name, &seeds, &work, seconds, asan)?);
         }
-        eprintln!("    {name:<10} FAILED ({status}) {}", summary(&text));
-        for line in crash_report(&text, &target, asan) {
-            eprintln!("      {line}");
+        for mut target in running {
+            let name = target.name;
+            let status = target
+                .child
+                .wait()
+                .with_context(|| format!("waiting for fuzz target {name}"))?;
+            let text = std::fs::read_to_string(&target.log).unwrap_or_default();
+            if status.success() {
+                eprintln!("    {name:<13} 0 crashes, {}", summary(&text));
+                continue;
+            }
+            eprintln!("    {name:<13} 1 crash ({status}), {}", summary(&text));
+            for line in crash_report(&text, &target, asan) {
+                eprintln!("      {line}");
+            }
+            failed.push(name);
         }
-        failed.push(name);
     }
     eprintln!("    done in {:.0} s", started.elapsed().as_secs_f64());
     if !failed.is_empty() {

@@ -325,6 +325,21 @@ fn malformed(line: &[u8]) -> Failure {
         line: String::from_utf8_lossy(shown).into_owned(),
     }
 }
+/// The response-head reader on bytes in memory, for the fuzz target in `facts/fuzz`; not part
+/// of the API.
+#[doc(hidden)]
+pub mod fuzzing {
+    /// What the probe makes of the first bytes of a response: `Ok(None)` while it needs more,
+    /// the final status code, or the failure as the health report shows it.
+    pub fn final_status(head: &[u8], eof: bool) -> Result<Option<u16>, String> {
+        match super::final_status(head, eof) {
+            super::Parsed::NeedMore => Ok(None),
+            super::Parsed::Status(code) => Ok(Some(code)),
+            super::Parsed::Bad(failure) => Err(failure.to_string()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
