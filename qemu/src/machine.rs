@@ -224,9 +224,9 @@ impl Machine {
         cmd.args(args)
             .envs(env)
             .current_dir(&paths.work_dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(stderr);
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr);
         let parent = std::process::id();
         let die_with_parent = move || {
             // SAFETY: PR_SET_PDEATHSIG takes a signal number; no pointers are involved.

@@ -106,10 +106,16 @@ fn dtc_reads_what_we_write() {
         "interrupt-controller@7ef00100",
         "wifi-pwrseq",
     ] {
-        assert!(node(name).contains("status = \"disabled\";"), "{name}: {text}");
+        assert!(
+            node(name).contains("status = \"disabled\";"),
+            "{name}: {text}"
+        );
     }
     assert!(!text.contains("mmc-pwrseq = "), "{text}");
     assert!(node("bootloader").contains("tryboot = <0x01>;"), "{text}");
     assert!(node("bootloader").contains("partition = <0x03>;"), "{text}");
-    assert!(text.contains("/memreserve/\t0x0000000000000000 0x0000000000001000;"), "{text}");
+    assert!(
+        text.contains("/memreserve/\t0x0000000000000000 0x0000000000001000;"),
+        "{text}"
+    );
 }

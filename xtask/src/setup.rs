@@ -196,7 +196,10 @@ fn raspi_qemu() -> Result<()> {
         .to_string();
     let options: Vec<String> = vec![
         format!("Dir::Etc::SourceList={}", sources.display()),
-        format!("Dir::Etc::SourceParts={}", apt.join("sources.list.d").display()),
+        format!(
+            "Dir::Etc::SourceParts={}",
+            apt.join("sources.list.d").display()
+        ),
         format!("Dir::State::Lists={}", apt.join("lists").display()),
         format!("Dir::Cache={}", apt.join("cache").display()),
         format!("APT::Architectures={host_arch}"),
@@ -309,14 +312,18 @@ fn archive_uri_in(text: &str, codename: &str) -> Option<String> {
         let field = |name: &str| {
             stanza.lines().find_map(|l| {
                 let (k, v) = l.split_once(':')?;
-                k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+                k.trim()
+                    .eq_ignore_ascii_case(name)
+                    .then(|| v.trim().to_string())
             })
         };
         let listed = |name: &str, want: &str| {
             field(name).is_some_and(|v| v.split_whitespace().any(|w| w == want))
         };
         if listed("Types", "deb") && listed("Suites", codename) && listed("Components", "main") {
-            if let Some(uri) = field("URIs").and_then(|u| u.split_whitespace().next().map(str::to_string)) {
+            if let Some(uri) =
+                field("URIs").and_then(|u| u.split_whitespace().next().map(str::to_string))
+            {
                 return Some(uri);
             }
         }
@@ -449,9 +456,16 @@ mod tests {
             Some("http://mirror.example/debian")
         );
         let one_line = "deb-src http://a/debian bookworm main\ndeb [arch=amd64 signed-by=/k] http://b/debian bookworm main contrib\n";
-        assert_eq!(archive_uri_in(one_line, "bookworm").as_deref(), Some("http://b/debian"));
-        assert_eq!(archive_uri_in("deb http://c/debian trixie main\n", "bookworm"), None);
-        let firmware_only = "Types: deb\nURIs: http://d/debian\nSuites: bookworm\nComponents: non-free-firmware\n";
+        assert_eq!(
+            archive_uri_in(one_line, "bookworm").as_deref(),
+            Some("http://b/debian")
+        );
+        assert_eq!(
+            archive_uri_in("deb http://c/debian trixie main\n", "bookworm"),
+            None
+        );
+        let firmware_only =
+            "Types: deb\nURIs: http://d/debian\nSuites: bookworm\nComponents: non-free-firmware\n";
         assert_eq!(archive_uri_in(firmware_only, "bookworm"), None);
     }
 }

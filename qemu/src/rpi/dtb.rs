@@ -76,7 +76,10 @@ mod tests {
     fn node(name: &str, props: &[(&str, &[u8])], children: Vec<Node>) -> Node {
         Node {
             name: name.into(),
-            props: props.iter().map(|(n, v)| (n.to_string(), v.to_vec())).collect(),
+            props: props
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_vec()))
+                .collect(),
             children,
         }
     }
@@ -97,7 +100,11 @@ mod tests {
                         &[],
                         vec![
                             node("watchdog@7e100000", &[], vec![]),
-                            node("serial@7e201000", &[("status", okay)], vec![node("bluetooth", &[], vec![])]),
+                            node(
+                                "serial@7e201000",
+                                &[("status", okay)],
+                                vec![node("bluetooth", &[], vec![])],
+                            ),
                             node(
                                 "mmc@7e300000",
                                 &[("status", okay), ("mmc-pwrseq", &[0, 0, 0, 0x10])],
@@ -128,7 +135,10 @@ mod tests {
         assert_eq!(status("/soc/serial@7e201000"), Some(okay.to_vec()));
         assert_eq!(status("/soc/mmc@7e300000"), Some(okay.to_vec()));
         assert_eq!(status("/soc/gpio@7e200000"), Some(okay.to_vec()));
-        assert_eq!(out.node("/soc/mmc@7e300000").unwrap().prop("mmc-pwrseq"), None);
+        assert_eq!(
+            out.node("/soc/mmc@7e300000").unwrap().prop("mmc-pwrseq"),
+            None
+        );
         let bl = out.node("/chosen/bootloader").unwrap();
         assert_eq!(bl.prop("tryboot"), Some(&[0, 0, 0, 1][..]));
         assert_eq!(bl.prop("partition"), Some(&[0, 0, 0, 3][..]));

@@ -146,7 +146,10 @@ impl Fdt {
         let size_strings = be32(blob, 32)? as usize;
         let size_struct = be32(blob, 36)? as usize;
         if total > blob.len() {
-            return err(format!("header says {total} bytes, the blob has {}", blob.len()));
+            return err(format!(
+                "header says {total} bytes, the blob has {}",
+                blob.len()
+            ));
         }
         if version < 16 || last_comp > VERSION {
             return err(format!(
@@ -198,7 +201,9 @@ impl Fdt {
                     });
                 }
                 END_NODE => {
-                    let node = stack.pop().ok_or_else(|| FdtError("FDT_END_NODE without a node".into()))?;
+                    let node = stack
+                        .pop()
+                        .ok_or_else(|| FdtError("FDT_END_NODE without a node".into()))?;
                     match stack.last_mut() {
                         Some(parent) => parent.children.push(node),
                         None => root = Some(node),
@@ -210,7 +215,11 @@ impl Fdt {
                     pos += 8;
                     let value = structure
                         .get(pos..pos.checked_add(len).unwrap_or(usize::MAX))
-                        .ok_or_else(|| FdtError(format!("a property of {len} bytes runs past the structure block")))?
+                        .ok_or_else(|| {
+                            FdtError(format!(
+                                "a property of {len} bytes runs past the structure block"
+                            ))
+                        })?
                         .to_vec();
                     pos = align4(pos + len);
                     let name = c_str(strings, name_off, "a property name")?;
@@ -324,7 +333,12 @@ fn components(path: &str) -> impl Iterator<Item = &str> {
     path.split('/').filter(|p| !p.is_empty())
 }
 
-fn write_node(node: &Node, out: &mut Vec<u8>, strings: &mut Vec<u8>, names: &mut Vec<(String, u32)>) {
+fn write_node(
+    node: &Node,
+    out: &mut Vec<u8>,
+    strings: &mut Vec<u8>,
+    names: &mut Vec<(String, u32)>,
+) {
     out.extend_from_slice(&BEGIN_NODE.to_be_bytes());
     out.extend_from_slice(node.name.as_bytes());
     out.push(0);
@@ -408,17 +422,28 @@ mod tests {
     fn edits_land_where_asked() {
         let mut fdt = sample();
         fdt.disable("/soc/mmc@7e300000/wifi@1").unwrap();
-        assert!(fdt.node_mut("/soc/mmc@7e300000").unwrap().remove_prop("mmc-pwrseq"));
+        assert!(fdt
+            .node_mut("/soc/mmc@7e300000")
+            .unwrap()
+            .remove_prop("mmc-pwrseq"));
         let bl = fdt.node_or_create("/chosen/bootloader");
         bl.set_prop("tryboot", cell(1));
         bl.set_prop("partition", cell(3));
         let back = Fdt::parse(&fdt.to_bytes()).unwrap();
         assert_eq!(
-            back.node("/soc/mmc@7e300000/wifi@1").unwrap().prop("status"),
+            back.node("/soc/mmc@7e300000/wifi@1")
+                .unwrap()
+                .prop("status"),
             Some(&b"disabled\0"[..])
         );
-        assert_eq!(back.node("/soc/mmc@7e300000").unwrap().prop("mmc-pwrseq"), None);
-        assert_eq!(back.node("/soc/mmc@7e300000").unwrap().prop("status"), Some(&b"okay\0"[..]));
+        assert_eq!(
+            back.node("/soc/mmc@7e300000").unwrap().prop("mmc-pwrseq"),
+            None
+        );
+        assert_eq!(
+            back.node("/soc/mmc@7e300000").unwrap().prop("status"),
+            Some(&b"okay\0"[..])
+        );
         let bl = back.node("/chosen/bootloader").unwrap();
         assert_eq!(bl.prop("tryboot"), Some(&[0, 0, 0, 1][..]));
         assert_eq!(bl.prop("partition"), Some(&[0, 0, 0, 3][..]));

@@ -173,7 +173,9 @@ pub fn choose_partition(autoboot: Option<&str>, shot: OneShot) -> Result<Choice,
                 FirmwareError("autoboot.txt names no boot_partition for this boot".into())
             })?;
             value.parse().map_err(|_| {
-                FirmwareError(format!("autoboot.txt: boot_partition={value} is not a number"))
+                FirmwareError(format!(
+                    "autoboot.txt: boot_partition={value} is not a number"
+                ))
             })?
         }
     };
@@ -267,7 +269,10 @@ mod tests {
                 partition: Some(3)
             }
         );
-        assert_eq!(OneShot::from_reboot_argument("dm-verity device corrupted"), OneShot::default());
+        assert_eq!(
+            OneShot::from_reboot_argument("dm-verity device corrupted"),
+            OneShot::default()
+        );
         let shot = OneShot {
             tryboot: true,
             partition: Some(5),
@@ -279,30 +284,76 @@ mod tests {
     #[test]
     fn autoboot_picks_the_partition() {
         let normal = choose_partition(Some(CAIRN), OneShot::default()).unwrap();
-        assert_eq!(normal, Choice { partition: 2, a_b: false });
+        assert_eq!(
+            normal,
+            Choice {
+                partition: 2,
+                a_b: false
+            }
+        );
         let tried = OneShot::from_reboot_argument("0 tryboot");
         assert_eq!(
             choose_partition(Some(CAIRN), tried).unwrap(),
-            Choice { partition: 3, a_b: true }
+            Choice {
+                partition: 3,
+                a_b: true
+            }
         );
         // Committed B: [all] names 3, [tryboot] 2.
         let b = "[all]\ntryboot_a_b=1\nboot_partition=3\n[tryboot]\nboot_partition=2\n";
-        assert_eq!(choose_partition(Some(b), OneShot::default()).unwrap().partition, 3);
+        assert_eq!(
+            choose_partition(Some(b), OneShot::default())
+                .unwrap()
+                .partition,
+            3
+        );
         // Without tryboot_a_b the flag does not switch partitions.
         let no_ab = "boot_partition=2\n[tryboot]\nboot_partition=3\n";
         assert_eq!(
             choose_partition(Some(no_ab), tried).unwrap(),
-            Choice { partition: 2, a_b: false }
+            Choice {
+                partition: 2,
+                a_b: false
+            }
         );
-        assert_eq!(config_file(true, Choice { partition: 2, a_b: false }), "tryboot.txt");
-        assert_eq!(config_file(true, Choice { partition: 3, a_b: true }), "config.txt");
+        assert_eq!(
+            config_file(
+                true,
+                Choice {
+                    partition: 2,
+                    a_b: false
+                }
+            ),
+            "tryboot.txt"
+        );
+        assert_eq!(
+            config_file(
+                true,
+                Choice {
+                    partition: 3,
+                    a_b: true
+                }
+            ),
+            "config.txt"
+        );
         // No autoboot.txt: partition 1; a reboot's partition wins over everything.
-        assert_eq!(choose_partition(None, OneShot::default()).unwrap().partition, 1);
+        assert_eq!(
+            choose_partition(None, OneShot::default())
+                .unwrap()
+                .partition,
+            1
+        );
         let to5 = OneShot::from_reboot_argument("5");
         assert_eq!(choose_partition(Some(CAIRN), to5).unwrap().partition, 5);
         // Sections for other models and [none] never apply; comments are ignored.
-        let other = "[pi5]\nboot_partition=7\n[none]\nboot_partition=8\n[all]\nboot_partition=2 # A\n";
-        assert_eq!(choose_partition(Some(other), OneShot::default()).unwrap().partition, 2);
+        let other =
+            "[pi5]\nboot_partition=7\n[none]\nboot_partition=8\n[all]\nboot_partition=2 # A\n";
+        assert_eq!(
+            choose_partition(Some(other), OneShot::default())
+                .unwrap()
+                .partition,
+            2
+        );
         assert!(choose_partition(Some("tryboot_a_b=1\n"), OneShot::default()).is_err());
         assert!(choose_partition(Some("boot_partition=x\n"), OneShot::default()).is_err());
         assert!(choose_partition(Some(&"#".repeat(600)), OneShot::default()).is_err());
@@ -323,7 +374,10 @@ mod tests {
         let defaults = Config::parse("[pi5]\nkernel=other\n[tryboot]\nkernel=trial.img\n", false);
         assert_eq!(defaults.kernel, "kernel8.img");
         assert_eq!(defaults.initramfs, None);
-        assert_eq!(Config::parse("[tryboot]\nkernel=trial.img\n", true).kernel, "trial.img");
+        assert_eq!(
+            Config::parse("[tryboot]\nkernel=trial.img\n", true).kernel,
+            "trial.img"
+        );
         let prefixed = Config::parse("os_prefix=b/\ncmdline=c.txt\ndevice_tree=x.dtb\n", false);
         assert_eq!(prefixed.cmdline, "b/c.txt");
         assert_eq!(prefixed.device_tree, "b/x.dtb");
@@ -336,6 +390,9 @@ mod tests {
             "console=ttyAMA0,115200 quiet cairn.slot=a"
         );
         assert_eq!(kernel_cmdline("console=serial0 x"), "console=ttyAMA0 x");
-        assert_eq!(kernel_cmdline("console=tty1 console=ttyS10"), "console=tty1 console=ttyS10");
+        assert_eq!(
+            kernel_cmdline("console=tty1 console=ttyS10"),
+            "console=tty1 console=ttyS10"
+        );
     }
 }

@@ -231,8 +231,12 @@ impl Pi4 {
                 .ok_or_else(|| self.firmware_error(format!("the SD card has no partition {n}")))?;
             Ok(FatPartitionFs::new(&self.sd, offset, len))
         };
-        let autoboot = read_text(&volume(1)?, "autoboot.txt", firmware::AUTOBOOT_MAX_BYTES + 1)
-            .map_err(|e| self.firmware_error(e))?;
+        let autoboot = read_text(
+            &volume(1)?,
+            "autoboot.txt",
+            firmware::AUTOBOOT_MAX_BYTES + 1,
+        )
+        .map_err(|e| self.firmware_error(e))?;
         let choice: Choice = firmware::choose_partition(autoboot.as_deref(), shot)
             .map_err(|e| self.firmware_error(e.to_string()))?;
         let boot = volume(choice.partition)?;
@@ -251,11 +255,16 @@ impl Pi4 {
                     ))
                 })
         };
-        let cmdline_txt = String::from_utf8_lossy(&need(&config.cmdline, firmware::CONFIG_MAX_BYTES)?)
-            .into_owned();
+        let cmdline_txt =
+            String::from_utf8_lossy(&need(&config.cmdline, firmware::CONFIG_MAX_BYTES)?)
+                .into_owned();
         let cmdline = firmware::kernel_cmdline(&cmdline_txt);
-        let dtb = dtb::for_emulator(&need(&config.device_tree, DTB_MAX)?, shot.tryboot, choice.partition)
-            .map_err(|e| self.firmware_error(format!("{}: {e}", config.device_tree)))?;
+        let dtb = dtb::for_emulator(
+            &need(&config.device_tree, DTB_MAX)?,
+            shot.tryboot,
+            choice.partition,
+        )
+        .map_err(|e| self.firmware_error(format!("{}: {e}", config.device_tree)))?;
 
         let write = |name: &str, bytes: &[u8]| -> Result<PathBuf> {
             let path = dir.join(name);
@@ -274,8 +283,20 @@ impl Pi4 {
         write("cmdline", cmdline.as_bytes())?;
 
         let paths = WorkPaths::new(&dir);
-        let args = qemu_args(&paths, &kernel, initrd.as_deref(), &dtb_path, &cmdline, &self.sd, &self.opts.extra_args);
-        let binary = self.opts.binary_override.clone().unwrap_or_else(qemu_binary);
+        let args = qemu_args(
+            &paths,
+            &kernel,
+            initrd.as_deref(),
+            &dtb_path,
+            &cmdline,
+            &self.sd,
+            &self.opts.extra_args,
+        );
+        let binary = self
+            .opts
+            .binary_override
+            .clone()
+            .unwrap_or_else(qemu_binary);
         let env = module_dir(&binary)
             .map(|d| vec![("QEMU_MODULE_DIR".to_string(), d.into_os_string())])
             .unwrap_or_default();
@@ -303,13 +324,10 @@ impl Pi4 {
     /// Waits up to `timeout` for the running kernel to restart or power off (or QEMU to exit),
     /// then stops QEMU and keeps what a restart's argument asks of the next boot.
     pub fn wait_for_reset(&mut self, timeout: Duration) -> Result<Reset> {
-        let machine = self
-            .machine
-            .as_mut()
-            .ok_or_else(|| Error::RpiFirmware {
-                sd: self.sd.clone(),
-                reason: "wait_for_reset while the machine is off".into(),
-            })?;
+        let machine = self.machine.as_mut().ok_or_else(|| Error::RpiFirmware {
+            sd: self.sd.clone(),
+            reason: "wait_for_reset while the machine is off".into(),
+        })?;
         let reset = match machine.wait_for_any(&RESET_LINES, timeout) {
             Ok(m) if m.needle == 0 => Reset::Restart {
                 argument: reboot_argument(&m.line),
@@ -481,7 +499,10 @@ fn qemu_args(
     opt("-serial", "chardev:con0".into());
     opt("-display", "none".into());
     opt("-monitor", "none".into());
-    opt("-qmp", with_path("unix:", &paths.qmp_socket, ",server=on,wait=off"));
+    opt(
+        "-qmp",
+        with_path("unix:", &paths.qmp_socket, ",server=on,wait=off"),
+    );
     args.push("-no-reboot".into());
     args.extend(extra.iter().map(OsString::from));
     args
