@@ -214,7 +214,7 @@ impl Fdt {
                     let name_off = be32(structure, pos + 4)? as usize;
                     pos += 8;
                     let value = structure
-                        .get(pos..pos.checked_add(len).unwrap_or(usize::MAX))
+                        .get(pos..pos.saturating_add(len))
                         .ok_or_else(|| {
                             FdtError(format!(
                                 "a property of {len} bytes runs past the structure block"
