@@ -12,8 +12,6 @@
 //! (`FDT_BEGIN_NODE` name, `FDT_PROP` len nameoff value, `FDT_END_NODE`, `FDT_NOP`, `FDT_END`,
 //! each token and value padded to 4 bytes) and the strings block of property names.
 
-use std::fmt;
-
 const MAGIC: u32 = 0xd00d_feed;
 const HEADER_BYTES: usize = 40;
 const VERSION: u32 = 17;
@@ -29,16 +27,9 @@ const MAX_BLOB_BYTES: usize = 4 << 20;
 const MAX_DEPTH: usize = 64;
 
 /// Why a blob was refused or an edit could not be made.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("device tree: {0}")]
 pub struct FdtError(pub String);
-
-impl fmt::Display for FdtError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for FdtError {}
 
 fn err<T>(reason: impl Into<String>) -> Result<T, FdtError> {
     Err(FdtError(reason.into()))

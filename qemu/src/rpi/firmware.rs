@@ -22,24 +22,15 @@
 //! The flag and the one-shot partition come from the argument of the reboot that ended the
 //! previous boot (`reboot "0 tryboot"`), and live for one boot: [`OneShot`].
 
-use std::fmt;
-
 /// The most of autoboot.txt the firmware reads.
 pub const AUTOBOOT_MAX_BYTES: usize = 512;
 /// Largest config.txt / cmdline.txt read.
 pub const CONFIG_MAX_BYTES: usize = 64 * 1024;
 
 /// Why the firmware cannot boot.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
 pub struct FirmwareError(pub String);
-
-impl fmt::Display for FirmwareError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for FirmwareError {}
 
 /// What a reboot passes to the next boot, and only to that one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
