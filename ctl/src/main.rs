@@ -208,8 +208,9 @@ struct RunArgs {
     /// Image folder written by `cairnctl image build`.
     #[arg(long)]
     image: PathBuf,
-    /// Folder for the copy-on-write overlay, firmware variables and console log
-    /// [default: <image>/run]. Reused across runs, so the machine keeps its disk state.
+    /// Folder for the copy-on-write overlay (on a Raspberry Pi, the SD card copy and the
+    /// firmware's one-shot flag), firmware variables and console log [default: <image>/run].
+    /// Reused across runs, so the machine keeps its disk state.
     #[arg(long)]
     work: Option<PathBuf>,
     /// Start from the pristine image instead of the overlay of an earlier run.
