@@ -208,8 +208,9 @@ struct RunArgs {
     /// Image folder written by `cairnctl image build`.
     #[arg(long)]
     image: PathBuf,
-    /// Folder for the copy-on-write overlay, firmware variables and console log
-    /// [default: <image>/run]. Reused across runs, so the machine keeps its disk state.
+    /// Folder for the copy-on-write overlay (on a Raspberry Pi, the SD card copy and the
+    /// firmware's one-shot flag), firmware variables and console log [default: <image>/run].
+    /// Reused across runs, so the machine keeps its disk state.
     #[arg(long)]
     work: Option<PathBuf>,
     /// Start from the pristine image instead of the overlay of an earlier run.
@@ -221,6 +222,10 @@ struct RunArgs {
     /// Stop the machine after this many seconds.
     #[arg(long, default_value_t = 600)]
     timeout: u64,
+    /// Raspberry Pi: make the first boot a tryboot, as after `reboot "0 tryboot"` (the trial
+    /// `cairnctl image slots --set-trial` prepares).
+    #[arg(long)]
+    tryboot: bool,
 }
 
 fn parse_forward(s: &str) -> Result<(u16, u16), String> {
@@ -821,6 +826,25 @@ fn qemu_run(args: RunArgs) -> anyhow::Result<()> {
         args.image.display()
     );
     let work = args.work.unwrap_or_else(|| args.image.join("run"));
+    if matches!(board.boot, cairn_board::BootScheme::RpiTryboot { .. }) {
+        anyhow::ensure!(
+            args.forwards.is_empty(),
+            "--forward needs a network card, and QEMU's raspi4b emulates none (no GENET)"
+        );
+        return run_pi(
+            &args.image,
+            disk,
+            work,
+            args.fresh,
+            args.tryboot,
+            args.timeout,
+        );
+    }
+    anyhow::ensure!(
+        !args.tryboot,
+        "--tryboot is for Raspberry Pi boards; {} boots through UEFI",
+        board.name
+    );
     let mut machine = cairn_qemu::Machine::launch(cairn_qemu::LaunchOptions {
         reuse_disk: !args.fresh,
         echo_console: true,
@@ -835,6 +859,61 @@ fn qemu_run(args: RunArgs) -> anyhow::Result<()> {
     let status = machine.wait_exit(Duration::from_secs(args.timeout))?;
     eprintln!("cairnctl: QEMU exited ({status})");
     Ok(())
+}
+
+/// A Raspberry Pi 4 image under QEMU's raspi4b, the harness playing the Pi firmware at each
+/// power-on; reboots go through it, until the guest powers off or `timeout` runs out.
+fn run_pi(
+    image: &std::path::Path,
+    disk: PathBuf,
+    work: PathBuf,
+    fresh: bool,
+    tryboot: bool,
+    timeout: u64,
+) -> anyhow::Result<()> {
+    use cairn_qemu::rpi::{Pi4, PiOptions, Reset};
+    let mut pi = Pi4::new(PiOptions {
+        reuse_disk: !fresh,
+        echo_console: true,
+        ..PiOptions::new(disk, work)
+    })
+    .with_context(|| format!("preparing the SD card of {}", image.display()))?;
+    if tryboot {
+        pi.set_reboot_argument("0 tryboot")?;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(timeout);
+    loop {
+        let boot = pi.power_on().context("starting QEMU (raspi4b)")?;
+        eprintln!(
+            "cairnctl: firmware: boot {} from partition {}{} ({}, {})",
+            boot.number,
+            boot.partition,
+            if boot.tryboot { " as a tryboot" } else { "" },
+            boot.config.kernel,
+            boot.config.device_tree
+        );
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match pi.wait_for_reset(left) {
+            Ok(Reset::Restart { argument }) => eprintln!(
+                "cairnctl: the kernel restarted{}",
+                argument.map_or(String::new(), |a| format!(" with {a:?}"))
+            ),
+            Ok(Reset::PowerOff) => {
+                eprintln!("cairnctl: the kernel powered off");
+                return Ok(());
+            }
+            Ok(Reset::Exited) => {
+                eprintln!("cairnctl: QEMU exited");
+                return Ok(());
+            }
+            Err(cairn_qemu::Error::Timeout { .. }) => {
+                pi.power_off()?;
+                eprintln!("cairnctl: stopped after {timeout} s");
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 #[cfg(test)]

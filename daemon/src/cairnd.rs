@@ -18,7 +18,6 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use cairn_api::proto::{self, events_response::Event};
-use cairn_boot::Bootloader;
 use cairn_netcfg::agent::{self as netcfg, Netcfg};
 use cairn_updater::state::StateDir;
 
@@ -128,14 +127,12 @@ fn start() -> Result<Daemon, String> {
 }
 
 fn serve(d: Daemon) -> Result<(), String> {
-    if d.boot.release.bootloader != "systemd-boot" {
-        say!(
-            "updates are not supported with {} yet; only feeding the watchdog",
-            d.boot.release.bootloader
-        );
+    let bootloader = d.boot.release.bootloader.as_str();
+    if bootloader != "systemd-boot" && bootloader != system::TRYBOOT {
+        say!("updates are not supported with {bootloader} yet; only feeding the watchdog");
         d.heart.idle();
     }
-    let status = system::bootloader(d.boot.running)
+    let status = system::bootloader(&d.boot)
         .status()
         .map_err(|e| e.to_string())?;
     d.events.push(Event::Boot(proto::BootEvent {
@@ -149,6 +146,12 @@ fn serve(d: Daemon) -> Result<(), String> {
         d.updates.judge_trial(&d.health, record)?;
     } else {
         d.updates.after_normal_boot(record)?;
+    }
+    if bootloader == system::TRYBOOT {
+        // Trials are judged and committed above; writing a bundle into BOOT-B/ROOT-B is not
+        // implemented for the Raspberry Pi yet.
+        say!("bundle installs are not supported with {bootloader} yet; only feeding the watchdog");
+        d.heart.idle();
     }
     if !d.storage.allows_workloads() {
         // Maintenance: reachable over the network and the API (which can install a fixed

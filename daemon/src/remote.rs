@@ -26,7 +26,7 @@ use std::time::{Duration, SystemTime};
 
 use cairn_api::proto;
 use cairn_api::{Device, DeviceError, Sink, UpgradeSource};
-use cairn_boot::{Bootloader, Slot};
+use cairn_boot::Slot;
 use cairn_updater::install::Phase;
 use cairn_updater::state::{Outcome, StateDir};
 
@@ -250,7 +250,7 @@ impl Device for ApiDevice {
 
     fn slot_status(&self) -> Result<proto::SlotStatusResponse, DeviceError> {
         let s = &self.0;
-        let status = system::bootloader(s.boot.running)
+        let status = system::bootloader(&s.boot)
             .status()
             .map_err(|e| DeviceError::internal(format!("reading the boot state: {e}")))?;
         let record = s.state.trial().ok().flatten();

@@ -8,7 +8,8 @@ use std::time::{Duration, SystemTime};
 
 use cairn_boot::fs::DirFs;
 use cairn_boot::sdboot::SdBoot;
-use cairn_boot::Slot;
+use cairn_boot::tryboot::{Tryboot, TrybootConfig};
+use cairn_boot::{Bootloader, Slot};
 
 use crate::block;
 use crate::log::say;
@@ -100,10 +101,23 @@ pub fn with_esp_rw<T>(f: impl FnOnce() -> Result<T, String>) -> Result<T, String
     out
 }
 
-/// The boot state on the ESP (systemd-boot's entries and their counters).
-pub fn bootloader(running: Slot) -> SdBoot<DirFs> {
-    SdBoot::new(DirFs::new(ESP), Some(running))
+/// The boot state on the bootloader's partition mounted on `/boot`: systemd-boot's entries and
+/// their counters on the ESP, or the Raspberry Pi firmware's autoboot.txt (with the tryboot flag
+/// read from the device tree the firmware passed), as the release names the bootloader.
+pub fn bootloader(boot: &Boot) -> Box<dyn Bootloader> {
+    let running = Some(boot.running);
+    match boot.release.bootloader.as_str() {
+        TRYBOOT => Box::new(Tryboot::new(
+            DirFs::new(ESP),
+            running,
+            TrybootConfig::default(),
+        )),
+        _ => Box::new(SdBoot::new(DirFs::new(ESP), running)),
+    }
 }
+
+/// The release's name for the Raspberry Pi firmware's tryboot.
+pub const TRYBOOT: &str = "rpi-tryboot";
 
 /// When the machine booted: now minus `/proc/uptime`.
 pub fn boot_time() -> SystemTime {

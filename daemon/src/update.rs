@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use cairn_api::proto::{self, events_response::Event};
 use cairn_api::DeviceError;
-use cairn_boot::{Bootloader, Slot};
+use cairn_boot::Slot;
 use cairn_bundle::{DeviceFacts, Keyring, Version};
 use cairn_updater::health::{self, Verdict};
 use cairn_updater::install::{Installed, Installer, Layout, Phase, Progress};
@@ -194,7 +194,7 @@ impl Updates {
         }
         let (running, target) = (self.boot.running, self.boot.running.other());
         with_esp_rw(|| {
-            bootloader(running)
+            bootloader(&self.boot)
                 .mark_bad(running)
                 .map_err(|e| e.to_string())
         })
@@ -246,7 +246,7 @@ impl Updates {
                 );
                 let other = self.boot.running.other();
                 with_esp_rw(|| {
-                    bootloader(self.boot.running)
+                    bootloader(&self.boot)
                         .mark_bad(other)
                         .map_err(|e| e.to_string())
                 })?;
@@ -300,7 +300,7 @@ impl Updates {
                     self.heart.idle();
                 }
                 with_esp_rw(|| {
-                    bootloader(running)
+                    bootloader(&self.boot)
                         .mark_good(running)
                         .map_err(|e| e.to_string())
                 })?;
@@ -337,7 +337,7 @@ impl Updates {
                 rec.reason = Some(reason.clone());
                 self.state.set_trial(&rec).map_err(|e| e.to_string())?;
                 with_esp_rw(|| {
-                    bootloader(running)
+                    bootloader(&self.boot)
                         .mark_bad(running)
                         .map_err(|e| e.to_string())
                 })?;

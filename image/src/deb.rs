@@ -108,11 +108,34 @@ pub fn metapackage_target(record: &PackageRecord) -> Option<String> {
 /// The package cache: a folder of verified .debs and their unpacked trees.
 pub struct Cache {
     dir: PathBuf,
+    /// `-o Name=Value` options for apt-cache and apt-get; empty for the host's own apt setup.
+    apt_options: Vec<String>,
 }
 
 impl Cache {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Cache { dir: dir.into() }
+        Cache {
+            dir: dir.into(),
+            apt_options: Vec::new(),
+        }
+    }
+
+    /// A cache that looks packages up through a private apt configuration (say, a sources list
+    /// of its own with `Dir::State::Lists` and `Dir::Cache` beside it): each `option` is passed
+    /// to apt as `-o option`. The index is apt's, so the sha256 pinning is the same.
+    pub fn with_apt_options(dir: impl Into<PathBuf>, options: Vec<String>) -> Self {
+        Cache {
+            dir: dir.into(),
+            apt_options: options,
+        }
+    }
+
+    /// `-o` arguments for apt.
+    fn apt_args(&self) -> Vec<String> {
+        self.apt_options
+            .iter()
+            .flat_map(|o| ["-o".to_string(), o.clone()])
+            .collect()
     }
 
     pub fn dir(&self) -> &Path {
@@ -122,11 +145,11 @@ impl Cache {
     /// Looks `name` up for `arch`, follows a kernel metapackage to its versioned package,
     /// downloads it unless a verified copy is cached, and unpacks it.
     pub fn fetch(&self, name: &str, arch: &str) -> Result<FetchedPackage> {
-        let mut record = apt_show(name, arch)?;
+        let mut record = apt_show(name, arch, &self.apt_args())?;
         let mut requested = None;
         if let Some(target) = metapackage_target(&record) {
             requested = Some(name.to_string());
-            record = apt_show(&target, arch)?;
+            record = apt_show(&target, arch, &self.apt_args())?;
         }
         let deb = self.download(&record)?;
         let root = self.unpack(&record, &deb)?;
@@ -169,6 +192,7 @@ impl Cache {
         fs::create_dir_all(&partial).map_err(|e| Error::io("creating", &partial, e))?;
         let spec = format!("{}:{}={}", record.package, record.arch, record.version);
         let result = run(Command::new("apt-get")
+            .args(self.apt_args())
             .args(["download", "-q", &spec])
             .current_dir(&partial));
         let downloaded = result.and_then(|_| {
@@ -240,10 +264,11 @@ impl Cache {
 
 /// The index record of `name` for `arch`, or for `all` when the package is
 /// architecture-independent (firmware, for one).
-fn apt_show(name: &str, arch: &str) -> Result<PackageRecord> {
+fn apt_show(name: &str, arch: &str, apt_args: &[String]) -> Result<PackageRecord> {
     for candidate in [arch, "all"] {
         let spec = format!("{name}:{candidate}");
         let output = Command::new("apt-cache")
+            .args(apt_args)
             .args(["show", "--no-all-versions", &spec])
             .output()
             .map_err(|source| Error::ToolMissing {

@@ -152,6 +152,12 @@ pub enum Error {
     #[error("stick id {id:?} cannot name a QEMU device: {reason}")]
     StickId { id: String, reason: &'static str },
 
+    #[error("Raspberry Pi firmware (played by the harness) cannot boot SD card {}: {reason}", sd.display())]
+    RpiFirmware { sd: PathBuf, reason: String },
+
+    #[error("this machine has no socket for a removable disk")]
+    NoStickSocket,
+
     #[error("no stick {id:?} is plugged in: QEMU has no block node {id}-img")]
     NoStick { id: String },
 

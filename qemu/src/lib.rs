@@ -11,6 +11,9 @@
 //! [`LaunchOptions::tpm`]. [`efivars::add_dbx_hash`] changes what the firmware measures into
 //! PCR 7 on the next boot, as a Secure Boot configuration update would; [`pcr_extends`] reads
 //! back what was measured.
+//!
+//! A Raspberry Pi 4 image runs under QEMU's `raspi4b` machine through [`rpi::Pi4`], which plays
+//! the Pi firmware's part (autoboot.txt, tryboot) at each power-on.
 
 mod args;
 mod console;
@@ -21,6 +24,7 @@ mod machine;
 mod net;
 mod options;
 mod qmp;
+pub mod rpi;
 mod stick;
 mod timeouts;
 mod tpm;

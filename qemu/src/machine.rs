@@ -74,6 +74,21 @@ impl Shutdown {
     }
 }
 
+/// What [`Machine::start`] needs: the command line and the run's files, decided by the caller.
+pub(crate) struct Start {
+    pub binary: PathBuf,
+    /// The board's QEMU (a missing one is a setup problem) rather than a test's stand-in.
+    pub is_board_binary: bool,
+    pub args: Vec<std::ffi::OsString>,
+    pub env: Vec<(String, std::ffi::OsString)>,
+    pub paths: WorkPaths,
+    pub echo_console: bool,
+    pub removable: Option<RemovableDisk>,
+    pub timeouts: Timeouts,
+    pub qmp_connect_timeout: Duration,
+    pub reused_disk: bool,
+}
+
 /// One running (or exited, not yet dropped) QEMU process.
 ///
 /// `PR_SET_PDEATHSIG` fires when the *thread* that launched QEMU exits, not only the process:
@@ -92,7 +107,8 @@ pub struct Machine {
     events: Vec<Value>,
     /// Index of the first event the next [`Machine::wait_for_event`] looks at.
     event_cursor: usize,
-    removable: RemovableDisk,
+    /// Where a stick goes; `None` on a machine without a socket for one.
+    removable: Option<RemovableDisk>,
     timeouts: Timeouts,
     qmp_connect_timeout: Duration,
     reused_disk: bool,
@@ -150,6 +166,47 @@ impl Machine {
             opts.writable_image,
         )?;
 
+        let disk = if opts.writable_image {
+            DiskArg::Raw(&opts.disk_image)
+        } else {
+            DiskArg::Overlay(&paths.overlay)
+        };
+        let args = qemu_args(
+            profile,
+            &paths,
+            disk,
+            &opts.port_forwards,
+            opts.tpm.as_deref(),
+            &opts.extra_args,
+        );
+        Machine::start(Start {
+            is_board_binary: opts.binary_override.is_none(),
+            binary,
+            args,
+            env: Vec::new(),
+            paths,
+            echo_console: opts.echo_console,
+            removable: Some(profile.removable),
+            timeouts,
+            qmp_connect_timeout: opts.qmp_connect_timeout,
+            reused_disk,
+        })
+    }
+
+    /// Starts QEMU with a finished command line in a prepared work directory.
+    pub(crate) fn start(start: Start) -> Result<Machine> {
+        let Start {
+            binary,
+            is_board_binary,
+            args,
+            env,
+            paths,
+            echo_console,
+            removable,
+            timeouts,
+            qmp_connect_timeout,
+            reused_disk,
+        } = start;
         let file_err = |path: &Path| {
             let path = path.to_path_buf();
             move |source| Error::WorkDir { path, source }
@@ -164,23 +221,12 @@ impl Machine {
         let stderr = File::create(&paths.stderr_log).map_err(file_err(&paths.stderr_log))?;
 
         let mut cmd = Command::new(&binary);
-        let disk = if opts.writable_image {
-            DiskArg::Raw(&opts.disk_image)
-        } else {
-            DiskArg::Overlay(&paths.overlay)
-        };
-        cmd.args(qemu_args(
-            profile,
-            &paths,
-            disk,
-            &opts.port_forwards,
-            opts.tpm.as_deref(),
-            &opts.extra_args,
-        ))
-        .current_dir(&work_dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(stderr);
+        cmd.args(args)
+            .envs(env)
+            .current_dir(&paths.work_dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr);
         let parent = std::process::id();
         let die_with_parent = move || {
             // SAFETY: PR_SET_PDEATHSIG takes a signal number; no pointers are involved.
@@ -210,7 +256,7 @@ impl Machine {
         unsafe {
             cmd.pre_exec(die_with_parent);
         }
-        let mut child = spawn(&mut cmd, &binary, opts.binary_override.is_none())?;
+        let mut child = spawn(&mut cmd, &binary, is_board_binary)?;
         let pid = child.id();
         let stdout = child.stdout.take();
         let console = Arc::new(Console::default());
@@ -224,9 +270,9 @@ impl Machine {
             qmp: None,
             events: Vec::new(),
             event_cursor: 0,
-            removable: profile.removable,
+            removable,
             timeouts,
-            qmp_connect_timeout: opts.qmp_connect_timeout,
+            qmp_connect_timeout,
             reused_disk,
         };
         // From here on an early return drops `machine`, which kills QEMU.
@@ -234,7 +280,7 @@ impl Machine {
             binary: binary.clone(),
             source: std::io::Error::other("stdout was not piped"),
         })?;
-        let echo = opts.echo_console;
+        let echo = echo_console;
         let reader = std::thread::Builder::new()
             .name(format!("qemu-console-{pid}"))
             .spawn(move || console.pump(stdout, log, echo))
@@ -384,7 +430,8 @@ impl Machine {
             source,
         })?;
         self.qmp("blockdev-add", Some(stick::blockdev_add(id, &path)))?;
-        if let Err(e) = self.qmp("device_add", Some(stick::device_add(self.removable, id))) {
+        let removable = self.removable.ok_or(Error::NoStickSocket)?;
+        if let Err(e) = self.qmp("device_add", Some(stick::device_add(removable, id))) {
             // Leave no node behind that would make a second attempt with this id fail.
             let _ = self.qmp(
                 "blockdev-del",

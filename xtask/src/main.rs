@@ -6,7 +6,8 @@
 //! - `images` builds the QEMU board images into target/cairn/images/<board>.
 //! - `demo`   builds the qemu-aarch64 image, boots it, shows the console and a summary.
 //! - `test`   setup, lints, device binaries, images, then every test including QEMU boots.
-//! - `report` boots each QEMU board five times and prints the footprint and boot-time figures.
+//! - `report` boots each QEMU board (and the Raspberry Pi 4 under raspi4b) five times per series
+//!   and prints the footprint and boot-time figures; `report BOARD…` measures only those boards.
 
 mod bench;
 mod fuzz;
@@ -30,7 +31,7 @@ fn main() -> ExitCode {
         Some("images") => setup::run().and_then(|_| images().map(|_| ())),
         Some("demo") => demo(),
         Some("test") => test(),
-        Some("report") => setup::run().and_then(|_| report::run(&images()?)),
+        Some("report") => setup::run().and_then(|_| report::run(&report_images(&args[1..])?)),
         Some("fuzz") => fuzz::command(&args[1..]),
         Some("bench-install") => bench::run_bench(),
         Some("bench-prep") => bench::prep(),
@@ -154,6 +155,19 @@ fn images() -> Result<Vec<(&'static Board, PathBuf)>> {
         out.push((board, image(board)?));
     }
     Ok(out)
+}
+
+/// The images `report` measures: the boards named (all when none is), built first.
+fn report_images(names: &[String]) -> Result<Vec<(&'static Board, PathBuf)>> {
+    if names.is_empty() {
+        return images();
+    }
+    let boards = names
+        .iter()
+        .map(|n| cairn_board::find(n))
+        .collect::<Result<Vec<_>, _>>()?;
+    device()?;
+    boards.into_iter().map(|b| Ok((b, image(b)?))).collect()
 }
 
 /// Where the development signing key lives: `dev.key` and `dev.pub`, made once per checkout.
@@ -356,17 +370,26 @@ fn demo() -> Result<()> {
 pub fn private_copy(
     image_dir: &Path,
     work: &Path,
-) -> Result<(
-    PathBuf,
-    cairn_boot::sdboot::SdBoot<cairn_image::formats::fat_fs::FatPartitionFs>,
-)> {
+) -> Result<(PathBuf, Box<dyn cairn_boot::Bootloader>)> {
     let _ = std::fs::remove_dir_all(work);
     std::fs::create_dir_all(work)?;
     let disk = work.join("disk.img");
     cairn_image::copy_sparse(&image_dir.join("disk.img"), &disk)?;
-    let fs = cairn_image::formats::fat_fs::partition_fs(image_dir, &disk, "ESP")
-        .map_err(anyhow::Error::msg)?;
-    Ok((disk, cairn_boot::sdboot::SdBoot::new(fs, None)))
+    let json = std::fs::read_to_string(image_dir.join("image.json"))?;
+    let manifest: serde_json::Value = serde_json::from_str(&json)?;
+    let fs = |label: &str| {
+        cairn_image::formats::fat_fs::manifest_partition_fs(&manifest, &disk, label)
+            .map_err(anyhow::Error::msg)
+    };
+    let backend: Box<dyn cairn_boot::Bootloader> = match manifest["boot"]["kind"].as_str() {
+        Some("rpi-tryboot") => Box::new(cairn_boot::tryboot::Tryboot::new(
+            fs("BOOT")?,
+            None,
+            cairn_boot::tryboot::TrybootConfig::default(),
+        )),
+        _ => Box::new(cairn_boot::sdboot::SdBoot::new(fs("ESP")?, None)),
+    };
+    Ok((disk, backend))
 }
 
 /// The update story on a copy of the image: build release 0.2.0, sign it with
