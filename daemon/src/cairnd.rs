@@ -67,7 +67,7 @@ fn start() -> Result<Daemon, String> {
     let (storage, early_network) = bringup::bring_up(&beat, &|parts, tpm, why| {
         maintenance::run(parts, tpm, why, &release, &beat)
     })?;
-    let events = Arc::new(Events::new());
+    let events = Arc::new(Events::open(Path::new(STATE_MOUNT)));
     events.push(Event::Storage(storage_event(&storage)));
     let config = settings::load(Path::new(STATE_MOUNT));
     if let Err(e) = &config {
