@@ -143,6 +143,7 @@ fn serve(d: Daemon) -> Result<(), String> {
         os_version: d.boot.release.version.clone(),
         trial: status.trial,
     }));
+    d.updates.record_running_slot();
     // A damaged record must not stop the daemon (and with it the watchdog feeding).
     let record = d.updates.last_record();
     if status.trial {

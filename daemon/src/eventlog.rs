@@ -342,7 +342,11 @@ mod tests {
         assert!(len <= SMALL.bytes, "{len}");
         drop(log);
         let (_, old, _) = Log::open(&path, SMALL).unwrap();
-        assert!(!old.is_empty() && old.len() <= SMALL.records, "{}", old.len());
+        assert!(
+            !old.is_empty() && old.len() <= SMALL.records,
+            "{}",
+            old.len()
+        );
         // The newest, in order, ending with the last one written.
         assert_eq!(old[..], kept[kept.len() - old.len()..]);
         assert!(!dir.path().join(".events.log.tmp").exists());

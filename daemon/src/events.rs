@@ -50,10 +50,7 @@ impl Events {
                         opened.torn
                     );
                 }
-                let earlier: Vec<(i64, Event)> = records
-                    .iter()
-                    .filter_map(|r| decode(r))
-                    .collect();
+                let earlier: Vec<(i64, Event)> = records.iter().filter_map(|r| decode(r)).collect();
                 events.ring.prepend(earlier);
                 *events.log.lock().unwrap_or_else(|e| e.into_inner()) = Some(log);
             }
