@@ -98,6 +98,24 @@ impl Ctl {
         }
     }
 
+    /// `cairnctl --json health`, asked again while the API comes up after a boot: the text and
+    /// the report, once the exit status is checked against it (0 healthy, 2 not).
+    pub fn health(&self) -> (String, serde_json::Value) {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let out = self.command(&["--json", "health"]).output().unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+            if let Ok(report) = serde_json::from_str::<serde_json::Value>(&stdout) {
+                let want = if report["healthy"] == true { 0 } else { 2 };
+                assert_eq!(out.status.code(), Some(want), "exit status of {stdout}");
+                return (stdout, report);
+            }
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(Instant::now() < deadline, "cairnctl health: {stderr}");
+            std::thread::sleep(Duration::from_secs(2));
+        }
+    }
+
     /// `cairnctl --json events -n <tail>` on a new connection: the events it prints until
     /// `enough` holds for them, after which the follower is stopped by its pid. Started again
     /// while the API comes up after a boot; panics with what it saw after `timeout`.

@@ -590,12 +590,20 @@ fn broken_init_update(board_name: &str, fault: Fault) {
         .filter(|l| l.contains("cairn-init: watchdog armed"))
         .count();
     assert!(armed >= 3, "the watchdog was armed on {armed} boots");
+    // Reported by A once it is back, after its own boot event.
     let ctl = rig.ctl("reader");
-    let events = events_after(&ctl, "rollback", |r| r["from_slot"] == "b", "a");
+    let events = ctl.events_until(500, STEP_TIMEOUT, |events| {
+        events
+            .iter()
+            .any(|e| kind(e) == "rollback" && e["rollback"]["from_slot"] == "b")
+    });
     let installed = next_event(&events, 0, "the install", "update", |u| {
         u["stage"] == "installed" && u["os_version"] == NEW_VERSION
     });
-    let rollback = next_event(&events, installed, "the rollback", "rollback", |r| {
+    let back = next_event(&events, installed, "the boot of a", "boot", |b| {
+        b["slot"] == "a" && b["trial"] == false
+    });
+    let rollback = next_event(&events, back, "the rollback", "rollback", |r| {
         r["from_slot"] == "b" && r["to_slot"] == "a"
     });
     let reason = events[rollback]["rollback"]["reason"].as_str().unwrap();
