@@ -215,10 +215,13 @@ impl Log {
         out.sync_all()?;
         drop(out);
         fs::rename(&temp, &self.path)?;
+        // Synced again under its new name: FAT (STATE) keeps a file's size in its directory
+        // entry, which Linux's vfat writes with the inode, not with the rename.
+        self.file = OpenOptions::new().append(true).open(&self.path)?;
+        self.file.sync_all()?;
         if let Some(dir) = self.path.parent() {
             File::open(dir)?.sync_all()?;
         }
-        self.file = OpenOptions::new().append(true).open(&self.path)?;
         self.sizes = records.iter().map(|r| (HEADER + r.len()) as u64).collect();
         self.len = bytes.len() as u64;
         Ok(())
