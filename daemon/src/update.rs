@@ -166,6 +166,16 @@ impl Updates {
         }
     }
 
+    /// A bundle refused before an install began (a stick's file that is not a readable
+    /// bundle): an event, like a refused install.
+    pub fn refused(&self, what: &str, reason: &str) {
+        self.events.push(Event::Update(proto::UpdateEvent {
+            stage: proto::update_event::Stage::Failed as i32,
+            os_version: String::new(),
+            detail: format!("{what} refused: {reason}"),
+        }));
+    }
+
     /// Starts downloading a bundle, trusting the machine config's `update.fetch_ca`.
     pub fn fetch(&self, url: &str) -> Result<cairn_api::fetch::Fetch, DeviceError> {
         let Some(pem) = self.settings.current().ok().and_then(|c| c.fetch_ca) else {
