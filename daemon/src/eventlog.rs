@@ -393,7 +393,10 @@ mod tests {
             let framed: u64 = c.records.iter().map(|r| (HEADER + r.len()) as u64).sum();
             assert_eq!(framed, c.valid_len);
             assert_eq!(c.valid_len + c.torn, bytes.len() as u64);
-            assert!(c.records.iter().all(|r| !r.is_empty() && r.len() <= SMALL.record));
+            assert!(c
+                .records
+                .iter()
+                .all(|r| !r.is_empty() && r.len() <= SMALL.record));
             // What reads back is always a prefix of what was written.
             let written: Vec<Vec<u8>> = (0..6).map(payload).collect();
             let n = c.records.len().min(written.len());
