@@ -217,7 +217,10 @@ fn slots(ctl: &Ctl) -> (Value, Value) {
             .lines()
             .find(|l| l.split_whitespace().next() == s["slot"].as_str())
             .unwrap_or_else(|| panic!("no row for {s} in:\n{table}"));
-        let version = s["os_version"].as_str().unwrap();
+        let version = match s["os_version"].as_str().unwrap() {
+            "" => "-",
+            v => v,
+        };
         assert!(
             row.split_whitespace().nth(2) == Some(version),
             "{row} / {s}"
@@ -472,6 +475,15 @@ fn unhealthy_update(board_name: &str) {
     assert_eq!(ready(&mut m), s("a", "no", "0.1.0"));
     m.wait_for_line("cairnd: management API on port 50000", STEP_TIMEOUT)
         .unwrap();
+    // A fresh disk: B never had anything installed.
+    let (a, b) = slots(&rig.ctl("reader"));
+    holds(&a, "good", "0.1.0", since);
+    assert_eq!(b["state"], "empty", "{b}");
+    assert_eq!(
+        (&b["os_version"], &b["installed_unix_ms"]),
+        (&"".into(), &0.into()),
+        "{b}"
+    );
     // Uploaded over the API this time; cairnctl reboots the device into the trial.
     let done = rig
         .ctl("operator")
