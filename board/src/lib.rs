@@ -156,6 +156,9 @@ pub struct Board {
     pub console: &'static str,
     /// Extra kernel command-line arguments for this board.
     pub kernel_args: &'static [&'static str],
+    /// The watchdog's driver (and anything else it needs), by module name: init loads these
+    /// first of all and starts the watchdog before it does anything else.
+    pub watchdog_modules: &'static [&'static str],
     /// Kernel modules init loads before looking for the disk, by module name. Their dependencies
     /// are resolved at image build time; modules the kernel has built in are skipped.
     pub modules: &'static [&'static str],
@@ -182,9 +185,11 @@ pub const BOARDS: &[Board] = &[
         },
         console: "ttyAMA0",
         kernel_args: &[],
-        // evdev exposes the ACPI power button (built into this kernel) to init as /dev/input/event*.
         // This kernel has no USB and no driver for any watchdog QEMU's virt machine offers, so
-        // softdog is the watchdog (a kernel timer: it catches a hung cairnd, not a hung kernel).
+        // softdog is the watchdog (a kernel timer: it catches a hung init or cairnd, not a hung
+        // kernel; softlockup_panic and friends on the command line cover what they can of that).
+        watchdog_modules: &["softdog"],
+        // evdev exposes the ACPI power button (built into this kernel) to init as /dev/input/event*.
         // A hot-plugged stick is a virtio-blk disk: virtio_blk is here anyway and pciehp is built in.
         modules: &[
             "virtio_pci",
@@ -196,7 +201,6 @@ pub const BOARDS: &[Board] = &[
             "nls_cp437",
             "nls_ascii",
             "evdev",
-            "softdog",
             // Networking: the NIC and 802.1Q for VLAN sub-interfaces.
             "virtio_net",
             "8021q",
@@ -235,9 +239,12 @@ pub const BOARDS: &[Board] = &[
         },
         console: "ttyS0",
         kernel_args: &[],
+        // i6300esb drives the machine's watchdog (QEMU's `-device i6300esb`), a hardware timer
+        // that resets the machine however it hangs.
+        watchdog_modules: &["i6300esb"],
         // `button` is the ACPI power button driver, a module in this kernel; evdev exposes it to init.
-        // i6300esb drives the machine's watchdog. xhci_pci, usb_storage and sd_mod make a USB stick
-        // plugged in later a disk with partitions (they pull in usbcore, scsi_mod and t10-pi).
+        // xhci_pci, usb_storage and sd_mod make a USB stick plugged in later a disk with partitions
+        // (they pull in usbcore, scsi_mod and t10-pi).
         modules: &[
             "virtio_pci",
             "virtio_blk",
@@ -249,7 +256,6 @@ pub const BOARDS: &[Board] = &[
             "nls_ascii",
             "button",
             "evdev",
-            "i6300esb",
             "xhci_pci",
             "usb_storage",
             "sd_mod",
@@ -292,9 +298,11 @@ pub const BOARDS: &[Board] = &[
         // The mini UART on GPIO 14/15 (enable_uart=1 in config.txt).
         console: "ttyS1,115200",
         kernel_args: &[],
+        // bcm2835_wdt is the SoC's watchdog and also its restart handler: without it `reboot` (and
+        // so a trial boot) cannot reset the board.
+        watchdog_modules: &["bcm2835_wdt"],
         // The SD card sits behind the Arasan/iProc SDHCI controller; its 1.8 V switch goes through
-        // the firmware's GPIO expander. bcm2835_wdt is the SoC's watchdog and also its restart
-        // handler: without it `reboot` (and so a trial boot) cannot reset the board.
+        // the firmware's GPIO expander.
         modules: &[
             "gpio_raspberrypi_exp",
             "sdhci_iproc",
@@ -306,7 +314,6 @@ pub const BOARDS: &[Board] = &[
             "nls_cp437",
             "nls_ascii",
             "evdev",
-            "bcm2835_wdt",
             // Networking: GENET, its MDIO bus and PHY (soft dependencies, so named here), and
             // 802.1Q for VLAN sub-interfaces.
             "genet",

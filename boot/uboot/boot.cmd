@@ -10,7 +10,11 @@
 #                 the slot's "cairn.roothash=<hex> cairn.hashoffset=<bytes>", written with the slot;
 #                 init refuses to mount a root without them
 # From the board's default environment:
-#   cairn_bootargs                 kernel command line without the slot (console=..., panic=5)
+#   cairn_bootargs                 kernel command line without the slot (console=..., and the
+#                                  reset-on-hang arguments of Cairn's images: panic=5
+#                                  panic_on_oops=1 softlockup_panic=1 hung_task_panic=1 ...)
+#   cairn_wdt                      optional: the board's watchdog device as `wdt list` names it;
+#                                  started before the kernel (cairn_wdt_timeout_ms, default 60000)
 #   kernel_addr_r, ramdisk_addr_r  load addresses; kernel_comp_addr_r and kernel_comp_size too
 #                                  when vmlinuz is compressed (Debian's arm64 kernel is gzip)
 #   devtype, devnum, distro_bootpart  the partition this script was loaded from (distro boot)
@@ -58,6 +62,18 @@ else
   setenv cairn_verity "${CAIRN_VERITY_B}"
 fi
 setenv bootargs "${cairn_bootargs} cairn.slot=${cairn_slot} ${cairn_verity}"
+
+# The hardware watchdog runs from here on: the kernel keeps it fed until init opens it
+# (watchdog.handle_boot_enabled, for at most watchdog.open_timeout), and init keeps it running.
+# A kernel that hangs before init resets the board and has spent this slot's try.
+if test -n "${cairn_wdt}"; then
+  test -n "${cairn_wdt_timeout_ms}" || setenv cairn_wdt_timeout_ms 60000
+  if wdt dev ${cairn_wdt}; then
+    wdt start ${cairn_wdt_timeout_ms}
+  else
+    echo "Cairn: no watchdog ${cairn_wdt}; booting without one"
+  fi
+fi
 if load ${devtype} ${devnum}:${distro_bootpart} ${kernel_addr_r} EFI/cairn/${cairn_slot}/vmlinuz; then
   if load ${devtype} ${devnum}:${distro_bootpart} ${ramdisk_addr_r} EFI/cairn/${cairn_slot}/initramfs.img; then
     booti ${kernel_addr_r} ${ramdisk_addr_r}:${filesize} ${fdtcontroladdr}

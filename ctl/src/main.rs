@@ -3,7 +3,7 @@
 
 mod remote;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -182,7 +182,8 @@ struct BuildArgs {
     /// installs. Without it the image installs no bundles.
     #[arg(long)]
     keyring: Option<PathBuf>,
-    /// Machine config JSON baked into the image (health window and probes).
+    /// Machine config (YAML, see `cairnctl config schema`) baked into the image: health window,
+    /// probes, network, storage.
     #[arg(long)]
     machine_config: Option<PathBuf>,
     /// Anti-rollback level of this system.
@@ -226,6 +227,11 @@ struct RunArgs {
     /// `cairnctl image slots --set-trial` prepares).
     #[arg(long)]
     tryboot: bool,
+    /// Boot without a TPM. By default a board with a TPM socket (the UEFI boards) gets a
+    /// software TPM (Debian's swtpm) whose state is kept in <work>/tpm, so it encrypts STATE and
+    /// DATA as a real box would. The Raspberry Pi 4 has none.
+    #[arg(long)]
+    no_tpm: bool,
 }
 
 fn parse_forward(s: &str) -> Result<(u16, u16), String> {
@@ -244,6 +250,8 @@ fn parse_forward(s: &str) -> Result<(u16, u16), String> {
 fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
+        // Printed with the checks already; monitoring tells it from a failed call by the status.
+        Err(e) if e.is::<remote::Unhealthy>() => ExitCode::from(2),
         Err(e) => {
             eprintln!("cairnctl: {}", one_line(&e));
             ExitCode::FAILURE
@@ -845,7 +853,19 @@ fn qemu_run(args: RunArgs) -> anyhow::Result<()> {
         "--tryboot is for Raspberry Pi boards; {} boots through UEFI",
         board.name
     );
-    let mut machine = cairn_qemu::Machine::launch(cairn_qemu::LaunchOptions {
+    // Every UEFI board has a TPM socket; its state goes with the disk's overlay: a fresh
+    // disk gets a fresh TPM, and a reused one the TPM that sealed its key.
+    let tpm_dir = work.join("tpm");
+    if args.fresh && tpm_dir.exists() {
+        std::fs::remove_dir_all(&tpm_dir)
+            .with_context(|| format!("removing the old TPM state {}", tpm_dir.display()))?;
+    }
+    let tpm = if args.no_tpm {
+        None
+    } else {
+        Some(start_swtpm(&tpm_dir)?)
+    };
+    let launched = cairn_qemu::Machine::launch(cairn_qemu::LaunchOptions {
         reuse_disk: !args.fresh,
         echo_console: true,
         port_forwards: args
@@ -853,12 +873,28 @@ fn qemu_run(args: RunArgs) -> anyhow::Result<()> {
             .iter()
             .map(|&(host, guest)| cairn_qemu::PortForward::new(host, guest))
             .collect(),
+        tpm: tpm.as_ref().map(|t| t.socket_path().to_path_buf()),
         ..cairn_qemu::LaunchOptions::new(board, disk, work)
     })
-    .context("starting QEMU")?;
-    let status = machine.wait_exit(Duration::from_secs(args.timeout))?;
-    eprintln!("cairnctl: QEMU exited ({status})");
-    Ok(())
+    .context("starting QEMU");
+    let result = launched.and_then(|mut machine| {
+        let status = machine.wait_exit(Duration::from_secs(args.timeout))?;
+        eprintln!("cairnctl: QEMU exited ({status})");
+        Ok(())
+    });
+    // swtpm ends with QEMU's data channel; stop it by its pid in case it did not.
+    if let Some(tpm) = tpm {
+        if let Err(e) = tpm.stop() {
+            eprintln!("cairnctl: stopping swtpm: {e}");
+        }
+    }
+    result
+}
+
+/// Starts swtpm on `dir`, or says how to do without it.
+fn start_swtpm(dir: &Path) -> anyhow::Result<cairn_qemu::Swtpm> {
+    cairn_qemu::Swtpm::start(dir, 1)
+        .context("starting a software TPM for the machine (to boot without one: --no-tpm)")
 }
 
 /// A Raspberry Pi 4 image under QEMU's raspi4b, the harness playing the Pi firmware at each

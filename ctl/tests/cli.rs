@@ -92,6 +92,19 @@ fn qemu_run_without_image_says_how_to_build_one() {
 }
 
 #[test]
+fn help_names_the_machine_config_format_and_the_tpm_switch() {
+    let (ok, out, _) = cairnctl(&["image", "build", "--help"]);
+    assert!(ok);
+    let flat = out.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(flat.contains("Machine config (YAML"), "{out}");
+    assert!(!flat.contains("config JSON"), "{out}");
+    let (ok, out, _) = cairnctl(&["qemu", "run", "--help"]);
+    assert!(ok);
+    assert!(out.contains("--no-tpm"), "{out}");
+    assert!(out.contains("swtpm"), "{out}");
+}
+
+#[test]
 fn boards_lists_both_qemu_boards() {
     let (ok, out, _) = cairnctl(&["boards"]);
     assert!(ok);

@@ -114,6 +114,19 @@ impl Fleet {
         self.run(&all)
     }
 
+    /// As [`Fleet::admin`], with the exit status's code.
+    fn admin_code(&self, args: &[&str]) -> (Option<i32>, String, String) {
+        let config = self.path("secrets/cairnctl.yaml");
+        let mut all = vec!["--config", config.to_str().unwrap()];
+        all.extend_from_slice(args);
+        let out = self.command(&all).output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
     fn run(&self, args: &[&str]) -> (bool, String, String) {
         let out = self.command(args).output().unwrap();
         (
@@ -238,8 +251,10 @@ fn unary_answers_as_tables_and_json() {
     assert_eq!(v["security_floor"], 2);
     assert_eq!(v["booted_unix_ms"], 1_700_000_000_000i64);
 
-    let (ok, out, err) = fleet.admin(&["health"]);
-    assert!(ok, "{err}");
+    // Unhealthy: the report on stdout, nothing on stderr, and exit status 2 for scripts.
+    let (code, out, err) = fleet.admin_code(&["health"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert_eq!(err, "");
     assert!(
         out.starts_with("unhealthy: 1 of 2 checks do not pass\n"),
         "{out}"
@@ -252,8 +267,8 @@ fn unary_answers_as_tables_and_json() {
         ),
         "{out}"
     );
-    let (ok, out, _) = fleet.admin(&["--json", "health"]);
-    assert!(ok);
+    let (code, out, _) = fleet.admin_code(&["--json", "health"]);
+    assert_eq!(code, Some(2));
     let h: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(h["healthy"], false);
     assert_eq!(h["checks"][1]["state"], "failing");

@@ -66,7 +66,7 @@ fn start() -> Result<Daemon, String> {
     let (storage, early_network) = bringup::bring_up(&beat, &|parts, tpm, why| {
         maintenance::run(parts, tpm, why, &release, &beat)
     })?;
-    let events = Arc::new(Events::new());
+    let events = Arc::new(Events::open(Path::new(STATE_MOUNT)));
     events.push(Event::Storage(storage_event(&storage)));
     let config = settings::load(Path::new(STATE_MOUNT));
     if let Err(e) = &config {
@@ -140,6 +140,7 @@ fn serve(d: Daemon) -> Result<(), String> {
         os_version: d.boot.release.version.clone(),
         trial: status.trial,
     }));
+    d.updates.record_running_slot();
     // A damaged record must not stop the daemon (and with it the watchdog feeding).
     let record = d.updates.last_record();
     if status.trial {

@@ -110,8 +110,14 @@ impl Health {
     }
 
     /// The trial's health window: the checks every few seconds until all pass often enough or
-    /// `window` runs out. The API's Health shows the deadline meanwhile.
-    pub fn watch_trial(&self, window: Duration, heart: &Heartbeat) -> Verdict {
+    /// `window` runs out. The API's Health shows the deadline meanwhile. `on_round` sees every
+    /// round's failures (none for the round that passed).
+    pub fn watch_trial(
+        &self,
+        window: Duration,
+        heart: &Heartbeat,
+        on_round: &mut dyn FnMut(u32, &[String]),
+    ) -> Verdict {
         self.set_deadline(Some(SystemTime::now() + window));
         let checks = self.checks();
         let clock = BeatingClock(heart, Instant::now());
@@ -124,6 +130,7 @@ impl Health {
                 if !failures.is_empty() && round % 5 == 1 {
                     say!("health round {round}: {}", failures.join("; "));
                 }
+                on_round(round, failures);
             },
         );
         self.set_deadline(None);
@@ -135,6 +142,69 @@ impl Health {
             .trial_deadline
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = deadline;
+    }
+}
+
+/// The failed rounds of a trial as events: rounds in a row that failed the same way become one
+/// [`proto::HealthEvent`], handed to `emit` when the failures change or [`FailedRounds::finish`]
+/// is called. At most [`FailedRounds::MAX_EVENTS`] are emitted, so that a long window with
+/// changing failures cannot push the rest of the story out of the event log.
+pub struct FailedRounds<F: FnMut(proto::HealthEvent)> {
+    emit: F,
+    /// The run being summed up: first round, last round, the failures.
+    run: Option<(u32, u32, Vec<String>)>,
+    emitted: usize,
+}
+
+impl<F: FnMut(proto::HealthEvent)> FailedRounds<F> {
+    pub const MAX_EVENTS: usize = 20;
+
+    pub fn new(emit: F) -> Self {
+        FailedRounds {
+            emit,
+            run: None,
+            emitted: 0,
+        }
+    }
+
+    /// One round's failures (empty: it passed).
+    pub fn round(&mut self, round: u32, failures: &[String]) {
+        if let Some((_, last, same)) = &mut self.run {
+            if !failures.is_empty() && same.as_slice() == failures {
+                *last = round;
+                return;
+            }
+        }
+        self.flush();
+        if !failures.is_empty() {
+            self.run = Some((round, round, failures.to_vec()));
+        }
+    }
+
+    /// Emits the run still open.
+    pub fn finish(mut self) {
+        self.flush();
+    }
+
+    fn flush(&mut self) {
+        let Some((first, last, failures)) = self.run.take() else {
+            return;
+        };
+        if self.emitted == Self::MAX_EVENTS {
+            return;
+        }
+        self.emitted += 1;
+        let rounds = if first == last {
+            format!("round {first}")
+        } else {
+            format!("rounds {first}-{last}")
+        };
+        (self.emit)(proto::HealthEvent {
+            healthy: false,
+            detail: format!("{rounds} failed: {}", failures.join("; ")),
+            first_round: first,
+            last_round: last,
+        });
     }
 }
 
@@ -229,5 +299,79 @@ impl Check for StorageCheck {
     }
     fn run(&self) -> Result<(), String> {
         self.0.check()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summed(rounds: &[&[&str]]) -> Vec<(u32, u32, String)> {
+        let mut out = Vec::new();
+        let mut f = FailedRounds::new(|e: proto::HealthEvent| {
+            assert!(!e.healthy);
+            out.push((e.first_round, e.last_round, e.detail))
+        });
+        for (i, failures) in rounds.iter().enumerate() {
+            let failures: Vec<String> = failures.iter().map(|s| s.to_string()).collect();
+            f.round(i as u32 + 1, &failures);
+        }
+        f.finish();
+        out
+    }
+
+    #[test]
+    fn rounds_that_fail_the_same_way_are_one_event() {
+        let refused: &[&str] = &["tcp 127.0.0.1:9: connection refused"];
+        let both: &[&str] = &[
+            "tcp 127.0.0.1:9: connection refused",
+            "network config: eth7",
+        ];
+        assert_eq!(
+            summed(&[refused, refused, refused, both, both, refused]),
+            vec![
+                (
+                    1,
+                    3,
+                    "rounds 1-3 failed: tcp 127.0.0.1:9: connection refused".into()
+                ),
+                (
+                    4,
+                    5,
+                    "rounds 4-5 failed: tcp 127.0.0.1:9: connection refused; network config: eth7"
+                        .into()
+                ),
+                (
+                    6,
+                    6,
+                    "round 6 failed: tcp 127.0.0.1:9: connection refused".into()
+                ),
+            ]
+        );
+        // A round that passed ends the run; a healthy trial after failures reports them.
+        assert_eq!(
+            summed(&[refused, &[]]),
+            vec![(
+                1,
+                1,
+                "round 1 failed: tcp 127.0.0.1:9: connection refused".into()
+            )]
+        );
+        assert_eq!(summed(&[&[]]), vec![]);
+    }
+
+    #[test]
+    fn changing_failures_are_capped() {
+        let texts: Vec<String> = (0..100)
+            .map(|i| format!("probe: {i} ms too slow"))
+            .collect();
+        let rounds: Vec<Vec<&str>> = texts.iter().map(|t| vec![t.as_str()]).collect();
+        let rounds: Vec<&[&str]> = rounds.iter().map(|r| r.as_slice()).collect();
+        let events = summed(&rounds);
+        assert_eq!(
+            events.len(),
+            FailedRounds::<fn(proto::HealthEvent)>::MAX_EVENTS
+        );
+        assert_eq!(events[0].0, 1);
     }
 }

@@ -35,6 +35,7 @@ pub mod update;
 pub mod block;
 pub mod config;
 pub mod error;
+pub mod eventlog;
 pub mod events;
 pub mod heartbeat;
 pub mod journal;

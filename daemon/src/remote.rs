@@ -226,6 +226,37 @@ pub fn vm_rss(status: &str) -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// A slot's state from the bootloader's view of it and whether STATE records anything in it: a
+/// slot that holds nothing (never installed, or an install that did not finish) is empty,
+/// whatever the bootloader says.
+fn slot_state(
+    info: &cairn_boot::SlotInfo,
+    running: bool,
+    on_trial: bool,
+    recorded: bool,
+) -> proto::SlotState {
+    if !running && !recorded {
+        proto::SlotState::Empty
+    } else if on_trial {
+        proto::SlotState::Trial
+    } else if info.successful {
+        proto::SlotState::Good
+    } else if info.tries_left == Some(0) || (!info.bootable && !running) {
+        proto::SlotState::Bad
+    } else {
+        proto::SlotState::Trial
+    }
+}
+
+/// Boot attempts left, for a slot on trial.
+fn info_tries(info: &cairn_boot::SlotInfo, state: proto::SlotState) -> u32 {
+    if state == proto::SlotState::Trial {
+        info.tries_left.unwrap_or(0)
+    } else {
+        0
+    }
+}
+
 struct ApiDevice(Api);
 
 impl Device for ApiDevice {
@@ -257,44 +288,33 @@ impl Device for ApiDevice {
         let slots = Slot::ALL
             .into_iter()
             .map(|slot| {
-                let info = status.slot(slot);
-                let state = if !info.bootable && !info.successful {
-                    if info.tries_left == Some(0) {
-                        proto::SlotState::Bad
-                    } else if slot == s.boot.running {
-                        proto::SlotState::Trial
-                    } else {
-                        proto::SlotState::Empty
-                    }
-                } else if slot == s.boot.running && status.trial {
-                    proto::SlotState::Trial
-                } else if info.successful {
-                    proto::SlotState::Good
-                } else if info.tries_left == Some(0) {
-                    proto::SlotState::Bad
-                } else {
-                    proto::SlotState::Trial
-                };
-                let (os_version, security_version) = if slot == s.boot.running {
-                    (
+                let held = s.state.slot(slot).unwrap_or_else(|e| {
+                    say!("{e}: slot {slot} reads as empty");
+                    None
+                });
+                let running = slot == s.boot.running;
+                let state = slot_state(
+                    status.slot(slot),
+                    running,
+                    running && status.trial,
+                    held.is_some(),
+                );
+                // The running slot's release is what it says it is; the other's is its record.
+                let (os_version, security_version) = match (&held, running) {
+                    (_, true) => (
                         s.boot.release.version.clone(),
                         s.boot.release.security_version,
-                    )
-                } else {
-                    match &record {
-                        Some(r) if r.slot == slot.to_string() => {
-                            (r.version.clone(), r.security_version)
-                        }
-                        _ => (String::new(), 0),
-                    }
+                    ),
+                    (Some(h), false) => (h.version.clone(), h.security_version),
+                    (None, false) => (String::new(), 0),
                 };
                 proto::SlotInfo {
                     slot: proto_slot(slot) as i32,
                     state: state as i32,
                     os_version,
                     security_version,
-                    tries_left: info.tries_left.unwrap_or(0),
-                    installed_unix_ms: 0,
+                    tries_left: info_tries(status.slot(slot), state),
+                    installed_unix_ms: held.map_or(0, |h| h.installed_unix_ms),
                 }
             })
             .collect();
@@ -676,6 +696,42 @@ pub fn parse_kmsg(record: &[u8], booted: SystemTime) -> proto::LogsResponse {
 mod tests {
     use super::*;
     use std::time::UNIX_EPOCH;
+
+    #[test]
+    fn slot_states_follow_the_records_and_the_bootloader() {
+        use proto::SlotState::*;
+        let info = |bootable, successful, tries_left| cairn_boot::SlotInfo {
+            slot: Slot::B,
+            bootable,
+            priority: 0,
+            tries_left,
+            successful,
+        };
+        let good = info(true, true, None);
+        // Never installed: empty, though a fresh disk's bootloader calls it bootable.
+        assert_eq!(slot_state(&good, false, false, false), Empty);
+        assert_eq!(slot_state(&good, false, false, true), Good);
+        assert_eq!(slot_state(&good, true, false, false), Good);
+        // The running slot on trial, and the other slot waiting for its trial boot.
+        let armed = info(true, false, Some(2));
+        assert_eq!(slot_state(&armed, true, true, true), Trial);
+        assert_eq!(slot_state(&armed, false, false, true), Trial);
+        assert_eq!(info_tries(&armed, Trial), 2);
+        assert_eq!(info_tries(&good, Good), 0);
+        // Marked bad after a rollback, or its tries spent.
+        assert_eq!(
+            slot_state(&info(false, false, Some(0)), false, false, true),
+            Bad
+        );
+        assert_eq!(
+            slot_state(&info(false, false, None), false, false, true),
+            Bad
+        );
+        assert_eq!(
+            slot_state(&info(false, false, None), false, false, false),
+            Empty
+        );
+    }
 
     #[test]
     fn rss_comes_from_the_status_file() {

@@ -82,7 +82,10 @@ fn install_from(updates: &Updates, dev: &str) -> Result<bool, String> {
 }
 
 fn install_newest(updates: &Updates, dir: &Path) -> Result<bool, String> {
-    let Some((bundle, version)) = newest_bundle(dir)? else {
+    let Some((bundle, version)) = newest_bundle(dir, &mut |path, why| {
+        updates.refused(&path.display().to_string(), why)
+    })?
+    else {
         say!("no *.cairn bundle at the root of the stick");
         return Ok(false);
     };
@@ -135,8 +138,11 @@ pub fn skip_reason(
 
 /// The `*.cairn` file at the root of `dir` with the highest manifest version (unverified: only
 /// to choose; the install verifies). Files that are not readable bundles are reported as refused
-/// and skipped.
-pub fn newest_bundle(dir: &Path) -> Result<Option<(PathBuf, Version)>, String> {
+/// (printed, and handed to `refused` with the reason) and skipped.
+pub fn newest_bundle(
+    dir: &Path,
+    refused: &mut dyn FnMut(&Path, &str),
+) -> Result<Option<(PathBuf, Version)>, String> {
     let entries = fs::read_dir(dir).map_err(|e| format!("listing {}: {e}", dir.display()))?;
     let mut best: Option<(PathBuf, Version)> = None;
     let mut looked = 0;
@@ -163,6 +169,7 @@ pub fn newest_bundle(dir: &Path) -> Result<Option<(PathBuf, Version)>, String> {
             Ok((m, _)) => m.version,
             Err(e) => {
                 say!("{} refused: {e}", path.display());
+                refused(&path, &e.to_string());
                 continue;
             }
         };
@@ -243,7 +250,15 @@ mod tests {
         make("b.cairn", "0.9.0");
         fs::write(dir.path().join("c.cairn"), b"garbage").unwrap();
         fs::write(dir.path().join("d.txt"), b"x").unwrap();
-        let (path, v) = newest_bundle(dir.path()).unwrap().unwrap();
+        let mut refused = Vec::new();
+        let (path, v) = newest_bundle(dir.path(), &mut |p, why| {
+            refused.push((p.file_name().unwrap().to_owned(), why.to_string()))
+        })
+        .unwrap()
+        .unwrap();
+        assert_eq!(refused.len(), 1, "{refused:?}");
+        assert_eq!(refused[0].0, "c.cairn");
+        assert!(refused[0].1.contains("truncated"), "{refused:?}");
         assert_eq!(
             (
                 path.file_name().unwrap().to_str().unwrap(),
@@ -253,6 +268,6 @@ mod tests {
         );
         fs::remove_file(dir.path().join("a.cairn")).unwrap();
         fs::remove_file(dir.path().join("b.cairn")).unwrap();
-        assert_eq!(newest_bundle(dir.path()).unwrap(), None);
+        assert_eq!(newest_bundle(dir.path(), &mut |_, _| {}).unwrap(), None);
     }
 }

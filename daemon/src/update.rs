@@ -11,6 +11,7 @@ use std::io::Read;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 use cairn_api::proto::{self, events_response::Event};
 use cairn_api::DeviceError;
@@ -18,13 +19,13 @@ use cairn_boot::Slot;
 use cairn_bundle::{DeviceFacts, Keyring, Version};
 use cairn_updater::health::{self, Verdict};
 use cairn_updater::install::{Installed, Installer, Layout, Phase, Progress};
-use cairn_updater::state::{Outcome, StateDir, TrialRecord};
+use cairn_updater::state::{Outcome, SlotRecord, SlotSource, StateDir, TrialRecord};
 
 use crate::block;
 use crate::events::{proto_slot, Events};
-use crate::health::Health;
+use crate::health::{FailedRounds, Health};
 use crate::heartbeat::Heartbeat;
-use crate::log::say;
+use crate::log::{say, unix_ms};
 use crate::settings::Settings;
 use crate::system::{self, bootloader, with_esp_rw, Boot, ESP, RELEASE};
 
@@ -165,6 +166,16 @@ impl Updates {
         }
     }
 
+    /// A bundle refused before an install began (a stick's file that is not a readable
+    /// bundle): an event, like a refused install.
+    pub fn refused(&self, what: &str, reason: &str) {
+        self.events.push(Event::Update(proto::UpdateEvent {
+            stage: proto::update_event::Stage::Failed as i32,
+            os_version: String::new(),
+            detail: format!("{what} refused: {reason}"),
+        }));
+    }
+
     /// Starts downloading a bundle, trusting the machine config's `update.fetch_ca`.
     pub fn fetch(&self, url: &str) -> Result<cairn_api::fetch::Fetch, DeviceError> {
         let Some(pem) = self.settings.current().ok().and_then(|c| c.fetch_ca) else {
@@ -221,6 +232,26 @@ impl Updates {
         Ok(target)
     }
 
+    /// Records what the running slot holds when STATE has no record of it: it was written with
+    /// the disk image (or by a release that kept no records), and is recorded as first seen now.
+    pub fn record_running_slot(&self) {
+        let running = self.boot.running;
+        match self.state.slot(running) {
+            Ok(Some(_)) => return,
+            Ok(None) => {}
+            Err(e) => say!("{e}: recording slot {running} again"),
+        }
+        let record = SlotRecord {
+            version: self.boot.release.version.clone(),
+            security_version: self.boot.release.security_version,
+            installed_unix_ms: unix_ms(SystemTime::now()),
+            source: SlotSource::Image,
+        };
+        if let Err(e) = self.state.set_slot(running, &record) {
+            say!("recording what slot {running} holds: {e}");
+        }
+    }
+
     /// A boot that is not a trial: report the last update and keep the floor in step.
     pub fn after_normal_boot(&self, record: Option<TrialRecord>) -> Result<(), String> {
         let floor = match self.state.raise_floor(self.boot.release.security_version) {
@@ -253,6 +284,14 @@ impl Updates {
                 rec.outcome = Outcome::Abandoned;
                 rec.reason = Some(reason.into());
                 self.state.set_trial(&rec).map_err(|e| e.to_string())?;
+                self.events.push(Event::Rollback(proto::RollbackEvent {
+                    from_slot: proto_slot(other) as i32,
+                    to_slot: proto_slot(self.boot.running) as i32,
+                    reason: format!(
+                        "version {} in slot {} was abandoned: {reason}",
+                        rec.version, rec.slot
+                    ),
+                }));
             }
             Outcome::RolledBack | Outcome::Abandoned => say!(
                 "last update: version {} in slot {} was rolled back: {}",
@@ -281,7 +320,13 @@ impl Updates {
             self.boot.running,
             window.as_secs()
         );
-        let verdict = health.watch_trial(window, &self.heart);
+        let mut failed = FailedRounds::new(|e| self.events.push(Event::Health(e)));
+        let mut rounds = 0;
+        let verdict = health.watch_trial(window, &self.heart, &mut |round, failures| {
+            rounds = round;
+            failed.round(round, failures);
+        });
+        failed.finish();
         let mut rec = record.unwrap_or(TrialRecord {
             slot: self.boot.running.to_string(),
             version: self.boot.release.version.clone(),
@@ -319,6 +364,7 @@ impl Updates {
                 self.events.push(Event::Health(proto::HealthEvent {
                     healthy: true,
                     detail: format!("after {rounds} round(s)"),
+                    ..Default::default()
                 }));
                 self.events.push(Event::Update(proto::UpdateEvent {
                     stage: proto::update_event::Stage::Committed as i32,
@@ -331,7 +377,8 @@ impl Updates {
                 say!("slot {running} is not healthy: {reason}");
                 self.events.push(Event::Health(proto::HealthEvent {
                     healthy: false,
-                    detail: reason.clone(),
+                    detail: format!("after {rounds} round(s), {reason}"),
+                    ..Default::default()
                 }));
                 rec.outcome = Outcome::RolledBack;
                 rec.reason = Some(reason.clone());

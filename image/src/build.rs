@@ -203,14 +203,20 @@ fn build_staged(opts: &BuildOptions) -> Result<ImageManifest> {
     let kernel_pkg = cache.fetch(opts.board.kernel_package, arch)?;
     let modules = ModuleTree::open(&kernel_pkg.root)?;
     let release = modules.release().to_string();
-    let module_files = modules.resolve(opts.board.modules)?;
+    // The watchdog's driver goes in a list of its own, loaded first; the rest leave it out.
+    let watchdog_files = modules.resolve(opts.board.watchdog_modules)?;
+    let module_files: Vec<_> = modules
+        .resolve(opts.board.modules)?
+        .into_iter()
+        .filter(|m| watchdog_files.iter().all(|w| w.name != m.name))
+        .collect();
     let kernel = kernel_pkg.root.join(format!("boot/vmlinuz-{release}"));
     if !kernel.is_file() {
         return Err(package_content(&kernel_pkg, "kernel image", &kernel));
     }
     let mut inputs = vec![package_input(&kernel_pkg)];
 
-    let initramfs = initramfs(&opts.device_bin, &module_files)?;
+    let initramfs = initramfs(&opts.device_bin, &watchdog_files, &module_files)?;
     let root = root_tree(opts)?;
     let seed = opts.seed.as_bytes();
 
@@ -539,7 +545,11 @@ fn build_staged(opts: &BuildOptions) -> Result<ImageManifest> {
             .collect(),
         kernel: KernelInfo {
             release,
-            modules: module_files.iter().map(|m| m.name.clone()).collect(),
+            modules: watchdog_files
+                .iter()
+                .chain(&module_files)
+                .map(|m| m.name.clone())
+                .collect(),
         },
         slots,
         inputs,
@@ -588,16 +598,15 @@ pub fn rpi_config_txt(slot: Slot, version: &str) -> String {
     )
 }
 
-/// The kernel command line of a slot: console, quiet, reboot on panic, and what init needs to
-/// mount the slot's root through dm-verity.
+/// The kernel command line of a slot: console, quiet, reboot on panic (and panic on the hangs
+/// the kernel can see), and what init needs to mount the slot's root through dm-verity.
 pub fn kernel_cmdline(board: &Board, slot: Slot, tree: &verity::VerityTree) -> String {
     let mut args = vec![
         format!("console={}", board.console),
         // init writes its own lines to the console; the kernel's chatter only slows a serial boot.
         "quiet".to_string(),
-        // A kernel panic reboots, so the bootloader's boot counting can act.
-        "panic=5".to_string(),
     ];
+    args.extend(RESET_ON_HANG.iter().map(|a| a.to_string()));
     args.extend(cmdline::slot_words(
         slot.name(),
         &tree.root_hash_hex(),
@@ -607,18 +616,52 @@ pub fn kernel_cmdline(board: &Board, slot: Slot, tree: &verity::VerityTree) -> S
     args.join(" ")
 }
 
-fn initramfs(device_bin: &Path, modules: &[crate::kmod::ModuleFile]) -> Result<Vec<u8>> {
+/// The initramfs: init, the watchdog's modules (`etc/cairn/modules-watchdog`, loaded first) and
+/// the others (`etc/cairn/modules`), each list in load order.
+/// Kernel arguments that turn what the kernel itself sees going wrong into a panic, and a panic
+/// into a reset, so that boot counting can act without a hand on the power switch:
+/// - `panic=5`: reboot 5 s after a panic.
+/// - `panic_on_oops=1`: an oops (a kernel bug that killed a task) leaves the kernel unsound.
+/// - `softlockup_panic=1`: a CPU stuck in the kernel without scheduling for 20 s.
+/// - `hung_task_panic=1` and `hung_task_timeout_secs=120`: a task blocked uninterruptibly for
+///   two minutes (a dead disk or a deadlock); the kernel's default period, above any wait a
+///   healthy SD card or virtual disk makes, even for the syncs of an install.
+/// - `watchdog.open_timeout=120`: where the boot chain started a hardware watchdog before the
+///   kernel, the kernel feeds it (`watchdog.handle_boot_enabled`, on in Debian's kernels) until
+///   init opens it, but for two minutes at most, so a boot that hangs before init still resets.
+///   The kernel applies it where the watchdog core is built in (Debian's generic arm64 kernel,
+///   the rpi4's); where the core is a module, init loads it without parameters and the kernel's
+///   default (feed until opened) holds, which matters only if firmware started the watchdog.
+pub const RESET_ON_HANG: &[&str] = &[
+    "panic=5",
+    "panic_on_oops=1",
+    "softlockup_panic=1",
+    "hung_task_panic=1",
+    "hung_task_timeout_secs=120",
+    "watchdog.open_timeout=120",
+];
+
+fn initramfs(
+    device_bin: &Path,
+    watchdog: &[crate::kmod::ModuleFile],
+    modules: &[crate::kmod::ModuleFile],
+) -> Result<Vec<u8>> {
     let mut tree = Tree::new();
     tree.add_file("init", 0o755, device_bin.to_path_buf())?;
     tree.add_file("etc/cairn/initramfs", 0o644, Vec::<u8>::new())?;
-    let mut list = String::new();
-    for m in modules {
-        let dest = format!("lib/modules/{}.ko", m.name);
-        list.push_str(&dest);
-        list.push('\n');
-        tree.add_file(&dest, 0o644, m.path.clone())?;
+    for (list_path, files) in [
+        ("etc/cairn/modules-watchdog", watchdog),
+        ("etc/cairn/modules", modules),
+    ] {
+        let mut list = String::new();
+        for m in files {
+            let dest = format!("lib/modules/{}.ko", m.name);
+            list.push_str(&dest);
+            list.push('\n');
+            tree.add_file(&dest, 0o644, m.path.clone())?;
+        }
+        tree.add_file(list_path, 0o644, list.into_bytes())?;
     }
-    tree.add_file("etc/cairn/modules", 0o644, list.into_bytes())?;
     for dir in ["dev", "proc", "sys", "run", "newroot"] {
         tree.add_dir(dir, 0o755)?;
     }
@@ -929,6 +972,15 @@ mod tests {
             "{c}"
         );
         assert!(c.ends_with(" cairn.hashoffset=8192"), "{c}");
+        for arg in [
+            "panic=5",
+            "panic_on_oops=1",
+            "softlockup_panic=1",
+            "hung_task_panic=1",
+            "hung_task_timeout_secs=120",
+        ] {
+            assert!(c.split(' ').any(|w| w == arg), "{arg} missing: {c}");
+        }
     }
 
     #[test]

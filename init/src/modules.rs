@@ -1,4 +1,5 @@
-//! Loading the kernel modules listed in the initramfs's `/etc/cairn/modules`.
+//! Loading the kernel modules listed in the initramfs's `/etc/cairn/modules` (and, before it,
+//! the watchdog's in `/etc/cairn/modules-watchdog`).
 //!
 //! Format: one module per line, a path relative to `/` (a leading `/` is accepted), optionally
 //! followed by whitespace and module parameters passed to the kernel verbatim
@@ -67,10 +68,15 @@ pub fn parse_list(text: &str, path: &std::path::Path) -> Result<Vec<Entry>> {
     Ok(out)
 }
 
-/// Loads every listed module in order. A missing list means nothing to load.
+/// Loads every module of `/etc/cairn/modules` in order. A missing list means nothing to load.
 /// Returns how many modules were newly loaded.
 pub fn load_all(sys: &dyn Syscalls, log: &Logger, paths: &Paths) -> Result<usize> {
-    let list_path = paths.at(paths::MODULE_LIST);
+    load_list(sys, log, paths, paths::MODULE_LIST)
+}
+
+/// Loads every module of the list at `list` (relative to the root) in order.
+pub fn load_list(sys: &dyn Syscalls, log: &Logger, paths: &Paths, list: &str) -> Result<usize> {
+    let list_path = paths.at(list);
     let text = match read_limited(&list_path, limits::MODULE_LIST) {
         Ok(t) => t,
         Err(Error::Read { source, .. }) if source.kind() == io::ErrorKind::NotFound => {

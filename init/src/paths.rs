@@ -13,6 +13,9 @@ use crate::error::{Error, Result};
 pub const INITRAMFS_MARKER: &str = "etc/cairn/initramfs";
 /// Initramfs: modules to load, one path relative to `/` per line, in dependency order.
 pub const MODULE_LIST: &str = "etc/cairn/modules";
+/// Initramfs: the watchdog's driver and what it needs, in the same format, loaded before
+/// anything else so that the watchdog runs as early as it can.
+pub const WATCHDOG_MODULE_LIST: &str = "etc/cairn/modules-watchdog";
 /// Root filesystem: `KEY=value` lines, at least `VERSION=`.
 pub const RELEASE: &str = "etc/cairn/release";
 /// Where stage 1 mounts the root filesystem before switching to it.

@@ -1,10 +1,11 @@
 //! Stage 1: PID 1 in the initramfs, from the kernel's hand-off to exec'ing the root's init.
 //!
-//! Mount proc, sysfs, devtmpfs and `/run`; log to kmsg and the console; disable the immediate
-//! Ctrl-Alt-Del reboot (the kernel sends SIGINT instead); read `cairn.slot`, `cairn.roothash`
-//! and `cairn.hashoffset`; load the listed modules; wait for `ROOT-<SLOT>`; put a dm-verity
-//! device over it ([`verity::open`]); [`switch_root`] into that device. Stage 1 is selected by
-//! the presence of `/etc/cairn/initramfs`.
+//! Mount proc, sysfs, devtmpfs and `/run`; load the watchdog's driver and start the watchdog
+//! (before anything else, so that a hang from here on resets the machine); log to kmsg and the
+//! console; disable the immediate Ctrl-Alt-Del reboot (the kernel sends SIGINT instead); read
+//! `cairn.slot`, `cairn.roothash` and `cairn.hashoffset`; load the listed modules; wait for
+//! `ROOT-<SLOT>`; put a dm-verity device over it ([`verity::open`]); [`switch_root`] into that
+//! device. Stage 1 is selected by the presence of `/etc/cairn/initramfs`.
 
 use std::time::Duration;
 
@@ -16,29 +17,37 @@ use crate::switch_root::switch_root;
 use crate::sys::{RebootCmd, Syscalls};
 use crate::{modules, mounts, partition, verity};
 
-/// Runs stage 1; returns only on failure. `start` is `CLOCK_BOOTTIME` when init started.
 /// Seconds the watchdog waits for its next keepalive before it resets the machine.
 pub const WATCHDOG_TIMEOUT_S: u32 = 30;
 
-/// Starts the watchdog, if the board has one, and lets go of it still running: from here on
-/// either cairnd keeps feeding it or the machine resets, so a root whose init hangs, or a system
-/// that hangs later, comes back (and boot counting can act). The driver was loaded with the
-/// initramfs modules (i6300esb, softdog, ...).
-fn arm_watchdog(log: &Logger, paths: &Paths) {
+/// Loads the watchdog's driver (`/etc/cairn/modules-watchdog`), starts the watchdog and lets go
+/// of it still running: from here on either cairnd keeps feeding it or the machine resets, so a
+/// root whose init hangs, or a system that hangs later, comes back (and boot counting can act).
+/// Runs before the log is attached, so it returns what to say.
+fn arm_watchdog(
+    sys: &dyn Syscalls,
+    log: &Logger,
+    paths: &Paths,
+) -> std::result::Result<u32, String> {
+    modules::load_list(sys, log, paths, paths::WATCHDOG_MODULE_LIST).map_err(|e| {
+        format!(
+            "{}: a hang will not reset this machine",
+            crate::error::chain(&e)
+        )
+    })?;
     let dev = paths.at(paths::DEV_WATCHDOG);
     if !dev.exists() {
-        log.warn(format_args!(
+        return Err(format!(
             "no {}: a hang will not reset this machine",
             dev.display()
         ));
-        return;
     }
-    match cairn_daemon::watchdog::arm_and_release(&dev, WATCHDOG_TIMEOUT_S) {
-        Ok(t) => log.debug(format_args!("watchdog armed ({} s)", t.as_secs())),
-        Err(e) => log.warn(format_args!("arming {}: {e}", dev.display())),
-    }
+    cairn_daemon::watchdog::arm_and_release(&dev, WATCHDOG_TIMEOUT_S)
+        .map(|t| t.as_secs() as u32)
+        .map_err(|e| format!("arming {}: {e}", dev.display()))
 }
 
+/// Runs stage 1; returns only on failure. `start` is `CLOCK_BOOTTIME` when init started.
 pub fn run(sys: &dyn Syscalls, log: &Logger, paths: &Paths, start: Duration) -> Error {
     match try_run(sys, log, paths, start) {
         Ok(never) => match never {},
@@ -53,10 +62,15 @@ fn try_run(
     start: Duration,
 ) -> Result<std::convert::Infallible> {
     mounts::apply(sys, paths, &mounts::early())?;
+    let watchdog = arm_watchdog(sys, log, paths);
     if let Err(e) = sys.stdio_to_console(&paths.at(paths::DEV_CONSOLE)) {
         log.warn(format_args!("no console for stdio: {e}"));
     }
     log.attach(paths);
+    match watchdog {
+        Ok(t) => log.info(format_args!("watchdog armed ({t} s)")),
+        Err(e) => log.warn(format_args!("{e}")),
+    }
     if let Err(e) = sys.reboot(RebootCmd::CadOff) {
         log.warn(format_args!("disabling ctrl-alt-del reboot: {e}"));
     }
@@ -73,7 +87,6 @@ fn try_run(
     let label = slot.root_partition();
 
     let loaded = modules::load_all(sys, log, paths)?;
-    arm_watchdog(log, paths);
     let t_modules = sys.boottime();
     let partition = partition::wait_for(sys, paths, label, partition::TIMEOUT)?;
     let now = sys.boottime();
@@ -170,6 +183,7 @@ mod tests {
         };
         w(paths::INITRAMFS_MARKER, "");
         w(paths::PROC_CMDLINE, cmdline);
+        w(paths::WATCHDOG_MODULE_LIST, "lib/modules/softdog.ko\n");
         w(
             paths::MODULE_LIST,
             "lib/modules/dm-mod.ko\nlib/modules/dm-verity.ko\nlib/modules/virtio_blk.ko\n\
@@ -235,6 +249,7 @@ mod tests {
                 "mount devtmpfs".into(),
                 "mkdir".into(),
                 "mount tmpfs".into(),
+                "load softdog.ko".into(),
                 "StdioToConsole".into(),
                 "reboot CadOff".into(),
                 "load dm-mod.ko".into(),
@@ -314,10 +329,11 @@ mod tests {
             crate::error::chain(&err),
             "cairn.roothash is missing: refusing to mount an unverified root"
         );
+        assert!(!loaded_beyond_the_watchdog(&sys));
         assert!(!sys
             .calls()
             .iter()
-            .any(|c| matches!(c, Call::LoadModule(..) | Call::DmIoctl { .. })));
+            .any(|c| matches!(c, Call::DmIoctl { .. })));
     }
 
     #[test]
@@ -345,10 +361,7 @@ mod tests {
                 ),
                 "{cmdline}: {err}"
             );
-            assert!(!sys
-                .calls()
-                .iter()
-                .any(|c| matches!(c, Call::LoadModule(..))));
+            assert!(!loaded_beyond_the_watchdog(&sys));
         }
     }
 
@@ -405,10 +418,43 @@ mod tests {
         let (log, _) = Logger::memory();
         let err = run(&sys, &log, &Paths::under(dir.path()), Duration::ZERO);
         assert!(matches!(err, Error::MissingSlot));
-        assert!(!sys
+        assert!(!loaded_beyond_the_watchdog(&sys));
+    }
+
+    /// Loaded a module other than the watchdog's, which goes first whatever else fails.
+    fn loaded_beyond_the_watchdog(sys: &Fake) -> bool {
+        let loads: Vec<_> = sys
             .calls()
-            .iter()
-            .any(|c| matches!(c, Call::LoadModule(..))));
+            .into_iter()
+            .filter_map(|c| match c {
+                Call::LoadModule(p, _) => Some(p),
+                _ => None,
+            })
+            .collect();
+        assert!(
+            loads.first().is_some_and(|p| p.ends_with("softdog.ko")),
+            "{loads:?}"
+        );
+        loads.len() > 1
+    }
+
+    #[test]
+    fn a_missing_watchdog_driver_is_reported_and_the_boot_goes_on() {
+        let dir = initramfs(&format!("cairn.slot=b {}", verity_args()));
+        let sys = sys_for(&dir);
+        sys.fail_when(
+            |c| matches!(c, Call::LoadModule(p, _) if p.ends_with("softdog.ko")),
+            libc::ENOENT,
+        );
+        let (log, mem) = Logger::memory();
+        let err = run(&sys, &log, &Paths::under(dir.path()), Duration::ZERO);
+        assert!(matches!(err, Error::Exec { .. }), "{err}");
+        let text = mem.text();
+        assert!(
+            text.contains("loading kernel module softdog")
+                && text.contains("a hang will not reset this machine"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -98,6 +98,85 @@ impl Ctl {
         }
     }
 
+    /// `cairnctl --json health`, asked again while the API comes up after a boot: the text and
+    /// the report, once the exit status is checked against it (0 healthy, 2 not).
+    pub fn health(&self) -> (String, serde_json::Value) {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let out = self.command(&["--json", "health"]).output().unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+            if let Ok(report) = serde_json::from_str::<serde_json::Value>(&stdout) {
+                let want = if report["healthy"] == true { 0 } else { 2 };
+                assert_eq!(out.status.code(), Some(want), "exit status of {stdout}");
+                return (stdout, report);
+            }
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(Instant::now() < deadline, "cairnctl health: {stderr}");
+            std::thread::sleep(Duration::from_secs(2));
+        }
+    }
+
+    /// `cairnctl --json events -n <tail>` on a new connection: the events it prints until
+    /// `enough` holds for them, after which the follower is stopped by its pid. Started again
+    /// while the API comes up after a boot; panics with what it saw after `timeout`.
+    pub fn events_until(
+        &self,
+        tail: u32,
+        timeout: Duration,
+        enough: impl Fn(&[serde_json::Value]) -> bool,
+    ) -> Vec<serde_json::Value> {
+        use std::io::{BufRead, BufReader};
+        let deadline = Instant::now() + timeout;
+        let tail = tail.to_string();
+        loop {
+            let mut child = self
+                .command(&["--json", "events", "-n", &tail])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let out = child.stdout.take().unwrap();
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                for line in BufReader::new(out).lines().map_while(Result::ok) {
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+            let mut seen = Vec::new();
+            let done = loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match rx.recv_timeout(left) {
+                    Ok(line) => {
+                        seen.push(
+                            serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}")),
+                        );
+                        if enough(&seen) {
+                            break true;
+                        }
+                    }
+                    // Timed out, or cairnctl ended (the API not up yet).
+                    Err(_) => break false,
+                }
+            };
+            // By pid: the follower runs until stopped.
+            let _ = child.kill();
+            child.wait().unwrap();
+            for e in &seen {
+                eprintln!("event: {e}");
+            }
+            if done {
+                return seen;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "cairnctl events: not what was expected within {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_secs(2));
+        }
+    }
+
     /// The running (version, slot), retried while the API comes up after a boot.
     pub fn version(&self) -> (String, String) {
         let v: serde_json::Value =

@@ -142,7 +142,7 @@ fn qemu_aarch64_upgrade_and_rollback_with_cairnctl() {
         "figure: cairnd resident memory after boot, API serving: {:.1} MiB (budget 16 MiB)",
         rss as f64 / (1 << 20) as f64
     );
-    let health = reader.json(&["health"]);
+    let (_, health) = reader.health();
     let checks = health["checks"].as_array().unwrap();
     assert!(
         checks.iter().any(|c| c["name"] == "services"),

@@ -174,7 +174,14 @@ fn esp_root_and_initramfs_read_back_with_debian_tools() {
                 .args(["-t", "--quiet", "-F"])
                 .arg(&initrd),
         );
-        for expected in ["init", "etc/cairn/modules", "lib/modules/virtio_blk.ko"] {
+        let watchdog_driver = format!("lib/modules/{}.ko", board.watchdog_modules[0]);
+        for expected in [
+            "init",
+            "etc/cairn/modules",
+            "etc/cairn/modules-watchdog",
+            "lib/modules/virtio_blk.ko",
+            &watchdog_driver,
+        ] {
             assert!(
                 listing.lines().any(|l| l == expected),
                 "{expected} in {listing}"

@@ -75,10 +75,14 @@ fn disk_lines(board: &cairn_board::Board, sectors: u64) -> Vec<String> {
 /// `i6300ESB timer 0000:00:03.0: initialized. heartbeat=30 sec (nowayout=0)` or
 /// `softdog: initialized. soft_noboot=0 soft_margin=60 sec soft_panic=0 (nowayout=0)`.
 fn watchdog_line(board: &cairn_board::Board) -> [&'static str; 2] {
-    if board.modules.contains(&"i6300esb") {
+    if board.watchdog_modules.contains(&"i6300esb") {
         ["i6300ESB timer ", ": initialized. heartbeat="]
     } else {
-        assert!(board.modules.contains(&"softdog"), "{}", board.name);
+        assert!(
+            board.watchdog_modules.contains(&"softdog"),
+            "{}",
+            board.name
+        );
         ["softdog: ", "initialized. soft_noboot=0"]
     }
 }

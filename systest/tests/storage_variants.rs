@@ -118,8 +118,7 @@ fn decrypt_with_cryptsetup(part: &Path, recovery_key: &Path, dir: &Path) -> Vec<
 
 /// `cairnctl --json health`: the text, the report, and its `storage` check.
 fn storage_check(ctl: &Ctl) -> (String, serde_json::Value, serde_json::Value) {
-    let health = ctl.until_ok(&["--json", "health"]);
-    let report: serde_json::Value = serde_json::from_str(&health).unwrap();
+    let (health, report) = ctl.health();
     let storage = report["checks"]
         .as_array()
         .unwrap()

@@ -8,14 +8,16 @@
 //!    nothing.
 //! 2. Refuse while the running slot is itself on trial (it must commit first: installing would
 //!    overwrite the only known-good slot).
-//! 3. Mark the target slot bad. From here on nothing boots it until step 6; the running slot and
-//!    its entry are never written.
+//! 3. Mark the target slot bad and forget its record on STATE ([`crate::state::SlotRecord`]).
+//!    From here on nothing boots it until step 6; the running slot and its entry are never
+//!    written.
 //! 4. Stream each payload to its place, every chunk checked before it is written: `rootfs` onto
 //!    the slot's ROOT partition, `vmlinuz` and `initramfs.img` into `EFI/cairn/<slot>/` (each
 //!    under a temporary name, renamed once read back). Each is synced and read back, and the
 //!    read-back's sha256 compared with the manifest ([`crate::stream`]). `boot.json` is kept in
 //!    memory.
-//! 5. Record the trial on STATE ([`crate::state::TrialRecord`], outcome `installed`).
+//! 5. Record what the slot now holds and the trial on STATE ([`crate::state::SlotRecord`], and
+//!    [`crate::state::TrialRecord`] with outcome `installed`).
 //! 6. Write the slot's boot entry (still bad) with the new root hash, then put it on trial
 //!    ([`cairn_boot::Bootloader::set_trial`]). The next reboot boots it, counted.
 //!
@@ -35,7 +37,7 @@ use cairn_facts::bootspec::{self, BootSpec};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
-use crate::state::{self, Outcome, StateDir, TrialRecord};
+use crate::state::{self, Outcome, SlotRecord, SlotSource, StateDir, TrialRecord};
 use crate::stream;
 
 pub use cairn_facts::config::DEFAULT_TRIES;
@@ -227,6 +229,7 @@ impl Installer<'_> {
             });
         }
         boot.mark_bad(slot)?;
+        self.state.clear_slot(slot)?;
 
         // 4.
         bundle.defer_payload_hashes();
@@ -299,6 +302,15 @@ impl Installer<'_> {
         report.payload.clear();
         progress(&report);
         let version = manifest.version.to_string();
+        self.state.set_slot(
+            slot,
+            &SlotRecord {
+                version: version.clone(),
+                security_version: manifest.security_version,
+                installed_unix_ms: unix_ms_now(),
+                source: SlotSource::Bundle,
+            },
+        )?;
         self.state.set_trial(&TrialRecord {
             slot: slot.to_string(),
             version: version.clone(),
@@ -324,4 +336,11 @@ impl Installer<'_> {
             bytes: report.total,
         })
     }
+}
+
+/// Now, in milliseconds since the Unix epoch (0 for a clock set before it).
+fn unix_ms_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }

@@ -4,6 +4,12 @@
 //! |---|---|
 //! | `security-floor` | decimal `u32` and a newline: the lowest `security_version` this device accepts |
 //! | `trial.json` | the last install and what became of it ([`TrialRecord`]) |
+//! | `slot-a.json`, `slot-b.json` | what is in each slot and since when ([`SlotRecord`]) |
+//!
+//! A slot's record is removed before an install writes anything into the slot and written again
+//! once the slot holds the whole new release, so a slot without a record holds nothing usable
+//! (never installed, or an install that did not finish). The slot the image was written with
+//! gets its record when it first boots.
 //!
 //! Each file is replaced whole: written under a temporary name, synced, renamed over the old one,
 //! and the directory synced. A missing floor is 0 (a new device). A floor file that exists but
@@ -13,6 +19,7 @@ use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
+use cairn_boot::Slot;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -47,6 +54,28 @@ pub struct TrialRecord {
     /// Why it was rolled back or abandoned.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+}
+
+/// Where a slot's contents came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SlotSource {
+    /// Found running with no record: written with the disk image (or by a release that kept
+    /// no records); `installed_unix_ms` is when it was first seen running.
+    Image,
+    /// Installed from a bundle; `installed_unix_ms` is when the install finished.
+    Bundle,
+}
+
+/// What one slot holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlotRecord {
+    pub version: String,
+    pub security_version: u32,
+    /// Milliseconds since the Unix epoch.
+    pub installed_unix_ms: i64,
+    pub source: SlotSource,
 }
 
 /// The updater's directory on STATE.
@@ -107,6 +136,40 @@ impl StateDir {
         text.push('\n');
         replace(&self.root, TRIAL_FILE, text.as_bytes())
     }
+
+    /// What `slot` holds (None: nothing usable).
+    pub fn slot(&self, slot: Slot) -> Result<Option<SlotRecord>> {
+        let path = self.root.join(slot_file(slot));
+        let Some(bytes) = read_small(&path)? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| Error::State {
+                path,
+                reason: e.to_string(),
+            })
+    }
+
+    pub fn set_slot(&self, slot: Slot, record: &SlotRecord) -> Result<()> {
+        let mut text = serde_json::to_string(record).expect("a record always serialises");
+        text.push('\n');
+        replace(&self.root, &slot_file(slot), text.as_bytes())
+    }
+
+    /// Forgets what `slot` held, durably: done before an install writes into it.
+    pub fn clear_slot(&self, slot: Slot) -> Result<()> {
+        let path = self.root.join(slot_file(slot));
+        match fs::remove_file(&path) {
+            Ok(()) => sync_dir(&self.root),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io("removing", &path, e)),
+        }
+    }
+}
+
+fn slot_file(slot: Slot) -> String {
+    format!("slot-{}.json", slot.name())
 }
 
 fn read_small(path: &Path) -> Result<Option<Vec<u8>>> {
@@ -186,6 +249,32 @@ mod tests {
                 .ends_with("security-floor is corrupt: expected a decimal number and a newline"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn slot_records_are_kept_per_slot_and_cleared() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = StateDir::new(dir.path());
+        assert_eq!(s.slot(Slot::B).unwrap(), None);
+        let r = SlotRecord {
+            version: "0.2.0".into(),
+            security_version: 1,
+            installed_unix_ms: 1_700_000_000_000,
+            source: SlotSource::Bundle,
+        };
+        s.set_slot(Slot::B, &r).unwrap();
+        assert_eq!(s.slot(Slot::B).unwrap(), Some(r));
+        assert_eq!(s.slot(Slot::A).unwrap(), None);
+        assert_eq!(
+            fs::read_to_string(dir.path().join("slot-b.json")).unwrap(),
+            "{\"version\":\"0.2.0\",\"security_version\":1,\"installed_unix_ms\":1700000000000,\
+             \"source\":\"bundle\"}\n"
+        );
+        s.clear_slot(Slot::B).unwrap();
+        assert_eq!(s.slot(Slot::B).unwrap(), None);
+        s.clear_slot(Slot::B).unwrap();
+        fs::write(dir.path().join("slot-a.json"), "{").unwrap();
+        assert!(s.slot(Slot::A).is_err());
     }
 
     #[test]

@@ -12,7 +12,7 @@ use cairn_boot::{Bootloader, Slot};
 use cairn_bundle::{create, DeviceFacts, Keyring, ManifestMeta, PayloadSource, Role, SecretKey};
 use cairn_updater::bootspec::BootSpec;
 use cairn_updater::install::{Installer, Layout, Phase, Progress};
-use cairn_updater::state::{Outcome, StateDir};
+use cairn_updater::state::{Outcome, SlotRecord, SlotSource, StateDir};
 use semver::Version;
 
 const ROOT_SIZE: u64 = 4 * 1024 * 1024;
@@ -230,6 +230,24 @@ fn a_good_bundle_fills_the_other_slot_and_arms_a_trial() {
         (trial.slot.as_str(), trial.outcome),
         ("b", Outcome::Installed)
     );
+    let record = StateDir::new(dev.path("state"))
+        .slot(Slot::B)
+        .unwrap()
+        .unwrap();
+    assert_eq!(record.version, trial.version);
+    assert_eq!(record.source, SlotSource::Bundle);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    assert!(
+        (now - 600_000..=now).contains(&record.installed_unix_ms),
+        "{record:?}"
+    );
+    assert_eq!(
+        StateDir::new(dev.path("state")).slot(Slot::A).unwrap(),
+        None
+    );
 
     // Progress: verifying, then writing each payload with growing byte counts, then arming.
     assert_eq!(seen.first().unwrap().phase, Phase::Verifying);
@@ -322,6 +340,18 @@ fn a_flipped_payload_byte_leaves_the_target_unbootable_and_the_running_slot_alon
     let rootfs_at = header_and_manifest + boot_len.div_ceil(4096) * 4096;
     bundle[rootfs_at + rel.rootfs.len() - 1] ^= 0x40;
     let a_before = fs::read(dev.path("root-a")).unwrap();
+    // B held an earlier release: once the install starts writing over it, that is gone.
+    StateDir::new(dev.path("state"))
+        .set_slot(
+            Slot::B,
+            &SlotRecord {
+                version: "0.0.9".into(),
+                security_version: 0,
+                installed_unix_ms: 1,
+                source: SlotSource::Bundle,
+            },
+        )
+        .unwrap();
     let err = dev
         .installer(&ring)
         .install(&bundle[..], None, &mut |_| {})
@@ -338,6 +368,11 @@ fn a_flipped_payload_byte_leaves_the_target_unbootable_and_the_running_slot_alon
     assert_eq!(status.next, Some(Slot::A));
     assert!(!status.slot(Slot::B).bootable);
     assert_eq!(StateDir::new(dev.path("state")).trial().unwrap(), None);
+    // What B held before is forgotten: it holds nothing usable now.
+    assert_eq!(
+        StateDir::new(dev.path("state")).slot(Slot::B).unwrap(),
+        None
+    );
 }
 
 #[test]

@@ -48,7 +48,8 @@ pub struct Global {
 pub enum Command {
     /// Show the device's release, board and running slot.
     Version,
-    /// Show the device's health checks and their last results.
+    /// Show the device's health checks and their last results. Exits with status 2 when the
+    /// device is not healthy, 1 when it could not be asked, 0 when it is healthy.
     Health,
     /// Show both system slots and the last update's outcome.
     Slots,
@@ -155,6 +156,18 @@ fn parse_duration(s: &str) -> Result<u32, String> {
     }
     Ok(secs)
 }
+
+/// `health` found the device unhealthy: already reported, and the exit status says so.
+#[derive(Debug)]
+pub struct Unhealthy;
+
+impl std::fmt::Display for Unhealthy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the device is not healthy")
+    }
+}
+
+impl std::error::Error for Unhealthy {}
 
 /// Runs a remote command.
 pub fn run(global: &Global, command: Command) -> anyhow::Result<()> {
@@ -280,7 +293,11 @@ impl Prepared {
             Prepared::Call(Command::Health) => {
                 let h = s.call("health", c.health(proto::HealthRequest {})).await?;
                 print(json, || show::health_json(&h), || show::health_text(&h));
-                Ok(())
+                if h.healthy {
+                    Ok(())
+                } else {
+                    Err(Unhealthy.into())
+                }
             }
             Prepared::Call(Command::Slots) => {
                 let r = s

@@ -395,7 +395,15 @@ pub fn event_json(e: &proto::EventsResponse) -> Value {
             "boot",
             json!({"slot": slot(b.slot), "os_version": b.os_version, "trial": b.trial}),
         ),
-        Some(Event::Health(h)) => ("health", json!({"healthy": h.healthy, "detail": h.detail})),
+        Some(Event::Health(h)) => (
+            "health",
+            json!({
+                "healthy": h.healthy,
+                "detail": h.detail,
+                "first_round": h.first_round,
+                "last_round": h.last_round,
+            }),
+        ),
         Some(Event::Update(u)) => (
             "update",
             json!({"stage": update_stage(u.stage), "os_version": u.os_version, "detail": u.detail}),
