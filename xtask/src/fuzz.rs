@@ -32,7 +32,7 @@ const BRIEF_SECONDS: u64 = 30;
 
 /// Targets run side by side in groups of at most this many, one group after the other: enough
 /// to keep a small machine's cores busy while each target still gets a useful share of them.
-const GROUP: usize = 6;
+const GROUP: usize = 7;
 
 /// A cargo-fuzz project (relative to the workspace root) and its fuzz targets.
 const PROJECTS: &[(&str, &[&str])] = &[
@@ -41,7 +41,7 @@ const PROJECTS: &[(&str, &[&str])] = &[
     ("luks/fuzz", &["header_json", "header_image"]),
     ("api/fuzz", &["fetch_answer", "cert_subject"]),
     ("tpm/fuzz", &["tpm_token", "tpm_response"]),
-    ("daemon/fuzz", &["uevent"]),
+    ("daemon/fuzz", &["uevent", "eventlog"]),
     ("facts/fuzz", &["probe_status"]),
 ];
 

@@ -1,4 +1,4 @@
-//! What the uevent fuzz target feeds `cairn-daemon`, and the seed corpus it starts from.
+//! What the daemon's fuzz targets feed `cairn-daemon`, and the seed corpus they start from.
 //!
 //! The one idea: the daemon mounts and formats what a uevent names, so an accepted event must
 //! say exactly what its bytes say and name a device node only inside /dev. `uevent`: the
@@ -6,10 +6,36 @@
 //! event's, every variable is one of the message's `KEY=value` fields, at most `MAX_KEYS` of
 //! them, the well-known fields agree with the variables, and `dev_node` is a plain path under
 //! /dev. Errors are one line.
+//!
+//! `eventlog`: the input is an event log file as a power cut or a damaged STATE may leave it.
+//! The whole records read back are exactly a prefix of the file (framing them again gives its
+//! bytes), each within the record limit, and reading that prefix alone gives the same records
+//! with nothing torn.
 
 use std::path::{Component, Path};
 
+use cairn_daemon::eventlog;
 use cairn_daemon::uevent::{Uevent, MAX_KEYS, MAX_MESSAGE};
+
+/// Parses `bytes` as an event log and checks that what reads back is a whole prefix of it.
+pub fn check_eventlog(bytes: &[u8]) {
+    let limits = eventlog::Limits::EVENTS;
+    let contents = eventlog::parse(bytes, limits);
+    assert_eq!(contents.valid_len + contents.torn, bytes.len() as u64);
+    let prefix = &bytes[..contents.valid_len as usize];
+    let framed: Vec<u8> = contents
+        .records
+        .iter()
+        .flat_map(|r| {
+            assert!(!r.is_empty() && r.len() <= limits.record);
+            eventlog::frame(r)
+        })
+        .collect();
+    assert_eq!(framed, prefix, "the records are not the file's prefix");
+    let again = eventlog::parse(prefix, limits);
+    assert_eq!(again.records, contents.records);
+    assert_eq!(again.torn, 0);
+}
 
 /// Parses `msg` and checks what an accepted event promises.
 pub fn check_uevent(msg: &[u8]) {
@@ -90,8 +116,37 @@ fn datagram(action: &str, devpath: &str, vars: &[(&str, &str)]) -> Vec<u8> {
     out
 }
 
+/// Event log seeds: whole logs, and the same cut short and with a damaged checksum.
+fn eventlog_seeds() -> Vec<(&'static str, String, Vec<u8>)> {
+    let whole: Vec<u8> = [
+        &b"install 0.2.0 into b"[..],
+        b"trial boot of b",
+        b"rollback: probe",
+    ]
+    .iter()
+    .flat_map(|r| eventlog::frame(r))
+    .collect();
+    let mut damaged = whole.clone();
+    damaged[9] ^= 1;
+    vec![
+        ("eventlog", "whole".to_string(), whole.clone()),
+        (
+            "eventlog",
+            "torn".to_string(),
+            whole[..whole.len() - 5].to_vec(),
+        ),
+        ("eventlog", "damaged".to_string(), damaged),
+    ]
+}
+
 /// The seed corpus, as (target, file name, bytes).
 pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
+    let mut all = eventlog_seeds();
+    all.extend(uevent_seeds());
+    all
+}
+
+fn uevent_seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     let disk =
         "/devices/pci0000:00/0000:00:14.0/usb2/2-1/2-1:1.0/host6/target6:0:0/6:0:0:0/block/sdb";
     let events = [
@@ -168,8 +223,11 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
 mod tests {
     #[test]
     fn seeds_pass_the_oracle() {
-        for (_, _, bytes) in super::seeds() {
-            super::check_uevent(&bytes);
+        for (target, _, bytes) in super::seeds() {
+            match target {
+                "uevent" => super::check_uevent(&bytes),
+                _ => super::check_eventlog(&bytes),
+            }
         }
     }
 }
