@@ -11,9 +11,9 @@
 //! RUSTC_BOOTSTRAP=1 because `-Zsanitizer` is a nightly flag.
 //!
 //! `cargo xtask test` runs every target for a short while ([`run_brief`]) and fails on any crash;
-//! `cargo xtask fuzz [--seconds N] [--asan]` runs them for longer. Either way the targets run in
-//! groups of [`GROUP`] side by side, and each reports its executions and crashes (libFuzzer
-//! stops a target at its first crash, so that is 0 or 1).
+//! `cargo xtask fuzz [--seconds N] [--asan]` runs them for longer, in groups of [`GROUP`] side by
+//! side (the brief run starts them all at once). Each reports its executions and crashes
+//! (libFuzzer stops a target at its first crash, so that is 0 or 1).
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -30,8 +30,9 @@ pub const CARGO_FUZZ_VERSION: &str = "0.13.2";
 /// Seconds each target runs in `cargo xtask test`.
 const BRIEF_SECONDS: u64 = 30;
 
-/// Targets run side by side in groups of at most this many, one group after the other: enough
-/// to keep a small machine's cores busy while each target still gets a useful share of them.
+/// For `cargo xtask fuzz`: targets run side by side in groups of at most this many, one group
+/// after the other, enough to keep a small machine's cores busy while each target still gets a
+/// useful share of them. The brief run in `cargo xtask test` runs them all at once.
 const GROUP: usize = 7;
 
 /// A cargo-fuzz project (relative to the workspace root) and its fuzz targets.
@@ -69,7 +70,8 @@ pub fn install() -> Result<()> {
 
 /// Runs every fuzz target for a short while; fails if any finds a crash. For `cargo xtask test`.
 pub fn run_brief() -> Result<()> {
-    fuzz(BRIEF_SECONDS, false)
+    // All side by side: the brief run is a smoke test, and one round keeps the suite short.
+    fuzz(BRIEF_SECONDS, false, usize::MAX)
 }
 
 /// `cargo xtask fuzz [--seconds N] [--asan]`.
@@ -93,7 +95,7 @@ pub fn command(args: &[String]) -> Result<()> {
         }
     }
     install()?;
-    fuzz(seconds, asan)
+    fuzz(seconds, asan, GROUP)
 }
 
 /// Where seeds, corpora, crash inputs and logs go.
@@ -126,7 +128,7 @@ struct Running {
     log: PathBuf,
 }
 
-fn fuzz(seconds: u64, asan: bool) -> Result<()> {
+fn fuzz(seconds: u64, asan: bool, side_by_side: usize) -> Result<()> {
     let sanitizer = if asan {
         "AddressSanitizer"
     } else {
@@ -163,15 +165,15 @@ fn fuzz(seconds: u64, asan: bool) -> Result<()> {
         .iter()
         .flat_map(|(project, names)| names.iter().map(move |name| (*project, *name)))
         .collect();
-    let groups = targets.len().div_ceil(GROUP);
+    let group = side_by_side.clamp(1, targets.len().max(1));
+    let groups = targets.len().div_ceil(group);
     step(&format!(
-        "fuzzing {} targets for {seconds} s each, {} side by side ({groups} rounds)",
+        "fuzzing {} targets for {seconds} s each, {group} side by side ({groups} rounds)",
         targets.len(),
-        GROUP.min(targets.len()),
     ));
     let started = Instant::now();
     let mut failed = Vec::new();
-    for group in targets.chunks(GROUP) {
+    for group in targets.chunks(group) {
         let mut running = Vec::new();
         for (project, name) in group {
             running.push(start(project, name, &seeds, &work, seconds, asan)?);
