@@ -1246,19 +1246,20 @@ pub mod fuzzing {
             error: None,
         };
         let mut piece = vec![0; piece.clamp(1, 1 << 16)];
+        // One answer, as the fetcher reads it: its head checked against what is known, then its
+        // body appended to `body`; whether the body ended.
+        let mut answer = |bytes: &[u8],
+                          from: u64,
+                          known: &mut FirstAnswer,
+                          body: &mut Vec<u8>|
+         -> Result<bool, FetchError> {
+            let (head, rest) = read_head(&url, bytes, limits)?;
+            let (framing, limit) = known.check(&url, from, &head, limits.max_len)?;
+            read_body(&url, rest, framing, limit, &mut piece, body, limits)
+        };
         let result = (|| {
-            let (head, rest) = read_head(&url, first, limits)?;
-            let (framing, limit) = known.check(&url, 0, &head, limits.max_len)?;
+            let ended = answer(first, 0, &mut known, &mut out.body)?;
             out.len = known.len;
-            let ended = read_body(
-                &url,
-                rest,
-                framing,
-                limit,
-                &mut piece,
-                &mut out.body,
-                limits,
-            )?;
             let Some((second, cut)) = resume.filter(|_| known.len.is_some()) else {
                 return Ok(());
             };
@@ -1268,17 +1269,7 @@ pub mod fuzzing {
             }
             out.body.truncate(from as usize);
             out.resumed_at = Some(from);
-            let (head, rest) = read_head(&url, second, limits)?;
-            let (framing, limit) = known.check(&url, from, &head, limits.max_len)?;
-            read_body(
-                &url,
-                rest,
-                framing,
-                limit,
-                &mut piece,
-                &mut out.body,
-                limits,
-            )?;
+            answer(second, from, &mut known, &mut out.body)?;
             Ok(())
         })();
         out.error = result.err().map(|e: FetchError| e.to_string());

@@ -13,7 +13,7 @@ use std::time::Duration;
 use cairn_api::fetch::{Fetch, FetchError, FetchLimits};
 use common::{Ca, Pem};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::CertificateDer;
 use rustls::{RootCertStore, ServerConfig, ServerConnection, StreamOwned};
 
 const MIB: usize = 1024 * 1024;
@@ -43,18 +43,7 @@ struct Server {
 impl Server {
     /// Serves `file` as /bundle, with the certificate `cert` (for 127.0.0.1 and localhost).
     fn start(cert: &Pem, bundle: Bundle, file: Arc<Vec<u8>>) -> Server {
-        let chain = CertificateDer::pem_slice_iter(cert.cert.as_bytes())
-            .collect::<Result<Vec<_>, _>>()
-            .unwrap();
-        let key = PrivateKeyDer::from_pem_slice(cert.key.as_bytes()).unwrap();
-        let config =
-            ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_protocol_versions(&[&rustls::version::TLS13])
-                .unwrap()
-                .with_no_client_auth()
-                .with_single_cert(chain, key)
-                .unwrap();
-        let config = Arc::new(config);
+        let config = common::https_server_config(cert);
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let requests = Arc::new(Mutex::new(Vec::new()));

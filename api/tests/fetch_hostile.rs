@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use cairn_api::fetch::{Fetch, FetchError, FetchLimits};
 use common::Ca;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::CertificateDer;
 use rustls::{RootCertStore, ServerConfig, ServerConnection, StreamOwned};
 
 const MIB: usize = 1024 * 1024;
@@ -70,19 +70,7 @@ struct Hostile {
 
 impl Hostile {
     fn start(ca: &Ca, script: impl Fn(Peer) -> io::Result<()> + Send + Sync + 'static) -> Hostile {
-        let cert = ca.server();
-        let chain = CertificateDer::pem_slice_iter(cert.cert.as_bytes())
-            .collect::<Result<Vec<_>, _>>()
-            .unwrap();
-        let key = PrivateKeyDer::from_pem_slice(cert.key.as_bytes()).unwrap();
-        let config =
-            ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_protocol_versions(&[&rustls::version::TLS13])
-                .unwrap()
-                .with_no_client_auth()
-                .with_single_cert(chain, key)
-                .unwrap();
-        let config = Arc::new(config);
+        let config = common::https_server_config(&ca.server());
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
