@@ -1,7 +1,9 @@
 //! Fuzzing the parsers of outside data with cargo-fuzz (libFuzzer) on the pinned stable toolchain.
 //!
-//! Each fuzz project is a cargo-fuzz crate outside the workspace (`bundle/fuzz/`) with an example
-//! named `seeds` that writes its seed corpus; seeds are generated into target/, never committed.
+//! Each fuzz project is a cargo-fuzz crate outside the main workspace (`bundle/fuzz/`) with an
+//! example named `seeds` that writes its seed corpus (into target/, never committed). All of
+//! them are members of one fuzz workspace (`fuzz/Cargo.toml`), so they share a Cargo.lock and
+//! their builds.
 //! The one idea: targets are built without a sanitizer by default, which cargo-fuzz does with
 //! stable `-C` flags only, so no nightly toolchain and no RUSTC_BOOTSTRAP are involved. The code
 //! the targets reach has no `unsafe`: the fuzzed crates' only `unsafe` blocks are in their socket
@@ -35,7 +37,11 @@ const BRIEF_SECONDS: u64 = 30;
 /// useful share of them. The brief run in `cargo xtask test` runs them all at once.
 const GROUP: usize = 7;
 
-/// A cargo-fuzz project (relative to the workspace root) and its fuzz targets.
+/// The workspace every fuzz project belongs to (relative to the main workspace's root).
+const WORKSPACE: &str = "fuzz/Cargo.toml";
+
+/// A cargo-fuzz project (relative to the main workspace's root) and its fuzz targets; each is a
+/// member of [`WORKSPACE`].
 const PROJECTS: &[(&str, &[&str])] = &[
     ("bundle/fuzz", &["bundle", "manifest"]),
     ("netcfg/fuzz", &["dhcp_reply", "dhcp_frame"]),
@@ -137,25 +143,34 @@ fn fuzz(seconds: u64, asan: bool, side_by_side: usize) -> Result<()> {
     let work = work_dir();
     let seeds = work.join("seeds");
     // Everything is built before any target starts, so a build error leaves nothing running.
+    // The projects share one workspace (fuzz/Cargo.toml), so lints run once over all of them and
+    // what one project's build compiled, the next one reuses.
+    step("fuzz projects: format and lints (one workspace)");
+    let workspace = Path::new(WORKSPACE);
     for (project, _) in PROJECTS {
-        step(&format!(
-            "fuzz {project} ({sanitizer}): lints, build, seed corpus"
-        ));
-        let manifest = Path::new(project).join("Cargo.toml");
-        // Outside the workspace, so the workspace's fmt and clippy steps never see it.
+        // Outside the main workspace, so its fmt and clippy steps never see them.
         run(cargo()
             .args(["fmt", "--check", "--manifest-path"])
-            .arg(&manifest))?;
-        run(cargo()
-            .args(["clippy", "--quiet", "--all-targets", "--manifest-path"])
-            .arg(&manifest)
-            .arg("--target-dir")
-            .arg(build_dir(false))
-            .args(["--", "-D", "warnings"]))?;
+            .arg(Path::new(project).join("Cargo.toml")))?;
+    }
+    run(cargo()
+        .args([
+            "clippy",
+            "--quiet",
+            "--workspace",
+            "--all-targets",
+            "--manifest-path",
+        ])
+        .arg(workspace)
+        .arg("--target-dir")
+        .arg(build_dir(false))
+        .args(["--", "-D", "warnings"]))?;
+    for (project, _) in PROJECTS {
+        step(&format!("fuzz {project} ({sanitizer}): build, seed corpus"));
         run(&mut cargo_fuzz("build", project, asan))?;
         run(cargo()
             .args(["run", "--quiet", "--example", "seeds", "--manifest-path"])
-            .arg(&manifest)
+            .arg(Path::new(project).join("Cargo.toml"))
             .arg("--target-dir")
             .arg(build_dir(false))
             .arg("--")
