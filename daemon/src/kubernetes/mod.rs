@@ -1,0 +1,646 @@
+//! The Kubernetes capability: a single-node k3s server on the device's containerd, started
+//! from the machine config's `kubernetes:` section, restarted when it exits, and gating every
+//! update through its health ([`health`]).
+//!
+//! Before the first start in a boot it protects the datastore from a k3s downgrade
+//! ([`snapshot`]): the k3s that last ran (recorded on DATA, [`LAST_RUN`]) is compared with this
+//! slot's (the system extension's manifest, or the binary's sha256). A trial slot bringing a
+//! different k3s first snapshots the datastore as the old slot's k3s left it; a slot returning
+//! after another slot's k3s ran restores the snapshot taken for it, or does not start k3s at
+//! all (an older k3s on a newer datastore is what k3s does not support).
+//!
+//! Files it writes: `/etc/rancher/k3s/config.yaml` (generated, [`k3s_config`]), the configured
+//! manifests copied from STATE into k3s's auto-deploy folder, links to the image's airgap image
+//! tarballs in `agent/images`. k3s's own output goes to [`K3S_LOG`] on DATA.
+
+pub mod client;
+pub mod health;
+pub mod snapshot;
+
+use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cairn_facts::kubernetes::{self as spec, K3S_BIN, MANIFESTS_DIR};
+use cairn_updater::health::Check;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use crate::health::Gate;
+use crate::log::say;
+use client::{Client, ADMIN_KUBECONFIG};
+
+/// k3s's config file; k3s reads it at start.
+pub const K3S_CONFIG: &str = "/etc/rancher/k3s/config.yaml";
+/// k3s's data folder (its default, written into the config).
+pub const DATA_DIR: &str = "/var/lib/rancher/k3s";
+/// The CRI socket k3s uses instead of its embedded containerd.
+pub const CONTAINERD_SOCKET: &str = "/run/containerd/containerd.sock";
+/// The system extension's manifest: what it carries, with versions and sha256.
+pub const EXTENSION_MANIFEST: &str = "/usr/lib/cairn/extension.json";
+/// Airgap image tarballs the image carries (read-only).
+pub const IMAGES_DIR: &str = "/usr/lib/cairn/k3s/images";
+/// cairnd's k3s records on DATA (not STATE: the snapshots are as large as the datastore).
+pub const RECORDS_DIR: &str = "/var/lib/cairn-k3s";
+/// The k3s that last ran on this DATA: `{slot, version, sha256}`.
+pub const LAST_RUN: &str = "/var/lib/cairn-k3s/last-run.json";
+/// Datastore snapshots, one folder each ([`snapshot`]).
+pub const SNAPSHOTS_DIR: &str = "/var/lib/cairn-k3s/snapshots";
+/// k3s's output (and the one before it, `.1`).
+pub const K3S_LOG: &str = "/var/log/k3s.log";
+const LOG_MAX: u64 = 16 * 1024 * 1024;
+
+/// A k3s binary: which release, and its sha256 (what tells two apart).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct K3s {
+    pub version: String,
+    pub sha256: String,
+}
+
+/// The k3s that ran, as recorded in [`LAST_RUN`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ran {
+    pub slot: String,
+    pub k3s: K3s,
+}
+
+/// What must happen to the datastore before this slot's k3s starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Before {
+    /// Nothing: the same k3s ran last, or none ever did.
+    Start,
+    /// An upgrade: keep the datastore as the previous k3s left it, under this name.
+    Snapshot(String),
+    /// A return to this slot after another k3s ran: put its snapshot back.
+    Restore(String),
+    /// A return with no snapshot to put back: starting would downgrade the datastore.
+    Refuse(String),
+}
+
+/// The snapshot name for a slot's k3s: `<slot>-<version>`.
+pub fn snapshot_name(slot: &str, k3s: &K3s) -> String {
+    let version: String = k3s
+        .version
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._+-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("{slot}-{version}")
+}
+
+/// Decides [`Before`] from the last k3s that ran, this slot's, and whether this boot is a trial.
+pub fn before_start(
+    last: Option<&Ran>,
+    me: &Ran,
+    trial: bool,
+    has_snapshot: &dyn Fn(&str) -> bool,
+) -> Before {
+    let Some(last) = last else {
+        return Before::Start;
+    };
+    if last.k3s.sha256 == me.k3s.sha256 {
+        return Before::Start;
+    }
+    if trial {
+        return Before::Snapshot(snapshot_name(&last.slot, &last.k3s));
+    }
+    if last.slot == me.slot {
+        // The same slot with another k3s: written anew from an image, not an update.
+        return Before::Start;
+    }
+    let mine = snapshot_name(&me.slot, &me.k3s);
+    match has_snapshot(&mine) {
+        true => Before::Restore(mine),
+        false => Before::Refuse(format!(
+            "k3s {} from slot {} last ran on this datastore, and there is no snapshot {mine} for slot {}'s k3s {} to restore: k3s does not support downgrades",
+            last.k3s.version, last.slot, me.slot, me.k3s.version
+        )),
+    }
+}
+
+/// k3s's config file for a section.
+pub fn k3s_config(k: &spec::Kubernetes, node_name: &str) -> String {
+    let mut out = String::from(
+        "# Written by cairnd from the machine config's kubernetes section; edits are overwritten.\n",
+    );
+    let q = |s: &str| serde_json::to_string(s).expect("a string");
+    out.push_str(&format!("node-name: {}\n", q(node_name)));
+    out.push_str(&format!("data-dir: {}\n", q(DATA_DIR)));
+    out.push_str(&format!(
+        "container-runtime-endpoint: {}\n",
+        q(&format!("unix://{CONTAINERD_SOCKET}"))
+    ));
+    out.push_str(&format!("write-kubeconfig-mode: {}\n", q("0600")));
+    out.push_str(&format!("flannel-backend: {}\n", q(&k.flannel_backend)));
+    if !k.disable.is_empty() {
+        out.push_str("disable:\n");
+        for c in &k.disable {
+            out.push_str(&format!("  - {}\n", q(c)));
+        }
+    }
+    out
+}
+
+/// The k3s this image carries: from the extension's manifest (an object under `k3s`, or an
+/// entry named `k3s` in a list), else the binary's own sha256 with an unknown version.
+pub fn this_k3s(manifest: Option<&Value>, bin: &Path) -> Result<K3s, String> {
+    fn entry(v: &Value) -> Option<&Value> {
+        if let Some(k) = v.get("k3s").filter(|k| k.is_object()) {
+            return Some(k);
+        }
+        match v {
+            Value::Array(items) => items.iter().find_map(entry),
+            Value::Object(map) => {
+                if map.get("name").and_then(Value::as_str) == Some("k3s") {
+                    return Some(v);
+                }
+                map.values().filter(|x| x.is_array()).find_map(entry)
+            }
+            _ => None,
+        }
+    }
+    if let Some(k) = manifest.and_then(entry) {
+        if let Some(sha) = k.get("sha256").and_then(Value::as_str) {
+            return Ok(K3s {
+                version: k
+                    .get("version")
+                    .and_then(Value::as_str)
+                    .unwrap_or("unknown")
+                    .to_string(),
+                sha256: sha.to_string(),
+            });
+        }
+    }
+    let mut f = fs::File::open(bin).map_err(|e| format!("{}: {e}", bin.display()))?;
+    let mut hash = Sha256::new();
+    let mut buf = vec![0u8; 1024 * 1024];
+    loop {
+        let n = f.read(&mut buf).map_err(|e| format!("{}: {e}", bin.display()))?;
+        if n == 0 {
+            break;
+        }
+        hash.update(&buf[..n]);
+    }
+    let sha256 = hex::encode(hash.finalize());
+    Ok(K3s {
+        version: format!("sha256-{}", &sha256[..12]),
+        sha256,
+    })
+}
+
+fn read_last_run(path: &Path) -> Option<Ran> {
+    let v: Value = serde_json::from_slice(&fs::read(path).ok()?).ok()?;
+    Some(Ran {
+        slot: v.get("slot")?.as_str()?.to_string(),
+        k3s: K3s {
+            version: v.get("version")?.as_str()?.to_string(),
+            sha256: v.get("sha256")?.as_str()?.to_string(),
+        },
+    })
+}
+
+fn write_last_run(path: &Path, ran: &Ran) -> Result<(), String> {
+    let text = json!({"slot": ran.slot, "version": ran.k3s.version, "sha256": ran.k3s.sha256});
+    write_atomic(path, serde_json::to_string_pretty(&text).expect("JSON").as_bytes(), 0o644)
+}
+
+/// Writes a file whole or not at all (a temporary beside it, fsynced, renamed).
+fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), String> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let dir = path.parent().expect("an absolute path");
+    fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        path.file_name().expect("a file").to_string_lossy()
+    ));
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)
+        .map_err(|e| format!("writing {}: {e}", tmp.display()))?;
+    f.write_all(data)
+        .and_then(|()| f.sync_all())
+        .map_err(|e| format!("writing {}: {e}", tmp.display()))?;
+    fs::rename(&tmp, path).map_err(|e| format!("renaming to {}: {e}", path.display()))?;
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| format!("syncing {}: {e}", dir.display()))
+}
+
+/// Copies the configured manifests from STATE into k3s's auto-deploy folder; returns the ones
+/// missing on STATE.
+pub fn copy_manifests(names: &[String], from: &Path, to: &Path) -> Result<Vec<String>, String> {
+    let mut missing = Vec::new();
+    for name in names {
+        match fs::read(from.join(name)) {
+            Ok(data) => write_atomic(&to.join(name), &data, 0o600)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => missing.push(name.clone()),
+            Err(e) => return Err(format!("reading {}: {e}", from.join(name).display())),
+        }
+    }
+    Ok(missing)
+}
+
+/// Links each airgap tarball of the image into k3s's `agent/images` folder.
+fn link_images(from: &Path, to: &Path) -> Result<usize, String> {
+    let Ok(entries) = fs::read_dir(from) else {
+        return Ok(0);
+    };
+    fs::create_dir_all(to).map_err(|e| format!("creating {}: {e}", to.display()))?;
+    let mut n = 0;
+    for entry in entries.flatten() {
+        let link = to.join(entry.file_name());
+        let _ = fs::remove_file(&link);
+        std::os::unix::fs::symlink(entry.path(), &link)
+            .map_err(|e| format!("linking {}: {e}", link.display()))?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// The Node name a section gives: its `node_name`, else the hostname (lower case).
+pub fn node_name(k: &spec::Kubernetes, hostname: Option<&str>) -> String {
+    match &k.node_name {
+        Some(n) => n.clone(),
+        None => hostname
+            .map(str::to_string)
+            .or_else(|| fs::read_to_string("/proc/sys/kernel/hostname").ok())
+            .unwrap_or_default()
+            .trim()
+            .to_ascii_lowercase(),
+    }
+}
+
+/// The running capability.
+pub struct Kubernetes {
+    section: spec::Kubernetes,
+    node_name: String,
+    client: Arc<Client>,
+    /// Why k3s is not running as configured (a refused downgrade, a missing manifest), shown
+    /// as a failing check.
+    problems: Mutex<Vec<String>>,
+}
+
+impl Kubernetes {
+    /// Prepares k3s's files and starts its supervisor, which waits for containerd. `state`
+    /// is STATE's mount point; `slot` the running slot; `trial` whether this boot is one.
+    pub fn start(
+        section: spec::Kubernetes,
+        hostname: Option<&str>,
+        state: &Path,
+        slot: &str,
+        trial: bool,
+    ) -> Arc<Kubernetes> {
+        let node_name = node_name(&section, hostname);
+        let me = Arc::new(Kubernetes {
+            node_name: node_name.clone(),
+            client: Arc::new(Client::new(ADMIN_KUBECONFIG)),
+            problems: Mutex::new(Vec::new()),
+            section,
+        });
+        let mut problems = Vec::new();
+        match me.prepare(state) {
+            Ok(mut p) => problems.append(&mut p),
+            Err(e) => problems.push(e),
+        }
+        let ran = Path::new(K3S_BIN);
+        let manifest: Option<Value> = fs::read(EXTENSION_MANIFEST)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        let runner = Arc::clone(&me);
+        let slot = slot.to_string();
+        std::thread::spawn(move || {
+            let k3s = match this_k3s(manifest.as_ref(), ran) {
+                Ok(k) => k,
+                Err(e) => return runner.problem(format!("k3s not started: {e}")),
+            };
+            let me = Ran { slot, k3s };
+            if let Err(e) = guard_datastore(&me, trial) {
+                return runner.problem(format!("k3s not started: {e}"));
+            }
+            runner.supervise(&me);
+        });
+        me.problems
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(problems);
+        me
+    }
+
+    fn problem(&self, line: String) {
+        say!("{line}");
+        self.problems
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(line);
+    }
+
+    /// k3s's config, the manifests and the airgap images.
+    fn prepare(&self, state: &Path) -> Result<Vec<String>, String> {
+        let mut problems = Vec::new();
+        write_atomic(
+            Path::new(K3S_CONFIG),
+            k3s_config(&self.section, &self.node_name).as_bytes(),
+            0o600,
+        )?;
+        let missing = copy_manifests(
+            &self.section.manifests,
+            &state.join(MANIFESTS_DIR),
+            &Path::new(DATA_DIR).join("server/manifests"),
+        )?;
+        if !missing.is_empty() {
+            problems.push(format!(
+                "manifests missing on STATE ({}): {}",
+                state.join(MANIFESTS_DIR).display(),
+                missing.join(", ")
+            ));
+        }
+        let images = link_images(Path::new(IMAGES_DIR), &Path::new(DATA_DIR).join("agent/images"))?;
+        if images > 0 {
+            say!("k3s: {images} airgap image tarball(s) linked");
+        }
+        Ok(problems)
+    }
+
+    /// Runs `k3s server` once containerd answers, and again whenever it exits.
+    fn supervise(&self, me: &Ran) {
+        let started = Instant::now();
+        let mut told = false;
+        while !Path::new(CONTAINERD_SOCKET).exists() {
+            if !told && started.elapsed() > Duration::from_secs(30) {
+                say!("k3s: waiting for containerd ({CONTAINERD_SOCKET})");
+                told = true;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        if let Err(e) = write_last_run(Path::new(LAST_RUN), me) {
+            say!("k3s: recording the k3s that runs: {e}");
+        }
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            let log = open_log(Path::new(K3S_LOG));
+            let (out, err) = match log {
+                Ok(f) => match f.try_clone() {
+                    Ok(g) => (Stdio::from(f), Stdio::from(g)),
+                    Err(_) => (Stdio::null(), Stdio::null()),
+                },
+                Err(_) => (Stdio::null(), Stdio::null()),
+            };
+            let mut command = Command::new(K3S_BIN);
+            command
+                .arg("server")
+                .env_clear()
+                .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+                .env("HOME", "/var/lib/rancher")
+                .stdin(Stdio::null())
+                .stdout(out)
+                .stderr(err);
+            // SAFETY: prctl with PR_SET_PDEATHSIG takes no pointers and is async-signal-safe;
+            // it only asks the kernel to send SIGTERM to k3s if this thread goes away (cairnd
+            // exited), so a restarted cairnd never finds a second k3s running.
+            unsafe {
+                command.pre_exec(|| {
+                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+            let run = Instant::now();
+            match command.spawn() {
+                Ok(mut child) => {
+                    say!(
+                        "k3s {} started (pid {}), node {}; its output is in {K3S_LOG}",
+                        me.k3s.version,
+                        child.id(),
+                        self.node_name
+                    );
+                    let status = child.wait();
+                    say!("k3s exited ({status:?}); starting it again in {} s", backoff.as_secs());
+                }
+                Err(e) => say!("k3s: cannot start {K3S_BIN}: {e}"),
+            }
+            if run.elapsed() > Duration::from_secs(300) {
+                backoff = Duration::from_secs(1);
+            }
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(Duration::from_secs(30));
+        }
+    }
+
+    /// The admin kubeconfig k3s wrote, as it is (its server is `https://127.0.0.1:6443`).
+    pub fn kubeconfig(&self) -> Result<String, String> {
+        fs::read_to_string(ADMIN_KUBECONFIG).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => format!(
+                "{ADMIN_KUBECONFIG} does not exist yet: k3s writes it once its API server is up"
+            ),
+            _ => format!("reading {ADMIN_KUBECONFIG}: {e}"),
+        })
+    }
+}
+
+/// Snapshots or restores the datastore as [`before_start`] decides, and says what it did.
+fn guard_datastore(me: &Ran, trial: bool) -> Result<(), String> {
+    let db = Path::new(DATA_DIR).join("server/db");
+    let root = Path::new(SNAPSHOTS_DIR);
+    if snapshot::resume(&db)? {
+        say!("k3s: finished a datastore restore that was cut short");
+    }
+    let last = read_last_run(Path::new(LAST_RUN));
+    match before_start(last.as_ref(), me, trial, &|name| {
+        snapshot::find(root, name).is_some()
+    }) {
+        Before::Start => Ok(()),
+        Before::Snapshot(name) => {
+            if !db.join(snapshot::FILES[0]).exists() {
+                return Ok(());
+            }
+            let t = Instant::now();
+            let at = snapshot::take(&db, root, &name)?;
+            say!(
+                "k3s changes from {} to {}: datastore saved as {} in {} ms",
+                last.map_or_else(String::new, |l| l.k3s.version),
+                me.k3s.version,
+                at.display(),
+                t.elapsed().as_millis()
+            );
+            Ok(())
+        }
+        Before::Restore(name) => {
+            let at = snapshot::find(root, &name).ok_or("the snapshot went away")?;
+            snapshot::restore(&at, &db)?;
+            say!(
+                "k3s datastore restored from {} (the state before slot {} left this k3s)",
+                at.display(),
+                me.slot
+            );
+            Ok(())
+        }
+        Before::Refuse(why) => Err(why),
+    }
+}
+
+fn open_log(path: &Path) -> std::io::Result<fs::File> {
+    if fs::metadata(path).is_ok_and(|m| m.len() > LOG_MAX) {
+        let _ = fs::rename(path, PathBuf::from(format!("{}.1", path.display())));
+    }
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir)?;
+    }
+    fs::OpenOptions::new().create(true).append(true).open(path)
+}
+
+impl Gate for Kubernetes {
+    fn checks(&self) -> Vec<Box<dyn Check>> {
+        let problems = self
+            .problems
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let mut checks = health::checks(
+            &self.client,
+            &self.node_name,
+            Duration::from_secs(self.section.heartbeat_max_age_s),
+            &self.section.workloads,
+        );
+        if !problems.is_empty() {
+            checks.insert(0, Box::new(Problems(problems)));
+        }
+        checks
+    }
+}
+
+/// Why k3s is not running as configured.
+struct Problems(Vec<String>);
+
+impl Check for Problems {
+    fn name(&self) -> String {
+        "kubernetes k3s".into()
+    }
+    fn run(&self) -> Result<(), String> {
+        Err(self.0.join("; "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn k(v: &str, sha: &str) -> K3s {
+        K3s {
+            version: v.into(),
+            sha256: sha.into(),
+        }
+    }
+    fn ran(slot: &str, k3s: K3s) -> Ran {
+        Ran {
+            slot: slot.into(),
+            k3s,
+        }
+    }
+
+    #[test]
+    fn the_datastore_is_saved_before_an_upgrade_and_put_back_on_a_return() {
+        let old = k("v1.30.6+k3s1", "aa");
+        let new = k("v1.31.2+k3s1", "bb");
+        let none = |_: &str| false;
+        let some = |n: &str| n == "a-v1.30.6+k3s1";
+        // First k3s ever, or the same one again: nothing to do.
+        assert_eq!(before_start(None, &ran("a", old.clone()), false, &none), Before::Start);
+        let last = ran("a", old.clone());
+        assert_eq!(before_start(Some(&last), &ran("b", old.clone()), true, &none), Before::Start);
+        // Slot b's first (trial) boot brings another k3s: save slot a's datastore.
+        assert_eq!(
+            before_start(Some(&last), &ran("b", new.clone()), true, &none),
+            Before::Snapshot("a-v1.30.6+k3s1".into())
+        );
+        // Back on slot a after b's k3s ran: restore a's snapshot, or refuse without one.
+        let last = ran("b", new.clone());
+        assert_eq!(
+            before_start(Some(&last), &ran("a", old.clone()), false, &some),
+            Before::Restore("a-v1.30.6+k3s1".into())
+        );
+        match before_start(Some(&last), &ran("a", old.clone()), false, &none) {
+            Before::Refuse(why) => assert!(why.contains("does not support downgrades"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        // Slot b committed and booting normally: its own k3s ran last.
+        assert_eq!(before_start(Some(&last), &ran("b", new), false, &none), Before::Start);
+    }
+
+    #[test]
+    fn the_k3s_config_carries_the_section() {
+        let section: spec::Kubernetes = cairn_facts::config::MachineConfig::<Fake>::parse(
+            "kubernetes: {disable: [traefik, servicelb], flannel_backend: host-gw}",
+        )
+        .unwrap()
+        .kubernetes
+        .unwrap();
+        let text = k3s_config(&section, "edge-01");
+        assert_eq!(
+            text.lines().skip(1).collect::<Vec<_>>(),
+            [
+                "node-name: \"edge-01\"",
+                "data-dir: \"/var/lib/rancher/k3s\"",
+                "container-runtime-endpoint: \"unix:///run/containerd/containerd.sock\"",
+                "write-kubeconfig-mode: \"0600\"",
+                "flannel-backend: \"host-gw\"",
+                "disable:",
+                "  - \"traefik\"",
+                "  - \"servicelb\"",
+            ]
+        );
+        // k3s reads it as YAML: the values come back as written.
+        let v: Value = serde_norway::from_str(&text).unwrap();
+        assert_eq!(v["write-kubeconfig-mode"], "0600");
+        assert_eq!(v["disable"][1], "servicelb");
+    }
+
+    struct Fake;
+    impl cairn_facts::config::CertCheck for Fake {
+        fn trust_anchors(_: &str) -> Result<(), String> {
+            Ok(())
+        }
+        fn server_identity(_: &str, _: &str) -> Result<(), String> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn the_k3s_comes_from_the_manifest_or_its_own_hash() {
+        let t = tempfile::tempdir().unwrap();
+        let bin = t.path().join("k3s");
+        fs::write(&bin, b"not really k3s").unwrap();
+        let listed = json!({"components": [{"name": "containerd", "version": "1.6", "sha256": "cc"},
+                                           {"name": "k3s", "version": "v1.31.2+k3s1", "sha256": "dd"}]});
+        assert_eq!(this_k3s(Some(&listed), &bin).unwrap(), k("v1.31.2+k3s1", "dd"));
+        let keyed = json!({"k3s": {"version": "v1.30.6+k3s1", "sha256": "ee"}});
+        assert_eq!(this_k3s(Some(&keyed), &bin).unwrap(), k("v1.30.6+k3s1", "ee"));
+        let own = this_k3s(None, &bin).unwrap();
+        assert_eq!(own.sha256, hex::encode(Sha256::digest(b"not really k3s")));
+        assert!(own.version.starts_with("sha256-"));
+    }
+
+    #[test]
+    fn manifests_are_copied_and_missing_ones_named() {
+        let t = tempfile::tempdir().unwrap();
+        let (from, to) = (t.path().join("state"), t.path().join("manifests"));
+        fs::create_dir_all(&from).unwrap();
+        fs::write(from.join("app.yaml"), "kind: Namespace\n").unwrap();
+        let missing =
+            copy_manifests(&["app.yaml".into(), "gone.yaml".into()], &from, &to).unwrap();
+        assert_eq!(missing, ["gone.yaml"]);
+        assert_eq!(fs::read_to_string(to.join("app.yaml")).unwrap(), "kind: Namespace\n");
+    }
+}
