@@ -8,6 +8,15 @@ pub use cairn_facts::config::*;
 /// use them.
 pub type MachineConfig = cairn_facts::config::MachineConfig<cairn_api::TlsCheck>;
 
+/// Parses a config for this system: [`MachineConfig::parse`], and a `kubernetes:` section only
+/// where the image carries k3s.
+pub fn parse_here(text: &str) -> Result<MachineConfig, String> {
+    let config = MachineConfig::parse(text)?;
+    let has_k3s = std::path::Path::new(cairn_facts::kubernetes::K3S_BIN).exists();
+    cairn_facts::kubernetes::require_k3s(config.kubernetes.as_ref(), has_k3s, "this system")?;
+    Ok(config)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

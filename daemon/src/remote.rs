@@ -34,6 +34,7 @@ use crate::bringup::{RECOVERY_KEY_FILE, SECRETS_DIR, STATE_MOUNT};
 use crate::events::{proto_slot, Events};
 use crate::health::Health;
 use crate::journal::Batch;
+use crate::kubernetes::Kubernetes;
 use crate::log::{self, say, unix_ms};
 use crate::settings::Settings;
 use crate::system::{self, Boot, API_PORT as PORT};
@@ -47,6 +48,8 @@ pub struct Api {
     pub settings: Arc<Settings>,
     pub health: Arc<Health>,
     pub updates: Arc<Updates>,
+    /// k3s, when the machine config runs it.
+    pub kubernetes: Option<Arc<Kubernetes>>,
 }
 /// Re-issue the server certificate when it has less than this left.
 const RENEW_BEFORE: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -491,6 +494,17 @@ impl Device for ApiDevice {
         say!("reboot requested over the API");
         system::reboot_soon();
         Ok(())
+    }
+
+    fn kubeconfig(&self) -> Result<proto::KubeconfigResponse, DeviceError> {
+        let Some(k) = &self.0.kubernetes else {
+            return Err(DeviceError::failed_precondition(
+                "this device runs no Kubernetes (its machine config has no kubernetes section)",
+            ));
+        };
+        k.kubeconfig()
+            .map(|kubeconfig| proto::KubeconfigResponse { kubeconfig })
+            .map_err(DeviceError::failed_precondition)
     }
 
     fn shutdown(&self) -> Result<(), DeviceError> {

@@ -337,7 +337,10 @@ mod tests {
     fn a_section_needs_k3s() {
         let k = parse("{}").unwrap();
         let e = require_k3s(Some(&k), false, "this image").unwrap_err();
-        assert!(e.starts_with("kubernetes: this image has no k3s (/usr/bin/k3s)"), "{e}");
+        assert!(
+            e.starts_with("kubernetes: this image has no k3s (/usr/bin/k3s)"),
+            "{e}"
+        );
         assert!(require_k3s(Some(&k), true, "this image").is_ok());
         assert!(require_k3s(None, false, "this image").is_ok());
     }

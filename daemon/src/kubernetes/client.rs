@@ -129,7 +129,11 @@ impl Client {
                 answer.status,
                 self.kubeconfig.display()
             )),
-            _ => Err(format!("GET {path}: {}{}", answer.status, status_detail(&answer.body))),
+            _ => Err(format!(
+                "GET {path}: {}{}",
+                answer.status,
+                status_detail(&answer.body)
+            )),
         }
     }
 }
@@ -147,30 +151,67 @@ fn status_detail(body: &[u8]) -> String {
 fn describe(e: &FetchError) -> String {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(s) = source {
-        if let Some(rustls::Error::AlertReceived(alert)) = s.downcast_ref::<rustls::Error>() {
-            use rustls::AlertDescription as A;
-            if matches!(
-                alert,
-                A::BadCertificate
-                    | A::UnknownCA
-                    | A::CertificateRequired
-                    | A::CertificateUnknown
-                    | A::CertificateRevoked
-                    | A::CertificateExpired
-                    | A::AccessDenied
-            ) {
-                return format!("{e}: the API server refused our client certificate (TLS alert {alert:?})");
+        // io::Error's source() skips the error it wraps: look inside.
+        let inner = s
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .map(|i| i as &(dyn std::error::Error + 'static));
+        for candidate in [Some(s), inner].into_iter().flatten() {
+            if let Some(rustls::Error::AlertReceived(alert)) =
+                candidate.downcast_ref::<rustls::Error>()
+            {
+                use rustls::AlertDescription as A;
+                if matches!(
+                    alert,
+                    A::BadCertificate
+                        | A::UnknownCA
+                        | A::CertificateRequired
+                        | A::CertificateUnknown
+                        | A::CertificateRevoked
+                        | A::CertificateExpired
+                        | A::AccessDenied
+                ) {
+                    return format!(
+                        "{}: the API server refused our client certificate (TLS alert {alert:?})",
+                        url_of(e)
+                    );
+                }
             }
         }
-        source = s.source();
+        source = inner.or_else(|| s.source());
     }
-    let mut line = e.to_string();
+    let mut line = match e {
+        FetchError::Broke { url, .. } => format!("the connection to {url} broke"),
+        other => other.to_string(),
+    };
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
         line.push_str(&format!(": {s}"));
         source = s.source();
     }
     line
+}
+
+/// The URL a failed request was for.
+fn url_of(e: &FetchError) -> String {
+    use FetchError as F;
+    match e {
+        F::Url { url, .. }
+        | F::BadRedirect { url, .. }
+        | F::Redirects { url, .. }
+        | F::Connect { url, .. }
+        | F::Certificate { url, .. }
+        | F::Tls { url, .. }
+        | F::Broke { url, .. }
+        | F::Status { url, .. }
+        | F::Malformed { url, .. }
+        | F::NoFraming { url }
+        | F::TooLong { url, .. }
+        | F::CannotResume { url, .. }
+        | F::NoLength { url, .. }
+        | F::GaveUp { url, .. }
+        | F::Failed { url } => url.clone(),
+    }
 }
 
 #[cfg(test)]

@@ -41,7 +41,11 @@ pub fn readyz(status: u16, body: &[u8]) -> Result<(), String> {
         let first = text.lines().next().unwrap_or("").trim();
         return Err(format!("/readyz answered {status}: {}", clip(first)));
     }
-    let mut shown: Vec<String> = failed.iter().take(MAX_FAILED_LINES).map(|l| clip(l)).collect();
+    let mut shown: Vec<String> = failed
+        .iter()
+        .take(MAX_FAILED_LINES)
+        .map(|l| clip(l))
+        .collect();
     if failed.len() > MAX_FAILED_LINES {
         shown.push(format!("and {} more", failed.len() - MAX_FAILED_LINES));
     }
@@ -142,7 +146,11 @@ pub fn workload(kind: WorkloadKind, object: &Value) -> Result<(), String> {
             }
         }
         WorkloadKind::DaemonSet => {
-            let number = |k: &str| object.pointer(&format!("/status/{k}")).and_then(Value::as_u64);
+            let number = |k: &str| {
+                object
+                    .pointer(&format!("/status/{k}"))
+                    .and_then(Value::as_u64)
+            };
             let desired = number("desiredNumberScheduled").unwrap_or(0);
             let available = number("numberAvailable").unwrap_or(0);
             match desired == available && object.get("status").is_some() {
@@ -162,7 +170,9 @@ pub fn parse_time(text: &str) -> Option<SystemTime> {
     }
     let num = |r: std::ops::Range<usize>| -> Option<i64> {
         let s = text.get(r)?;
-        s.bytes().all(|c| c.is_ascii_digit()).then(|| s.parse().ok())?
+        s.bytes()
+            .all(|c| c.is_ascii_digit())
+            .then(|| s.parse().ok())?
     };
     let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
     let (h, mi, s) = (num(11..13)?, num(14..16)?, num(17..19)?);
@@ -275,7 +285,9 @@ impl Check for NodeCheck {
         format!("kubernetes node {}", self.name)
     }
     fn run(&self) -> Result<(), String> {
-        let n = self.client.get_json(&format!("/api/v1/nodes/{}", self.name))?;
+        let n = self
+            .client
+            .get_json(&format!("/api/v1/nodes/{}", self.name))?;
         node(&n, SystemTime::now(), self.max_age)
     }
 }
@@ -325,7 +337,12 @@ mod tests {
         assert_eq!(t("2019-06-05T18:38:35Z"), Some(1_559_759_915));
         assert_eq!(t("2024-02-29T12:00:00.123456Z"), Some(1_709_208_000));
         assert_eq!(t("2024-02-29T13:00:00+01:00"), Some(1_709_208_000));
-        for bad in ["", "2019-06-05 18:38:35Z", "2019-13-05T18:38:35Z", "2019-06-05T18:38:35"] {
+        for bad in [
+            "",
+            "2019-06-05 18:38:35Z",
+            "2019-13-05T18:38:35Z",
+            "2019-06-05T18:38:35",
+        ] {
             assert_eq!(parse_time(bad), None, "{bad}");
         }
     }

@@ -184,7 +184,9 @@ pub fn this_k3s(manifest: Option<&Value>, bin: &Path) -> Result<K3s, String> {
     let mut hash = Sha256::new();
     let mut buf = vec![0u8; 1024 * 1024];
     loop {
-        let n = f.read(&mut buf).map_err(|e| format!("{}: {e}", bin.display()))?;
+        let n = f
+            .read(&mut buf)
+            .map_err(|e| format!("{}: {e}", bin.display()))?;
         if n == 0 {
             break;
         }
@@ -210,7 +212,13 @@ fn read_last_run(path: &Path) -> Option<Ran> {
 
 fn write_last_run(path: &Path, ran: &Ran) -> Result<(), String> {
     let text = json!({"slot": ran.slot, "version": ran.k3s.version, "sha256": ran.k3s.sha256});
-    write_atomic(path, serde_json::to_string_pretty(&text).expect("JSON").as_bytes(), 0o644)
+    write_atomic(
+        path,
+        serde_json::to_string_pretty(&text)
+            .expect("JSON")
+            .as_bytes(),
+        0o644,
+    )
 }
 
 /// Writes a file whole or not at all (a temporary beside it, fsynced, renamed).
@@ -366,7 +374,10 @@ impl Kubernetes {
                 missing.join(", ")
             ));
         }
-        let images = link_images(Path::new(IMAGES_DIR), &Path::new(DATA_DIR).join("agent/images"))?;
+        let images = link_images(
+            Path::new(IMAGES_DIR),
+            &Path::new(DATA_DIR).join("agent/images"),
+        )?;
         if images > 0 {
             say!("k3s: {images} airgap image tarball(s) linked");
         }
@@ -427,7 +438,10 @@ impl Kubernetes {
                         self.node_name
                     );
                     let status = child.wait();
-                    say!("k3s exited ({status:?}); starting it again in {} s", backoff.as_secs());
+                    say!(
+                        "k3s exited ({status:?}); starting it again in {} s",
+                        backoff.as_secs()
+                    );
                 }
                 Err(e) => say!("k3s: cannot start {K3S_BIN}: {e}"),
             }
@@ -557,9 +571,15 @@ mod tests {
         let none = |_: &str| false;
         let some = |n: &str| n == "a-v1.30.6+k3s1";
         // First k3s ever, or the same one again: nothing to do.
-        assert_eq!(before_start(None, &ran("a", old.clone()), false, &none), Before::Start);
+        assert_eq!(
+            before_start(None, &ran("a", old.clone()), false, &none),
+            Before::Start
+        );
         let last = ran("a", old.clone());
-        assert_eq!(before_start(Some(&last), &ran("b", old.clone()), true, &none), Before::Start);
+        assert_eq!(
+            before_start(Some(&last), &ran("b", old.clone()), true, &none),
+            Before::Start
+        );
         // Slot b's first (trial) boot brings another k3s: save slot a's datastore.
         assert_eq!(
             before_start(Some(&last), &ran("b", new.clone()), true, &none),
@@ -576,7 +596,10 @@ mod tests {
             other => panic!("{other:?}"),
         }
         // Slot b committed and booting normally: its own k3s ran last.
-        assert_eq!(before_start(Some(&last), &ran("b", new), false, &none), Before::Start);
+        assert_eq!(
+            before_start(Some(&last), &ran("b", new), false, &none),
+            Before::Start
+        );
     }
 
     #[test]
@@ -624,9 +647,15 @@ mod tests {
         fs::write(&bin, b"not really k3s").unwrap();
         let listed = json!({"components": [{"name": "containerd", "version": "1.6", "sha256": "cc"},
                                            {"name": "k3s", "version": "v1.31.2+k3s1", "sha256": "dd"}]});
-        assert_eq!(this_k3s(Some(&listed), &bin).unwrap(), k("v1.31.2+k3s1", "dd"));
+        assert_eq!(
+            this_k3s(Some(&listed), &bin).unwrap(),
+            k("v1.31.2+k3s1", "dd")
+        );
         let keyed = json!({"k3s": {"version": "v1.30.6+k3s1", "sha256": "ee"}});
-        assert_eq!(this_k3s(Some(&keyed), &bin).unwrap(), k("v1.30.6+k3s1", "ee"));
+        assert_eq!(
+            this_k3s(Some(&keyed), &bin).unwrap(),
+            k("v1.30.6+k3s1", "ee")
+        );
         let own = this_k3s(None, &bin).unwrap();
         assert_eq!(own.sha256, hex::encode(Sha256::digest(b"not really k3s")));
         assert!(own.version.starts_with("sha256-"));
@@ -638,9 +667,11 @@ mod tests {
         let (from, to) = (t.path().join("state"), t.path().join("manifests"));
         fs::create_dir_all(&from).unwrap();
         fs::write(from.join("app.yaml"), "kind: Namespace\n").unwrap();
-        let missing =
-            copy_manifests(&["app.yaml".into(), "gone.yaml".into()], &from, &to).unwrap();
+        let missing = copy_manifests(&["app.yaml".into(), "gone.yaml".into()], &from, &to).unwrap();
         assert_eq!(missing, ["gone.yaml"]);
-        assert_eq!(fs::read_to_string(to.join("app.yaml")).unwrap(), "kind: Namespace\n");
+        assert_eq!(
+            fs::read_to_string(to.join("app.yaml")).unwrap(),
+            "kind: Namespace\n"
+        );
     }
 }

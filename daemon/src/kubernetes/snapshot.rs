@@ -57,7 +57,11 @@ pub fn take_with(
     check_name(name)?;
     let cut = || Err("stopped".to_string());
     if !db_dir.join(FILES[0]).exists() {
-        return Err(format!("{} has no {}: nothing to snapshot", db_dir.display(), FILES[0]));
+        return Err(format!(
+            "{} has no {}: nothing to snapshot",
+            db_dir.display(),
+            FILES[0]
+        ));
     }
     fs::create_dir_all(root).map_err(|e| format!("creating {}: {e}", root.display()))?;
     let tmp = root.join(format!(".tmp-{name}"));
@@ -145,7 +149,10 @@ pub fn verify(snapshot: &Path) -> Result<Vec<String>, String> {
         names.push(name.to_string());
     }
     if !names.iter().any(|n| n == FILES[0]) {
-        return Err(format!("snapshot {at} is incomplete: it has no {}", FILES[0]));
+        return Err(format!(
+            "snapshot {at} is incomplete: it has no {}",
+            FILES[0]
+        ));
     }
     Ok(names)
 }
@@ -179,8 +186,11 @@ fn finish_restore(snapshot: &Path, names: &[String], db_dir: &Path) -> Result<()
     let failed = |what: &str, e: io::Error| format!("restoring {}: {what}: {e}", db_dir.display());
     // Copies beside the live files first, so the live set changes only by renames.
     for name in names {
-        copy_synced(&snapshot.join(name), &db_dir.join(format!("{name}.restore")))
-            .map_err(|e| failed(name, e))?;
+        copy_synced(
+            &snapshot.join(name),
+            &db_dir.join(format!("{name}.restore")),
+        )
+        .map_err(|e| failed(name, e))?;
     }
     // A WAL or shm of the newer datastore must not be applied to the older state.db.
     for file in FILES {
@@ -314,9 +324,12 @@ mod tests {
     }
 
     fn integrity(dir: &Path) -> String {
-        py(dir, "print(c.execute('PRAGMA integrity_check').fetchone()[0])")
-            .trim()
-            .to_string()
+        py(
+            dir,
+            "print(c.execute('PRAGMA integrity_check').fetchone()[0])",
+        )
+        .trim()
+        .to_string()
     }
 
     #[test]
@@ -375,7 +388,12 @@ mod tests {
                 Step::OldMovedAside,
             ][..5]
         );
-        for (i, cut_at) in steps.iter().copied().chain([Step::OldMovedAside]).enumerate() {
+        for (i, cut_at) in steps
+            .iter()
+            .copied()
+            .chain([Step::OldMovedAside])
+            .enumerate()
+        {
             let root = t.path().join(format!("cut{i}"));
             // The previous complete snapshot holds "one"; the new one would hold "two" too.
             take(&db, &root, "a-v1").unwrap();
@@ -423,7 +441,10 @@ mod tests {
             .unwrap();
         wal.write_all(b"x").unwrap();
         let e = restore(&snap, &db).unwrap_err();
-        assert!(e.ends_with("is incomplete: state.db-wal does not match its manifest"), "{e}");
+        assert!(
+            e.ends_with("is incomplete: state.db-wal does not match its manifest"),
+            "{e}"
+        );
         assert_eq!(names(&db), ["kept", "newer"]);
         fs::remove_file(snap.join(MANIFEST)).unwrap();
         let e = restore(&snap, &db).unwrap_err();
