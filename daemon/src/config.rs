@@ -61,6 +61,24 @@ mod tests {
         );
     }
 
+    /// This host has no k3s at /usr/bin/k3s, like a device whose image was built without it.
+    #[test]
+    fn a_kubernetes_section_is_refused_without_k3s() {
+        if std::path::Path::new(cairn_facts::kubernetes::K3S_BIN).exists() {
+            println!(
+                "skipped: this host has {}",
+                cairn_facts::kubernetes::K3S_BIN
+            );
+            return;
+        }
+        let e = parse_here("kubernetes: {}").unwrap_err();
+        assert!(
+            e.starts_with("kubernetes: this system has no k3s (/usr/bin/k3s): build the image"),
+            "{e}"
+        );
+        assert!(parse_here("health: {window_s: 60}").is_ok());
+    }
+
     /// `storage.pcrs` takes exactly what the TPM code seals to.
     #[test]
     fn pcr_limits_agree_with_the_tpm() {

@@ -4,8 +4,8 @@
 //!
 //! The checks: every service init supervises is running, loopback is up, the machine config's
 //! network section is applied, STATE and DATA are as the config asked (encrypted, or plain by
-//! choice), and the config's probes. A new capability that must gate updates adds its check in
-//! [`Health::checks`].
+//! choice), and the config's probes; then each [`Gate`]'s (k3s: [`crate::kubernetes`]). A new
+//! capability that must gate updates implements [`Gate`] and is handed to [`Health::with_gate`].
 
 use std::fs;
 use std::sync::{Arc, Mutex};
@@ -51,6 +51,7 @@ impl Health {
         }
     }
 
+    /// Adds a capability's checks to every round and to the Health call.
     pub fn with_gate(mut self, gate: Arc<dyn Gate>) -> Health {
         self.gates.push(gate);
         self

@@ -334,6 +334,31 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_example_is_accepted() {
+        let yaml: String = include_str!("kubernetes.rs")
+            .lines()
+            .skip_while(|l| !l.starts_with("//! ```yaml"))
+            .skip(1)
+            .take_while(|l| !l.starts_with("//! ```"))
+            .map(|l| format!("{}\n", l.strip_prefix("//! ").unwrap_or("")))
+            .collect();
+        let c = crate::config::MachineConfig::<NoCerts>::parse(&yaml).unwrap();
+        let k = c.kubernetes.unwrap();
+        assert_eq!(k.disable, ["traefik", "servicelb"]);
+        assert_eq!(k.workloads[0].to_string(), "Deployment kube-system/coredns");
+    }
+
+    struct NoCerts;
+    impl crate::config::CertCheck for NoCerts {
+        fn trust_anchors(_: &str) -> Result<(), String> {
+            Err("no certificates here".into())
+        }
+        fn server_identity(_: &str, _: &str) -> Result<(), String> {
+            Err("no certificates here".into())
+        }
+    }
+
+    #[test]
     fn a_section_needs_k3s() {
         let k = parse("{}").unwrap();
         let e = require_k3s(Some(&k), false, "this image").unwrap_err();

@@ -30,32 +30,27 @@ pub struct Credentials {
 impl Credentials {
     /// Reads a kubeconfig as k3s writes it: one cluster with `server` and
     /// `certificate-authority-data`, one user with `client-certificate-data` and
-    /// `client-key-data` (base64 of PEM).
+    /// `client-key-data` (base64 of PEM), each a `key: value` line; the first of each is
+    /// taken. (A line reader rather than a YAML parser: the device binary stays smaller, and
+    /// k3s writes this file from a fixed template.)
     pub fn parse(text: &str) -> Result<Credentials, String> {
-        let doc: serde_json::Value =
-            serde_norway::from_str(text).map_err(|e| format!("not YAML: {e}"))?;
-        let field = |list: &str, inner: &str, key: &str| -> Result<String, String> {
-            doc.get(list)
-                .and_then(|l| l.get(0))
-                .and_then(|e| e.get(inner))
-                .and_then(|c| c.get(key))
-                .and_then(|v| v.as_str())
-                .map(str::to_string)
-                .ok_or_else(|| format!("no {list}[0].{inner}.{key}"))
+        let field = |key: &str| -> Result<String, String> {
+            text.lines()
+                .filter_map(|l| l.trim_start().strip_prefix(key)?.strip_prefix(':'))
+                .map(|v| v.trim().trim_matches(|c| c == '"' || c == '\'').to_string())
+                .find(|v| !v.is_empty())
+                .ok_or_else(|| format!("no {key}"))
         };
-        let data = |list: &str, inner: &str, key: &str| -> Result<Vec<u8>, String> {
-            let text = field(list, inner, key)?;
+        let data = |key: &str| -> Result<Vec<u8>, String> {
             base64::engine::general_purpose::STANDARD
-                .decode(text.trim())
-                .map_err(|e| format!("{list}[0].{inner}.{key} is not base64: {e}"))
+                .decode(field(key)?)
+                .map_err(|e| format!("{key} is not base64: {e}"))
         };
         Ok(Credentials {
-            server: field("clusters", "cluster", "server")?
-                .trim_end_matches('/')
-                .to_string(),
-            ca_pem: data("clusters", "cluster", "certificate-authority-data")?,
-            cert_pem: data("users", "user", "client-certificate-data")?,
-            key_pem: data("users", "user", "client-key-data")?,
+            server: field("server")?.trim_end_matches('/').to_string(),
+            ca_pem: data("certificate-authority-data")?,
+            cert_pem: data("client-certificate-data")?,
+            key_pem: data("client-key-data")?,
         })
     }
 }
@@ -236,6 +231,6 @@ mod tests {
             (b"CA".to_vec(), b"CERT".to_vec(), b"KEY".to_vec())
         );
         let e = Credentials::parse("apiVersion: v1\nclusters: []\n").unwrap_err();
-        assert_eq!(e, "no clusters[0].cluster.server");
+        assert_eq!(e, "no server");
     }
 }
