@@ -415,8 +415,33 @@ impl Device for ApiDevice {
                     priority: 6,
                 },
             ),
+            Some(Source::Service(name)) if name == "k3s" && self.0.kubernetes.is_some() => {
+                let path = Path::new(crate::kubernetes::K3S_LOG);
+                let (lines, mut follower) =
+                    crate::kubernetes::LogFollower::tail(path, request.tail as usize);
+                let line = |line: String| proto::LogsResponse {
+                    time_unix_ms: unix_ms(SystemTime::now()),
+                    line,
+                    dropped: 0,
+                    priority: 6,
+                };
+                for l in lines {
+                    if sink.send(line(l)).is_err() {
+                        return Ok(());
+                    }
+                }
+                while request.follow && !sink.is_closed() {
+                    std::thread::sleep(Duration::from_millis(500));
+                    for l in follower.next_lines() {
+                        if sink.send(line(l)).is_err() {
+                            return Ok(());
+                        }
+                    }
+                }
+                Ok(())
+            }
             Some(Source::Service(name)) => Err(DeviceError::not_found(format!(
-                "no log {name:?}: the logs are cairnd and the kernel's"
+                "no log {name:?}: the logs are cairnd and the kernel's (and k3s's, where it runs)"
             ))),
             None => Err(DeviceError::invalid_argument("no log source")),
         }

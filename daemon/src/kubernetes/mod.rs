@@ -515,6 +515,54 @@ fn open_log(path: &Path) -> std::io::Result<fs::File> {
     fs::OpenOptions::new().create(true).append(true).open(path)
 }
 
+/// A follower of k3s's log file: the last lines, then what is appended (from the start of a
+/// new file after a rotation). Only whole lines are handed out.
+pub struct LogFollower {
+    path: PathBuf,
+    offset: u64,
+}
+
+impl LogFollower {
+    /// The last `tail` lines of `path` (from its last MiB), and a follower from its end.
+    pub fn tail(path: &Path, tail: usize) -> (Vec<String>, LogFollower) {
+        let len = fs::metadata(path).map_or(0, |m| m.len());
+        let from = len.saturating_sub(1024 * 1024);
+        let mut f = LogFollower {
+            path: path.to_path_buf(),
+            offset: from,
+        };
+        let mut lines = f.next_lines();
+        if from > 0 && !lines.is_empty() {
+            // The first line read may be the end of a longer one.
+            lines.remove(0);
+        }
+        let skip = lines.len().saturating_sub(tail);
+        (lines.split_off(skip), f)
+    }
+
+    /// The whole lines appended since the last call.
+    pub fn next_lines(&mut self) -> Vec<String> {
+        use std::io::{Seek, SeekFrom};
+        let Ok(mut file) = fs::File::open(&self.path) else {
+            return Vec::new();
+        };
+        let len = file.metadata().map_or(0, |m| m.len());
+        if len < self.offset {
+            self.offset = 0;
+        }
+        let mut buf = Vec::new();
+        if file.seek(SeekFrom::Start(self.offset)).is_err() || file.read_to_end(&mut buf).is_err() {
+            return Vec::new();
+        }
+        let whole = buf.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        self.offset += whole as u64;
+        String::from_utf8_lossy(&buf[..whole])
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+}
+
 impl Gate for Kubernetes {
     fn checks(&self) -> Vec<Box<dyn Check>> {
         let problems = self
@@ -659,6 +707,26 @@ mod tests {
         let own = this_k3s(None, &bin).unwrap();
         assert_eq!(own.sha256, hex::encode(Sha256::digest(b"not really k3s")));
         assert!(own.version.starts_with("sha256-"));
+    }
+
+    #[test]
+    fn the_log_is_tailed_then_followed_across_a_rotation() {
+        let t = tempfile::tempdir().unwrap();
+        let log = t.path().join("k3s.log");
+        fs::write(&log, "one\ntwo\nthree\npart").unwrap();
+        let (lines, mut follow) = LogFollower::tail(&log, 2);
+        assert_eq!(lines, ["two", "three"]);
+        assert!(follow.next_lines().is_empty(), "half a line waits");
+        fs::OpenOptions::new()
+            .append(true)
+            .open(&log)
+            .unwrap()
+            .write_all(b"ial\nfour\n")
+            .unwrap();
+        assert_eq!(follow.next_lines(), ["partial", "four"]);
+        fs::rename(&log, t.path().join("k3s.log.1")).unwrap();
+        fs::write(&log, "new\n").unwrap();
+        assert_eq!(follow.next_lines(), ["new"]);
     }
 
     #[test]
