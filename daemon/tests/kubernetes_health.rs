@@ -128,7 +128,7 @@ fn serve(
         }
     }
     let path = request_line.split(' ').nth(1).unwrap_or("").to_string();
-    let (status, body) = answers.lock().unwrap().get(&path).cloned().unwrap_or((
+    let (status, body): (u16, String) = answers.lock().unwrap().get(&path).cloned().unwrap_or((
         404,
         json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
                "message": format!("the server could not find the requested resource ({path})"),
@@ -140,11 +140,26 @@ fn serve(
     } else {
         "application/json"
     };
-    write!(
-        tls,
-        "HTTP/1.1 {status} X\r\nContent-Type: {kind}\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )?;
+    // As Go's net/http does: a Content-Length for a short answer, chunks for a longer one
+    // (a PodList is always longer).
+    if body.len() < 2048 {
+        write!(
+            tls,
+            "HTTP/1.1 {status} X\r\nContent-Type: {kind}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )?;
+    } else {
+        write!(
+            tls,
+            "HTTP/1.1 {status} X\r\nContent-Type: {kind}\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )?;
+        for chunk in body.as_bytes().chunks(1000) {
+            write!(tls, "{:x}\r\n", chunk.len())?;
+            tls.write_all(chunk)?;
+            write!(tls, "\r\n")?;
+        }
+        write!(tls, "0\r\n\r\n")?;
+    }
     tls.flush()?;
     tls.conn.send_close_notify();
     let _ = tls.conn.complete_io(&mut tls.sock);

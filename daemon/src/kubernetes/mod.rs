@@ -295,9 +295,24 @@ pub struct Kubernetes {
     section: spec::Kubernetes,
     node_name: String,
     client: Arc<Client>,
-    /// Why k3s is not running as configured (a refused downgrade, a missing manifest), shown
-    /// as a failing check.
+    /// What the `kubernetes k3s` check reads every round.
+    status: Arc<K3sStatus>,
+}
+
+/// Whether k3s runs as configured, as the supervisor sees it.
+#[derive(Default)]
+struct K3sStatus {
+    /// What stops it for good in this boot (a refused downgrade, no config written) or keeps
+    /// it from running as configured (a missing manifest).
     problems: Mutex<Vec<String>>,
+    /// What it waits for now (containerd, a restart); `None` while it runs.
+    waiting: Mutex<Option<String>>,
+}
+
+impl K3sStatus {
+    fn wait(&self, why: Option<String>) {
+        *self.waiting.lock().unwrap_or_else(|e| e.into_inner()) = why;
+    }
 }
 
 impl Kubernetes {
@@ -314,13 +329,18 @@ impl Kubernetes {
         let me = Arc::new(Kubernetes {
             node_name: node_name.clone(),
             client: Arc::new(Client::new(ADMIN_KUBECONFIG)),
-            problems: Mutex::new(Vec::new()),
+            status: Arc::new(K3sStatus::default()),
             section,
         });
-        let mut problems = Vec::new();
+        me.status.wait(Some("not started yet".into()));
         match me.prepare(state) {
-            Ok(mut p) => problems.append(&mut p),
-            Err(e) => problems.push(e),
+            Ok(problems) => problems.into_iter().for_each(|p| me.problem(p)),
+            Err(e) => {
+                // Without its config k3s would start with its own defaults (its embedded
+                // containerd, another node name): not at all is better.
+                me.problem(format!("k3s not started: {e}"));
+                return me;
+            }
         }
         let ran = Path::new(K3S_BIN);
         let manifest: Option<Value> = fs::read(EXTENSION_MANIFEST)
@@ -339,16 +359,13 @@ impl Kubernetes {
             }
             runner.supervise(&me);
         });
-        me.problems
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend(problems);
         me
     }
 
     fn problem(&self, line: String) {
         say!("{line}");
-        self.problems
+        self.status
+            .problems
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(line);
@@ -388,6 +405,9 @@ impl Kubernetes {
     fn supervise(&self, me: &Ran) {
         let started = Instant::now();
         let mut told = false;
+        self.status.wait(Some(format!(
+            "waiting for containerd ({CONTAINERD_SOCKET})"
+        )));
         while !Path::new(CONTAINERD_SOCKET).exists() {
             if !told && started.elapsed() > Duration::from_secs(30) {
                 say!("k3s: waiting for containerd ({CONTAINERD_SOCKET})");
@@ -431,6 +451,7 @@ impl Kubernetes {
             let run = Instant::now();
             match command.spawn() {
                 Ok(mut child) => {
+                    self.status.wait(None);
                     say!(
                         "k3s {} started (pid {}), node {}; its output is in {K3S_LOG}",
                         me.k3s.version,
@@ -438,12 +459,18 @@ impl Kubernetes {
                         self.node_name
                     );
                     let status = child.wait();
-                    say!(
+                    let line = format!(
                         "k3s exited ({status:?}); starting it again in {} s",
                         backoff.as_secs()
                     );
+                    say!("{line}");
+                    self.status.wait(Some(line));
                 }
-                Err(e) => say!("k3s: cannot start {K3S_BIN}: {e}"),
+                Err(e) => {
+                    let line = format!("cannot start {K3S_BIN}: {e}");
+                    say!("k3s: {line}");
+                    self.status.wait(Some(line));
+                }
             }
             if run.elapsed() > Duration::from_secs(300) {
                 backoff = Duration::from_secs(1);
@@ -565,33 +592,33 @@ impl LogFollower {
 
 impl Gate for Kubernetes {
     fn checks(&self) -> Vec<Box<dyn Check>> {
-        let problems = self
-            .problems
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let mut checks = health::checks(
+        let mut checks: Vec<Box<dyn Check>> = vec![Box::new(Supervised(self.status.clone()))];
+        checks.extend(health::checks(
             &self.client,
             &self.node_name,
             Duration::from_secs(self.section.heartbeat_max_age_s),
             &self.section.workloads,
-        );
-        if !problems.is_empty() {
-            checks.insert(0, Box::new(Problems(problems)));
-        }
+        ));
         checks
     }
 }
 
-/// Why k3s is not running as configured.
-struct Problems(Vec<String>);
+/// k3s runs as configured: nothing stops it, it is not waiting for anything.
+struct Supervised(Arc<K3sStatus>);
 
-impl Check for Problems {
+impl Check for Supervised {
     fn name(&self) -> String {
         "kubernetes k3s".into()
     }
     fn run(&self) -> Result<(), String> {
-        Err(self.0.join("; "))
+        let problems = self.0.problems.lock().unwrap_or_else(|e| e.into_inner());
+        if !problems.is_empty() {
+            return Err(problems.join("; "));
+        }
+        match &*self.0.waiting.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(why) => Err(why.clone()),
+            None => Ok(()),
+        }
     }
 }
 
@@ -727,6 +754,29 @@ mod tests {
         fs::rename(&log, t.path().join("k3s.log.1")).unwrap();
         fs::write(&log, "new\n").unwrap();
         assert_eq!(follow.next_lines(), ["new"]);
+    }
+
+    #[test]
+    fn the_k3s_check_reads_the_supervisor_every_round() {
+        let status = Arc::new(K3sStatus::default());
+        let check = Supervised(status.clone());
+        assert_eq!(check.name(), "kubernetes k3s");
+        status.wait(Some(
+            "waiting for containerd (/run/containerd/containerd.sock)".into(),
+        ));
+        assert_eq!(
+            check.run(),
+            Err("waiting for containerd (/run/containerd/containerd.sock)".into())
+        );
+        status.wait(None);
+        assert_eq!(check.run(), Ok(()));
+        // A refusal found after the trial's checks were made still fails them.
+        status
+            .problems
+            .lock()
+            .unwrap()
+            .push("k3s not started: no snapshot".into());
+        assert_eq!(check.run(), Err("k3s not started: no snapshot".into()));
     }
 
     #[test]
