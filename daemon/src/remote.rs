@@ -416,7 +416,8 @@ impl Device for ApiDevice {
                 },
             ),
             Some(Source::Service(name)) if name == "k3s" && self.0.kubernetes.is_some() => {
-                let path = Path::new(crate::kubernetes::K3S_LOG);
+                let k = self.0.kubernetes.as_ref().expect("checked in the guard");
+                let path = k.log_path();
                 let (lines, mut follower) =
                     crate::kubernetes::LogFollower::tail(path, request.tail as usize);
                 let line = |line: String| proto::LogsResponse {

@@ -54,6 +54,38 @@ pub const SNAPSHOTS_DIR: &str = "/var/lib/cairn-k3s/snapshots";
 pub const K3S_LOG: &str = "/var/log/k3s.log";
 const LOG_MAX: u64 = 16 * 1024 * 1024;
 
+/// Where everything above is; [`Paths::device`] on a device, elsewhere in tests.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    pub k3s_bin: PathBuf,
+    pub k3s_config: PathBuf,
+    pub data_dir: PathBuf,
+    pub containerd_socket: PathBuf,
+    pub extension_manifest: PathBuf,
+    pub images_dir: PathBuf,
+    pub last_run: PathBuf,
+    pub snapshots: PathBuf,
+    pub log: PathBuf,
+    pub kubeconfig: PathBuf,
+}
+
+impl Paths {
+    pub fn device() -> Paths {
+        Paths {
+            k3s_bin: K3S_BIN.into(),
+            k3s_config: K3S_CONFIG.into(),
+            data_dir: DATA_DIR.into(),
+            containerd_socket: CONTAINERD_SOCKET.into(),
+            extension_manifest: EXTENSION_MANIFEST.into(),
+            images_dir: IMAGES_DIR.into(),
+            last_run: LAST_RUN.into(),
+            snapshots: SNAPSHOTS_DIR.into(),
+            log: K3S_LOG.into(),
+            kubeconfig: ADMIN_KUBECONFIG.into(),
+        }
+    }
+}
+
 /// A k3s binary: which release, and its sha256 (what tells two apart).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct K3s {
@@ -297,6 +329,7 @@ pub struct Kubernetes {
     client: Arc<Client>,
     /// What the `kubernetes k3s` check reads every round.
     status: Arc<K3sStatus>,
+    paths: Paths,
 }
 
 /// Whether k3s runs as configured, as the supervisor sees it.
@@ -307,6 +340,8 @@ struct K3sStatus {
     problems: Mutex<Vec<String>>,
     /// What it waits for now (containerd, a restart); `None` while it runs.
     waiting: Mutex<Option<String>>,
+    /// Set by [`Kubernetes::stop`].
+    stop: std::sync::atomic::AtomicBool,
 }
 
 impl K3sStatus {
@@ -325,12 +360,25 @@ impl Kubernetes {
         slot: &str,
         trial: bool,
     ) -> Arc<Kubernetes> {
+        Kubernetes::start_with(Paths::device(), section, hostname, state, slot, trial)
+    }
+
+    /// [`Kubernetes::start`] with its files elsewhere.
+    pub fn start_with(
+        paths: Paths,
+        section: spec::Kubernetes,
+        hostname: Option<&str>,
+        state: &Path,
+        slot: &str,
+        trial: bool,
+    ) -> Arc<Kubernetes> {
         let node_name = node_name(&section, hostname);
         let me = Arc::new(Kubernetes {
             node_name: node_name.clone(),
-            client: Arc::new(Client::new(ADMIN_KUBECONFIG)),
+            client: Arc::new(Client::new(&paths.kubeconfig)),
             status: Arc::new(K3sStatus::default()),
             section,
+            paths,
         });
         me.status.wait(Some("not started yet".into()));
         match me.prepare(state) {
@@ -342,19 +390,18 @@ impl Kubernetes {
                 return me;
             }
         }
-        let ran = Path::new(K3S_BIN);
-        let manifest: Option<Value> = fs::read(EXTENSION_MANIFEST)
+        let manifest: Option<Value> = fs::read(&me.paths.extension_manifest)
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok());
         let runner = Arc::clone(&me);
         let slot = slot.to_string();
         std::thread::spawn(move || {
-            let k3s = match this_k3s(manifest.as_ref(), ran) {
+            let k3s = match this_k3s(manifest.as_ref(), &runner.paths.k3s_bin) {
                 Ok(k) => k,
                 Err(e) => return runner.problem(format!("k3s not started: {e}")),
             };
             let me = Ran { slot, k3s };
-            if let Err(e) = guard_datastore(&me, trial) {
+            if let Err(e) = guard_datastore(&runner.paths, &me, trial) {
                 return runner.problem(format!("k3s not started: {e}"));
             }
             runner.supervise(&me);
@@ -375,14 +422,14 @@ impl Kubernetes {
     fn prepare(&self, state: &Path) -> Result<Vec<String>, String> {
         let mut problems = Vec::new();
         write_atomic(
-            Path::new(K3S_CONFIG),
+            &self.paths.k3s_config,
             k3s_config(&self.section, &self.node_name).as_bytes(),
             0o600,
         )?;
         let missing = copy_manifests(
             &self.section.manifests,
             &state.join(MANIFESTS_DIR),
-            &Path::new(DATA_DIR).join("server/manifests"),
+            &self.paths.data_dir.join("server/manifests"),
         )?;
         if !missing.is_empty() {
             problems.push(format!(
@@ -392,8 +439,8 @@ impl Kubernetes {
             ));
         }
         let images = link_images(
-            Path::new(IMAGES_DIR),
-            &Path::new(DATA_DIR).join("agent/images"),
+            &self.paths.images_dir,
+            &self.paths.data_dir.join("agent/images"),
         )?;
         if images > 0 {
             say!("k3s: {images} airgap image tarball(s) linked");
@@ -405,22 +452,25 @@ impl Kubernetes {
     fn supervise(&self, me: &Ran) {
         let started = Instant::now();
         let mut told = false;
-        self.status.wait(Some(format!(
-            "waiting for containerd ({CONTAINERD_SOCKET})"
-        )));
-        while !Path::new(CONTAINERD_SOCKET).exists() {
+        let socket = self.paths.containerd_socket.display();
+        self.status
+            .wait(Some(format!("waiting for containerd ({socket})")));
+        while !self.paths.containerd_socket.exists() {
+            if self.stopped() {
+                return;
+            }
             if !told && started.elapsed() > Duration::from_secs(30) {
-                say!("k3s: waiting for containerd ({CONTAINERD_SOCKET})");
+                say!("k3s: waiting for containerd ({socket})");
                 told = true;
             }
             std::thread::sleep(Duration::from_millis(500));
         }
-        if let Err(e) = write_last_run(Path::new(LAST_RUN), me) {
+        if let Err(e) = write_last_run(&self.paths.last_run, me) {
             say!("k3s: recording the k3s that runs: {e}");
         }
         let mut backoff = Duration::from_secs(1);
-        loop {
-            let log = open_log(Path::new(K3S_LOG));
+        while !self.stopped() {
+            let log = open_log(&self.paths.log);
             let (out, err) = match log {
                 Ok(f) => match f.try_clone() {
                     Ok(g) => (Stdio::from(f), Stdio::from(g)),
@@ -428,7 +478,7 @@ impl Kubernetes {
                 },
                 Err(_) => (Stdio::null(), Stdio::null()),
             };
-            let mut command = Command::new(K3S_BIN);
+            let mut command = Command::new(&self.paths.k3s_bin);
             command
                 .arg("server")
                 .env_clear()
@@ -453,12 +503,16 @@ impl Kubernetes {
                 Ok(mut child) => {
                     self.status.wait(None);
                     say!(
-                        "k3s {} started (pid {}), node {}; its output is in {K3S_LOG}",
+                        "k3s {} started (pid {}), node {}; its output is in {}",
                         me.k3s.version,
                         child.id(),
-                        self.node_name
+                        self.node_name,
+                        self.paths.log.display()
                     );
-                    let status = child.wait();
+                    let status = self.wait_for(&mut child);
+                    if self.stopped() {
+                        return;
+                    }
                     let line = format!(
                         "k3s exited ({status:?}); starting it again in {} s",
                         backoff.as_secs()
@@ -467,7 +521,7 @@ impl Kubernetes {
                     self.status.wait(Some(line));
                 }
                 Err(e) => {
-                    let line = format!("cannot start {K3S_BIN}: {e}");
+                    let line = format!("cannot start {}: {e}", self.paths.k3s_bin.display());
                     say!("k3s: {line}");
                     self.status.wait(Some(line));
                 }
@@ -475,30 +529,71 @@ impl Kubernetes {
             if run.elapsed() > Duration::from_secs(300) {
                 backoff = Duration::from_secs(1);
             }
-            std::thread::sleep(backoff);
+            let slept = Instant::now();
+            while slept.elapsed() < backoff && !self.stopped() {
+                std::thread::sleep(Duration::from_millis(100));
+            }
             backoff = (backoff * 2).min(Duration::from_secs(30));
         }
     }
 
     /// The admin kubeconfig k3s wrote, as it is (its server is `https://127.0.0.1:6443`).
     pub fn kubeconfig(&self) -> Result<String, String> {
-        fs::read_to_string(ADMIN_KUBECONFIG).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => format!(
-                "{ADMIN_KUBECONFIG} does not exist yet: k3s writes it once its API server is up"
-            ),
-            _ => format!("reading {ADMIN_KUBECONFIG}: {e}"),
+        let path = self.paths.kubeconfig.display();
+        fs::read_to_string(&self.paths.kubeconfig).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => {
+                format!("{path} does not exist yet: k3s writes it once its API server is up")
+            }
+            _ => format!("reading {path}: {e}"),
         })
+    }
+
+    /// k3s's output file.
+    pub fn log_path(&self) -> &Path {
+        &self.paths.log
+    }
+
+    fn stopped(&self) -> bool {
+        self.status.stop.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Stops supervising: k3s gets SIGTERM (from the supervisor, within 100 ms) and is not
+    /// started again.
+    pub fn stop(&self) {
+        self.status
+            .stop
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Waits for k3s to exit, sending it SIGTERM once [`Kubernetes::stop`] is called.
+    fn wait_for(
+        &self,
+        child: &mut std::process::Child,
+    ) -> std::io::Result<std::process::ExitStatus> {
+        let mut told = false;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if self.stopped() && !told {
+                // SAFETY: kill takes no pointers; try_wait just said the child has not been
+                // reaped, so its pid is still ours.
+                unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+                told = true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 }
 
 /// Snapshots or restores the datastore as [`before_start`] decides, and says what it did.
-fn guard_datastore(me: &Ran, trial: bool) -> Result<(), String> {
-    let db = Path::new(DATA_DIR).join("server/db");
-    let root = Path::new(SNAPSHOTS_DIR);
+fn guard_datastore(paths: &Paths, me: &Ran, trial: bool) -> Result<(), String> {
+    let db = paths.data_dir.join("server/db");
+    let root = paths.snapshots.as_path();
     if snapshot::resume(&db)? {
         say!("k3s: finished a datastore restore that was cut short");
     }
-    let last = read_last_run(Path::new(LAST_RUN));
+    let last = read_last_run(&paths.last_run);
     match before_start(last.as_ref(), me, trial, &|name| {
         snapshot::find(root, name).is_some()
     }) {
@@ -777,6 +872,157 @@ mod tests {
             .unwrap()
             .push("k3s not started: no snapshot".into());
         assert_eq!(check.run(), Err("k3s not started: no snapshot".into()));
+    }
+
+    /// The capability on the host with a stand-in k3s (a shell script): config and manifests
+    /// written, k3s run only once "containerd" is there, restarted when it exits, stopped by
+    /// pid; across starts as slots a and b with two k3s releases, the datastore saved before
+    /// the upgrade and put back on the return, and a return without a snapshot refused
+    /// without running k3s.
+    #[test]
+    fn the_capability_runs_k3s_and_guards_its_datastore_across_slots() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let t = tempfile::tempdir().unwrap();
+        let p = |rel: &str| t.path().join(rel);
+        let paths = Paths {
+            k3s_bin: p("usr/bin/k3s"),
+            k3s_config: p("etc/rancher/k3s/config.yaml"),
+            data_dir: p("var/lib/rancher/k3s"),
+            containerd_socket: p("run/containerd/containerd.sock"),
+            extension_manifest: p("usr/lib/cairn/extension.json"),
+            images_dir: p("usr/lib/cairn/k3s/images"),
+            last_run: p("var/lib/cairn-k3s/last-run.json"),
+            snapshots: p("var/lib/cairn-k3s/snapshots"),
+            log: p("var/log/k3s.log"),
+            kubeconfig: p("etc/rancher/k3s/k3s.yaml"),
+        };
+        fs::create_dir_all(p("usr/bin")).unwrap();
+        // Says it ran, then exits at once, so the supervisor has to start it again.
+        fs::write(
+            &paths.k3s_bin,
+            "#!/bin/sh\necho \"stand-in k3s $*\"\nexit 3\n",
+        )
+        .unwrap();
+        fs::set_permissions(&paths.k3s_bin, fs::Permissions::from_mode(0o755)).unwrap();
+        fs::create_dir_all(p("usr/lib/cairn/k3s/images")).unwrap();
+        fs::write(p("usr/lib/cairn/k3s/images/airgap.tar.zst"), "images").unwrap();
+        fs::create_dir_all(p("state").join(MANIFESTS_DIR)).unwrap();
+        fs::write(
+            p("state").join(MANIFESTS_DIR).join("app.yaml"),
+            "kind: Namespace\n",
+        )
+        .unwrap();
+        let section = cairn_facts::config::MachineConfig::<Fake>::parse(
+            "kubernetes: {manifests: [app.yaml]}",
+        )
+        .unwrap()
+        .kubernetes
+        .unwrap();
+        let runs = || {
+            fs::read_to_string(&paths.log)
+                .unwrap_or_default()
+                .matches("stand-in k3s server")
+                .count()
+        };
+        let until = |what: &str, f: &dyn Fn() -> bool| {
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while !f() {
+                assert!(Instant::now() < deadline, "timed out waiting for {what}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        };
+        let start = |slot: &str, trial: bool, version: &str, sha: &str| {
+            fs::write(
+                &paths.extension_manifest,
+                json!({"k3s": {"version": version, "sha256": sha}}).to_string(),
+            )
+            .unwrap();
+            Kubernetes::start_with(
+                paths.clone(),
+                section.clone(),
+                Some("Edge-01"),
+                &p("state"),
+                slot,
+                trial,
+            )
+        };
+        let stop = |k: Arc<Kubernetes>| {
+            k.stop();
+            // The supervisor sees it within 100 ms.
+            std::thread::sleep(Duration::from_millis(400));
+        };
+        let last = || read_last_run(&paths.last_run);
+        let k3s_check = |k: &Kubernetes| k.checks()[0].run();
+        let db = paths.data_dir.join("server/db");
+
+        // Slot a, first k3s ever: nothing runs until containerd's socket is there.
+        let kube = start("a", false, "v1.30.6+k3s1", "aa");
+        std::thread::sleep(Duration::from_millis(700));
+        assert_eq!(runs(), 0);
+        assert!(k3s_check(&kube)
+            .unwrap_err()
+            .starts_with("waiting for containerd"));
+        fs::create_dir_all(p("run/containerd")).unwrap();
+        fs::write(&paths.containerd_socket, "").unwrap();
+        until("k3s to be started again after it exited", &|| runs() >= 2);
+        stop(kube);
+        let config = fs::read_to_string(&paths.k3s_config).unwrap();
+        assert!(config.contains("node-name: \"edge-01\""), "{config}");
+        assert_eq!(
+            fs::read_to_string(paths.data_dir.join("server/manifests/app.yaml")).unwrap(),
+            "kind: Namespace\n"
+        );
+        assert!(paths.data_dir.join("agent/images/airgap.tar.zst").exists());
+        assert_eq!(last().unwrap().slot, "a");
+
+        // Slot b's trial brings another k3s: a's datastore is saved first.
+        fs::create_dir_all(&db).unwrap();
+        fs::write(db.join("state.db"), "as k3s 1.30 left it").unwrap();
+        fs::write(db.join("state.db-wal"), "its last transactions").unwrap();
+        let kube = start("b", true, "v1.31.2+k3s1", "bb");
+        until("slot b's k3s to run", &|| {
+            last().is_some_and(|l| l.slot == "b")
+        });
+        stop(kube);
+        let saved = paths.snapshots.join("a-v1.30.6+k3s1");
+        assert_eq!(
+            fs::read_to_string(saved.join("state.db")).unwrap(),
+            "as k3s 1.30 left it"
+        );
+        // k3s 1.31 migrates the datastore.
+        fs::write(db.join("state.db"), "migrated by k3s 1.31").unwrap();
+        fs::remove_file(db.join("state.db-wal")).unwrap();
+
+        // Back on slot a (a rollback): the datastore is a's again before its k3s starts.
+        let kube = start("a", false, "v1.30.6+k3s1", "aa");
+        until("slot a's k3s to run", &|| {
+            last().is_some_and(|l| l.slot == "a")
+        });
+        stop(kube);
+        assert_eq!(
+            fs::read_to_string(db.join("state.db")).unwrap(),
+            "as k3s 1.30 left it"
+        );
+        assert_eq!(
+            fs::read_to_string(db.join("state.db-wal")).unwrap(),
+            "its last transactions"
+        );
+
+        // A return with no snapshot to restore: k3s is not started, and the check says why.
+        write_last_run(&paths.last_run, &ran("b", k("v1.31.2+k3s1", "bb"))).unwrap();
+        fs::remove_dir_all(&paths.snapshots).unwrap();
+        let before = runs();
+        let kube = start("a", false, "v1.30.6+k3s1", "aa");
+        until("the refusal", &|| {
+            k3s_check(&kube).is_err_and(|e| e.contains("does not support downgrades"))
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        assert_eq!(runs(), before, "k3s must not run on a newer datastore");
+        assert_eq!(
+            fs::read_to_string(db.join("state.db")).unwrap(),
+            "as k3s 1.30 left it"
+        );
+        stop(kube);
     }
 
     #[test]
