@@ -351,8 +351,9 @@ impl K3sStatus {
 }
 
 impl Kubernetes {
-    /// Prepares k3s's files and starts its supervisor, which waits for containerd. `state`
-    /// is STATE's mount point; `slot` the running slot; `trial` whether this boot is one.
+    /// Starts k3s's supervisor, which waits for containerd, then writes k3s's files and
+    /// starts it. `state` is STATE's mount point; `slot` the running slot; `trial` whether
+    /// this boot is one.
     pub fn start(
         section: spec::Kubernetes,
         hostname: Option<&str>,
@@ -381,32 +382,51 @@ impl Kubernetes {
             paths,
         });
         me.status.wait(Some("not started yet".into()));
-        match me.prepare(state) {
-            Ok(problems) => problems.into_iter().for_each(|p| me.problem(p)),
+        let runner = Arc::clone(&me);
+        let (state, slot) = (state.to_path_buf(), slot.to_string());
+        std::thread::spawn(move || runner.run(&state, slot, trial));
+        me
+    }
+
+    /// Waits for containerd (the containers capability makes /etc/rancher and /var/lib/rancher
+    /// writable before it starts it), writes k3s's files, guards the datastore, then keeps k3s
+    /// running.
+    fn run(&self, state: &Path, slot: String, trial: bool) {
+        let started = Instant::now();
+        let mut told = false;
+        let socket = self.paths.containerd_socket.display();
+        self.status
+            .wait(Some(format!("waiting for containerd ({socket})")));
+        while !self.paths.containerd_socket.exists() {
+            if self.stopped() {
+                return;
+            }
+            if !told && started.elapsed() > Duration::from_secs(30) {
+                say!("k3s: waiting for containerd ({socket})");
+                told = true;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        match self.prepare(state) {
+            Ok(problems) => problems.into_iter().for_each(|p| self.problem(p)),
             Err(e) => {
                 // Without its config k3s would start with its own defaults (its embedded
                 // containerd, another node name): not at all is better.
-                me.problem(format!("k3s not started: {e}"));
-                return me;
+                return self.problem(format!("k3s not started: {e}"));
             }
         }
-        let manifest: Option<Value> = fs::read(&me.paths.extension_manifest)
+        let manifest: Option<Value> = fs::read(&self.paths.extension_manifest)
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok());
-        let runner = Arc::clone(&me);
-        let slot = slot.to_string();
-        std::thread::spawn(move || {
-            let k3s = match this_k3s(manifest.as_ref(), &runner.paths.k3s_bin) {
-                Ok(k) => k,
-                Err(e) => return runner.problem(format!("k3s not started: {e}")),
-            };
-            let me = Ran { slot, k3s };
-            if let Err(e) = guard_datastore(&runner.paths, &me, trial) {
-                return runner.problem(format!("k3s not started: {e}"));
-            }
-            runner.supervise(&me);
-        });
-        me
+        let k3s = match this_k3s(manifest.as_ref(), &self.paths.k3s_bin) {
+            Ok(k) => k,
+            Err(e) => return self.problem(format!("k3s not started: {e}")),
+        };
+        let me = Ran { slot, k3s };
+        if let Err(e) = guard_datastore(&self.paths, &me, trial) {
+            return self.problem(format!("k3s not started: {e}"));
+        }
+        self.supervise(&me);
     }
 
     fn problem(&self, line: String) {
@@ -448,23 +468,8 @@ impl Kubernetes {
         Ok(problems)
     }
 
-    /// Runs `k3s server` once containerd answers, and again whenever it exits.
+    /// Runs `k3s server`, and again whenever it exits.
     fn supervise(&self, me: &Ran) {
-        let started = Instant::now();
-        let mut told = false;
-        let socket = self.paths.containerd_socket.display();
-        self.status
-            .wait(Some(format!("waiting for containerd ({socket})")));
-        while !self.paths.containerd_socket.exists() {
-            if self.stopped() {
-                return;
-            }
-            if !told && started.elapsed() > Duration::from_secs(30) {
-                say!("k3s: waiting for containerd ({socket})");
-                told = true;
-            }
-            std::thread::sleep(Duration::from_millis(500));
-        }
         if let Err(e) = write_last_run(&self.paths.last_run, me) {
             say!("k3s: recording the k3s that runs: {e}");
         }
