@@ -85,6 +85,16 @@ pub trait Device: Send + Sync + 'static {
         ))
     }
 
+    /// k3s's admin kubeconfig as the device has it. The server logs that the call was made and
+    /// by whom, never the answer.
+    ///
+    /// The default is for a device that runs no Kubernetes.
+    fn kubeconfig(&self) -> Result<proto::KubeconfigResponse, DeviceError> {
+        Err(DeviceError::failed_precondition(
+            "this device runs no Kubernetes (its machine config has no kubernetes section)",
+        ))
+    }
+
     /// In maintenance mode (the TPM refused to unseal the disk key): opens STATE and DATA with
     /// `recovery_key`, seals a new key to the current PCRs and lets the boot go on, after
     /// returning. Outside maintenance mode: [`ErrorKind::FailedPrecondition`]. A key that opens

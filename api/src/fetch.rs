@@ -410,9 +410,15 @@ impl Fetch {
         }
     }
 
-    /// A TCP connection and a finished TLS handshake, so a certificate the device does not
-    /// trust is told apart from a network that failed.
     fn connect(&self, url: &Url) -> Result<Tls, FetchError> {
+        connect(url, &self.config, &self.limits)
+    }
+}
+
+/// A TCP connection and a finished TLS handshake, so a certificate the device does not trust is
+/// told apart from a network that failed.
+fn connect(url: &Url, config: &Arc<ClientConfig>, limits: &FetchLimits) -> Result<Tls, FetchError> {
+    {
         let failed = |source| FetchError::Connect {
             url: url.to_string(),
             source,
@@ -423,7 +429,7 @@ impl Fetch {
             .to_socket_addrs()
             .map_err(failed)?
         {
-            match TcpStream::connect_timeout(&addr, self.limits.connect_timeout) {
+            match TcpStream::connect_timeout(&addr, limits.connect_timeout) {
                 Ok(stream) => {
                     tcp = Some(stream);
                     break;
@@ -432,14 +438,14 @@ impl Fetch {
             }
         }
         let tcp = tcp.ok_or_else(|| failed(last))?;
-        tcp.set_read_timeout(Some(self.limits.read_timeout))
-            .and_then(|()| tcp.set_write_timeout(Some(self.limits.read_timeout)))
+        tcp.set_read_timeout(Some(limits.read_timeout))
+            .and_then(|()| tcp.set_write_timeout(Some(limits.read_timeout)))
             .map_err(failed)?;
         let tcp = Timed {
             tcp,
-            read_timeout: self.limits.read_timeout,
-            head_timeout: self.limits.head_timeout,
-            deadline: Some(Instant::now() + self.limits.head_timeout),
+            read_timeout: limits.read_timeout,
+            head_timeout: limits.head_timeout,
+            deadline: Some(Instant::now() + limits.head_timeout),
         };
         let name = ServerName::try_from(url.host.clone()).map_err(|_| FetchError::Url {
             url: url.to_string(),
@@ -449,7 +455,7 @@ impl Fetch {
             url: url.to_string(),
             source,
         };
-        let connection = ClientConnection::new(self.config.clone(), name).map_err(tls_failed)?;
+        let connection = ClientConnection::new(config.clone(), name).map_err(tls_failed)?;
         let mut tls = StreamOwned::new(connection, tcp);
         while tls.conn.is_handshaking() {
             match tls.conn.complete_io(&mut tls.sock) {
@@ -477,6 +483,137 @@ impl Fetch {
         }
         Ok(tls)
     }
+}
+
+/// A whole answer of any status: what [`get`] returns.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: Status,
+    pub body: Vec<u8>,
+}
+
+/// One GET of a small resource on a service the device runs itself (k3s's API): the caller
+/// brings the TLS config (its roots and, where the service asks for one, a client
+/// certificate: [`client_config`]), any status is returned with its body, read whole up to
+/// `limits.max_len`. No redirects are followed and nothing is retried; the head and body
+/// bounds and timeouts are [`Fetch`]'s.
+pub fn get(
+    url: &str,
+    config: &Arc<ClientConfig>,
+    limits: &FetchLimits,
+) -> Result<Answer, FetchError> {
+    let url = Url::parse(url).map_err(|why| FetchError::Url {
+        url: url.to_string(),
+        why,
+    })?;
+    let mut tls = connect(&url, config, limits)?;
+    let broke = |source| FetchError::Broke {
+        url: url.to_string(),
+        received: 0,
+        source,
+    };
+    let malformed = |why: String| FetchError::Malformed {
+        url: url.to_string(),
+        why,
+    };
+    let request = format!(
+        "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: cairn\r\nAccept: application/json, */*\r\n\
+         Accept-Encoding: identity\r\nConnection: close\r\n\r\n",
+        url.target,
+        url.authority()
+    );
+    tls.write_all(request.as_bytes())
+        .and_then(|()| tls.flush())
+        .map_err(broke)?;
+    let head = match Head::read(&mut tls, limits.max_header) {
+        Ok(head) => head,
+        Err(Broken::Dropped(e)) => return Err(broke(e)),
+        Err(Broken::Malformed(why)) => return Err(malformed(why)),
+    };
+    tls.sock.end_deadline().map_err(broke)?;
+    let framing = head
+        .framing()
+        .map_err(malformed)?
+        .ok_or_else(|| FetchError::NoFraming {
+            url: url.to_string(),
+        })?;
+    if let Framing::Length(len) = framing {
+        if len > limits.max_len {
+            return Err(FetchError::TooLong {
+                url: url.to_string(),
+                len,
+                max: limits.max_len,
+            });
+        }
+    }
+    let mut body = Body {
+        stream: tls,
+        framing,
+        limit: None,
+        url: url.clone(),
+    };
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match body.read(&mut buf, limits.max_header) {
+            Ok(0) => break,
+            Ok(n) => {
+                if (out.len() + n) as u64 > limits.max_len {
+                    return Err(FetchError::TooLong {
+                        url: url.to_string(),
+                        len: (out.len() + n) as u64,
+                        max: limits.max_len,
+                    });
+                }
+                out.extend_from_slice(&buf[..n]);
+            }
+            Err(Broken::Dropped(e)) => {
+                return Err(FetchError::Broke {
+                    url: url.to_string(),
+                    received: out.len() as u64,
+                    source: e,
+                })
+            }
+            Err(Broken::Malformed(why)) => return Err(malformed(why)),
+        }
+    }
+    Ok(Answer {
+        status: head.status,
+        body: out,
+    })
+}
+
+/// A TLS 1.3 client config for [`get`]: servers checked against `roots`, and with `identity`
+/// (a certificate chain and its key, PEM) a client certificate shown to servers that ask.
+pub fn client_config(
+    roots: RootCertStore,
+    identity: Option<(&[u8], &[u8])>,
+) -> Result<Arc<ClientConfig>, String> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots);
+    let mut config = match identity {
+        None => builder.with_no_client_auth(),
+        Some((chain, key)) => {
+            let chain = CertificateDer::pem_slice_iter(chain)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("the client certificate is not PEM: {e}"))?;
+            if chain.is_empty() {
+                return Err("no PEM CERTIFICATE block in the client certificate".into());
+            }
+            let key = PrivateKeyDer::from_pem_slice(key)
+                .map_err(|e| format!("the client key is not a PEM private key: {e}"))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| format!("the client certificate and key: {e}"))?
+        }
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
 }
 
 impl FirstAnswer {

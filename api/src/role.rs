@@ -9,7 +9,7 @@
 //! |----------|-------|
 //! | reader   | Version, Health, SlotStatus, ServiceList, Logs, Events |
 //! | operator | + ServiceRestart, Upgrade, Rollback, Reboot |
-//! | admin    | + Shutdown, ApplyConfig, ConfirmConfig, RecoveryKey, Unlock |
+//! | admin    | + Shutdown, ApplyConfig, ConfirmConfig, RecoveryKey, Unlock, Kubeconfig |
 //!
 //! Why this split: a reader observes and changes nothing (a monitoring system). An operator
 //! does what brings a box back or forward and cannot lock anyone out: an upgrade only installs
@@ -17,7 +17,8 @@
 //! and a reboot comes back by itself. Admin keeps what a mistake cannot undo remotely:
 //! Shutdown (someone has to go to the box to power it on) and the machine config (a wrong
 //! network section cuts the box off; try mode helps, but it is still the admin's call), and the
-//! disks' recovery key, which opens the device's data to whoever holds it.
+//! disks' recovery key, which opens the device's data to whoever holds it, and k3s's admin
+//! kubeconfig, which is full control of the cluster and its workloads.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -50,10 +51,11 @@ pub enum Rpc {
     Events,
     RecoveryKey,
     Unlock,
+    Kubeconfig,
 }
 
 impl Rpc {
-    pub const ALL: [Rpc; 15] = [
+    pub const ALL: [Rpc; 16] = [
         Rpc::Version,
         Rpc::Health,
         Rpc::SlotStatus,
@@ -69,6 +71,7 @@ impl Rpc {
         Rpc::Events,
         Rpc::RecoveryKey,
         Rpc::Unlock,
+        Rpc::Kubeconfig,
     ];
 
     /// The role table: the lowest role that may make this call.
@@ -85,7 +88,8 @@ impl Rpc {
             | Rpc::ApplyConfig
             | Rpc::ConfirmConfig
             | Rpc::RecoveryKey
-            | Rpc::Unlock => Role::Admin,
+            | Rpc::Unlock
+            | Rpc::Kubeconfig => Role::Admin,
         }
     }
 
@@ -107,6 +111,7 @@ impl Rpc {
             Rpc::Events => "Events",
             Rpc::RecoveryKey => "RecoveryKey",
             Rpc::Unlock => "Unlock",
+            Rpc::Kubeconfig => "Kubeconfig",
         }
     }
 
@@ -238,6 +243,7 @@ mod tests {
         assert_eq!(allowed(Role::Operator).len(), 10);
         assert!(!allowed(Role::Operator).contains(&"RecoveryKey"));
         assert!(!allowed(Role::Operator).contains(&"Unlock"));
+        assert!(!allowed(Role::Operator).contains(&"Kubeconfig"));
         assert_eq!(allowed(Role::Admin).len(), Rpc::ALL.len());
         assert!(Rpc::RecoveryKey.changes_device() && Rpc::Unlock.changes_device());
         assert!(Rpc::Reboot.changes_device());

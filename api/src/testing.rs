@@ -26,6 +26,9 @@ pub const OS_VERSION: &str = "1.4.0";
 pub const RECOVERY_KEY: &str =
     "cbdefghi-jklnrtuv-bcdefghi-jklnrtuv-cbdefghi-jklnrtuv-cbdefghi-jklnrtuv";
 
+/// The fake's k3s kubeconfig, in the shape k3s writes (its server is the device's loopback).
+pub const KUBECONFIG: &str = "apiVersion: v1\nclusters:\n- cluster:\n    certificate-authority-data: Q0E=\n    server: https://127.0.0.1:6443\n  name: default\nkind: Config\nusers:\n- name: default\n  user:\n    client-certificate-data: Q0VSVA==\n    client-key-data: S0VZ\n";
+
 /// How often a stream that follows checks whether its client has gone.
 const POLL: Duration = Duration::from_millis(20);
 
@@ -485,6 +488,15 @@ impl Device for FakeDevice {
         }
         Ok(proto::RecoveryKeyResponse {
             recovery_key: RECOVERY_KEY.into(),
+        })
+    }
+
+    /// [`KUBECONFIG`].
+    fn kubeconfig(&self) -> Result<proto::KubeconfigResponse, DeviceError> {
+        self.record(Rpc::Kubeconfig);
+        self.pause(Rpc::Kubeconfig);
+        Ok(proto::KubeconfigResponse {
+            kubeconfig: KUBECONFIG.into(),
         })
     }
 

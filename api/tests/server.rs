@@ -121,6 +121,10 @@ async fn call(client: &mut Client, rpc: Rpc) -> Result<(), Status> {
             .await
             .map(drop),
         Rpc::Unlock => unlock(client, RECOVERY_KEY).await.map(drop),
+        Rpc::Kubeconfig => client
+            .kubeconfig(proto::KubeconfigRequest {})
+            .await
+            .map(drop),
     }
 }
 
@@ -760,4 +764,43 @@ async fn a_device_without_encrypted_disks_answers_with_the_defaults() {
     // The rest is the fake's.
     call(&mut admin, Rpc::Version).await.unwrap();
     assert_eq!(h.device.take_calls(), [Rpc::Version]);
+}
+
+#[tokio::test]
+async fn only_an_admin_gets_the_kubeconfig_and_it_is_never_logged() {
+    let h = Harness::start();
+    for (pem, role) in [(&h.pki.reader, "reader"), (&h.pki.operator, "operator")] {
+        let mut client = h.client(pem).await;
+        let status = client
+            .kubeconfig(proto::KubeconfigRequest {})
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+        assert_eq!(
+            status.message(),
+            format!(
+                "Kubeconfig needs the admin role; this client certificate (CN=test {role}, O=cairn:{role}) has the {role} role"
+            )
+        );
+        h.wait_for_log(&format!("denied Kubeconfig to CN=test {role}"))
+            .await;
+    }
+    assert!(
+        h.device.take_calls().is_empty(),
+        "nothing reached the device"
+    );
+
+    let mut admin = h.client(&h.pki.admin).await;
+    let answer = admin
+        .kubeconfig(proto::KubeconfigRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.kubeconfig, cairn_api::testing::KUBECONFIG);
+    assert_eq!(h.device.take_calls(), [Rpc::Kubeconfig]);
+    h.wait_for_log("Kubeconfig by CN=test admin").await;
+    assert!(
+        !h.log_lines().iter().any(|l| l.contains("client-key-data")),
+        "the answer is not logged"
+    );
 }

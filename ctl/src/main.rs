@@ -71,7 +71,12 @@ enum GenCommand {
 #[derive(Subcommand)]
 enum ConfigCommand {
     /// Check a machine config file; prints what it configures, or one line naming the problem.
-    Validate { file: PathBuf },
+    Validate {
+        file: PathBuf,
+        /// The image it is for has no k3s (built without --k3s): refuse a kubernetes section.
+        #[arg(long)]
+        no_k3s: bool,
+    },
     /// Print the JSON Schema of the machine config.
     Schema,
 }
@@ -308,7 +313,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bundle(BundleCommand::Verify { pubkeys, bundle }) => {
             bundle_verify(&pubkeys, &bundle)
         }
-        Command::Config(ConfigCommand::Validate { file }) => config_validate(&file),
+        Command::Config(ConfigCommand::Validate { file, no_k3s }) => config_validate(&file, no_k3s),
         Command::Gen(GenCommand::Secrets { out, days, name }) => gen_secrets(&out, days, name),
         Command::Config(ConfigCommand::Schema) => {
             let schema = cairn_facts::config::schema();
@@ -690,8 +695,10 @@ fn read_machine_config(file: &std::path::Path) -> anyhow::Result<(String, Machin
     Ok((text, config))
 }
 
-fn config_validate(file: &std::path::Path) -> anyhow::Result<()> {
+fn config_validate(file: &std::path::Path, no_k3s: bool) -> anyhow::Result<()> {
     let (_, config) = read_machine_config(file)?;
+    cairn_facts::kubernetes::require_k3s(config.kubernetes.as_ref(), !no_k3s, "the image")
+        .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
     let net = &config.network;
     let interfaces = if net.interfaces.is_empty() {
         "DHCPv4 on every physical link with carrier".to_string()
@@ -710,6 +717,16 @@ fn config_validate(file: &std::path::Path) -> anyhow::Result<()> {
         config.probes.len(),
         config.tries
     );
+    if let Some(k) = &config.kubernetes {
+        println!(
+            "kubernetes: k3s (the image must be built with --k3s), node {}, flannel {}, {} disabled, {} manifest(s), {} workload(s) gating updates",
+            k.node_name.as_deref().unwrap_or("= hostname"),
+            k.flannel_backend,
+            k.disable.len(),
+            k.manifests.len(),
+            k.workloads.len()
+        );
+    }
     Ok(())
 }
 
@@ -788,7 +805,23 @@ fn image_build(args: BuildArgs, json: bool) -> anyhow::Result<()> {
                 args.security_version,
             )?
         },
+        k3s: None,
     };
+    if let Some(text) = &opts.root.machine_config {
+        let config = MachineConfig::parse(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        cairn_facts::kubernetes::require_k3s(
+            config.kubernetes.as_ref(),
+            opts.k3s.is_some(),
+            "this image",
+        )
+        .map_err(|e| {
+            let file = args
+                .machine_config
+                .as_deref()
+                .unwrap_or(std::path::Path::new("--machine-config"));
+            anyhow::anyhow!("{} cannot go into this image: {e}", file.display())
+        })?;
+    }
     let manifest = cairn_image::build(&opts)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&manifest)?);

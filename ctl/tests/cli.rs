@@ -479,3 +479,58 @@ fn config_validate_accepts_good_files_and_names_the_bad_field() {
         "{err}"
     );
 }
+
+#[test]
+fn a_kubernetes_section_needs_an_image_with_k3s() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("k8s.yaml");
+    std::fs::write(
+        &config,
+        "kubernetes:\n  disable: [traefik]\n  workloads:\n    - {kind: Deployment, namespace: kube-system, name: coredns}\n",
+    )
+    .unwrap();
+    let (ok, out, err) = cairnctl(&["config", "validate", config.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("kubernetes: k3s (the image must be built with --k3s)")
+            && out.contains("1 workload(s) gating updates"),
+        "{out}"
+    );
+    let (ok, _, err) = cairnctl(&["config", "validate", "--no-k3s", config.to_str().unwrap()]);
+    assert!(!ok);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("kubernetes: the image has no k3s (/usr/bin/k3s)"),
+        "{err}"
+    );
+
+    // The image builder refuses it before building anything.
+    let out_dir = tmp.path().join("image");
+    let (ok, _, err) = cairnctl(&[
+        "image",
+        "build",
+        "--board",
+        "qemu-x86_64",
+        "--out",
+        out_dir.to_str().unwrap(),
+        "--machine-config",
+        config.to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("cannot go into this image: kubernetes: this image has no k3s"),
+        "{err}"
+    );
+    assert!(!out_dir.exists(), "nothing was built");
+
+    let bad = tmp.path().join("bad.yaml");
+    std::fs::write(&bad, "kubernetes: {flannel_backend: ipsec}\n").unwrap();
+    let (ok, _, err) = cairnctl(&["config", "validate", bad.to_str().unwrap()]);
+    assert!(!ok);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("kubernetes.flannel_backend: \"ipsec\" is not one of vxlan, host-gw, wireguard-native, none"),
+        "{err}"
+    );
+}

@@ -929,3 +929,41 @@ fn unlock_never_takes_the_key_from_the_command_line() {
     assert!(help.contains("--expect-fingerprint <FP>"), "{help}");
     assert!(!help.contains("[KEY]") && !help.contains("<KEY>"), "{help}");
 }
+
+#[test]
+fn kubeconfig_points_at_the_device_and_is_written_private() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let fleet = Fleet::start();
+    let operator = fleet.config("operator.yaml", "device-ca.crt", "operator");
+    let (ok, out, err) = fleet.run(&["--config", &operator, "kubeconfig"]);
+    assert!(!ok && out.is_empty());
+    one_line(&err);
+    assert!(err.contains("Kubeconfig needs the admin role"), "{err}");
+    assert!(!fleet.device.called(Rpc::Kubeconfig));
+
+    // Reached as `localhost`, the kubeconfig's server says so, on k3s's port.
+    let port = fleet.endpoint().rsplit_once(':').unwrap().1.to_string();
+    let endpoint = format!("localhost:{port}");
+    let (ok, out, err) = fleet.admin(&["--endpoint", &endpoint, "kubeconfig"]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        out,
+        cairn_api::testing::KUBECONFIG.replace("127.0.0.1:6443", "localhost:6443")
+    );
+    let file = fleet.path("kube/config");
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    let (ok, out, err) = fleet.admin(&[
+        "--endpoint",
+        &endpoint,
+        "kubeconfig",
+        "--out",
+        file.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("(mode 0600)"), "{out}");
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    assert!(std::fs::read_to_string(&file)
+        .unwrap()
+        .contains("server: https://localhost:6443\n"));
+}

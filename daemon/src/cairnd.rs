@@ -6,7 +6,8 @@
 //!    first boot with a TPM, unlocked by it later, or by the recovery key in maintenance mode
 //!    ([`maintenance`]).
 //! 3. The machine config and the network ([`settings`], netcfg).
-//! 4. Health ([`health`]) and updates ([`update`]), then the management API ([`remote`]) over
+//! 4. k3s when the config runs it ([`crate::kubernetes`], its health a gate), health
+//!    ([`health`]) and updates ([`update`]), then the management API ([`remote`]) over
 //!    all of them.
 //! 5. A trial boot runs the health window and commits or rolls back; a normal boot reports the
 //!    last update. Then bundles from USB sticks ([`sticks`]).
@@ -25,6 +26,7 @@ use crate::bringup::{self, StorageStatus, STATE_MOUNT};
 use crate::events::{proto_slot, Events};
 use crate::health::Health;
 use crate::heartbeat::{self, Heartbeat};
+use crate::kubernetes::Kubernetes;
 use crate::log::say;
 use crate::settings::{self, Settings};
 use crate::system::{self, Boot};
@@ -92,6 +94,7 @@ fn start() -> Result<Daemon, String> {
         )
         .map_err(|e| format!("starting the network: {e}"))?,
     };
+    let kubernetes = start_kubernetes(&config, &boot, &storage);
     let state = StateDir::new(STATE_MOUNT);
     let settings = Arc::new(Settings::new(
         config,
@@ -99,7 +102,11 @@ fn start() -> Result<Daemon, String> {
         state.clone(),
         events.clone(),
     ));
-    let health = Arc::new(Health::new(settings.clone(), storage.clone()));
+    let mut health = Health::new(settings.clone(), storage.clone());
+    if let Some(k) = &kubernetes {
+        health = health.with_gate(k.clone());
+    }
+    let health = Arc::new(health);
     let updates = Arc::new(Updates::new(
         boot.clone(),
         state.clone(),
@@ -114,6 +121,7 @@ fn start() -> Result<Daemon, String> {
         settings,
         health: health.clone(),
         updates: updates.clone(),
+        kubernetes,
     });
     Ok(Daemon {
         boot,
@@ -124,6 +132,35 @@ fn start() -> Result<Daemon, String> {
         updates,
         _api: api,
     })
+}
+
+/// k3s, when the machine config runs it and the storage allows workloads. It starts before the
+/// trial is judged: its health is part of the verdict.
+fn start_kubernetes(
+    config: &Result<crate::config::MachineConfig, String>,
+    boot: &Boot,
+    storage: &StorageStatus,
+) -> Option<Arc<Kubernetes>> {
+    let config = config.as_ref().ok()?;
+    let section = config.kubernetes.clone()?;
+    if !storage.allows_workloads() {
+        say!("k3s not started: no workloads in maintenance mode");
+        return None;
+    }
+    let trial = match system::bootloader(boot).status() {
+        Ok(s) => s.trial,
+        Err(e) => {
+            say!("k3s: reading the boot state: {e}; taking this boot as no trial");
+            false
+        }
+    };
+    Some(Kubernetes::start(
+        section,
+        config.network.hostname.as_deref(),
+        Path::new(STATE_MOUNT),
+        &boot.running.to_string(),
+        trial,
+    ))
 }
 
 fn serve(d: Daemon) -> Result<(), String> {

@@ -8,6 +8,15 @@ pub use cairn_facts::config::*;
 /// use them.
 pub type MachineConfig = cairn_facts::config::MachineConfig<cairn_api::TlsCheck>;
 
+/// Parses a config for this system: [`MachineConfig::parse`], and a `kubernetes:` section only
+/// where the image carries k3s.
+pub fn parse_here(text: &str) -> Result<MachineConfig, String> {
+    let config = MachineConfig::parse(text)?;
+    let has_k3s = std::path::Path::new(cairn_facts::kubernetes::K3S_BIN).exists();
+    cairn_facts::kubernetes::require_k3s(config.kubernetes.as_ref(), has_k3s, "this system")?;
+    Ok(config)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -50,6 +59,24 @@ mod tests {
             e.starts_with("update.fetch_ca: no PEM CERTIFICATE block"),
             "{e}"
         );
+    }
+
+    /// This host has no k3s at /usr/bin/k3s, like a device whose image was built without it.
+    #[test]
+    fn a_kubernetes_section_is_refused_without_k3s() {
+        if std::path::Path::new(cairn_facts::kubernetes::K3S_BIN).exists() {
+            println!(
+                "skipped: this host has {}",
+                cairn_facts::kubernetes::K3S_BIN
+            );
+            return;
+        }
+        let e = parse_here("kubernetes: {}").unwrap_err();
+        assert!(
+            e.starts_with("kubernetes: this system has no k3s (/usr/bin/k3s): build the image"),
+            "{e}"
+        );
+        assert!(parse_here("health: {window_s: 60}").is_ok());
     }
 
     /// `storage.pcrs` takes exactly what the TPM code seals to.

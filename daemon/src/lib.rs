@@ -7,7 +7,8 @@
 //! - **capabilities**, each with its own state and a narrow interface: [`bringup`] (STATE and
 //!   DATA: first-boot encryption, unlock), [`settings`] (the machine config in force, applied
 //!   live), [`health`] (the health gate), [`update`] (install, trial, commit, rollback),
-//!   [`sticks`] (bundles from USB sticks).
+//!   [`sticks`] (bundles from USB sticks), [`kubernetes`] (k3s, its health gate and datastore
+//!   snapshots).
 //! - **mechanisms** they share, each owning one kernel interface or one format and nothing else:
 //!   [`storage`] (LUKS2 + TPM volumes), [`block`] (partitions and mounts), [`probe`] (TCP and
 //!   HTTP health probes without a shell), [`uevent`] (the kernel's device events), [`watchdog`],
@@ -27,6 +28,7 @@ pub mod remote;
 // Capabilities.
 pub mod bringup;
 pub mod health;
+pub mod kubernetes;
 pub mod settings;
 pub mod sticks;
 pub mod update;

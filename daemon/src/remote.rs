@@ -34,6 +34,7 @@ use crate::bringup::{RECOVERY_KEY_FILE, SECRETS_DIR, STATE_MOUNT};
 use crate::events::{proto_slot, Events};
 use crate::health::Health;
 use crate::journal::Batch;
+use crate::kubernetes::Kubernetes;
 use crate::log::{self, say, unix_ms};
 use crate::settings::Settings;
 use crate::system::{self, Boot, API_PORT as PORT};
@@ -47,6 +48,8 @@ pub struct Api {
     pub settings: Arc<Settings>,
     pub health: Arc<Health>,
     pub updates: Arc<Updates>,
+    /// k3s, when the machine config runs it.
+    pub kubernetes: Option<Arc<Kubernetes>>,
 }
 /// Re-issue the server certificate when it has less than this left.
 const RENEW_BEFORE: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -412,8 +415,34 @@ impl Device for ApiDevice {
                     priority: 6,
                 },
             ),
+            Some(Source::Service(name)) if name == "k3s" && self.0.kubernetes.is_some() => {
+                let k = self.0.kubernetes.as_ref().expect("checked in the guard");
+                let path = k.log_path();
+                let (lines, mut follower) =
+                    crate::kubernetes::LogFollower::tail(path, request.tail as usize);
+                let line = |line: String| proto::LogsResponse {
+                    time_unix_ms: unix_ms(SystemTime::now()),
+                    line,
+                    dropped: 0,
+                    priority: 6,
+                };
+                for l in lines {
+                    if sink.send(line(l)).is_err() {
+                        return Ok(());
+                    }
+                }
+                while request.follow && !sink.is_closed() {
+                    std::thread::sleep(Duration::from_millis(500));
+                    for l in follower.next_lines() {
+                        if sink.send(line(l)).is_err() {
+                            return Ok(());
+                        }
+                    }
+                }
+                Ok(())
+            }
             Some(Source::Service(name)) => Err(DeviceError::not_found(format!(
-                "no log {name:?}: the logs are cairnd and the kernel's"
+                "no log {name:?}: the logs are cairnd and the kernel's (and k3s's, where it runs)"
             ))),
             None => Err(DeviceError::invalid_argument("no log source")),
         }
@@ -491,6 +520,17 @@ impl Device for ApiDevice {
         say!("reboot requested over the API");
         system::reboot_soon();
         Ok(())
+    }
+
+    fn kubeconfig(&self) -> Result<proto::KubeconfigResponse, DeviceError> {
+        let Some(k) = &self.0.kubernetes else {
+            return Err(DeviceError::failed_precondition(
+                "this device runs no Kubernetes (its machine config has no kubernetes section)",
+            ));
+        };
+        k.kubeconfig()
+            .map(|kubeconfig| proto::KubeconfigResponse { kubeconfig })
+            .map_err(DeviceError::failed_precondition)
     }
 
     fn shutdown(&self) -> Result<(), DeviceError> {

@@ -55,7 +55,7 @@ pub fn load(state_root: &Path) -> Result<MachineConfig, String> {
         PathBuf::from(config::PATH)
     };
     match fs::read_to_string(&path) {
-        Ok(text) => MachineConfig::parse(&text).map_err(|e| format!("{}: {e}", path.display())),
+        Ok(text) => config::parse_here(&text).map_err(|e| format!("{}: {e}", path.display())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(MachineConfig::default()),
         Err(e) => Err(format!("reading {}: {e}", path.display())),
     }
@@ -89,6 +89,9 @@ pub fn changes(old: &Result<MachineConfig, String>, new: &MachineConfig) -> Vec<
     }
     if old.fetch_ca != new.fetch_ca {
         changes.push("update fetch CA".to_string());
+    }
+    if old.kubernetes != new.kubernetes {
+        changes.push("kubernetes (used from cairnd's next start)".to_string());
     }
     if old.api_identity != new.api_identity {
         changes.push("API server certificate (used from cairnd's next start)".to_string());
@@ -165,7 +168,7 @@ impl Settings {
         dry_run: bool,
         try_timeout_s: u32,
     ) -> Result<proto::ApplyConfigResponse, DeviceError> {
-        let new = MachineConfig::parse(text)
+        let new = config::parse_here(text)
             .map_err(|e| DeviceError::invalid_argument(format!("machine config: {e}")))?;
         let mut cfg = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let changes = changes(&cfg.current, &new);

@@ -31,6 +31,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::kubernetes::{Kubernetes, RawKubernetes};
 use crate::network::{Network, RawNetwork};
 use crate::probe::Probe;
 
@@ -76,6 +77,8 @@ pub struct MachineConfig<C> {
     pub api_identity: Option<(String, String)>,
     /// Whether STATE and DATA are encrypted on first boot, and the PCRs the key is sealed to.
     pub storage: Storage,
+    /// A single-node k3s server and its health ([`crate::kubernetes`]); only on images with k3s.
+    pub kubernetes: Option<Kubernetes>,
     checked_by: PhantomData<C>,
 }
 
@@ -111,6 +114,7 @@ impl<C> Default for MachineConfig<C> {
             network: Network::default(),
             api_identity: None,
             storage: Storage::default(),
+            kubernetes: None,
             checked_by: PhantomData,
         }
     }
@@ -137,6 +141,8 @@ struct Raw {
     /// Disk encryption of STATE and DATA, decided on the first boot.
     #[serde(default)]
     storage: RawStorage,
+    /// A single-node k3s server (images built with `--k3s` only).
+    kubernetes: Option<RawKubernetes>,
 }
 
 #[derive(Deserialize, Default)]
@@ -208,7 +214,7 @@ impl<C: CertCheck> MachineConfig<C> {
                 // serde names the Rust type; the user wrote a file.
                 return Err(match e.split_once(", expected struct Raw") {
                     Some((what, _)) => format!(
-                        "{what}: a machine config is a YAML mapping of health, update, network, api and storage"
+                        "{what}: a machine config is a YAML mapping of health, update, network, api, storage and kubernetes"
                     ),
                     None => e,
                 });
@@ -271,6 +277,7 @@ impl<C: CertCheck> MachineConfig<C> {
             }
             config.storage.require_encryption = Some(r);
         }
+        config.kubernetes = raw.kubernetes.map(RawKubernetes::check).transpose()?;
         Ok(config)
     }
 }

@@ -6,6 +6,7 @@
 //! - [`probe`]: a health probe of the config (tcp or http), checked when parsed, and running it;
 //! - [`network`]: the config's `network` section, checked without a kernel (cairn-netcfg
 //!   applies it);
+//! - [`kubernetes`]: the config's `kubernetes` section (k3s), and that it needs an image with k3s;
 //! - [`layout`]: partition labels, a slot's boot files, bundle payload names and the kernel
 //!   command-line words that tie a slot to its root;
 //! - [`bootspec`]: a bundle's `boot.json`, how to boot the root it carries.
@@ -18,6 +19,7 @@
 pub mod bootspec;
 pub mod config;
 pub mod error;
+pub mod kubernetes;
 pub mod layout;
 pub mod network;
 pub mod probe;

@@ -48,6 +48,9 @@ pub struct BuildOptions {
     pub seed: String,
     /// What the root carries besides the system itself.
     pub root: RootExtras,
+    /// An operator-supplied k3s binary for the system extension (`--k3s`). A machine config
+    /// with a `kubernetes:` section needs one.
+    pub k3s: Option<PathBuf>,
 }
 
 /// Device configuration baked into the root filesystem.

@@ -37,6 +37,7 @@ pub fn build_release(
             security_version: security,
             ..extras
         },
+        k3s: None,
     })
     .unwrap();
     out.to_path_buf()

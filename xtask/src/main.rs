@@ -232,6 +232,7 @@ fn image(board: &'static Board) -> Result<PathBuf> {
             api_secrets: Some(dev_api_secrets()?),
             ..Default::default()
         },
+        k3s: None,
     })?;
     eprintln!(
         "    {} ({} MiB, sha256 {}, kernel {}) in {:.1} s",
@@ -416,6 +417,7 @@ fn demo_update(board: &'static Board, image_dir: &Path) -> Result<Vec<String>> {
             security_version: 1,
             ..Default::default()
         },
+        k3s: None,
     })?;
     let bundle = work.join(format!("cairn-{}-{new_version}.cairn", board.name));
     run(cargo()

@@ -87,6 +87,11 @@ impl Link {
 }
 
 impl Session {
+    /// The device's host as this session reached it (the endpoint without its port).
+    pub fn host(&self) -> &str {
+        &self.link.target.host
+    }
+
     /// Connects to the device `target` names, checking its certificate as `identity` says.
     pub async fn connect(target: Target, identity: ServerIdentity) -> anyhow::Result<Session> {
         let tls = tls_config(&target, identity)?;

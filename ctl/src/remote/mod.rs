@@ -14,6 +14,7 @@
 mod config;
 mod connect;
 mod explain;
+mod kubeconfig;
 mod recovery;
 mod show;
 mod unverified;
@@ -113,6 +114,14 @@ pub enum Command {
     /// The device forgets the key when it answers: store it somewhere safe. `cairnctl unlock`
     /// needs it when the device's TPM refuses to unlock the disks.
     RecoveryKey,
+    /// Print k3s's admin kubeconfig (admin role), its server set to the device's address.
+    ///
+    /// It holds the cluster admin's key: with --out it is written with mode 0600.
+    Kubeconfig {
+        /// Write it to this file (mode 0600) instead of standard output.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
     /// Unlock a device in maintenance mode with its disks' recovery key.
     ///
     /// The key is read from --recovery-key-file, or else as one line from standard input;
@@ -382,6 +391,25 @@ impl Prepared {
                 Command::Upgrade { .. } | Command::ApplyConfig { .. } | Command::Unlock { .. },
             ) => {
                 unreachable!("prepared before connecting")
+            }
+            Prepared::Call(Command::Kubeconfig { out }) => {
+                let r = s
+                    .call("kubeconfig", c.kubeconfig(proto::KubeconfigRequest {}))
+                    .await?;
+                let text = kubeconfig::for_host(&r.kubeconfig, s.host())?;
+                match out {
+                    Some(path) => {
+                        kubeconfig::write(&path, &text)?;
+                        print(
+                            json,
+                            || serde_json::json!({ "written": path }),
+                            || format!("kubeconfig written to {} (mode 0600)\n", path.display()),
+                        );
+                    }
+                    None if json => println!("{:#}", serde_json::json!({ "kubeconfig": text })),
+                    None => print!("{text}"),
+                }
+                Ok(())
             }
             Prepared::Call(Command::RecoveryKey) => {
                 let r = s
