@@ -160,6 +160,23 @@ pub fn sync_fs(path: &Path) -> io::Result<()> {
     }
 }
 
+/// Bind-mounts `source` on `target` unless `target` is a mount point already (cairnd
+/// restarted); with `exec`, the new mount allows executing programs and set-id bits though
+/// the filesystem under it is mounted `noexec,nosuid` (container runtimes keep their images'
+/// programs on DATA). Devices stay refused either way.
+pub fn bind_once(source: &Path, target: &Path, exec: bool) -> Result<(), String> {
+    if is_mount_point(target) {
+        return Ok(());
+    }
+    let what = || format!("bind-mounting {} on {}", source.display(), target.display());
+    mount(source, target, "", libc::MS_BIND).map_err(|e| format!("{}: {e}", what()))?;
+    let mut flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_NODEV;
+    if !exec {
+        flags |= libc::MS_NOEXEC | libc::MS_NOSUID;
+    }
+    mount(Path::new("none"), target, "", flags).map_err(|e| format!("{}: {e}", what()))
+}
+
 /// Remounts the filesystem on `target` read-only or read-write.
 pub fn remount(target: &Path, read_only: bool) -> io::Result<()> {
     let mut flags = libc::MS_REMOUNT | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;

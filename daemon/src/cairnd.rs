@@ -6,8 +6,9 @@
 //!    first boot with a TPM, unlocked by it later, or by the recovery key in maintenance mode
 //!    ([`maintenance`]).
 //! 3. The machine config and the network ([`settings`], netcfg).
-//! 4. Health ([`health`]) and updates ([`update`]), then the management API ([`remote`]) over
-//!    all of them.
+//! 4. Host containers ([`containers`]) when DATA allows workloads, health ([`health`], gated
+//!    by the containers too) and updates ([`update`]), then the management API ([`remote`])
+//!    over all of them.
 //! 5. A trial boot runs the health window and commits or rolls back; a normal boot reports the
 //!    last update. Then bundles from USB sticks ([`sticks`]).
 //!
@@ -29,7 +30,7 @@ use crate::log::say;
 use crate::settings::{self, Settings};
 use crate::system::{self, Boot};
 use crate::update::Updates;
-use crate::{maintenance, netif, remote, sticks};
+use crate::{containers, maintenance, netif, remote, sticks};
 
 /// The role's entry point. Returns only on a fatal error (init restarts it).
 pub fn run() -> ExitCode {
@@ -99,7 +100,18 @@ fn start() -> Result<Daemon, String> {
         state.clone(),
         events.clone(),
     ));
-    let health = Arc::new(Health::new(settings.clone(), storage.clone()));
+    // Host containers need DATA (their images and state live there).
+    let containers = if storage.allows_workloads() {
+        let config = settings.current().map(|c| c.containers).unwrap_or_default();
+        containers::start_device(&config)
+    } else {
+        None
+    };
+    let mut health = Health::new(settings.clone(), storage.clone());
+    if let Some(c) = &containers {
+        health = health.with_gate(c.clone());
+    }
+    let health = Arc::new(health);
     let updates = Arc::new(Updates::new(
         boot.clone(),
         state.clone(),
@@ -114,6 +126,7 @@ fn start() -> Result<Daemon, String> {
         settings,
         health: health.clone(),
         updates: updates.clone(),
+        containers,
     });
     Ok(Daemon {
         boot,

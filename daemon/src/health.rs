@@ -4,8 +4,8 @@
 //!
 //! The checks: every service init supervises is running, loopback is up, the machine config's
 //! network section is applied, STATE and DATA are as the config asked (encrypted, or plain by
-//! choice), and the config's probes. A new capability that must gate updates adds its check in
-//! [`Health::checks`].
+//! choice), and the config's probes. A capability that must gate updates (host containers,
+//! Kubernetes) is a [`Gate`] given to [`Health::with_gate`]; its checks join every round.
 
 use std::fs;
 use std::sync::{Arc, Mutex};
@@ -22,6 +22,13 @@ use crate::netif;
 use crate::settings::Settings;
 use crate::system::SERVICES_STATUS;
 
+/// A capability whose state must be good before a trial is committed (host containers,
+/// Kubernetes). Its checks run beside the OS checks in every round of a trial and in the API's
+/// Health call; a failing one names the capability's object and why.
+pub trait Gate: Send + Sync {
+    fn checks(&self) -> Vec<Box<dyn Check>>;
+}
+
 /// The health capability.
 pub struct Health {
     settings: Arc<Settings>,
@@ -30,6 +37,7 @@ pub struct Health {
     trial_deadline: Mutex<Option<SystemTime>>,
     /// Per health check: passing, and for how many checks in a row.
     streaks: Mutex<Vec<(String, bool, u32)>>,
+    gates: Vec<Arc<dyn Gate>>,
 }
 
 impl Health {
@@ -39,7 +47,13 @@ impl Health {
             storage,
             trial_deadline: Mutex::new(None),
             streaks: Mutex::new(Vec::new()),
+            gates: Vec::new(),
         }
+    }
+
+    pub fn with_gate(mut self, gate: Arc<dyn Gate>) -> Health {
+        self.gates.push(gate);
+        self
     }
 
     /// The checks a trial must pass; the API's Health runs the same ones.
@@ -57,6 +71,9 @@ impl Health {
                     .map(|p| Box::new(ProbeCheck(p)) as Box<dyn Check>),
             ),
             Err(e) => checks.push(Box::new(Failed(e))),
+        }
+        for gate in &self.gates {
+            checks.extend(gate.checks());
         }
         checks
     }

@@ -18,6 +18,7 @@ use cairn_updater::state::StateDir;
 use crate::config::{self, MachineConfig};
 use crate::events::Events;
 use crate::log::{say, unix_ms};
+use crate::{containerd, containers};
 
 /// The machine config written over the API; it takes precedence over the image's.
 pub const STATE_CONFIG: &str = "machine.yaml";
@@ -89,6 +90,13 @@ pub fn changes(old: &Result<MachineConfig, String>, new: &MachineConfig) -> Vec<
     }
     if old.fetch_ca != new.fetch_ca {
         changes.push("update fetch CA".to_string());
+    }
+    if old.containers != new.containers {
+        changes.push(format!(
+            "containers: {} -> {} (from cairnd's next start)",
+            old.containers.len(),
+            new.containers.len()
+        ));
     }
     if old.api_identity != new.api_identity {
         changes.push("API server certificate (used from cairnd's next start)".to_string());
@@ -167,6 +175,12 @@ impl Settings {
     ) -> Result<proto::ApplyConfigResponse, DeviceError> {
         let new = MachineConfig::parse(text)
             .map_err(|e| DeviceError::invalid_argument(format!("machine config: {e}")))?;
+        // Containers this image cannot run are refused here, not found failing later.
+        if let Some(why) = containers::refusal(&new.containers, &containerd::Paths::device()) {
+            return Err(DeviceError::failed_precondition(format!(
+                "machine config: {why}"
+            )));
+        }
         let mut cfg = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let changes = changes(&cfg.current, &new);
         if dry_run {

@@ -16,7 +16,8 @@
 //!   nameservers: [192.168.1.1]
 //! ```
 //!
-//! The `network` section is described in [`crate::network`], a probe in [`crate::probe`].
+//! The `network` section is described in [`crate::network`], a probe in [`crate::probe`], the
+//! `containers` section in [`crate::containers`].
 //! Unknown keys are errors, so a misspelt probe is not silently skipped. The whole schema is
 //! published as JSON Schema (`cairnctl config schema`, docs/machine-config.schema.json).
 //!
@@ -31,6 +32,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::containers::{self, Container, RawContainer};
 use crate::network::{Network, RawNetwork};
 use crate::probe::Probe;
 
@@ -76,6 +78,8 @@ pub struct MachineConfig<C> {
     pub api_identity: Option<(String, String)>,
     /// Whether STATE and DATA are encrypted on first boot, and the PCRs the key is sealed to.
     pub storage: Storage,
+    /// Host containers cairnd runs through containerd ([`crate::containers`]).
+    pub containers: Vec<Container>,
     checked_by: PhantomData<C>,
 }
 
@@ -111,6 +115,7 @@ impl<C> Default for MachineConfig<C> {
             network: Network::default(),
             api_identity: None,
             storage: Storage::default(),
+            containers: Vec::new(),
             checked_by: PhantomData,
         }
     }
@@ -137,6 +142,10 @@ struct Raw {
     /// Disk encryption of STATE and DATA, decided on the first boot.
     #[serde(default)]
     storage: RawStorage,
+    /// Host containers cairnd runs through containerd, each restarted by its policy and
+    /// checked in every update's health window.
+    #[serde(default)]
+    containers: Vec<RawContainer>,
 }
 
 #[derive(Deserialize, Default)]
@@ -208,7 +217,7 @@ impl<C: CertCheck> MachineConfig<C> {
                 // serde names the Rust type; the user wrote a file.
                 return Err(match e.split_once(", expected struct Raw") {
                     Some((what, _)) => format!(
-                        "{what}: a machine config is a YAML mapping of health, update, network, api and storage"
+                        "{what}: a machine config is a YAML mapping of health, update, network, api, storage and containers"
                     ),
                     None => e,
                 });
@@ -271,6 +280,7 @@ impl<C: CertCheck> MachineConfig<C> {
             }
             config.storage.require_encryption = Some(r);
         }
+        config.containers = containers::check(raw.containers)?;
         Ok(config)
     }
 }

@@ -696,8 +696,11 @@ fn root_tree(opts: &BuildOptions) -> Result<Tree> {
     // The root is read-only; cairnd's network code writes the resolver config under /run.
     tree.add_symlink("etc/resolv.conf", "../run/resolv.conf")?;
     // /boot is where init mounts the bootloader's partition (ESP or the Pi's partition 1);
-    // /var/lib/cairn is where cairnd mounts STATE.
+    // /var/lib/cairn is where cairnd mounts STATE; /etc/cni and /etc/rancher are where it
+    // binds their writable copies on DATA (daemon/src/containers.rs).
     for dir in [
+        "etc/cni",
+        "etc/rancher",
         "boot",
         "dev",
         "proc",
