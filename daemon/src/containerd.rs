@@ -17,6 +17,8 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use cairn_facts::containers::Container;
+
 use crate::log::say;
 
 /// The containerd namespace cairnd's host containers live in (k3s uses `k8s.io`).
@@ -64,7 +66,7 @@ impl Paths {
     /// only on the console.
     pub fn config_text(&self) -> String {
         format!(
-            "version = 2\nroot = {:?}\nstate = {:?}\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\n[grpc]\n  address = {:?}\n\n[debug]\n  level = \"warn\"\n",
+            "version = 2\nroot = {:?}\nstate = {:?}\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\", \"io.containerd.snapshotter.v1.devmapper\", \"io.containerd.snapshotter.v1.btrfs\", \"io.containerd.snapshotter.v1.zfs\", \"io.containerd.snapshotter.v1.aufs\"]\n\n[grpc]\n  address = {:?}\n\n[debug]\n  level = \"warn\"\n",
             self.root, self.state, self.socket
         )
     }
@@ -76,6 +78,9 @@ pub struct Containerd {
     pid: AtomicU32,
     stopping: AtomicBool,
     wake: (Mutex<()>, Condvar),
+    /// Imports one at a time: containerd locks an archive's blobs while it writes them, and
+    /// two imports of the same blob would fail on the lock.
+    importing: Mutex<()>,
 }
 
 impl Containerd {
@@ -97,6 +102,7 @@ impl Containerd {
             pid: AtomicU32::new(0),
             stopping: AtomicBool::new(false),
             wake: (Mutex::new(()), Condvar::new()),
+            importing: Mutex::new(()),
         });
         let first = c.spawn()?;
         let supervised = c.clone();
@@ -289,6 +295,7 @@ impl Containerd {
     /// the image named `image`.
     pub fn import(&self, archive: &Path, image: &str, platform: &str) -> Result<(), String> {
         let archive = archive.to_str().ok_or("the archive path is not UTF-8")?;
+        let _one = self.importing.lock().unwrap_or_else(|e| e.into_inner());
         self.request(&[
             "images",
             "import",
@@ -345,6 +352,22 @@ impl Containerd {
         // SAFETY: kill with signal 0 only checks that the process exists.
         (pid > 0 && unsafe { libc::kill(pid as i32, 0) } == 0).then_some(pid)
     }
+}
+
+/// Whether the image carries a container runtime (the system extension).
+pub fn runtime_present(paths: &Paths) -> bool {
+    paths.containerd.exists() && paths.ctr.exists()
+}
+
+/// Why a config's containers cannot run on this image, if they cannot (the one line cairnd
+/// refuses such a config with).
+pub fn refusal(containers: &[Container], paths: &Paths) -> Option<String> {
+    (!containers.is_empty() && !runtime_present(paths)).then(|| {
+        format!(
+            "containers: this image has no container runtime ({} is missing); build it with the container extension",
+            paths.containerd.display()
+        )
+    })
 }
 
 /// What `ctr run` is given for one container.

@@ -22,11 +22,11 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime};
 
 use cairn_api::proto;
-use cairn_facts::containers::{Container, ImageSource, Restart};
+use cairn_facts::containers::{name_problem, Container, ImageSource, Restart, ARCHIVE_DIR};
 use cairn_updater::health::Check;
 
 use crate::block;
-use crate::containerd::{self, Containerd, Paths, RunSpec};
+use crate::containerd::{self, refusal, runtime_present, Containerd, Paths, RunSpec};
 use crate::health::Gate;
 use crate::journal::Ring;
 use crate::log::{say, unix_ms};
@@ -41,6 +41,10 @@ const MAX_LINE: usize = 4096;
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const STABLE: Duration = Duration::from_secs(30);
+/// How often a container whose archive is missing looks for it again.
+const ARCHIVE_POLL: Duration = Duration::from_secs(2);
+/// Largest archive copied from a stick.
+pub const MAX_ARCHIVE: u64 = 4 << 30;
 /// Stack of the threads per container (supervisor and two output readers): they hold little.
 const STACK: usize = 128 * 1024;
 
@@ -70,20 +74,51 @@ pub fn prepare_state() -> Result<(), String> {
     Ok(())
 }
 
-/// Whether the image carries a container runtime (the system extension).
-pub fn runtime_present(paths: &Paths) -> bool {
-    paths.containerd.exists() && paths.ctr.exists()
-}
-
-/// Why a config's containers cannot run on this image, if they cannot (the one line cairnd
-/// refuses such a config with).
-pub fn refusal(containers: &[Container], paths: &Paths) -> Option<String> {
-    (!containers.is_empty() && !runtime_present(paths)).then(|| {
-        format!(
-            "containers: this image has no container runtime ({} is missing); build it with the container extension",
-            paths.containerd.display()
-        )
-    })
+/// Copies the OCI archives a stick carries (`<stick>/containers/<name>.tar`, `<name>` a
+/// container-name-like label) to [`ARCHIVE_DIR`] on DATA, each through a temporary file renamed
+/// into place, so a container never sees half an archive. Returns what was copied; a bad entry
+/// is skipped with a line saying why.
+pub fn take_archives(stick: &Path, into: &Path) -> Vec<String> {
+    let Ok(entries) = fs::read_dir(stick.join("containers")) else {
+        return Vec::new();
+    };
+    let mut copied = Vec::new();
+    for entry in entries.flatten().take(64) {
+        let file = entry.file_name();
+        let file = file.to_string_lossy();
+        let Some(stem) = file.strip_suffix(".tar") else {
+            continue;
+        };
+        if let Some(why) = name_problem(stem) {
+            say!("containers/{file} on the stick skipped: {why}");
+            continue;
+        }
+        let result = (|| -> Result<(), String> {
+            let len = entry.metadata().map_err(|e| e.to_string())?.len();
+            if len > MAX_ARCHIVE {
+                return Err(format!("larger than {MAX_ARCHIVE} bytes"));
+            }
+            fs::create_dir_all(into).map_err(|e| format!("creating {}: {e}", into.display()))?;
+            let part = into.join(format!(".{file}.part"));
+            fs::copy(entry.path(), &part).map_err(|e| e.to_string())?;
+            fs::File::open(&part)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| e.to_string())?;
+            fs::rename(&part, into.join(&*file)).map_err(|e| e.to_string())
+        })();
+        match result {
+            Ok(()) => copied.push(file.to_string()),
+            Err(e) => say!("containers/{file} on the stick not copied: {e}"),
+        }
+    }
+    if !copied.is_empty() {
+        say!(
+            "container images copied to {}: {}",
+            into.display(),
+            copied.join(", ")
+        );
+    }
+    copied
 }
 
 /// On the device, once DATA is mounted and workloads are allowed: the runtime's state
@@ -401,6 +436,21 @@ impl Unit {
 
     fn supervise(self: &Arc<Unit>, c: &Containerd) {
         let name = &self.spec.name;
+        // An archive a stick brings later starts the container then.
+        let ImageSource::Archive(path) = &self.spec.image;
+        if !path.exists() {
+            let why = format!(
+                "image {} is not there yet (a stick's containers/ folder is copied to {ARCHIVE_DIR})",
+                path.display()
+            );
+            say!("container {name}: {why}");
+            self.set_phase(Phase::Failed(why));
+            while !path.exists() {
+                if self.sleep(ARCHIVE_POLL) {
+                    return;
+                }
+            }
+        }
         if let Err(e) = self.import(c) {
             say!("container {name}: {e}");
             self.set_phase(Phase::Failed(e));
@@ -524,5 +574,44 @@ fn copy_lines(mut out: impl Read, line: &mut dyn FnMut(String)) {
     }
     if !buf.is_empty() {
         line(String::from_utf8_lossy(&buf).into_owned());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sticks_archives_are_copied_whole_and_bad_names_skipped() {
+        let stick = tempfile::tempdir().unwrap();
+        let data = tempfile::tempdir().unwrap();
+        let into = data.path().join("lib/cairn-images");
+        assert!(take_archives(stick.path(), &into).is_empty());
+        let dir = stick.path().join("containers");
+        fs::create_dir(&dir).unwrap();
+        fs::write(dir.join("web.tar"), vec![5u8; 100_000]).unwrap();
+        fs::write(dir.join("Web_2.tar"), b"x").unwrap();
+        fs::write(dir.join("notes.txt"), b"x").unwrap();
+        assert_eq!(take_archives(stick.path(), &into), ["web.tar"]);
+        let mut names: Vec<String> = fs::read_dir(&into)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["web.tar"]);
+        assert_eq!(fs::read(into.join("web.tar")).unwrap(), vec![5u8; 100_000]);
+    }
+
+    #[test]
+    fn output_is_kept_line_by_line_and_long_lines_are_cut() {
+        let mut lines = Vec::new();
+        let mut text = b"one\ntwo\n".to_vec();
+        text.extend(vec![b'x'; MAX_LINE + 10]);
+        text.extend(b"\nlast");
+        copy_lines(&text[..], &mut |l| lines.push(l));
+        assert_eq!(lines.len(), 4);
+        assert_eq!((lines[0].as_str(), lines[1].as_str()), ("one", "two"));
+        assert_eq!(lines[2].len(), MAX_LINE);
+        assert_eq!(lines[3], "last");
     }
 }

@@ -16,9 +16,9 @@ use cairn_netcfg::agent::{self as netcfg, Netcfg};
 use cairn_updater::state::StateDir;
 
 use crate::config::{self, MachineConfig};
+use crate::containerd;
 use crate::events::Events;
 use crate::log::{say, unix_ms};
-use crate::{containerd, containers};
 
 /// The machine config written over the API; it takes precedence over the image's.
 pub const STATE_CONFIG: &str = "machine.yaml";
@@ -176,7 +176,7 @@ impl Settings {
         let new = MachineConfig::parse(text)
             .map_err(|e| DeviceError::invalid_argument(format!("machine config: {e}")))?;
         // Containers this image cannot run are refused here, not found failing later.
-        if let Some(why) = containers::refusal(&new.containers, &containerd::Paths::device()) {
+        if let Some(why) = containerd::refusal(&new.containers, &containerd::Paths::device()) {
             return Err(DeviceError::failed_precondition(format!(
                 "machine config: {why}"
             )));

@@ -303,6 +303,26 @@ fn host_containers_run_restart_gate_health_and_refuse_bad_images() {
     assert_eq!(service(&set, "web").pid, again.pid);
     assert_eq!(get(port).as_deref(), Some("hello from web\n"));
 
+    // An archive that is not there yet: the container waits for it, and runs once it comes.
+    let late_port = free_port();
+    let late_path = dir.path().join("late.tar");
+    let late = Containers::start_on(containerd.clone(), &[container("late", &late_path, None)]);
+    stop.0.push(late.clone());
+    let waiting = wait_for("the wait for the archive", Duration::from_secs(10), || {
+        check_results(&late)[0]
+            .1
+            .clone()
+            .err()
+            .filter(|e| e != "starting")
+    });
+    assert!(waiting.contains("late.tar is not there yet"), "{waiting}");
+    let staged = web_archive(dir.path(), "staged", host_arch(), late_port);
+    std::fs::rename(staged, &late_path).unwrap();
+    wait_for("the late container", Duration::from_secs(60), || {
+        get(late_port)
+    });
+    assert_eq!(check_results(&late)[0].1, Ok(()));
+
     // The baseline: the same image imported and started by hand with ctr.
     let hand_port = free_port();
     let hand = web_archive(dir.path(), "hand", host_arch(), hand_port);

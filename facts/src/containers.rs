@@ -13,9 +13,10 @@
 //! ```
 //!
 //! `image` is an OCI image layout archive (a tar of `oci-layout`, `index.json` and `blobs/`):
-//! an absolute path on DATA (under `/var`) or on a USB stick (under `/run/cairn/stick`), read
-//! when the container starts. Registry URLs (`https://…`) are refused for now: the device pulls
-//! nothing over the network for containers yet.
+//! an absolute path on DATA (under `/var/`), read when the container starts (and waited for
+//! while it is not there). A USB stick brings archives: the `*.tar` files in its `containers/`
+//! folder are copied to [`ARCHIVE_DIR`] when it is plugged in. Registry URLs (`https://…`) are
+//! refused for now: the device pulls nothing over the network for containers yet.
 //!
 //! The one idea, as for the rest of the config: [`Container::check`] refuses what cairnd could
 //! not run, with one line naming the field (`containers[1].name: …`).
@@ -36,8 +37,10 @@ const MAX_ARGS: usize = 256;
 const MAX_ARG_LEN: usize = 4096;
 /// Largest memory limit accepted, in MiB (1 TiB).
 const MAX_MEMORY_MIB: u64 = 1 << 20;
-/// Where an `image` archive may be: DATA, or a USB stick cairnd mounted.
-pub const IMAGE_ROOTS: [&str; 2] = ["/var/", "/run/cairn/stick/"];
+/// Where an `image` archive may be: DATA.
+pub const IMAGE_ROOT: &str = "/var/";
+/// Where cairnd copies the archives a USB stick carries in its `containers/` folder.
+pub const ARCHIVE_DIR: &str = "/var/lib/cairn-images";
 
 /// One host container, checked.
 #[derive(Debug, Clone, PartialEq)]
@@ -58,7 +61,7 @@ pub struct Container {
 /// Where a container's image comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ImageSource {
-    /// An OCI image layout archive on DATA or a stick.
+    /// An OCI image layout archive on DATA.
     Archive(PathBuf),
 }
 
@@ -84,8 +87,9 @@ pub(crate) struct RawContainer {
     /// A DNS label naming the container (unique; lower-case letters, digits, `-`, at most 63).
     /// Its health check is `container <name>`, and `cairnctl logs <name>` shows its output.
     name: String,
-    /// An OCI image layout archive (tar): an absolute path under `/var/` (DATA) or
-    /// `/run/cairn/stick/` (a USB stick). Its image must be for the device's architecture.
+    /// An OCI image layout archive (tar): an absolute path under `/var/` (DATA; a USB stick's
+    /// `containers/*.tar` are copied to `/var/lib/cairn-images/`). Its image must be for the
+    /// device's architecture.
     image: String,
     /// The command and its arguments (default: the image's entrypoint and cmd).
     #[serde(default)]
@@ -208,13 +212,12 @@ impl Container {
 fn image_source(text: &str) -> Result<ImageSource, String> {
     if text.starts_with("https://") || text.starts_with("http://") {
         return Err(format!(
-            "{text:?}: pulling from a registry is not supported yet; give an OCI archive on DATA or a stick"
+            "{text:?}: pulling from a registry is not supported yet; give an OCI archive on DATA"
         ));
     }
-    if !IMAGE_ROOTS.iter().any(|root| text.starts_with(root)) {
+    if !text.starts_with(IMAGE_ROOT) {
         return Err(format!(
-            "{text:?} must be an OCI archive under {}",
-            IMAGE_ROOTS.join(" or ")
+            "{text:?} must be an OCI archive under {IMAGE_ROOT} (DATA)"
         ));
     }
     if text.split('/').any(|c| c == "..") || text.len() > MAX_ARG_LEN || text.contains('\0') {
@@ -257,7 +260,7 @@ mod tests {
 
     #[test]
     fn defaults() {
-        let c = parse("[{name: a, image: /run/cairn/stick/a.tar}]").unwrap();
+        let c = parse("[{name: a, image: /var/lib/cairn-images/a.tar}]").unwrap();
         assert_eq!(c[0].restart, Restart::Always);
         assert!(c[0].args.is_empty() && c[0].env.is_empty());
         assert_eq!((c[0].probe.as_ref(), c[0].memory_limit), (None, None));
@@ -276,7 +279,7 @@ mod tests {
                 "[{name: a, image: /var/a.tar}, {name: a, image: /var/b.tar}]",
                 "containers[1].name: \"a\" is already the name",
             ),
-            ("[{name: a, image: a.tar}]", "containers[0].image: \"a.tar\" must be an OCI archive under /var/ or /run/cairn/stick/"),
+            ("[{name: a, image: a.tar}]", "containers[0].image: \"a.tar\" must be an OCI archive under /var/ (DATA)"),
             ("[{name: a, image: /etc/a.tar}]", "containers[0].image: \"/etc/a.tar\" must be"),
             ("[{name: a, image: /var/../etc/a.tar}]", "is not a plain absolute path"),
             (
