@@ -23,6 +23,8 @@ use crate::log::say;
 
 /// The containerd namespace cairnd's host containers live in (k3s uses `k8s.io`).
 pub const NAMESPACE: &str = "cairn";
+/// k3s, when the image carries it: containerd then serves the CRI it talks to.
+pub const K3S: &str = "/usr/bin/k3s";
 /// Longest wait for containerd's socket after starting it.
 pub const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest a `ctr` request other than `run` may take.
@@ -44,6 +46,8 @@ pub struct Paths {
     pub config: PathBuf,
     /// The cgroup (v2 path, or v1 path in every hierarchy) containers are put under.
     pub cgroup_parent: String,
+    /// Whether containerd serves its CRI plugin (for k3s: on when the image carries k3s).
+    pub cri: bool,
 }
 
 impl Paths {
@@ -58,17 +62,31 @@ impl Paths {
             socket: "/run/containerd/containerd.sock".into(),
             config: "/run/cairn/containerd.toml".into(),
             cgroup_parent: "/cairn".into(),
+            cri: Path::new(K3S).exists(),
         }
     }
 
-    /// containerd's config: the paths above; the CRI plugin off (k3s runs its own CRI
-    /// against this containerd over the same socket when it is there); warnings and errors
-    /// only on the console.
+    /// containerd's config: the paths above; warnings and errors only on the console; the
+    /// snapshotters the device cannot use off; the CRI plugin (what k3s talks to) only with
+    /// [`Paths::cri`], its CNI plugins in `/usr/lib/cni` and their config in `/etc/cni/net.d`.
     pub fn config_text(&self) -> String {
-        format!(
-            "version = 2\nroot = {:?}\nstate = {:?}\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\", \"io.containerd.snapshotter.v1.devmapper\", \"io.containerd.snapshotter.v1.btrfs\", \"io.containerd.snapshotter.v1.zfs\", \"io.containerd.snapshotter.v1.aufs\"]\n\n[grpc]\n  address = {:?}\n\n[debug]\n  level = \"warn\"\n",
-            self.root, self.state, self.socket
-        )
+        let mut disabled = vec![
+            "io.containerd.snapshotter.v1.devmapper",
+            "io.containerd.snapshotter.v1.btrfs",
+            "io.containerd.snapshotter.v1.zfs",
+            "io.containerd.snapshotter.v1.aufs",
+        ];
+        if !self.cri {
+            disabled.push("io.containerd.grpc.v1.cri");
+        }
+        let mut text = format!(
+            "version = 2\nroot = {:?}\nstate = {:?}\ndisabled_plugins = {:?}\n\n[grpc]\n  address = {:?}\n\n[debug]\n  level = \"warn\"\n",
+            self.root, self.state, disabled, self.socket
+        );
+        if self.cri {
+            text += "\n[plugins.\"io.containerd.grpc.v1.cri\".cni]\n  bin_dir = \"/usr/lib/cni\"\n  conf_dir = \"/etc/cni/net.d\"\n";
+        }
+        text
     }
 }
 

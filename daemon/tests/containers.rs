@@ -59,6 +59,7 @@ fn paths(dir: &Path, tag: &str) -> Paths {
         socket: dir.join("state/containerd.sock"),
         config: dir.join("containerd.toml"),
         cgroup_parent: format!("/cairn-test-{}-{tag}", std::process::id()),
+        cri: false,
     }
 }
 

@@ -190,8 +190,9 @@ impl Image {
     }
 }
 
-/// A busybox image: the static `busybox` binary given, `/www/index.html` holding `page`, and
-/// busybox's applets `sh` and `httpd` linked in `/bin`; `cmd` as its command.
+/// A busybox image for `arch` (`x86_64`/`aarch64`, or OCI's `amd64`/`arm64`): the static
+/// `busybox` binary given, `/www/index.html` holding `page`, and busybox's applets `sh`,
+/// `httpd` and `sleep` linked in `/bin`; `cmd` as its command.
 pub fn busybox_image(busybox: Vec<u8>, arch: &str, page: &str, cmd: &[&str]) -> Image {
     Image {
         files: vec![
