@@ -342,7 +342,12 @@ impl Containerd {
     /// Starts `ctr run --rm` for a container, attached to its stdout and stderr (piped).
     pub fn run(&self, spec: &RunSpec) -> io::Result<Child> {
         let mut c = self.ctr();
-        c.args(["run", "--rm", "--net-host"]);
+        // The host's network, as `--net-host` would give it, but without binding the root's
+        // /etc/hosts and /etc/resolv.conf into the container (the root has no /etc/hosts, and
+        // /etc/resolv.conf only exists once the network gave a name server): the image's own
+        // are used.
+        c.args(["run", "--rm", "--with-ns"]);
+        c.arg(format!("network:/proc/{}/ns/net", std::process::id()));
         c.arg("--cgroup")
             .arg(format!("{}/{}", self.paths.cgroup_parent, spec.id));
         if let Some(limit) = spec.memory_limit {

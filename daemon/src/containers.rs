@@ -33,9 +33,9 @@ use crate::log::{say, unix_ms};
 use crate::oci;
 
 /// Lines of output kept per container.
-pub const LOG_LINES: usize = 1000;
-/// Longest line kept; longer ones are cut.
-const MAX_LINE: usize = 4096;
+pub const LOG_LINES: usize = 500;
+/// Longest line kept; longer ones are cut (so a log holds at most 512 KiB of text).
+const MAX_LINE: usize = 1024;
 /// First wait before a restart; it doubles up to [`MAX_BACKOFF`] while the container keeps
 /// exiting within [`STABLE`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);

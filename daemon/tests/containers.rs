@@ -140,6 +140,17 @@ fn service(c: &Containers, name: &str) -> proto::ServiceInfo {
     c.services().into_iter().find(|s| s.name == name).unwrap()
 }
 
+/// A process's resident memory in KiB (`VmRSS`).
+fn rss_of(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn rss_kib() -> u64 {
+    rss_of(std::process::id()).unwrap()
+}
+
 fn host_arch() -> &'static str {
     std::env::consts::ARCH
 }
@@ -164,8 +175,11 @@ fn host_containers_run_restart_gate_health_and_refuse_bad_images() {
 
     let containerd = Containerd::start(paths(dir.path(), "a")).unwrap();
     let mut stop = Stop(Vec::new(), Some(containerd.clone()));
+    std::thread::sleep(Duration::from_millis(500));
+    let containerd_idle = rss_of(containerd.pid()).unwrap_or(0);
 
     // cairnd's request to the container answering.
+    let rss_before = rss_kib();
     let t0 = Instant::now();
     let set = Containers::start_on(containerd.clone(), &[container("web", &web, Some(&probe))]);
     stop.0.push(set.clone());
@@ -174,6 +188,7 @@ fn host_containers_run_restart_gate_health_and_refuse_bad_images() {
     });
     let cairnd_start = t0.elapsed();
     assert_eq!(body, "hello from web\n");
+    let supervision_kib = rss_kib().saturating_sub(rss_before);
 
     // It is listed running with its memory, its health check passes, its output is kept.
     let s = service(&set, "web");
@@ -374,6 +389,10 @@ fn host_containers_run_restart_gate_health_and_refuse_bad_images() {
         "host container start (request -> answering): cairnd {} ms, ctr by hand {} ms",
         cairnd_start.as_millis(),
         by_hand.as_millis()
+    );
+    println!(
+        "resident memory added by supervising one container: {supervision_kib} KiB; containerd: {containerd_idle} KiB idle, {} KiB after the test's imports",
+        rss_of(containerd.pid()).unwrap_or(0)
     );
     drop(stop);
 }
