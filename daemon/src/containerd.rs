@@ -102,10 +102,17 @@ pub struct Containerd {
 }
 
 impl Containerd {
-    /// Writes the config and starts containerd, restarting it whenever it exits (1 s, doubling
-    /// to 30 s while it keeps dying within a minute). Returns once the socket answers, or with
-    /// why it did not.
+    /// [`Containerd::launch`], then waits until the socket answers.
     pub fn start(paths: Paths) -> Result<Arc<Containerd>, String> {
+        let c = Self::launch(paths)?;
+        c.wait_ready(START_TIMEOUT)?;
+        Ok(c)
+    }
+
+    /// Writes the config and starts containerd, restarting it whenever it exits (1 s, doubling
+    /// to 30 s while it keeps dying within a minute). Returns at once: users wait for the
+    /// socket with [`Containerd::wait_ready`].
+    pub fn launch(paths: Paths) -> Result<Arc<Containerd>, String> {
         for dir in [&paths.root, &paths.state] {
             fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
         }
@@ -128,7 +135,6 @@ impl Containerd {
             .name("containerd".into())
             .spawn(move || supervised.supervise(first))
             .map_err(|e| format!("starting containerd's supervisor: {e}"))?;
-        c.wait_ready(START_TIMEOUT)?;
         Ok(c)
     }
 

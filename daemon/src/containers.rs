@@ -185,7 +185,9 @@ impl Containers {
         let mut unavailable = refusal(config, &paths);
         let mut containerd = None;
         if unavailable.is_none() && runtime_present(&paths) {
-            match Containerd::start(paths) {
+            // Not waited for here: cairnd's start (and the watchdog's feeding) goes on while
+            // containerd comes up; each container waits for it.
+            match Containerd::launch(paths) {
                 Ok(c) => containerd = Some(c),
                 Err(e) => unavailable = Some(format!("containerd: {e}")),
             }
@@ -436,6 +438,14 @@ impl Unit {
 
     fn supervise(self: &Arc<Unit>, c: &Containerd) {
         let name = &self.spec.name;
+        // containerd may be slow to come up (or restarting): the container waits, saying why.
+        while let Err(e) = c.wait_ready(containerd::START_TIMEOUT) {
+            say!("container {name}: {e}");
+            self.set_phase(Phase::Failed(e));
+            if self.stopping() {
+                return;
+            }
+        }
         // An archive a stick brings later starts the container then.
         let ImageSource::Archive(path) = &self.spec.image;
         if !path.exists() {
