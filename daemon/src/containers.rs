@@ -62,11 +62,26 @@ pub const STATE_DIRS: [(&str, Option<&str>, bool); 5] = [
 /// looks: /var/lib/containerd and /var/lib/rancher onto themselves so images' programs may run
 /// (DATA is mounted `noexec`), /etc/cni and /etc/rancher (read-only in the root) onto their
 /// copies under /var/lib/cairn/etc. Both slots share them; they survive updates and rollbacks.
+///
+/// DATA must be mounted on /var (it is when encrypted; plain storage leaves it unused). On a
+/// DATA whose file system cannot hold container layers (FAT: no symlinks, owners or overlayfs
+/// upper directories), /var/lib/containerd and /var/lib/rancher are memory (tmpfs) instead,
+/// said once: images are imported again from their archives at every boot.
 pub fn prepare_state() -> Result<(), String> {
+    if !block::is_mount_point(Path::new("/var")) {
+        return Err(
+            "DATA is not mounted on /var (STATE and DATA are not encrypted here, and plain storage leaves DATA unused); host containers need it"
+                .into(),
+        );
+    }
     for (dir, bound_on, exec) in STATE_DIRS {
         fs::create_dir_all(dir).map_err(|e| format!("creating {dir}: {e}"))?;
         match bound_on {
             Some(target) => block::bind_once(Path::new(dir), Path::new(target), exec)?,
+            None if exec && block::is_fat(Path::new(dir)) => {
+                say!("{dir}: DATA is FAT, which cannot hold container layers; kept in memory (tmpfs) instead");
+                block::tmpfs_once(Path::new(dir))?
+            }
             None if exec => block::bind_once(Path::new(dir), Path::new(dir), true)?,
             None => {}
         }

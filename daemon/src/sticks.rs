@@ -77,7 +77,11 @@ fn install_from(updates: &Updates, dev: &str) -> Result<bool, String> {
         path.display()
     );
     // Container images first: an update that runs them finds them on DATA.
-    containers::take_archives(mount, Path::new(ARCHIVE_DIR));
+    if block::is_mount_point(Path::new("/var")) {
+        containers::take_archives(mount, Path::new(ARCHIVE_DIR));
+    } else if mount.join("containers").is_dir() {
+        say!("containers/ on the stick not copied: DATA is not mounted on /var (it is used only when encrypted)");
+    }
     let result = install_newest(updates, mount);
     if let Err(e) = block::unmount(mount) {
         say!("unmounting {STICK_MOUNT}: {e}");

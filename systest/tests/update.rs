@@ -26,7 +26,7 @@ use serde_json::Value;
 
 use cairn_board::Board;
 use cairn_image::RootExtras;
-use cairn_qemu::{free_local_port, LaunchOptions, Machine, PortForward};
+use cairn_qemu::{free_local_port, LaunchOptions, Machine, PortForward, Swtpm};
 use cairn_systest::ctl::Ctl;
 use cairn_systest::fault_init::{self, Fault};
 use cairn_systest::release::{build_release, dev_key, sign_bundle};
@@ -50,6 +50,9 @@ struct Rig {
     port: u16,
     /// The host port forwarded to the guest's [`WEB_PORT`] (a host container).
     web_port: u16,
+    /// A TPM for the machine: with it, STATE and DATA are encrypted on the first boot and DATA
+    /// is mounted on /var, which host containers need (plain storage leaves DATA unused).
+    tpm: Option<Swtpm>,
 }
 
 impl Rig {
@@ -66,6 +69,7 @@ impl Rig {
             sticks: 0,
             port: free_local_port().unwrap(),
             web_port: free_local_port().unwrap(),
+            tpm: None,
         }
     }
 
@@ -115,7 +119,14 @@ impl Rig {
             PortForward::new(self.port, API_PORT),
             PortForward::new(self.web_port, WEB_PORT),
         ];
+        opts.tpm = self.tpm.as_ref().map(|t| t.socket_path().to_path_buf());
         Machine::launch(opts).unwrap()
+    }
+
+    /// Gives the machine a TPM (see [`Rig::tpm`]).
+    fn with_tpm(mut self) -> Rig {
+        self.tpm = Some(Swtpm::start(&self.tmp.path().join("tpm"), 0).unwrap());
+        self
     }
 
     /// Plugs in a stick holding `files`; returns its id.
@@ -300,7 +311,7 @@ fn altered(bundle: &Path, f: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
 fn good_update(board_name: &str) {
     let _serial = qemu_lock();
     let since = start_ms();
-    let mut rig = Rig::new(board_name);
+    let mut rig = Rig::new(board_name).with_tpm();
     // The new system runs a host container from an archive the update's stick brings (A
     // copies it onto DATA, which both slots share).
     let web = busybox_archive(
@@ -338,6 +349,7 @@ fn good_update(board_name: &str) {
             sticks: 0,
             port: 0,
             web_port: 0,
+            tpm: None,
         };
         let dir = other.image("other", NEW_VERSION, 1, RootExtras::default());
         let b = other.bundle(&dir, &dev_key());
@@ -554,7 +566,7 @@ fn good_update(board_name: &str) {
 fn unhealthy_update(board_name: &str) {
     let _serial = qemu_lock();
     let since = start_ms();
-    let mut rig = Rig::new(board_name);
+    let mut rig = Rig::new(board_name).with_tpm();
     // Three reasons at once: a probe that never passes, a network section the kernel refuses
     // (it names an interface the machine does not have), and a host container that runs but
     // never answers its probe.
