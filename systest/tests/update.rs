@@ -6,11 +6,16 @@
 //! - `good_update`: bundles that must be refused (each with its own error, nothing installed,
 //!   the machine still on A), then a good one: installed, trial boot, health passes, committed,
 //!   still B after two more reboots, where a new `cairnctl events` tells the update from the
-//!   stick to the commit and `cairnctl slots` both slots' versions and install times; then an
-//!   older bundle below the raised security floor is refused, and the running version on a
-//!   stick left in is not installed again.
+//!   stick to the commit and `cairnctl slots` both slots' versions and install times. The new
+//!   system runs a host container (busybox httpd, an OCI archive the test builds, brought on the
+//!   update's stick): it answers on a forwarded port, `cairnctl services` lists it with its
+//!   memory, `cairnctl logs web` shows its output. Then an older bundle below the raised
+//!   security floor is refused, and the running version on a stick left in is not installed
+//!   again.
 //! - `unhealthy_update`: uploaded with `cairnctl upgrade`; the new system's machine config has a
-//!   probe that can never pass: the trial is marked bad, the machine returns to A, and A's
+//!   probe that can never pass and a host container whose probe never passes (its archive
+//!   brought by a stick first): the trial is marked bad, the rollback record names the
+//!   container, the machine returns to A, and A's
 //!   cairnd logs why. After the reboot, `cairnctl events` tells the upload, the install, the
 //!   trial boot, the failed rounds, the verdict and the rollback with its reason, and `slots`
 //!   shows what each slot holds.
@@ -18,6 +23,10 @@
 //!   on qemu-aarch64, the i6300esb on qemu-x86_64): only the watchdog gets the machine back,
 //!   with no hand on it. Boot counting spends B's tries and A comes back, reporting the update
 //!   abandoned, in its log and in the events.
+//!
+//! The good and unhealthy updates' machines have a TPM, so that DATA is encrypted and mounted
+//! on /var: host containers need it. Their containers need the container extension in the
+//! images.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
