@@ -37,6 +37,7 @@ pub fn build_release(
             security_version: security,
             ..extras
         },
+        extension: Some(Default::default()),
     })
     .unwrap();
     out.to_path_buf()

@@ -24,6 +24,7 @@ fn options(board: &'static Board, out: &Path) -> BuildOptions {
             api_secrets: Some(dev_api_secrets()),
             ..Default::default()
         },
+        extension: Some(Default::default()),
     }
 }
 
