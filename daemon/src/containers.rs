@@ -137,12 +137,15 @@ pub fn take_archives(stick: &Path, into: &Path) -> Vec<String> {
 }
 
 /// On the device, once DATA is mounted and workloads are allowed: the runtime's state
-/// directories, containerd and the config's containers. `None` when the image has no container
-/// runtime and the config names no containers.
+/// directories, containerd and the config's containers. Nothing (`None`) unless the config names
+/// containers or the image carries k3s: containerd only runs when something uses it.
 pub fn start_device(config: &[Container]) -> Option<Arc<Containers>> {
     let paths = Paths::device();
+    if config.is_empty() && !paths.cri {
+        return None;
+    }
     if !runtime_present(&paths) {
-        return (!config.is_empty()).then(|| Containers::start(config, paths));
+        return Some(Containers::start(config, paths));
     }
     if let Err(e) = prepare_state() {
         let why = format!("container runtime state: {e}");
