@@ -75,6 +75,8 @@ impl Paths {
             "io.containerd.snapshotter.v1.btrfs",
             "io.containerd.snapshotter.v1.zfs",
             "io.containerd.snapshotter.v1.aufs",
+            // Its /opt is not writable in the read-only root, and nothing here installs there.
+            "io.containerd.internal.v1.opt",
         ];
         if !self.cri {
             disabled.push("io.containerd.grpc.v1.cri");
