@@ -162,6 +162,9 @@ pub struct Board {
     /// Kernel modules init loads before looking for the disk, by module name. Their dependencies
     /// are resolved at image build time; modules the kernel has built in are skipped.
     pub modules: &'static [&'static str],
+    /// The kernel modules containers need, loaded from the root after `ready`; empty on a board
+    /// that carries no containers extension. Those the kernel lacks are named at boot.
+    pub container_modules: &'static [&'static str],
     pub layout: Layout,
     pub qemu: Option<QemuProfile>,
 }
@@ -173,6 +176,38 @@ const QEMU_LAYOUT: Layout = Layout {
     state_mib: 64,
     data_mib: 64,
 };
+
+/// What containerd, runc, the CNI plugins (bridge, portmap, firewall) and k3s's flannel need
+/// from the kernel, as Debian's kernels name the modules: overlay for image layers, bridge and
+/// veth for pod networks, br_netfilter so bridged traffic passes iptables, vxlan for flannel,
+/// conntrack and NAT, nf_tables with the xtables compatibility layer that iptables-nft uses for
+/// its matches and targets, and the legacy NAT tables some CNI versions still probe.
+pub const CONTAINER_MODULES: &[&str] = &[
+    "overlay",
+    "bridge",
+    "br_netfilter",
+    "veth",
+    "vxlan",
+    "nf_conntrack",
+    "nf_nat",
+    "nf_tables",
+    "nft_chain_nat",
+    "nft_compat",
+    "nft_ct",
+    "nft_masq",
+    "nft_nat",
+    "xt_conntrack",
+    "xt_MASQUERADE",
+    "xt_addrtype",
+    "xt_comment",
+    "xt_mark",
+    "xt_multiport",
+    "xt_nat",
+    "iptable_nat",
+    "iptable_filter",
+    "ip6table_nat",
+    "ip6table_filter",
+];
 
 /// Every board Cairn builds images for.
 pub const BOARDS: &[Board] = &[
@@ -212,6 +247,7 @@ pub const BOARDS: &[Board] = &[
             "xts",
             "tpm_tis",
         ],
+        container_modules: CONTAINER_MODULES,
         layout: QEMU_LAYOUT,
         qemu: Some(QemuProfile {
             binary: "qemu-system-aarch64",
@@ -268,6 +304,7 @@ pub const BOARDS: &[Board] = &[
             "ecb",
             "xts",
         ],
+        container_modules: CONTAINER_MODULES,
         layout: QEMU_LAYOUT,
         qemu: Some(QemuProfile {
             binary: "qemu-system-x86_64",
@@ -321,6 +358,7 @@ pub const BOARDS: &[Board] = &[
             "broadcom",
             "8021q",
         ],
+        container_modules: CONTAINER_MODULES,
         layout: Layout {
             esp_mib: 64,
             boot_slot_mib: 128,

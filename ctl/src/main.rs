@@ -198,6 +198,19 @@ struct BuildArgs {
     /// folder). Written to the STATE partition, not the root. Without it the image has no API.
     #[arg(long)]
     api_secrets: Option<PathBuf>,
+    /// Leave out the containers extension (containerd, runc, CNI plugins, iptables).
+    #[arg(long, conflicts_with = "k3s")]
+    no_containers: bool,
+    /// An operator's k3s binary for the board's CPU, added to the containers extension as
+    /// /usr/bin/k3s.
+    #[arg(long)]
+    k3s: Option<PathBuf>,
+    /// The sha256 (hex) the --k3s binary must have.
+    #[arg(long, requires = "k3s")]
+    k3s_sha256: Option<String>,
+    /// k3s's airgap images tarball, added under /usr/lib/cairn/k3s/images/.
+    #[arg(long, requires = "k3s")]
+    k3s_images: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -805,13 +818,19 @@ fn image_build(args: BuildArgs, json: bool) -> anyhow::Result<()> {
                 args.security_version,
             )?
         },
-        k3s: None,
+        extension: (!args.no_containers).then(|| cairn_image::extension::ExtensionOptions {
+            k3s: args.k3s.map(|binary| cairn_image::extension::K3sInput {
+                binary,
+                sha256: args.k3s_sha256,
+                images: args.k3s_images,
+            }),
+        }),
     };
     if let Some(text) = &opts.root.machine_config {
         let config = MachineConfig::parse(text).map_err(|e| anyhow::anyhow!("{e}"))?;
         cairn_facts::kubernetes::require_k3s(
             config.kubernetes.as_ref(),
-            opts.k3s.is_some(),
+            opts.extension.as_ref().is_some_and(|e| e.k3s.is_some()),
             "this image",
         )
         .map_err(|e| {
@@ -853,6 +872,29 @@ fn image_build(args: BuildArgs, json: bool) -> anyhow::Result<()> {
         manifest.kernel.release,
         manifest.kernel.modules.join(", ")
     );
+    match &manifest.extension {
+        Some(ext) => {
+            println!(
+                "  containers extension: {:.1} MiB in each slot ({} files, root hash {}{}{})",
+                ext.size as f64 / (1024.0 * 1024.0),
+                ext.files,
+                &ext.roothash[..12],
+                if ext.cached { ", from the cache" } else { "" },
+                match &ext.k3s {
+                    Some(k) => format!(", k3s sha256 {}", &k.sha256[..12]),
+                    None => String::new(),
+                }
+            );
+            if !ext.modules_missing.is_empty() {
+                println!(
+                    "  kernel {} lacks container modules: {}",
+                    manifest.kernel.release,
+                    ext.modules_missing.join(", ")
+                );
+            }
+        }
+        None => println!("  no containers extension"),
+    }
     Ok(())
 }
 

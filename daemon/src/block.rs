@@ -160,6 +160,70 @@ pub fn sync_fs(path: &Path) -> io::Result<()> {
     }
 }
 
+/// Bind-mounts `source` on `target` unless `target` is a mount point already (cairnd
+/// restarted); with `exec`, the new mount allows executing programs and set-id bits though
+/// the filesystem under it is mounted `noexec,nosuid` (container runtimes keep their images'
+/// programs on DATA). Devices stay refused either way.
+pub fn bind_once(source: &Path, target: &Path, exec: bool) -> Result<(), String> {
+    if is_mount_point(target) {
+        return Ok(());
+    }
+    let what = || format!("bind-mounting {} on {}", source.display(), target.display());
+    mount(source, target, "", libc::MS_BIND).map_err(|e| format!("{}: {e}", what()))?;
+    let mut flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_NODEV;
+    if !exec {
+        flags |= libc::MS_NOEXEC | libc::MS_NOSUID;
+    }
+    mount(Path::new("none"), target, "", flags).map_err(|e| format!("{}: {e}", what()))
+}
+
+/// Whether the file system holding `path` is FAT (vfat).
+pub fn is_fat(path: &Path) -> bool {
+    const MSDOS_SUPER_MAGIC: i64 = 0x4d44;
+    let Ok(p) = cstr(path) else {
+        return false;
+    };
+    // SAFETY: statfs is plain data, written by the kernel; `p` outlives the call.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `p` is a NUL-terminated path and `st` a valid statfs to fill.
+    if unsafe { libc::statfs(p.as_ptr(), &mut st) } != 0 {
+        return false;
+    }
+    st.f_type as i64 == MSDOS_SUPER_MAGIC
+}
+
+/// Mounts a tmpfs (mode 0711, programs allowed, no devices) on `target` unless something is
+/// mounted there already.
+pub fn tmpfs_once(target: &Path) -> Result<(), String> {
+    if is_mount_point(target) {
+        return Ok(());
+    }
+    let (src, dst) = (
+        cstr(Path::new("tmpfs")).map_err(|e| e.to_string())?,
+        cstr(target).map_err(|e| e.to_string())?,
+    );
+    let data = CString::new("mode=0711").map_err(|e| e.to_string())?;
+    // SAFETY: all pointers are NUL-terminated strings that outlive the call.
+    let r = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            dst.as_ptr(),
+            c"tmpfs".as_ptr(),
+            libc::MS_NODEV,
+            data.as_ptr().cast(),
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(format!(
+            "mounting a tmpfs on {}: {}",
+            target.display(),
+            io::Error::last_os_error()
+        ))
+    }
+}
+
 /// Remounts the filesystem on `target` read-only or read-write.
 pub fn remount(target: &Path, read_only: bool) -> io::Result<()> {
     let mut flags = libc::MS_REMOUNT | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;

@@ -6,9 +6,9 @@
 //!    first boot with a TPM, unlocked by it later, or by the recovery key in maintenance mode
 //!    ([`maintenance`]).
 //! 3. The machine config and the network ([`settings`], netcfg).
-//! 4. k3s when the config runs it ([`crate::kubernetes`], its health a gate), health
-//!    ([`health`]) and updates ([`update`]), then the management API ([`remote`]) over
-//!    all of them.
+//! 4. Host containers ([`containers`]) when DATA allows workloads, k3s when the config runs it
+//!    ([`crate::kubernetes`]), health ([`health`], gated by both) and updates ([`update`]), then
+//!    the management API ([`remote`]) over all of them.
 //! 5. A trial boot runs the health window and commits or rolls back; a normal boot reports the
 //!    last update. Then bundles from USB sticks ([`sticks`]).
 //!
@@ -31,7 +31,7 @@ use crate::log::say;
 use crate::settings::{self, Settings};
 use crate::system::{self, Boot};
 use crate::update::Updates;
-use crate::{maintenance, netif, remote, sticks};
+use crate::{containers, maintenance, netif, remote, sticks};
 
 /// The role's entry point. Returns only on a fatal error (init restarts it).
 pub fn run() -> ExitCode {
@@ -102,7 +102,17 @@ fn start() -> Result<Daemon, String> {
         state.clone(),
         events.clone(),
     ));
+    // Host containers need DATA (their images and state live there).
+    let containers = if storage.allows_workloads() {
+        let config = settings.current().map(|c| c.containers).unwrap_or_default();
+        containers::start_device(&config)
+    } else {
+        None
+    };
     let mut health = Health::new(settings.clone(), storage.clone());
+    if let Some(c) = &containers {
+        health = health.with_gate(c.clone());
+    }
     if let Some(k) = &kubernetes {
         health = health.with_gate(k.clone());
     }
@@ -122,6 +132,7 @@ fn start() -> Result<Daemon, String> {
         health: health.clone(),
         updates: updates.clone(),
         kubernetes,
+        containers,
     });
     Ok(Daemon {
         boot,

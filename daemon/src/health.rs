@@ -4,8 +4,9 @@
 //!
 //! The checks: every service init supervises is running, loopback is up, the machine config's
 //! network section is applied, STATE and DATA are as the config asked (encrypted, or plain by
-//! choice), and the config's probes; then each [`Gate`]'s (k3s: [`crate::kubernetes`]). A new
-//! capability that must gate updates implements [`Gate`] and is handed to [`Health::with_gate`].
+//! choice), and the config's probes; then each [`Gate`]'s: host containers
+//! ([`crate::containers`]) and k3s ([`crate::kubernetes`]). A new capability that must gate
+//! updates implements [`Gate`] and is handed to [`Health::with_gate`].
 
 use std::fs;
 use std::sync::{Arc, Mutex};

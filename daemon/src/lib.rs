@@ -7,12 +7,13 @@
 //! - **capabilities**, each with its own state and a narrow interface: [`bringup`] (STATE and
 //!   DATA: first-boot encryption, unlock), [`settings`] (the machine config in force, applied
 //!   live), [`health`] (the health gate), [`update`] (install, trial, commit, rollback),
-//!   [`sticks`] (bundles from USB sticks), [`kubernetes`] (k3s, its health gate and datastore
-//!   snapshots).
+//!   [`sticks`] (bundles from USB sticks), [`containers`] (host containers, gating updates),
+//!   [`kubernetes`] (k3s, its health gate and datastore snapshots).
 //! - **mechanisms** they share, each owning one kernel interface or one format and nothing else:
 //!   [`storage`] (LUKS2 + TPM volumes), [`block`] (partitions and mounts), [`probe`] (TCP and
 //!   HTTP health probes without a shell), [`uevent`] (the kernel's device events), [`watchdog`],
-//!   [`netif`], [`heartbeat`], [`events`], [`journal`], [`log`], [`system`] (this boot, and
+//!   [`netif`], [`containerd`] (the container runtime, driven through `ctr`), [`oci`] (OCI
+//!   image archives), [`heartbeat`], [`events`], [`journal`], [`log`], [`system`] (this boot, and
 //!   signals to init).
 //!
 //! There is no async runtime here and no C dependency: everything is std, or libc where std has
@@ -27,6 +28,7 @@ pub mod remote;
 
 // Capabilities.
 pub mod bringup;
+pub mod containers;
 pub mod health;
 pub mod kubernetes;
 pub mod settings;
@@ -36,6 +38,7 @@ pub mod update;
 // Mechanisms.
 pub mod block;
 pub mod config;
+pub mod containerd;
 pub mod error;
 pub mod eventlog;
 pub mod events;
@@ -43,12 +46,18 @@ pub mod heartbeat;
 pub mod journal;
 pub mod log;
 pub mod netif;
+pub mod oci;
 pub mod storage;
 pub mod system;
 pub mod uevent;
 pub mod watchdog;
 
 pub use cairn_facts::probe;
+
+/// The OCI archive writer the tests build their container images with.
+#[cfg(test)]
+#[path = "../../systest/src/oci.rs"]
+pub(crate) mod oci_writer;
 pub use error::{Error, Result};
 
 #[cfg(test)]

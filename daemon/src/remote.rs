@@ -31,6 +31,7 @@ use cairn_updater::install::Phase;
 use cairn_updater::state::{Outcome, StateDir};
 
 use crate::bringup::{RECOVERY_KEY_FILE, SECRETS_DIR, STATE_MOUNT};
+use crate::containers::Containers;
 use crate::events::{proto_slot, Events};
 use crate::health::Health;
 use crate::journal::Batch;
@@ -50,6 +51,8 @@ pub struct Api {
     pub updates: Arc<Updates>,
     /// k3s, when the machine config runs it.
     pub kubernetes: Option<Arc<Kubernetes>>,
+    /// Host containers, when DATA allows workloads and there is a runtime or a config for them.
+    pub containers: Option<Arc<Containers>>,
 }
 /// Re-issue the server certificate when it has less than this left.
 const RENEW_BEFORE: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -351,7 +354,7 @@ impl Device for ApiDevice {
     }
 
     fn service_list(&self) -> Result<proto::ServiceListResponse, DeviceError> {
-        let services = system::services()
+        let mut services: Vec<proto::ServiceInfo> = system::services()
             .map_err(DeviceError::unavailable)?
             .into_iter()
             .map(|(name, pid)| proto::ServiceInfo {
@@ -368,6 +371,10 @@ impl Device for ApiDevice {
                 rss_bytes: pid.and_then(rss_bytes).unwrap_or(0),
             })
             .collect();
+        // Host containers follow init's services, their memory from their cgroup.
+        if let Some(c) = &self.0.containers {
+            services.extend(c.services());
+        }
         Ok(proto::ServiceListResponse { services })
     }
 
@@ -441,9 +448,32 @@ impl Device for ApiDevice {
                 }
                 Ok(())
             }
-            Some(Source::Service(name)) => Err(DeviceError::not_found(format!(
-                "no log {name:?}: the logs are cairnd and the kernel's (and k3s's, where it runs)"
-            ))),
+            Some(Source::Service(name)) => {
+                let containers = self.0.containers.as_deref();
+                match containers.and_then(|c| c.log(name)) {
+                    Some(ring) => {
+                        follow_ring(ring, request.tail, request.follow, sink, |(ms, line)| {
+                            proto::LogsResponse {
+                                time_unix_ms: *ms,
+                                line: line.clone(),
+                                dropped: 0,
+                                priority: 6,
+                            }
+                        })
+                    }
+                    None => {
+                        let mut logs = vec!["cairnd".to_string()];
+                        if self.0.kubernetes.is_some() {
+                            logs.push("k3s".to_string());
+                        }
+                        logs.extend(containers.map(|c| c.names()).unwrap_or_default());
+                        Err(DeviceError::not_found(format!(
+                            "no log {name:?}: the logs are {} and the kernel's",
+                            logs.join(", ")
+                        )))
+                    }
+                }
+            }
             None => Err(DeviceError::invalid_argument("no log source")),
         }
     }

@@ -16,6 +16,7 @@ use cairn_netcfg::agent::{self as netcfg, Netcfg};
 use cairn_updater::state::StateDir;
 
 use crate::config::{self, MachineConfig};
+use crate::containerd;
 use crate::events::Events;
 use crate::log::{say, unix_ms};
 
@@ -92,6 +93,13 @@ pub fn changes(old: &Result<MachineConfig, String>, new: &MachineConfig) -> Vec<
     }
     if old.kubernetes != new.kubernetes {
         changes.push("kubernetes (used from cairnd's next start)".to_string());
+    }
+    if old.containers != new.containers {
+        changes.push(format!(
+            "containers: {} -> {} (from cairnd's next start)",
+            old.containers.len(),
+            new.containers.len()
+        ));
     }
     if old.api_identity != new.api_identity {
         changes.push("API server certificate (used from cairnd's next start)".to_string());
@@ -170,6 +178,12 @@ impl Settings {
     ) -> Result<proto::ApplyConfigResponse, DeviceError> {
         let new = config::parse_here(text)
             .map_err(|e| DeviceError::invalid_argument(format!("machine config: {e}")))?;
+        // Containers this image cannot run are refused here, not found failing later.
+        if let Some(why) = containerd::refusal(&new.containers, &containerd::Paths::device()) {
+            return Err(DeviceError::failed_precondition(format!(
+                "machine config: {why}"
+            )));
+        }
         let mut cfg = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let changes = changes(&cfg.current, &new);
         if dry_run {

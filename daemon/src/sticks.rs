@@ -1,6 +1,7 @@
 //! The USB watcher: waits for block devices (kernel uevents), mounts each new one read-only in
 //! a private place, and installs the newest `*.cairn` bundle at its root through the update
-//! capability; then the machine reboots into the trial.
+//! capability; then the machine reboots into the trial. OCI archives in the stick's
+//! `containers/` folder are copied onto DATA first ([`containers::take_archives`]).
 //!
 //! A stick left in across reboots must not install the same thing again, nor a version whose
 //! trial already failed ([`skip_reason`]).
@@ -17,7 +18,8 @@ use crate::heartbeat::Heartbeat;
 use crate::log::say;
 use crate::system;
 use crate::update::{ProgressReporter, Updates};
-use crate::{block, uevent};
+use crate::{block, containers, uevent};
+use cairn_facts::containers::ARCHIVE_DIR;
 
 const STICK_MOUNT: &str = "/run/cairn/stick";
 /// Most `*.cairn` files looked at on one stick.
@@ -74,6 +76,12 @@ fn install_from(updates: &Updates, dev: &str) -> Result<bool, String> {
         "{} ({fstype}) mounted read-only on {STICK_MOUNT}",
         path.display()
     );
+    // Container images first: an update that runs them finds them on DATA.
+    if block::is_mount_point(Path::new("/var")) {
+        containers::take_archives(mount, Path::new(ARCHIVE_DIR));
+    } else if mount.join("containers").is_dir() {
+        say!("containers/ on the stick not copied: DATA is not mounted on /var (it is used only when encrypted)");
+    }
     let result = install_newest(updates, mount);
     if let Err(e) = block::unmount(mount) {
         say!("unmounting {STICK_MOUNT}: {e}");

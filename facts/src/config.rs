@@ -16,7 +16,8 @@
 //!   nameservers: [192.168.1.1]
 //! ```
 //!
-//! The `network` section is described in [`crate::network`], a probe in [`crate::probe`].
+//! The `network` section is described in [`crate::network`], a probe in [`crate::probe`], the
+//! `containers` section in [`crate::containers`].
 //! Unknown keys are errors, so a misspelt probe is not silently skipped. The whole schema is
 //! published as JSON Schema (`cairnctl config schema`, docs/machine-config.schema.json).
 //!
@@ -31,6 +32,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::containers::{self, Container, RawContainer};
 use crate::kubernetes::{Kubernetes, RawKubernetes};
 use crate::network::{Network, RawNetwork};
 use crate::probe::Probe;
@@ -79,6 +81,8 @@ pub struct MachineConfig<C> {
     pub storage: Storage,
     /// A single-node k3s server and its health ([`crate::kubernetes`]); only on images with k3s.
     pub kubernetes: Option<Kubernetes>,
+    /// Host containers cairnd runs through containerd ([`crate::containers`]).
+    pub containers: Vec<Container>,
     checked_by: PhantomData<C>,
 }
 
@@ -115,6 +119,7 @@ impl<C> Default for MachineConfig<C> {
             api_identity: None,
             storage: Storage::default(),
             kubernetes: None,
+            containers: Vec::new(),
             checked_by: PhantomData,
         }
     }
@@ -143,6 +148,10 @@ struct Raw {
     storage: RawStorage,
     /// A single-node k3s server (images built with `--k3s` only).
     kubernetes: Option<RawKubernetes>,
+    /// Host containers cairnd runs through containerd, each restarted by its policy and
+    /// checked in every update's health window.
+    #[serde(default)]
+    containers: Vec<RawContainer>,
 }
 
 #[derive(Deserialize, Default)]
@@ -214,7 +223,7 @@ impl<C: CertCheck> MachineConfig<C> {
                 // serde names the Rust type; the user wrote a file.
                 return Err(match e.split_once(", expected struct Raw") {
                     Some((what, _)) => format!(
-                        "{what}: a machine config is a YAML mapping of health, update, network, api, storage and kubernetes"
+                        "{what}: a machine config is a YAML mapping of health, update, network, api, storage, containers and kubernetes"
                     ),
                     None => e,
                 });
@@ -278,6 +287,7 @@ impl<C: CertCheck> MachineConfig<C> {
             config.storage.require_encryption = Some(r);
         }
         config.kubernetes = raw.kubernetes.map(RawKubernetes::check).transpose()?;
+        config.containers = containers::check(raw.containers)?;
         Ok(config)
     }
 }

@@ -61,6 +61,25 @@ pub mod cmdline {
         ]
     }
 
+    /// The containers extension's dm-verity root hash, 64 lowercase hex digits. The extension's
+    /// words belong to the image, not to the slot: both slots carry the same extension at the
+    /// same place, so they travel in a bundle's `boot.json` like any other option.
+    pub const EXT_ROOTHASH: &str = "cairn.ext.roothash";
+    /// Byte offset of the extension (its squashfs) in the root partition, after the root's
+    /// hash tree; a multiple of 4096.
+    pub const EXT_OFFSET: &str = "cairn.ext.offset";
+    /// Byte offset of the extension's verity superblock from the start of the extension.
+    pub const EXT_HASHOFFSET: &str = "cairn.ext.hashoffset";
+
+    /// The extension's words: `cairn.ext.roothash=… cairn.ext.offset=… cairn.ext.hashoffset=…`.
+    pub fn ext_words(roothash: &str, offset: u64, hash_offset: u64) -> [String; 3] {
+        [
+            format!("{EXT_ROOTHASH}={roothash}"),
+            format!("{EXT_OFFSET}={offset}"),
+            format!("{EXT_HASHOFFSET}={hash_offset}"),
+        ]
+    }
+
     /// Whether `word` is one of the slot's own (`cairn.slot=…` and the like).
     pub fn is_slot_word(word: &str) -> bool {
         word.split_once('=')

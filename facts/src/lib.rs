@@ -3,6 +3,7 @@
 //!
 //! - [`config`]: the machine config (`machine.yaml`): its types, limits, parsing and checks, and
 //!   its JSON Schema (feature `schema`);
+//! - [`containers`]: the config's host containers (`containers:`);
 //! - [`probe`]: a health probe of the config (tcp or http), checked when parsed, and running it;
 //! - [`network`]: the config's `network` section, checked without a kernel (cairn-netcfg
 //!   applies it);
@@ -18,6 +19,7 @@
 
 pub mod bootspec;
 pub mod config;
+pub mod containers;
 pub mod error;
 pub mod kubernetes;
 pub mod layout;

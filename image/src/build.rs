@@ -48,9 +48,9 @@ pub struct BuildOptions {
     pub seed: String,
     /// What the root carries besides the system itself.
     pub root: RootExtras,
-    /// An operator-supplied k3s binary for the system extension (`--k3s`). A machine config
-    /// with a `kubernetes:` section needs one.
-    pub k3s: Option<PathBuf>,
+    /// The containers extension (and an operator's k3s in it); `None` leaves it out
+    /// (`--no-containers`, or a board without container modules).
+    pub extension: Option<crate::extension::ExtensionOptions>,
 }
 
 /// Device configuration baked into the root filesystem.
@@ -98,7 +98,49 @@ pub struct ImageManifest {
     pub partitions: Vec<PartitionInfo>,
     pub kernel: KernelInfo,
     pub slots: Vec<SlotInfo>,
+    /// The containers extension, when the image has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub extension: Option<ExtensionInfo>,
     pub inputs: Vec<InputInfo>,
+}
+
+/// What the containers extension adds to each slot.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExtensionInfo {
+    /// Bytes of squashfs and hash tree in each slot.
+    pub size: u64,
+    pub squashfs_size: u64,
+    /// sha256 of those bytes (the same in both slots).
+    pub sha256: String,
+    pub roothash: String,
+    /// Files it carries (symlinks and folders aside).
+    pub files: usize,
+    /// The packages its files come from.
+    pub packages: Vec<crate::extension::PackageEntry>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub k3s: Option<crate::extension::K3sEntry>,
+    /// Whether this build took it from the package cache.
+    pub cached: bool,
+    /// The kernel modules for containers in the root, loaded after `ready`.
+    pub modules: Vec<String>,
+    /// Modules containers need that this board's kernel has neither built in nor as a module.
+    pub modules_missing: Vec<String>,
+}
+
+/// Where a slot's extension is.
+#[derive(Debug, Clone, Serialize)]
+pub struct SlotExtension {
+    /// Byte offset of the extension in the root partition.
+    pub offset: u64,
+    /// Bytes of squashfs and hash tree from `offset`.
+    pub size: u64,
+    /// Byte offset of its verity superblock from `offset`.
+    pub hash_offset: u64,
+    pub hash_size: u64,
+    pub data_blocks: u64,
+    pub roothash: String,
+    pub salt: String,
+    pub verity_uuid: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -152,6 +194,9 @@ pub struct SlotInfo {
     pub data_blocks: u64,
     pub salt: String,
     pub verity_uuid: String,
+    /// The containers extension after the root's hash tree.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub extension: Option<SlotExtension>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -167,6 +212,15 @@ pub enum InputInfo {
     },
     /// The device binary.
     DeviceBinary { file: String, sha256: String },
+    /// An operator's k3s binary (and airgap images) in the containers extension.
+    K3s {
+        file: String,
+        sha256: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        images: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        images_sha256: Option<String>,
+    },
 }
 
 /// Builds the image described by `opts`.
@@ -199,6 +253,14 @@ fn caused_by_enospc(e: &(dyn std::error::Error + 'static)) -> bool {
 fn build_staged(opts: &BuildOptions) -> Result<ImageManifest> {
     validate_version(&opts.version)?;
     check_device_binary(&opts.device_bin, opts.board.arch)?;
+    let containers = opts
+        .extension
+        .as_ref()
+        .filter(|_| !opts.board.container_modules.is_empty());
+    // A bad k3s is refused before anything is fetched or written.
+    if let Some(k3s) = containers.and_then(|c| c.k3s.as_ref()) {
+        crate::extension::check_k3s(k3s, opts.board.arch)?;
+    }
     let staging = Staging::new(&opts.out)?;
 
     let cache = Cache::new(&opts.cache);
@@ -208,8 +270,13 @@ fn build_staged(opts: &BuildOptions) -> Result<ImageManifest> {
     let release = modules.release().to_string();
     // The watchdog's driver goes in a list of its own, loaded first; the rest leave it out.
     let watchdog_files = modules.resolve(opts.board.watchdog_modules)?;
+    // The extension is overlaid on the root in the initramfs, which needs overlayfs there.
+    let mut initramfs_modules = opts.board.modules.to_vec();
+    if containers.is_some() {
+        initramfs_modules.push("overlay");
+    }
     let module_files: Vec<_> = modules
-        .resolve(opts.board.modules)?
+        .resolve(&initramfs_modules)?
         .into_iter()
         .filter(|m| watchdog_files.iter().all(|w| w.name != m.name))
         .collect();
@@ -220,8 +287,22 @@ fn build_staged(opts: &BuildOptions) -> Result<ImageManifest> {
     let mut inputs = vec![package_input(&kernel_pkg)];
 
     let initramfs = initramfs(&opts.device_bin, &watchdog_files, &module_files)?;
-    let root = root_tree(opts)?;
     let seed = opts.seed.as_bytes();
+    let mut root = root_tree(opts)?;
+    let extension = match containers {
+        Some(ext_opts) => {
+            let (found, missing) = container_modules(&modules, opts.board.container_modules)?;
+            add_container_modules(&mut root, &found, &missing)?;
+            let built =
+                crate::extension::build(&cache, opts.board.arch, seed, IMAGE_EPOCH, ext_opts)?;
+            Some((built, found, missing))
+        }
+        None => None,
+    };
+    let ext_sha256 = match &extension {
+        Some((built, ..)) => Some(sha256_file(&built.image)?),
+        None => None,
+    };
 
     // The partitions: fixed order, 1 MiB aligned, backup GPT in the last MiB.
     let layout = &opts.board.layout;
@@ -319,9 +400,38 @@ fn build_staged(opts: &BuildOptions) -> Result<ImageManifest> {
         }
         let tree = verity::append_hash_tree(&mut region, hash_offset, &params)?;
         content_sizes[i] = tree.hash_offset + tree.hash_size;
+        let mut slot_ext = None;
+        if let Some((ext, ..)) = &extension {
+            let ext_offset = content_sizes[i].div_ceil(verity::BLOCK_SIZE) * verity::BLOCK_SIZE;
+            let end = ext_offset + ext.size();
+            if end > capacity(i) {
+                return Err(Error::TooBig {
+                    what: format!(
+                        "{} with its hash tree and the containers extension ({} bytes)",
+                        slot.root_label(),
+                        ext.size()
+                    ),
+                    size: end,
+                    capacity: capacity(i),
+                });
+            }
+            copy_into(&ext.image, &mut disk, offset(i) + ext_offset, ext.size())
+                .map_err(|e| Error::io("copying the containers extension into", &disk_path, e))?;
+            content_sizes[i] = end;
+            slot_ext = Some(SlotExtension {
+                offset: ext_offset,
+                size: ext.size(),
+                hash_offset: ext.tree.hash_offset,
+                hash_size: ext.tree.hash_size,
+                data_blocks: ext.tree.data_blocks,
+                roothash: ext.tree.root_hash_hex(),
+                salt: ext.tree.salt_arg(),
+                verity_uuid: ext.tree.uuid_text(),
+            });
+        }
         let root_sha256 = sha256_region(&mut disk, offset(i), root_size)
             .map_err(|e| Error::io("reading", &disk_path, e))?;
-        let cmdline = kernel_cmdline(opts.board, slot, &tree);
+        let cmdline = kernel_cmdline(opts.board, slot, &tree, slot_ext.as_ref());
         slots.push(SlotInfo {
             slot: slot.to_string(),
             entry: String::new(),
@@ -336,6 +446,7 @@ fn build_staged(opts: &BuildOptions) -> Result<ImageManifest> {
             data_blocks: tree.data_blocks,
             salt: tree.salt_arg(),
             verity_uuid: tree.uuid_text(),
+            extension: slot_ext,
         });
     }
 
@@ -518,6 +629,35 @@ fn build_staged(opts: &BuildOptions) -> Result<ImageManifest> {
         file: opts.device_bin.display().to_string(),
         sha256: sha256_file(&opts.device_bin)?,
     });
+    let extension_info = match (&extension, ext_sha256) {
+        (Some((ext, found, missing)), Some(sha256)) => {
+            inputs.extend(ext.packages.iter().map(package_input));
+            if let (Some(k3s), Some(entry)) = (
+                containers.and_then(|c| c.k3s.as_ref()),
+                ext.manifest.k3s.as_ref(),
+            ) {
+                inputs.push(InputInfo::K3s {
+                    file: k3s.binary.display().to_string(),
+                    sha256: entry.sha256.clone(),
+                    images: k3s.images.as_ref().map(|p| p.display().to_string()),
+                    images_sha256: entry.images.as_ref().map(|i| i.sha256.clone()),
+                });
+            }
+            Some(ExtensionInfo {
+                size: ext.size(),
+                squashfs_size: ext.squashfs_size,
+                sha256,
+                roothash: ext.tree.root_hash_hex(),
+                files: ext.manifest.files.len(),
+                packages: ext.manifest.packages.clone(),
+                k3s: ext.manifest.k3s.clone(),
+                cached: ext.cached,
+                modules: found.iter().map(|m| m.name.clone()).collect(),
+                modules_missing: missing.clone(),
+            })
+        }
+        _ => None,
+    };
     let manifest = ImageManifest {
         format: 2,
         board: opts.board.name.to_string(),
@@ -555,6 +695,7 @@ fn build_staged(opts: &BuildOptions) -> Result<ImageManifest> {
                 .collect(),
         },
         slots,
+        extension: extension_info,
         inputs,
     };
     let json_path = staging.dir.join("image.json");
@@ -603,7 +744,12 @@ pub fn rpi_config_txt(slot: Slot, version: &str) -> String {
 
 /// The kernel command line of a slot: console, quiet, reboot on panic (and panic on the hangs
 /// the kernel can see), and what init needs to mount the slot's root through dm-verity.
-pub fn kernel_cmdline(board: &Board, slot: Slot, tree: &verity::VerityTree) -> String {
+pub fn kernel_cmdline(
+    board: &Board,
+    slot: Slot,
+    tree: &verity::VerityTree,
+    extension: Option<&SlotExtension>,
+) -> String {
     let mut args = vec![
         format!("console={}", board.console),
         // init writes its own lines to the console; the kernel's chatter only slows a serial boot.
@@ -615,6 +761,13 @@ pub fn kernel_cmdline(board: &Board, slot: Slot, tree: &verity::VerityTree) -> S
         &tree.root_hash_hex(),
         tree.hash_offset,
     ));
+    if let Some(ext) = extension {
+        args.extend(cmdline::ext_words(
+            &ext.roothash,
+            ext.offset,
+            ext.hash_offset,
+        ));
+    }
     args.extend(board.kernel_args.iter().map(|a| a.to_string()));
     args.join(" ")
 }
@@ -699,8 +852,11 @@ fn root_tree(opts: &BuildOptions) -> Result<Tree> {
     // The root is read-only; cairnd's network code writes the resolver config under /run.
     tree.add_symlink("etc/resolv.conf", "../run/resolv.conf")?;
     // /boot is where init mounts the bootloader's partition (ESP or the Pi's partition 1);
-    // /var/lib/cairn is where cairnd mounts STATE.
+    // /var/lib/cairn is where cairnd mounts STATE; /etc/cni and /etc/rancher are where it
+    // binds their writable copies on DATA (daemon/src/containers.rs).
     for dir in [
+        "etc/cni",
+        "etc/rancher",
         "boot",
         "dev",
         "proc",
@@ -714,6 +870,72 @@ fn root_tree(opts: &BuildOptions) -> Result<Tree> {
         tree.add_dir(dir, 0o755)?;
     }
     Ok(tree)
+}
+
+/// Where the root keeps the kernel modules for containers, and the lists init reads after
+/// `ready` (init/src/containers.rs).
+pub const CONTAINER_MODULE_DIR: &str = "usr/lib/cairn/modules";
+pub const CONTAINER_MODULE_LIST: &str = "etc/cairn/modules-containers";
+pub const CONTAINER_MODULES_MISSING: &str = "etc/cairn/modules-containers-missing";
+
+/// Resolves the board's container modules one by one: those the kernel lacks are returned by
+/// name rather than failing the build, so the device can say at boot what it is missing.
+fn container_modules(
+    tree: &ModuleTree,
+    wanted: &[&str],
+) -> Result<(Vec<crate::kmod::ModuleFile>, Vec<String>)> {
+    let mut found: Vec<crate::kmod::ModuleFile> = Vec::new();
+    let mut missing = Vec::new();
+    for name in wanted {
+        match tree.resolve(&[name]) {
+            Ok(files) => {
+                for f in files {
+                    if found.iter().all(|m| m.name != f.name) {
+                        found.push(f);
+                    }
+                }
+            }
+            Err(Error::ModuleNotFound { name, .. }) => missing.push(name),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((found, missing))
+}
+
+fn add_container_modules(
+    root: &mut Tree,
+    found: &[crate::kmod::ModuleFile],
+    missing: &[String],
+) -> Result<()> {
+    let mut list = String::new();
+    for m in found {
+        let dest = format!("{CONTAINER_MODULE_DIR}/{}.ko", m.name);
+        list.push_str(&dest);
+        list.push('\n');
+        root.add_file(&dest, 0o644, m.path.clone())?;
+    }
+    root.add_file(CONTAINER_MODULE_LIST, 0o644, list.into_bytes())?;
+    let mut names = missing.join("\n");
+    if !names.is_empty() {
+        names.push('\n');
+    }
+    root.add_file(CONTAINER_MODULES_MISSING, 0o644, names.into_bytes())?;
+    Ok(())
+}
+
+/// Copies `len` bytes of `from` into `disk` at `at`.
+fn copy_into(from: &Path, disk: &mut File, at: u64, len: u64) -> std::io::Result<()> {
+    use std::io::Read;
+    let src = File::open(from)?;
+    disk.seek(SeekFrom::Start(at))?;
+    let copied = std::io::copy(&mut src.take(len), disk)?;
+    if copied != len {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!("{} ends after {copied} of {len} bytes", from.display()),
+        ));
+    }
+    Ok(())
 }
 
 fn package_input(p: &FetchedPackage) -> InputInfo {
@@ -967,7 +1189,7 @@ mod tests {
             salt: vec![1],
             uuid: [0; 16],
         };
-        let c = kernel_cmdline(board, Slot::B, &tree);
+        let c = kernel_cmdline(board, Slot::B, &tree, None);
         assert!(c.starts_with("console=ttyS0 "), "{c}");
         assert!(c.contains(" cairn.slot=b "), "{c}");
         assert!(

@@ -4,7 +4,7 @@
 //! | payload | role | from |
 //! |---|---|---|
 //! | `boot.json` | boot-files | slot A's root hash, hash offset and command line in image.json |
-//! | `rootfs` | rootfs | ROOT-A: the squashfs and its dm-verity tree (`hash_offset + hash_size` bytes) |
+//! | `rootfs` | rootfs | ROOT-A: the squashfs and its dm-verity tree (`hash_offset + hash_size` bytes), then the containers extension if the image has one (up to its `offset + size`) |
 //! | `vmlinuz` | kernel | `EFI/cairn/a/vmlinuz` on the ESP |
 //! | `initramfs.img` | initramfs | `EFI/cairn/a/initramfs.img` on the ESP |
 //!
@@ -78,7 +78,12 @@ pub fn bundle_input(image_dir: &Path, work: &Path) -> Result<BundleInput, String
         .and_then(|p| p.iter().find(|p| p["label"] == root_label.as_str()))
         .ok_or_else(|| format!("{} has no partition {root_label}", json_path.display()))?;
     let hash_offset = number(slot, "hash_offset")?;
-    let root_len = hash_offset + number(slot, "hash_size")?;
+    // The slot's bytes: the root and its tree, then the containers extension when there is one
+    // (its place and root hash travel in boot.json's options, from the command line).
+    let root_len = match slot.get("extension").filter(|e| !e.is_null()) {
+        Some(ext) => number(ext, "offset")? + number(ext, "size")?,
+        None => hash_offset + number(slot, "hash_size")?,
+    };
     if root_len > number(part, "size")? {
         return Err(format!("{root_label} is smaller than its recorded root"));
     }

@@ -161,6 +161,51 @@ impl Cache {
         })
     }
 
+    /// [`Cache::fetch`] for several packages at once, with one `apt-cache` run for all of them
+    /// (each run reads apt's whole index, a second or more). A package that run does not answer
+    /// for (an `all` package under a foreign architecture, a metapackage) goes through
+    /// [`Cache::fetch`] alone.
+    pub fn fetch_all(&self, names: &[String], arch: &str) -> Result<Vec<FetchedPackage>> {
+        let specs: Vec<String> = names.iter().map(|n| format!("{n}:{arch}")).collect();
+        let output = Command::new("apt-cache")
+            .args(self.apt_args())
+            .args(["show", "--no-all-versions"])
+            .args(&specs)
+            .output()
+            .map_err(|source| Error::ToolMissing {
+                command: "apt-cache".into(),
+                source,
+            })?;
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let mut records = Vec::new();
+        for stanza in stdout.split("\n\n").filter(|s| !s.trim().is_empty()) {
+            if let Ok(r) = parse_record(stanza, "", arch) {
+                records.push(r);
+            }
+        }
+        names
+            .iter()
+            .map(|name| {
+                match records
+                    .iter()
+                    .find(|r| &r.package == name && metapackage_target(r).is_none())
+                {
+                    Some(record) => {
+                        let deb = self.download(record)?;
+                        let root = self.unpack(record, &deb)?;
+                        Ok(FetchedPackage {
+                            record: record.clone(),
+                            requested: None,
+                            deb,
+                            root,
+                        })
+                    }
+                    None => self.fetch(name, arch),
+                }
+            })
+            .collect()
+    }
+
     fn download(&self, record: &PackageRecord) -> Result<PathBuf> {
         let debs = self.dir.join("debs");
         fs::create_dir_all(&debs).map_err(|e| Error::io("creating", &debs, e))?;

@@ -91,6 +91,12 @@ pub enum Error {
         capacity: u64,
     },
 
+    #[error("k3s {}: {reason}", path.display())]
+    BadK3s { path: PathBuf, reason: String },
+
+    #[error("containers extension: /{path}: {reason}")]
+    ExtensionContent { path: String, reason: String },
+
     #[error("invalid version `{0}`: use a semantic version such as 1.2.3")]
     BadVersion(String),
 

@@ -12,6 +12,7 @@ pub mod build;
 pub mod bundle_input;
 pub mod deb;
 mod error;
+pub mod extension;
 pub mod formats;
 pub mod kmod;
 

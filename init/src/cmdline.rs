@@ -5,6 +5,9 @@
 //! | `cairn.slot` | `a` or `b`: which root (`ROOT-A`/`ROOT-B`) to boot | required |
 //! | `cairn.roothash` | the root's dm-verity root hash: 64 lowercase hex digits | required |
 //! | `cairn.hashoffset` | byte offset of the verity superblock in the root partition | required |
+//! | `cairn.ext.roothash` | the containers extension's dm-verity root hash (64 lowercase hex) | no extension |
+//! | `cairn.ext.offset` | byte offset of the extension in the root partition (multiple of 4096) | with the hash |
+//! | `cairn.ext.hashoffset` | byte offset of its verity superblock from the extension's start | with the hash |
 //! | `cairn.fatal_delay` | seconds to show a fatal error before rebooting (0..=3600) | 5 |
 //!
 //! Words are split like the kernel does: on whitespace outside double quotes, with the quotes
@@ -75,6 +78,9 @@ pub struct Cmdline {
     slot: Option<String>,
     root_hash: Option<String>,
     hash_offset: Option<String>,
+    ext_root_hash: Option<String>,
+    ext_offset: Option<String>,
+    ext_hash_offset: Option<String>,
     pub fatal_delay: Duration,
     /// Human-readable problems to log (unknown keys, bad optional values).
     pub warnings: Vec<String>,
@@ -87,6 +93,9 @@ impl Cmdline {
             slot: None,
             root_hash: None,
             hash_offset: None,
+            ext_root_hash: None,
+            ext_offset: None,
+            ext_hash_offset: None,
             fatal_delay: DEFAULT_FATAL_DELAY,
             warnings: Vec::new(),
         };
@@ -99,6 +108,9 @@ impl Cmdline {
                 "slot" => out.slot = Some(value.to_owned()),
                 "roothash" => out.root_hash = Some(value.to_owned()),
                 "hashoffset" => out.hash_offset = Some(value.to_owned()),
+                "ext.roothash" => out.ext_root_hash = Some(value.to_owned()),
+                "ext.offset" => out.ext_offset = Some(value.to_owned()),
+                "ext.hashoffset" => out.ext_hash_offset = Some(value.to_owned()),
                 "fatal_delay" => match value.parse::<u64>() {
                     Ok(s) if s <= MAX_FATAL_DELAY_S => out.fatal_delay = Duration::from_secs(s),
                     _ => out.warnings.push(format!(
@@ -143,6 +155,57 @@ impl Cmdline {
             root_hash,
             hash_offset,
         })
+    }
+}
+
+/// Where the containers extension is in the root partition and what it must hash to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExtVerity {
+    /// Byte offset of the extension in the root partition; a multiple of 4096.
+    pub offset: u64,
+    /// The extension's verity parameters, relative to its start.
+    pub verity: RootVerity,
+}
+
+impl Cmdline {
+    /// The containers extension: `None` when the command line names none (no
+    /// `cairn.ext.*`), else its parameters or why they are unusable. Never fatal to the boot.
+    pub fn extension(&self) -> Option<std::result::Result<ExtVerity, String>> {
+        if self.ext_root_hash.is_none()
+            && self.ext_offset.is_none()
+            && self.ext_hash_offset.is_none()
+        {
+            return None;
+        }
+        let get = |v: &Option<String>, key: &str| {
+            v.clone().ok_or_else(|| format!("cairn.{key} is missing"))
+        };
+        let parse = || -> std::result::Result<ExtVerity, String> {
+            let hash = get(&self.ext_root_hash, "ext.roothash")?;
+            let root_hash = RootHash::parse(&hash).map_err(|reason| {
+                format!(
+                    "cairn.ext.roothash={:?} is unusable: {reason}",
+                    quote_limited(&hash)
+                )
+            })?;
+            let number = |v: &Option<String>, key: &str| {
+                let text = get(v, key)?;
+                parse_hash_offset(&text).map_err(|reason| {
+                    format!(
+                        "cairn.{key}={:?} is unusable: {reason}",
+                        quote_limited(&text)
+                    )
+                })
+            };
+            Ok(ExtVerity {
+                offset: number(&self.ext_offset, "ext.offset")?,
+                verity: RootVerity {
+                    root_hash,
+                    hash_offset: number(&self.ext_hash_offset, "ext.hashoffset")?,
+                },
+            })
+        };
+        Some(parse())
     }
 }
 
@@ -222,6 +285,38 @@ mod tests {
     }
 
     const HASH: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn extension_parameters() {
+        let c = Cmdline::parse(&format!(
+            "cairn.slot=a cairn.ext.roothash={HASH} cairn.ext.offset=2871296 \
+             cairn.ext.hashoffset=40009728"
+        ));
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        let e = c.extension().unwrap().unwrap();
+        assert_eq!(e.offset, 2871296);
+        assert_eq!(e.verity.hash_offset, 40009728);
+        assert_eq!(e.verity.root_hash.to_string(), HASH);
+        assert_eq!(Cmdline::parse("cairn.slot=a").extension(), None);
+        let err = Cmdline::parse(&format!("cairn.ext.roothash={HASH} cairn.ext.offset=4096"))
+            .extension()
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(err, "cairn.ext.hashoffset is missing");
+        let err = Cmdline::parse(&format!(
+            "cairn.ext.roothash={HASH} cairn.ext.offset=4097 cairn.ext.hashoffset=4096"
+        ))
+        .extension()
+        .unwrap()
+        .unwrap_err();
+        assert!(err.contains("not a multiple of 4096"), "{err}");
+        let err =
+            Cmdline::parse("cairn.ext.roothash=ab cairn.ext.offset=4096 cairn.ext.hashoffset=4096")
+                .extension()
+                .unwrap()
+                .unwrap_err();
+        assert!(err.contains("2 characters"), "{err}");
+    }
 
     #[test]
     fn verity_parameters() {

@@ -100,6 +100,12 @@ pub enum Error {
     #[error("{path} has {value:?}; expected <major>:<minor>")]
     BadDevNumber { path: PathBuf, value: String },
 
+    #[error("{path} has {value:?}; expected a number of 512-byte sectors")]
+    BadPartitionSize { path: PathBuf, value: String },
+
+    #[error("cairn.ext.offset={offset} lies outside the {partition_bytes}-byte root partition")]
+    ExtensionOutside { offset: u64, partition_bytes: u64 },
+
     #[error("{path} did not appear within {waited_ms} ms ({hint})")]
     NodeTimeout {
         path: PathBuf,

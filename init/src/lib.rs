@@ -11,8 +11,10 @@
 
 pub mod bootstate;
 pub mod cmdline;
+pub mod containers;
 pub mod entry;
 pub mod error;
+pub mod extension;
 pub mod input;
 pub mod log;
 pub mod modules;

@@ -15,7 +15,7 @@ use crate::log::Logger;
 use crate::paths::{self, limits, read_limited, Paths};
 use crate::switch_root::switch_root;
 use crate::sys::{RebootCmd, Syscalls};
-use crate::{modules, mounts, partition, verity};
+use crate::{extension, modules, mounts, partition, verity};
 
 /// Seconds the watchdog waits for its next keepalive before it resets the machine.
 pub const WATCHDOG_TIMEOUT_S: u32 = 30;
@@ -107,7 +107,15 @@ fn try_run(
             partition.node.display()
         ));
         let _ = &root_verity;
-        return Err(switch_root(sys, log, paths, &partition.node, slot, start));
+        return Err(switch_root(
+            sys,
+            log,
+            paths,
+            &partition.node,
+            slot,
+            start,
+            None,
+        ));
     }
     #[allow(unreachable_code)]
     let root = verity::open(sys, log, paths, &partition, slot, &root_verity)?;
@@ -119,8 +127,19 @@ fn try_run(
         root_verity.root_hash.short(),
         root.data_blocks,
     ));
+    let overlay = |newroot: &std::path::Path| {
+        extension::mount_or_warn(
+            sys,
+            log,
+            paths,
+            &partition,
+            slot,
+            cmdline.extension(),
+            newroot,
+        )
+    };
     Err(blame_verification(
-        switch_root(sys, log, paths, &root.node, slot, start),
+        switch_root(sys, log, paths, &root.node, slot, start, Some(&overlay)),
         slot,
     ))
 }
@@ -316,6 +335,231 @@ mod tests {
                 r.join("dev/dm-0").display()
             )),
             "{text}"
+        );
+    }
+
+    const EXT_HASH: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    /// The extension in the fake ROOT-B: after the root's superblock, 16 data blocks and its own
+    /// superblock.
+    const EXT_OFFSET: u64 = HASH_OFFSET + 2 * 4096;
+    const EXT_HASH_OFFSET: u64 = 16 * 4096;
+
+    /// ROOT-B with the root and the extension, and a fake kernel that numbers devices in order
+    /// (root-b = dm-0, ext-b-data = dm-1, ext-b = dm-2) and gives the linear device the
+    /// partition's bytes from the extension's offset on, as the kernel would.
+    fn with_extension(dir: &tempfile::TempDir, ext_superblock: bool) -> Fake {
+        let r = dir.path().to_owned();
+        let part = r.join("dev/vda3");
+        let mut bytes = std::fs::read(&part).unwrap();
+        bytes.resize(EXT_OFFSET as usize + EXT_HASH_OFFSET as usize, 0);
+        if ext_superblock {
+            bytes.extend(crate::verity::testing::superblock_block(16, b"ext"));
+        } else {
+            bytes.extend(vec![0u8; 4096]);
+        }
+        std::fs::write(&part, &bytes).unwrap();
+        std::fs::write(
+            r.join("sys/class/block/vda3/size"),
+            format!("{}\n", bytes.len() / 512),
+        )
+        .unwrap();
+        let sys = Fake::new();
+        let mut created = 0u32;
+        sys.on_dm_ioctl(move |cmd, buf| {
+            let dev = |minor| DevT { major: 253, minor }.to_dm();
+            use cairn_dm::{testing::write_reply, Command, Flags};
+            match cmd {
+                Command::DevCreate => {
+                    write_reply(buf, Flags::NONE, dev(created));
+                    created += 1;
+                }
+                Command::TableLoad => write_reply(
+                    buf,
+                    Flags::INACTIVE_PRESENT | Flags::READONLY,
+                    dev(created - 1),
+                ),
+                Command::DevSuspend => {
+                    let minor = created - 1;
+                    let content = if minor == 1 {
+                        bytes[EXT_OFFSET as usize..].to_vec()
+                    } else {
+                        Vec::new()
+                    };
+                    std::fs::write(r.join(format!("dev/dm-{minor}")), content).unwrap();
+                    write_reply(buf, Flags::ACTIVE_PRESENT | Flags::READONLY, dev(minor));
+                }
+                Command::DevRemove | Command::Version => {}
+            }
+        });
+        sys
+    }
+
+    fn ext_args() -> String {
+        format!(
+            "cairn.ext.roothash={EXT_HASH} cairn.ext.offset={EXT_OFFSET} \
+             cairn.ext.hashoffset={EXT_HASH_OFFSET}"
+        )
+    }
+
+    #[test]
+    fn the_extension_is_verified_and_overlaid_on_the_root() {
+        let dir = initramfs(&format!("cairn.slot=b {} {}", verity_args(), ext_args()));
+        let r = dir.path();
+        let sys = with_extension(&dir, true);
+        let (log, mem) = Logger::memory();
+        let err = run(&sys, &log, &Paths::under(r), Duration::ZERO);
+        assert!(matches!(err, Error::Exec { .. }), "{err}");
+        let tables: Vec<_> = sys
+            .calls()
+            .into_iter()
+            .filter_map(|c| match c {
+                Call::DmIoctl {
+                    cmd: cairn_dm::Command::TableLoad,
+                    request,
+                    ..
+                } => Some(cairn_dm::testing::Decoded::parse(&request)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(tables.len(), 3);
+        let start = EXT_OFFSET / 512;
+        let total = (EXT_OFFSET + EXT_HASH_OFFSET + 4096) / 512;
+        assert_eq!(tables[1].name, "ext-b-data");
+        assert_eq!(
+            tables[1].targets,
+            [(0, total - start, "linear".into(), format!("254:3 {start}"))]
+        );
+        assert_eq!(tables[2].name, "ext-b");
+        assert_eq!(
+            tables[2].targets,
+            [(
+                0,
+                16 * 8,
+                "verity".into(),
+                format!("1 253:1 253:1 4096 4096 16 17 sha256 {EXT_HASH} 657874")
+            )]
+        );
+        let mounts: Vec<_> = sys
+            .calls()
+            .into_iter()
+            .filter_map(|c| match c {
+                Call::Mount {
+                    source,
+                    target,
+                    fstype,
+                    data,
+                    ..
+                } => Some((source, target, fstype, data)),
+                _ => None,
+            })
+            .collect();
+        let ext_mount = r.join(crate::extension::MOUNT_POINT);
+        let newroot = r.join("newroot");
+        let n = mounts.len();
+        assert_eq!(
+            mounts[n - 2],
+            (
+                r.join("dev/dm-2").display().to_string(),
+                ext_mount.clone(),
+                "squashfs".into(),
+                "".into()
+            )
+        );
+        assert_eq!(
+            mounts[n - 1],
+            (
+                "overlay".into(),
+                newroot.clone(),
+                "overlay".into(),
+                format!("lowerdir={}:{}", ext_mount.display(), newroot.display())
+            )
+        );
+        // The overlay is in place before /run (with the extension's mount) moves into it.
+        let actions = sys.actions();
+        let overlay_at = actions
+            .iter()
+            .position(|c| matches!(c, Call::Mount { fstype, .. } if fstype == "overlay"))
+            .unwrap();
+        let first_move = actions
+            .iter()
+            .position(|c| matches!(c, Call::MountMove(..)))
+            .unwrap();
+        assert!(overlay_at < first_move);
+        let text = mem.text();
+        assert!(
+            text.contains("containers extension mounted, 1 MiB, verity 0123456789ab"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_bad_extension_is_one_line_and_the_boot_goes_on() {
+        // No verity superblock where the command line says: the devices made for it are removed.
+        let dir = initramfs(&format!("cairn.slot=b {} {}", verity_args(), ext_args()));
+        let sys = with_extension(&dir, false);
+        let (log, mem) = Logger::memory();
+        let err = run(&sys, &log, &Paths::under(dir.path()), Duration::ZERO);
+        assert!(matches!(err, Error::Exec { .. }), "{err}");
+        let text = mem.text();
+        let line = text
+            .lines()
+            .find(|l| l.contains("containers extension not mounted"))
+            .unwrap_or_else(|| panic!("{text}"));
+        assert!(line.ends_with("; booting without it"), "{line}");
+        assert!(line.contains("verity"), "{line}");
+        let removed = sys
+            .calls()
+            .into_iter()
+            .filter(|c| {
+                matches!(
+                    c,
+                    Call::DmIoctl {
+                        cmd: cairn_dm::Command::DevRemove,
+                        ..
+                    }
+                )
+            })
+            .count();
+        assert_eq!(removed, 1, "the linear device is removed again");
+        assert!(!sys
+            .calls()
+            .iter()
+            .any(|c| matches!(c, Call::Mount { fstype, .. } if fstype == "overlay")));
+
+        // An overlay the kernel refuses (no overlay module): the extension's mount is undone.
+        let dir = initramfs(&format!("cairn.slot=b {} {}", verity_args(), ext_args()));
+        let sys = with_extension(&dir, true);
+        sys.fail_when(
+            |c| matches!(c, Call::Mount { fstype, .. } if fstype == "overlay"),
+            libc::ENODEV,
+        );
+        let (log, mem) = Logger::memory();
+        let err = run(&sys, &log, &Paths::under(dir.path()), Duration::ZERO);
+        assert!(matches!(err, Error::Exec { .. }), "{err}");
+        assert!(
+            mem.text()
+                .contains("containers extension not mounted: mounting overlay"),
+            "{}",
+            mem.text()
+        );
+        assert!(sys.calls().iter().any(|c| matches!(c, Call::Umount(..))));
+
+        // Half the words: said, and no device is made.
+        let dir = initramfs(&format!(
+            "cairn.slot=b {} cairn.ext.roothash={EXT_HASH}",
+            verity_args()
+        ));
+        let sys = with_extension(&dir, true);
+        let (log, mem) = Logger::memory();
+        let err = run(&sys, &log, &Paths::under(dir.path()), Duration::ZERO);
+        assert!(matches!(err, Error::Exec { .. }), "{err}");
+        assert!(
+            mem.text().contains(
+                "containers extension not mounted: cairn.ext.offset is missing; booting \
+                 without it"
+            ),
+            "{}",
+            mem.text()
         );
     }
 

@@ -106,6 +106,7 @@ pub fn prepare<'a>(
     ));
     let supervisor = Supervisor::start(sys, log, paths, SERVICES)?;
     print_ready(sys, log, paths, &facts, handoff.start.unwrap_or(own_start));
+    crate::containers::setup(sys, log, paths);
     Ok(supervisor)
 }
 

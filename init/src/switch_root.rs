@@ -24,6 +24,10 @@ use crate::sys::{Mount, MountFlags, Syscalls, RAMFS_MAGIC, TMPFS_MAGIC};
 /// The mounts carried over into the new root, in move order.
 pub const MOVED_MOUNTS: [&str; 4] = ["dev", "proc", "sys", "run"];
 
+/// What runs on the mounted and checked root before the switch (the containers extension's
+/// overlay); it is given `/newroot`.
+pub type BeforeSwitch<'a> = &'a dyn Fn(&Path);
+
 /// Switches to the root filesystem on `device` and executes its init. Returns only on failure.
 pub fn switch_root(
     sys: &dyn Syscalls,
@@ -32,8 +36,9 @@ pub fn switch_root(
     device: &Path,
     slot: Slot,
     start: Duration,
+    before: Option<BeforeSwitch<'_>>,
 ) -> Error {
-    match try_switch_root(sys, log, paths, device, slot, start) {
+    match try_switch_root(sys, log, paths, device, slot, start, before) {
         Ok(never) => match never {},
         Err(e) => e,
     }
@@ -46,6 +51,7 @@ fn try_switch_root(
     device: &Path,
     slot: Slot,
     start: Duration,
+    before: Option<BeforeSwitch<'_>>,
 ) -> Result<std::convert::Infallible> {
     let newroot = paths.at(paths::NEWROOT);
     ensure_dir(sys, &newroot)?;
@@ -80,6 +86,9 @@ fn try_switch_root(
         }
     }
 
+    if let Some(before) = before {
+        before(&newroot);
+    }
     for m in MOVED_MOUNTS {
         let (from, to) = (paths.at(m), newroot.join(m));
         sys.mount_move(&from, &to)
@@ -229,6 +238,7 @@ mod tests {
             &dev,
             Slot::B,
             Duration::from_millis(812),
+            None,
         );
         assert!(matches!(err, Error::Exec { .. }), "{err}");
         let nr = r.join("newroot");
@@ -280,6 +290,7 @@ mod tests {
             Path::new("/dev/vda2"),
             Slot::A,
             Duration::ZERO,
+            None,
         );
         assert!(err.to_string().contains("has no /sbin/init"), "{err}");
         assert_eq!(
@@ -303,6 +314,7 @@ mod tests {
             Path::new("/dev/vda2"),
             Slot::A,
             Duration::ZERO,
+            None,
         );
         assert!(err.to_string().contains("has no /run directory"), "{err}");
         assert!(!sys.calls().iter().any(|c| matches!(c, Call::MountMove(..))));
@@ -321,6 +333,7 @@ mod tests {
             Path::new("/dev/vda2"),
             Slot::A,
             Duration::ZERO,
+            None,
         );
         assert!(
             matches!(err, Error::NotInitramfs { magic: 0xEF53, .. }),
@@ -345,6 +358,7 @@ mod tests {
             Path::new("/dev/vda2"),
             Slot::A,
             Duration::ZERO,
+            None,
         );
         assert!(matches!(err, Error::Exec { .. }));
         assert!(mem.text().contains("could not fully delete the initramfs"));

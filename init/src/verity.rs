@@ -223,8 +223,21 @@ fn quoted(bytes: &[u8]) -> String {
 /// machine on a corrupted block.
 pub fn table_params(dev: DevT, sb: &Superblock, hash_offset: u64, root_hash: &RootHash) -> String {
     format!(
-        "1 {dev} {dev} {BLOCK_SIZE} {BLOCK_SIZE} {} {} {ALGORITHM} {root_hash} {} 1 \
-         restart_on_corruption",
+        "{} 1 restart_on_corruption",
+        table_params_eio(dev, sb, hash_offset, root_hash)
+    )
+}
+
+/// [`table_params`] without the optional argument: a corrupted block reads as an I/O error
+/// (the containers extension: a bad block fails the program that reads it, not the machine).
+pub fn table_params_eio(
+    dev: DevT,
+    sb: &Superblock,
+    hash_offset: u64,
+    root_hash: &RootHash,
+) -> String {
+    format!(
+        "1 {dev} {dev} {BLOCK_SIZE} {BLOCK_SIZE} {} {} {ALGORITHM} {root_hash} {}",
         sb.data_blocks,
         hash_offset / BLOCK_SIZE + 1,
         sb.salt_arg(),
@@ -260,22 +273,53 @@ pub fn open(
     slot: Slot,
     verity: &RootVerity,
 ) -> Result<VerifiedRoot> {
-    let superblock = read_superblock(&partition.node, verity.hash_offset)?;
+    let data_dev = partition_dev(paths, partition)?;
+    open_on(
+        sys,
+        log,
+        paths,
+        (&partition.node, data_dev),
+        dm_name(slot),
+        verity,
+        true,
+    )
+}
+
+/// The device number of `partition`, from sysfs.
+pub fn partition_dev(paths: &Paths, partition: &Partition) -> Result<DevT> {
     let dev_path = partition.sysfs_dev(paths);
     let text = read_limited(&dev_path, limits::SYSFS_ATTR)?;
-    let data_dev = DevT::parse_sysfs(&text).ok_or_else(|| Error::BadDevNumber {
+    DevT::parse_sysfs(&text).ok_or_else(|| Error::BadDevNumber {
         path: dev_path.clone(),
         value: text.chars().take(40).collect(),
-    })?;
+    })
+}
 
+/// Puts a dm-verity device named `name` over the device `data` (its node and number), whose
+/// superblock is at `verity.hash_offset`. `restart` makes a corrupted block restart the machine
+/// (the root) rather than read as an I/O error.
+pub fn open_on(
+    sys: &dyn Syscalls,
+    log: &Logger,
+    paths: &Paths,
+    data: (&Path, DevT),
+    name: &'static str,
+    verity: &RootVerity,
+    restart: bool,
+) -> Result<VerifiedRoot> {
+    let (node, data_dev) = data;
+    let superblock = read_superblock(node, verity.hash_offset)?;
     let control = paths.at(paths::DEV_MAPPER_CONTROL);
     wait_for_node(sys, &control, "is dm_mod in /etc/cairn/modules?")?;
     let control = SysControl {
         sys,
         path: &control,
     };
-    let name = dm_name(slot);
-    let params = table_params(data_dev, &superblock, verity.hash_offset, &verity.root_hash);
+    let params = if restart {
+        table_params(data_dev, &superblock, verity.hash_offset, &verity.root_hash)
+    } else {
+        table_params_eio(data_dev, &superblock, verity.hash_offset, &verity.root_hash)
+    };
     let length = superblock.data_blocks * SECTORS_PER_BLOCK;
     log.debug(format_args!("{name}: table 0 {length} verity {params}"));
     let target = Target {
@@ -320,9 +364,9 @@ pub fn open(
 }
 
 /// The device-mapper control node as init reaches it: through [`Syscalls`].
-struct SysControl<'a> {
-    sys: &'a dyn Syscalls,
-    path: &'a Path,
+pub(crate) struct SysControl<'a> {
+    pub(crate) sys: &'a dyn Syscalls,
+    pub(crate) path: &'a Path,
 }
 
 impl Transport for SysControl<'_> {
@@ -360,7 +404,7 @@ fn read_superblock(device: &Path, offset: u64) -> Result<Superblock> {
 
 /// Polls until `path` exists (devtmpfs creates nodes just after the kernel registers the
 /// device), for at most [`TIMEOUT`].
-fn wait_for_node(sys: &dyn Syscalls, path: &Path, hint: &'static str) -> Result<()> {
+pub(crate) fn wait_for_node(sys: &dyn Syscalls, path: &Path, hint: &'static str) -> Result<()> {
     let start = sys.boottime();
     loop {
         if path.exists() {

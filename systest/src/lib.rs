@@ -6,6 +6,7 @@
 
 pub mod ctl;
 pub mod fault_init;
+pub mod oci;
 pub mod release;
 pub mod stick;
 

@@ -37,7 +37,7 @@ pub fn build_release(
             security_version: security,
             ..extras
         },
-        k3s: None,
+        extension: Some(Default::default()),
     })
     .unwrap();
     out.to_path_buf()

@@ -24,7 +24,7 @@ fn options(board: &'static Board, out: &Path) -> BuildOptions {
             api_secrets: Some(dev_api_secrets()),
             ..Default::default()
         },
-        k3s: None,
+        extension: Some(Default::default()),
     }
 }
 

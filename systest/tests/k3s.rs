@@ -50,7 +50,7 @@ fn operator_files() -> Option<(PathBuf, Option<PathBuf>, Option<PathBuf>)> {
     ))
 }
 
-fn build(out: &Path, version: &str, k3s: &Path, api: bool) -> PathBuf {
+fn build(out: &Path, version: &str, k3s: &Path, images: Option<&Path>, api: bool) -> PathBuf {
     let board = cairn_board::find("qemu-x86_64").unwrap();
     let secrets = api.then(|| {
         let s = cairn_pki::secrets::DeviceSecrets::load(&keys_dir().join("secrets")).unwrap();
@@ -73,7 +73,13 @@ fn build(out: &Path, version: &str, k3s: &Path, api: bool) -> PathBuf {
             api_secrets: secrets,
             ..Default::default()
         },
-        k3s: Some(k3s.to_path_buf()),
+        extension: Some(cairn_image::extension::ExtensionOptions {
+            k3s: Some(cairn_image::extension::K3sInput {
+                binary: k3s.to_path_buf(),
+                sha256: None,
+                images: images.map(Path::to_path_buf),
+            }),
+        }),
     })
     .unwrap();
     out.to_path_buf()
@@ -126,15 +132,22 @@ fn qemu_x86_64_real_k3s_health_kubeconfig_and_downgrade_safety() {
     let Some((k3s, images, upgrade)) = operator_files() else {
         return;
     };
-    if images.is_some() {
-        println!(
-            "CAIRN_K3S_IMAGES is not put into the image by this test yet: k3s pulls its images"
-        );
-    }
     let tmp = rig_dir("cairn-k3s-");
-    let image = build(&tmp.path().join("v1"), "0.1.0", &k3s, true);
+    let image = build(
+        &tmp.path().join("v1"),
+        "0.1.0",
+        &k3s,
+        images.as_deref(),
+        true,
+    );
     let release = upgrade.as_ref().map(|new| {
-        let dir = build(&tmp.path().join("v2"), "0.2.0", new, false);
+        let dir = build(
+            &tmp.path().join("v2"),
+            "0.2.0",
+            new,
+            images.as_deref(),
+            false,
+        );
         sign_bundle(&dir, &dev_key())
     });
     let board = cairn_board::find("qemu-x86_64").unwrap();

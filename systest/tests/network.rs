@@ -207,7 +207,7 @@ fn qemu_aarch64_static_address_and_clock_from_ntp() {
             machine_config: Some(config),
             ..Default::default()
         },
-        k3s: None,
+        extension: Some(Default::default()),
     })
     .unwrap();
     let to_static = PortForward {

@@ -6,11 +6,16 @@
 //! - `good_update`: bundles that must be refused (each with its own error, nothing installed,
 //!   the machine still on A), then a good one: installed, trial boot, health passes, committed,
 //!   still B after two more reboots, where a new `cairnctl events` tells the update from the
-//!   stick to the commit and `cairnctl slots` both slots' versions and install times; then an
-//!   older bundle below the raised security floor is refused, and the running version on a
-//!   stick left in is not installed again.
+//!   stick to the commit and `cairnctl slots` both slots' versions and install times. The new
+//!   system runs a host container (busybox httpd, an OCI archive the test builds, brought on the
+//!   update's stick): it answers on a forwarded port, `cairnctl services` lists it with its
+//!   memory, `cairnctl logs web` shows its output. Then an older bundle below the raised
+//!   security floor is refused, and the running version on a stick left in is not installed
+//!   again.
 //! - `unhealthy_update`: uploaded with `cairnctl upgrade`; the new system's machine config has a
-//!   probe that can never pass: the trial is marked bad, the machine returns to A, and A's
+//!   probe that can never pass and a host container whose probe never passes (its archive
+//!   brought by a stick first): the trial is marked bad, the rollback record names the
+//!   container, the machine returns to A, and A's
 //!   cairnd logs why. After the reboot, `cairnctl events` tells the upload, the install, the
 //!   trial boot, the failed rounds, the verdict and the rollback with its reason, and `slots`
 //!   shows what each slot holds.
@@ -18,6 +23,10 @@
 //!   on qemu-aarch64, the i6300esb on qemu-x86_64): only the watchdog gets the machine back,
 //!   with no hand on it. Boot counting spends B's tries and A comes back, reporting the update
 //!   abandoned, in its log and in the events.
+//!
+//! The good and unhealthy updates' machines have a TPM, so that DATA is encrypted and mounted
+//! on /var: host containers need it. Their containers need the container extension in the
+//! images.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -26,17 +35,19 @@ use serde_json::Value;
 
 use cairn_board::Board;
 use cairn_image::RootExtras;
-use cairn_qemu::{free_local_port, LaunchOptions, Machine, PortForward};
+use cairn_qemu::{free_local_port, LaunchOptions, Machine, PortForward, Swtpm};
 use cairn_systest::ctl::Ctl;
 use cairn_systest::fault_init::{self, Fault};
 use cairn_systest::release::{build_release, dev_key, sign_bundle};
 use cairn_systest::stick::{make_stick, StickFile};
-use cairn_systest::{image_dir, qemu_lock};
+use cairn_systest::{image_dir, oci, qemu_lock};
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
 const STEP_TIMEOUT: Duration = Duration::from_secs(300);
 const NEW_VERSION: &str = "0.2.0";
 const API_PORT: u16 = 50000;
+/// Where the host container of the good update answers in the guest.
+const WEB_PORT: u16 = 8080;
 
 struct Rig {
     board: &'static Board,
@@ -46,6 +57,11 @@ struct Rig {
     sticks: usize,
     /// The host port forwarded to the guest's API.
     port: u16,
+    /// The host port forwarded to the guest's [`WEB_PORT`] (a host container).
+    web_port: u16,
+    /// A TPM for the machine: with it, STATE and DATA are encrypted on the first boot and DATA
+    /// is mounted on /var, which host containers need (plain storage leaves DATA unused).
+    tpm: Option<Swtpm>,
 }
 
 impl Rig {
@@ -61,6 +77,8 @@ impl Rig {
             disk,
             sticks: 0,
             port: free_local_port().unwrap(),
+            web_port: free_local_port().unwrap(),
+            tpm: None,
         }
     }
 
@@ -106,8 +124,18 @@ impl Rig {
         let mut opts = LaunchOptions::new(self.board, &self.disk, &self.work);
         opts.writable_image = true;
         opts.echo_console = true;
-        opts.port_forwards = vec![PortForward::new(self.port, API_PORT)];
+        opts.port_forwards = vec![
+            PortForward::new(self.port, API_PORT),
+            PortForward::new(self.web_port, WEB_PORT),
+        ];
+        opts.tpm = self.tpm.as_ref().map(|t| t.socket_path().to_path_buf());
         Machine::launch(opts).unwrap()
+    }
+
+    /// Gives the machine a TPM (see [`Rig::tpm`]).
+    fn with_tpm(mut self) -> Rig {
+        self.tpm = Some(Swtpm::start(&self.tmp.path().join("tpm"), 0).unwrap());
+        self
     }
 
     /// Plugs in a stick holding `files`; returns its id.
@@ -131,6 +159,34 @@ fn ready(m: &mut Machine) -> (String, String, String) {
             .to_string()
     };
     (field("slot="), field("trial="), field("version="))
+}
+
+/// An OCI archive of a busybox image for `board` (Debian's `busybox-static` for its
+/// architecture) running `script` with `sh -c`, written to `dir/<name>.tar`.
+fn busybox_archive(board: &Board, dir: &Path, name: &str, script: &str) -> PathBuf {
+    let cache = cairn_image::deb::Cache::new(cairn_systest::cache_dir());
+    let pkg = cache
+        .fetch("busybox-static", board.arch.deb_arch())
+        .unwrap();
+    let busybox = std::fs::read(pkg.root.join("bin/busybox")).unwrap();
+    // Debian and OCI name the architectures alike (arm64, amd64).
+    let arch = board.arch.deb_arch();
+    let page = format!("hello from {name}\n");
+    let image = oci::busybox_image(busybox, arch, &page, &["/bin/sh", "-c", script]);
+    let path = dir.join(format!("{name}.tar"));
+    std::fs::write(&path, image.archive().unwrap()).unwrap();
+    path
+}
+
+/// The body of `GET /` on the host's `port`, if it answers.
+fn http_get(port: u16) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    s.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    out.split_once("\r\n\r\n").map(|(_, body)| body.to_string())
 }
 
 fn s(a: &str, b: &str, c: &str) -> (String, String, String) {
@@ -264,8 +320,28 @@ fn altered(bundle: &Path, f: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
 fn good_update(board_name: &str) {
     let _serial = qemu_lock();
     let since = start_ms();
-    let mut rig = Rig::new(board_name);
-    let new = rig.image("new", NEW_VERSION, 1, RootExtras::default());
+    let mut rig = Rig::new(board_name).with_tpm();
+    // The new system runs a host container from an archive the update's stick brings (A
+    // copies it onto DATA, which both slots share).
+    let web = busybox_archive(
+        rig.board,
+        rig.tmp.path(),
+        "web",
+        &format!("echo web starting; exec httpd -f -p 0.0.0.0:{WEB_PORT} -h /www"),
+    );
+    let config = format!(
+        r#"{{"containers":[{{"name":"web","image":"/var/lib/cairn-images/web.tar",
+            "probe":{{"http":"http://127.0.0.1:{WEB_PORT}/","status":200}},"memory_mib":64}}]}}"#
+    );
+    let new = rig.image(
+        "new",
+        NEW_VERSION,
+        1,
+        RootExtras {
+            machine_config: Some(config),
+            ..Default::default()
+        },
+    );
     let good = rig.bundle(&new, &dev_key());
     let stranger = rig.bundle(&new, &cairn_bundle::SecretKey::from_bytes([0x5e; 32]));
     let other_board = if board_name == "qemu-aarch64" {
@@ -281,6 +357,8 @@ fn good_update(board_name: &str) {
             work: PathBuf::new(),
             sticks: 0,
             port: 0,
+            web_port: 0,
+            tpm: None,
         };
         let dir = other.image("other", NEW_VERSION, 1, RootExtras::default());
         let b = other.bundle(&dir, &dev_key());
@@ -357,7 +435,18 @@ fn good_update(board_name: &str) {
     }
 
     // The good bundle: installed, reboot, trial, healthy, committed.
-    let id = rig.plug(&mut m, vec![StickFile::Copy("update.cairn", good.clone())]);
+    let id = rig.plug(
+        &mut m,
+        vec![
+            StickFile::Copy("update.cairn", good.clone()),
+            StickFile::Copy("containers/web.tar", web),
+        ],
+    );
+    m.wait_for_line(
+        "container images copied to /var/lib/cairn-images: web.tar",
+        STEP_TIMEOUT,
+    )
+    .unwrap();
     m.wait_for_line(
         &format!("cairnd: installed version {NEW_VERSION} into slot b"),
         STEP_TIMEOUT,
@@ -418,6 +507,36 @@ fn good_update(board_name: &str) {
     holds(&a, "good", "0.1.0", since);
     holds(&b, "good", NEW_VERSION, since);
     assert!(b["installed_unix_ms"].as_i64() >= a["installed_unix_ms"].as_i64());
+    // The host container: its check passed in the trial; it runs, answers on the forwarded
+    // port, is listed with its memory, and its output is in its log.
+    let body = (0..60)
+        .find_map(|_| {
+            http_get(rig.web_port).or_else(|| {
+                std::thread::sleep(Duration::from_secs(2));
+                None
+            })
+        })
+        .expect("the host container answers on the forwarded port");
+    assert_eq!(body, "hello from web\n");
+    let services = ctl.json(&["services"]);
+    let web = services["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "web")
+        .unwrap_or_else(|| panic!("no container web in {services}"));
+    assert_eq!(web["state"], "running", "{web}");
+    assert!(web["rss_bytes"].as_u64().unwrap() > 0, "{web}");
+    let (ok, log, err) = ctl.run(&["logs", "web"]);
+    assert!(ok && log.contains("web starting"), "{log}{err}");
+    let (_, health) = ctl.health();
+    let check = health["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "container web")
+        .unwrap_or_else(|| panic!("no check of container web in {health}"));
+    assert_eq!(check["state"], "passing", "{check}");
     let lines = m.lines();
     assert!(
         lines.iter().any(|l| l.contains(&format!(
@@ -456,11 +575,15 @@ fn good_update(board_name: &str) {
 fn unhealthy_update(board_name: &str) {
     let _serial = qemu_lock();
     let since = start_ms();
-    let mut rig = Rig::new(board_name);
-    // Two reasons at once: a probe that never passes, and a network section the kernel refuses
-    // (it names an interface the machine does not have).
+    let mut rig = Rig::new(board_name).with_tpm();
+    // Three reasons at once: a probe that never passes, a network section the kernel refuses
+    // (it names an interface the machine does not have), and a host container that runs but
+    // never answers its probe.
+    let sick = busybox_archive(rig.board, rig.tmp.path(), "sick", "exec sleep 100000");
     let config = r#"{"health":{"window_s":10,"probes":[{"tcp":"127.0.0.1:9","timeout_s":1}]},
-        "network":{"interfaces":[{"name":"eth7","addresses":["10.9.0.2/24"]}]}}"#;
+        "network":{"interfaces":[{"name":"eth7","addresses":["10.9.0.2/24"]}]},
+        "containers":[{"name":"sick","image":"/var/lib/cairn-images/sick.tar",
+            "probe":{"tcp":"127.0.0.1:7","timeout_s":1}}]}"#;
     let new = rig.image(
         "unhealthy",
         NEW_VERSION,
@@ -475,6 +598,16 @@ fn unhealthy_update(board_name: &str) {
     assert_eq!(ready(&mut m), s("a", "no", "0.1.0"));
     m.wait_for_line("cairnd: management API on port 50000", STEP_TIMEOUT)
         .unwrap();
+    // The container's archive onto DATA, from a stick with no bundle.
+    let id = rig.plug(&mut m, vec![StickFile::Copy("containers/sick.tar", sick)]);
+    m.wait_for_line(
+        "container images copied to /var/lib/cairn-images: sick.tar",
+        STEP_TIMEOUT,
+    )
+    .unwrap();
+    m.wait_for_line("no *.cairn bundle at the root of the stick", STEP_TIMEOUT)
+        .unwrap();
+    m.detach_stick(&id, STEP_TIMEOUT).unwrap();
     // A fresh disk: B never had anything installed.
     let (a, b) = slots(&rig.ctl("reader"));
     holds(&a, "good", "0.1.0", since);
@@ -494,6 +627,7 @@ fn unhealthy_update(board_name: &str) {
         .wait_for_line("cairnd: slot b is not healthy", STEP_TIMEOUT)
         .unwrap();
     assert!(verdict.contains("tcp 127.0.0.1:9"), "{verdict}");
+    assert!(verdict.contains("container sick"), "{verdict}");
     assert!(
         verdict.contains("network config: not applied: ") && verdict.contains("eth7"),
         "{verdict}"
@@ -505,7 +639,8 @@ fn unhealthy_update(board_name: &str) {
     assert!(
         report.contains("rolled back: not healthy within 10 s: ")
             && report.contains("tcp 127.0.0.1:9: connection refused")
-            && report.contains("eth7"),
+            && report.contains("eth7")
+            && report.contains("container sick"),
         "{report}"
     );
 
@@ -555,7 +690,9 @@ fn unhealthy_update(board_name: &str) {
     });
     let reason = events[rollback]["rollback"]["reason"].as_str().unwrap();
     assert!(
-        reason.starts_with("not healthy within 10 s: ") && reason.contains("tcp 127.0.0.1:9"),
+        reason.starts_with("not healthy within 10 s: ")
+            && reason.contains("tcp 127.0.0.1:9")
+            && reason.contains("container sick"),
         "{reason}"
     );
     next_event(&events, rollback, "the boot of a", "boot", |b| {

@@ -232,7 +232,7 @@ fn image(board: &'static Board) -> Result<PathBuf> {
             api_secrets: Some(dev_api_secrets()?),
             ..Default::default()
         },
-        k3s: None,
+        extension: Some(Default::default()),
     })?;
     eprintln!(
         "    {} ({} MiB, sha256 {}, kernel {}) in {:.1} s",
@@ -242,6 +242,13 @@ fn image(board: &'static Board) -> Result<PathBuf> {
         manifest.kernel.release,
         started.elapsed().as_secs_f64()
     );
+    if let Some(ext) = &manifest.extension {
+        eprintln!(
+            "    containers extension {:.1} MiB per slot{}",
+            ext.size as f64 / (1024.0 * 1024.0),
+            if ext.cached { " (cached)" } else { "" }
+        );
+    }
     Ok(out)
 }
 
@@ -417,7 +424,7 @@ fn demo_update(board: &'static Board, image_dir: &Path) -> Result<Vec<String>> {
             security_version: 1,
             ..Default::default()
         },
-        k3s: None,
+        extension: Some(Default::default()),
     })?;
     let bundle = work.join(format!("cairn-{}-{new_version}.cairn", board.name));
     run(cargo()

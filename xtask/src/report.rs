@@ -167,7 +167,7 @@ fn unverified_image(board: &'static Board) -> Result<PathBuf> {
         seed: format!("cairn-{}-{}", board.name, version),
         version,
         root: Default::default(),
-        k3s: None,
+        extension: Some(Default::default()),
     })?;
     Ok(out.join("disk.img"))
 }

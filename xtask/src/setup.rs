@@ -64,6 +64,11 @@ pub const PACKAGES: &[&str] = &[
     "swtpm-tools",
     // dtc: the interop peer of the harness's device tree writer (Raspberry Pi 4 under QEMU).
     "device-tree-compiler",
+    // The host containers test: a real containerd and runc, and the static busybox its images
+    // carry (daemon/tests/containers.rs).
+    "containerd",
+    "runc",
+    "busybox-static",
 ];
 
 /// The package with QEMU's Arm system emulators, fetched from `<codename>-backports`.

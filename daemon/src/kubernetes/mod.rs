@@ -183,7 +183,8 @@ pub fn k3s_config(k: &spec::Kubernetes, node_name: &str) -> String {
 }
 
 /// The k3s this image carries: from the extension's manifest (an object under `k3s`, or an
-/// entry named `k3s` in a list), else the binary's own sha256 with an unknown version.
+/// entry named `k3s` in a list), else the binary's own sha256; without a version, it is named
+/// by its sha256.
 pub fn this_k3s(manifest: Option<&Value>, bin: &Path) -> Result<K3s, String> {
     fn entry(v: &Value) -> Option<&Value> {
         if let Some(k) = v.get("k3s").filter(|k| k.is_object()) {
@@ -202,12 +203,14 @@ pub fn this_k3s(manifest: Option<&Value>, bin: &Path) -> Result<K3s, String> {
     }
     if let Some(k) = manifest.and_then(entry) {
         if let Some(sha) = k.get("sha256").and_then(Value::as_str) {
+            // The image builder records no version (an operator's binary says its own only
+            // when run): the sha256 names it, as for a binary with no manifest.
+            let version = match k.get("version").and_then(Value::as_str) {
+                Some(v) => v.to_string(),
+                None => format!("sha256-{}", sha.get(..12).unwrap_or(sha)),
+            };
             return Ok(K3s {
-                version: k
-                    .get("version")
-                    .and_then(Value::as_str)
-                    .unwrap_or("unknown")
-                    .to_string(),
+                version,
                 sha256: sha.to_string(),
             });
         }

@@ -1,0 +1,299 @@
+//! The machine config's `containers:` section: host containers cairnd runs through containerd,
+//! without Kubernetes.
+//!
+//! ```yaml
+//! containers:
+//!   - name: web
+//!     image: /var/lib/cairn-images/web.tar
+//!     args: [httpd, -f, -p, "8080"]
+//!     env: {GREETING: hello}
+//!     restart: always
+//!     probe: {http: "http://127.0.0.1:8080/", status: 200}
+//!     memory_mib: 64
+//! ```
+//!
+//! `image` is an OCI image layout archive (a tar of `oci-layout`, `index.json` and `blobs/`):
+//! an absolute path on DATA (under `/var/`), read when the container starts (and waited for
+//! while it is not there). A USB stick brings archives: the `*.tar` files in its `containers/`
+//! folder are copied to [`ARCHIVE_DIR`] when it is plugged in. Registry URLs (`https://…`) are
+//! refused for now: the device pulls nothing over the network for containers yet.
+//!
+//! The one idea, as for the rest of the config: [`Container::check`] refuses what cairnd could
+//! not run, with one line naming the field (`containers[1].name: …`).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use crate::probe::Probe;
+
+/// Most host containers a config may name.
+pub const MAX_CONTAINERS: usize = 32;
+/// Longest container name (a DNS label).
+pub const MAX_NAME_LEN: usize = 63;
+/// Most arguments and environment entries of one container, and the longest of each.
+const MAX_ARGS: usize = 256;
+const MAX_ARG_LEN: usize = 4096;
+/// Largest memory limit accepted, in MiB (1 TiB).
+const MAX_MEMORY_MIB: u64 = 1 << 20;
+/// Where an `image` archive may be: DATA.
+pub const IMAGE_ROOT: &str = "/var/";
+/// Where cairnd copies the archives a USB stick carries in its `containers/` folder.
+pub const ARCHIVE_DIR: &str = "/var/lib/cairn-images";
+
+/// One host container, checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Container {
+    /// A DNS label: lower-case letters, digits and `-`, not starting or ending with `-`.
+    pub name: String,
+    pub image: ImageSource,
+    /// The command and its arguments; empty: the image's own entrypoint and cmd.
+    pub args: Vec<String>,
+    /// Extra environment, beside the image's.
+    pub env: BTreeMap<String, String>,
+    pub restart: Restart,
+    pub probe: Option<Probe>,
+    /// Memory limit in bytes.
+    pub memory_limit: Option<u64>,
+}
+
+/// Where a container's image comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImageSource {
+    /// An OCI image layout archive on DATA.
+    Archive(PathBuf),
+}
+
+/// When a container that exited is started again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub enum Restart {
+    /// Whatever its exit status (the default).
+    #[default]
+    Always,
+    /// Only when it exits with a status other than 0 (or is killed).
+    OnFailure,
+    /// Never; a container that exited stays stopped (and fails its health check).
+    Never,
+}
+
+/// A host container as written; what the JSON Schema describes.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub(crate) struct RawContainer {
+    /// A DNS label naming the container (unique; lower-case letters, digits, `-`, at most 63).
+    /// Its health check is `container <name>`, and `cairnctl logs <name>` shows its output.
+    name: String,
+    /// An OCI image layout archive (tar): an absolute path under `/var/` (DATA; a USB stick's
+    /// `containers/*.tar` are copied to `/var/lib/cairn-images/`). Its image must be for the
+    /// device's architecture.
+    image: String,
+    /// The command and its arguments (default: the image's entrypoint and cmd).
+    #[serde(default)]
+    args: Vec<String>,
+    /// Environment variables added to the image's.
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    /// When an exited container is started again: `always` (default), `on-failure`, `never`.
+    #[serde(default)]
+    restart: Restart,
+    /// A TCP or HTTP probe that must pass for the container to count as healthy.
+    #[cfg_attr(feature = "schema", schemars(with = "Option<crate::probe::ProbeSpec>"))]
+    probe: Option<serde_json::Value>,
+    /// Memory limit in MiB (1..=1048576); the container is killed past it.
+    memory_mib: Option<u64>,
+}
+
+/// Checks the section; the error is one line naming the field.
+pub(crate) fn check(raw: Vec<RawContainer>) -> Result<Vec<Container>, String> {
+    if raw.len() > MAX_CONTAINERS {
+        return Err(format!("containers: more than {MAX_CONTAINERS}"));
+    }
+    let mut out: Vec<Container> = Vec::with_capacity(raw.len());
+    for (i, r) in raw.into_iter().enumerate() {
+        let c = Container::check(r).map_err(|e| format!("containers[{i}].{e}"))?;
+        if out.iter().any(|o| o.name == c.name) {
+            return Err(format!(
+                "containers[{i}].name: {:?} is already the name of another container",
+                c.name
+            ));
+        }
+        out.push(c);
+    }
+    Ok(out)
+}
+
+/// Why `name` is not a usable container name (a DNS label), if it is not.
+pub fn name_problem(name: &str) -> Option<String> {
+    if name.is_empty() || name.len() > MAX_NAME_LEN {
+        return Some(format!("{name:?} must be 1 to {MAX_NAME_LEN} characters"));
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        return Some(format!(
+            "{name:?} may hold only lower-case letters, digits and '-'"
+        ));
+    }
+    if name.starts_with('-') || name.ends_with('-') {
+        return Some(format!("{name:?} must not start or end with '-'"));
+    }
+    // The daemon's own logs share the namespace of `cairnctl logs`.
+    if name == "cairnd" || name == "kernel" {
+        return Some(format!(
+            "{name:?} is the name of a log cairnd already serves"
+        ));
+    }
+    None
+}
+
+impl Container {
+    /// The error names the field, without the `containers[i].` prefix.
+    fn check(r: RawContainer) -> Result<Container, String> {
+        if let Some(e) = name_problem(&r.name) {
+            return Err(format!("name: {e}"));
+        }
+        let image = image_source(&r.image).map_err(|e| format!("image: {e}"))?;
+        if r.args.len() > MAX_ARGS {
+            return Err(format!("args: more than {MAX_ARGS}"));
+        }
+        for (i, a) in r.args.iter().enumerate() {
+            if a.len() > MAX_ARG_LEN || a.contains('\0') {
+                return Err(format!(
+                    "args[{i}]: longer than {MAX_ARG_LEN} bytes or holds a NUL"
+                ));
+            }
+        }
+        if r.env.len() > MAX_ARGS {
+            return Err(format!("env: more than {MAX_ARGS} variables"));
+        }
+        for (k, v) in &r.env {
+            let bad_key = k.is_empty()
+                || k.bytes().next().is_some_and(|b| b.is_ascii_digit())
+                || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            if bad_key {
+                return Err(format!(
+                    "env: {k:?} is not a variable name (letters, digits, '_', not starting with a digit)"
+                ));
+            }
+            if v.len() > MAX_ARG_LEN || v.contains('\0') {
+                return Err(format!(
+                    "env.{k}: longer than {MAX_ARG_LEN} bytes or holds a NUL"
+                ));
+            }
+        }
+        let probe = match &r.probe {
+            Some(p) => Some(Probe::from_json(p).map_err(|e| format!("probe: {e}"))?),
+            None => None,
+        };
+        let memory_limit = match r.memory_mib {
+            Some(m) if !(1..=MAX_MEMORY_MIB).contains(&m) => {
+                return Err(format!("memory_mib: {m} must be 1..={MAX_MEMORY_MIB}"))
+            }
+            Some(m) => Some(m << 20),
+            None => None,
+        };
+        Ok(Container {
+            name: r.name,
+            image,
+            args: r.args,
+            env: r.env,
+            restart: r.restart,
+            probe,
+            memory_limit,
+        })
+    }
+}
+
+fn image_source(text: &str) -> Result<ImageSource, String> {
+    if text.starts_with("https://") || text.starts_with("http://") {
+        return Err(format!(
+            "{text:?}: pulling from a registry is not supported yet; give an OCI archive on DATA"
+        ));
+    }
+    if !text.starts_with(IMAGE_ROOT) {
+        return Err(format!(
+            "{text:?} must be an OCI archive under {IMAGE_ROOT} (DATA)"
+        ));
+    }
+    if text.split('/').any(|c| c == "..") || text.len() > MAX_ARG_LEN || text.contains('\0') {
+        return Err(format!("{text:?} is not a plain absolute path"));
+    }
+    Ok(ImageSource::Archive(PathBuf::from(text)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(yaml: &str) -> Result<Vec<Container>, String> {
+        let raw: Vec<RawContainer> = serde_norway::from_str(yaml).map_err(|e| e.to_string())?;
+        check(raw)
+    }
+
+    #[test]
+    fn the_documented_example_is_accepted() {
+        let yaml: String = include_str!("containers.rs")
+            .lines()
+            .skip_while(|l| !l.starts_with("//! ```yaml"))
+            .skip(2)
+            .take_while(|l| !l.starts_with("//! ```"))
+            .map(|l| format!("{}\n", l.strip_prefix("//! ").unwrap_or("")))
+            .collect();
+        let c = parse(&yaml).unwrap();
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].name, "web");
+        assert_eq!(
+            c[0].image,
+            ImageSource::Archive("/var/lib/cairn-images/web.tar".into())
+        );
+        assert_eq!(c[0].args, ["httpd", "-f", "-p", "8080"]);
+        assert_eq!(c[0].env["GREETING"], "hello");
+        assert_eq!(c[0].restart, Restart::Always);
+        assert!(c[0].probe.is_some());
+        assert_eq!(c[0].memory_limit, Some(64 << 20));
+    }
+
+    #[test]
+    fn defaults() {
+        let c = parse("[{name: a, image: /var/lib/cairn-images/a.tar}]").unwrap();
+        assert_eq!(c[0].restart, Restart::Always);
+        assert!(c[0].args.is_empty() && c[0].env.is_empty());
+        assert_eq!((c[0].probe.as_ref(), c[0].memory_limit), (None, None));
+        let c = parse("[{name: a, image: /var/a.tar, restart: on-failure}]").unwrap();
+        assert_eq!(c[0].restart, Restart::OnFailure);
+    }
+
+    #[test]
+    fn bad_values_name_the_field() {
+        for (yaml, want) in [
+            ("[{name: Web, image: /var/a.tar}]", "containers[0].name: \"Web\" may hold only"),
+            ("[{name: -a, image: /var/a.tar}]", "containers[0].name: \"-a\" must not start"),
+            ("[{name: '', image: /var/a.tar}]", "containers[0].name: \"\" must be 1 to 63"),
+            ("[{name: cairnd, image: /var/a.tar}]", "containers[0].name: \"cairnd\" is the name"),
+            (
+                "[{name: a, image: /var/a.tar}, {name: a, image: /var/b.tar}]",
+                "containers[1].name: \"a\" is already the name",
+            ),
+            ("[{name: a, image: a.tar}]", "containers[0].image: \"a.tar\" must be an OCI archive under /var/ (DATA)"),
+            ("[{name: a, image: /etc/a.tar}]", "containers[0].image: \"/etc/a.tar\" must be"),
+            ("[{name: a, image: /var/../etc/a.tar}]", "is not a plain absolute path"),
+            (
+                "[{name: a, image: 'https://registry.example/a:1'}]",
+                "containers[0].image: \"https://registry.example/a:1\": pulling from a registry is not supported yet",
+            ),
+            ("[{name: a, image: /var/a.tar, env: {1X: y}}]", "containers[0].env: \"1X\" is not a variable name"),
+            ("[{name: a, image: /var/a.tar, memory_mib: 0}]", "containers[0].memory_mib: 0 must be"),
+            ("[{name: a, image: /var/a.tar, probe: {ftp: x}}]", "containers[0].probe: invalid health probe"),
+            ("[{name: a, image: /var/a.tar, restart: sometimes}]", "unknown variant `sometimes`"),
+        ] {
+            let e = parse(yaml).unwrap_err();
+            assert!(e.contains(want), "{e} lacks {want}");
+            assert!(!e.contains('\n'), "{e}");
+        }
+    }
+}
