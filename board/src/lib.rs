@@ -181,8 +181,11 @@ const QEMU_LAYOUT: Layout = Layout {
 /// from the kernel, as Debian's kernels name the modules: overlay for image layers, bridge and
 /// veth for pod networks, br_netfilter so bridged traffic passes iptables, vxlan for flannel,
 /// conntrack and NAT, nf_tables with the xtables compatibility layer that iptables-nft uses for
-/// its matches and targets, and the legacy NAT tables some CNI versions still probe.
+/// its matches and targets, and the legacy NAT tables some CNI versions still probe. crc32c comes
+/// first: libcrc32c (under nf_conntrack) asks the crypto API for it, and without modprobe the
+/// kernel cannot load it on demand (a soft dependency, not in `depends`).
 pub const CONTAINER_MODULES: &[&str] = &[
+    "crc32c_generic",
     "overlay",
     "bridge",
     "br_netfilter",

@@ -293,8 +293,7 @@ fn build_staged(opts: &BuildOptions) -> Result<ImageManifest> {
         Some(ext_opts) => {
             let (found, missing) = container_modules(&modules, opts.board.container_modules)?;
             add_container_modules(&mut root, &found, &missing)?;
-            let built =
-                crate::extension::build(&cache, opts.board.arch, seed, IMAGE_EPOCH, ext_opts)?;
+            let built = crate::extension::build(&cache, opts.board.arch, IMAGE_EPOCH, ext_opts)?;
             Some((built, found, missing))
         }
         None => None,

@@ -76,7 +76,7 @@ pub const K3S_IMAGES_DIR: &str = "usr/lib/cairn/k3s/images";
 /// Largest extension accepted without k3s (the budget).
 pub const BUDGET: u64 = 60 * 1024 * 1024;
 /// Bumped whenever the way files are chosen or written changes, so cached images are rebuilt.
-const CACHE_FORMAT: &str = "cairn-extension 1";
+const CACHE_FORMAT: &str = "cairn-extension 2";
 
 /// An operator-supplied k3s.
 #[derive(Debug, Clone)]
@@ -616,26 +616,25 @@ fn package_entry(r: &PackageRecord) -> PackageEntry {
     }
 }
 
-/// The verity parameters of the extension: one salt and UUID per build seed. Both slots carry
-/// the same extension with the same root hash, so that a bundle made from slot A fits slot B.
-pub fn verity_params(seed: &[u8], data_blocks: u64) -> verity::VerityParams {
+/// The verity parameters of the extension: salt and UUID derived from its content key, so the
+/// same content gets the same extension whatever the build's seed or board (and one cached copy
+/// serves them all). Both slots carry the same extension with the same root hash, so that a
+/// bundle made from slot A fits slot B.
+pub fn verity_params(key: &[u8], data_blocks: u64) -> verity::VerityParams {
     verity::VerityParams {
         data_blocks,
-        salt: Guid::derive(seed, "dm-verity-salt/extension")
+        salt: Guid::derive(key, "dm-verity-salt/extension")
             .as_bytes()
             .repeat(2),
-        uuid: verity::VerityParams::derive_uuid(seed, "extension"),
+        uuid: verity::VerityParams::derive_uuid(key, "extension"),
     }
 }
 
 /// A hash of everything the image depends on: paths, modes, symlink targets, file contents,
-/// the verity salt and UUID, and the writer's format.
-fn cache_key(tree: &Tree, seed: &[u8], mtime: u32) -> Result<String> {
+/// the timestamp and the writer's format (the verity salt and UUID derive from it).
+fn cache_key(tree: &Tree, mtime: u32) -> Result<String> {
     let mut h = Sha256::new();
     h.update(CACHE_FORMAT.as_bytes());
-    let p = verity_params(seed, 0);
-    h.update(&p.salt);
-    h.update(p.uuid);
     h.update(mtime.to_le_bytes());
     for (path, node) in tree.iter() {
         h.update(path.as_bytes());
@@ -675,7 +674,6 @@ struct CachedParams {
 pub fn build(
     cache: &Cache,
     arch: Arch,
-    seed: &[u8],
     mtime: u32,
     opts: &ExtensionOptions,
 ) -> Result<BuiltExtension> {
@@ -686,11 +684,11 @@ pub fn build(
     let packages = fetch_closure(cache, arch)?;
     let (tree, manifest) =
         extension_tree(&packages, arch, opts.k3s.as_ref().zip(k3s_sha.as_deref()))?;
-    let key = cache_key(&tree, seed, mtime)?;
+    let key = cache_key(&tree, mtime)?;
     let dir = cache.dir().join("extensions").join(&key);
     let image = dir.join("extension.img");
     let params_path = dir.join("params.json");
-    let params = verity_params(seed, 0);
+    let params = verity_params(key.as_bytes(), 0);
     if let Some(cached) = fs::read_to_string(&params_path)
         .ok()
         .and_then(|t| serde_json::from_str::<CachedParams>(&t).ok())
@@ -731,7 +729,7 @@ pub fn build(
             .open(&path)
             .map_err(|e| Error::io("creating", &path, e))?;
         let squashfs_size = squashfs::write_squashfs(&mut file, &tree, mtime)?;
-        let params = verity_params(seed, squashfs_size / verity::BLOCK_SIZE);
+        let params = verity_params(key.as_bytes(), squashfs_size / verity::BLOCK_SIZE);
         let vt = verity::append_hash_tree(&mut file, squashfs_size, &params)?;
         file.seek(SeekFrom::Start(0))
             .and_then(|_| file.sync_all())

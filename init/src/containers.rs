@@ -11,6 +11,10 @@
 //!   `+cpu +memory +pids` written to its `cgroup.subtree_control`. A controller the kernel does
 //!   not offer is one console line.
 //!
+//! When it is done, init writes [`DONE`] (`/run/cairn/containers-kernel`): one `key=value` line
+//! each for `loaded`, `failed`, `missing` and `controllers_missing` (names comma-separated). cairnd
+//! starts before the ready line, so whatever starts containerd waits for this file.
+//!
 //! An image without the containers extension has no module list, and nothing here runs.
 
 use crate::log::Logger;
@@ -22,6 +26,8 @@ use crate::sys::{Mount, MountFlags, Syscalls};
 pub const MODULE_LIST: &str = "etc/cairn/modules-containers";
 pub const MISSING_LIST: &str = "etc/cairn/modules-containers-missing";
 pub const CGROUP_ROOT: &str = "sys/fs/cgroup";
+/// Written when the modules are loaded and cgroup v2 is set up.
+pub const DONE: &str = "run/cairn/containers-kernel";
 /// The controllers containerd and k3s put limits through.
 pub const CONTROLLERS: [&str; 3] = ["cpu", "memory", "pids"];
 
@@ -80,6 +86,21 @@ pub fn setup(sys: &dyn Syscalls, log: &Logger, paths: &Paths) -> Option<Outcome>
             .collect::<Vec<_>>()
             .join(", ")
     ));
+    let done = paths.at(DONE);
+    let text = format!(
+        "loaded={}\nfailed={}\nmissing={}\ncontrollers_missing={}\n",
+        out.loaded,
+        out.failed.join(","),
+        out.missing.join(","),
+        out.controllers_missing.join(",")
+    );
+    let written = done
+        .parent()
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .and_then(|()| std::fs::write(&done, text));
+    if let Err(e) = written {
+        log.warn(format_args!("containers: writing {}: {e}", done.display()));
+    }
     Some(out)
 }
 
@@ -217,6 +238,10 @@ mod tests {
         assert!(
             text.contains("2 kernel modules loaded, 1 failed, 1 missing"),
             "{text}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(r.join(DONE)).unwrap(),
+            "loaded=2\nfailed=bridge\nmissing=vxlan\ncontrollers_missing=\n"
         );
     }
 

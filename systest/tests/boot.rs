@@ -35,6 +35,45 @@ fn boot_and_power_off(board_name: &str) {
         .unwrap();
     assert!(stats.contains("rss_kib="), "{stats}");
 
+    // The containers extension was verified and overlaid before the switch, with the root hash
+    // image.json records; after ready, every container module loaded and cgroup v2 has the
+    // controllers containers need.
+    let roothash = cairn_systest::manifest(board)["extension"]["roothash"]
+        .as_str()
+        .expect("the image has a containers extension")
+        .to_string();
+    let before_ready = m.lines();
+    let mounted = before_ready
+        .iter()
+        .position(|l| l.contains("cairn-init: containers extension mounted, "))
+        .unwrap_or_else(|| panic!("no extension line:\n{}", before_ready.join("\n")));
+    assert!(
+        before_ready[mounted].ends_with(&format!(" MiB, verity {}", &roothash[..12])),
+        "{}",
+        before_ready[mounted]
+    );
+    let ready_at = before_ready
+        .iter()
+        .position(|l| l.contains("cairn-init: ready"))
+        .unwrap();
+    assert!(mounted < ready_at);
+    m.wait_for_line(" kernel modules loaded, ", Duration::from_secs(60))
+        .unwrap();
+    let kernel: Vec<String> = m
+        .lines()
+        .into_iter()
+        .filter(|l| l.contains("cairn-init: containers: "))
+        .collect();
+    assert_eq!(kernel.len(), 1, "{kernel:#?}");
+    assert!(
+        kernel[0].contains(
+            " kernel modules loaded, 0 failed, 0 missing; cgroup v2 on /sys/fs/cgroup with cpu, \
+             memory, pids"
+        ),
+        "{}",
+        kernel[0]
+    );
+
     m.powerdown().unwrap();
     m.wait_for_line(
         "synced and unmounted; powering off",

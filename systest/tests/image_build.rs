@@ -404,3 +404,165 @@ fn full_disk_fails_cleanly_without_output() {
         "left files behind"
     );
 }
+
+/// The containers extension in each slot of each board: `veritysetup verify` accepts its region
+/// with the root hash on the slot's command line and refuses a copy with one byte changed;
+/// `unsquashfs -l` lists containerd, runc, the CNI plugins, iptables-nft, the loader and the
+/// manifest; both slots carry the same bytes, and the bundle made from the image carries them too.
+#[test]
+#[ignore = "needs built images: run `cargo xtask test`"]
+fn containers_extension_verifies_lists_its_files_and_travels_in_the_bundle() {
+    for board in BOARDS {
+        let m = manifest(board);
+        let ext = &m["extension"];
+        let size = ext["size"].as_u64().expect("image.json has an extension");
+        assert!(
+            size <= cairn_image::extension::BUDGET,
+            "{}: the extension is {size} bytes",
+            board.name
+        );
+        let disk = std::fs::read(image_dir(board).join("disk.img")).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let mut regions = Vec::new();
+        for slot in m["slots"].as_array().unwrap() {
+            let label = slot["root_partition"].as_str().unwrap();
+            let part = m["partitions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["label"] == label)
+                .unwrap();
+            let se = &slot["extension"];
+            let (offset, len) = (se["offset"].as_u64().unwrap(), se["size"].as_u64().unwrap());
+            assert_eq!(len, size);
+            assert!(
+                offset
+                    >= slot["hash_offset"].as_u64().unwrap() + slot["hash_size"].as_u64().unwrap()
+            );
+            let start = (part["offset"].as_u64().unwrap() + offset) as usize;
+            let region = disk[start..start + len as usize].to_vec();
+            let roothash = se["roothash"].as_str().unwrap();
+            let hash_offset = se["hash_offset"].as_u64().unwrap();
+            let cmdline = slot["cmdline"].as_str().unwrap();
+            for word in [
+                format!("cairn.ext.roothash={roothash}"),
+                format!("cairn.ext.offset={offset}"),
+                format!("cairn.ext.hashoffset={hash_offset}"),
+            ] {
+                assert!(cmdline.split(' ').any(|w| w == word), "{word} in {cmdline}");
+            }
+            let file = tmp.path().join(format!("{label}-ext.img"));
+            std::fs::write(&file, &region).unwrap();
+            let verify = |expect_ok: bool| {
+                let out = Command::new("veritysetup")
+                    .arg("verify")
+                    .arg(&file)
+                    .arg(&file)
+                    .arg(roothash)
+                    .arg(format!("--hash-offset={hash_offset}"))
+                    .output()
+                    .expect("veritysetup (cryptsetup-bin) is installed by `cargo xtask setup`");
+                assert_eq!(
+                    out.status.success(),
+                    expect_ok,
+                    "{} {label} extension: {}",
+                    board.name,
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            };
+            verify(true);
+            let listing = tool(Command::new("unsquashfs").arg("-l").arg(&file));
+            let loader = match board.arch {
+                cairn_board::Arch::X86_64 => "lib64/ld-linux-x86-64.so.2",
+                cairn_board::Arch::Aarch64 => "lib/ld-linux-aarch64.so.1",
+            };
+            for path in cairn_image::extension::PROGRAMS
+                .iter()
+                .copied()
+                .chain(["usr/sbin/iptables", "usr/sbin/ip6tables", loader])
+                .chain([cairn_image::extension::MANIFEST_PATH])
+            {
+                assert!(
+                    listing
+                        .lines()
+                        .any(|l| l == format!("squashfs-root/{path}")),
+                    "{}: no /{path} in\n{listing}",
+                    board.name
+                );
+            }
+            assert!(
+                !listing.contains("usr/share/doc"),
+                "documentation is left out"
+            );
+            let manifest_json = tool(
+                Command::new("unsquashfs")
+                    .arg("-cat")
+                    .arg(&file)
+                    .arg(cairn_image::extension::MANIFEST_PATH),
+            );
+            let em: serde_json::Value = serde_json::from_str(&manifest_json).unwrap();
+            for name in cairn_image::extension::PACKAGES {
+                assert!(
+                    em["packages"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .any(|p| p["package"] == *name && p["sha256"].as_str().unwrap().len() == 64),
+                    "{name} in {manifest_json}"
+                );
+            }
+
+            // One byte changed in the middle of the squashfs.
+            let mut bad = region.clone();
+            bad[(hash_offset / 2) as usize] ^= 0x01;
+            std::fs::write(&file, &bad).unwrap();
+            verify(false);
+            regions.push(region);
+        }
+        assert_eq!(
+            regions[0], regions[1],
+            "both slots carry the same extension"
+        );
+        assert_eq!(
+            cairn_image::deb::sha256_file(&{
+                let p = tmp.path().join("a.img");
+                std::fs::write(&p, &regions[0]).unwrap();
+                p
+            })
+            .unwrap(),
+            ext["sha256"].as_str().unwrap()
+        );
+
+        // Bundles are made for systemd-boot boards: the rootfs payload ends with the extension,
+        // and boot.json's options carry its words.
+        if !matches!(board.boot, BootScheme::SystemdBoot { .. }) {
+            continue;
+        }
+        let work = tempfile::tempdir().unwrap();
+        let input =
+            cairn_image::bundle_input::bundle_input(&image_dir(board), work.path()).unwrap();
+        let rootfs = input
+            .payloads
+            .iter()
+            .find(|p| p.role == cairn_bundle::Role::Rootfs)
+            .unwrap();
+        let bytes = std::fs::read(&rootfs.path).unwrap();
+        let slot_a = &m["slots"][0]["extension"];
+        let offset = slot_a["offset"].as_u64().unwrap() as usize;
+        assert_eq!(bytes.len(), offset + size as usize);
+        assert_eq!(&bytes[offset..], &regions[0][..]);
+        let spec = input
+            .payloads
+            .iter()
+            .find(|p| p.role == cairn_bundle::Role::BootFiles)
+            .unwrap();
+        let spec = std::fs::read_to_string(&spec.path).unwrap();
+        assert!(
+            spec.contains(&format!(
+                "cairn.ext.roothash={}",
+                slot_a["roothash"].as_str().unwrap()
+            )),
+            "{spec}"
+        );
+    }
+}

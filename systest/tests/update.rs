@@ -454,6 +454,22 @@ fn good_update(board_name: &str) {
     .unwrap();
 
     assert_eq!(ready(&mut m), s("b", "yes", NEW_VERSION));
+    // Slot b's root partition got the bundle's containers extension with the root, and init
+    // verified and mounted it with the root hash the new image records.
+    let new_manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(new.join("image.json")).unwrap()).unwrap();
+    let ext_hash = new_manifest["extension"]["roothash"].as_str().unwrap();
+    let mounted: Vec<String> = m
+        .lines()
+        .into_iter()
+        .filter(|l| l.contains("cairn-init: containers extension mounted, "))
+        .collect();
+    assert_eq!(mounted.len(), 2, "slot a's boot and slot b's: {mounted:#?}");
+    assert!(
+        mounted[1].ends_with(&format!(" MiB, verity {}", &ext_hash[..12])),
+        "{}",
+        mounted[1]
+    );
     m.wait_for_line("cairnd: slot b healthy", STEP_TIMEOUT)
         .unwrap();
     // Pulled once the committed system runs (a PCIe unplug needs the guest's consent), so that

@@ -194,6 +194,13 @@ pub fn run(images: &[(&'static Board, PathBuf)]) -> Result<()> {
         let bin = std::fs::metadata(device_bin(board.arch))?.len();
         rows.push((board.name, bin, disk, a, b, plain));
     }
+    // What the containers extension adds to each slot, from the images' image.json.
+    let mut extensions = Vec::new();
+    for (board, dir) in images {
+        let text = std::fs::read_to_string(dir.join("image.json"))?;
+        let m: serde_json::Value = serde_json::from_str(&text)?;
+        extensions.push((board.name, m["extension"]["size"].as_u64()));
+    }
 
     step(&format!("report (medians of {BOOTS} boots each, QEMU TCG)"));
     println!(
@@ -230,6 +237,24 @@ pub fn run(images: &[(&'static Board, PathBuf)]) -> Result<()> {
             a.init_ms - plain.init_ms,
         );
     }
-    println!("budgets: cairn <= 2 MiB per arch, init_ms <= 150, rss_kib <= 1024");
+    for (name, size) in &extensions {
+        match size {
+            Some(size) => println!(
+                "{:<14} containers extension {:.1} MiB per slot{}",
+                name,
+                *size as f64 / (1024.0 * 1024.0),
+                if *size > cairn_image::extension::BUDGET {
+                    "  OVER BUDGET"
+                } else {
+                    ""
+                }
+            ),
+            None => println!("{name:<14} no containers extension"),
+        }
+    }
+    println!(
+        "budgets: cairn <= 2 MiB per arch, init_ms <= 150, rss_kib <= 1024, containers \
+         extension <= 60 MiB per slot"
+    );
     Ok(())
 }
