@@ -503,17 +503,17 @@ impl Device for ApiDevice {
             UpgradeSource::Upload(upload) => {
                 let len = upload.size();
                 say!("installing an uploaded bundle ({len} bytes)");
-                let reader = std::io::BufReader::with_capacity(1 << 20, upload);
+                let mut reader = std::io::BufReader::with_capacity(1 << 20, upload);
                 self.0
                     .updates
-                    .install("the uploaded bundle", reader, Some(len), &mut report)
+                    .install("the uploaded bundle", &mut reader, Some(len), &mut report)
             }
             UpgradeSource::Fetch { url } => {
                 let fetch = self.0.updates.fetch(&url)?;
                 let len = fetch.len();
                 say!("installing the bundle at {url}");
-                let reader = std::io::BufReader::with_capacity(1 << 20, fetch);
-                self.0.updates.install(&url, reader, len, &mut report)
+                let mut reader = std::io::BufReader::with_capacity(1 << 20, fetch);
+                self.0.updates.install(&url, &mut reader, len, &mut report)
             }
         }
         .inspect_err(|e| say!("{e}"))?;

@@ -106,10 +106,10 @@ fn install_newest(updates: &Updates, dir: &Path) -> Result<bool, String> {
     say!("installing {} (version {version})", bundle.display());
     let file = fs::File::open(&bundle).map_err(|e| format!("opening {}: {e}", bundle.display()))?;
     let len = file.metadata().map(|m| m.len()).ok();
-    let reader = std::io::BufReader::with_capacity(1 << 20, file);
+    let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
     let mut reporter = ProgressReporter::default();
     let result = updates
-        .install(&bundle.display().to_string(), reader, len, &mut |p| {
+        .install(&bundle.display().to_string(), &mut reader, len, &mut |p| {
             reporter.report(p)
         })
         .map_err(|e| e.message)?;

@@ -82,7 +82,9 @@ impl Updates {
     pub fn install(
         &self,
         what: &str,
-        reader: impl Read,
+        // Not generic: one copy of the installer serves sticks, uploads and downloads (the
+        // device binary has a size budget).
+        reader: &mut dyn Read,
         len: Option<u64>,
         report: &mut dyn FnMut(&Progress),
     ) -> Result<Installed, DeviceError> {
