@@ -369,13 +369,7 @@ mod tests {
 
     #[test]
     fn the_documented_example_is_accepted() {
-        let yaml: String = include_str!("config.rs")
-            .lines()
-            .skip_while(|l| !l.starts_with("//! ```yaml"))
-            .skip(1)
-            .take_while(|l| !l.starts_with("//! ```"))
-            .map(|l| format!("{}\n", l.strip_prefix("//! ").unwrap_or("")))
-            .collect();
+        let yaml = crate::doc_yaml(include_str!("config.rs"));
         let c = MachineConfig::parse(&yaml).unwrap();
         assert_eq!(c.probes.len(), 2);
         assert_eq!(c.tries, 2);

@@ -335,13 +335,7 @@ mod tests {
 
     #[test]
     fn the_documented_example_is_accepted() {
-        let yaml: String = include_str!("kubernetes.rs")
-            .lines()
-            .skip_while(|l| !l.starts_with("//! ```yaml"))
-            .skip(1)
-            .take_while(|l| !l.starts_with("//! ```"))
-            .map(|l| format!("{}\n", l.strip_prefix("//! ").unwrap_or("")))
-            .collect();
+        let yaml = crate::doc_yaml(include_str!("kubernetes.rs"));
         let c = crate::config::MachineConfig::<NoCerts>::parse(&yaml).unwrap();
         let k = c.kubernetes.unwrap();
         assert_eq!(k.disable, ["traefik", "servicelb"]);

@@ -25,3 +25,16 @@ pub mod kubernetes;
 pub mod layout;
 pub mod network;
 pub mod probe;
+
+/// The YAML example in a module's documentation (the lines between its "```yaml" and "```"),
+/// so each section's test can check that what the docs show is accepted.
+#[cfg(test)]
+pub(crate) fn doc_yaml(module_source: &str) -> String {
+    module_source
+        .lines()
+        .skip_while(|l| !l.starts_with("//! ```yaml"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("//! ```"))
+        .map(|l| format!("{}\n", l.strip_prefix("//! ").unwrap_or("")))
+        .collect()
+}

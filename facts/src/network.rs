@@ -562,14 +562,7 @@ mod tests {
 
     #[test]
     fn the_documented_example_is_accepted() {
-        let doc = include_str!("network.rs");
-        let yaml: String = doc
-            .lines()
-            .skip_while(|l| !l.starts_with("//! ```yaml"))
-            .skip(1)
-            .take_while(|l| !l.starts_with("//! ```"))
-            .map(|l| format!("{}\n", l.strip_prefix("//! ").unwrap_or("")))
-            .collect();
+        let yaml = crate::doc_yaml(include_str!("network.rs"));
         #[derive(Deserialize)]
         struct Doc {
             network: RawNetwork,
