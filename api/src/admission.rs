@@ -3,8 +3,11 @@
 //!
 //! A connection passes two gates. While its TLS handshake runs it holds one of
 //! [`Limits::max_handshakes`] places; when they are all taken, a new connection ends the oldest
-//! handshake still waiting (a socket that sends nothing loses its place to the next one, instead of
-//! blocking it for the whole handshake timeout). Once the certificate is verified the connection
+//! refused connection still being told why (see below), else the oldest socket that has sent
+//! nothing yet, else the oldest handshake (a socket that sends nothing loses its place to the
+//! next one, instead of blocking it for the whole handshake timeout). So neither a client
+//! refused over and over nor a peer opening sockets as fast as it can crowds out a handshake in
+//! progress, such as the admin's. Once the certificate is verified the connection
 //! is admitted by role and identity:
 //!
 //! - one certificate subject holds at most [`Limits::max_per_identity`] connections;
@@ -28,11 +31,23 @@ use tonic::body::Body;
 
 use crate::{Caller, Limits, Role};
 
+/// How far a connection holding a handshake place got; the lowest gives its place up first.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+enum Standing {
+    /// Refused, and only being told why.
+    Refused,
+    /// Has sent nothing yet.
+    Silent,
+    /// Has sent its first bytes: a handshake under way.
+    Speaking,
+}
+
 #[derive(Default)]
 struct State {
     next_id: u64,
-    /// Handshakes in progress, oldest first, each with the means to end it.
-    handshakes: VecDeque<(u64, oneshot::Sender<()>)>,
+    /// Handshakes in progress and refused connections, oldest first, each with the means to end
+    /// it and how far it got.
+    handshakes: VecDeque<(u64, oneshot::Sender<()>, Standing)>,
     /// Admitted connections, and of those the ones whose role is below admin.
     admitted: usize,
     below_admin: usize,
@@ -56,7 +71,35 @@ pub(crate) struct Pending {
 impl Drop for Pending {
     fn drop(&mut self) {
         let mut state = self.admission.state.lock().unwrap();
-        state.handshakes.retain(|(id, _)| *id != self.id);
+        state.handshakes.retain(|(id, _, _)| *id != self.id);
+    }
+}
+
+impl Pending {
+    /// This connection was refused and is only being told why: it is the first to give its
+    /// place up to a new connection.
+    pub(crate) fn refused(&self) {
+        self.admission.stand(self.id, Standing::Refused);
+    }
+
+    /// What marks this connection as having spoken once its first bytes arrive.
+    pub(crate) fn marker(&self) -> SpokeMarker {
+        SpokeMarker {
+            admission: self.admission.clone(),
+            id: self.id,
+        }
+    }
+}
+
+/// Marks a connection holding a handshake place as having sent its first bytes.
+pub(crate) struct SpokeMarker {
+    admission: Arc<Admission>,
+    id: u64,
+}
+
+impl SpokeMarker {
+    pub(crate) fn spoke(&self) {
+        self.admission.stand(self.id, Standing::Speaking);
     }
 }
 
@@ -91,22 +134,40 @@ impl Admission {
         })
     }
 
-    /// A place for a new connection's handshake, ending the oldest one if all are taken.
+    /// A place for a new connection's handshake. If all are taken, the oldest refused
+    /// connection is ended, or else the oldest handshake.
     pub(crate) fn begin(self: &Arc<Self>) -> Pending {
         let (evict, evicted) = oneshot::channel();
         let mut state = self.state.lock().unwrap();
         while state.handshakes.len() >= self.limits.max_handshakes.max(1) {
-            if let Some((_, oldest)) = state.handshakes.pop_front() {
-                let _ = oldest.send(());
+            // The lowest standing, and of those the oldest.
+            let victim = state
+                .handshakes
+                .iter()
+                .enumerate()
+                .min_by_key(|(i, (_, _, standing))| (*standing, *i))
+                .map_or(0, |(i, _)| i);
+            if let Some((_, evict, _)) = state.handshakes.remove(victim) {
+                let _ = evict.send(());
             }
         }
         let id = state.next_id;
         state.next_id += 1;
-        state.handshakes.push_back((id, evict));
+        state.handshakes.push_back((id, evict, Standing::Silent));
         Pending {
             admission: self.clone(),
             id,
             evicted,
+        }
+    }
+
+    /// Records how far the connection `id` got; a refusal is final.
+    fn stand(&self, id: u64, standing: Standing) {
+        let mut state = self.state.lock().unwrap();
+        if let Some(entry) = state.handshakes.iter_mut().find(|(i, _, _)| *i == id) {
+            if entry.2 != Standing::Refused {
+                entry.2 = standing;
+            }
         }
     }
 
@@ -294,6 +355,8 @@ mod tests {
         let a = Admission::new(&limits());
         let mut first = a.begin();
         let mut second = a.begin();
+        first.marker().spoke();
+        second.marker().spoke();
         assert!(first.evicted.try_recv().is_err());
         let _third = a.begin();
         assert!(first.evicted.try_recv().is_ok());
@@ -301,6 +364,24 @@ mod tests {
         drop(second);
         let _fourth = a.begin();
         assert_eq!(a.state.lock().unwrap().handshakes.len(), 2);
+    }
+
+    #[test]
+    fn a_refused_connection_gives_its_place_up_before_a_handshake_does() {
+        let a = Admission::new(&limits());
+        let mut handshake = a.begin();
+        let mut refused = a.begin();
+        refused.refused();
+        let mut third = a.begin();
+        assert!(
+            refused.evicted.try_recv().is_ok(),
+            "the refused one goes first"
+        );
+        assert!(handshake.evicted.try_recv().is_err());
+        // With no refused connection left, the oldest handshake goes.
+        let _fourth = a.begin();
+        assert!(handshake.evicted.try_recv().is_ok());
+        assert!(third.evicted.try_recv().is_err());
     }
 
     #[test]

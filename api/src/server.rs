@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
-use crate::admission::{Activity, Admission, Pending};
+use crate::admission::{Activity, Admission, Pending, SpokeMarker};
 use crate::policy::Policy;
 use crate::proto::device_service_server::DeviceServiceServer;
 use crate::service::Api;
@@ -157,6 +157,10 @@ async fn run(
             admission: admission.clone(),
         };
         connections.spawn(connection.serve(tcp, addr));
+        // Let the new connection read what its peer already sent before the next accept: a
+        // peer that is speaking then holds its handshake place ahead of sockets that are not
+        // (see crate::admission), however fast new sockets arrive.
+        tokio::task::yield_now().await;
     }
     // Stop accepting at once; calls in flight get the grace period. A stream that follows
     // never ends by itself, so what is left after it is dropped with the runtime.
@@ -187,6 +191,10 @@ struct Connection {
 impl Connection {
     async fn serve(mut self, tcp: TcpStream, addr: SocketAddr) {
         let _ = tcp.set_nodelay(true);
+        let tcp = Heard {
+            inner: tcp,
+            marker: Some(self.pending.marker()),
+        };
         let handshake =
             tokio::time::timeout(self.limits.handshake_timeout, self.acceptor.accept(tcp));
         let tls = tokio::select! {
@@ -260,10 +268,11 @@ impl Connection {
     /// Answers every call on a connection that was not admitted with RESOURCE_EXHAUSTED and
     /// `reason`, for a few seconds, so the client learns why. The connection keeps its
     /// handshake place meanwhile, so refused connections stay bounded in number.
-    async fn refuse(mut self, tls: tokio_rustls::server::TlsStream<TcpStream>, reason: String) {
+    async fn refuse(mut self, tls: tokio_rustls::server::TlsStream<Heard>, reason: String) {
         let refusal = Refusal(Arc::from(format!(
             "the device refused this connection: {reason}"
         )));
+        self.pending.refused();
         let http2 = http2_builder(&self.limits);
         let connection =
             http2.serve_connection(TokioIo::new(tls), TowerToHyperService::new(refusal));
@@ -272,6 +281,53 @@ impl Connection {
             _ = &mut self.pending.evicted => {}
             () = stop_requested(&mut self.stopped) => {}
         }
+    }
+}
+
+/// A connection's socket that tells its handshake place when the first bytes arrive.
+struct Heard {
+    inner: TcpStream,
+    marker: Option<SpokeMarker>,
+}
+
+impl tokio::io::AsyncRead for Heard {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let poll = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            if let Some(marker) = self.marker.take() {
+                marker.spoke();
+            }
+        }
+        poll
+    }
+}
+
+impl tokio::io::AsyncWrite for Heard {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
