@@ -406,7 +406,8 @@ fn bundle_create_from_a_built_image_then_verify_and_extract() {
         out.to_str().unwrap(),
     ]);
     assert!(s && stdout.contains("every chunk matches"), "{err}");
-    // The extracted rootfs is byte for byte ROOT-A's squashfs and hash tree.
+    // The extracted rootfs is byte for byte ROOT-A's squashfs and hash tree, and the containers
+    // extension after them when the image has one.
     let rootfs = dir.path().join("rootfs.img");
     let (s, _, err) = extract("rootfs", &rootfs);
     assert!(s, "{err}");
@@ -419,7 +420,10 @@ fn bundle_create_from_a_built_image_then_verify_and_extract() {
         .iter()
         .find(|p| p["label"] == "ROOT-A")
         .unwrap();
-    let len = slot["hash_offset"].as_u64().unwrap() + slot["hash_size"].as_u64().unwrap();
+    let len = match slot["extension"].as_object() {
+        Some(ext) => ext["offset"].as_u64().unwrap() + ext["size"].as_u64().unwrap(),
+        None => slot["hash_offset"].as_u64().unwrap() + slot["hash_size"].as_u64().unwrap(),
+    };
     let disk = std::fs::read(image.join("disk.img")).unwrap();
     let offset = part["offset"].as_u64().unwrap() as usize;
     assert!(std::fs::read(&rootfs).unwrap() == disk[offset..offset + len as usize]);
