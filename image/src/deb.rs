@@ -167,15 +167,7 @@ impl Cache {
     /// [`Cache::fetch`] alone.
     pub fn fetch_all(&self, names: &[String], arch: &str) -> Result<Vec<FetchedPackage>> {
         let specs: Vec<String> = names.iter().map(|n| format!("{n}:{arch}")).collect();
-        let output = Command::new("apt-cache")
-            .args(self.apt_args())
-            .args(["show", "--no-all-versions"])
-            .args(&specs)
-            .output()
-            .map_err(|source| Error::ToolMissing {
-                command: "apt-cache".into(),
-                source,
-            })?;
+        let output = apt_cache_show(&self.apt_args(), &specs)?;
         let stdout = String::from_utf8_lossy(&output.stdout);
         let mut records = Vec::new();
         for stanza in stdout.split("\n\n").filter(|s| !s.trim().is_empty()) {
@@ -307,19 +299,25 @@ impl Cache {
     }
 }
 
+/// `apt-cache show --no-all-versions` of `specs` (`name:arch`), with `apt_args`' options.
+fn apt_cache_show(apt_args: &[String], specs: &[String]) -> Result<std::process::Output> {
+    Command::new("apt-cache")
+        .args(apt_args)
+        .args(["show", "--no-all-versions"])
+        .args(specs)
+        .output()
+        .map_err(|source| Error::ToolMissing {
+            command: "apt-cache".into(),
+            source,
+        })
+}
+
 /// The index record of `name` for `arch`, or for `all` when the package is
 /// architecture-independent (firmware, for one).
 fn apt_show(name: &str, arch: &str, apt_args: &[String]) -> Result<PackageRecord> {
     for candidate in [arch, "all"] {
         let spec = format!("{name}:{candidate}");
-        let output = Command::new("apt-cache")
-            .args(apt_args)
-            .args(["show", "--no-all-versions", &spec])
-            .output()
-            .map_err(|source| Error::ToolMissing {
-                command: "apt-cache".into(),
-                source,
-            })?;
+        let output = apt_cache_show(apt_args, std::slice::from_ref(&spec))?;
         let stdout = String::from_utf8_lossy(&output.stdout);
         if output.status.success() && !stdout.trim().is_empty() {
             return parse_record(&stdout, name, candidate);
