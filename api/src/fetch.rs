@@ -531,12 +531,7 @@ pub fn get(
         Err(Broken::Malformed(why)) => return Err(malformed(why)),
     };
     tls.sock.end_deadline().map_err(broke)?;
-    let framing = head
-        .framing()
-        .map_err(malformed)?
-        .ok_or_else(|| FetchError::NoFraming {
-            url: url.to_string(),
-        })?;
+    let framing = head.framing_of(&url)?;
     if let Framing::Length(len) = framing {
         if len > limits.max_len {
             return Err(FetchError::TooLong {
@@ -652,12 +647,7 @@ impl FirstAnswer {
             url: url.to_string(),
             why,
         };
-        let framing = head
-            .framing()
-            .map_err(malformed)?
-            .ok_or_else(|| FetchError::NoFraming {
-                url: url.to_string(),
-            })?;
+        let framing = head.framing_of(&url)?;
         let length = match framing {
             Framing::Length(n) => Some(n),
             Framing::Chunked { .. } => None,
@@ -1127,6 +1117,18 @@ impl Head {
     }
 
     /// How the body ends: chunked, or after Content-Length bytes; `None` when neither says.
+    /// [`Head::framing`], with a malformed or missing one as the fetch's error for `url`.
+    fn framing_of(&self, url: &impl std::fmt::Display) -> Result<Framing, FetchError> {
+        self.framing()
+            .map_err(|why| FetchError::Malformed {
+                url: url.to_string(),
+                why,
+            })?
+            .ok_or_else(|| FetchError::NoFraming {
+                url: url.to_string(),
+            })
+    }
+
     fn framing(&self) -> Result<Option<Framing>, String> {
         let codings: Vec<&str> = self
             .headers
