@@ -17,6 +17,11 @@ use crate::options::{PortForward, WorkPaths};
 pub enum DiskArg<'a> {
     Overlay(&'a Path),
     Raw(&'a Path),
+    /// A raw image used in place, every write also recorded in `log` (blklogwrites).
+    Logged {
+        disk: &'a Path,
+        log: &'a Path,
+    },
 }
 
 /// Builds the arguments (without the binary) for one run.
@@ -56,15 +61,38 @@ pub fn qemu_args(
         "-drive",
         with_path("if=pflash,format=raw,file=", &paths.vars, ""),
     );
-    let (format, file) = match disk {
-        DiskArg::Overlay(p) => ("qcow2", p),
-        DiskArg::Raw(p) => ("raw", p),
-    };
-    opt(
-        "-drive",
-        with_path(&format!("if=none,id=disk0,format={format},file="), file, ""),
-    );
-    opt("-device", "virtio-blk-pci,drive=disk0,bootindex=0".into());
+    match disk {
+        DiskArg::Overlay(file) | DiskArg::Raw(file) => {
+            let format = if matches!(disk, DiskArg::Overlay(_)) {
+                "qcow2"
+            } else {
+                "raw"
+            };
+            opt(
+                "-drive",
+                with_path(&format!("if=none,id=disk0,format={format},file="), file, ""),
+            );
+            opt("-device", "virtio-blk-pci,drive=disk0,bootindex=0".into());
+        }
+        DiskArg::Logged { disk, log } => {
+            // The log's super block is rewritten at each flush anyway; entries are read to the
+            // end of the file, so a rare update is enough.
+            let mut spec = with_path(
+                "driver=blklogwrites,node-name=disk0,log-sector-size=512,\
+                 log-super-update-interval=65536,file.driver=file,file.filename=",
+                disk,
+                ",log.driver=file,log.filename=",
+            );
+            spec.push(with_path("", log, ""));
+            opt("-blockdev", spec);
+            // Without discard and write-zeroes every entry carries its bytes (and QEMU 7.2's
+            // blklogwrites logs concurrent write-zeroes requests at wrong places).
+            opt(
+                "-device",
+                "virtio-blk-pci,drive=disk0,bootindex=0,discard=off,write-zeroes=off".into(),
+            );
+        }
+    }
 
     let mut netdev = String::from("user,id=net0");
     for fwd in port_forwards {
@@ -135,6 +163,38 @@ fn with_path(prefix: &str, path: &Path, suffix: &str) -> OsString {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_logged_disk_goes_through_blklogwrites_without_discard_or_write_zeroes() {
+        let board = cairn_board::find("qemu-x86_64").unwrap();
+        let paths = WorkPaths::new(Path::new("/w"));
+        let args: Vec<String> = qemu_args(
+            board.qemu.as_ref().unwrap(),
+            &paths,
+            DiskArg::Logged {
+                disk: Path::new("/t/a,b.img"),
+                log: Path::new("/t/writes.log"),
+            },
+            &[],
+            None,
+            &[],
+        )
+        .into_iter()
+        .map(|a| a.into_string().unwrap())
+        .collect();
+        let at = args.iter().position(|a| a == "-blockdev").unwrap();
+        assert_eq!(
+            args[at + 1],
+            "driver=blklogwrites,node-name=disk0,log-sector-size=512,\
+             log-super-update-interval=65536,file.driver=file,file.filename=/t/a,,b.img,\
+             log.driver=file,log.filename=/t/writes.log"
+        );
+        assert_eq!(
+            args[at + 3],
+            "virtio-blk-pci,drive=disk0,bootindex=0,discard=off,write-zeroes=off"
+        );
+        assert!(!args.iter().any(|a| a.starts_with("if=none,id=disk0")));
+    }
 
     fn args_for(board: &str, fwd: &[PortForward], extra: &[String]) -> Vec<String> {
         args_with_tpm(board, fwd, None, extra)

@@ -33,6 +33,11 @@ pub enum Error {
         package: &'static str,
     },
 
+    #[error(
+        "a write log needs `writable_image`: blklogwrites records writes to the raw image itself"
+    )]
+    WriteLogNeedsWritableImage,
+
     #[error("disk image {} cannot be used", path.display())]
     DiskImage {
         path: PathBuf,

@@ -28,6 +28,7 @@ pub mod rpi;
 mod stick;
 mod timeouts;
 mod tpm;
+pub mod writelog;
 
 pub use args::qemu_args;
 pub use console::MAX_LINE_BYTES;

@@ -166,10 +166,14 @@ impl Machine {
             opts.writable_image,
         )?;
 
-        let disk = if opts.writable_image {
-            DiskArg::Raw(&opts.disk_image)
-        } else {
-            DiskArg::Overlay(&paths.overlay)
+        let disk = match (&opts.write_log, opts.writable_image) {
+            (Some(log), true) => DiskArg::Logged {
+                disk: &opts.disk_image,
+                log,
+            },
+            (None, true) => DiskArg::Raw(&opts.disk_image),
+            (Some(_), false) => return Err(Error::WriteLogNeedsWritableImage),
+            (None, false) => DiskArg::Overlay(&paths.overlay),
         };
         let args = qemu_args(
             profile,

@@ -65,6 +65,11 @@ pub struct LaunchOptions {
     /// A software TPM's control socket ([`crate::Swtpm::socket_path`]): the machine gets a TPM
     /// 2.0 behind the board's TIS interface, which the firmware measures the boot into.
     pub tpm: Option<PathBuf>,
+    /// With `writable_image`: every write, flush and discard that reaches the disk is also
+    /// recorded in this file (QEMU's blklogwrites driver; [`crate::writelog`] reads it back),
+    /// and the disk offers the guest neither discard nor write-zeroes, so that each entry
+    /// carries the bytes it wrote.
+    pub write_log: Option<PathBuf>,
 }
 
 impl LaunchOptions {
@@ -87,6 +92,7 @@ impl LaunchOptions {
             timeouts: None,
             qmp_connect_timeout: Duration::from_secs(10),
             tpm: None,
+            write_log: None,
         }
     }
 }
