@@ -12,7 +12,8 @@
 //! `uevent.rs`), so AddressSanitizer would mostly cost speed; `--asan` still offers it, through
 //! RUSTC_BOOTSTRAP=1 because `-Zsanitizer` is a nightly flag.
 //!
-//! `cargo xtask test` runs every target for a short while ([`run_brief`]) and fails on any crash;
+//! `cargo xtask test` runs every target for a short while ([`run_brief`]; built at optimisation
+//! level 1, which halves the build, the suite's longest part of fuzzing) and fails on any crash;
 //! `cargo xtask fuzz [--seconds N] [--asan]` runs them for longer, in groups of [`GROUP`] side by
 //! side (the brief run starts them all at once). Each reports its executions and crashes
 //! (libFuzzer stops a target at its first crash, so that is 0 or 1).
@@ -77,7 +78,7 @@ pub fn install() -> Result<()> {
 /// Runs every fuzz target for a short while; fails if any finds a crash. For `cargo xtask test`.
 pub fn run_brief() -> Result<()> {
     // All side by side: the brief run is a smoke test, and one round keeps the suite short.
-    fuzz(BRIEF_SECONDS, false, usize::MAX)
+    fuzz(BRIEF_SECONDS, Build::Brief, usize::MAX)
 }
 
 /// `cargo xtask fuzz [--seconds N] [--asan]`.
@@ -101,7 +102,7 @@ pub fn command(args: &[String]) -> Result<()> {
         }
     }
     install()?;
-    fuzz(seconds, asan, GROUP)
+    fuzz(seconds, if asan { Build::Asan } else { Build::Full }, GROUP)
 }
 
 /// Where seeds, corpora, crash inputs and logs go.
@@ -109,19 +110,43 @@ fn work_dir() -> PathBuf {
     target_dir().join("cairn/fuzz")
 }
 
-/// Where cargo builds the fuzz targets; the two sanitizer settings never share one.
-fn build_dir(asan: bool) -> PathBuf {
-    target_dir().join(if asan { "fuzz-asan" } else { "fuzz" })
+/// How the targets are built. Each way has its own build folder, so switching never rebuilds.
+#[derive(Clone, Copy, PartialEq)]
+enum Build {
+    /// For the brief run in `cargo xtask test`: optimised at level 1, which compiles in about
+    /// half the time of level 3 and still runs thousands of inputs a second.
+    Brief,
+    /// For `cargo xtask fuzz`: cargo-fuzz's usual release build.
+    Full,
+    /// `cargo xtask fuzz --asan`: release with AddressSanitizer.
+    Asan,
+}
+
+impl Build {
+    fn dir(self) -> PathBuf {
+        target_dir().join(match self {
+            Build::Brief => "fuzz-brief",
+            Build::Full => "fuzz",
+            Build::Asan => "fuzz-asan",
+        })
+    }
 }
 
 /// `cargo fuzz <sub>` for `project`, with the options that must match between build and run.
-fn cargo_fuzz(sub: &str, project: &str, asan: bool) -> Command {
+fn cargo_fuzz(sub: &str, project: &str, build: Build) -> Command {
+    let asan = build == Build::Asan;
     let mut cmd = cargo();
     cmd.args(["fuzz", sub, "--fuzz-dir", project, "--target-dir"])
-        .arg(build_dir(asan))
+        .arg(build.dir())
         .args(["--sanitizer", if asan { "address" } else { "none" }]);
-    if asan {
-        cmd.env("RUSTC_BOOTSTRAP", "1");
+    match build {
+        Build::Asan => {
+            cmd.env("RUSTC_BOOTSTRAP", "1");
+        }
+        Build::Brief => {
+            cmd.env("CARGO_PROFILE_RELEASE_OPT_LEVEL", "1");
+        }
+        Build::Full => {}
     }
     cmd
 }
@@ -134,8 +159,8 @@ struct Running {
     log: PathBuf,
 }
 
-fn fuzz(seconds: u64, asan: bool, side_by_side: usize) -> Result<()> {
-    let sanitizer = if asan {
+fn fuzz(seconds: u64, build: Build, side_by_side: usize) -> Result<()> {
+    let sanitizer = if build == Build::Asan {
         "AddressSanitizer"
     } else {
         "no sanitizer"
@@ -163,16 +188,16 @@ fn fuzz(seconds: u64, asan: bool, side_by_side: usize) -> Result<()> {
         ])
         .arg(workspace)
         .arg("--target-dir")
-        .arg(build_dir(false))
+        .arg(Build::Full.dir())
         .args(["--", "-D", "warnings"]))?;
     for (project, _) in PROJECTS {
         step(&format!("fuzz {project} ({sanitizer}): build, seed corpus"));
-        run(&mut cargo_fuzz("build", project, asan))?;
+        run(&mut cargo_fuzz("build", project, build))?;
         run(cargo()
             .args(["run", "--quiet", "--example", "seeds", "--manifest-path"])
             .arg(Path::new(project).join("Cargo.toml"))
             .arg("--target-dir")
-            .arg(build_dir(false))
+            .arg(Build::Full.dir())
             .arg("--")
             .arg(&seeds))?;
     }
@@ -191,7 +216,7 @@ fn fuzz(seconds: u64, asan: bool, side_by_side: usize) -> Result<()> {
     for group in targets.chunks(group) {
         let mut running = Vec::new();
         for (project, name) in group {
-            running.push(start(project, name, &seeds, &work, seconds, asan)?);
+            running.push(start(project, name, &seeds, &work, seconds, build)?);
         }
         for mut target in running {
             let name = target.name;
@@ -205,7 +230,7 @@ fn fuzz(seconds: u64, asan: bool, side_by_side: usize) -> Result<()> {
                 continue;
             }
             eprintln!("    {name:<13} 1 crash ({status}), {}", summary(&text));
-            for line in crash_report(&text, &target, asan) {
+            for line in crash_report(&text, &target, build) {
                 eprintln!("      {line}");
             }
             failed.push(name);
@@ -228,7 +253,7 @@ fn start(
     seeds: &Path,
     work: &Path,
     seconds: u64,
-    asan: bool,
+    build: Build,
 ) -> Result<Running> {
     let corpus = work.join("corpus").join(name);
     let artifacts = work.join("artifacts").join(name);
@@ -238,7 +263,7 @@ fn start(
     }
     let log = logs.join(format!("{name}.log"));
     let out = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-    let mut cmd = cargo_fuzz("run", project, asan);
+    let mut cmd = cargo_fuzz("run", project, build);
     // New inputs go to the first corpus folder, which persists between runs; seeds are read only.
     cmd.arg(name)
         .arg(&corpus)
@@ -298,7 +323,7 @@ fn summary(log: &str) -> String {
 }
 
 /// The lines of a failed run's log that say what went wrong, the saved input and how to replay it.
-fn crash_report(log: &str, target: &Running, asan: bool) -> Vec<String> {
+fn crash_report(log: &str, target: &Running, build: Build) -> Vec<String> {
     let lines: Vec<&str> = log.lines().collect();
     let mut out = Vec::new();
     if let Some(i) = lines.iter().position(|l| l.contains(" panicked at ")) {
@@ -323,8 +348,11 @@ fn crash_report(log: &str, target: &Running, asan: bool) -> Vec<String> {
     match input {
         Some(input) => {
             out.push(format!("input:     {input}"));
-            let replay = cargo_fuzz("run", target.project, asan);
-            let env = if asan { "RUSTC_BOOTSTRAP=1 " } else { "" };
+            let replay = cargo_fuzz("run", target.project, build);
+            let env: String = replay
+                .get_envs()
+                .filter_map(|(k, v)| Some(format!("{}={} ", k.to_str()?, v?.to_str()?)))
+                .collect();
             let args: Vec<String> = replay
                 .get_args()
                 .map(|a| a.to_string_lossy().into_owned())

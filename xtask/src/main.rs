@@ -6,6 +6,10 @@
 //! - `images` builds the QEMU board images into target/cairn/images/<board>.
 //! - `demo`   builds the qemu-aarch64 image, boots it, shows the console and a summary.
 //! - `test`   setup, lints, device binaries, images, then every test including QEMU boots.
+//! - `systests` only the system tests (QEMU boots), side by side, against the images, device
+//!   binaries and cairnctl already built (by `test`, or `images` and `cargo build`).
+//! - `powercut --points N --seed S [--board B] [--install-every K]` cuts the power during an
+//!   update at N points (systest/src/powercut.rs) and prints the table per phase.
 //! - `report` boots each QEMU board (and the Raspberry Pi 4 under raspi4b) five times per series
 //!   and prints the footprint and boot-time figures; `report BOARD…` measures only those boards.
 
@@ -13,6 +17,7 @@ mod bench;
 mod fuzz;
 mod report;
 mod setup;
+mod systests;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -31,15 +36,21 @@ fn main() -> ExitCode {
         Some("images") => setup::run().and_then(|_| images().map(|_| ())),
         Some("demo") => demo(),
         Some("test") => test(),
+        Some("systests") => {
+            let result = systests::run(&test_env());
+            print_step_times();
+            result
+        }
         Some("report") => setup::run().and_then(|_| report::run(&report_images(&args[1..])?)),
         Some("fuzz") => fuzz::command(&args[1..]),
+        Some("powercut") => powercut(&args[1..]),
         Some("bench-install") => bench::run_bench(),
         Some("bench-prep") => bench::prep(),
         Some("bench-net") => bench_net(),
         Some("bench-api") => bench_api(),
         _ => {
             eprintln!(
-                "usage: cargo xtask <setup|device|images|demo|test|report|fuzz|bench-install|bench-net|bench-api>"
+                "usage: cargo xtask <setup|device|images|demo|test|systests|report|fuzz|powercut|bench-install|bench-net|bench-api>"
             );
             return ExitCode::from(2);
         }
@@ -577,44 +588,99 @@ fn test() -> Result<()> {
     result
 }
 
-/// The tests: every crate's unit and interop tests, then each system test file (QEMU boots) as
-/// a stage of its own.
+/// `cargo xtask powercut`: the power-cut sweep of systest/tests/powercut.rs with the points, seed
+/// and board given; the table is printed and kept in target/cairn/powercut-<board>.txt.
+fn powercut(args: &[String]) -> Result<()> {
+    let usage =
+        "usage: cargo xtask powercut [--points N] [--seed S] [--board B] [--install-every K]";
+    let mut env: Vec<(&str, String)> = Vec::new();
+    let mut board = "qemu-aarch64".to_string();
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let var = match flag.as_str() {
+            "--points" => "CAIRN_POWERCUT_POINTS",
+            "--seed" => "CAIRN_POWERCUT_SEED",
+            "--board" => "CAIRN_POWERCUT_BOARD",
+            "--install-every" => "CAIRN_POWERCUT_INSTALL_EVERY",
+            other => bail!("unknown argument {other:?}; {usage}"),
+        };
+        let value = it
+            .next()
+            .with_context(|| format!("{flag} needs a value; {usage}"))?;
+        if var == "CAIRN_POWERCUT_BOARD" {
+            board = value.clone();
+        } else if value
+            .parse::<u64>()
+            .map_or(true, |n| n == 0 && var != "CAIRN_POWERCUT_SEED")
+        {
+            bail!("{flag} {value:?}: want a positive whole number");
+        }
+        env.push((var, value.clone()));
+    }
+    if cairn_board::find(&board)
+        .ok()
+        .and_then(|b| b.qemu.as_ref())
+        .is_none()
+    {
+        bail!("--board {board:?}: not a board QEMU boots here (qemu-aarch64, qemu-x86_64)");
+    }
+    setup::run()?;
+    images()?;
+    let table = target_dir().join(format!("cairn/powercut-{board}.txt"));
+    step(&format!("power cuts on {board}"));
+    let mut cmd = cargo();
+    cmd.args([
+        "test",
+        "--quiet",
+        "--package",
+        "cairn-systest",
+        "--test",
+        "powercut",
+        "--",
+        "--include-ignored",
+        "--nocapture",
+    ])
+    .env("CAIRN_POWERCUT_TABLE", &table);
+    for (k, v) in test_env().iter() {
+        cmd.env(k, v);
+    }
+    for (k, v) in &env {
+        cmd.env(k, v);
+    }
+    let result = run(&mut cmd);
+    if let Ok(text) = std::fs::read_to_string(&table) {
+        eprintln!("\n{text}(kept in {})", table.display());
+    }
+    print_step_times();
+    result
+}
+
+/// What every test is told: the image, key and cache folders and the device binaries.
+fn test_env() -> [(&'static str, PathBuf); 5] {
+    [
+        ("CAIRN_IMAGES", images_dir()),
+        ("CAIRN_KEYS", keys_dir()),
+        ("CAIRN_CACHE", cache_dir()),
+        ("CAIRN_DEVICE_BIN_AARCH64", device_bin(Arch::Aarch64)),
+        ("CAIRN_DEVICE_BIN_X86_64", device_bin(Arch::X86_64)),
+    ]
+}
+
+/// The tests: every crate's unit and interop tests, then the system tests (QEMU boots), a few
+/// side by side (xtask/src/systests.rs).
 fn tests() -> Result<()> {
+    let env = test_env();
     let test = |args: &[&str]| -> Result<()> {
-        run(cargo()
-            .arg("test")
-            .args(args)
-            .args(["--", "--include-ignored"])
-            .env("CAIRN_IMAGES", images_dir())
-            .env("CAIRN_KEYS", keys_dir())
-            .env("CAIRN_CACHE", cache_dir())
-            .env("CAIRN_DEVICE_BIN_AARCH64", device_bin(Arch::Aarch64))
-            .env("CAIRN_DEVICE_BIN_X86_64", device_bin(Arch::X86_64)))
+        let mut cmd = cargo();
+        cmd.arg("test").args(args).args(["--", "--include-ignored"]);
+        for (k, v) in &env {
+            cmd.env(k, v);
+        }
+        run(&mut cmd)
     };
     step("cargo test (unit and interop tests, every crate but systest)");
     test(&["--workspace", "--exclude", "cairn-systest"])?;
     step("cargo test -p cairn-systest --lib");
     test(&["--package", "cairn-systest", "--lib"])?;
-    let dir = root().join("systest/tests");
-    let mut files: Vec<String> = std::fs::read_dir(&dir)
-        .with_context(|| format!("listing {}", dir.display()))?
-        .filter_map(|e| {
-            let name = e.ok()?.file_name().into_string().ok()?;
-            Some(name.strip_suffix(".rs")?.to_string())
-        })
-        .collect();
-    files.sort();
-    // A failing file does not stop the others: CI shows every failure at once.
-    let mut failed = Vec::new();
-    for name in files {
-        step(&format!("system tests: systest/tests/{name}.rs (QEMU)"));
-        if let Err(e) = test(&["--package", "cairn-systest", "--test", &name]) {
-            eprintln!("    FAILED: {e}");
-            failed.push(name);
-        }
-    }
-    if !failed.is_empty() {
-        bail!("system tests failed: {}", failed.join(", "));
-    }
-    Ok(())
+    systests::run(&env)
 }
