@@ -11,6 +11,7 @@
 
 pub mod bls;
 mod error;
+pub mod fat32;
 pub mod fs;
 pub mod model;
 pub mod sdboot;

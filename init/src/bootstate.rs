@@ -100,7 +100,7 @@ pub fn inspect(
         ));
         return Trial::Unknown;
     };
-    match read(sys, paths, slot, kind) {
+    match read(sys, log, paths, slot, kind) {
         Ok(trial) => {
             match trial {
                 Trial::Yes { tries_left } => log.info(format_args!(
@@ -128,9 +128,16 @@ pub fn inspect(
     }
 }
 
-fn read(sys: &dyn Syscalls, paths: &Paths, slot: Slot, kind: Kind) -> Result<Trial, String> {
+fn read(
+    sys: &dyn Syscalls,
+    log: &Logger,
+    paths: &Paths,
+    slot: Slot,
+    kind: Kind,
+) -> Result<Trial, String> {
     let part = partition::wait_for(sys, paths, kind.partition(), PARTITION_TIMEOUT)
         .map_err(|e| e.to_string())?;
+    repair_if_dirty(log, &part.node, kind.partition());
     let target = paths.at(BOOT_MOUNT);
     mount_ro(sys, &part.node, &target)?;
     let status = match kind {
@@ -151,6 +158,38 @@ fn read(sys: &dyn Syscalls, paths: &Paths, slot: Slot, kind: Kind) -> Result<Tri
     } else {
         Trial::No
     })
+}
+
+/// Puts the bootloader's FAT32 back in order when the power went while it was mounted
+/// read-write (cairn_boot::fat32), before anything mounts it: otherwise the kernel turns it
+/// read-only at the first damaged file an update touches, and no update can be installed.
+/// A clean partition is only read (one sector).
+fn repair_if_dirty(log: &Logger, node: &Path, name: &str) {
+    let result = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(node)
+        .map_err(|e| format!("opening {}: {e}", node.display()))
+        .and_then(|mut dev| {
+            let done = cairn_boot::fat32::repair(&mut dev, false)?;
+            if done.is_some() {
+                dev.sync_all()
+                    .map_err(|e| format!("syncing {}: {e}", node.display()))?;
+            }
+            Ok(done)
+        });
+    match result {
+        Ok(None) => {}
+        Ok(Some(done)) => log.warn(format_args!(
+            "{name} was being written when the power went; repaired: {} file(s) cut short{}{}, \
+             {} lost cluster(s) freed",
+            done.truncated.len(),
+            if done.truncated.is_empty() { "" } else { " " },
+            done.truncated.join(" "),
+            done.freed
+        )),
+        Err(e) => log.warn(format_args!("{name}: not checked after a power cut: {e}")),
+    }
 }
 
 fn mount_ro(sys: &dyn Syscalls, node: &Path, target: &Path) -> Result<(), String> {

@@ -1,0 +1,312 @@
+//! The ESP's FAT32 repair (cairn_boot::fat32) against Debian's dosfstools and mtools: volumes
+//! made by mkfs.fat and filled by mcopy, damaged the way a power cut leaves them, repaired,
+//! then checked by `fsck.fat -n`, which must find nothing, and read back by mtype.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use cairn_boot::fat32::{is_dirty, repair};
+
+fn run(cmd: &mut Command) -> (bool, String) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e} (run `cargo xtask setup`)"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+struct Vol {
+    _dir: tempfile::TempDir,
+    img: PathBuf,
+}
+
+/// A FAT32 volume of 80 MiB with 512-byte clusters: a kernel-sized file in the root, a few small
+/// ones, and nested directories with long names, as on an ESP.
+fn volume() -> Vol {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("esp.img");
+    let (ok, out) = run(Command::new("mkfs.fat")
+        .args(["-F", "32", "-S", "512", "-s", "1", "-n", "ESP", "-C"])
+        .arg(&img)
+        .arg("81920"));
+    assert!(ok, "{out}");
+    let put = |name: &str, bytes: Vec<u8>| {
+        let src = dir.path().join("src");
+        std::fs::write(&src, bytes).unwrap();
+        let (ok, out) = run(Command::new("mcopy")
+            .env("MTOOLS_SKIP_CHECK", "1")
+            .arg("-i")
+            .arg(&img)
+            .arg(&src)
+            .arg(format!("::{name}")));
+        assert!(ok, "{out}");
+    };
+    for d in [
+        "EFI",
+        "EFI/cairn",
+        "EFI/cairn/a",
+        "EFI/cairn/b",
+        "loader",
+        "loader/entries",
+    ] {
+        let (ok, out) = run(Command::new("mmd")
+            .env("MTOOLS_SKIP_CHECK", "1")
+            .arg("-i")
+            .arg(&img)
+            .arg(format!("::{d}")));
+        assert!(ok, "{out}");
+    }
+    put("VMLINUZ", pattern(1, 3_000_000));
+    put("INITRD", pattern(2, 700_000));
+    put("EFI/cairn/a/vmlinuz", pattern(3, 2_000_000));
+    put("EFI/cairn/a/initramfs.img", pattern(4, 500_000));
+    put(
+        "loader/entries/cairn-a+3-0.conf",
+        b"title Cairn A\n".to_vec(),
+    );
+    put("loader/loader.conf", b"timeout 0\n".to_vec());
+    Vol { _dir: dir, img }
+}
+
+fn pattern(seed: u8, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+        .collect()
+}
+
+fn read_back(img: &Path, name: &str) -> Vec<u8> {
+    let out = Command::new("mtype")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .args(["-i"])
+        .arg(img)
+        .arg(format!("::{name}"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+fn fsck_clean(img: &Path) -> (bool, String) {
+    run(Command::new("fsck.fat").arg("-n").arg(img))
+}
+
+/// The geometry mkfs.fat chose, read from the boot sector.
+struct Geo {
+    fat: u64,
+    fat_bytes: u64,
+    data: u64,
+}
+
+fn geo(f: &mut File) -> Geo {
+    let mut b = [0u8; 512];
+    f.seek(SeekFrom::Start(0)).unwrap();
+    f.read_exact(&mut b).unwrap();
+    let reserved = u64::from(u16::from_le_bytes([b[14], b[15]]));
+    let fats = u64::from(b[16]);
+    let fat_sectors = u64::from(u32::from_le_bytes(b[36..40].try_into().unwrap()));
+    Geo {
+        fat: reserved * 512,
+        fat_bytes: fat_sectors * 512,
+        data: (reserved + fats * fat_sectors) * 512,
+    }
+}
+
+/// First cluster and size of a root directory entry (8.3 name, padded).
+fn root_entry(f: &mut File, g: &Geo, name: &[u8; 11]) -> (u32, u32, u64) {
+    // The root directory is cluster 2 on a fresh mkfs.fat volume; it may span several.
+    let mut at = 2u32;
+    loop {
+        let mut buf = [0u8; 512];
+        f.seek(SeekFrom::Start(g.data + u64::from(at - 2) * 512))
+            .unwrap();
+        f.read_exact(&mut buf).unwrap();
+        for i in (0..512).step_by(32) {
+            if &buf[i..i + 11] == name {
+                let hi = u32::from(u16::from_le_bytes([buf[i + 20], buf[i + 21]]));
+                let lo = u32::from(u16::from_le_bytes([buf[i + 26], buf[i + 27]]));
+                let size = u32::from_le_bytes(buf[i + 28..i + 32].try_into().unwrap());
+                return (
+                    hi << 16 | lo,
+                    size,
+                    g.data + u64::from(at - 2) * 512 + i as u64,
+                );
+            }
+        }
+        at = fat_get(f, g, at);
+        assert!(at < 0x0FFF_FFF8, "no entry {name:?}");
+    }
+}
+
+fn fat_get(f: &mut File, g: &Geo, c: u32) -> u32 {
+    let mut b = [0u8; 4];
+    f.seek(SeekFrom::Start(g.fat + u64::from(c) * 4)).unwrap();
+    f.read_exact(&mut b).unwrap();
+    u32::from_le_bytes(b) & 0x0FFF_FFFF
+}
+
+/// Sets a FAT entry in the first FAT only, as a cut between the two FATs' writes leaves it.
+fn fat_set(f: &mut File, g: &Geo, c: u32, v: u32) {
+    f.seek(SeekFrom::Start(g.fat + u64::from(c) * 4)).unwrap();
+    f.write_all(&v.to_le_bytes()).unwrap();
+    let _ = g.fat_bytes;
+}
+
+fn set_dirty(f: &mut File) {
+    let mut b = [0u8; 1];
+    f.seek(SeekFrom::Start(0x41)).unwrap();
+    f.read_exact(&mut b).unwrap();
+    f.seek(SeekFrom::Start(0x41)).unwrap();
+    f.write_all(&[b[0] | 1]).unwrap();
+}
+
+fn open(img: &Path) -> File {
+    OpenOptions::new().read(true).write(true).open(img).unwrap()
+}
+
+#[test]
+fn a_clean_volume_is_left_alone_and_a_forced_pass_changes_no_file() {
+    let v = volume();
+    let before = std::fs::read(&v.img).unwrap();
+    let mut f = open(&v.img);
+    assert!(!is_dirty(&mut f).unwrap());
+    assert_eq!(repair(&mut f, false).unwrap(), None);
+    assert_eq!(
+        std::fs::read(&v.img).unwrap(),
+        before,
+        "not dirty: not touched"
+    );
+    let done = repair(&mut f, true).unwrap().unwrap();
+    assert_eq!(done.truncated, Vec::<String>::new());
+    assert_eq!(done.freed, 0);
+    let (ok, out) = fsck_clean(&v.img);
+    assert!(ok, "{out}");
+    assert_eq!(
+        read_back(&v.img, "EFI/cairn/a/vmlinuz"),
+        pattern(3, 2_000_000)
+    );
+    assert_eq!(read_back(&v.img, "loader/loader.conf"), b"timeout 0\n");
+}
+
+#[test]
+fn a_file_cut_while_written_is_truncated_and_the_rest_is_untouched() {
+    // What the power-cut harness found: the kernel's directory entry has its final size, but
+    // the FAT's chain for it reaches a cluster still marked free.
+    let v = volume();
+    let mut f = open(&v.img);
+    let g = geo(&mut f);
+    let (first, size, _) = root_entry(&mut f, &g, b"VMLINUZ    ");
+    assert_eq!(size, 3_000_000);
+    let mut c = first;
+    for _ in 0..1000 {
+        c = fat_get(&mut f, &g, c);
+    }
+    // The 1001st cluster's successor was never written: free.
+    let next = fat_get(&mut f, &g, c);
+    fat_set(&mut f, &g, next, 0);
+    // A chain the FAT took for a file whose directory entry never came: lost clusters.
+    for lost in 150_000..150_010u32 {
+        fat_set(
+            &mut f,
+            &g,
+            lost,
+            if lost == 150_009 {
+                0x0FFF_FFFF
+            } else {
+                lost + 1
+            },
+        );
+    }
+    set_dirty(&mut f);
+    drop(f);
+    let (ok, out) = fsck_clean(&v.img);
+    assert!(!ok, "fsck.fat sees the damage first: {out}");
+
+    let mut f = open(&v.img);
+    assert!(is_dirty(&mut f).unwrap());
+    let done = repair(&mut f, false).unwrap().unwrap();
+    drop(f);
+    assert_eq!(done.truncated, ["/VMLINUZ"]);
+    // The clusters after the free one in the old chain are lost too.
+    assert!(done.freed >= 10, "{done:?}");
+    let (ok, out) = fsck_clean(&v.img);
+    assert!(ok, "{out}");
+    let kernel = read_back(&v.img, "VMLINUZ");
+    assert_eq!(kernel.len(), 1001 * 512);
+    assert_eq!(kernel, pattern(1, 3_000_000)[..1001 * 512]);
+    for (name, want) in [
+        ("INITRD", pattern(2, 700_000)),
+        ("EFI/cairn/a/vmlinuz", pattern(3, 2_000_000)),
+        ("EFI/cairn/a/initramfs.img", pattern(4, 500_000)),
+    ] {
+        assert_eq!(read_back(&v.img, name), want, "{name}");
+    }
+    let mut f = open(&v.img);
+    assert!(!is_dirty(&mut f).unwrap());
+    // The repaired volume takes new files where the old ones were.
+    drop(f);
+    let src = v.img.with_file_name("new");
+    std::fs::write(&src, pattern(9, 3_000_000)).unwrap();
+    let (ok, out) = run(Command::new("mcopy")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .args(["-o", "-i"])
+        .arg(&v.img)
+        .arg(&src)
+        .arg("::VMLINUZ"));
+    assert!(ok, "{out}");
+    assert_eq!(read_back(&v.img, "VMLINUZ"), pattern(9, 3_000_000));
+    let (ok, out) = fsck_clean(&v.img);
+    assert!(ok, "{out}");
+}
+
+#[test]
+fn a_chain_that_runs_into_another_file_ends_before_it() {
+    let v = volume();
+    let mut f = open(&v.img);
+    let g = geo(&mut f);
+    let (kernel, _, _) = root_entry(&mut f, &g, b"VMLINUZ    ");
+    let (initrd, _, _) = root_entry(&mut f, &g, b"INITRD     ");
+    // INITRD's 10th cluster now points into VMLINUZ's chain (a cross-link).
+    let mut c = initrd;
+    for _ in 0..9 {
+        c = fat_get(&mut f, &g, c);
+    }
+    let rest = fat_get(&mut f, &g, c);
+    fat_set(&mut f, &g, c, kernel + 5);
+    let _ = rest;
+    set_dirty(&mut f);
+    let done = repair(&mut f, false).unwrap().unwrap();
+    drop(f);
+    // The root lists VMLINUZ before INITRD, so the kernel keeps its clusters.
+    assert_eq!(done.truncated, ["/INITRD"]);
+    let (ok, out) = fsck_clean(&v.img);
+    assert!(ok, "{out}");
+    assert_eq!(read_back(&v.img, "VMLINUZ"), pattern(1, 3_000_000));
+    assert_eq!(read_back(&v.img, "INITRD"), pattern(2, 700_000)[..10 * 512]);
+}
+
+#[test]
+fn other_file_systems_are_named_and_not_touched() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("fat16.img");
+    let (ok, out) = run(Command::new("mkfs.fat")
+        .args(["-F", "16", "-C"])
+        .arg(&img)
+        .arg("32768"));
+    assert!(ok, "{out}");
+    let before = std::fs::read(&img).unwrap();
+    let e = repair(&mut open(&img), true).unwrap_err();
+    assert_eq!(e, "not FAT32");
+    assert_eq!(std::fs::read(&img).unwrap(), before);
+    let e = repair(&mut std::io::Cursor::new(vec![0u8; 4096]), true).unwrap_err();
+    assert_eq!(e, "no boot sector signature");
+}
