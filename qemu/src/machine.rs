@@ -166,6 +166,13 @@ impl Machine {
             opts.writable_image,
         )?;
 
+        if let Some(log) = &opts.write_log {
+            // blklogwrites opens the log; it starts empty for each launch.
+            std::fs::File::create(log).map_err(|source| Error::DiskImage {
+                path: log.clone(),
+                source,
+            })?;
+        }
         let disk = match (&opts.write_log, opts.writable_image) {
             (Some(log), true) => DiskArg::Logged {
                 disk: &opts.disk_image,

@@ -1,0 +1,42 @@
+//! Power cuts during an update (systest/src/powercut.rs): a small fixed sample in the suite,
+//! the same code as `cargo xtask powercut --points N --seed S [--board B]`, which sets the
+//! variables below and prints the table.
+//!
+//! - `CAIRN_POWERCUT_BOARD` (qemu-aarch64), `CAIRN_POWERCUT_POINTS` (3), `CAIRN_POWERCUT_SEED`
+//!   (2026), `CAIRN_POWERCUT_INSTALL_EVERY` (3): the next update is tried after every this
+//!   many cuts.
+
+use cairn_systest::powercut::{run, Plan};
+use cairn_systest::qemu_lock;
+
+fn var<T: std::str::FromStr>(name: &str, default: T) -> T {
+    match std::env::var(name) {
+        Err(_) => default,
+        Ok(v) => v
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={v:?} is not a valid value")),
+    }
+}
+
+#[test]
+#[ignore = "needs built images: run `cargo xtask test`"]
+fn power_cuts_during_an_update_leave_a_device_that_boots_and_updates() {
+    let _lock = qemu_lock();
+    let board_name: String = var("CAIRN_POWERCUT_BOARD", "qemu-aarch64".to_string());
+    let board = cairn_board::find(&board_name)
+        .unwrap_or_else(|_| panic!("CAIRN_POWERCUT_BOARD={board_name:?}: no such board"));
+    let plan = Plan {
+        board,
+        points: var("CAIRN_POWERCUT_POINTS", 3),
+        seed: var("CAIRN_POWERCUT_SEED", 2026),
+        install_every: var("CAIRN_POWERCUT_INSTALL_EVERY", 3),
+    };
+    let report = run(&plan);
+    let table = report.table();
+    eprintln!("{table}");
+    if let Ok(out) = std::env::var("CAIRN_POWERCUT_TABLE") {
+        std::fs::write(&out, &table).unwrap();
+    }
+    assert_eq!(report.outcomes.len(), plan.points, "{table}");
+    assert!(report.outcomes.iter().all(|o| o.good()), "{table}");
+}
