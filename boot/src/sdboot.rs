@@ -72,7 +72,8 @@ pub const MAX_TRIES: u32 = 10;
 pub const MAX_ENTRY_LEN: usize = 64 * 1024;
 
 /// The file an entry is written to before it is renamed into place.
-const TEMP_NAME: &str = ".cairn-entry.tmp";
+/// Where a new or changed entry is written before it is renamed into place.
+pub const TEMP_NAME: &str = ".cairn-entry.tmp";
 
 const PREFIX: &str = "cairn-";
 

@@ -328,7 +328,8 @@ impl Device for ApiDevice {
             None => (proto::UpdateOutcome::None, String::new()),
             Some(r) => (
                 match r.outcome {
-                    Outcome::Installed => proto::UpdateOutcome::Pending,
+                    Outcome::Installing | Outcome::Installed => proto::UpdateOutcome::Pending,
+                    Outcome::Interrupted => proto::UpdateOutcome::Interrupted,
                     Outcome::Committed => proto::UpdateOutcome::Committed,
                     Outcome::RolledBack => proto::UpdateOutcome::RolledBack,
                     Outcome::Abandoned => proto::UpdateOutcome::Abandoned,

@@ -220,6 +220,11 @@ mod tests {
             skip_reason(&v("0.3.0"), &v("0.2.0"), Some(record(Outcome::Committed))),
             None
         );
+        // An install a power cut stopped before its trial: never booted, so not held against it.
+        assert_eq!(
+            skip_reason(&v("0.3.0"), &v("0.2.0"), Some(record(Outcome::Interrupted))),
+            None
+        );
         assert_eq!(
             skip_reason(&v("0.4.0"), &v("0.2.0"), Some(record(Outcome::RolledBack))),
             None

@@ -301,12 +301,30 @@ impl Updates {
                 rec.slot,
                 rec.reason.as_deref().unwrap_or("no reason recorded")
             ),
+            Outcome::Installing if rec.slot != self.boot.running.to_string() => {
+                let reason = "the install stopped before its trial was armed (a power cut?); the \
+                              slot never booted, and this version may be installed again";
+                say!(
+                    "last update: version {} in slot {} was interrupted: {reason}",
+                    rec.version,
+                    rec.slot
+                );
+                rec.outcome = Outcome::Interrupted;
+                rec.reason = Some(reason.into());
+                self.state.set_trial(&rec).map_err(|e| e.to_string())?;
+            }
+            Outcome::Interrupted => say!(
+                "last update: version {} in slot {} was interrupted: {}",
+                rec.version,
+                rec.slot,
+                rec.reason.as_deref().unwrap_or("no reason recorded")
+            ),
             Outcome::Committed => say!(
                 "last update: version {} in slot {} committed",
                 rec.version,
                 rec.slot
             ),
-            Outcome::Installed => {}
+            Outcome::Installed | Outcome::Installing => {}
         }
         Ok(())
     }

@@ -17,9 +17,12 @@
 //!    read-back's sha256 compared with the manifest ([`crate::stream`]). `boot.json` is kept in
 //!    memory.
 //! 5. Record what the slot now holds and the trial on STATE ([`crate::state::SlotRecord`], and
-//!    [`crate::state::TrialRecord`] with outcome `installed`).
+//!    [`crate::state::TrialRecord`] with outcome `installing`).
 //! 6. Write the slot's boot entry (still bad) with the new root hash, then put it on trial
-//!    ([`cairn_boot::Bootloader::set_trial`]). The next reboot boots it, counted.
+//!    ([`cairn_boot::Bootloader::set_trial`]), then record the outcome `installed`. The next
+//!    reboot boots it, counted. A power cut before that last record leaves `installing`, which
+//!    the other slot's next boot reports as an interrupted install (never booted, the version
+//!    not held against it) rather than an abandoned trial.
 //!
 //! Memory use is bounded by [`crate::stream::IN_FLIGHT`] chunks (a chunk is at most 16 MiB) and
 //! `boot.json` (64 KiB), whatever the bundle's size.
@@ -311,13 +314,14 @@ impl Installer<'_> {
                 source: SlotSource::Bundle,
             },
         )?;
-        self.state.set_trial(&TrialRecord {
+        let mut record = TrialRecord {
             slot: slot.to_string(),
             version: version.clone(),
             security_version: manifest.security_version,
-            outcome: Outcome::Installed,
+            outcome: Outcome::Installing,
             reason: None,
-        })?;
+        };
+        self.state.set_trial(&record)?;
         boot.install_entry(
             slot,
             &Entry {
@@ -329,6 +333,10 @@ impl Installer<'_> {
             },
         )?;
         boot.set_trial(slot, self.tries)?;
+        // Armed: from here a boot of the other slot means the trial was tried and abandoned,
+        // not that the install was cut short.
+        record.outcome = Outcome::Installed;
+        self.state.set_trial(&record)?;
         Ok(Installed {
             slot,
             version,

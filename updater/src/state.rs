@@ -32,6 +32,9 @@ const MAX_FILE: u64 = 64 * 1024;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Outcome {
+    /// The slot is written and recorded; its trial is not armed yet. Found on the next boot of
+    /// the other slot, the install stopped there (a power cut): see [`Outcome::Interrupted`].
+    Installing,
     /// Installed, trial boot armed; nothing has run it yet.
     Installed,
     /// The trial booted and passed its health checks.
@@ -41,6 +44,9 @@ pub enum Outcome {
     /// The device came back up on the other slot without the trial reporting (crash, hang,
     /// watchdog, or boot counting ran out).
     Abandoned,
+    /// The install stopped before the trial was armed: the slot was never booted, and the
+    /// same version may be installed again.
+    Interrupted,
 }
 
 /// The last install.

@@ -389,3 +389,34 @@ fn bad_boot_json_is_refused_before_the_entry_is_written() {
     assert!(err.contains("installer's to set"), "{err}");
     assert_eq!(dev.entries(), ["cairn-0-b+0-0.conf", "cairn-1-a.conf"]);
 }
+
+#[test]
+fn an_install_stopped_before_its_trial_is_armed_is_recorded_as_installing() {
+    // What a power cut between the records and the boot entry leaves (found by the power-cut
+    // harness): the slot's boot entry cannot be written here, as if the power went first.
+    let dev = Device::new();
+    let rel = Release::new();
+    let ring = keyring();
+    // A directory where the new entry's temporary file goes: the records are written, then
+    // writing the entry fails, as if the power went first.
+    let blocker = dev
+        .path("esp")
+        .join(sdboot::ENTRIES_DIR)
+        .join(sdboot::TEMP_NAME);
+    fs::create_dir(&blocker).unwrap();
+    let e = dev
+        .installer(&ring)
+        .install(&rel.bundle(&key())[..], None, &mut |_| {})
+        .unwrap_err();
+    fs::remove_dir(&blocker).unwrap();
+    assert!(!e.to_string().is_empty());
+    let trial = StateDir::new(dev.path("state")).trial().unwrap().unwrap();
+    // Not `installed`: the other slot's next boot must not take it for a trial that was
+    // tried and abandoned, which would hold this version against the next install.
+    assert_eq!(
+        (trial.slot.as_str(), trial.version.as_str(), trial.outcome),
+        ("b", "1.1.0", Outcome::Installing)
+    );
+    let mut boot = SdBoot::new(DirFs::new(dev.path("esp")), Some(Slot::A));
+    assert_eq!(boot.status().unwrap().next, Some(Slot::A), "B is not armed");
+}
