@@ -18,6 +18,7 @@ mod error;
 pub mod fetch;
 mod limits;
 mod policy;
+pub mod registry;
 mod role;
 mod server;
 mod service;
