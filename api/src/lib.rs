@@ -26,6 +26,8 @@ mod service;
 pub mod subject;
 #[cfg(feature = "testing")]
 pub mod testing;
+#[cfg(feature = "testing")]
+pub mod testing_registry;
 mod tls;
 
 /// The types, the server trait and a transport-generic client generated from the .proto files.
