@@ -47,6 +47,7 @@ pub mod journal;
 pub mod log;
 pub mod netif;
 pub mod oci;
+pub mod registry;
 pub mod storage;
 pub mod system;
 pub mod uevent;

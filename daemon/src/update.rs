@@ -192,6 +192,33 @@ impl Updates {
             .map_err(|e| DeviceError::unavailable(e.to_string()))
     }
 
+    /// Starts pulling the bundle artifact `reference` names from its registry (the machine
+    /// config's CA and credentials for it): the manifest is fetched and checked (digest,
+    /// artifactType, one layer), and the layer comes back as it downloads, checked against
+    /// the manifest's size and digest. A refusal is also an event.
+    pub fn pull(
+        &self,
+        reference: &cairn_api::registry::Reference,
+    ) -> Result<(cairn_api::registry::Blob, String), DeviceError> {
+        let refused = |e: DeviceError| {
+            self.refused(&format!("oci://{reference}"), &e.message);
+            e
+        };
+        let config = self
+            .settings
+            .current()
+            .map_err(|e| refused(DeviceError::internal(format!("the machine config: {e}"))))?;
+        let client = crate::registry::client(&config, reference)
+            .map_err(|e| refused(DeviceError::failed_precondition(e)))?;
+        let (manifest, layer) = client
+            .bundle(reference)
+            .map_err(|e| refused(crate::registry::device_error(e)))?;
+        let blob = client
+            .blob(reference, &layer)
+            .map_err(|e| refused(crate::registry::device_error(e)))?;
+        Ok((blob, manifest.digest))
+    }
+
     /// Marks the running slot bad and reboots into the other one (shortly, so that the answer
     /// reaches the client).
     pub fn rollback(&self) -> Result<Slot, DeviceError> {

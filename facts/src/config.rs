@@ -429,27 +429,32 @@ impl<C: CertCheck> MachineConfig<C> {
         config.kubernetes = raw.kubernetes.map(RawKubernetes::check).transpose()?;
         config.containers = containers::check(raw.containers, C::oci_reference)?;
         // Every registry the device would pull from must be one it can trust.
-        let hosts = config
-            .update_source
-            .iter()
-            .map(|s| {
-                (
-                    "update.source".to_string(),
-                    s.trim_start_matches("oci://").split('/').next(),
-                )
-            })
-            .chain(
-                config
-                    .containers
-                    .iter()
-                    .enumerate()
-                    .map(|(i, c)| (format!("containers[{i}].image"), c.image.registry_host())),
-            );
-        for (field, host) in hosts {
+        let no_ca = |field: &str, host: &str| {
+            format!(
+                "{field}: the device trusts no CA for the registry {host}: give it one in registries: or set update.fetch_ca"
+            )
+        };
+        if let Some(source) = &config.update_source {
+            let host = source.trim_start_matches("oci://").split('/').next();
             if let Some(host) = host.filter(|h| config.registry(h).is_none()) {
-                return Err(format!(
-                    "{field}: the device trusts no CA for the registry {host}: give it one in registries: or set update.fetch_ca"
-                ));
+                return Err(no_ca("update.source", host));
+            }
+        }
+        let found: Vec<_> = config
+            .containers
+            .iter()
+            .map(|c| match &c.image {
+                containers::ImageSource::Registry(image) => Some(config.registry(image.host())),
+                containers::ImageSource::Archive(_) => None,
+            })
+            .collect();
+        for (i, (c, found)) in config.containers.iter_mut().zip(found).enumerate() {
+            if let containers::ImageSource::Registry(image) = &mut c.image {
+                let Some((ca, credentials)) = found.flatten() else {
+                    return Err(no_ca(&format!("containers[{i}].image"), image.host()));
+                };
+                image.ca = ca;
+                image.credentials = credentials;
             }
         }
         Ok(config)
@@ -501,7 +506,11 @@ mod tests {
         assert_eq!(c.registry("other.example"), None);
         assert_eq!(
             c.containers[0].image,
-            containers::ImageSource::Registry("oci://reg.example:5000/web:1".into())
+            containers::ImageSource::Registry(containers::RegistryImage {
+                reference: "oci://reg.example:5000/web:1".into(),
+                ca: "ca".into(),
+                credentials: Some(("u".into(), "p".into())),
+            })
         );
         // Without a registries entry the CA is update.fetch_ca's.
         let c =

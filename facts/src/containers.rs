@@ -67,17 +67,36 @@ pub struct Container {
 pub enum ImageSource {
     /// An OCI image layout archive on DATA.
     Archive(PathBuf),
-    /// An image in an OCI registry: `oci://registry/repo:tag` (checked to parse).
-    Registry(String),
+    /// An image in an OCI registry, with what the device needs to reach it.
+    Registry(RegistryImage),
 }
 
-impl ImageSource {
-    /// The registry host of a [`ImageSource::Registry`] image.
-    pub fn registry_host(&self) -> Option<&str> {
-        match self {
-            ImageSource::Registry(r) => r.strip_prefix("oci://")?.split('/').next(),
-            ImageSource::Archive(_) => None,
-        }
+/// An `oci://` image and its registry's CA and credentials (from the config's `registries:`,
+/// the CA falling back to `update.fetch_ca`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct RegistryImage {
+    /// `oci://registry/repo:tag` or `…@sha256:…` (checked to parse).
+    pub reference: String,
+    /// PEM; filled in by [`crate::config::MachineConfig::parse`], which refuses a registry
+    /// without one.
+    pub ca: String,
+    pub credentials: Option<(String, String)>,
+}
+
+impl std::fmt::Debug for RegistryImage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryImage")
+            .field("reference", &self.reference)
+            .field("user", &self.credentials.as_ref().map(|c| &c.0))
+            .finish_non_exhaustive()
+    }
+}
+
+impl RegistryImage {
+    /// The registry host the reference names.
+    pub fn host(&self) -> &str {
+        let rest = self.reference.trim_start_matches("oci://");
+        rest.split('/').next().unwrap_or(rest)
     }
 }
 
@@ -239,7 +258,11 @@ fn image_source(
 ) -> Result<ImageSource, String> {
     if text.starts_with("oci://") {
         reference(text)?;
-        return Ok(ImageSource::Registry(text.to_string()));
+        return Ok(ImageSource::Registry(RegistryImage {
+            reference: text.to_string(),
+            ca: String::new(),
+            credentials: None,
+        }));
     }
     if text.starts_with("https://") || text.starts_with("http://") {
         return Err(format!(
