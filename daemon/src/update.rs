@@ -143,7 +143,7 @@ impl Updates {
                     report(p);
                 })
                 .map_err(|e| {
-                    let message = format!("{what} refused: {e}");
+                    let message = format!("{what} refused: {}", chain(&e));
                     failure = Some(install_error(&e, message.clone()));
                     message
                 })
@@ -487,4 +487,20 @@ fn load_keyring() -> Result<Keyring, String> {
     ring.require_trusted()
         .map_err(|e| format!("{KEYRING}: {e}"))?;
     Ok(ring)
+}
+
+/// An error and its causes on one line (`cannot read the bundle: blob …: wrong digest …`), so
+/// the event names what went wrong in the download too.
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
 }
