@@ -32,6 +32,7 @@ pub mod containers;
 pub mod health;
 pub mod kubernetes;
 pub mod settings;
+pub mod source;
 pub mod sticks;
 pub mod update;
 

@@ -192,6 +192,24 @@ impl Updates {
             .map_err(|e| DeviceError::unavailable(e.to_string()))
     }
 
+    /// The manifest digests installed from `update.source` so far ([`crate::source`]).
+    pub fn source_tried(&self) -> Vec<String> {
+        fs::read_to_string(self.state.root().join(crate::source::TRIED))
+            .map(|t| t.lines().map(String::from).collect())
+            .unwrap_or_default()
+    }
+
+    /// Adds `digest` to [`Updates::source_tried`] (durably, before its install starts).
+    pub fn record_source_tried(&self, digest: &str) -> Result<(), String> {
+        let mut tried = self.source_tried();
+        tried.retain(|t| t != digest);
+        tried.push(digest.to_string());
+        let keep = tried.len().saturating_sub(16);
+        let text: String = tried[keep..].iter().map(|t| format!("{t}\n")).collect();
+        cairn_updater::state::replace(self.state.root(), crate::source::TRIED, text.as_bytes())
+            .map_err(|e| format!("recording the update source's digest: {e}"))
+    }
+
     /// Starts pulling the bundle artifact `reference` names from its registry (the machine
     /// config's CA and credentials for it): the manifest is fetched and checked (digest,
     /// artifactType, one layer), and the layer comes back as it downloads, checked against
