@@ -9,6 +9,9 @@
 //!     - {http: "http://127.0.0.1:8080/healthz", status: 200, timeout_s: 2}
 //! update:
 //!   tries: 2
+//!   source: oci://registry.example:5000/cairn/edge:stable
+//! registries:
+//!   - {host: "registry.example:5000", ca: "-----BEGIN CERTIFICATE-----…", username: edge, password: "…"}
 //! network:
 //!   hostname: edge-01
 //!   interfaces:
@@ -23,7 +26,7 @@
 //!
 //! The one idea: [`MachineConfig::parse`] is the only way to a config, and it refuses what the
 //! device could not use, with one line naming the field. The PEM text a config may carry
-//! (`update.fetch_ca`, `api.server_cert`/`server_key`) is checked too, by the [`CertCheck`]
+//! (`update.fetch_ca`, `registries[].ca`, `api.server_cert`/`server_key`) is checked too, by the [`CertCheck`]
 //! named in the type: this crate has no X.509 or TLS code, so the device and cairnctl both
 //! name the management API's (`cairn_api::TlsCheck`) and refuse the same configs.
 
