@@ -2,6 +2,8 @@
 //! 2.8) on loopback over HTTPS, started and stopped by each test
 //! ([`cairn_api::testing_registry`]); skipped with one line when it is not installed.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::sync::atomic::Ordering;
@@ -486,4 +488,61 @@ fn a_multi_arch_index_gives_the_platform_asked_for_as_a_layout_archive() {
         "{e}"
     );
     let _ = sink.flush();
+}
+
+/// A registry double for what distribution 2.8 will not do: answer a blob with a redirect to
+/// `http://`. It serves one bundle artifact's manifest and redirects every blob request.
+#[test]
+fn a_redirect_to_http_is_refused_with_one_line() {
+    use std::io::BufRead;
+    use std::net::TcpListener;
+
+    use common::Ca;
+    use rustls::{ServerConnection, StreamOwned};
+
+    let ca = Ca::new("double CA");
+    let config = common::https_server_config(&ca.server());
+    let layer = registry::digest_of(b"bundle bytes");
+    let manifest = registry::bundle_manifest(&layer, 12, "b.cairn", BTreeMap::new());
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for tcp in listener.incoming().flatten() {
+            let conn = ServerConnection::new(config.clone()).unwrap();
+            let mut tls = std::io::BufReader::new(StreamOwned::new(conn, tcp));
+            let mut head = String::new();
+            while !head.ends_with("\r\n\r\n") {
+                if tls.read_line(&mut head).unwrap_or(0) == 0 {
+                    break;
+                }
+            }
+            let path = head.split(' ').nth(1).unwrap_or_default().to_string();
+            let tls = tls.get_mut();
+            let _ = if path.contains("/manifests/") {
+                write!(
+                    tls,
+                    "HTTP/1.1 200 OK\r\nContent-Type: {}\r\nContent-Length: {}\r\n\r\n",
+                    registry::OCI_MANIFEST,
+                    manifest.len()
+                )
+                .and_then(|()| tls.write_all(&manifest))
+            } else {
+                write!(
+                    tls,
+                    "HTTP/1.1 307 Temporary Redirect\r\nLocation: http://127.0.0.1:9/blob\r\n\
+                     Content-Length: 0\r\n\r\n"
+                )
+            };
+            let _ = tls.flush();
+        }
+    });
+    let roots = cairn_api::fetch::roots_from_pem(&ca.pem()).unwrap();
+    let c = Client::with_limits(roots, None, limits()).unwrap();
+    let r = Reference::parse(&format!("oci://{addr}/cairn/b:1")).unwrap();
+    let e = pull(&c, &r).unwrap_err();
+    assert!(
+        e.contains("redirected to \"http://127.0.0.1:9/blob\", which cannot be fetched: only https:// URLs are fetched"),
+        "{e}"
+    );
+    assert_eq!(e.lines().count(), 1);
 }
