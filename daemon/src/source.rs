@@ -166,7 +166,7 @@ mod tests {
         };
         assert!(stay(Some("1.4.0"), &[]).contains("not newer than the running 1.4.0"));
         assert!(stay(Some("1.3.9"), &[]).contains("not newer"));
-        assert!(stay(Some("1.5.0"), &[digest.clone()]).contains("did not stay"));
+        assert!(stay(Some("1.5.0"), std::slice::from_ref(&digest)).contains("did not stay"));
         assert!(stay(None, &[]).contains("no dev.cairn.bundle.version annotation"));
         assert!(stay(Some("latest"), &[]).contains("not semver"));
     }
