@@ -476,6 +476,8 @@ mod tests {
         fn trust_anchors(pem: &str) -> Result<(), String> {
             match pem.trim() {
                 "ca" => Ok(()),
+                // The documented example's placeholder.
+                pem if pem.starts_with("-----BEGIN CERTIFICATE-----") => Ok(()),
                 _ => Err("no PEM CERTIFICATE block".into()),
             }
         }
@@ -620,6 +622,8 @@ mod tests {
         assert_eq!(c.tries, 2);
         assert_eq!(c.network.hostname.as_deref(), Some("edge-01"));
         assert_eq!(c.network.interfaces[0].settings.addresses.len(), 1);
+        assert!(c.update_source.is_some());
+        assert!(c.registry("registry.example:5000").is_some());
     }
 
     #[test]
