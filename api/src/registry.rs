@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
 use rustls::{ClientConfig, RootCertStore};
-use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 
 use crate::fetch::{self, Answer, Fetch, FetchError, FetchLimits};
@@ -248,26 +248,21 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// An OCI descriptor.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Descriptor {
     pub media_type: String,
     pub digest: String,
     pub size: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub artifact_type: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub platform: Option<Platform>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
 }
 
 /// An index entry's platform.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Platform {
     pub architecture: String,
     pub os: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub variant: Option<String>,
 }
 
@@ -282,22 +277,160 @@ impl fmt::Display for Platform {
 }
 
 /// An image manifest or an index, as far as this client reads them.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+///
+/// Read and written through `serde_json::Value` rather than derived code: the device binary
+/// has a size budget, and the Value code is there already.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ManifestDoc {
     pub schema_version: u32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub media_type: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub artifact_type: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config: Option<Descriptor>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub layers: Option<Vec<Descriptor>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub manifests: Option<Vec<Descriptor>>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
+}
+
+type Object = serde_json::Map<String, Value>;
+
+fn field_str(o: &Object, name: &str) -> Result<Option<String>, String> {
+    match o.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(format!("{name} is not a string")),
+    }
+}
+
+fn need_str(o: &Object, name: &str) -> Result<String, String> {
+    field_str(o, name)?.ok_or_else(|| format!("no {name}"))
+}
+
+fn annotations_of(o: &Object) -> Result<BTreeMap<String, String>, String> {
+    match o.get("annotations") {
+        None | Some(Value::Null) => Ok(BTreeMap::new()),
+        Some(Value::Object(map)) => map
+            .iter()
+            .map(|(k, v)| match v {
+                Value::String(s) => Ok((k.clone(), s.clone())),
+                _ => Err(format!("the annotation {k:?} is not a string")),
+            })
+            .collect(),
+        Some(_) => Err("annotations is not an object".into()),
+    }
+}
+
+fn put_str(o: &mut Object, name: &str, value: &Option<String>) {
+    if let Some(v) = value {
+        o.insert(name.into(), Value::String(v.clone()));
+    }
+}
+
+fn put_annotations(o: &mut Object, annotations: &BTreeMap<String, String>) {
+    if !annotations.is_empty() {
+        let map = annotations
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect();
+        o.insert("annotations".into(), Value::Object(map));
+    }
+}
+
+impl Descriptor {
+    fn from_value(v: &Value) -> Result<Descriptor, String> {
+        let o = v.as_object().ok_or("a descriptor is not an object")?;
+        let platform = match o.get("platform") {
+            None | Some(Value::Null) => None,
+            Some(Value::Object(p)) => Some(Platform {
+                architecture: need_str(p, "architecture")?,
+                os: need_str(p, "os")?,
+                variant: field_str(p, "variant")?,
+            }),
+            Some(_) => return Err("platform is not an object".into()),
+        };
+        Ok(Descriptor {
+            media_type: need_str(o, "mediaType")?,
+            digest: need_str(o, "digest")?,
+            size: o
+                .get("size")
+                .and_then(Value::as_u64)
+                .ok_or("a descriptor without a size")?,
+            artifact_type: field_str(o, "artifactType")?,
+            platform,
+            annotations: annotations_of(o)?,
+        })
+    }
+
+    fn to_value(&self) -> Value {
+        let mut o = Object::new();
+        o.insert("mediaType".into(), Value::String(self.media_type.clone()));
+        o.insert("digest".into(), Value::String(self.digest.clone()));
+        o.insert("size".into(), Value::from(self.size));
+        put_str(&mut o, "artifactType", &self.artifact_type);
+        if let Some(p) = &self.platform {
+            let mut po = Object::new();
+            po.insert("architecture".into(), Value::String(p.architecture.clone()));
+            po.insert("os".into(), Value::String(p.os.clone()));
+            put_str(&mut po, "variant", &p.variant);
+            o.insert("platform".into(), Value::Object(po));
+        }
+        put_annotations(&mut o, &self.annotations);
+        Value::Object(o)
+    }
+}
+
+impl ManifestDoc {
+    /// A manifest or index from its JSON; the error says what is missing or wrong.
+    pub fn parse(bytes: &[u8]) -> Result<ManifestDoc, String> {
+        let v: Value = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        let o = v.as_object().ok_or("not a JSON object")?;
+        let list = |name: &str| -> Result<Option<Vec<Descriptor>>, String> {
+            match o.get(name) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::Array(items)) => items
+                    .iter()
+                    .map(|d| Descriptor::from_value(d).map_err(|e| format!("{name}: {e}")))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map(Some),
+                Some(_) => Err(format!("{name} is not an array")),
+            }
+        };
+        let config = match o.get("config") {
+            None | Some(Value::Null) => None,
+            Some(c) => Some(Descriptor::from_value(c).map_err(|e| format!("config: {e}"))?),
+        };
+        Ok(ManifestDoc {
+            schema_version: o
+                .get("schemaVersion")
+                .and_then(Value::as_u64)
+                .and_then(|n| u32::try_from(n).ok())
+                .ok_or("no schemaVersion")?,
+            media_type: field_str(o, "mediaType")?,
+            artifact_type: field_str(o, "artifactType")?,
+            config,
+            layers: list("layers")?,
+            manifests: list("manifests")?,
+            annotations: annotations_of(o)?,
+        })
+    }
+
+    /// The JSON of the document.
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut o = Object::new();
+        o.insert("schemaVersion".into(), Value::from(self.schema_version));
+        put_str(&mut o, "mediaType", &self.media_type);
+        put_str(&mut o, "artifactType", &self.artifact_type);
+        if let Some(c) = &self.config {
+            o.insert("config".into(), c.to_value());
+        }
+        for (name, list) in [("layers", &self.layers), ("manifests", &self.manifests)] {
+            if let Some(list) = list {
+                let items = list.iter().map(Descriptor::to_value).collect();
+                o.insert(name.into(), Value::Array(items));
+            }
+        }
+        put_annotations(&mut o, &self.annotations);
+        serde_json::to_vec(&Value::Object(o)).expect("a Value is JSON")
+    }
 }
 
 /// A manifest as the registry sent it, its digest checked.
@@ -529,19 +662,15 @@ impl Client {
                 })
             }
         }
-        #[derive(Deserialize)]
-        struct Token {
-            token: Option<String>,
-            access_token: Option<String>,
-        }
-        let token: Token =
+        let token: Value =
             serde_json::from_slice(&answer.body).map_err(|e| RegistryError::Malformed {
                 what: token_what.clone(),
                 why: format!("not a token answer: {e}"),
             })?;
-        let token = token
-            .token
-            .or(token.access_token)
+        let token = ["token", "access_token"]
+            .into_iter()
+            .find_map(|name| token.get(name).and_then(Value::as_str))
+            .map(String::from)
             .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_graphic()))
             .ok_or_else(|| RegistryError::Malformed {
                 what: token_what,
@@ -581,11 +710,10 @@ impl Client {
                 actual: digest,
             });
         }
-        let doc: ManifestDoc =
-            serde_json::from_slice(&answer.body).map_err(|e| RegistryError::Malformed {
-                what: what.clone(),
-                why: format!("not an OCI manifest or index: {e}"),
-            })?;
+        let doc = ManifestDoc::parse(&answer.body).map_err(|e| RegistryError::Malformed {
+            what: what.clone(),
+            why: format!("not an OCI manifest or index: {e}"),
+        })?;
         if doc.schema_version != 2 {
             return Err(RegistryError::Malformed {
                 what,
@@ -941,11 +1069,10 @@ impl Client {
             404 => return Ok(None),
             _ => return Err(status_error(what, &answer)),
         }
-        let doc: ManifestDoc =
-            serde_json::from_slice(&answer.body).map_err(|e| RegistryError::Malformed {
-                what,
-                why: format!("not an index: {e}"),
-            })?;
+        let doc = ManifestDoc::parse(&answer.body).map_err(|e| RegistryError::Malformed {
+            what,
+            why: format!("not an index: {e}"),
+        })?;
         Ok(Some(doc.manifests.unwrap_or_default()))
     }
 
@@ -990,20 +1117,19 @@ impl Client {
         let what = format!("{r}");
         let config_desc = manifest.doc.config.clone().expect("checked in manifest()");
         let config = self.blob_bytes(r, &config_desc, MAX_CONFIG)?;
-        #[derive(Deserialize)]
-        struct Config {
-            architecture: Option<String>,
-            os: Option<String>,
-        }
-        let parsed: Config =
+        let parsed: Value =
             serde_json::from_slice(&config).map_err(|e| RegistryError::Malformed {
                 what: format!("the image config of {what}"),
                 why: format!("not JSON: {e}"),
             })?;
-        let (arch, os) = (
-            parsed.architecture.unwrap_or_default(),
-            parsed.os.unwrap_or_default(),
-        );
+        let text = |name: &str| {
+            parsed
+                .get(name)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string()
+        };
+        let (arch, os) = (text("architecture"), text("os"));
         if arch != platform.architecture || os != platform.os {
             return Err(RegistryError::NoPlatform {
                 what,
@@ -1037,7 +1163,7 @@ impl Client {
             manifests: Some(vec![index_entry]),
             ..ManifestDoc::default()
         };
-        let index = serde_json::to_vec(&index).expect("an index is JSON");
+        let index = index.to_json();
         tar.file("index.json", &index).map_err(io_err)?;
         tar.dir("blobs/").map_err(io_err)?;
         tar.dir("blobs/sha256/").map_err(io_err)?;
@@ -1096,7 +1222,7 @@ pub fn bundle_manifest(
         manifests: None,
         annotations,
     };
-    serde_json::to_vec(&doc).expect("a manifest is JSON")
+    doc.to_json()
 }
 
 /// A blob as it downloads: no byte past the descriptor's size is handed over, and the last
@@ -1334,26 +1460,19 @@ fn form_encode(text: &str) -> String {
 
 /// The registry's own error text (`{"errors":[{"code":…,"message":…}]}`) for a message.
 fn registry_detail(body: &[u8]) -> String {
-    #[derive(Deserialize)]
-    struct Errors {
-        errors: Vec<Entry>,
-    }
-    #[derive(Deserialize)]
-    struct Entry {
-        code: Option<String>,
-        message: Option<String>,
-    }
-    let Ok(errors) = serde_json::from_slice::<Errors>(body) else {
+    let Ok(errors) = serde_json::from_slice::<Value>(body) else {
+        return String::new();
+    };
+    let Some(errors) = errors.get("errors").and_then(Value::as_array) else {
         return String::new();
     };
     let text: Vec<String> = errors
-        .errors
         .iter()
         .take(3)
         .map(|e| {
-            let t = [e.code.as_deref(), e.message.as_deref()]
+            let t = ["code", "message"]
                 .into_iter()
-                .flatten()
+                .filter_map(|name| e.get(name).and_then(Value::as_str))
                 .collect::<Vec<_>>()
                 .join(" ");
             t.chars()
@@ -1460,6 +1579,40 @@ mod tests {
         assert_eq!(v["layers"][0]["digest"], layer.as_str());
         assert_eq!(v["layers"][0]["size"], 6);
         assert_eq!(v["annotations"][ANNOTATION_VERSION], "1.5.0");
+    }
+
+    #[test]
+    fn manifests_parse_and_name_what_is_missing() {
+        let doc = ManifestDoc::parse(&bundle_manifest(&digest_of(b"x"), 1, "t", BTreeMap::new()))
+            .unwrap();
+        assert_eq!(
+            doc.layers.as_ref().unwrap()[0].annotations[ANNOTATION_TITLE],
+            "t"
+        );
+        assert_eq!(ManifestDoc::parse(&doc.to_json()).unwrap(), doc);
+        for (bad, why) in [
+            (&br#"[]"#[..], "not a JSON object"),
+            (br#"{"layers":[]}"#, "no schemaVersion"),
+            (
+                br#"{"schemaVersion":2,"layers":[{"digest":"x","size":1}]}"#,
+                "layers: no mediaType",
+            ),
+            (
+                br#"{"schemaVersion":2,"config":{"mediaType":"a","digest":"x"}}"#,
+                "config: a descriptor without a size",
+            ),
+            (
+                br#"{"schemaVersion":2,"annotations":{"a":1}}"#,
+                "the annotation \"a\" is not a string",
+            ),
+            (
+                br#"{"schemaVersion":2,"manifests":{}}"#,
+                "manifests is not an array",
+            ),
+        ] {
+            let e = ManifestDoc::parse(bad).unwrap_err();
+            assert!(e.contains(why), "{e}");
+        }
     }
 
     #[test]

@@ -318,14 +318,14 @@ fn blob(c: &Client, r: &Reference, media_type: &str, data: &[u8]) -> Descriptor 
 }
 
 fn image_manifest(config: Descriptor, layers: Vec<Descriptor>) -> Vec<u8> {
-    serde_json::to_vec(&ManifestDoc {
+    ManifestDoc {
         schema_version: 2,
         media_type: Some(registry::OCI_MANIFEST.into()),
         config: Some(config),
         layers: Some(layers),
         ..ManifestDoc::default()
-    })
-    .unwrap()
+    }
+    .to_json()
 }
 
 #[test]
@@ -338,15 +338,10 @@ fn a_layer_larger_than_its_descriptor_and_another_artifact_type_are_refused() {
     let config = blob(&c, &r, registry::EMPTY_TYPE, b"{}");
     let mut layer = blob(&c, &r, registry::BUNDLE_LAYER_TYPE, &bytes(10_000, 5));
     layer.size = 9_000;
-    let mut doc: ManifestDoc =
-        serde_json::from_slice(&image_manifest(config, vec![layer])).unwrap();
+    let mut doc = ManifestDoc::parse(&image_manifest(config, vec![layer])).unwrap();
     doc.artifact_type = Some(registry::BUNDLE_ARTIFACT_TYPE.into());
-    c.push_manifest(
-        &r,
-        registry::OCI_MANIFEST,
-        &serde_json::to_vec(&doc).unwrap(),
-    )
-    .unwrap();
+    c.push_manifest(&r, registry::OCI_MANIFEST, &doc.to_json())
+        .unwrap();
     let e = pull(&c, &r).unwrap_err();
     assert!(
         e.contains("larger than the 9000 bytes the manifest says"),
@@ -424,13 +419,13 @@ fn a_multi_arch_index_gives_the_platform_asked_for_as_a_layout_archive() {
             annotations: BTreeMap::new(),
         });
     }
-    let index = serde_json::to_vec(&ManifestDoc {
+    let index = ManifestDoc {
         schema_version: 2,
         media_type: Some(registry::OCI_INDEX.into()),
         manifests: Some(entries.clone()),
         ..ManifestDoc::default()
-    })
-    .unwrap();
+    }
+    .to_json();
     c.push_manifest(&r, registry::OCI_INDEX, &index).unwrap();
 
     for (i, arch) in ["amd64", "arm64"].into_iter().enumerate() {
