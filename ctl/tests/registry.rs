@@ -223,3 +223,15 @@ fn a_bundle_pushed_with_cairnctl_pulls_back_byte_identical() {
     }
     assert!(!Path::new("/tmp/never.cairn").exists());
 }
+
+#[test]
+fn upgrade_checks_an_oci_reference_before_it_connects() {
+    let (ok, _, err) = cairnctl(&["upgrade", "oci://registry.example/Bad:1"], None);
+    assert!(!ok, "{err}");
+    assert_eq!(
+        err.trim_end(),
+        "cairnctl: \"oci://registry.example/Bad:1\" is not an OCI reference: the repository is not lower-case letters, digits and . _ - between slashes"
+    );
+    let (ok, _, err) = cairnctl(&["upgrade", "ftp://x/y"], None);
+    assert!(!ok && err.contains("oci://registry/repo:tag"), "{err}");
+}
