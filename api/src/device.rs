@@ -220,6 +220,11 @@ pub enum UpgradeSource {
     Upload(Upload),
     /// The device fetches it from an `https://` URL (checked to start so).
     Fetch { url: String },
+    /// The device pulls it from an OCI registry: the bundle artifact `reference` names
+    /// (`oci://…`, checked to parse).
+    Registry {
+        reference: crate::registry::Reference,
+    },
 }
 
 /// An uploaded bundle as it arrives, exactly [`Upload::size`] bytes. A read fails when the

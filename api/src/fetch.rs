@@ -200,6 +200,9 @@ const _: fn() = || {
 pub struct Fetch {
     url: Url,
     config: Arc<ClientConfig>,
+    /// Extra request headers (a registry's Accept and Authorization), sent only to the first
+    /// URL's host: a redirect elsewhere (a storage service) does not get them.
+    headers: Vec<(String, String)>,
     limits: FetchLimits,
     first: FirstAnswer,
     received: u64,
@@ -255,23 +258,29 @@ impl Fetch {
         roots: RootCertStore,
         limits: FetchLimits,
     ) -> Result<Fetch, FetchError> {
+        let config = client_config(roots, None).map_err(|why| FetchError::Malformed {
+            url: url.to_string(),
+            why,
+        })?;
+        Fetch::with_config(url, config, Vec::new(), limits)
+    }
+
+    /// [`Fetch::with_limits`] with the caller's TLS config ([`client_config`]) and extra
+    /// request headers, sent to the first URL's host only.
+    pub fn with_config(
+        url: &str,
+        config: Arc<ClientConfig>,
+        headers: Vec<(String, String)>,
+        limits: FetchLimits,
+    ) -> Result<Fetch, FetchError> {
         let parsed = Url::parse(url).map_err(|why| FetchError::Url {
             url: url.to_string(),
             why,
         })?;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(|source| FetchError::Tls {
-                url: parsed.to_string(),
-                source,
-            })?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
         let mut fetch = Fetch {
             url: parsed,
-            config: Arc::new(config),
+            config,
+            headers,
             limits,
             first: FirstAnswer::default(),
             received: 0,
@@ -361,6 +370,11 @@ impl Fetch {
                 url.target,
                 url.authority()
             );
+            if url.same_origin(&self.url) {
+                for (name, value) in &self.headers {
+                    request.push_str(&format!("{name}: {value}\r\n"));
+                }
+            }
             if from > 0 {
                 request.push_str(&format!("Range: bytes={from}-\r\n"));
                 let first = &self.first;
@@ -485,11 +499,25 @@ fn connect(url: &Url, config: &Arc<ClientConfig>, limits: &FetchLimits) -> Resul
     }
 }
 
-/// A whole answer of any status: what [`get`] returns.
+/// A whole answer of any status: what [`get`] and [`request`] return.
 #[derive(Debug, Clone)]
 pub struct Answer {
     pub status: Status,
+    /// Header names in lower case.
+    pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// Where the answer came from, after redirects.
+    pub url: String,
+}
+
+impl Answer {
+    /// The first header of that name (lower case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 /// One GET of a small resource on a service the device runs itself (k3s's API): the caller
@@ -502,80 +530,151 @@ pub fn get(
     config: &Arc<ClientConfig>,
     limits: &FetchLimits,
 ) -> Result<Answer, FetchError> {
-    let url = Url::parse(url).map_err(|why| FetchError::Url {
+    let accept = [("Accept".to_string(), "application/json, */*".to_string())];
+    request("GET", url, &accept, None, false, config, limits)
+}
+
+/// One request, its answer read whole (up to `limits.max_len`) whatever its status: what an
+/// OCI registry client needs beside [`Fetch`]. `headers` go to the first URL's host only.
+/// `body` is sent with its length as Content-Length; a reader that ends early fails the
+/// request. Redirects are followed (to `https://` only) when `follow` is set and there is no
+/// body. Nothing is retried.
+pub fn request(
+    method: &str,
+    url: &str,
+    headers: &[(String, String)],
+    mut body: Option<(&mut dyn Read, u64)>,
+    follow: bool,
+    config: &Arc<ClientConfig>,
+    limits: &FetchLimits,
+) -> Result<Answer, FetchError> {
+    let first = Url::parse(url).map_err(|why| FetchError::Url {
         url: url.to_string(),
         why,
     })?;
-    let mut tls = connect(&url, config, limits)?;
-    let broke = |source| FetchError::Broke {
-        url: url.to_string(),
-        received: 0,
-        source,
-    };
-    let malformed = |why: String| FetchError::Malformed {
-        url: url.to_string(),
-        why,
-    };
-    let request = format!(
-        "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: cairn\r\nAccept: application/json, */*\r\n\
-         Accept-Encoding: identity\r\nConnection: close\r\n\r\n",
-        url.target,
-        url.authority()
-    );
-    tls.write_all(request.as_bytes())
-        .and_then(|()| tls.flush())
-        .map_err(broke)?;
-    let head = match Head::read(&mut tls, limits.max_header) {
-        Ok(head) => head,
-        Err(Broken::Dropped(e)) => return Err(broke(e)),
-        Err(Broken::Malformed(why)) => return Err(malformed(why)),
-    };
-    tls.sock.end_deadline().map_err(broke)?;
-    let framing = head.framing_of(&url)?;
-    if let Framing::Length(len) = framing {
-        if len > limits.max_len {
-            return Err(FetchError::TooLong {
-                url: url.to_string(),
-                len,
-                max: limits.max_len,
-            });
-        }
-    }
-    let mut body = Body {
-        stream: tls,
-        framing,
-        limit: None,
-        url: url.clone(),
-    };
-    let mut out = Vec::new();
-    let mut buf = [0u8; 8192];
+    let mut url = first.clone();
+    let mut redirects = 0;
     loop {
-        match body.read(&mut buf, limits.max_header) {
-            Ok(0) => break,
-            Ok(n) => {
-                if (out.len() + n) as u64 > limits.max_len {
-                    return Err(FetchError::TooLong {
-                        url: url.to_string(),
-                        len: (out.len() + n) as u64,
-                        max: limits.max_len,
-                    });
-                }
-                out.extend_from_slice(&buf[..n]);
+        let mut tls = connect(&url, config, limits)?;
+        let broke = |source| FetchError::Broke {
+            url: url.to_string(),
+            received: 0,
+            source,
+        };
+        let malformed = |why: String| FetchError::Malformed {
+            url: url.to_string(),
+            why,
+        };
+        let mut head = format!(
+            "{method} {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: cairn\r\n\
+             Accept-Encoding: identity\r\nConnection: close\r\n",
+            url.target,
+            url.authority()
+        );
+        if url.same_origin(&first) {
+            for (name, value) in headers {
+                head.push_str(&format!("{name}: {value}\r\n"));
             }
-            Err(Broken::Dropped(e)) => {
-                return Err(FetchError::Broke {
-                    url: url.to_string(),
-                    received: out.len() as u64,
-                    source: e,
-                })
-            }
-            Err(Broken::Malformed(why)) => return Err(malformed(why)),
         }
+        match &body {
+            Some((_, len)) => head.push_str(&format!("Content-Length: {len}\r\n")),
+            None if matches!(method, "POST" | "PUT" | "PATCH") => {
+                head.push_str("Content-Length: 0\r\n")
+            }
+            None => {}
+        }
+        head.push_str("\r\n");
+        tls.write_all(head.as_bytes()).map_err(broke)?;
+        if let Some((reader, len)) = body.as_mut() {
+            let sent = io::copy(&mut reader.take(*len), &mut tls).map_err(broke)?;
+            if sent != *len {
+                return Err(broke(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("the request body ended after {sent} of its {len} bytes"),
+                )));
+            }
+        }
+        tls.flush().map_err(broke)?;
+        let answer = match Head::read(&mut tls, limits.max_header) {
+            Ok(head) => head,
+            Err(Broken::Dropped(e)) => return Err(broke(e)),
+            Err(Broken::Malformed(why)) => return Err(malformed(why)),
+        };
+        tls.sock.end_deadline().map_err(broke)?;
+        let redirect = matches!(answer.status.code, 301 | 302 | 303 | 307 | 308);
+        if follow && body.is_none() && redirect {
+            let Some(location) = answer.get("location") else {
+                return Err(malformed(format!(
+                    "a {} answer without Location",
+                    answer.status.code
+                )));
+            };
+            if redirects == limits.max_redirects {
+                return Err(FetchError::Redirects {
+                    url: first.to_string(),
+                    max: limits.max_redirects,
+                });
+            }
+            redirects += 1;
+            url = url.join(location).map_err(|why| FetchError::BadRedirect {
+                url: url.to_string(),
+                location: quote(location),
+                why,
+            })?;
+            continue;
+        }
+        let empty = method == "HEAD" || matches!(answer.status.code, 204 | 304);
+        let framing = match empty {
+            true => Framing::Length(0),
+            false => answer.framing_of(&url)?,
+        };
+        if let Framing::Length(len) = framing {
+            if len > limits.max_len {
+                return Err(FetchError::TooLong {
+                    url: url.to_string(),
+                    len,
+                    max: limits.max_len,
+                });
+            }
+        }
+        let mut reader = Body {
+            stream: tls,
+            framing,
+            limit: None,
+            url: url.clone(),
+        };
+        let mut out = Vec::new();
+        let mut buf = [0u8; 8192];
+        loop {
+            match reader.read(&mut buf, limits.max_header) {
+                Ok(0) => break,
+                Ok(n) => {
+                    if (out.len() + n) as u64 > limits.max_len {
+                        return Err(FetchError::TooLong {
+                            url: url.to_string(),
+                            len: (out.len() + n) as u64,
+                            max: limits.max_len,
+                        });
+                    }
+                    out.extend_from_slice(&buf[..n]);
+                }
+                Err(Broken::Dropped(e)) => {
+                    return Err(FetchError::Broke {
+                        url: url.to_string(),
+                        received: out.len() as u64,
+                        source: e,
+                    })
+                }
+                Err(Broken::Malformed(why)) => return Err(malformed(why)),
+            }
+        }
+        return Ok(Answer {
+            status: answer.status,
+            headers: answer.headers,
+            body: out,
+            url: url.to_string(),
+        });
     }
-    Ok(Answer {
-        status: head.status,
-        body: out,
-    })
 }
 
 /// A TLS 1.3 client config for [`get`]: servers checked against `roots`, and with `identity`
@@ -971,6 +1070,11 @@ impl Url {
             target: remove_dot_segments(&target),
             ..self.clone()
         })
+    }
+
+    /// The same host and port: where a request's credentials may go.
+    fn same_origin(&self, other: &Url) -> bool {
+        self.host.eq_ignore_ascii_case(&other.host) && self.port == other.port
     }
 
     /// The Host header's value.

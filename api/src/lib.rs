@@ -18,6 +18,7 @@ mod error;
 pub mod fetch;
 mod limits;
 mod policy;
+pub mod registry;
 mod role;
 mod server;
 mod service;
@@ -25,6 +26,8 @@ mod service;
 pub mod subject;
 #[cfg(feature = "testing")]
 pub mod testing;
+#[cfg(feature = "testing")]
+pub mod testing_registry;
 mod tls;
 
 /// The types, the server trait and a transport-generic client generated from the .proto files.

@@ -249,12 +249,17 @@ impl DeviceService for Api {
             }
             Some(upgrade_start::Source::Fetch(proto::Fetch { url })) => {
                 self.check_name("bundle URL", &url)?;
-                if !url.starts_with("https://") {
+                if url.starts_with("oci://") {
+                    let reference = crate::registry::Reference::parse(&url)
+                        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+                    UpgradeSource::Registry { reference }
+                } else if !url.starts_with("https://") {
                     return Err(Status::invalid_argument(format!(
-                        "the bundle URL {url:?} is not https://; the device fetches bundles over HTTPS only"
+                        "the bundle URL {url:?} is not https:// or oci://; the device fetches bundles over HTTPS only"
                     )));
+                } else {
+                    UpgradeSource::Fetch { url }
                 }
-                UpgradeSource::Fetch { url }
             }
             None => {
                 return Err(Status::invalid_argument(

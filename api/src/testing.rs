@@ -350,10 +350,18 @@ impl Device for FakeDevice {
         progress: &mut dyn FnMut(proto::UpgradeProgress),
     ) -> Result<proto::UpgradeDone, DeviceError> {
         self.record(Rpc::Upgrade);
-        let UpgradeSource::Upload(mut upload) = source else {
-            return Err(DeviceError::failed_precondition(
-                "this fake only takes uploads",
-            ));
+        let mut upload = match source {
+            UpgradeSource::Upload(upload) => upload,
+            UpgradeSource::Registry { reference } => {
+                return Err(DeviceError::failed_precondition(format!(
+                    "this fake pulls nothing (asked for {reference})"
+                )))
+            }
+            UpgradeSource::Fetch { .. } => {
+                return Err(DeviceError::failed_precondition(
+                    "this fake only takes uploads",
+                ))
+            }
         };
         let mut file =
             match &self.upload_file {

@@ -48,6 +48,12 @@ impl cairn_facts::config::CertCheck for TlsCheck {
     fn server_identity(cert: &str, key: &str) -> Result<(), String> {
         TlsConfig::check_server_identity(cert.as_bytes(), key.as_bytes()).map_err(|e| e.to_string())
     }
+
+    fn oci_reference(text: &str) -> Result<(), String> {
+        crate::registry::Reference::parse(text)
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
 }
 
 impl TlsConfig {

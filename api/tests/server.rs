@@ -501,6 +501,45 @@ async fn requests_are_checked_before_the_device_sees_them() {
     assert_eq!(status.code(), Code::InvalidArgument);
     assert!(status.message().contains("HTTPS only"), "{status:?}");
     assert!(h.device.take_calls().is_empty());
+    // An oci:// reference is parsed before the device sees it.
+    let oci = |url: &str| proto::UpgradeRequest {
+        message: Some(upgrade_request::Message::Start(proto::UpgradeStart {
+            source: Some(upgrade_start::Source::Fetch(proto::Fetch {
+                url: url.into(),
+            })),
+            reboot: false,
+        })),
+    };
+    let status = admin
+        .upgrade(tokio_stream::iter([oci("oci://registry.example/b")]))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().contains("names no tag (:1.2.0) or digest"),
+        "{status:?}"
+    );
+    assert!(h.device.take_calls().is_empty());
+    let mut answers = admin
+        .upgrade(tokio_stream::iter([oci(
+            "oci://registry.example:5000/cairn/b:1.5.0",
+        )]))
+        .await
+        .unwrap()
+        .into_inner();
+    let status = loop {
+        match answers.message().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the upgrade ended without the device's error"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert_eq!(
+        status.message(),
+        "this fake pulls nothing (asked for registry.example:5000/cairn/b:1.5.0)"
+    );
+    h.device.take_calls();
 
     // A device error keeps its code and its words.
     let status = admin

@@ -1,6 +1,7 @@
 //! cairnctl: the operator's tool. Parses arguments and calls the libraries; nothing else. The
 //! remote commands, cairnctl as the device API's client, are in [`remote`].
 
+mod oci;
 mod remote;
 
 use std::path::{Path, PathBuf};
@@ -133,6 +134,25 @@ enum BundleCommand {
         #[arg(long)]
         to: PathBuf,
         bundle: PathBuf,
+    },
+    /// Upload a bundle to an OCI registry as an artifact (artifactType
+    /// application/vnd.cairn.bundle.v1, one layer, board/arch/version annotations).
+    Push {
+        bundle: PathBuf,
+        /// Where: registry/repository:tag (oci:// in front is optional).
+        reference: String,
+        #[command(flatten)]
+        registry: oci::RegistryArgs,
+    },
+    /// Download a bundle pushed with `bundle push`, byte-identical, its digest checked.
+    Pull {
+        /// registry/repository:tag or registry/repository@sha256:….
+        reference: String,
+        /// The file to write; must not exist.
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        registry: oci::RegistryArgs,
     },
 }
 
@@ -326,6 +346,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bundle(BundleCommand::Verify { pubkeys, bundle }) => {
             bundle_verify(&pubkeys, &bundle)
         }
+        Command::Bundle(BundleCommand::Push {
+            bundle,
+            reference,
+            registry,
+        }) => oci::push(&bundle, &reference, &registry),
+        Command::Bundle(BundleCommand::Pull {
+            reference,
+            out,
+            registry,
+        }) => oci::pull(&reference, &out, &registry),
         Command::Config(ConfigCommand::Validate { file, no_k3s }) => config_validate(&file, no_k3s),
         Command::Gen(GenCommand::Secrets { out, days, name }) => gen_secrets(&out, days, name),
         Command::Config(ConfigCommand::Schema) => {

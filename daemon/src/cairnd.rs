@@ -10,7 +10,8 @@
 //!    ([`crate::kubernetes`]), health ([`health`], gated by both) and updates ([`update`]), then
 //!    the management API ([`remote`]) over all of them.
 //! 5. A trial boot runs the health window and commits or rolls back; a normal boot reports the
-//!    last update. Then bundles from USB sticks ([`sticks`]).
+//!    last update. Then the machine config's `update.source` ([`source`]) and bundles from
+//!    USB sticks ([`sticks`]).
 //!
 //! Every line it prints starts with `cairnd: `; tests and operators read them on the console.
 
@@ -31,7 +32,7 @@ use crate::log::say;
 use crate::settings::{self, Settings};
 use crate::system::{self, Boot};
 use crate::update::Updates;
-use crate::{containers, maintenance, netif, remote, sticks};
+use crate::{containers, maintenance, netif, remote, source, sticks};
 
 /// The role's entry point. Returns only on a fatal error (init restarts it).
 pub fn run() -> ExitCode {
@@ -52,6 +53,7 @@ struct Daemon {
     storage: StorageStatus,
     health: Arc<Health>,
     updates: Arc<Updates>,
+    settings: Arc<Settings>,
     /// Kept for as long as the daemon lives.
     _api: Option<cairn_api::Server>,
 }
@@ -128,7 +130,7 @@ fn start() -> Result<Daemon, String> {
         boot: boot.clone(),
         state,
         events: events.clone(),
-        settings,
+        settings: settings.clone(),
         health: health.clone(),
         updates: updates.clone(),
         kubernetes,
@@ -141,6 +143,7 @@ fn start() -> Result<Daemon, String> {
         storage,
         health,
         updates,
+        settings,
         _api: api,
     })
 }
@@ -207,6 +210,10 @@ fn serve(d: Daemon) -> Result<(), String> {
         // release), nothing else.
         say!("maintenance mode: network and API only");
         d.heart.idle();
+    }
+    match cairn_bundle::Version::parse(&d.boot.release.version) {
+        Ok(running) => source::follow(d.updates.clone(), d.settings.clone(), running),
+        Err(e) => say!("update source not followed: the running version: {e}"),
     }
     sticks::watch(&d.updates, &d.heart)
 }

@@ -15,14 +15,16 @@
 
 use std::fs;
 use std::io::{self, Read};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime};
 
 use cairn_api::proto;
-use cairn_facts::containers::{name_problem, Container, ImageSource, Restart, ARCHIVE_DIR};
+use cairn_facts::containers::{
+    name_problem, Container, ImageSource, Restart, ARCHIVE_DIR, PULLED_DIR,
+};
 use cairn_updater::health::Check;
 
 use crate::block;
@@ -43,6 +45,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const STABLE: Duration = Duration::from_secs(30);
 /// How often a container whose archive is missing looks for it again.
 const ARCHIVE_POLL: Duration = Duration::from_secs(2);
+/// The pause after a registry could not be reached, doubling up to the second.
+const PULL_RETRY: Duration = Duration::from_secs(5);
+const PULL_RETRY_MAX: Duration = Duration::from_secs(300);
 /// Largest archive copied from a stick.
 pub const MAX_ARCHIVE: u64 = 4 << 30;
 /// Stack of the threads per container (supervisor and two output readers): they hold little.
@@ -445,13 +450,34 @@ impl Unit {
     }
 
     /// Checks and imports the image; the error is the one line the container fails with.
-    fn import(&self, c: &Containerd) -> Result<(), String> {
-        let ImageSource::Archive(path) = &self.spec.image;
+    fn import(&self, c: &Containerd, path: &Path) -> Result<(), String> {
         let arch = oci::machine_arch();
         oci::check_archive(path, arch)
             .map_err(|e| format!("image {} refused: {e}", path.display()))?;
         c.import(path, &self.image(), &format!("linux/{arch}"))
             .map_err(|e| format!("importing {}: {e}", path.display()))
+    }
+
+    /// Pulls a registry image into an archive, again with a growing pause while the registry
+    /// cannot be reached; `None` when it cannot be run (said as the container's failure) or
+    /// the unit is stopping.
+    fn pull(&self, image: &cairn_facts::containers::RegistryImage) -> Option<PathBuf> {
+        let name = &self.spec.name;
+        let mut pause = PULL_RETRY;
+        loop {
+            match crate::registry::pull_archive(image, name, Path::new(PULLED_DIR)) {
+                Ok(path) => return Some(path),
+                Err((why, retry)) => {
+                    let why = format!("image {} not pulled: {why}", image.reference);
+                    say!("container {name}: {why}");
+                    self.set_phase(Phase::Failed(why));
+                    if !retry || self.sleep(pause) {
+                        return None;
+                    }
+                    pause = (pause * 2).min(PULL_RETRY_MAX);
+                }
+            }
+        }
     }
 
     fn supervise(self: &Arc<Unit>, c: &Containerd) {
@@ -464,8 +490,18 @@ impl Unit {
                 return;
             }
         }
+        let pulled;
+        let path: &Path = match &self.spec.image {
+            ImageSource::Archive(path) => path,
+            ImageSource::Registry(image) => match self.pull(image) {
+                Some(path) => {
+                    pulled = path;
+                    &pulled
+                }
+                None => return,
+            },
+        };
         // An archive a stick brings later starts the container then.
-        let ImageSource::Archive(path) = &self.spec.image;
         if !path.exists() {
             let why = format!(
                 "image {} is not there yet (a stick's containers/ folder is copied to {ARCHIVE_DIR})",
@@ -479,7 +515,7 @@ impl Unit {
                 }
             }
         }
-        if let Err(e) = self.import(c) {
+        if let Err(e) = self.import(c, path) {
             say!("container {name}: {e}");
             self.set_phase(Phase::Failed(e));
             return;

@@ -32,6 +32,7 @@ pub mod containers;
 pub mod health;
 pub mod kubernetes;
 pub mod settings;
+pub mod source;
 pub mod sticks;
 pub mod update;
 
@@ -47,6 +48,7 @@ pub mod journal;
 pub mod log;
 pub mod netif;
 pub mod oci;
+pub mod registry;
 pub mod storage;
 pub mod system;
 pub mod uevent;

@@ -516,6 +516,16 @@ impl Device for ApiDevice {
                 let mut reader = std::io::BufReader::with_capacity(1 << 20, fetch);
                 self.0.updates.install(&url, &mut reader, len, &mut report)
             }
+            UpgradeSource::Registry { reference } => {
+                let (blob, digest) = self.0.updates.pull(&reference)?;
+                let len = blob.size();
+                let what = format!("oci://{reference}");
+                say!("installing the bundle at {what} (manifest {digest}, {len} bytes)");
+                let mut reader = std::io::BufReader::with_capacity(1 << 20, blob);
+                self.0
+                    .updates
+                    .install(&what, &mut reader, Some(len), &mut report)
+            }
         }
         .inspect_err(|e| say!("{e}"))?;
         say!(

@@ -91,6 +91,12 @@ pub fn changes(old: &Result<MachineConfig, String>, new: &MachineConfig) -> Vec<
     if old.fetch_ca != new.fetch_ca {
         changes.push("update fetch CA".to_string());
     }
+    if old.update_source != new.update_source || old.check_interval != new.check_interval {
+        changes.push("update source (from its next check)".to_string());
+    }
+    if old.registries != new.registries {
+        changes.push("registries".to_string());
+    }
     if old.kubernetes != new.kubernetes {
         changes.push("kubernetes (used from cairnd's next start)".to_string());
     }

@@ -143,7 +143,7 @@ impl Updates {
                     report(p);
                 })
                 .map_err(|e| {
-                    let message = format!("{what} refused: {e}");
+                    let message = format!("{what} refused: {}", chain(&e));
                     failure = Some(install_error(&e, message.clone()));
                     message
                 })
@@ -190,6 +190,51 @@ impl Updates {
             .map_err(|e| DeviceError::internal(format!("update.fetch_ca: {e}")))?;
         cairn_api::fetch::Fetch::new(url, roots)
             .map_err(|e| DeviceError::unavailable(e.to_string()))
+    }
+
+    /// The manifest digests installed from `update.source` so far ([`crate::source`]).
+    pub fn source_tried(&self) -> Vec<String> {
+        fs::read_to_string(self.state.root().join(crate::source::TRIED))
+            .map(|t| t.lines().map(String::from).collect())
+            .unwrap_or_default()
+    }
+
+    /// Adds `digest` to [`Updates::source_tried`] (durably, before its install starts).
+    pub fn record_source_tried(&self, digest: &str) -> Result<(), String> {
+        let mut tried = self.source_tried();
+        tried.retain(|t| t != digest);
+        tried.push(digest.to_string());
+        let keep = tried.len().saturating_sub(16);
+        let text: String = tried[keep..].iter().map(|t| format!("{t}\n")).collect();
+        cairn_updater::state::replace(self.state.root(), crate::source::TRIED, text.as_bytes())
+            .map_err(|e| format!("recording the update source's digest: {e}"))
+    }
+
+    /// Starts pulling the bundle artifact `reference` names from its registry (the machine
+    /// config's CA and credentials for it): the manifest is fetched and checked (digest,
+    /// artifactType, one layer), and the layer comes back as it downloads, checked against
+    /// the manifest's size and digest. A refusal is also an event.
+    pub fn pull(
+        &self,
+        reference: &cairn_api::registry::Reference,
+    ) -> Result<(cairn_api::registry::Blob, String), DeviceError> {
+        let refused = |e: DeviceError| {
+            self.refused(&format!("oci://{reference}"), &e.message);
+            e
+        };
+        let config = self
+            .settings
+            .current()
+            .map_err(|e| refused(DeviceError::internal(format!("the machine config: {e}"))))?;
+        let client = crate::registry::client(&config, reference)
+            .map_err(|e| refused(DeviceError::failed_precondition(e)))?;
+        let (manifest, layer) = client
+            .bundle(reference)
+            .map_err(|e| refused(crate::registry::device_error(e)))?;
+        let blob = client
+            .blob(reference, &layer)
+            .map_err(|e| refused(crate::registry::device_error(e)))?;
+        Ok((blob, manifest.digest))
     }
 
     /// Marks the running slot bad and reboots into the other one (shortly, so that the answer
@@ -478,4 +523,20 @@ fn load_keyring() -> Result<Keyring, String> {
     ring.require_trusted()
         .map_err(|e| format!("{KEYRING}: {e}"))?;
     Ok(ring)
+}
+
+/// An error and its causes on one line (`cannot read the bundle: blob …: wrong digest …`), so
+/// the event names what went wrong in the download too.
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
 }

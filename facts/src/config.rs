@@ -9,6 +9,9 @@
 //!     - {http: "http://127.0.0.1:8080/healthz", status: 200, timeout_s: 2}
 //! update:
 //!   tries: 2
+//!   source: oci://registry.example:5000/cairn/edge:stable
+//! registries:
+//!   - {host: "registry.example:5000", ca: "-----BEGIN CERTIFICATE-----…", username: edge, password: "…"}
 //! network:
 //!   hostname: edge-01
 //!   interfaces:
@@ -23,7 +26,7 @@
 //!
 //! The one idea: [`MachineConfig::parse`] is the only way to a config, and it refuses what the
 //! device could not use, with one line naming the field. The PEM text a config may carry
-//! (`update.fetch_ca`, `api.server_cert`/`server_key`) is checked too, by the [`CertCheck`]
+//! (`update.fetch_ca`, `registries[].ca`, `api.server_cert`/`server_key`) is checked too, by the [`CertCheck`]
 //! named in the type: this crate has no X.509 or TLS code, so the device and cairnctl both
 //! name the management API's (`cairn_api::TlsCheck`) and refuse the same configs.
 
@@ -53,6 +56,11 @@ pub const MAX_TRIES: u32 = 10;
 /// PCRs in a TPM 2.0 bank: `storage.pcrs` takes 0 to `PCR_COUNT - 1` (as `cairn_tpm` does).
 pub const PCR_COUNT: u8 = 24;
 const MAX_PROBES: usize = 32;
+const MAX_REGISTRIES: usize = 32;
+/// The interval between checks of `update.source` when the config sets none, and its bounds.
+pub const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_secs(6 * 3600);
+const MIN_CHECK_S: u64 = 60;
+const MAX_CHECK_S: u64 = 7 * 24 * 3600;
 const MAX_WINDOW_S: u64 = 24 * 3600;
 
 /// The checks of the certificates and keys in a config, which need an X.509 parser and a TLS
@@ -64,6 +72,12 @@ pub trait CertCheck {
     /// `api.server_cert` and `api.server_key`: a certificate chain (PEM, leaf first) and the
     /// leaf's key (PEM), as the API's TLS server would take them.
     fn server_identity(cert: &str, key: &str) -> Result<(), String>;
+    /// `update.source` when it is `oci://…`, and a container's `oci://…` image: an OCI
+    /// reference the registry client takes. The default takes any text.
+    fn oci_reference(text: &str) -> Result<(), String> {
+        let _ = text;
+        Ok(())
+    }
 }
 
 /// A checked machine config; `C` checked the certificates and keys in it.
@@ -74,6 +88,12 @@ pub struct MachineConfig<C> {
     pub tries: u32,
     /// PEM CA certificates for bundle downloads (checked).
     pub fetch_ca: Option<String>,
+    /// Where the device looks for updates by itself: `oci://registry/repo:tag` (checked).
+    pub update_source: Option<String>,
+    /// Time between checks of `update_source`.
+    pub check_interval: Duration,
+    /// OCI registries: their CA and credentials, by host.
+    pub registries: Vec<Registry>,
     pub network: Network,
     /// A server certificate chain and key for the API (PEM), checked to match.
     pub api_identity: Option<(String, String)>,
@@ -84,6 +104,42 @@ pub struct MachineConfig<C> {
     /// Host containers cairnd runs through containerd ([`crate::containers`]).
     pub containers: Vec<Container>,
     checked_by: PhantomData<C>,
+}
+
+/// One `registries:` entry.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Registry {
+    /// `host` or `host:port`, as references name it.
+    pub host: String,
+    /// PEM CA certificates of its HTTPS server (checked); `None`: `update.fetch_ca`.
+    pub ca: Option<String>,
+    /// User name and password, for Basic auth or the token flow.
+    pub credentials: Option<(String, String)>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("host", &self.host)
+            .field("ca", &self.ca.is_some())
+            .field("user", &self.credentials.as_ref().map(|c| &c.0))
+            .finish()
+    }
+}
+
+impl<C> MachineConfig<C> {
+    /// The CA (PEM) and credentials for a registry `host`: its `registries:` entry, the CA
+    /// falling back to `update.fetch_ca`. `None` when the device trusts no CA for it.
+    pub fn registry(&self, host: &str) -> Option<(String, Option<(String, String)>)> {
+        let entry = self
+            .registries
+            .iter()
+            .find(|r| r.host.eq_ignore_ascii_case(host));
+        let ca = entry
+            .and_then(|r| r.ca.clone())
+            .or_else(|| self.fetch_ca.clone())?;
+        Some((ca, entry.and_then(|r| r.credentials.clone())))
+    }
 }
 
 /// `storage:`, read once, on the first boot (the seed config), when STATE and DATA are formatted.
@@ -115,6 +171,9 @@ impl<C> Default for MachineConfig<C> {
             probes: Vec::new(),
             tries: DEFAULT_TRIES,
             fetch_ca: None,
+            update_source: None,
+            check_interval: DEFAULT_CHECK_INTERVAL,
+            registries: Vec::new(),
             network: Network::default(),
             api_identity: None,
             storage: Storage::default(),
@@ -152,6 +211,24 @@ struct Raw {
     /// checked in every update's health window.
     #[serde(default)]
     containers: Vec<RawContainer>,
+    /// OCI registries the device pulls from (`update.source`, `cairnctl upgrade oci://…`,
+    /// container images `oci://…`): the CA of each and its credentials.
+    #[serde(default)]
+    registries: Vec<RawRegistry>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+struct RawRegistry {
+    /// The registry as references name it: `host` or `host:port`.
+    host: String,
+    /// The CA certificates (PEM) of its HTTPS server (default: `update.fetch_ca`).
+    ca: Option<String>,
+    /// A user name, for HTTP Basic or the registry's token server. Needs `password`.
+    username: Option<String>,
+    /// The password of `username`.
+    password: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -199,8 +276,14 @@ struct RawUpdate {
     /// Boots a new slot gets to report healthy (default 2).
     tries: Option<u32>,
     /// The CA certificates (PEM) of the HTTPS servers the device downloads bundles from
-    /// (`cairnctl upgrade https://…`). Without it the device downloads nothing.
+    /// (`cairnctl upgrade https://…`), and of OCI registries without a `registries:` CA.
+    /// Without either the device downloads nothing.
     fetch_ca: Option<String>,
+    /// An OCI reference (`oci://registry/repo:tag`) cairnd checks for a newer bundle at
+    /// every start and every `check_interval_s`, installing and rebooting into it.
+    source: Option<String>,
+    /// Seconds between checks of `source` (60..=604800; default 21600).
+    check_interval_s: Option<u64>,
 }
 
 /// The JSON Schema of the machine config.
@@ -223,7 +306,7 @@ impl<C: CertCheck> MachineConfig<C> {
                 // serde names the Rust type; the user wrote a file.
                 return Err(match e.split_once(", expected struct Raw") {
                     Some((what, _)) => format!(
-                        "{what}: a machine config is a YAML mapping of health, update, network, api, storage, containers and kubernetes"
+                        "{what}: a machine config is a YAML mapping of health, update, network, api, storage, containers, kubernetes and registries"
                     ),
                     None => e,
                 });
@@ -253,6 +336,66 @@ impl<C: CertCheck> MachineConfig<C> {
         if let Some(pem) = raw.update.fetch_ca {
             C::trust_anchors(&pem).map_err(|e| format!("update.fetch_ca: {e}"))?;
             config.fetch_ca = Some(pem);
+        }
+        if let Some(source) = raw.update.source {
+            if !source.starts_with("oci://") {
+                return Err(format!(
+                    "update.source {:?} is not an oci:// reference",
+                    source.chars().take(100).collect::<String>()
+                ));
+            }
+            C::oci_reference(&source).map_err(|e| format!("update.source: {e}"))?;
+            config.update_source = Some(source);
+        }
+        if let Some(s) = raw.update.check_interval_s {
+            if !(MIN_CHECK_S..=MAX_CHECK_S).contains(&s) {
+                return Err(format!(
+                    "update.check_interval_s {s} must be {MIN_CHECK_S}..={MAX_CHECK_S}"
+                ));
+            }
+            config.check_interval = Duration::from_secs(s);
+        }
+        if raw.registries.len() > MAX_REGISTRIES {
+            return Err(format!("registries: more than {MAX_REGISTRIES}"));
+        }
+        for (i, r) in raw.registries.into_iter().enumerate() {
+            let host_ok = !r.host.is_empty()
+                && r.host.len() <= 255
+                && r.host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b));
+            if !host_ok {
+                return Err(format!(
+                    "registries[{i}].host {:?} is not host or host:port",
+                    r.host.chars().take(100).collect::<String>()
+                ));
+            }
+            if config
+                .registries
+                .iter()
+                .any(|o: &Registry| o.host.eq_ignore_ascii_case(&r.host))
+            {
+                return Err(format!("registries[{i}].host {:?} is listed twice", r.host));
+            }
+            if let Some(pem) = &r.ca {
+                C::trust_anchors(pem).map_err(|e| format!("registries[{i}].ca: {e}"))?;
+            }
+            let credentials = match (r.username, r.password) {
+                (None, None) => None,
+                (Some(u), Some(p)) if !u.is_empty() && !u.contains(':') => Some((u, p)),
+                (Some(_), Some(_)) => {
+                    return Err(format!(
+                        "registries[{i}].username must be non-empty and hold no ':'"
+                    ))
+                }
+                (Some(_), None) => return Err(format!("registries[{i}].username needs password")),
+                (None, Some(_)) => return Err(format!("registries[{i}].password needs username")),
+            };
+            config.registries.push(Registry {
+                host: r.host,
+                ca: r.ca,
+                credentials,
+            });
         }
         config.network = raw.network.check()?;
         config.api_identity = match (raw.api.server_cert, raw.api.server_key) {
@@ -287,7 +430,36 @@ impl<C: CertCheck> MachineConfig<C> {
             config.storage.require_encryption = Some(r);
         }
         config.kubernetes = raw.kubernetes.map(RawKubernetes::check).transpose()?;
-        config.containers = containers::check(raw.containers)?;
+        config.containers = containers::check(raw.containers, C::oci_reference)?;
+        // Every registry the device would pull from must be one it can trust.
+        let no_ca = |field: &str, host: &str| {
+            format!(
+                "{field}: the device trusts no CA for the registry {host}: give it one in registries: or set update.fetch_ca"
+            )
+        };
+        if let Some(source) = &config.update_source {
+            let host = source.trim_start_matches("oci://").split('/').next();
+            if let Some(host) = host.filter(|h| config.registry(h).is_none()) {
+                return Err(no_ca("update.source", host));
+            }
+        }
+        let found: Vec<_> = config
+            .containers
+            .iter()
+            .map(|c| match &c.image {
+                containers::ImageSource::Registry(image) => Some(config.registry(image.host())),
+                containers::ImageSource::Archive(_) => None,
+            })
+            .collect();
+        for (i, (c, found)) in config.containers.iter_mut().zip(found).enumerate() {
+            if let containers::ImageSource::Registry(image) = &mut c.image {
+                let Some((ca, credentials)) = found.flatten() else {
+                    return Err(no_ca(&format!("containers[{i}].image"), image.host()));
+                };
+                image.ca = ca;
+                image.credentials = credentials;
+            }
+        }
         Ok(config)
     }
 }
@@ -304,6 +476,8 @@ mod tests {
         fn trust_anchors(pem: &str) -> Result<(), String> {
             match pem.trim() {
                 "ca" => Ok(()),
+                // The documented example's placeholder.
+                pem if pem.starts_with("-----BEGIN CERTIFICATE-----") => Ok(()),
                 _ => Err("no PEM CERTIFICATE block".into()),
             }
         }
@@ -316,6 +490,79 @@ mod tests {
     }
 
     type MachineConfig = super::MachineConfig<Fake>;
+
+    #[test]
+    fn registries_and_the_update_source_name_a_trusted_registry() {
+        let c = MachineConfig::parse(
+            "update: {source: 'oci://reg.example:5000/cairn/b:stable', check_interval_s: 600}\n\
+             registries: [{host: reg.example:5000, ca: ca, username: u, password: p}]\n\
+             containers: [{name: web, image: 'oci://reg.example:5000/web:1'}]",
+        )
+        .unwrap();
+        assert_eq!(
+            c.update_source.as_deref(),
+            Some("oci://reg.example:5000/cairn/b:stable")
+        );
+        assert_eq!(c.check_interval, Duration::from_secs(600));
+        assert_eq!(
+            c.registry("REG.example:5000"),
+            Some(("ca".into(), Some(("u".into(), "p".into()))))
+        );
+        assert_eq!(c.registry("other.example"), None);
+        assert_eq!(
+            c.containers[0].image,
+            containers::ImageSource::Registry(containers::RegistryImage {
+                reference: "oci://reg.example:5000/web:1".into(),
+                ca: "ca".into(),
+                credentials: Some(("u".into(), "p".into())),
+            })
+        );
+        // Without a registries entry the CA is update.fetch_ca's.
+        let c =
+            MachineConfig::parse("update: {fetch_ca: ca, source: 'oci://r.example/b:1'}").unwrap();
+        assert_eq!(c.registry("r.example"), Some(("ca".into(), None)));
+        for (yaml, want) in [
+            (
+                "update: {source: 'https://r.example/b'}",
+                "update.source \"https://r.example/b\" is not an oci:// reference",
+            ),
+            (
+                "update: {source: 'oci://r.example/b:1'}",
+                "update.source: the device trusts no CA for the registry r.example",
+            ),
+            (
+                "containers: [{name: a, image: 'oci://r.example/a:1'}]",
+                "containers[0].image: the device trusts no CA for the registry r.example",
+            ),
+            (
+                "update: {check_interval_s: 5}",
+                "update.check_interval_s 5 must be 60..=604800",
+            ),
+            (
+                "registries: [{host: 'a b'}]",
+                "registries[0].host \"a b\" is not host or host:port",
+            ),
+            (
+                "registries: [{host: a}, {host: A}]",
+                "registries[1].host \"A\" is listed twice",
+            ),
+            (
+                "registries: [{host: a, ca: x}]",
+                "registries[0].ca: no PEM CERTIFICATE block",
+            ),
+            (
+                "registries: [{host: a, username: u}]",
+                "registries[0].username needs password",
+            ),
+            (
+                "registries: [{host: a, password: p}]",
+                "registries[0].password needs username",
+            ),
+        ] {
+            let e = MachineConfig::parse(yaml).unwrap_err();
+            assert!(e.contains(want), "{yaml}: {e}");
+        }
+    }
 
     #[test]
     fn certificates_and_keys_go_through_the_cert_check() {
@@ -375,6 +622,8 @@ mod tests {
         assert_eq!(c.tries, 2);
         assert_eq!(c.network.hostname.as_deref(), Some("edge-01"));
         assert_eq!(c.network.interfaces[0].settings.addresses.len(), 1);
+        assert!(c.update_source.is_some());
+        assert!(c.registry("registry.example:5000").is_some());
     }
 
     #[test]

@@ -15,8 +15,10 @@
 //! `image` is an OCI image layout archive (a tar of `oci-layout`, `index.json` and `blobs/`):
 //! an absolute path on DATA (under `/var/`), read when the container starts (and waited for
 //! while it is not there). A USB stick brings archives: the `*.tar` files in its `containers/`
-//! folder are copied to [`ARCHIVE_DIR`] when it is plugged in. Registry URLs (`https://…`) are
-//! refused for now: the device pulls nothing over the network for containers yet.
+//! folder are copied to [`ARCHIVE_DIR`] when it is plugged in. Or `image` is an OCI reference
+//! `oci://registry/repo:tag` (or `@sha256:…`): cairnd pulls the image for the device's
+//! architecture from the registry (its CA and credentials from the config's `registries:`)
+//! into an archive under [`PULLED_DIR`], and runs that.
 //!
 //! The one idea, as for the rest of the config: [`Container::check`] refuses what cairnd could
 //! not run, with one line naming the field (`containers[1].name: …`).
@@ -41,6 +43,8 @@ const MAX_MEMORY_MIB: u64 = 1 << 20;
 pub const IMAGE_ROOT: &str = "/var/";
 /// Where cairnd copies the archives a USB stick carries in its `containers/` folder.
 pub const ARCHIVE_DIR: &str = "/var/lib/cairn-images";
+/// Where cairnd writes the archives it pulls from registries, one per container.
+pub const PULLED_DIR: &str = "/var/lib/cairn-images/pulled";
 
 /// One host container, checked.
 #[derive(Debug, Clone, PartialEq)]
@@ -63,6 +67,37 @@ pub struct Container {
 pub enum ImageSource {
     /// An OCI image layout archive on DATA.
     Archive(PathBuf),
+    /// An image in an OCI registry, with what the device needs to reach it.
+    Registry(RegistryImage),
+}
+
+/// An `oci://` image and its registry's CA and credentials (from the config's `registries:`,
+/// the CA falling back to `update.fetch_ca`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct RegistryImage {
+    /// `oci://registry/repo:tag` or `…@sha256:…` (checked to parse).
+    pub reference: String,
+    /// PEM; filled in by [`crate::config::MachineConfig::parse`], which refuses a registry
+    /// without one.
+    pub ca: String,
+    pub credentials: Option<(String, String)>,
+}
+
+impl std::fmt::Debug for RegistryImage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryImage")
+            .field("reference", &self.reference)
+            .field("user", &self.credentials.as_ref().map(|c| &c.0))
+            .finish_non_exhaustive()
+    }
+}
+
+impl RegistryImage {
+    /// The registry host the reference names.
+    pub fn host(&self) -> &str {
+        let rest = self.reference.trim_start_matches("oci://");
+        rest.split('/').next().unwrap_or(rest)
+    }
 }
 
 /// When a container that exited is started again.
@@ -88,8 +123,9 @@ pub(crate) struct RawContainer {
     /// Its health check is `container <name>`, and `cairnctl logs <name>` shows its output.
     name: String,
     /// An OCI image layout archive (tar): an absolute path under `/var/` (DATA; a USB stick's
-    /// `containers/*.tar` are copied to `/var/lib/cairn-images/`). Its image must be for the
-    /// device's architecture.
+    /// `containers/*.tar` are copied to `/var/lib/cairn-images/`); or an image in a registry,
+    /// `oci://registry/repo:tag` or `oci://registry/repo@sha256:…` (the registry's CA from
+    /// `registries:` or `update.fetch_ca`). Its image must be for the device's architecture.
     image: String,
     /// The command and its arguments (default: the image's entrypoint and cmd).
     #[serde(default)]
@@ -108,13 +144,17 @@ pub(crate) struct RawContainer {
 }
 
 /// Checks the section; the error is one line naming the field.
-pub(crate) fn check(raw: Vec<RawContainer>) -> Result<Vec<Container>, String> {
+/// `reference` checks an `oci://` image.
+pub(crate) fn check(
+    raw: Vec<RawContainer>,
+    reference: fn(&str) -> Result<(), String>,
+) -> Result<Vec<Container>, String> {
     if raw.len() > MAX_CONTAINERS {
         return Err(format!("containers: more than {MAX_CONTAINERS}"));
     }
     let mut out: Vec<Container> = Vec::with_capacity(raw.len());
     for (i, r) in raw.into_iter().enumerate() {
-        let c = Container::check(r).map_err(|e| format!("containers[{i}].{e}"))?;
+        let c = Container::check(r, reference).map_err(|e| format!("containers[{i}].{e}"))?;
         if out.iter().any(|o| o.name == c.name) {
             return Err(format!(
                 "containers[{i}].name: {:?} is already the name of another container",
@@ -153,11 +193,14 @@ pub fn name_problem(name: &str) -> Option<String> {
 
 impl Container {
     /// The error names the field, without the `containers[i].` prefix.
-    fn check(r: RawContainer) -> Result<Container, String> {
+    fn check(
+        r: RawContainer,
+        reference: fn(&str) -> Result<(), String>,
+    ) -> Result<Container, String> {
         if let Some(e) = name_problem(&r.name) {
             return Err(format!("name: {e}"));
         }
-        let image = image_source(&r.image).map_err(|e| format!("image: {e}"))?;
+        let image = image_source(&r.image, reference).map_err(|e| format!("image: {e}"))?;
         if r.args.len() > MAX_ARGS {
             return Err(format!("args: more than {MAX_ARGS}"));
         }
@@ -209,10 +252,21 @@ impl Container {
     }
 }
 
-fn image_source(text: &str) -> Result<ImageSource, String> {
+fn image_source(
+    text: &str,
+    reference: fn(&str) -> Result<(), String>,
+) -> Result<ImageSource, String> {
+    if text.starts_with("oci://") {
+        reference(text)?;
+        return Ok(ImageSource::Registry(RegistryImage {
+            reference: text.to_string(),
+            ca: String::new(),
+            credentials: None,
+        }));
+    }
     if text.starts_with("https://") || text.starts_with("http://") {
         return Err(format!(
-            "{text:?}: pulling from a registry is not supported yet; give an OCI archive on DATA"
+            "{text:?}: write a registry image as oci://registry/repo:tag"
         ));
     }
     if !text.starts_with(IMAGE_ROOT) {
@@ -232,7 +286,10 @@ mod tests {
 
     fn parse(yaml: &str) -> Result<Vec<Container>, String> {
         let raw: Vec<RawContainer> = serde_norway::from_str(yaml).map_err(|e| e.to_string())?;
-        check(raw)
+        check(raw, |text| match text.contains(':') {
+            true => Ok(()),
+            false => Err("no tag".into()),
+        })
     }
 
     #[test]
@@ -280,7 +337,7 @@ mod tests {
             ("[{name: a, image: /var/../etc/a.tar}]", "is not a plain absolute path"),
             (
                 "[{name: a, image: 'https://registry.example/a:1'}]",
-                "containers[0].image: \"https://registry.example/a:1\": pulling from a registry is not supported yet",
+                "containers[0].image: \"https://registry.example/a:1\": write a registry image as oci://registry/repo:tag",
             ),
             ("[{name: a, image: /var/a.tar, env: {1X: y}}]", "containers[0].env: \"1X\" is not a variable name"),
             ("[{name: a, image: /var/a.tar, memory_mib: 0}]", "containers[0].memory_mib: 0 must be"),

@@ -420,3 +420,98 @@ fn an_install_stopped_before_its_trial_is_armed_is_recorded_as_installing() {
     let mut boot = SdBoot::new(DirFs::new(dev.path("esp")), Some(Slot::A));
     assert_eq!(boot.status().unwrap().next, Some(Slot::A), "B is not armed");
 }
+
+/// The device's registry path as cairnd takes it for `upgrade oci://…`: the bundle artifact's
+/// manifest checked, its layer streamed into the installer as it downloads. Against Debian's
+/// docker-registry (skipped with one line when it is not installed).
+#[test]
+fn a_bundle_pulled_from_a_registry_installs_and_bad_artifacts_install_nothing() {
+    use cairn_api::registry::{self, Client, Reference};
+    use cairn_api::testing_registry::Registry;
+    let Some(reg) = Registry::start(false) else {
+        return;
+    };
+    let rel = Release::new();
+    let ring = keyring();
+    let bytes = rel.bundle(&key());
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("1.1.0.cairn");
+    fs::write(&file, &bytes).unwrap();
+    let client = Client::new(reg.roots(), None).unwrap();
+    let r = Reference::parse(&format!("oci://{}/cairn/qemu-aarch64:1.1.0", reg.host())).unwrap();
+    client
+        .push_bundle(
+            &r,
+            &mut fs::File::open(&file).unwrap(),
+            "1.1.0.cairn",
+            BTreeMap::new(),
+        )
+        .unwrap();
+
+    let pull_and_install = |dev: &Device, r: &Reference| -> Result<String, String> {
+        let (_, layer) = client.bundle(r).map_err(|e| e.to_string())?;
+        let blob = client.blob(r, &layer).map_err(|e| e.to_string())?;
+        let mut reader = std::io::BufReader::with_capacity(1 << 20, blob);
+        dev.installer(&ring)
+            .install(&mut reader, Some(layer.size), &mut |_| {})
+            .map(|done| done.version)
+            .map_err(|e| {
+                // The error and its causes, as cairnd's event shows them.
+                let mut text = e.to_string();
+                let mut cause = std::error::Error::source(&e);
+                while let Some(c) = cause {
+                    text = format!("{text}: {c}");
+                    cause = c.source();
+                }
+                text
+            })
+    };
+
+    let dev = Device::new();
+    assert_eq!(pull_and_install(&dev, &r).unwrap(), "1.1.0");
+    assert_eq!(
+        &fs::read(dev.path("root-b")).unwrap()[..rel.rootfs.len()],
+        &rel.rootfs[..]
+    );
+    assert_eq!(dev.entries(), ["cairn-1-a.conf", "cairn-3-b+2-0.conf"]);
+
+    // An image that is not a bundle: refused before anything is touched.
+    let image = Reference::parse(&format!("{}/cairn/app:1", reg.host())).unwrap();
+    let config = br#"{"architecture":"arm64","os":"linux"}"#;
+    let config_digest = registry::digest_of(config);
+    client
+        .push_blob(
+            &image,
+            &mut std::io::Cursor::new(&config[..]),
+            config.len() as u64,
+            &config_digest,
+        )
+        .unwrap();
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"{}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config_digest}","size":{}}},"layers":[]}}"#,
+        registry::OCI_MANIFEST,
+        config.len()
+    );
+    client
+        .push_manifest(&image, registry::OCI_MANIFEST, manifest.as_bytes())
+        .unwrap();
+    let dev = Device::new();
+    let before = dev.snapshot();
+    let e = pull_and_install(&dev, &image).unwrap_err();
+    assert!(e.contains("is not a Cairn bundle"), "{e}");
+    assert_eq!(dev.snapshot(), before);
+
+    // The registry's copy goes bad in its last byte: the layer's digest stops it before the
+    // installer sees that byte, and no trial is armed.
+    let (_, layer) = client.bundle(&r).unwrap();
+    let path = reg.blob_path(&layer.digest);
+    let mut stored = fs::read(&path).unwrap();
+    *stored.last_mut().unwrap() ^= 0x01;
+    fs::write(&path, &stored).unwrap();
+    let dev = Device::new();
+    let e = pull_and_install(&dev, &r).unwrap_err();
+    assert!(e.contains("wrong digest"), "{e}");
+    let mut boot = SdBoot::new(DirFs::new(dev.path("esp")), Some(Slot::A));
+    assert_eq!(boot.status().unwrap().next, Some(Slot::A));
+    assert_eq!(StateDir::new(dev.path("state")).trial().unwrap(), None);
+}

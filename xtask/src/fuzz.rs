@@ -47,7 +47,10 @@ const PROJECTS: &[(&str, &[&str])] = &[
     ("bundle/fuzz", &["bundle", "manifest"]),
     ("netcfg/fuzz", &["dhcp_reply", "dhcp_frame"]),
     ("luks/fuzz", &["header_json", "header_image"]),
-    ("api/fuzz", &["fetch_answer", "cert_subject"]),
+    (
+        "api/fuzz",
+        &["fetch_answer", "oci_manifest", "cert_subject"],
+    ),
     ("tpm/fuzz", &["tpm_token", "tpm_response"]),
     ("daemon/fuzz", &["uevent", "eventlog"]),
     ("facts/fuzz", &["probe_status"]),

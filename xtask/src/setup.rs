@@ -69,6 +69,9 @@ pub const PACKAGES: &[&str] = &[
     "containerd",
     "runc",
     "busybox-static",
+    // A real OCI registry (distribution 2.8) for the registry client's tests; the tests run
+    // its binary themselves, never its systemd service.
+    "docker-registry",
 ];
 
 /// The package with QEMU's Arm system emulators, fetched from `<codename>-backports`.

@@ -8,6 +8,9 @@
 //!   the first answer's bytes and then, if any remain, the resumed answer's. The reader must
 //!   hand over no more than the limits and the announced length allow, a resumed download
 //!   must keep the first answer's bytes before the cut, and every error is one short line.
+//! - `oci_manifest`: the input is a registry's manifest or index (JSON), also read as an OCI
+//!   reference. A manifest that parses writes back to JSON that parses to the same document;
+//!   every refusal is one line.
 //! - `cert_subject`: the input is a Name's contents. An accepted Name has at most
 //!   `MAX_ATTRIBUTES` attributes, and its log line has no control characters and no line
 //!   breaks, whatever the strings held.
@@ -156,6 +159,27 @@ const CN: &[u8] = &[0x55, 0x04, 0x03];
 const O: &[u8] = &[0x55, 0x04, 0x0a];
 const EMAIL: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x09, 0x01];
 
+/// Reads a manifest (and a reference) as the registry client does; panics on a broken promise.
+pub fn check_manifest(data: &[u8]) {
+    use cairn_api::registry::{ManifestDoc, Reference};
+    match ManifestDoc::parse(data) {
+        Ok(doc) => {
+            let again = ManifestDoc::parse(&doc.to_json()).expect("written JSON parses");
+            assert_eq!(again, doc, "the document changed through its JSON");
+        }
+        Err(e) => assert!(!e.contains('\n'), "a refusal of two lines: {e}"),
+    }
+    if let Ok(text) = std::str::from_utf8(data) {
+        match Reference::parse(text) {
+            Ok(r) => {
+                let again = Reference::parse(&r.to_string()).expect("a written reference parses");
+                assert_eq!(again, r);
+            }
+            Err(e) => assert!(!e.to_string().contains('\n'), "a refusal of two lines: {e}"),
+        }
+    }
+}
+
 /// The seed corpus, as (target, file name, bytes). Panics if a seed is not accepted, since the
 /// fuzzer would then start from the error paths only.
 pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
@@ -250,6 +274,21 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         assert!(Subject::parse(&der).is_ok(), "seed {label} does not parse");
         out.push(("cert_subject", label.into(), der));
     }
+    let layer = cairn_api::registry::digest_of(b"bundle");
+    let bundle = cairn_api::registry::bundle_manifest(&layer, 6, "b.cairn", Default::default());
+    let index = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{layer}","size":500,"platform":{{"architecture":"arm64","os":"linux","variant":"v8"}}}}]}}"#
+    );
+    for (label, bytes) in [
+        ("bundle", bundle),
+        ("index", index.into_bytes()),
+        (
+            "reference",
+            format!("oci://registry.example:5000/a/b:1.2@{layer}").into_bytes(),
+        ),
+    ] {
+        out.push(("oci_manifest", label.into(), bytes));
+    }
     out
 }
 
@@ -260,6 +299,7 @@ mod tests {
         for (target, _, bytes) in super::seeds() {
             match target {
                 "fetch_answer" => super::check_answers(&bytes),
+                "oci_manifest" => super::check_manifest(&bytes),
                 _ => super::check_subject(&bytes),
             }
         }

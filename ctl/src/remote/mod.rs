@@ -71,7 +71,8 @@ pub enum Command {
     },
     /// Install a signed bundle into the other slot and reboot into it.
     Upgrade {
-        /// A bundle file to upload, or an https:// URL the device fetches.
+        /// A bundle file to upload, an https:// URL the device fetches, or an OCI reference
+        /// (oci://registry/repo:tag or @sha256:…) the device pulls.
         bundle: String,
         /// Install it as a trial for the next reboot, without rebooting now.
         #[arg(long)]

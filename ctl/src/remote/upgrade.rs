@@ -41,10 +41,14 @@ impl Source {
         if bundle.starts_with("https://") {
             return Ok(Source::Url(bundle.to_string()));
         }
+        if bundle.starts_with("oci://") {
+            cairn_api::registry::Reference::parse(bundle)?;
+            return Ok(Source::Url(bundle.to_string()));
+        }
         anyhow::ensure!(
             !bundle.contains("://"),
-            "{bundle}: the device fetches bundles over https:// only; give an https:// URL or a \
-             bundle file"
+            "{bundle}: the device fetches bundles over https:// or from an OCI registry \
+             (oci://registry/repo:tag) only; give one of those or a bundle file"
         );
         let path = PathBuf::from(bundle);
         let file =
