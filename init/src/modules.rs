@@ -31,9 +31,10 @@ use crate::log::Logger;
 use crate::paths::{self, limits, read_limited, Paths};
 use crate::sys::Syscalls;
 
-/// Modules loading at once: one per CPU. More does not pay under emulation, where module
-/// loading is mostly CPU work (relocation, page-table and TLB changes every CPU must take part
-/// in) and a busy extra thread only slows the others.
+/// Modules loading at once unless `cairn.module_workers` says otherwise: one per CPU. Under
+/// QEMU's TCG, loading one at a time measured faster (module loading is CPU work there, and
+/// the page-table and TLB changes every CPU must take part in stall a busy second CPU), so the
+/// QEMU boards set `cairn.module_workers=1` (board/src/lib.rs).
 pub fn workers() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }

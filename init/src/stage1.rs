@@ -93,10 +93,11 @@ fn try_run(
     let root_verity = cmdline.verity()?;
     let label = slot.root_partition();
 
-    let (summary, t_modules, partition) = load_modules_and_find(sys, log, paths, label)?;
+    let workers = cmdline.module_workers.unwrap_or_else(modules::workers);
+    let (summary, t_modules, partition) = load_modules_and_find(sys, log, paths, label, workers)?;
     let now = sys.boottime();
     log.info(format_args!(
-        "slot {}: {} modules loaded in {} ms{}, {label} is {} after {} ms",
+        "slot {}: {} modules loaded ({workers} at a time) in {} ms{}, {label} is {} after {} ms",
         slot.as_str(),
         summary.loaded,
         t_modules.saturating_sub(start).as_millis(),
@@ -145,6 +146,7 @@ fn load_modules_and_find(
     log: &Logger,
     paths: &Paths,
     label: &str,
+    workers: usize,
 ) -> Result<(modules::Summary, Duration, partition::Partition)> {
     let Some(graph) = modules::read_graph(log, paths, paths::MODULE_LIST)? else {
         let found = partition::wait_for(sys, paths, label, partition::TIMEOUT)?;
@@ -159,7 +161,7 @@ fn load_modules_and_find(
     let status = match sys.shared() {
         Some(shared) => modules::load_graph(
             &graph,
-            modules::workers(),
+            workers,
             &|e: &modules::Entry| shared.load_module(&paths.at(&e.path), &e.params),
             &mut look,
         ),
@@ -761,7 +763,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("slot a: 3 modules loaded in ") && text.contains(" (evdev not loaded)"),
+            text.contains("slot a: 3 modules loaded (") && text.contains(" (evdev not loaded)"),
             "{text}"
         );
     }
