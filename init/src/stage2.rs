@@ -7,10 +7,11 @@
 //!
 //! ```text
 //! cairn-init: ready slot=a trial=no version=0.1.0 boot_ms=1234
-//! cairn-init: init_ms=412 rss_kib=1320
+//! cairn-init: init_ms=412 rss_kib=1320 anon_kib=40 file_kib=1280
 //! ```
 //!
-//! `boot_ms` is `CLOCK_BOOTTIME` at that moment; `init_ms` runs from stage 1's start (handed over
+//! `boot_ms` is `CLOCK_BOOTTIME` at that moment; `rss_kib` init's resident memory, split into
+//! `anon_kib` (heap, stacks) and `file_kib` (its binary's pages); `init_ms` runs from stage 1's start (handed over
 //! in `CAIRN_INIT_START_NS`) or, on a boot without initramfs, from stage 2's own start. The slot
 //! comes from `CAIRN_SLOT`, else from `cairn.slot` on the command line. If `/proc` is not mounted
 //! (no initramfs), stage 2 mounts the API filesystems itself.
