@@ -597,6 +597,23 @@ pub fn run(images: &[(&'static Board, PathBuf)]) -> Result<()> {
     Ok(())
 }
 
+/// What the rows are made of, below the table.
+const NOTES: &str = "
+Reading the table:
+
+- firmware → kernel includes QEMU's own start and, on the UEFI boards, the firmware and
+  systemd-boot; on rpi4 it is the harness reading the SD card in the firmware's place.
+- init → ready: stage 1 (modules, dm-verity, the containers extension, switch_root), the exec
+  of the root's init and stage 2 (the boot partition, starting cairnd). init's console line
+  `slot a: N modules loaded (k at a time) in … ms` gives the module share of each boot; the QEMU
+  boards load one at a time (`cairn.module_workers=1`, docs/boot-slots.md).
+- RSS of init is `VmRSS` at ready; the next row is the part that is pages of its binary (mapped
+  from the root's page cache, which cairnd, the same file, shares), the rest is heap and stacks.
+- ready → API serving runs from init's ready line to cairnd's `management API on port` line:
+  cairnd serves the API after it has unlocked (or, on the first boot, encrypted) STATE and DATA,
+  started the network and the containers, so the unlock rows are part of it.
+";
+
 /// docs/benchmarks.md: the table and how it was made.
 fn write_doc(table: &Table) -> Result<()> {
     let commit = Command::new("git")
@@ -623,6 +640,7 @@ fn write_doc(table: &Table) -> Result<()> {
         arches.join(", ")
     );
     out.push_str(&table.markdown());
+    out.push_str(NOTES);
     let path = root().join("docs/benchmarks.md");
     std::fs::write(&path, out).with_context(|| format!("writing {}", path.display()))?;
     eprintln!("    wrote {}", path.display());
