@@ -222,7 +222,8 @@ pub const BOARDS: &[Board] = &[
             package: "systemd-boot-efi",
         },
         console: "ttyAMA0",
-        kernel_args: &[],
+        // Under TCG, init's concurrent module loading measured slower than one at a time.
+        kernel_args: &["cairn.module_workers=1"],
         // This kernel has no USB and no driver for any watchdog QEMU's virt machine offers, so
         // softdog is the watchdog (a kernel timer: it catches a hung init or cairnd, not a hung
         // kernel; softlockup_panic and friends on the command line cover what they can of that).
@@ -277,7 +278,7 @@ pub const BOARDS: &[Board] = &[
             package: "systemd-boot-efi",
         },
         console: "ttyS0",
-        kernel_args: &[],
+        kernel_args: &["cairn.module_workers=1"],
         // i6300esb drives the machine's watchdog (QEMU's `-device i6300esb`), a hardware timer
         // that resets the machine however it hangs.
         watchdog_modules: &["i6300esb"],

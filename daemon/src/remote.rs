@@ -105,7 +105,13 @@ pub fn start(api: Api) -> Option<cairn_api::Server> {
     };
     match cairn_api::serve(listener, &tls, Arc::new(ApiDevice(api)), options) {
         Ok(server) => {
-            say!("management API on port {PORT} (mutual TLS)");
+            // boot_ms and rss_kib are what `cargo xtask report` reads for "ready → API serving"
+            // and cairnd's resident memory.
+            say!(
+                "management API on port {PORT} (mutual TLS) boot_ms={} rss_kib={}",
+                boot_ms(),
+                rss_bytes(std::process::id()).map_or(0, |b| b >> 10)
+            );
             Some(server)
         }
         Err(e) => {
@@ -215,6 +221,20 @@ fn write_private(path: &Path, text: &str) -> Result<(), String> {
 }
 
 /// A process's resident memory, from `/proc/<pid>/status`.
+/// `CLOCK_BOOTTIME` in milliseconds: time since the kernel started, as init's ready line counts.
+pub fn boot_ms() -> u128 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into the valid, exclusively borrowed `ts`.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    if rc != 0 {
+        return 0;
+    }
+    std::time::Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32).as_millis()
+}
+
 pub fn rss_bytes(pid: u32) -> Option<u64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     vm_rss(&status)

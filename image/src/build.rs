@@ -169,6 +169,9 @@ pub struct PartitionInfo {
 pub struct KernelInfo {
     pub release: String,
     pub modules: Vec<String>,
+    /// Bytes of the kernel image and of the initramfs, as each slot carries them.
+    pub image_size: u64,
+    pub initramfs_size: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -687,6 +690,10 @@ fn build_staged(opts: &BuildOptions) -> Result<ImageManifest> {
             .collect(),
         kernel: KernelInfo {
             release,
+            image_size: fs::metadata(&kernel)
+                .map_err(|e| Error::io("reading", &kernel, e))?
+                .len(),
+            initramfs_size: initramfs.len() as u64,
             modules: watchdog_files
                 .iter()
                 .chain(&module_files)
@@ -816,6 +823,7 @@ fn initramfs(
             tree.add_file(&dest, 0o644, m.path.clone())?;
         }
         tree.add_file(list_path, 0o644, list.into_bytes())?;
+        tree.add_file(&format!("{list_path}.dep"), 0o644, dep_file(files))?;
     }
     for dir in ["dev", "proc", "sys", "run", "newroot"] {
         tree.add_dir(dir, 0o755)?;
@@ -823,6 +831,22 @@ fn initramfs(
     let mut out = Vec::new();
     cpio::write_cpio(&mut out, &tree, IMAGE_EPOCH)?;
     Ok(out)
+}
+
+/// The `.dep` file init reads next to a module list (init/src/modules.rs): `name: dep …` for
+/// every module with dependencies, so init loads independent modules concurrently.
+pub fn dep_file(files: &[crate::kmod::ModuleFile]) -> Vec<u8> {
+    let mut out = String::new();
+    for m in files.iter().filter(|m| !m.depends.is_empty()) {
+        out.push_str(&m.name);
+        out.push(':');
+        for d in &m.depends {
+            out.push(' ');
+            out.push_str(d);
+        }
+        out.push('\n');
+    }
+    out.into_bytes()
 }
 
 fn root_tree(opts: &BuildOptions) -> Result<Tree> {
@@ -1195,7 +1219,8 @@ mod tests {
             c.contains(&format!(" cairn.roothash={} ", "ab".repeat(32))),
             "{c}"
         );
-        assert!(c.ends_with(" cairn.hashoffset=8192"), "{c}");
+        assert!(c.contains(" cairn.hashoffset=8192"), "{c}");
+        assert!(c.ends_with(&board.kernel_args.join(" ")), "{c}");
         for arg in [
             "panic=5",
             "panic_on_oops=1",

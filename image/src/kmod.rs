@@ -19,6 +19,9 @@ pub struct ModuleFile {
     pub name: String,
     /// Path on the host, inside the unpacked kernel package.
     pub path: PathBuf,
+    /// Canonical names of the loadable modules it depends on (`.modinfo`'s `depends`, built-in
+    /// ones left out); each comes before it in [`ModuleTree::resolve`]'s order.
+    pub depends: Vec<String>,
 }
 
 /// The module tree of one kernel: `<root>/lib/modules/<release>/`.
@@ -126,19 +129,25 @@ impl ModuleTree {
             path: path.clone(),
             reason,
         })?;
+        let mut depends = Vec::new();
         for dep in info
             .iter()
             .filter(|(k, _)| k == "depends")
             .flat_map(|(_, v)| v.split(','))
             .filter(|d| !d.is_empty())
         {
-            self.visit(&canonical_name(dep), order, done, visiting)?;
+            let dep = canonical_name(dep);
+            self.visit(&dep, order, done, visiting)?;
+            if !self.builtin.contains(&dep) {
+                depends.push(dep);
+            }
         }
         visiting.remove(name);
         done.insert(name.to_string());
         order.push(ModuleFile {
             name: name.to_string(),
             path,
+            depends,
         });
         Ok(())
     }
@@ -247,7 +256,7 @@ mod tests {
         let modules: &[(&str, &[&str])] = &[
             (
                 "virtio_blk",
-                &["depends=virtio,virtio_ring", "name=virtio_blk"],
+                &["depends=virtio,virtio_ring,squashfs", "name=virtio_blk"],
             ),
             ("virtio", &["depends=", "name=virtio"]),
             ("virtio_ring", &["depends=virtio", "name=virtio_ring"]),
@@ -287,13 +296,15 @@ mod tests {
         fake_tree(dir.path());
         let tree = ModuleTree::open(dir.path()).unwrap();
         assert_eq!(tree.release(), "6.1.0-test");
-        let names: Vec<_> = tree
-            .resolve(&["virtio-blk", "squashfs", "virtio"])
-            .unwrap()
-            .into_iter()
-            .map(|m| m.name)
-            .collect();
+        let files = tree.resolve(&["virtio-blk", "squashfs", "virtio"]).unwrap();
+        let names: Vec<_> = files.iter().map(|m| m.name.as_str()).collect();
         assert_eq!(names, ["virtio", "virtio_ring", "virtio_blk"]);
+        // The built-in squashfs is no dependency to wait for.
+        assert_eq!(files[2].depends, ["virtio", "virtio_ring"]);
+        assert_eq!(
+            String::from_utf8(crate::build::dep_file(&files)).unwrap(),
+            "virtio_ring: virtio\nvirtio_blk: virtio virtio_ring\n"
+        );
     }
 
     #[test]

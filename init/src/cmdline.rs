@@ -9,6 +9,7 @@
 //! | `cairn.ext.offset` | byte offset of the extension in the root partition (multiple of 4096) | with the hash |
 //! | `cairn.ext.hashoffset` | byte offset of its verity superblock from the extension's start | with the hash |
 //! | `cairn.fatal_delay` | seconds to show a fatal error before rebooting (0..=3600) | 5 |
+//! | `cairn.module_workers` | kernel modules stage 1 loads at once (1..=64) | one per CPU |
 //!
 //! Words are split like the kernel does: on whitespace outside double quotes, with the quotes
 //! removed (`k="a b"` is `k` = `a b`). A repeated key takes its last value. Unknown `cairn.*` keys
@@ -82,6 +83,8 @@ pub struct Cmdline {
     ext_offset: Option<String>,
     ext_hash_offset: Option<String>,
     pub fatal_delay: Duration,
+    /// Modules loaded at once, when the command line sets it.
+    pub module_workers: Option<usize>,
     /// Human-readable problems to log (unknown keys, bad optional values).
     pub warnings: Vec<String>,
 }
@@ -97,6 +100,7 @@ impl Cmdline {
             ext_offset: None,
             ext_hash_offset: None,
             fatal_delay: DEFAULT_FATAL_DELAY,
+            module_workers: None,
             warnings: Vec::new(),
         };
         for word in split(cmdline) {
@@ -117,6 +121,13 @@ impl Cmdline {
                         "ignoring cairn.fatal_delay={value:?} (want 0..={MAX_FATAL_DELAY_S} \
                          seconds); using {} s",
                         DEFAULT_FATAL_DELAY.as_secs()
+                    )),
+                },
+                "module_workers" => match value.parse::<usize>() {
+                    Ok(n @ 1..=64) => out.module_workers = Some(n),
+                    _ => out.warnings.push(format!(
+                        "ignoring cairn.module_workers={value:?} (want 1..=64); loading one \
+                         module per CPU at once"
                     )),
                 },
                 _ => out
@@ -278,6 +289,10 @@ mod tests {
         assert_eq!(c.fatal_delay, DEFAULT_FATAL_DELAY);
         assert!(c.warnings.is_empty());
 
+        let c = Cmdline::parse("cairn.module_workers=1 cairn.module_workers=0");
+        assert_eq!(c.module_workers, Some(1));
+        assert!(c.warnings[0].starts_with("ignoring cairn.module_workers=\"0\""));
+        assert_eq!(Cmdline::parse("cairn.slot=a").module_workers, None);
         let c = Cmdline::parse("cairn.slot=b cairn.fatal_delay=30");
         assert_eq!(c.slot().unwrap(), Slot::B);
         assert_eq!(c.slot().unwrap().root_partition(), "ROOT-B");

@@ -75,6 +75,20 @@ impl Partition {
 }
 
 /// Waits until the partition named `label` and its device node exist.
+/// The partition `label` if it and its device node are there now: one look, no waiting.
+pub fn find(paths: &Paths, label: &str) -> Option<Partition> {
+    pick(paths, &scan(paths), label)
+}
+
+fn pick(paths: &Paths, devs: &[BlockDev], label: &str) -> Option<Partition> {
+    let dev = devs.iter().find(|d| d.partname.as_deref() == Some(label))?;
+    let node = paths.at("dev").join(&dev.devname);
+    node.exists().then(|| Partition {
+        devname: dev.devname.clone(),
+        node,
+    })
+}
+
 pub fn wait_for(
     sys: &dyn Syscalls,
     paths: &Paths,
@@ -84,14 +98,8 @@ pub fn wait_for(
     let start = sys.boottime();
     loop {
         let devs = scan(paths);
-        if let Some(dev) = devs.iter().find(|d| d.partname.as_deref() == Some(label)) {
-            let node = paths.at("dev").join(&dev.devname);
-            if node.exists() {
-                return Ok(Partition {
-                    devname: dev.devname.clone(),
-                    node,
-                });
-            }
+        if let Some(found) = pick(paths, &devs, label) {
+            return Ok(found);
         }
         let waited = sys.boottime().saturating_sub(start);
         if waited >= timeout {

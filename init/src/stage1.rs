@@ -29,12 +29,19 @@ fn arm_watchdog(
     log: &Logger,
     paths: &Paths,
 ) -> std::result::Result<u32, String> {
-    modules::load_list(sys, log, paths, paths::WATCHDOG_MODULE_LIST).map_err(|e| {
-        format!(
-            "{}: a hang will not reset this machine",
-            crate::error::chain(&e)
-        )
-    })?;
+    let summary =
+        modules::load_list(sys, log, paths, paths::WATCHDOG_MODULE_LIST).map_err(|e| {
+            format!(
+                "{}: a hang will not reset this machine",
+                crate::error::chain(&e)
+            )
+        })?;
+    if !summary.failed.is_empty() {
+        return Err(format!(
+            "kernel module {} did not load: a hang will not reset this machine",
+            summary.failed.join(", ")
+        ));
+    }
     let dev = paths.at(paths::DEV_WATCHDOG);
     if !dev.exists() {
         return Err(format!(
@@ -86,38 +93,22 @@ fn try_run(
     let root_verity = cmdline.verity()?;
     let label = slot.root_partition();
 
-    let loaded = modules::load_all(sys, log, paths)?;
-    let t_modules = sys.boottime();
-    let partition = partition::wait_for(sys, paths, label, partition::TIMEOUT)?;
+    let workers = cmdline.module_workers.unwrap_or_else(modules::workers);
+    let (summary, t_modules, partition) = load_modules_and_find(sys, log, paths, label, workers)?;
     let now = sys.boottime();
     log.info(format_args!(
-        "slot {}: {loaded} modules loaded in {} ms, {label} is {} after {} ms",
+        "slot {}: {} modules loaded ({workers} at a time) in {} ms{}, {label} is {} after {} ms",
         slot.as_str(),
+        summary.loaded,
         t_modules.saturating_sub(start).as_millis(),
+        if summary.failed.is_empty() {
+            String::new()
+        } else {
+            format!(" ({} not loaded)", summary.failed.join(", "))
+        },
         partition.node.display(),
-        now.saturating_sub(t_modules).as_millis(),
+        now.saturating_sub(start).as_millis(),
     ));
-    #[cfg(feature = "bench-unverified-root")]
-    {
-        // Benchmark builds only (`cargo xtask report`): the baseline that shows what dm-verity
-        // costs. Shipped images never contain this code.
-        log.warn(format_args!(
-            "slot {}: UNVERIFIED root {} (benchmark build); switching root",
-            slot.as_str(),
-            partition.node.display()
-        ));
-        let _ = &root_verity;
-        return Err(switch_root(
-            sys,
-            log,
-            paths,
-            &partition.node,
-            slot,
-            start,
-            None,
-        ));
-    }
-    #[allow(unreachable_code)]
     let root = verity::open(sys, log, paths, &partition, slot, &root_verity)?;
     log.info(format_args!(
         "slot {}: {label} verified by dm-verity as {} (root hash {}, {} data blocks); \
@@ -142,6 +133,51 @@ fn try_run(
         switch_root(sys, log, paths, &root.node, slot, start, Some(&overlay)),
         slot,
     ))
+}
+
+/// Loads `/etc/cairn/modules`, looking for the partition `label` each time a module has finished
+/// (no polling while modules load: under emulation a polling thread takes CPU time the loaders
+/// need), so the root is usually found the moment its disk's driver is in; waits for it only
+/// after the last module. Returns what loaded, `CLOCK_BOOTTIME` when the last module was in, and
+/// the partition. A module that fails is a console line (naming it); only a root partition that
+/// never appears is fatal.
+fn load_modules_and_find(
+    sys: &dyn Syscalls,
+    log: &Logger,
+    paths: &Paths,
+    label: &str,
+    workers: usize,
+) -> Result<(modules::Summary, Duration, partition::Partition)> {
+    let Some(graph) = modules::read_graph(log, paths, paths::MODULE_LIST)? else {
+        let found = partition::wait_for(sys, paths, label, partition::TIMEOUT)?;
+        return Ok((modules::Summary::default(), sys.boottime(), found));
+    };
+    let mut found = None;
+    let mut look = |_| {
+        if found.is_none() {
+            found = partition::find(paths, label);
+        }
+    };
+    let status = match sys.shared() {
+        Some(shared) => modules::load_graph(
+            &graph,
+            workers,
+            &|e: &modules::Entry| shared.load_module(&paths.at(&e.path), &e.params),
+            &mut look,
+        ),
+        None => modules::load_graph_inline(
+            &graph,
+            &|e: &modules::Entry| sys.load_module(&paths.at(&e.path), &e.params),
+            &mut look,
+        ),
+    };
+    let done = sys.boottime();
+    let summary = modules::report(log, paths, &graph, status);
+    let found = match found {
+        Some(p) => p,
+        None => partition::wait_for(sys, paths, label, partition::TIMEOUT)?,
+    };
+    Ok((summary, done, found))
 }
 
 /// An I/O error mounting or executing from the verified root most likely means a block did not
@@ -697,6 +733,37 @@ mod tests {
         assert!(
             text.contains("loading kernel module softdog")
                 && text.contains("a hang will not reset this machine"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_module_the_root_does_not_need_fails_and_the_boot_goes_on() {
+        let dir = initramfs(&format!("cairn.slot=a {}", verity_args()));
+        let r = dir.path();
+        std::fs::write(
+            r.join(paths::MODULE_LIST),
+            "lib/modules/dm-mod.ko\nlib/modules/dm-verity.ko\nlib/modules/evdev.ko\n\
+             lib/modules/squashfs.ko\n",
+        )
+        .unwrap();
+        std::fs::write(r.join("etc/cairn/modules.dep"), "dm-verity: dm-mod\n").unwrap();
+        let sys = sys_for(&dir);
+        sys.fail_when(
+            |c| matches!(c, Call::LoadModule(p, _) if p.ends_with("evdev.ko")),
+            libc::ENOEXEC,
+        );
+        let (log, mem) = Logger::memory();
+        let err = run(&sys, &log, &Paths::under(r), Duration::ZERO);
+        assert!(matches!(err, Error::Exec { .. }), "{err}");
+        let text = mem.text();
+        assert!(
+            text.contains("loading kernel module evdev (")
+                && text.contains("Exec format error (os error 8)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("slot a: 3 modules loaded (") && text.contains(" (evdev not loaded)"),
             "{text}"
         );
     }

@@ -7,10 +7,11 @@
 //!
 //! ```text
 //! cairn-init: ready slot=a trial=no version=0.1.0 boot_ms=1234
-//! cairn-init: init_ms=412 rss_kib=1320
+//! cairn-init: init_ms=412 rss_kib=1320 anon_kib=40 file_kib=1280
 //! ```
 //!
-//! `boot_ms` is `CLOCK_BOOTTIME` at that moment; `init_ms` runs from stage 1's start (handed over
+//! `boot_ms` is `CLOCK_BOOTTIME` at that moment; `rss_kib` init's resident memory, split into
+//! `anon_kib` (heap, stacks) and `file_kib` (its binary's pages); `init_ms` runs from stage 1's start (handed over
 //! in `CAIRN_INIT_START_NS`) or, on a boot without initramfs, from stage 2's own start. The slot
 //! comes from `CAIRN_SLOT`, else from `cairn.slot` on the command line. If `/proc` is not mounted
 //! (no initramfs), stage 2 mounts the API filesystems itself.
@@ -82,9 +83,14 @@ pub fn parse_release_version(text: &str) -> Option<&str> {
 
 /// `VmRSS:` in kB from `/proc/<pid>/status`.
 pub fn parse_vmrss_kib(status: &str) -> Option<u64> {
+    status_kib(status, "VmRSS:")
+}
+
+/// The kB figure of the `/proc/<pid>/status` line starting with `key`.
+fn status_kib(status: &str, key: &str) -> Option<u64> {
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .find_map(|l| l.strip_prefix(key))?
         .split_whitespace()
         .next()?
         .parse()
@@ -159,11 +165,17 @@ fn print_ready(
         "{}",
         ready_line(facts.slot, facts.trial, &facts.version, now.as_millis())
     ));
-    let rss = read_limited(&paths.at(paths::PROC_STATUS), limits::PROC_STATUS)
-        .ok()
-        .and_then(|s| parse_vmrss_kib(&s));
+    let status = read_limited(&paths.at(paths::PROC_STATUS), limits::PROC_STATUS).ok();
+    let rss = status.as_deref().and_then(parse_vmrss_kib);
+    // What the resident memory is made of: the binary's pages (file) or heap and stacks (anon).
+    let split = status
+        .as_deref()
+        .and_then(|s| Some((status_kib(s, "RssAnon:")?, status_kib(s, "RssFile:")?)))
+        .map_or(String::new(), |(anon, file)| {
+            format!(" anon_kib={anon} file_kib={file}")
+        });
     log.info(format_args!(
-        "{}",
+        "{}{split}",
         timing_line(now.saturating_sub(start).as_millis(), rss)
     ));
 }

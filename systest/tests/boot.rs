@@ -57,6 +57,23 @@ fn boot_and_power_off(board_name: &str) {
         .position(|l| l.contains("cairn-init: ready"))
         .unwrap();
     assert!(mounted < ready_at);
+    // Stage 1 loaded every module of the initramfs (from its dependency graph, as many at once
+    // as the board's command line says) before it found ROOT-A.
+    let modules = before_ready
+        .iter()
+        .find(|l| l.contains("cairn-init: slot a: ") && l.contains(" modules loaded ("))
+        .unwrap_or_else(|| panic!("no modules line:\n{}", before_ready.join("\n")));
+    let workers = board
+        .kernel_args
+        .iter()
+        .find_map(|a| a.strip_prefix("cairn.module_workers="))
+        .expect("the QEMU boards set cairn.module_workers");
+    assert!(
+        modules.contains(&format!(" modules loaded ({workers} at a time) in "))
+            && !modules.contains(" not loaded)")
+            && modules.contains(", ROOT-A is /dev/"),
+        "{modules}"
+    );
     m.wait_for_line(" kernel modules loaded, ", Duration::from_secs(60))
         .unwrap();
     let kernel: Vec<String> = m

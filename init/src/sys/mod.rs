@@ -74,6 +74,11 @@ pub trait Syscalls {
     fn mkdir(&self, path: &Path, mode: u32) -> io::Result<()>;
     /// `open` + `finit_module(2)`.
     fn load_module(&self, path: &Path, params: &str) -> io::Result<()>;
+    /// The same calls, shareable between threads, when the implementation allows it (the real
+    /// one does; the test fake records calls on one thread and answers `None`).
+    fn shared(&self) -> Option<&(dyn Syscalls + Sync)> {
+        None
+    }
     /// Does not return on success for `PowerOff` and `Restart` (the fake does).
     fn reboot(&self, cmd: RebootCmd) -> io::Result<()>;
     /// `reboot(2)` with `LINUX_REBOOT_CMD_RESTART2`: restart, handing `arg` to the firmware.

@@ -68,6 +68,10 @@ impl Syscalls for Real {
         Ok(rustix::fs::mkdir(path, Mode::from_raw_mode(mode))?)
     }
 
+    fn shared(&self) -> Option<&(dyn Syscalls + Sync)> {
+        Some(self)
+    }
+
     fn load_module(&self, path: &Path, params: &str) -> io::Result<()> {
         let file = std::fs::File::open(path)?;
         let params =
