@@ -4,9 +4,11 @@
 //! QEMU board. They find them through the environment xtask sets (CAIRN_IMAGES, CAIRN_CACHE,
 //! CAIRN_DEVICE_BIN_<ARCH>) and are `#[ignore]`d for a plain `cargo test`, which has no images.
 
+pub mod abuse;
 pub mod ctl;
 pub mod fault_init;
 pub mod oci;
+pub mod powercut;
 pub mod release;
 pub mod stick;
 

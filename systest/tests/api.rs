@@ -8,6 +8,11 @@
 //! machine config that trusts a bundle server's CA (`apply-config`, dry run first), and the
 //! operator has the device download the bundle from that HTTPS server on the host (Python's
 //! http.server behind TLS, reached at 10.0.2.2) into slot B without rebooting.
+//!
+//! Before the upgrade, a hostile client that is not ours (Python grpcio, `systest/abuse/`)
+//! tries what a management API must refuse or survive: no certificate, another CA, an expired
+//! certificate, each mutating call with too low a role, an upload dropped halfway, a second
+//! upgrade during one, an oversize message and 100 connections that never speak.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -157,6 +162,66 @@ fn qemu_aarch64_upgrade_and_rollback_with_cairnctl() {
     let (ok, _, stderr) = reader.run(&["upgrade", bundle]);
     assert!(!ok);
     assert!(stderr.contains("operator"), "{stderr}");
+
+    // A hostile client that is not ours: who may not talk, what each role may not do, uploads
+    // cut short or overlapping, an oversize message, a flood of silent connections. Each is
+    // refused or survived; nothing is installed; the device still answers.
+    let seen = cairn_systest::abuse::run(&endpoint, tmp.path(), Path::new(bundle));
+    for case in ["no_certificate", "other_ca", "expired"] {
+        let got = seen[case].as_str().unwrap();
+        assert!(got.starts_with("UNAVAILABLE"), "{case}: {got}");
+    }
+    let denied = seen["denied"].as_object().unwrap();
+    assert_eq!(denied.len(), 16, "{denied:?}");
+    for (call, got) in denied {
+        let got = got.as_str().unwrap();
+        let needs = match call.split_once(' ').unwrap().1 {
+            "ServiceRestart" | "Upgrade" | "Rollback" | "Reboot" => "operator",
+            _ => "admin",
+        };
+        assert!(
+            got.starts_with("PERMISSION_DENIED")
+                && got.contains(&format!("needs the {needs} role")),
+            "{call}: {got}"
+        );
+    }
+    let half = seen["half_upload"].as_str().unwrap();
+    assert!(half.starts_with("CANCELLED"), "{half}");
+    // The device let go of the slot: a new upload was taken within the client's minute.
+    let released = seen["lock_released_s"].as_f64().unwrap();
+    assert!(released < 60.0, "the dropped upload kept the slot: {seen}");
+    eprintln!("figure: an upload dropped halfway lets go of the slot after {released} s");
+    let second = seen["second_upgrade"].as_str().unwrap();
+    assert!(
+        second.starts_with("FAILED_PRECONDITION") && second.contains("already running"),
+        "{second}"
+    );
+    let first = seen["first_upgrade"].as_str().unwrap();
+    assert!(
+        first.starts_with("CANCELLED"),
+        "the first upload got under way: {first}"
+    );
+    let oversize = seen["oversize"].as_str().unwrap();
+    assert!(oversize.starts_with("RESOURCE_EXHAUSTED"), "{oversize}");
+    assert_eq!(seen["during_idle_flood"], "OK", "{seen}");
+    eprintln!(
+        "figure: a good client's Version while 100 silent connections are open: {} s",
+        seen["during_idle_flood_s"]
+    );
+    assert_eq!(seen["after"]["os_version"], "0.1.0", "{seen}");
+    assert_eq!(seen["after"]["running_slot"], "SLOT_A", "{seen}");
+    // Nothing was installed: B is as the image left it and A boots next.
+    let slots = reader.json(&["slots"]);
+    assert_eq!(slots["next_boot"], "a", "{slots}");
+    let b = slots["slots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["slot"] == "b")
+        .unwrap();
+    assert_eq!(b["os_version"], "", "{slots}");
+    assert_ne!(b["state"], "good", "{slots}");
+    assert_ne!(b["state"], "pending", "{slots}");
 
     // Follow cairnd's log on a second connection while the operator upgrades.
     let mut follow = reader
