@@ -116,6 +116,35 @@ pub fn mount_rw_once(dev: &Path, target: &Path, fstype: &str) -> Result<(), Stri
     })
 }
 
+/// The file system `dev` holds, as mount(2) names it: ext4 (what Cairn makes on STATE and DATA)
+/// or vfat (the image's plain STATE, and volumes older releases made), told apart by their
+/// on-disk signatures, so nothing is tried (and no kernel complaint printed) in vain.
+pub fn fs_type(dev: &Path) -> Result<&'static str, String> {
+    use std::os::unix::fs::FileExt;
+    let f = fs::File::open(dev).map_err(|e| format!("opening {}: {e}", dev.display()))?;
+    if cairn_ext4::probe(&f).map_err(|e| format!("reading {}: {e}", dev.display()))? {
+        return Ok("ext4");
+    }
+    let mut boot = [0u8; 512];
+    f.read_exact_at(&mut boot, 0)
+        .map_err(|e| format!("reading {}: {e}", dev.display()))?;
+    // FAT12/16 name their type at 0x36, FAT32 at 0x52; both end the boot sector with 55 AA.
+    let fat =
+        boot[510..] == [0x55, 0xAA] && (&boot[0x36..0x39] == b"FAT" || &boot[0x52..0x55] == b"FAT");
+    if fat {
+        return Ok("vfat");
+    }
+    Err(format!("{} holds neither ext4 nor FAT", dev.display()))
+}
+
+/// Mounts `dev` read-write (no devices, setuid or exec) on `target` with the file system it
+/// holds ([`fs_type`]), unless something is mounted there already; returns the type.
+pub fn mount_rw_found(dev: &Path, target: &Path) -> Result<&'static str, String> {
+    let fstype = fs_type(dev)?;
+    mount_rw_once(dev, target, fstype)?;
+    Ok(fstype)
+}
+
 /// Mounts `dev` read-only, without devices, setuid or exec, trying FAT then ext4; returns the
 /// type that worked.
 pub fn mount_ro_private(dev: &Path, target: &Path) -> Result<&'static str, String> {
