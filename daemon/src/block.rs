@@ -67,16 +67,30 @@ fn cstr(p: &Path) -> io::Result<CString> {
 }
 
 fn mount(source: &Path, target: &Path, fstype: &str, flags: libc::c_ulong) -> io::Result<()> {
+    mount_with(source, target, fstype, flags, None)
+}
+
+fn mount_with(
+    source: &Path,
+    target: &Path,
+    fstype: &str,
+    flags: libc::c_ulong,
+    data: Option<&str>,
+) -> io::Result<()> {
     let (src, dst) = (cstr(source)?, cstr(target)?);
-    let fstype = CString::new(fstype).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    // SAFETY: all pointers are NUL-terminated strings that outlive the call; data is null.
+    let invalid = |_| io::Error::from(io::ErrorKind::InvalidInput);
+    let fstype = CString::new(fstype).map_err(invalid)?;
+    let data = data.map(CString::new).transpose().map_err(invalid)?;
+    // SAFETY: all pointers are NUL-terminated strings (or null for no data) that outlive the
+    // call.
     let r = unsafe {
         libc::mount(
             src.as_ptr(),
             dst.as_ptr(),
             fstype.as_ptr(),
             flags,
-            std::ptr::null(),
+            data.as_ref()
+                .map_or(std::ptr::null(), |d| d.as_ptr().cast()),
         )
     };
     if r == 0 {
@@ -101,11 +115,17 @@ pub fn mount_rw_once(dev: &Path, target: &Path, fstype: &str) -> Result<(), Stri
     if is_mount_point(target) {
         return Ok(());
     }
-    mount(
+    // ext4 without delayed allocation: a file's blocks are allocated as it is written, so the
+    // journal commit that any fsync forces (containerd's database after it unpacked a layer)
+    // writes the data first. With delayed allocation, a power cut within half a minute of an
+    // unpack left committed snapshots holding empty files.
+    let data = (fstype == "ext4").then_some("nodelalloc");
+    mount_with(
         dev,
         target,
         fstype,
         libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        data,
     )
     .map_err(|e| {
         format!(

@@ -470,10 +470,15 @@ impl Unit {
         c.import(path, &self.image(), &format!("linux/{arch}"))
             .map_err(|e| format!("importing {}: {e}", path.display()))?;
         say!("container {name}: imported {} ({digest})", path.display());
-        let kept = record
-            .parent()
-            .map_or(Ok(()), fs::create_dir_all)
-            .and_then(|()| fs::write(&record, digest));
+        // The store on the disk first, then the note: a power cut between them imports again.
+        let kept = block::sync_fs(&c.paths().root)
+            .and_then(|()| record.parent().map_or(Ok(()), fs::create_dir_all))
+            .and_then(|()| {
+                let f = fs::File::create(&record)?;
+                std::io::Write::write_all(&mut &f, digest.as_bytes())?;
+                f.sync_all()
+            })
+            .and_then(|()| record.parent().map_or(Ok(()), block::sync_fs));
         if let Err(e) = kept {
             say!("container {name}: keeping {}: {e}", record.display());
         }

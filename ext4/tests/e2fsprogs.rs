@@ -172,7 +172,7 @@ fn the_kernel_mounts_it_read_write() {
             );
         };
         let umount = || assert!(Command::new("umount").arg(m).status().unwrap().success());
-        mount("rw");
+        mount("rw,nodelalloc");
         let blob: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
         std::fs::create_dir_all(mnt.join("lib/containerd")).unwrap();
         std::fs::write(mnt.join("lib/containerd/blob"), &blob).unwrap();
