@@ -330,4 +330,35 @@ mod tests {
         assert_eq!(disk_of_name_in(&class, "vda2"), "vda");
         assert_eq!(disk_of_name_in(&class, "sda"), "sda");
     }
+
+    /// What cairnd mounts is told by signature: its own ext4, a FAT that dosfstools made (as
+    /// the image's STATE seed and older releases' volumes are), and nothing on a blank one.
+    #[test]
+    fn file_systems_are_told_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let ext4 = dir.path().join("ext4");
+        let f = fs::File::create(&ext4).unwrap();
+        f.set_len(16 << 20).unwrap();
+        let f = fs::File::options()
+            .read(true)
+            .write(true)
+            .open(&ext4)
+            .unwrap();
+        cairn_ext4::format_all(&f, &cairn_ext4::Options::default()).unwrap();
+        assert_eq!(fs_type(&ext4), Ok("ext4"));
+
+        let blank = dir.path().join("blank");
+        fs::File::create(&blank).unwrap().set_len(4 << 20).unwrap();
+        let e = fs_type(&blank).unwrap_err();
+        assert!(e.ends_with("blank holds neither ext4 nor FAT"), "{e}");
+
+        let fat = dir.path().join("fat");
+        fs::File::create(&fat).unwrap().set_len(64 << 20).unwrap();
+        let Ok(out) = std::process::Command::new("mkfs.fat").arg(&fat).output() else {
+            println!("skipped the FAT case: no mkfs.fat (apt-get install dosfstools)");
+            return;
+        };
+        assert!(out.status.success());
+        assert_eq!(fs_type(&fat), Ok("vfat"));
+    }
 }
