@@ -27,8 +27,8 @@
 //! The good and unhealthy updates' machines have no TPM: the first boot makes DATA plain ext4 on
 //! /var (said once, and never again on later boots, updates or rollbacks), which host containers
 //! need; encryption is the storage tests' business. containerd's store lives there: in the good
-//! update, slot B imports the web image on its trial boot and the two boots after it find it in
-//! the store and do not import it again; in the unhealthy one, the archive A copied to DATA is
+//! update, slot B imports the web image on its trial boot and the boots after it find it in the
+//! store and do not import it again; in the unhealthy one, the archive A copied to DATA is
 //! what B's trial imports. Their containers need the container extension in the images.
 
 use std::path::{Path, PathBuf};
@@ -564,22 +564,23 @@ fn good_update(board_name: &str) {
         lines.iter().any(|l| l.contains("security floor 1")),
         "the floor rose to 1"
     );
-    // containerd's store is on DATA: the trial boot imported the image, the two boots after it
-    // found it there; DATA itself was made once, on A's first boot, and kept since.
+    // containerd's store is on DATA: the trial boot imported the image, and the boots after it
+    // found it there (a reset may come before a boot's containers start: at least the last one
+    // got there, since the container answered); DATA itself was made once, on A's first boot.
     assert_eq!(
         count(
             &m,
             "cairnd: container web: imported /var/lib/cairn-images/web.tar (sha256:"
         ),
-        1
+        1,
+        "imported once, on the trial boot"
     );
-    assert_eq!(
+    assert!(
         count(
             &m,
             "cairnd: container web: cairn.local/web:current (sha256:"
-        ),
-        2,
-        "the boots after the trial do not import the image again"
+        ) >= 1,
+        "a boot after the trial finds the image in containerd's store"
     );
     assert_eq!(count(&m, DATA_MADE), 1);
 
