@@ -237,6 +237,11 @@ pub const BOARDS: &[Board] = &[
             "dm_verity",
             "squashfs",
             "vfat",
+            // STATE and DATA are ext4 (with jbd2, mbcache and crc16 from modules.dep); its
+            // metadata checksums ask the crypto API for crc32c, which without modprobe must be
+            // loaded first.
+            "crc32c_generic",
+            "ext4",
             "nls_cp437",
             "nls_ascii",
             "evdev",
@@ -292,6 +297,11 @@ pub const BOARDS: &[Board] = &[
             "dm_verity",
             "squashfs",
             "vfat",
+            // STATE and DATA are ext4 (with jbd2, mbcache and crc16 from modules.dep); its
+            // metadata checksums ask the crypto API for crc32c, which without modprobe must be
+            // loaded first.
+            "crc32c_generic",
+            "ext4",
             "nls_cp437",
             "nls_ascii",
             "button",
@@ -352,6 +362,11 @@ pub const BOARDS: &[Board] = &[
             "dm_verity",
             "squashfs",
             "vfat",
+            // STATE and DATA are ext4 (with jbd2, mbcache and crc16 from modules.dep); its
+            // metadata checksums ask the crypto API for crc32c, which without modprobe must be
+            // loaded first.
+            "crc32c_generic",
+            "ext4",
             "nls_cp437",
             "nls_ascii",
             "evdev",

@@ -46,7 +46,7 @@ pub enum StorageStatus {
     /// STATE and DATA are LUKS2 volumes, unlocked and mounted.
     Encrypted,
     /// Not encrypted, by choice: `storage.encrypt: false`, or no TPM and encryption not
-    /// required. STATE is plain; DATA is not used.
+    /// required. STATE is plain; DATA is plain ext4 on /var ([`plain_data`]).
     Plain(String),
     /// Encryption was wanted and could not be set up; STATE is plain, DATA is not used, and the
     /// next boot tries again.
@@ -166,8 +166,8 @@ fn bring_up_inner(
     storage::close(storage::Volume::Data);
     let state_dev = block::find_partition("STATE")?;
     if !storage::is_luks(&state_dev)? {
-        match block::mount_rw_once(&state_dev, state_mount, "vfat") {
-            Ok(()) => return first_boot(&state_dev, beat).map(|s| (s, None)),
+        match block::mount_rw_found(&state_dev, state_mount) {
+            Ok(_) => return first_boot(&state_dev, beat).map(|s| (s, None)),
             Err(e) => {
                 // Neither LUKS nor FAT: STATE was wiped by a first boot that was cut short, and
                 // DATA holds the seed, unless DATA is not encrypted either.
@@ -309,7 +309,10 @@ fn first_boot(state_dev: &Path, beat: &dyn Fn()) -> Result<StorageStatus, String
             status.summary()
         ),
         StorageStatus::Failed(_) => say!("{}; the next boot tries again", status.summary()),
-        StorageStatus::Plain(_) => say!("{}", status.summary()),
+        StorageStatus::Plain(_) => {
+            say!("{}", status.summary());
+            plain_data(state_dev);
+        }
     }
     Ok(status)
 }
@@ -358,6 +361,13 @@ fn encrypt_first(
     // boot ever ran with it).
     match unused(&data_dev) {
         Ok(true) => {}
+        Ok(false) if block::fs_type(&data_dev) == Ok("ext4") => {
+            return Ok(failed(format!(
+                "{} holds this box's unencrypted /var (plain ext4): not formatting it (save what \
+                 it holds, then wipe DATA to let the box encrypt it)",
+                data_dev.display()
+            )))
+        }
         Ok(false) => {
             return Ok(failed(format!(
                 "{} holds data that Cairn did not put there: not formatting it (flash the whole \
@@ -403,13 +413,51 @@ fn encrypt_first(
             log::leave_data();
             let _ = block::unmount(Path::new(DATA_MOUNT));
             storage::close(storage::Volume::Data);
-            block::mount_rw_once(state_dev, state_mount, "vfat")?;
+            block::mount_rw_found(state_dev, state_mount)?;
             return Ok(failed(format!("encrypting DATA failed: {e}")));
         }
     };
     say!("DATA is encrypted and holds a copy of the seed; now STATE");
     finish_state(state_dev, &seal, &recovery, &seed, started, beat)?;
     Ok(StorageStatus::Encrypted)
+}
+
+/// Plain storage: DATA unencrypted on /var, so container state and cairnd's log are kept on the
+/// disk. DATA is formatted (ext4) only when nothing can be lost, by the rule encryption follows
+/// ([`unused`]); a DATA holding ext4 or FAT (an older release's) is mounted as it is; anything
+/// else is left alone, said once, and /var stays the read-only root's.
+fn plain_data(state_dev: &Path) {
+    if let Err(e) = mount_plain_data(state_dev) {
+        say!("DATA is not used: {e}");
+    }
+}
+
+fn mount_plain_data(state_dev: &Path) -> Result<(), String> {
+    let data_dev = block::find_partition("DATA")?;
+    if unused(&data_dev)? {
+        let started = Instant::now();
+        storage::make_ext4(&data_dev, storage::Volume::Data.fs_label())?;
+        say!(
+            "DATA: made an ext4 file system (not encrypted) in {} ms",
+            started.elapsed().as_millis()
+        );
+    } else if block::fs_type(&data_dev).is_err() {
+        return Err(format!(
+            "{} holds data that Cairn did not put there: not formatting it (wipe DATA to let \
+             the box use it)",
+            data_dev.display()
+        ));
+    }
+    // STATE (the seed) is on the root's /var; DATA goes under it, then STATE back on top.
+    let state_mount = Path::new(STATE_MOUNT);
+    block::unmount(state_mount).map_err(|e| format!("unmounting STATE to mount DATA: {e}"))?;
+    let mounted = mount_data(&data_dev);
+    if mounted.is_err() {
+        log::leave_data();
+        let _ = block::unmount(Path::new(DATA_MOUNT));
+    }
+    mount_state(state_dev)?;
+    mounted
 }
 
 /// Whether `dev` holds nothing a retry could lose: its first MiB is zeros (as the image leaves
@@ -485,7 +533,7 @@ fn remember_client_ca() {
 
 /// DATA on /var, and the log kept there from now on.
 fn mount_data(data: &Path) -> Result<(), String> {
-    block::mount_rw_once(data, Path::new(DATA_MOUNT), "vfat")?;
+    block::mount_rw_found(data, Path::new(DATA_MOUNT))?;
     log::keep_on_data();
     Ok(())
 }
@@ -493,7 +541,7 @@ fn mount_data(data: &Path) -> Result<(), String> {
 /// STATE on /var/lib/cairn, inside DATA.
 fn mount_state(state: &Path) -> Result<(), String> {
     fs::create_dir_all(STATE_MOUNT).map_err(|e| format!("creating {STATE_MOUNT} on DATA: {e}"))?;
-    block::mount_rw_once(state, Path::new(STATE_MOUNT), "vfat")
+    block::mount_rw_found(state, Path::new(STATE_MOUNT)).map(drop)
 }
 
 /// Where cairnd keeps a copy of the client CA certificate (public) for maintenance mode.

@@ -334,6 +334,12 @@ impl Containerd {
         .map(drop)
     }
 
+    /// Whether the store holds an image named `image` (in cairnd's namespace).
+    pub fn has_image(&self, image: &str) -> bool {
+        self.request(&["images", "ls", "-q"])
+            .is_ok_and(|out| out.lines().any(|l| l.trim() == image))
+    }
+
     /// Removes what an earlier run of container `id` left (its task and container, with the
     /// container's snapshot); nothing there is fine.
     pub fn remove(&self, id: &str) {

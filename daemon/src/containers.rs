@@ -50,6 +50,8 @@ const PULL_RETRY: Duration = Duration::from_secs(5);
 const PULL_RETRY_MAX: Duration = Duration::from_secs(300);
 /// Largest archive copied from a stick.
 pub const MAX_ARCHIVE: u64 = 4 << 30;
+/// Under containerd's root: per container, the manifest digest last imported for it.
+const IMPORTED: &str = "cairn-imported";
 /// Stack of the threads per container (supervisor and two output readers): they hold little.
 const STACK: usize = 128 * 1024;
 
@@ -59,24 +61,23 @@ pub const STATE_DIRS: [(&str, Option<&str>, bool); 5] = [
     ("/var/lib/containerd", None, true),
     ("/var/lib/rancher", None, true),
     ("/var/lib/cni", None, false),
-    ("/var/lib/cairn/etc/cni", Some("/etc/cni"), false),
-    ("/var/lib/cairn/etc/rancher", Some("/etc/rancher"), false),
+    ("/var/lib/cairn-etc/cni", Some("/etc/cni"), false),
+    ("/var/lib/cairn-etc/rancher", Some("/etc/rancher"), false),
 ];
 
-/// Makes the runtime's state directories on DATA (and STATE) and binds them where the runtime
-/// looks: /var/lib/containerd and /var/lib/rancher onto themselves so images' programs may run
-/// (DATA is mounted `noexec`), /etc/cni and /etc/rancher (read-only in the root) onto their
-/// copies under /var/lib/cairn/etc. Both slots share them; they survive updates and rollbacks.
+/// Makes the runtime's state directories on DATA and binds them where the runtime looks:
+/// /var/lib/containerd and /var/lib/rancher onto themselves so images' programs may run (DATA
+/// is mounted `noexec`), /etc/cni and /etc/rancher (read-only in the root) onto their copies
+/// under /var/lib/cairn-etc. Both slots share them; they survive updates and rollbacks.
 ///
-/// DATA must be mounted on /var (it is when encrypted; plain storage leaves it unused). On a
-/// DATA whose file system cannot hold container layers (FAT: no symlinks, owners or overlayfs
-/// upper directories), /var/lib/containerd and /var/lib/rancher are memory (tmpfs) instead,
-/// said once: images are imported again from their archives at every boot.
+/// DATA must be mounted on /var (ext4, encrypted or not). On a DATA an older release made FAT
+/// (no symlinks, owners or overlayfs upper directories), /var/lib/containerd and
+/// /var/lib/rancher are memory (tmpfs) instead, said once: images are imported again from their
+/// archives at every boot.
 pub fn prepare_state() -> Result<(), String> {
     if !block::is_mount_point(Path::new("/var")) {
         return Err(
-            "DATA is not mounted on /var (STATE and DATA are not encrypted here, and plain storage leaves DATA unused); host containers need it"
-                .into(),
+            "DATA is not mounted on /var (the console says why); host containers need it".into(),
         );
     }
     for (dir, bound_on, exec) in STATE_DIRS {
@@ -449,13 +450,43 @@ impl Unit {
         format!("cairn.local/{}:current", self.spec.name)
     }
 
-    /// Checks and imports the image; the error is the one line the container fails with.
+    /// Checks the image and imports it, unless containerd's store (on DATA, kept across boots,
+    /// updates and rollbacks) already holds this archive's manifest under the container's image
+    /// name; the error is the one line the container fails with.
     fn import(&self, c: &Containerd, path: &Path) -> Result<(), String> {
+        let name = &self.spec.name;
         let arch = oci::machine_arch();
-        oci::check_archive(path, arch)
+        let checked = oci::check_archive(path, arch)
             .map_err(|e| format!("image {} refused: {e}", path.display()))?;
+        // The manifest last imported for this container, kept inside containerd's root, so a
+        // store in memory (FAT DATA) forgets it with the store.
+        let record = c.paths().root.join(IMPORTED).join(name);
+        let digest = &checked.manifest;
+        if fs::read_to_string(&record).ok().as_deref() == Some(digest.as_str())
+            && c.has_image(&self.image())
+        {
+            say!(
+                "container {name}: {} ({digest}) is in containerd's store already: not imported again",
+                self.image()
+            );
+            return Ok(());
+        }
         c.import(path, &self.image(), &format!("linux/{arch}"))
-            .map_err(|e| format!("importing {}: {e}", path.display()))
+            .map_err(|e| format!("importing {}: {e}", path.display()))?;
+        say!("container {name}: imported {} ({digest})", path.display());
+        // The store on the disk first, then the note: a power cut between them imports again.
+        let kept = block::sync_fs(&c.paths().root)
+            .and_then(|()| record.parent().map_or(Ok(()), fs::create_dir_all))
+            .and_then(|()| {
+                let f = fs::File::create(&record)?;
+                std::io::Write::write_all(&mut &f, digest.as_bytes())?;
+                f.sync_all()
+            })
+            .and_then(|()| record.parent().map_or(Ok(()), block::sync_fs));
+        if let Err(e) = kept {
+            say!("container {name}: keeping {}: {e}", record.display());
+        }
+        Ok(())
     }
 
     /// Pulls a registry image into an archive, again with a growing pause while the registry

@@ -80,7 +80,7 @@ fn install_from(updates: &Updates, dev: &str) -> Result<bool, String> {
     if block::is_mount_point(Path::new("/var")) {
         containers::take_archives(mount, Path::new(ARCHIVE_DIR));
     } else if mount.join("containers").is_dir() {
-        say!("containers/ on the stick not copied: DATA is not mounted on /var (it is used only when encrypted)");
+        say!("containers/ on the stick not copied: DATA is not mounted on /var (the console said why at boot)");
     }
     let result = install_newest(updates, mount);
     if let Err(e) = block::unmount(mount) {

@@ -2,7 +2,7 @@
 //!
 //! The image ships STATE as a plain FAT seed (machine config, API secrets) and DATA empty. On the
 //! first boot with a TPM, cairnd seals a secret ([`new_seal`]) and makes DATA a LUKS2 volume
-//! with a FAT inside ([`create_volume`]), keeps a copy of the seed there, then does the same to
+//! with ext4 inside ([`create_volume`]), keeps a copy of the seed there, then does the same to
 //! STATE (wiping it first) and writes the seed back into it. Each volume gets two keyslots:
 //!
 //! - keyslot 0 opens with a random secret sealed in the TPM to the chosen PCRs (PolicyPCR), kept
@@ -22,7 +22,7 @@
 //! keyslot conventions above; kept together, the conventions are read once.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{Seek, SeekFrom, Write};
+use std::io::{Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -249,18 +249,16 @@ fn wipe(file: &File, dev: &Path, beat: &dyn Fn()) -> Result<(), String> {
         .map_err(|e| format!("wiping {}: {e}", dev.display()))
 }
 
-/// A FAT file system on an opened volume (fatfs picks FAT16 or FAT32 by size).
-fn make_fat(mapped: &Path, label: &[u8; 11]) -> Result<(), String> {
-    let mut f = open_rw(mapped)?;
-    // The volumes have 4096-byte sectors, and Linux mounts no FAT with smaller ones there.
-    let options = fatfs::FormatVolumeOptions::new()
-        .bytes_per_sector(4096)
-        .volume_label(*label);
-    fatfs::format_volume(&mut f, options)
-        .map_err(|e| format!("making a FAT file system on {}: {e}", mapped.display()))?;
-    f.flush()
-        .and_then(|_| f.sync_all())
-        .map_err(|e| format!("syncing {}: {e}", mapped.display()))
+/// An empty ext4 file system (with its journal) on an opened volume, or on plain DATA.
+pub fn make_ext4(dev: &Path, label: &str) -> Result<(), String> {
+    let f = open_rw(dev)?;
+    let opts = cairn_ext4::Options {
+        label: label.into(),
+        ..cairn_ext4::Options::default()
+    };
+    cairn_ext4::format_all(&f, &opts)
+        .map(drop)
+        .map_err(|e| format!("making an ext4 file system on {}: {e}", dev.display()))
 }
 
 /// Formats one volume: keyslot 0 for the TPM secret, keyslot 1 for the recovery key, the
@@ -332,10 +330,11 @@ impl Volume {
         }
     }
 
-    fn fat_label(self) -> &'static [u8; 11] {
+    /// The file system's label inside the volume.
+    pub fn fs_label(self) -> &'static str {
         match self {
-            Volume::State => b"STATE      ",
-            Volume::Data => b"DATA       ",
+            Volume::State => "STATE",
+            Volume::Data => "DATA",
         }
     }
 }
@@ -363,7 +362,7 @@ pub fn wipe_partition(dev: &Path, beat: &dyn Fn()) -> Result<(), String> {
 }
 
 /// Makes `dev` a LUKS2 volume (see the module docs) for `seal` and `recovery`, maps it and
-/// puts an empty FAT file system in it; returns the mapping's device node.
+/// puts an empty ext4 file system in it; returns the mapping's device node.
 pub fn create_volume(
     dev: &Path,
     which: Volume,
@@ -381,7 +380,7 @@ pub fn create_volume(
     )?;
     beat();
     let mapped = map(which.map_name(), &luks, &key, dev, &file)?;
-    make_fat(&mapped, which.fat_label())?;
+    make_ext4(&mapped, which.fs_label())?;
     Ok(mapped)
 }
 

@@ -90,6 +90,7 @@ impl Drop for Stop {
 /// An archive of a busybox image for `arch` serving "hello from <name>" on `port`, after
 /// printing a line.
 fn web_archive(dir: &Path, name: &str, arch: &str, port: u16) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
     let busybox = std::fs::read(BUSYBOX).unwrap();
     let page = format!("hello from {name}\n");
     let script = format!("echo {name} starting; exec httpd -f -p 127.0.0.1:{port} -h /www");
@@ -385,6 +386,58 @@ fn host_containers_run_restart_gate_health_and_refuse_bad_images() {
             "hand",
         ])
         .output();
+    // The next boot: containerd starts again on the same store (DATA), and cairnd finds the
+    // image it imported before under the same manifest: it runs it without importing it again.
+    for c in stop.0.drain(..) {
+        c.stop();
+    }
+    containerd.stop();
+    let containerd = Containerd::start(paths(dir.path(), "a")).unwrap();
+    stop.1 = Some(containerd.clone());
+    let seen = cairn_daemon::log::ring().after(0, usize::MAX, Duration::ZERO);
+    let from = seen.entries.last().map_or(0, |(n, _)| *n);
+    let reboot = Containers::start_on(containerd.clone(), &[container("web", &web, Some(&probe))]);
+    stop.0.push(reboot.clone());
+    wait_for(
+        "the container after the restart",
+        Duration::from_secs(60),
+        || get(port),
+    );
+    let lines: Vec<String> = cairn_daemon::log::ring()
+        .after(from, usize::MAX, Duration::ZERO)
+        .entries
+        .into_iter()
+        .map(|(_, (_, l))| l)
+        .filter(|l| l.starts_with("container web:"))
+        .collect();
+    assert!(
+        lines.iter().any(
+            |l| l.starts_with("container web: cairn.local/web:current (sha256:")
+                && l.ends_with("is in containerd's store already: not imported again")
+        ),
+        "{lines:?}"
+    );
+    assert!(!lines.iter().any(|l| l.contains("imported /")), "{lines:?}");
+    // A different archive under the same name is imported.
+    reboot.stop();
+    let other_port = free_port();
+    let newer = web_archive(&dir.path().join("newer"), "web", host_arch(), other_port);
+    let replaced = Containers::start_on(containerd.clone(), &[container("web", &newer, None)]);
+    stop.0.push(replaced.clone());
+    wait_for(
+        "the replaced image to answer",
+        Duration::from_secs(60),
+        || get(other_port),
+    );
+    let imported = cairn_daemon::log::ring()
+        .after(from, usize::MAX, Duration::ZERO)
+        .entries
+        .into_iter()
+        .any(|(_, (_, l))| {
+            l.starts_with("container web: imported ") && l.contains("newer/web.tar")
+        });
+    assert!(imported);
+
     println!(
         "host container start (request -> answering): cairnd {} ms, ctr by hand {} ms",
         cairnd_start.as_millis(),

@@ -24,9 +24,12 @@
 //!   with no hand on it. Boot counting spends B's tries and A comes back, reporting the update
 //!   abandoned, in its log and in the events.
 //!
-//! The good and unhealthy updates' machines have a TPM, so that DATA is encrypted and mounted
-//! on /var: host containers need it. Their containers need the container extension in the
-//! images.
+//! The good and unhealthy updates' machines have no TPM: the first boot makes DATA plain ext4 on
+//! /var (said once, and never again on later boots, updates or rollbacks), which host containers
+//! need; encryption is the storage tests' business. containerd's store lives there: in the good
+//! update, slot B imports the web image on its trial boot and the boots after it find it in the
+//! store and do not import it again; in the unhealthy one, the archive A copied to DATA is
+//! what B's trial imports. Their containers need the container extension in the images.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -35,7 +38,7 @@ use serde_json::Value;
 
 use cairn_board::Board;
 use cairn_image::RootExtras;
-use cairn_qemu::{free_local_port, LaunchOptions, Machine, PortForward, Swtpm};
+use cairn_qemu::{free_local_port, LaunchOptions, Machine, PortForward};
 use cairn_systest::ctl::Ctl;
 use cairn_systest::fault_init::{self, Fault};
 use cairn_systest::release::{build_release, dev_key, sign_bundle};
@@ -59,9 +62,6 @@ struct Rig {
     port: u16,
     /// The host port forwarded to the guest's [`WEB_PORT`] (a host container).
     web_port: u16,
-    /// A TPM for the machine: with it, STATE and DATA are encrypted on the first boot and DATA
-    /// is mounted on /var, which host containers need (plain storage leaves DATA unused).
-    tpm: Option<Swtpm>,
 }
 
 impl Rig {
@@ -78,7 +78,6 @@ impl Rig {
             sticks: 0,
             port: free_local_port().unwrap(),
             web_port: free_local_port().unwrap(),
-            tpm: None,
         }
     }
 
@@ -128,14 +127,7 @@ impl Rig {
             PortForward::new(self.port, API_PORT),
             PortForward::new(self.web_port, WEB_PORT),
         ];
-        opts.tpm = self.tpm.as_ref().map(|t| t.socket_path().to_path_buf());
         Machine::launch(opts).unwrap()
-    }
-
-    /// Gives the machine a TPM (see [`Rig::tpm`]).
-    fn with_tpm(mut self) -> Rig {
-        self.tpm = Some(Swtpm::start(&self.tmp.path().join("tpm"), 0).unwrap());
-        self
     }
 
     /// Plugs in a stick holding `files`; returns its id.
@@ -147,6 +139,14 @@ impl Rig {
         m.attach_stick(&path, &id).unwrap();
         id
     }
+}
+
+/// What cairnd says when it makes plain DATA (no TPM): once per machine.
+const DATA_MADE: &str = "cairnd: DATA: made an ext4 file system (not encrypted)";
+
+/// How many console lines so far contain `needle`, over every boot of the machine.
+fn count(m: &Machine, needle: &str) -> usize {
+    m.lines().iter().filter(|l| l.contains(needle)).count()
 }
 
 /// Waits for the next ready line and returns (slot, trial, version).
@@ -320,7 +320,7 @@ fn altered(bundle: &Path, f: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
 fn good_update(board_name: &str) {
     let _serial = qemu_lock();
     let since = start_ms();
-    let mut rig = Rig::new(board_name).with_tpm();
+    let mut rig = Rig::new(board_name);
     // The new system runs a host container from an archive the update's stick brings (A
     // copies it onto DATA, which both slots share).
     let web = busybox_archive(
@@ -358,7 +358,6 @@ fn good_update(board_name: &str) {
             sticks: 0,
             port: 0,
             web_port: 0,
-            tpm: None,
         };
         let dir = other.image("other", NEW_VERSION, 1, RootExtras::default());
         let b = other.bundle(&dir, &dev_key());
@@ -383,6 +382,7 @@ fn good_update(board_name: &str) {
     assert_eq!(ready(&mut m), s("a", "no", "0.1.0"));
     m.wait_for_line("cairnd: waiting for update bundles", STEP_TIMEOUT)
         .unwrap();
+    assert_eq!(count(&m, DATA_MADE), 1, "no TPM: DATA is made plain ext4");
 
     // Each refusal names its problem, and the machine stays on A with nothing installed.
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
@@ -564,6 +564,25 @@ fn good_update(board_name: &str) {
         lines.iter().any(|l| l.contains("security floor 1")),
         "the floor rose to 1"
     );
+    // containerd's store is on DATA: the trial boot imported the image, and the boots after it
+    // found it there (a reset may come before a boot's containers start: at least the last one
+    // got there, since the container answered); DATA itself was made once, on A's first boot.
+    assert_eq!(
+        count(
+            &m,
+            "cairnd: container web: imported /var/lib/cairn-images/web.tar (sha256:"
+        ),
+        1,
+        "imported once, on the trial boot"
+    );
+    assert!(
+        count(
+            &m,
+            "cairnd: container web: cairn.local/web:current (sha256:"
+        ) >= 1,
+        "a boot after the trial finds the image in containerd's store"
+    );
+    assert_eq!(count(&m, DATA_MADE), 1);
 
     // The original 0.1.0 system, security level 0, is now below the floor.
     let old = rig.bundle(&image_dir(rig.board), &dev_key());
@@ -591,7 +610,7 @@ fn good_update(board_name: &str) {
 fn unhealthy_update(board_name: &str) {
     let _serial = qemu_lock();
     let since = start_ms();
-    let mut rig = Rig::new(board_name).with_tpm();
+    let mut rig = Rig::new(board_name);
     // Three reasons at once: a probe that never passes, a network section the kernel refuses
     // (it names an interface the machine does not have), and a host container that runs but
     // never answers its probe.
@@ -719,6 +738,16 @@ fn unhealthy_update(board_name: &str) {
     holds(&b, "bad", NEW_VERSION, since);
     m.system_reset().unwrap();
     assert_eq!(ready(&mut m), s("a", "no", "0.1.0"));
+    // B's trial imported the archive A had copied onto DATA; DATA was made once, on A's first
+    // boot, and kept through the trial and the rollback.
+    assert_eq!(
+        count(
+            &m,
+            "cairnd: container sick: imported /var/lib/cairn-images/sick.tar"
+        ),
+        1
+    );
+    assert_eq!(count(&m, DATA_MADE), 1);
     stop(m);
 }
 

@@ -38,6 +38,8 @@ pub const PACKAGES: &[&str] = &[
     "cpio",
     // cryptsetup and veritysetup, for the LUKS2 and dm-verity interop tests.
     "cryptsetup-bin",
+    // e2fsck, dumpe2fs and debugfs check the ext4 file systems cairnd makes.
+    "e2fsprogs",
     // fw_printenv/fw_setenv and mkimage, for the U-Boot environment and boot script.
     "libubootenv-tool",
     "u-boot-tools",
