@@ -7,11 +7,12 @@
 use std::time::{Duration, SystemTime};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-    KeyUsagePurpose, PublicKeyData as _, PKCS_ECDSA_P256_SHA256,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, DnValue,
+    ExtendedKeyUsagePurpose, IsCa, KeyIdMethod, KeyPair, KeyUsagePurpose, PublicKeyData as _,
+    PKCS_ECDSA_P256_SHA256,
 };
-use x509_parser::prelude::X509Certificate;
 
+use crate::der::{self, Cert, OID_CLIENT_AUTH, OID_SERVER_AUTH};
 use crate::error::{Error, Result};
 use crate::fingerprint::Fingerprint;
 use crate::inspect::{parse_der, pem_block, validity_of};
@@ -141,8 +142,8 @@ impl Ca {
     fn from_parts(cert_der: Vec<u8>, key: KeyPair) -> Result<Ca> {
         let cert = parse_der(&cert_der, "the CA certificate")?;
         let kind = kind_of(&cert)?;
-        let fingerprint = Fingerprint::of_spki(cert.public_key().raw);
-        if key.subject_public_key_info() != cert.public_key().raw {
+        let fingerprint = Fingerprint::of_spki(cert.spki);
+        if key.subject_public_key_info() != cert.spki {
             return Err(Error::KeyMismatch { ca: fingerprint });
         }
         let validity = validity_of(&cert);
@@ -197,43 +198,91 @@ impl Ca {
                 needed: kind,
             });
         }
-        rcgen::Issuer::from_ca_cert_der(&self.cert_der.as_slice().into(), &self.key).map_err(
-            |source| Error::Generate {
-                what: format!(
-                    "an issuer from {} CA {}",
-                    self.kind.name(),
-                    self.fingerprint
+        let what = || {
+            format!(
+                "an issuer from {} CA {}",
+                self.kind.name(),
+                self.fingerprint
+            )
+        };
+        let bad = |reason: String| Error::Parse {
+            what: what(),
+            reason,
+        };
+        let cert = parse_der(&self.cert_der, "the CA certificate")?;
+        // What rcgen would read from the certificate: its name, with each value's string type
+        // as written, its key identifier and its key usages.
+        let mut params = CertificateParams::default();
+        let mut name = DistinguishedName::new();
+        for a in der::attributes(cert.subject).map_err(bad)? {
+            let text = || {
+                String::from_utf8(a.value.to_vec())
+                    .map_err(|_| bad("a name that is not UTF-8".into()))
+            };
+            let value = match a.tag {
+                0x0c => DnValue::Utf8String(text()?),
+                0x13 => DnValue::PrintableString(
+                    text()?
+                        .try_into()
+                        .map_err(|_| bad("a PrintableString it cannot be".into()))?,
                 ),
-                source,
-            },
-        )
+                0x16 => DnValue::Ia5String(
+                    text()?
+                        .try_into()
+                        .map_err(|_| bad("an IA5String it cannot be".into()))?,
+                ),
+                tag => return Err(bad(format!("a name value of string type {tag:#04x}"))),
+            };
+            let ty = match a.oid {
+                der::OID_COMMON_NAME => DnType::CommonName,
+                der::OID_ORGANIZATION => DnType::OrganizationName,
+                oid => {
+                    return Err(bad(format!(
+                        "a name attribute {oid:02x?} Cairn does not issue under"
+                    )))
+                }
+            };
+            name.push(ty, value);
+        }
+        params.distinguished_name = name;
+        if let Some(id) = cert.subject_key_id {
+            params.key_identifier_method = KeyIdMethod::PreSpecified(id.to_vec());
+        }
+        params.key_usages = [
+            (0, KeyUsagePurpose::DigitalSignature),
+            (5, KeyUsagePurpose::KeyCertSign),
+            (6, KeyUsagePurpose::CrlSign),
+        ]
+        .into_iter()
+        .filter(|(bit, _)| cert.key_usage.is_some_and(|u| u & (1 << bit) != 0))
+        .map(|(_, k)| k)
+        .collect();
+        Ok(rcgen::Issuer::new(params, &self.key))
     }
 }
 
 /// The kind of a Cairn CA certificate: a CA by basicConstraints, with EKU clientAuth or serverAuth
 /// (exactly one).
-pub(crate) fn kind_of(cert: &X509Certificate<'_>) -> Result<CaKind> {
-    let fingerprint = Fingerprint::of_spki(cert.public_key().raw);
+pub(crate) fn kind_of(cert: &Cert<'_>) -> Result<CaKind> {
+    let fingerprint = Fingerprint::of_spki(cert.spki);
     let not_cairn = |reason: &str| Error::NotCairnCa {
         ca: fingerprint,
         reason: reason.to_string(),
     };
-    let is_ca = cert
-        .basic_constraints()
-        .ok()
-        .flatten()
-        .is_some_and(|bc| bc.value.ca);
-    if !is_ca {
+    if !cert.is_ca {
         return Err(not_cairn(
             "it is not a CA (basicConstraints CA:FALSE or missing)",
         ));
     }
-    let eku = cert
-        .extended_key_usage()
-        .ok()
-        .flatten()
-        .ok_or_else(|| not_cairn("it has no extendedKeyUsage to say whom it issues for"))?;
-    match (eku.value.client_auth, eku.value.server_auth) {
+    if cert.ext_key_usage.is_none() {
+        return Err(not_cairn(
+            "it has no extendedKeyUsage to say whom it issues for",
+        ));
+    }
+    match (
+        cert.has_purpose(OID_CLIENT_AUTH),
+        cert.has_purpose(OID_SERVER_AUTH),
+    ) {
         (true, false) => Ok(CaKind::Client),
         (false, true) => Ok(CaKind::Device),
         _ => Err(not_cairn(

@@ -4,12 +4,10 @@
 //! The TLS stack (rustls) is what enforces trust on a connection; these functions explain a
 //! refusal in one line and read the role once a connection is trusted.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-use x509_parser::extensions::ParsedExtension;
-use x509_parser::prelude::{FromDer as _, X509Certificate};
+use std::time::SystemTime;
 
 use crate::ca::{kind_of, CaKind, Validity};
+use crate::der::{self, Cert, OID_CLIENT_AUTH, OID_ECDSA_SHA256, OID_SERVER_AUTH};
 use crate::error::{Error, Result};
 use crate::fingerprint::Fingerprint;
 use crate::role::Role;
@@ -25,7 +23,7 @@ pub fn pem_to_der(text: &str) -> Result<Vec<u8>> {
 /// The fingerprint of a certificate's public key (DER certificate).
 pub fn fingerprint(cert_der: &[u8]) -> Result<Fingerprint> {
     let cert = parse_der(cert_der, "the certificate")?;
-    Ok(Fingerprint::of_spki(cert.public_key().raw))
+    Ok(Fingerprint::of_spki(cert.spki))
 }
 
 /// The fingerprint of the CA that issued a certificate, from its Authority Key Identifier; `None`
@@ -39,33 +37,26 @@ pub fn issuer_fingerprint(cert_der: &[u8]) -> Result<Option<Fingerprint>> {
 pub fn common_name(cert_der: &[u8]) -> Result<String> {
     let cert = parse_der(cert_der, "the certificate")?;
     let cn = cert
-        .subject()
-        .iter_common_name()
-        .next()
-        .and_then(|cn| cn.as_str().ok())
-        .unwrap_or_default();
-    Ok(cn.to_string())
+        .subject_attr(der::OID_COMMON_NAME)
+        .map_err(|reason| Error::Parse {
+            what: "the certificate's subject".into(),
+            reason,
+        })?;
+    Ok(cn.unwrap_or_default())
 }
 
 /// The IP addresses among a certificate's subject alternative names.
 pub fn san_ips(cert_der: &[u8]) -> Result<Vec<std::net::IpAddr>> {
-    use x509_parser::extensions::GeneralName;
     let cert = parse_der(cert_der, "the certificate")?;
-    let mut ips = Vec::new();
-    for ext in cert.extensions() {
-        if let ParsedExtension::SubjectAlternativeName(san) = ext.parsed_extension() {
-            for name in &san.general_names {
-                if let GeneralName::IPAddress(bytes) = name {
-                    match bytes.len() {
-                        4 => ips.push(<[u8; 4]>::try_from(*bytes).unwrap_or_default().into()),
-                        16 => ips.push(<[u8; 16]>::try_from(*bytes).unwrap_or_default().into()),
-                        _ => {}
-                    }
-                }
-            }
-        }
-    }
-    Ok(ips)
+    Ok(cert
+        .san_ips
+        .iter()
+        .filter_map(|b| match b.len() {
+            4 => Some(<[u8; 4]>::try_from(*b).ok()?.into()),
+            16 => Some(<[u8; 16]>::try_from(*b).ok()?.into()),
+            _ => None,
+        })
+        .collect())
 }
 
 /// The role a client certificate carries: its subject's one Organization, which must be
@@ -74,12 +65,21 @@ pub fn san_ips(cert_der: &[u8]) -> Result<Vec<std::net::IpAddr>> {
 pub fn role_of(cert_der: &[u8]) -> Result<Role> {
     let cert = parse_der(cert_der, "the client certificate")?;
     let subject = subject_of(&cert);
-    let mut orgs = cert.subject().iter_organization();
-    let (Some(org), None) = (orgs.next(), orgs.next()) else {
-        let count = cert.subject().iter_organization().count();
-        return Err(Error::RoleCount { subject, count });
+    let attrs = der::attributes(cert.subject).map_err(|reason| Error::Parse {
+        what: "the client certificate's subject".into(),
+        reason,
+    })?;
+    let orgs: Vec<_> = attrs
+        .iter()
+        .filter(|a| a.oid == der::OID_ORGANIZATION)
+        .collect();
+    let [org] = orgs[..] else {
+        return Err(Error::RoleCount {
+            subject,
+            count: orgs.len(),
+        });
     };
-    let org = org.as_str().map_err(|_| Error::UnknownRole {
+    let org = std::str::from_utf8(org.value).map_err(|_| Error::UnknownRole {
         subject: subject.clone(),
         organization: "(not a string)".into(),
     })?;
@@ -96,31 +96,38 @@ pub fn role_of(cert_der: &[u8]) -> Result<Role> {
 pub fn check_issued_by(cert_der: &[u8], ca_der: &[u8], at: SystemTime) -> Result<()> {
     let ca = parse_der(ca_der, "the CA certificate")?;
     let kind = kind_of(&ca)?;
-    let trusted = Fingerprint::of_spki(ca.public_key().raw);
+    let trusted = Fingerprint::of_spki(ca.spki);
     let cert = parse_der(cert_der, "the certificate")?;
     let issuer = authority_key_id(&cert);
-    if issuer != Some(trusted) || cert.issuer() != ca.subject() {
+    if issuer != Some(trusted) || cert.issuer != ca.subject {
         return Err(Error::NotIssuedBy { issuer, trusted });
     }
-    cert.verify_signature(Some(ca.public_key()))
-        .map_err(|_| Error::BadSignature { trusted })?;
-    let validity = validity_of(&cert);
-    if at < validity.not_before {
+    // Cairn's CAs are ECDSA P-256 keys signing with SHA-256.
+    let verified = cert.signature_algorithm == OID_ECDSA_SHA256
+        && ring::signature::UnparsedPublicKey::new(
+            &ring::signature::ECDSA_P256_SHA256_ASN1,
+            ca.public_key,
+        )
+        .verify(cert.tbs, cert.signature)
+        .is_ok();
+    if !verified {
+        return Err(Error::BadSignature { trusted });
+    }
+    if at < cert.not_before {
         return Err(Error::NotYetValid {
             subject: subject_of(&cert),
-            not_before: cert.validity().not_before.to_string(),
+            not_before: utc(cert.not_before),
         });
     }
-    if at > validity.not_after {
+    if at > cert.not_after {
         return Err(Error::Expired {
             subject: subject_of(&cert),
-            not_after: cert.validity().not_after.to_string(),
+            not_after: utc(cert.not_after),
         });
     }
-    let eku = cert.extended_key_usage().ok().flatten().map(|e| e.value);
     let usable = match kind {
-        CaKind::Client => eku.is_some_and(|e| e.client_auth),
-        CaKind::Device => eku.is_some_and(|e| e.server_auth),
+        CaKind::Client => cert.has_purpose(OID_CLIENT_AUTH),
+        CaKind::Device => cert.has_purpose(OID_SERVER_AUTH),
     };
     if !usable {
         return Err(Error::WrongUsage {
@@ -151,51 +158,70 @@ pub(crate) fn pem_block(text: &str, label: &str, what: &str) -> Result<Vec<u8>> 
     Ok(block.into_contents())
 }
 
-pub(crate) fn parse_der<'a>(der: &'a [u8], what: &str) -> Result<X509Certificate<'a>> {
-    let (rest, cert) = X509Certificate::from_der(der).map_err(|e| Error::Parse {
+pub(crate) fn parse_der<'a>(der: &'a [u8], what: &str) -> Result<Cert<'a>> {
+    Cert::parse(der).map_err(|reason| Error::Parse {
         what: what.into(),
-        reason: e.to_string(),
-    })?;
-    if !rest.is_empty() {
-        return Err(Error::Parse {
-            what: what.into(),
-            reason: format!("{} bytes follow the certificate", rest.len()),
-        });
-    }
-    Ok(cert)
+        reason,
+    })
 }
 
-pub(crate) fn validity_of(cert: &X509Certificate<'_>) -> Validity {
-    let time = |t: i64| {
-        let secs = Duration::from_secs(t.unsigned_abs());
-        if t >= 0 {
-            UNIX_EPOCH + secs
-        } else {
-            UNIX_EPOCH - secs
-        }
-    };
+pub(crate) fn validity_of(cert: &Cert<'_>) -> Validity {
     Validity {
-        not_before: time(cert.validity().not_before.timestamp()),
-        not_after: time(cert.validity().not_after.timestamp()),
+        not_before: cert.not_before,
+        not_after: cert.not_after,
     }
 }
 
-fn authority_key_id(cert: &X509Certificate<'_>) -> Option<Fingerprint> {
-    cert.extensions()
-        .iter()
-        .find_map(|ext| match ext.parsed_extension() {
-            ParsedExtension::AuthorityKeyIdentifier(aki) => aki.key_identifier.as_ref(),
-            _ => None,
-        })
-        .and_then(|id| Fingerprint::from_key_id(id.0))
+fn authority_key_id(cert: &Cert<'_>) -> Option<Fingerprint> {
+    cert.authority_key_id.and_then(Fingerprint::from_key_id)
 }
 
-fn subject_of(cert: &X509Certificate<'_>) -> String {
-    let subject = cert.subject().to_string();
+fn subject_of(cert: &Cert<'_>) -> String {
+    let subject = der::name_text(cert.subject);
     if subject.chars().count() <= MAX_SUBJECT_IN_MESSAGE {
         return subject;
     }
     let mut cut: String = subject.chars().take(MAX_SUBJECT_IN_MESSAGE).collect();
     cut.push('…');
     cut
+}
+
+/// `2026-12-07 01:02:03 UTC`, for messages.
+fn utc(t: SystemTime) -> String {
+    let secs = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs()) as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod utc_tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use super::*;
+
+    #[test]
+    fn dates_in_messages_are_utc_civil_dates() {
+        let at = |s: u64| utc(UNIX_EPOCH + Duration::from_secs(s));
+        assert_eq!(at(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(at(951_782_400), "2000-02-29 00:00:00 UTC");
+        assert_eq!(at(1_796_601_968), "2026-12-07 00:06:08 UTC");
+        assert_eq!(at(4_102_444_799), "2099-12-31 23:59:59 UTC");
+    }
 }

@@ -261,7 +261,7 @@ impl DeviceSecrets {
         let kind = crate::ca::kind_of(&client)?;
         if kind != CaKind::Client {
             return Err(Error::WrongCa {
-                ca: Fingerprint::of_spki(client.public_key().raw),
+                ca: Fingerprint::of_spki(client.spki),
                 is: kind,
                 needed: CaKind::Client,
             });
