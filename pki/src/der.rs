@@ -83,11 +83,13 @@ fn tlv<'a>(input: &mut &'a [u8]) -> Result<(u8, &'a [u8], &'a [u8]), Malformed> 
         if n == 0 || n > 4 || rest.len() < n {
             return Err("a length DER does not allow".into());
         }
-        let len = rest[..n]
+        let bytes = &rest[..n];
+        rest = &rest[n..];
+        let len = bytes
             .iter()
             .fold(0usize, |acc, &b| (acc << 8) | usize::from(b));
-        rest = &rest[n..];
-        if len < 0x80 || (n > 1 && rest.is_empty()) {
+        // The shortest form only: no leading zero byte, no long form for a short length.
+        if bytes[0] == 0 || len < 0x80 {
             return Err("a length DER does not allow".into());
         }
         len
@@ -386,6 +388,10 @@ mod tests {
         assert!(at(&local).is_err());
         // Long form where the short form fits, and a length past the input.
         assert!(tlv(&mut &[0x30, 0x81, 0x05, 1, 2, 3, 4, 5][..]).is_err());
+        assert!(tlv(&mut &[0x30, 0x82, 0x00, 0x85][..]).is_err());
+        let long = [&[0x04, 0x81, 0x80][..], &[7u8; 0x80]].concat();
+        let (tag, value, all) = tlv(&mut &long[..]).unwrap();
+        assert_eq!((tag, value.len(), all.len()), (0x04, 0x80, 0x83));
         assert!(tlv(&mut &[0x30, 0x05, 1, 2][..]).is_err());
         assert_eq!(dotted(OID_SERVER_AUTH), "1.3.6.1.5.5.7.3.1");
     }

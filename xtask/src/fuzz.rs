@@ -49,7 +49,7 @@ const PROJECTS: &[(&str, &[&str])] = &[
     ("luks/fuzz", &["header_json", "header_image"]),
     (
         "api/fuzz",
-        &["fetch_answer", "oci_manifest", "cert_subject"],
+        &["fetch_answer", "oci_manifest", "cert_subject", "cert_der"],
     ),
     ("tpm/fuzz", &["tpm_token", "tpm_response"]),
     ("daemon/fuzz", &["uevent", "eventlog"]),

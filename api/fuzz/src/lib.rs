@@ -11,6 +11,10 @@
 //! - `oci_manifest`: the input is a registry's manifest or index (JSON), also read as an OCI
 //!   reference. A manifest that parses writes back to JSON that parses to the same document;
 //!   every refusal is one line.
+//! - `cert_der`: the input is a whole certificate, read the ways the device reads its kept
+//!   server certificate and its CA (`cairn_pki`'s own DER reader): every reader either answers
+//!   or refuses with one line, and a certificate checked against itself as its CA is refused
+//!   unless it parses.
 //! - `cert_subject`: the input is a Name's contents. An accepted Name has at most
 //!   `MAX_ATTRIBUTES` attributes, and its log line has no control characters and no line
 //!   breaks, whatever the strings held.
@@ -289,7 +293,58 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     ] {
         out.push(("oci_manifest", label.into(), bytes));
     }
+    // Certificates as Cairn makes them: a CA, a server certificate from it, a client one.
+    let device = cairn_pki::Ca::generate(cairn_pki::CaKind::Device, "fuzz device CA").unwrap();
+    let client = cairn_pki::Ca::generate(cairn_pki::CaKind::Client, "fuzz client CA").unwrap();
+    let server = cairn_pki::issue_server(
+        &device,
+        "edge",
+        &[cairn_pki::San::Ip([10, 0, 2, 15].into())],
+        device.validity(),
+    )
+    .unwrap();
+    let admin = cairn_pki::issue_client(
+        &client,
+        "admin",
+        cairn_pki::Role::Admin,
+        cairn_pki::Validity::days_from_now(30),
+    )
+    .unwrap();
+    for (label, der) in [
+        ("device-ca", device.cert_der().to_vec()),
+        ("server", server.cert_der),
+        ("admin", admin.cert_der),
+    ] {
+        out.push(("cert_der", label.into(), der));
+    }
     out
+}
+
+/// The `cert_der` target.
+pub fn check_cert(der: &[u8]) {
+    let one_line = |e: cairn_pki::Error| {
+        let text = e.to_string();
+        assert!(!text.is_empty() && !text.contains('\n'), "{text:?}");
+    };
+    let parsed = cairn_pki::fingerprint(der);
+    for r in [
+        cairn_pki::fingerprint(der).map(|_| ()),
+        cairn_pki::issuer_fingerprint(der).map(|_| ()),
+        cairn_pki::common_name(der).map(|_| ()),
+        cairn_pki::san_ips(der).map(|_| ()),
+        cairn_pki::role_of(der).map(|_| ()),
+    ] {
+        if let Err(e) = r {
+            one_line(e);
+        }
+    }
+    let checked = cairn_pki::check_issued_by(der, der, std::time::SystemTime::now());
+    if parsed.is_err() {
+        assert!(checked.is_err(), "an unparsable certificate passed");
+    }
+    if let Err(e) = checked {
+        one_line(e);
+    }
 }
 
 #[cfg(test)]
@@ -300,6 +355,7 @@ mod tests {
             match target {
                 "fetch_answer" => super::check_answers(&bytes),
                 "oci_manifest" => super::check_manifest(&bytes),
+                "cert_der" => super::check_cert(&bytes),
                 _ => super::check_subject(&bytes),
             }
         }
