@@ -151,10 +151,23 @@ pub fn name_text(name: &[u8]) -> String {
                 [0x55, 0x04, 0x06] => "C".to_string(),
                 other => dotted(other),
             };
-            format!("{key}={}", String::from_utf8_lossy(a.value))
+            format!("{key}={}", escaped(&String::from_utf8_lossy(a.value)))
         })
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// A name's value for a one-line message: control characters and backslashes escaped.
+fn escaped(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\x{:02x}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 fn dotted(oid: &[u8]) -> String {
@@ -394,5 +407,7 @@ mod tests {
         assert_eq!((tag, value.len(), all.len()), (0x04, 0x80, 0x83));
         assert!(tlv(&mut &[0x30, 0x05, 1, 2][..]).is_err());
         assert_eq!(dotted(OID_SERVER_AUTH), "1.3.6.1.5.5.7.3.1");
+        // Found by the cert_der fuzz target: a name value with a line break stays on one line.
+        assert_eq!(escaped("cair\n\0min\\"), "cair\\x0a\\x00min\\\\");
     }
 }

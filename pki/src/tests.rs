@@ -432,3 +432,19 @@ fn maintenance_mode_identity_is_self_signed_and_named_by_its_fingerprint() {
         .to_string();
     assert!(err.contains("is not a valid name"), "{err}");
 }
+
+#[test]
+fn a_subject_with_line_breaks_is_quoted_on_one_line() {
+    // Found by the cert_der fuzz target: a certificate whose name holds a line break and a NUL
+    // put them into the message as they were.
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = CertificateParams::default();
+    params.distinguished_name.push(DnType::CommonName, "admin");
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, "cair\n\0min");
+    let cert = params.self_signed(&key).unwrap();
+    let e = role_of(cert.der()).unwrap_err().to_string();
+    assert!(!e.contains('\n') && !e.contains('\0'), "{e:?}");
+    assert!(e.contains("CN=admin, O=cair\\x0a\\x00min"), "{e}");
+}
