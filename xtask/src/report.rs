@@ -450,7 +450,11 @@ fn size_rows(table: &mut Table, board: &'static Board, image_dir: &Path) -> Resu
     let col = board.name;
     table
         // In bytes: a size rounded to 0.1 MiB could pass a budget it misses by a few KiB.
-        .row("device binary", "bytes", Budget::AtMost(4.0 * 1024.0 * 1024.0))
+        .row(
+            "device binary",
+            "bytes",
+            Budget::AtMost(4.0 * 1024.0 * 1024.0),
+        )
         .add(col, std::fs::metadata(device_bin(board.arch))?.len() as f64);
     table
         .row("slot: kernel", "MiB", Budget::None)
