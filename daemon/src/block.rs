@@ -120,6 +120,9 @@ pub fn mount_rw_once(dev: &Path, target: &Path, fstype: &str) -> Result<(), Stri
     // writes the data first. With delayed allocation, a power cut within half a minute of an
     // unpack left committed snapshots holding empty files.
     let data = (fstype == "ext4").then_some("nodelalloc");
+    if fstype == "vfat" {
+        repair_fat(dev);
+    }
     mount_with(
         dev,
         target,
@@ -134,6 +137,40 @@ pub fn mount_rw_once(dev: &Path, target: &Path, fstype: &str) -> Result<(), Stri
             target.display()
         )
     })
+}
+
+/// A FAT32 volume the power went off under while it was mounted read-write (Linux's dirty mark)
+/// is put in order before it is mounted again (`cairn_boot::fat32`); otherwise the kernel turns
+/// it read-only at the first damaged file it meets and every later write fails. Found on a plain
+/// STATE by the power-cut harness. A clean volume is only read (one sector).
+fn repair_fat(dev: &Path) {
+    let result = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(dev)
+        .map_err(|e| e.to_string())
+        .and_then(|mut f| {
+            let done = cairn_boot::fat32::repair(&mut f, false)?;
+            if done.is_some() {
+                f.sync_all().map_err(|e| e.to_string())?;
+            }
+            Ok(done)
+        });
+    match result {
+        Ok(None) => {}
+        Ok(Some(done)) => crate::log::log(format_args!(
+            "{} was being written when the power went; repaired: {} file(s) cut short{}{}, {} lost cluster(s) freed",
+            dev.display(),
+            done.truncated.len(),
+            if done.truncated.is_empty() { "" } else { " " },
+            done.truncated.join(" "),
+            done.freed
+        )),
+        Err(e) => crate::log::log(format_args!(
+            "{}: not checked after a power cut: {e}",
+            dev.display()
+        )),
+    }
 }
 
 /// The file system `dev` holds, as mount(2) names it: ext4 (what Cairn makes on STATE and DATA)

@@ -543,8 +543,13 @@ pub fn run(plan: &Plan) -> Report {
                 vec![StickFile::Copy("update.cairn", bundle.clone())],
             );
             m.attach_stick(&stick, "next").unwrap();
+            // cairnd's own lines about this stick's bundle (other lines may say "failed").
             let got = m.wait_for_any(
-                &["cairnd: installed version", "refused", "failed"],
+                &[
+                    "cairnd: installed version",
+                    "update.cairn refused",
+                    "update.cairn not installed",
+                ],
                 STEP_TIMEOUT,
             );
             let ok = matches!(&got, Ok(l) if l.needle == 0);
