@@ -47,6 +47,32 @@ pub struct Repaired {
     pub freed: u32,
 }
 
+impl std::fmt::Display for Repaired {
+    /// `repaired: 1 file(s) cut short /EFI/X, 0 lost cluster(s) freed`, for the console.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "repaired: {} file(s) cut short", self.truncated.len())?;
+        if !self.truncated.is_empty() {
+            write!(f, " {}", self.truncated.join(" "))?;
+        }
+        write!(f, ", {} lost cluster(s) freed", self.freed)
+    }
+}
+
+/// [`repair`] on the block device (or image file) at `path`, synced when anything changed.
+pub fn repair_device(path: &std::path::Path) -> Result<Option<Repaired>, String> {
+    let mut dev = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| format!("opening {}: {e}", path.display()))?;
+    let done = repair(&mut dev, false)?;
+    if done.is_some() {
+        dev.sync_all()
+            .map_err(|e| format!("syncing {}: {e}", path.display()))?;
+    }
+    Ok(done)
+}
+
 /// The volume's geometry, from its boot sector.
 #[derive(Debug, Clone, Copy)]
 struct Geometry {

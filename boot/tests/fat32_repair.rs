@@ -288,6 +288,13 @@ fn a_chain_that_runs_into_another_file_ends_before_it() {
     drop(f);
     // The root lists VMLINUZ before INITRD, so the kernel keeps its clusters.
     assert_eq!(done.truncated, ["/INITRD"]);
+    assert_eq!(
+        done.to_string(),
+        format!(
+            "repaired: 1 file(s) cut short /INITRD, {} lost cluster(s) freed",
+            done.freed
+        )
+    );
     let (ok, out) = fsck_clean(&v.img);
     assert!(ok, "{out}");
     assert_eq!(read_back(&v.img, "VMLINUZ"), pattern(1, 3_000_000));

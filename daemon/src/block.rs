@@ -144,27 +144,11 @@ pub fn mount_rw_once(dev: &Path, target: &Path, fstype: &str) -> Result<(), Stri
 /// it read-only at the first damaged file it meets and every later write fails. Found on a plain
 /// STATE by the power-cut harness. A clean volume is only read (one sector).
 fn repair_fat(dev: &Path) {
-    let result = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(dev)
-        .map_err(|e| e.to_string())
-        .and_then(|mut f| {
-            let done = cairn_boot::fat32::repair(&mut f, false)?;
-            if done.is_some() {
-                f.sync_all().map_err(|e| e.to_string())?;
-            }
-            Ok(done)
-        });
-    match result {
+    match cairn_boot::fat32::repair_device(dev) {
         Ok(None) => {}
         Ok(Some(done)) => crate::log::log(format_args!(
-            "{} was being written when the power went; repaired: {} file(s) cut short{}{}, {} lost cluster(s) freed",
-            dev.display(),
-            done.truncated.len(),
-            if done.truncated.is_empty() { "" } else { " " },
-            done.truncated.join(" "),
-            done.freed
+            "{} was being written when the power went; {done}",
+            dev.display()
         )),
         Err(e) => crate::log::log(format_args!(
             "{}: not checked after a power cut: {e}",

@@ -165,28 +165,10 @@ fn read(
 /// read-only at the first damaged file an update touches, and no update can be installed.
 /// A clean partition is only read (one sector).
 fn repair_if_dirty(log: &Logger, node: &Path, name: &str) {
-    let result = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(node)
-        .map_err(|e| format!("opening {}: {e}", node.display()))
-        .and_then(|mut dev| {
-            let done = cairn_boot::fat32::repair(&mut dev, false)?;
-            if done.is_some() {
-                dev.sync_all()
-                    .map_err(|e| format!("syncing {}: {e}", node.display()))?;
-            }
-            Ok(done)
-        });
-    match result {
+    match cairn_boot::fat32::repair_device(node) {
         Ok(None) => {}
         Ok(Some(done)) => log.warn(format_args!(
-            "{name} was being written when the power went; repaired: {} file(s) cut short{}{}, \
-             {} lost cluster(s) freed",
-            done.truncated.len(),
-            if done.truncated.is_empty() { "" } else { " " },
-            done.truncated.join(" "),
-            done.freed
+            "{name} was being written when the power went; {done}"
         )),
         Err(e) => log.warn(format_args!("{name}: not checked after a power cut: {e}")),
     }
