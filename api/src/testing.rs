@@ -289,6 +289,7 @@ impl Device for FakeDevice {
                     since_unix_ms: 1_700_000_002_000,
                     last_exit: String::new(),
                     rss_bytes: 6 << 20,
+                    open_fds: 14,
                 },
                 proto::ServiceInfo {
                     name: "ntp".into(),
@@ -298,6 +299,7 @@ impl Device for FakeDevice {
                     since_unix_ms: 1_700_000_003_000,
                     last_exit: "exit status 1".into(),
                     rss_bytes: 0,
+                    open_fds: 0,
                 },
             ],
         })

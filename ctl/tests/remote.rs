@@ -295,9 +295,9 @@ fn unary_answers_as_tables_and_json() {
     assert!(ok, "{err}");
     assert_eq!(
         out,
-        "NAME        STATE    PID  MEMORY   RESTARTS  SINCE                 LAST EXIT\n\
-         containerd  running  812  6.0 MiB  0         2023-11-14 22:13:22Z\n\
-         ntp         backoff  -    -        12        2023-11-14 22:13:23Z  exit status 1\n"
+        "NAME        STATE    PID  MEMORY   FDS  RESTARTS  SINCE                 LAST EXIT\n\
+         containerd  running  812  6.0 MiB  14   0         2023-11-14 22:13:22Z\n\
+         ntp         backoff  -    -        -    12        2023-11-14 22:13:23Z  exit status 1\n"
     );
     let (ok, out, _) = fleet.admin(&["services", "--json"]);
     assert!(ok);
@@ -305,6 +305,7 @@ fn unary_answers_as_tables_and_json() {
     assert_eq!(s["services"][1]["state"], "backoff");
     assert_eq!(s["services"][1]["restarts"], 12);
     assert_eq!(s["services"][0]["rss_bytes"], 6 << 20);
+    assert_eq!(s["services"][0]["open_fds"], 14);
 
     let (ok, out, err) = fleet.admin(&["restart", "containerd"]);
     assert!(ok, "{err}");

@@ -305,6 +305,7 @@ impl Containers {
                     since_unix_ms: unix_ms(st.since),
                     last_exit,
                     rss_bytes: pid.and_then(containerd::cgroup_memory).unwrap_or(0),
+                    open_fds: 0,
                 }
             })
             .collect()

@@ -240,6 +240,16 @@ pub fn rss_bytes(pid: u32) -> Option<u64> {
     vm_rss(&status)
 }
 
+/// How many file descriptors process `pid` holds open.
+pub fn open_fds(pid: u32) -> Option<u32> {
+    entries(Path::new(&format!("/proc/{pid}/fd")))
+}
+
+/// How many entries the folder `dir` holds (None if it cannot be read).
+fn entries(dir: &Path) -> Option<u32> {
+    Some(std::fs::read_dir(dir).ok()?.count() as u32)
+}
+
 /// The `VmRSS:` line of a `/proc/<pid>/status`, in bytes.
 pub fn vm_rss(status: &str) -> Option<u64> {
     let kb = status
@@ -390,6 +400,7 @@ impl Device for ApiDevice {
                 since_unix_ms: 0,
                 last_exit: String::new(),
                 rss_bytes: pid.and_then(rss_bytes).unwrap_or(0),
+                open_fds: pid.and_then(open_fds).unwrap_or(0),
             })
             .collect();
         // Host containers follow init's services, their memory from their cgroup.
@@ -839,6 +850,29 @@ mod tests {
         assert_eq!(vm_rss("Name:\tcairn\nVmRSS:\t    2048 kB\n"), Some(2 << 20));
         assert_eq!(vm_rss("Name:\tkthreadd\n"), None);
         assert!(rss_bytes(std::process::id()).unwrap() > 0);
+    }
+
+    #[test]
+    fn open_fds_counts_a_process_descriptors() {
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..5 {
+            std::fs::write(dir.path().join(i.to_string()), b"").unwrap();
+        }
+        assert_eq!(entries(dir.path()), Some(5));
+        assert_eq!(entries(&dir.path().join("none")), None);
+        // A child holds at least its stdin, stdout and stderr; its pid is stopped by the test.
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let fds = open_fds(child.id());
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(fds >= Some(3), "{fds:?}");
+        assert_eq!(open_fds(u32::MAX), None);
     }
 
     #[test]

@@ -53,6 +53,8 @@ pub struct Entry {
     pub fua: bool,
     /// Where the data starts in the log file (writes only).
     data_at: u64,
+    /// Where the entry ends in the log file: the log holds it whole once the file is this long.
+    end: u64,
 }
 
 /// A parsed write log.
@@ -140,6 +142,7 @@ impl WriteLog {
                 len,
                 fua: flags & FUA != 0,
                 data_at,
+                end,
             });
             at = end;
         }
@@ -162,6 +165,12 @@ impl WriteLog {
 
     pub fn sector_size(&self) -> u64 {
         self.sector_size
+    }
+
+    /// How many entries the log held whole when its file was `file_len` bytes long: the disk's
+    /// state at the instant the file had that length is this prefix of the log.
+    pub fn entries_within(&self, file_len: u64) -> usize {
+        self.entries.partition_point(|e| e.end <= file_len)
     }
 
     /// Applies entries `range` to `disk` (a copy of the disk as it was when the log began, with
@@ -278,6 +287,14 @@ mod tests {
         let got = std::fs::read(&disk_path).unwrap();
         assert!(got[1024..1536].iter().all(|&b| b == 0xcc));
         assert_eq!(log.data(4).unwrap(), vec![0xcc; 512]);
+        // The file's length at an instant gives the entries whole by then: the first write
+        // ends at 512 (super block) + 512 (head) + 512 (data); the flush is one head more, the
+        // discard carries no data.
+        let within: Vec<usize> = [0, 1535, 1536, 2047, 2048, 3584, 4096, 5119, 5120]
+            .iter()
+            .map(|&len| log.entries_within(len))
+            .collect();
+        assert_eq!(within, [0, 0, 1, 1, 2, 3, 4, 4, 5]);
     }
 
     #[test]

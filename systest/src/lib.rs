@@ -10,6 +10,7 @@ pub mod fault_init;
 pub mod oci;
 pub mod powercut;
 pub mod release;
+pub mod soak;
 pub mod stick;
 
 use std::path::PathBuf;

@@ -1,66 +1,151 @@
-//! Power cuts at any write: an update from a USB stick is run once with every write to the disk
+//! Power cuts at any write or instant: an update is run once with every write to the disk
 //! recorded (QEMU's blklogwrites, [`cairn_qemu::writelog`]), and the disk is then rebuilt as it
-//! stood right before and right after chosen writes, and booted, as if the power had gone at
-//! that instant.
+//! stood at chosen moments of that run, and booted, as if the power had gone then.
 //!
-//! The traced run covers three phases: the install (the stick is plugged in; cairnd verifies
-//! the bundle, writes slot B and arms the trial, the machine reboots), the trial boot of B up to
-//! its commit (cairnd prints the verdict once the commit is on disk), and what B's cairnd writes
-//! after the commit until it waits for sticks. Cut
-//! points are writes picked at random within the phases in turn (seeded and printed, so a run
-//! is reproduced by its seed), each cut right before or right after its write.
+//! Two traced runs (scenarios), each from a fresh disk that first boots and settles:
+//! - **stick**: a good bundle on a USB stick. Phases: the install (the stick is plugged in;
+//!   cairnd verifies the bundle, writes slot B and arms the trial, the machine reboots), the trial
+//!   boot of B up to its commit (cairnd prints the verdict once the commit is on disk), and what
+//!   B's cairnd writes after the commit until it waits for sticks.
+//! - **api**: a bundle whose health checks fail, uploaded with `cairnctl upgrade`. Phases: the
+//!   install over the API (up to the trial's kernel), the trial and its rollback (up to A's cairnd
+//!   waiting for sticks again), and a machine config applied with `cairnctl apply-config`.
 //!
-//! After each cut the machine boots the rebuilt disk with no help and these must hold:
-//! - it reaches `cairn-init: ready` on the old committed slot (A, 0.1.0) or the new one (B,
-//!   0.2.0); a trial of B either commits or goes back to A by itself;
+//! Cut points are picked at random within the phases in turn (seeded and printed, so a run is
+//! reproduced by its seed), half of them at a write (right before or right after it) and half
+//! at an instant of the run's clock (the log's entries that were whole at that instant, sampled
+//! from the log file's length as the run went).
+//!
+//! After each cut these must hold:
+//! - the machine boots the rebuilt disk with no help and reaches `cairn-init: ready` on a slot
+//!   the scenario allows: the old committed one (A, 0.1.0) or, in the stick scenario, the new
+//!   one (B, 0.2.0); a trial either commits (a good bundle) or goes back to A by itself;
 //! - STATE mounts, and each of its files is exactly as it was at one of the traced run's
 //!   flushes (the content something wrote and synced), never a mix; scratch files (`.name.tmp`)
 //!   are exempt;
+//! - DATA (plain ext4 without a TPM) is consistent as the cut left it: e2fsck replays its
+//!   journal and then finds nothing to fix;
 //! - the slot state it came up with lets the next update start: a newer bundle on a stick is
 //!   installed (every `install_every`-th point, as that costs a full install).
-//!
-//! DATA is not checked here: without a TPM the images leave it unused.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use cairn_board::Board;
 use cairn_image::RootExtras;
 use cairn_qemu::writelog::{Op, WriteLog};
-use cairn_qemu::{LaunchOptions, Machine};
+use cairn_qemu::{free_local_port, LaunchOptions, Machine, PortForward};
 
+use crate::ctl::Ctl;
 use crate::release::{build_release, dev_key, sign_bundle};
 use crate::stick::{make_stick, StickFile};
 use crate::{image_dir, partition};
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
 const STEP_TIMEOUT: Duration = Duration::from_secs(300);
+const API_PORT: u16 = 50000;
 const OLD: &str = "0.1.0";
 const NEW: &str = "0.2.0";
+/// The version of the bundle whose health checks fail (api scenario).
+const SICK: &str = "0.2.1";
 /// The version of a STATE file that may be missing after a cut (no FAT file holds this).
 const ABSENT: &[u8] = b"\0absent\0";
-/// A release newer than both, for the "next update" check on a machine that runs B.
+/// A release newer than all of them, for the "next update" check on a machine that runs B.
 const NEXT: &str = "0.3.0";
+/// How often the traced run notes the write log's length, for cuts at instants.
+const SAMPLE_EVERY: Duration = Duration::from_millis(20);
+
+/// One traced run and the phases it covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scenario {
+    /// A good bundle from a USB stick: install, trial and commit, after the commit.
+    Stick,
+    /// An unhealthy bundle over the API: install, trial and rollback, then a config apply.
+    Api,
+}
+
+impl Scenario {
+    pub const ALL: [Scenario; 2] = [Scenario::Stick, Scenario::Api];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Stick => "stick",
+            Scenario::Api => "api",
+        }
+    }
+
+    /// The scenario called `name`; the error lists the names there are.
+    pub fn parse(name: &str) -> Result<Scenario, String> {
+        Scenario::ALL
+            .into_iter()
+            .find(|s| s.name() == name)
+            .ok_or_else(|| format!("no power-cut scenario {name:?} (there are: stick, api)"))
+    }
+
+    /// Where a machine may settle (slot, version), and what it may try on the way.
+    fn allowed(
+        self,
+    ) -> (
+        &'static [(&'static str, &'static str)],
+        (&'static str, &'static str),
+    ) {
+        match self {
+            Scenario::Stick => (&[("a", OLD), ("b", NEW)], ("b", NEW)),
+            Scenario::Api => (&[("a", OLD)], ("b", SICK)),
+        }
+    }
+}
 
 /// What a sweep is asked to do.
 #[derive(Debug, Clone)]
 pub struct Plan {
     pub board: &'static Board,
-    /// Cut states to try in all.
+    pub scenarios: Vec<Scenario>,
+    /// Cut states to try in all, over every phase of every scenario.
     pub points: usize,
     pub seed: u64,
     /// Check that the next update installs after every this-many points (1: after each).
     pub install_every: usize,
 }
 
-/// One traced phase: the entries of the log it spans.
+/// One traced phase: the entries of the log it spans, and when (since the traced run began).
 #[derive(Debug, Clone)]
 pub struct Span {
     pub phase: &'static str,
     pub entries: std::ops::Range<usize>,
+    pub time: std::ops::Range<Duration>,
+}
+
+/// Where a cut fell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Cut {
+    /// Right before or right after the `write`-th write of the log (1-based, writes only).
+    Write { write: usize, after: bool },
+    /// At an instant of the traced run's clock.
+    Instant { ms: u64 },
+}
+
+impl std::fmt::Display for Cut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Cut::Write { write, after } => write!(
+                f,
+                "{} write {write}",
+                if *after {
+                    "right after"
+                } else {
+                    "right before"
+                }
+            ),
+            Cut::Instant { ms } => write!(f, "at {}.{:03} s", ms / 1000, ms % 1000),
+        }
+    }
 }
 
 /// One cut and what came of it.
@@ -69,14 +154,13 @@ pub struct Outcome {
     pub phase: &'static str,
     /// How many log entries the disk holds (the cut is right before entry `prefix`).
     pub prefix: usize,
-    /// Which write of the log that is (1-based, counting writes only), and whether the cut
-    /// came right after it (true) or right before it.
-    pub write: usize,
-    pub after: bool,
+    pub cut: Cut,
     /// `slot/version` it settled on, if it booted.
     pub booted: Option<String>,
     /// STATE problems found (empty: intact).
     pub state: Vec<String>,
+    /// What e2fsck found wrong with DATA after replaying its journal (None: consistent).
+    pub data: Option<String>,
     /// Whether the next update installed (None: not tried at this point).
     pub next_update: Option<bool>,
     /// What went wrong, for the failure list.
@@ -100,47 +184,73 @@ pub struct Report {
 }
 
 impl Report {
-    /// The table: per phase, points tried, booted to a good slot, STATE intact, and each
-    /// failure with its seed and write index.
+    /// The table: per phase, points tried (at writes / at instants), booted to a good slot,
+    /// STATE intact, DATA consistent, the next update, and each failure with its seed and cut.
     pub fn table(&self) -> String {
         let mut out = format!(
             "power cuts on {} (seed {}, {} writes traced)\n\
-             {:<16} {:>6} {:>8} {:>13} {:>12}\n",
+             {:<16} {:>6} {:>16} {:>8} {:>13} {:>13} {:>12}\n",
             self.board,
             self.seed,
             self.writes,
             "phase",
             "points",
+            "writes/instants",
             "booted",
             "STATE intact",
+            "DATA fsck ok",
             "next update"
         );
+        let ratio = |n: usize, of: usize| format!("{n}/{of}");
         for span in &self.spans {
             let of: Vec<&Outcome> = self
                 .outcomes
                 .iter()
                 .filter(|o| o.phase == span.phase)
                 .collect();
-            let booted = of.iter().filter(|o| o.booted.is_some()).count();
-            let intact = of.iter().filter(|o| o.state.is_empty()).count();
-            let tried = of.iter().filter(|o| o.next_update.is_some()).count();
-            let installed = of.iter().filter(|o| o.next_update == Some(true)).count();
+            let at_writes = of
+                .iter()
+                .filter(|o| matches!(o.cut, Cut::Write { .. }))
+                .count();
+            let count = |f: &dyn Fn(&Outcome) -> bool| of.iter().filter(|o| f(o)).count();
             out.push_str(&format!(
-                "{:<16} {:>6} {:>8} {:>13} {:>12}\n",
+                "{:<16} {:>6} {:>16} {:>8} {:>13} {:>13} {:>12}\n",
                 span.phase,
                 of.len(),
-                format!("{booted}/{}", of.len()),
-                format!("{intact}/{}", of.len()),
-                format!("{installed}/{tried}")
+                format!("{at_writes}/{}", of.len() - at_writes),
+                ratio(count(&|o| o.booted.is_some()), of.len()),
+                ratio(count(&|o| o.state.is_empty()), of.len()),
+                ratio(count(&|o| o.data.is_none()), of.len()),
+                ratio(
+                    count(&|o| o.next_update == Some(true)),
+                    count(&|o| o.next_update.is_some())
+                )
             ));
         }
+        let n = self.outcomes.len();
+        let good = self.outcomes.iter().filter(|o| o.good()).count();
+        out.push_str(&format!(
+            "{:<16} {:>6} {:>16} {:>8} {:>13} {:>13}\n",
+            "all",
+            n,
+            "",
+            ratio(
+                self.outcomes.iter().filter(|o| o.booted.is_some()).count(),
+                n
+            ),
+            ratio(
+                self.outcomes.iter().filter(|o| o.state.is_empty()).count(),
+                n
+            ),
+            ratio(self.outcomes.iter().filter(|o| o.data.is_none()).count(), n),
+        ));
+        out.push_str(&format!("{good} of {n} cuts passed every check\n"));
         for o in self.outcomes.iter().filter(|o| !o.good()) {
             out.push_str(&format!(
-                "FAILED {} seed {} write {} ({}): {}\n",
+                "FAILED {} seed {} {}: {}\n",
                 o.phase,
                 self.seed,
-                o.write,
-                if o.after { "after" } else { "before" },
+                o.cut,
                 o.failure.as_deref().unwrap_or("")
             ));
         }
@@ -148,7 +258,7 @@ impl Report {
     }
 }
 
-/// A small, fixed-seed generator (splitmix64): the same seed picks the same writes anywhere.
+/// A small, fixed-seed generator (splitmix64): the same seed picks the same cuts anywhere.
 struct Rng(u64);
 
 impl Rng {
@@ -161,20 +271,30 @@ impl Rng {
     }
 
     fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
+        (self.next() % n.max(1) as u64) as usize
     }
 }
 
-/// The traced run's files.
+/// One traced run's files.
 struct Trace {
+    scenario: Scenario,
     dir: PathBuf,
     /// The disk as the log began (a copy of the built image).
     base: PathBuf,
     log: WriteLog,
     spans: Vec<Span>,
-    /// Bundles for the next-update check: 0.2.0 (for a machine on A), 0.3.0 (on B).
-    bundle_new: PathBuf,
-    bundle_next: PathBuf,
+    /// (time since the run began, entries whole in the log by then), in time order.
+    samples: Vec<(Duration, usize)>,
+}
+
+/// Bundles shared by the traced runs and the next-update checks.
+struct Bundles {
+    /// 0.2.0, good: the stick scenario's update, and the next update of a machine on A.
+    new: PathBuf,
+    /// 0.2.1, failing its health checks: the api scenario's update.
+    sick: PathBuf,
+    /// 0.3.0: the next update of a machine on B.
+    next: PathBuf,
 }
 
 fn copy(from: &Path, to: &Path) {
@@ -183,10 +303,21 @@ fn copy(from: &Path, to: &Path) {
 }
 
 fn launch(board: &'static Board, disk: &Path, work: &Path, log: Option<&Path>) -> Machine {
+    launch_with(board, disk, work, log, Vec::new())
+}
+
+fn launch_with(
+    board: &'static Board,
+    disk: &Path,
+    work: &Path,
+    log: Option<&Path>,
+    port_forwards: Vec<PortForward>,
+) -> Machine {
     let mut opts = LaunchOptions::new(board, disk, work);
     opts.echo_console = std::env::var_os("CAIRN_POWERCUT_ECHO").is_some();
     opts.writable_image = log.is_some();
     opts.write_log = log.map(Path::to_path_buf);
+    opts.port_forwards = port_forwards;
     Machine::launch(opts).unwrap()
 }
 
@@ -197,78 +328,169 @@ fn entries_now(path: &Path) -> usize {
         .unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// The traced run: boot A, plug in a stick with 0.2.0, the trial boot of B, its commit.
-fn trace(board: &'static Board, dir: &Path) -> Trace {
+/// Notes the length of the log file at `path` every [`SAMPLE_EVERY`] until dropped.
+struct Sampler {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Vec<(Duration, u64)>>>,
+}
+
+impl Sampler {
+    fn start(path: &Path, began: Instant) -> Sampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (flag, path) = (Arc::clone(&stop), path.to_path_buf());
+        let thread = std::thread::spawn(move || {
+            let mut samples = Vec::new();
+            while !flag.load(Ordering::Relaxed) {
+                let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+                samples.push((began.elapsed(), len));
+                std::thread::sleep(SAMPLE_EVERY);
+            }
+            samples
+        });
+        Sampler {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn finish(mut self) -> Vec<(Duration, u64)> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().unwrap().join().unwrap()
+    }
+}
+
+/// Waits until cairnd has settled after a boot: it serves the API and waits for sticks (the
+/// two lines come in either order).
+fn api_and_sticks(m: &mut Machine) {
+    let lines = [
+        "cairnd: management API on port",
+        "cairnd: waiting for update bundles",
+    ];
+    let first = m.wait_for_any(&lines, STEP_TIMEOUT).unwrap();
+    m.wait_for_line(lines[1 - first.needle], STEP_TIMEOUT)
+        .unwrap();
+}
+
+/// A phase boundary of a traced run: the entries whole in the log now, and the time.
+fn mark(log_path: &Path, began: Instant) -> (usize, Duration) {
+    (entries_now(log_path), began.elapsed())
+}
+
+fn release(board: &'static Board, dir: &Path, version: &str, extras: RootExtras) -> PathBuf {
+    let image = build_release(
+        board,
+        &dir.join(format!("release-{version}")),
+        version,
+        0,
+        &format!("systest-powercut-{}-{version}", board.name),
+        extras,
+    );
+    sign_bundle(&image, &dev_key())
+}
+
+/// A traced run of `scenario`, from a fresh copy of the built disk.
+fn trace(board: &'static Board, scenario: Scenario, bundles: &Bundles, dir: &Path) -> Trace {
+    let dir = dir.join(scenario.name());
+    std::fs::create_dir_all(&dir).unwrap();
     let base = dir.join("base.img");
     copy(&image_dir(board).join("disk.img"), &base);
-    let release = |version: &str| {
-        let image = build_release(
-            board,
-            &dir.join(format!("release-{version}")),
-            version,
-            0,
-            &format!("systest-powercut-{}-{version}", board.name),
-            RootExtras::default(),
-        );
-        sign_bundle(&image, &dev_key())
-    };
-    let bundle_new = release(NEW);
-    let bundle_next = release(NEXT);
-
     let disk = dir.join("traced.img");
     copy(&base, &disk);
     let log_path = dir.join("writes.log");
-    let mut m = launch(board, &disk, &dir.join("traced"), Some(&log_path));
+    let port = free_local_port().unwrap();
+    let began = Instant::now();
+    let mut m = launch_with(
+        board,
+        &disk,
+        &dir.join("traced"),
+        Some(&log_path),
+        vec![PortForward::new(port, API_PORT)],
+    );
+    let sampler = Sampler::start(&log_path, began);
     m.wait_for_line("cairn-init: ready slot=a", BOOT_TIMEOUT)
         .unwrap();
-    m.wait_for_line("cairnd: waiting for update bundles", STEP_TIMEOUT)
-        .unwrap();
-    let plugged = entries_now(&log_path);
-    let stick = dir.join("stick.img");
-    make_stick(
-        &stick,
-        "UPDATE",
-        vec![StickFile::Copy("update.cairn", bundle_new.clone())],
-    );
-    m.attach_stick(&stick, "stick1").unwrap();
-    m.wait_for_line(&format!("cairnd: installed version {NEW}"), STEP_TIMEOUT)
-        .unwrap();
-    // The reboot follows at once; the install's last writes are those before the trial's kernel.
-    m.wait_for_line("cairn-init: ready slot=b trial=yes", BOOT_TIMEOUT)
-        .unwrap();
-    let trial = entries_now(&log_path);
-    // cairnd prints the verdict once the commit is on disk.
-    m.wait_for_line("cairnd: slot b healthy", STEP_TIMEOUT)
-        .unwrap();
-    let committed = entries_now(&log_path);
-    m.wait_for_line("cairnd: waiting for update bundles", STEP_TIMEOUT)
-        .unwrap();
+    api_and_sticks(&mut m);
+    let bounds = match scenario {
+        Scenario::Stick => {
+            let plugged = mark(&log_path, began);
+            let stick = dir.join("stick.img");
+            make_stick(
+                &stick,
+                "UPDATE",
+                vec![StickFile::Copy("update.cairn", bundles.new.clone())],
+            );
+            m.attach_stick(&stick, "stick1").unwrap();
+            m.wait_for_line(&format!("cairnd: installed version {NEW}"), STEP_TIMEOUT)
+                .unwrap();
+            // The reboot follows at once; the install's last writes are those before the
+            // trial's kernel, and the reboot's own writes count with the trial.
+            m.wait_for_line("cairn-init: ready slot=b trial=yes", BOOT_TIMEOUT)
+                .unwrap();
+            let trial = mark(&log_path, began);
+            // cairnd prints the verdict once the commit is on disk.
+            m.wait_for_line("cairnd: slot b healthy", STEP_TIMEOUT)
+                .unwrap();
+            let committed = mark(&log_path, began);
+            m.wait_for_line("cairnd: waiting for update bundles", STEP_TIMEOUT)
+                .unwrap();
+            vec![
+                ("install (USB)", plugged, trial),
+                ("trial, commit", trial, committed),
+                ("after commit", committed, mark(&log_path, began)),
+            ]
+        }
+        Scenario::Api => {
+            let ctl = |role: &str| Ctl::for_role(role, &dir, &format!("127.0.0.1:{port}"));
+            let upload = mark(&log_path, began);
+            let done = ctl("operator").json(&["upgrade", bundles.sick.to_str().unwrap()]);
+            assert_eq!(done["os_version"], SICK, "{done}");
+            m.wait_for_line("cairn-init: ready slot=b trial=yes", BOOT_TIMEOUT)
+                .unwrap();
+            let trial = mark(&log_path, began);
+            m.wait_for_line("cairnd: slot b is not healthy", STEP_TIMEOUT)
+                .unwrap();
+            m.wait_for_line("cairn-init: ready slot=a trial=no", BOOT_TIMEOUT)
+                .unwrap();
+            api_and_sticks(&mut m);
+            let back = mark(&log_path, began);
+            let config = dir.join("machine.yaml");
+            std::fs::write(&config, "health:\n  window_s: 45\n").unwrap();
+            let applied = ctl("admin").json(&["apply-config", config.to_str().unwrap()]);
+            assert_eq!(applied["generation"], 1, "{applied}");
+            m.wait_for_line("cairnd: config generation 1 applied", STEP_TIMEOUT)
+                .unwrap();
+            // What follows the apply (its event on STATE) belongs to it too.
+            std::thread::sleep(Duration::from_secs(2));
+            vec![
+                ("install (API)", upload, trial),
+                ("trial, rollback", trial, back),
+                ("config apply", back, mark(&log_path, began)),
+            ]
+        }
+    };
     m.quit().unwrap();
     m.wait_exit(STEP_TIMEOUT).unwrap();
+    let lengths = sampler.finish();
     let log = WriteLog::open(&log_path).unwrap();
-    // The install ends at the last write before the trial's boot began; taken as the trial
-    // boot's start here, the reboot's own writes count with the trial.
-    let spans = vec![
-        Span {
-            phase: "install (USB)",
-            entries: plugged..trial,
-        },
-        Span {
-            phase: "trial, commit",
-            entries: trial..committed,
-        },
-        Span {
-            phase: "after commit",
-            entries: committed..log.entries().len(),
-        },
-    ];
+    let samples = lengths
+        .into_iter()
+        .map(|(t, len)| (t, log.entries_within(len)))
+        .collect();
+    let spans = bounds
+        .into_iter()
+        .map(|(phase, (from, t0), (to, t1))| Span {
+            phase,
+            entries: from..to,
+            time: t0..t1,
+        })
+        .collect();
     Trace {
-        dir: dir.to_path_buf(),
+        scenario,
+        dir,
         base,
         log,
         spans,
-        bundle_new,
-        bundle_next,
+        samples,
     }
 }
 
@@ -396,51 +618,102 @@ fn check_state(
     problems
 }
 
-/// Picks the cut states: `plan.points` in all, spread over the phases in turn, each right
-/// before or right after a random write of its phase.
-fn pick(trace: &Trace, plan: &Plan) -> Vec<(usize, &'static str, usize, bool)> {
-    let entries = trace.log.entries();
-    let write_no: Vec<usize> = entries
-        .iter()
-        .scan(0, |n, e| {
-            if e.op == Op::Write {
-                *n += 1;
+/// One chosen cut: which traced run, the log prefix the disk holds, the phase, and where.
+struct Point {
+    trace: usize,
+    prefix: usize,
+    phase: &'static str,
+    cut: Cut,
+}
+
+/// The entries whole in the log at `at`, from the run's samples of the log file's length.
+fn entries_at(samples: &[(Duration, usize)], at: Duration) -> usize {
+    let i = samples.partition_point(|(t, _)| *t <= at);
+    if i == 0 {
+        0
+    } else {
+        samples[i - 1].1
+    }
+}
+
+/// Picks the cut states: `plan.points` in all, spread over the phases of every traced run in
+/// turn; each is, at random, right before or right after a random write of its phase, or a
+/// random instant of it. Two picks that leave the same disk count once.
+fn pick(traces: &[Trace], plan: &Plan) -> Vec<Point> {
+    // The phases in turn: the first of each run, then the second of each, and so on, so that
+    // a few points already reach every run.
+    let mut phases: Vec<(usize, usize, &Span, Vec<usize>)> = Vec::new();
+    let mut write_no: Vec<Vec<usize>> = Vec::new();
+    for (t, trace) in traces.iter().enumerate() {
+        let entries = trace.log.entries();
+        write_no.push(
+            entries
+                .iter()
+                .scan(0, |n, e| {
+                    if e.op == Op::Write {
+                        *n += 1;
+                    }
+                    Some(*n)
+                })
+                .collect(),
+        );
+        for (k, span) in trace.spans.iter().enumerate() {
+            let writes: Vec<usize> = span
+                .entries
+                .clone()
+                .filter(|&i| entries[i].op == Op::Write)
+                .collect();
+            if !writes.is_empty() {
+                phases.push((k, t, span, writes));
             }
-            Some(*n)
-        })
-        .collect();
+        }
+    }
+    phases.sort_by_key(|&(k, t, _, _)| (k, t));
     let mut rng = Rng(plan.seed);
-    let mut picked = BTreeSet::new();
-    let writes_of = |span: &Span| -> Vec<usize> {
-        span.entries
-            .clone()
-            .filter(|&i| entries[i].op == Op::Write)
-            .collect()
-    };
-    let phases: Vec<(&'static str, Vec<usize>)> = trace
-        .spans
-        .iter()
-        .map(|s| (s.phase, writes_of(s)))
-        .filter(|(_, w)| !w.is_empty())
-        .collect();
+    let mut picked: BTreeMap<(usize, usize), Point> = BTreeMap::new();
     let mut turn = 0;
     let mut tries = 0;
     while picked.len() < plan.points && tries < plan.points * 20 && !phases.is_empty() {
         tries += 1;
-        let (phase, writes) = &phases[turn % phases.len()];
+        let (_, t, span, writes) = &phases[turn % phases.len()];
         turn += 1;
-        let i = writes[rng.below(writes.len())];
-        let after = rng.next() & 1 == 1;
-        picked.insert((i + usize::from(after), *phase, write_no[i], after));
+        let point = if rng.next() & 1 == 0 {
+            let i = writes[rng.below(writes.len())];
+            let after = rng.next() & 1 == 1;
+            Point {
+                trace: *t,
+                prefix: i + usize::from(after),
+                phase: span.phase,
+                cut: Cut::Write {
+                    write: write_no[*t][i],
+                    after,
+                },
+            }
+        } else {
+            let width = (span.time.end - span.time.start).as_millis() as usize;
+            let at = span.time.start + Duration::from_millis(rng.below(width) as u64);
+            let whole = entries_at(&traces[*t].samples, at);
+            Point {
+                trace: *t,
+                prefix: whole.clamp(span.entries.start, span.entries.end),
+                phase: span.phase,
+                cut: Cut::Instant {
+                    ms: at.as_millis() as u64,
+                },
+            }
+        };
+        picked.entry((point.trace, point.prefix)).or_insert(point);
     }
-    picked.into_iter().collect()
+    picked.into_values().collect()
 }
 
 /// Follows a booting machine until cairnd settles (waits for sticks); returns `slot/version`.
-/// A trial of B either commits or reboots into A; a crash that the bootloader's counting
-/// recovers from is allowed too: only where it ends up counts.
-fn settle(m: &mut Machine) -> Result<String, String> {
+/// A trial either commits or reboots into A; a crash that the bootloader's counting recovers
+/// from is allowed too: only where it ends up counts, and that must be a place `scenario`
+/// allows.
+fn settle(m: &mut Machine, scenario: Scenario) -> Result<String, String> {
     const READY: &str = "cairn-init: ready ";
+    let (settled, tried) = scenario.allowed();
     let mut ready = m
         .wait_for_line(READY, BOOT_TIMEOUT)
         .map_err(|e| format!("no ready line: {e}"))?;
@@ -453,11 +726,11 @@ fn settle(m: &mut Machine) -> Result<String, String> {
                 .to_string()
         };
         let (slot, trial, version) = (field("slot="), field("trial="), field("version="));
-        match (slot.as_str(), version.as_str()) {
-            ("a", OLD) | ("b", NEW) => {}
-            _ => return Err(format!("came up as: {ready}")),
-        }
+        let here = (slot.as_str(), version.as_str());
         if trial == "yes" {
+            if here != tried {
+                return Err(format!("came up on trial as: {ready}"));
+            }
             let verdict = m
                 .wait_for_any(&["cairnd: slot b healthy", READY], STEP_TIMEOUT)
                 .map_err(|e| format!("the trial of b never ended: {e}"))?;
@@ -465,6 +738,9 @@ fn settle(m: &mut Machine) -> Result<String, String> {
                 ready = verdict.line;
                 continue;
             }
+        }
+        if !settled.contains(&here) {
+            return Err(format!("settled where it must not: {ready}"));
         }
         let next = m
             .wait_for_any(&["cairnd: waiting for update bundles", READY], STEP_TIMEOUT)
@@ -478,63 +754,129 @@ fn settle(m: &mut Machine) -> Result<String, String> {
     Err(format!("still rebooting after 6 boots, the last: {ready}"))
 }
 
+/// DATA as a cut left it, checked by Debian's e2fsck on a copy: the journal replayed (what the
+/// kernel does when it mounts it), then nothing to fix. None: consistent.
+fn check_data(disk: &Path, dir: &Path) -> Option<String> {
+    let data = dir.join("data.img");
+    crate::extract_partition(disk, "DATA", &data);
+    let e2fsck = |args: &[&str]| {
+        let out = Command::new("e2fsck")
+            .args(args)
+            .arg(&data)
+            .output()
+            .expect("running e2fsck (e2fsprogs)");
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.code().unwrap_or(-1), text)
+    };
+    // 0: nothing to do; 1: the journal was replayed.
+    let (code, text) = e2fsck(&["-E", "journal_only", "-y"]);
+    let found = if code > 1 {
+        Some(format!(
+            "e2fsck could not replay the journal (exit {code}): {text}"
+        ))
+    } else {
+        let (code, text) = e2fsck(&["-f", "-n"]);
+        (code != 0).then(|| format!("e2fsck -fn exit {code} after the journal: {text}"))
+    };
+    let _ = std::fs::remove_file(&data);
+    found.map(|f| f.split_whitespace().collect::<Vec<_>>().join(" "))
+}
+
 /// Runs a sweep as `plan` says.
 pub fn run(plan: &Plan) -> Report {
     let tmp = crate::rig_dir("cairn-powercut-");
     let dir = tmp.path();
-    let trace = trace(plan.board, dir);
-    let state = partition(&trace.base, "STATE");
-    let versions = state_versions(&trace, state);
-    let points = pick(&trace, plan);
-    let writes = trace
-        .log
-        .entries()
+    let board = plan.board;
+    let sick_config =
+        "health:\n  window_s: 10\n  probes:\n    - tcp: 127.0.0.1:9\n      timeout_s: 1\n";
+    let bundles = Bundles {
+        new: release(board, dir, NEW, RootExtras::default()),
+        sick: if plan.scenarios.contains(&Scenario::Api) {
+            release(
+                board,
+                dir,
+                SICK,
+                RootExtras {
+                    machine_config: Some(sick_config.into()),
+                    ..Default::default()
+                },
+            )
+        } else {
+            PathBuf::new()
+        },
+        next: release(board, dir, NEXT, RootExtras::default()),
+    };
+    let traces: Vec<Trace> = plan
+        .scenarios
         .iter()
-        .filter(|e| e.op == Op::Write)
-        .count();
+        .map(|&s| trace(board, s, &bundles, dir))
+        .collect();
+    let state = partition(&traces[0].base, "STATE");
+    let versions: Vec<_> = traces.iter().map(|t| state_versions(t, state)).collect();
+    let points = pick(&traces, plan);
+    let writes = traces
+        .iter()
+        .map(|t| t.log.entries().iter().filter(|e| e.op == Op::Write).count())
+        .sum();
     eprintln!(
         "power cuts: {} writes traced ({}), {} cut points, seed {}",
         writes,
-        trace
-            .spans
+        traces
             .iter()
-            .map(|s| format!("{} {}", s.phase, s.entries.len()))
+            .flat_map(|t| &t.spans)
+            .map(|s| format!(
+                "{} {} entries in {:.1} s",
+                s.phase,
+                s.entries.len(),
+                (s.time.end - s.time.start).as_secs_f64()
+            ))
             .collect::<Vec<_>>()
             .join(", "),
         points.len(),
         plan.seed
     );
-    // One disk moves forward through the log; each cut boots a copy of it.
+    // One disk per traced run moves forward through its log; each cut boots a copy of it.
+    let mut cursor: Option<(usize, File)> = None;
     let cursor_path = dir.join("cursor.img");
-    copy(&trace.base, &cursor_path);
-    let mut cursor = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&cursor_path)
-        .unwrap();
     let mut at = 0;
     let mut outcomes = Vec::new();
-    for (n, (prefix, phase, write, after)) in points.into_iter().enumerate() {
-        trace.log.apply(at..prefix, &mut cursor).unwrap();
-        at = prefix;
-        cursor.sync_all().unwrap();
+    for (n, point) in points.into_iter().enumerate() {
+        let trace = &traces[point.trace];
+        if cursor.as_ref().map(|(t, _)| *t) != Some(point.trace) {
+            copy(&trace.base, &cursor_path);
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&cursor_path)
+                .unwrap();
+            cursor = Some((point.trace, file));
+            at = 0;
+        }
+        let file = &mut cursor.as_mut().unwrap().1;
+        trace.log.apply(at..point.prefix, file).unwrap();
+        at = point.prefix;
+        file.sync_all().unwrap();
         let cut = trace.dir.join("cut.img");
         copy(&cursor_path, &cut);
-        let state_problems = check_state(&cut, state, &versions);
+        let state_problems = check_state(&cut, state, &versions[point.trace]);
         let work = dir.join(format!("cut-{n}"));
-        let mut m = launch(plan.board, &cut, &work, None);
-        let booted = settle(&mut m);
-        let mut failure = match (&booted, state_problems.is_empty()) {
-            (Err(e), _) => Some(format!("did not boot to a good slot: {e}")),
-            (Ok(_), false) => Some(format!("STATE: {}", state_problems.join("; "))),
+        std::fs::create_dir_all(&work).unwrap();
+        let data = check_data(&cut, &work);
+        let mut m = launch(board, &cut, &work, None);
+        let booted = settle(&mut m, trace.scenario);
+        let mut failure = match (&booted, state_problems.is_empty(), &data) {
+            (Err(e), _, _) => Some(format!("did not boot to a good slot: {e}")),
+            (Ok(_), false, _) => Some(format!("STATE: {}", state_problems.join("; "))),
+            (Ok(_), true, Some(d)) => Some(format!("DATA: {d}")),
             _ => None,
         };
         let mut next_update = None;
         if let (Ok(on), true) = (&booted, n % plan.install_every.max(1) == 0) {
             let bundle = if on.starts_with("b/") {
-                &trace.bundle_next
+                &bundles.next
             } else {
-                &trace.bundle_new
+                &bundles.new
             };
             let stick = work.join("next.img");
             make_stick(
@@ -563,19 +905,20 @@ pub fn run(plan: &Plan) -> Report {
         }
         let _ = m.kill();
         let outcome = Outcome {
-            phase,
-            prefix,
-            write,
-            after,
+            phase: point.phase,
+            prefix: point.prefix,
+            cut: point.cut,
             booted: booted.ok(),
             state: state_problems,
+            data,
             next_update,
             failure,
         };
         eprintln!(
-            "  cut {:>3}: {phase}, write {write} {}: {}",
+            "  cut {:>3}: {}, {}: {}",
             n + 1,
-            if after { "after" } else { "before" },
+            point.phase,
+            point.cut,
             match &outcome.failure {
                 None => format!("ok ({})", outcome.booted.as_deref().unwrap_or("")),
                 Some(f) => format!("FAILED: {f}"),
@@ -585,9 +928,9 @@ pub fn run(plan: &Plan) -> Report {
         let _ = std::fs::remove_dir_all(&work);
     }
     Report {
-        board: plan.board.name,
+        board: board.name,
         seed: plan.seed,
-        spans: trace.spans,
+        spans: traces.into_iter().flat_map(|t| t.spans).collect(),
         writes,
         outcomes,
     }

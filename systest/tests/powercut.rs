@@ -1,12 +1,13 @@
-//! Power cuts during an update (systest/src/powercut.rs): a small fixed sample in the suite,
-//! the same code as `cargo xtask powercut --points N --seed S [--board B]`, which sets the
-//! variables below and prints the table.
+//! Power cuts during updates (systest/src/powercut.rs): a small fixed sample in the suite,
+//! the same code as `cargo xtask powercut --points N --seed S [--board B] [--scenario S]`,
+//! which sets the variables below and prints the table.
 //!
-//! - `CAIRN_POWERCUT_BOARD` (qemu-aarch64), `CAIRN_POWERCUT_POINTS` (3), `CAIRN_POWERCUT_SEED`
+//! - `CAIRN_POWERCUT_BOARD` (qemu-aarch64), `CAIRN_POWERCUT_POINTS` (4: the first two phases of
+//!   each run, the installs and the trials), `CAIRN_POWERCUT_SEED`
 //!   (2026), `CAIRN_POWERCUT_INSTALL_EVERY` (3): the next update is tried after every this
-//!   many cuts.
+//!   many cuts; `CAIRN_POWERCUT_SCENARIOS` (`stick,api`): which traced runs to cut.
 
-use cairn_systest::powercut::{run, Plan};
+use cairn_systest::powercut::{run, Plan, Scenario};
 use cairn_systest::qemu_lock;
 
 fn var<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -27,7 +28,11 @@ fn power_cuts_during_an_update_leave_a_device_that_boots_and_updates() {
         .unwrap_or_else(|_| panic!("CAIRN_POWERCUT_BOARD={board_name:?}: no such board"));
     let plan = Plan {
         board,
-        points: var("CAIRN_POWERCUT_POINTS", 3),
+        scenarios: var("CAIRN_POWERCUT_SCENARIOS", "stick,api".to_string())
+            .split(',')
+            .map(|name| Scenario::parse(name.trim()).unwrap_or_else(|e| panic!("{e}")))
+            .collect(),
+        points: var("CAIRN_POWERCUT_POINTS", 4),
         seed: var("CAIRN_POWERCUT_SEED", 2026),
         install_every: var("CAIRN_POWERCUT_INSTALL_EVERY", 3),
     };

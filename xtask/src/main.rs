@@ -8,8 +8,10 @@
 //! - `test`   setup, lints, device binaries, images, then every test including QEMU boots.
 //! - `systests` only the system tests (QEMU boots), side by side, against the images, device
 //!   binaries and cairnctl already built (by `test`, or `images` and `cargo build`).
-//! - `powercut --points N --seed S [--board B] [--install-every K]` cuts the power during an
-//!   update at N points (systest/src/powercut.rs) and prints the table per phase.
+//! - `powercut --points N --seed S [--board B] [--install-every K] [--scenario S]` cuts the
+//!   power during updates at N points (systest/src/powercut.rs) and prints the table per phase.
+//! - `soak --cycles N [--board B]` runs N update cycles on one machine (good, rollback,
+//!   unhealthy, hanging; systest/src/soak.rs) and prints how they ended and cairnd's memory.
 //! - `report` boots each QEMU board (and the Raspberry Pi 4 under raspi4b) five times per series
 //!   and prints the footprint and boot-time figures; `report BOARD…` measures only those boards.
 
@@ -44,13 +46,14 @@ fn main() -> ExitCode {
         Some("report") => setup::run().and_then(|_| report::run(&report_images(&args[1..])?)),
         Some("fuzz") => fuzz::command(&args[1..]),
         Some("powercut") => powercut(&args[1..]),
+        Some("soak") => soak(&args[1..]),
         Some("bench-install") => bench::run_bench(),
         Some("bench-prep") => bench::prep(),
         Some("bench-net") => bench_net(),
         Some("bench-api") => bench_api(),
         _ => {
             eprintln!(
-                "usage: cargo xtask <setup|device|images|demo|test|systests|report|fuzz|powercut|bench-install|bench-net|bench-api>"
+                "usage: cargo xtask <setup|device|images|demo|test|systests|report|fuzz|powercut|soak|bench-install|bench-net|bench-api>"
             );
             return ExitCode::from(2);
         }
@@ -646,34 +649,83 @@ fn test() -> Result<()> {
     result
 }
 
-/// `cargo xtask powercut`: the power-cut sweep of systest/tests/powercut.rs with the points, seed
-/// and board given; the table is printed and kept in target/cairn/powercut-<board>.txt.
+/// `cargo xtask powercut`: the power-cut sweep of systest/tests/powercut.rs with the points, seed,
+/// board and scenarios given; the table is printed and kept in target/cairn/powercut-<board>.txt.
 fn powercut(args: &[String]) -> Result<()> {
-    let usage =
-        "usage: cargo xtask powercut [--points N] [--seed S] [--board B] [--install-every K]";
-    let mut env: Vec<(&str, String)> = Vec::new();
+    long_run(
+        "powercut",
+        "CAIRN_POWERCUT",
+        &[
+            ("--points", "POINTS"),
+            ("--seed", "SEED"),
+            ("--board", "BOARD"),
+            ("--install-every", "INSTALL_EVERY"),
+            ("--scenario", "SCENARIOS"),
+        ],
+        args,
+        "usage: cargo xtask powercut [--points N] [--seed S] [--board B] [--install-every K] \
+         [--scenario stick|api|stick,api]",
+    )
+}
+
+/// `cargo xtask soak`: the update cycles of systest/tests/soak.rs on one machine; the table is
+/// printed and kept in target/cairn/soak-<board>.txt.
+fn soak(args: &[String]) -> Result<()> {
+    long_run(
+        "soak",
+        "CAIRN_SOAK",
+        &[
+            ("--cycles", "CYCLES"),
+            ("--board", "BOARD"),
+            ("--sample-every", "SAMPLE_EVERY"),
+        ],
+        args,
+        "usage: cargo xtask soak [--cycles N] [--board B] [--sample-every K]",
+    )
+}
+
+/// A long run of its own: the system test `test` with its flags turned into `<prefix>_<NAME>`
+/// variables (checked here, so that a typo fails before anything is built), after the images
+/// are built; the table the test writes is printed and kept in target/cairn/<test>-<board>.txt.
+fn long_run(
+    test: &str,
+    prefix: &str,
+    flags: &[(&str, &str)],
+    args: &[String],
+    usage: &str,
+) -> Result<()> {
+    let mut env: Vec<(String, String)> = Vec::new();
     let mut board = "qemu-aarch64".to_string();
     let mut it = args.iter();
     while let Some(flag) = it.next() {
-        let var = match flag.as_str() {
-            "--points" => "CAIRN_POWERCUT_POINTS",
-            "--seed" => "CAIRN_POWERCUT_SEED",
-            "--board" => "CAIRN_POWERCUT_BOARD",
-            "--install-every" => "CAIRN_POWERCUT_INSTALL_EVERY",
-            other => bail!("unknown argument {other:?}; {usage}"),
+        let Some((_, name)) = flags.iter().find(|(f, _)| f == flag) else {
+            bail!("unknown argument {flag:?}; {usage}");
         };
         let value = it
             .next()
             .with_context(|| format!("{flag} needs a value; {usage}"))?;
-        if var == "CAIRN_POWERCUT_BOARD" {
-            board = value.clone();
-        } else if value
-            .parse::<u64>()
-            .map_or(true, |n| n == 0 && var != "CAIRN_POWERCUT_SEED")
-        {
-            bail!("{flag} {value:?}: want a positive whole number");
+        match *name {
+            "BOARD" => board = value.clone(),
+            "SCENARIOS" => {
+                if let Some(bad) = value
+                    .split(',')
+                    .find(|s| !["stick", "api"].contains(&s.trim()))
+                {
+                    bail!("--scenario {bad:?}: the scenarios are stick and api (or stick,api)");
+                }
+            }
+            "SEED" => {
+                value
+                    .parse::<u64>()
+                    .map_err(|_| anyhow::anyhow!("{flag} {value:?}: want a whole number"))?;
+            }
+            _ => {
+                if value.parse::<u64>().map_or(true, |n| n == 0) {
+                    bail!("{flag} {value:?}: want a positive whole number");
+                }
+            }
         }
-        env.push((var, value.clone()));
+        env.push((format!("{prefix}_{name}"), value.clone()));
     }
     if cairn_board::find(&board)
         .ok()
@@ -684,8 +736,8 @@ fn powercut(args: &[String]) -> Result<()> {
     }
     setup::run()?;
     images()?;
-    let table = target_dir().join(format!("cairn/powercut-{board}.txt"));
-    step(&format!("power cuts on {board}"));
+    let table = target_dir().join(format!("cairn/{test}-{board}.txt"));
+    step(&format!("{test} on {board}"));
     let mut cmd = cargo();
     cmd.args([
         "test",
@@ -693,12 +745,12 @@ fn powercut(args: &[String]) -> Result<()> {
         "--package",
         "cairn-systest",
         "--test",
-        "powercut",
+        test,
         "--",
         "--include-ignored",
         "--nocapture",
     ])
-    .env("CAIRN_POWERCUT_TABLE", &table);
+    .env(format!("{prefix}_TABLE"), &table);
     for (k, v) in test_env().iter() {
         cmd.env(k, v);
     }

@@ -321,6 +321,7 @@ pub fn services_json(s: &proto::ServiceListResponse) -> Value {
             "since_unix_ms": i.since_unix_ms,
             "last_exit": i.last_exit,
             "rss_bytes": i.rss_bytes,
+            "open_fds": i.open_fds,
         })).collect::<Vec<_>>(),
     })
 }
@@ -331,6 +332,7 @@ pub fn services_text(s: &proto::ServiceListResponse) -> String {
         "STATE",
         "PID",
         "MEMORY",
+        "FDS",
         "RESTARTS",
         "SINCE",
         "LAST EXIT",
@@ -348,6 +350,11 @@ pub fn services_text(s: &proto::ServiceListResponse) -> String {
                 "-".to_string()
             } else {
                 format!("{:.1} MiB", i.rss_bytes as f64 / (1 << 20) as f64)
+            },
+            if i.open_fds == 0 {
+                "-".to_string()
+            } else {
+                i.open_fds.to_string()
             },
             i.restarts.to_string(),
             time_ms(i.since_unix_ms),
