@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 use cairn_board::Board;
 use cairn_image::RootExtras;
 use cairn_qemu::writelog::{Op, WriteLog};
-use cairn_qemu::{free_local_port, LaunchOptions, Machine, PortForward};
+use cairn_qemu::{free_local_port, LaunchOptions, Machine, PortForward, Swtpm};
 
 use crate::ctl::Ctl;
 use crate::release::{build_release, dev_key, sign_bundle};
@@ -58,6 +58,8 @@ const SICK: &str = "0.2.1";
 const ABSENT: &[u8] = b"\0absent\0";
 /// A release newer than all of them, for the "next update" check on a machine that runs B.
 const NEXT: &str = "0.3.0";
+/// What cairnd says of STATE and DATA once both are unlocked (TPM boxes).
+const ENCRYPTED: &str = "cairnd: STATE and DATA are encrypted (LUKS2, key sealed in the TPM)";
 /// How often the traced run notes the write log's length, for cuts at instants.
 const SAMPLE_EVERY: Duration = Duration::from_millis(20);
 
@@ -68,15 +70,18 @@ pub enum Scenario {
     Stick,
     /// An unhealthy bundle over the API: install, trial and rollback, then a config apply.
     Api,
+    /// A first boot with a TPM attached: STATE and DATA encrypted (LUKS2, key sealed in the TPM).
+    Encrypt,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 2] = [Scenario::Stick, Scenario::Api];
+    pub const ALL: [Scenario; 3] = [Scenario::Stick, Scenario::Api, Scenario::Encrypt];
 
     pub fn name(self) -> &'static str {
         match self {
             Scenario::Stick => "stick",
             Scenario::Api => "api",
+            Scenario::Encrypt => "encrypt",
         }
     }
 
@@ -85,7 +90,9 @@ impl Scenario {
         Scenario::ALL
             .into_iter()
             .find(|s| s.name() == name)
-            .ok_or_else(|| format!("no power-cut scenario {name:?} (there are: stick, api)"))
+            .ok_or_else(|| {
+                format!("no power-cut scenario {name:?} (there are: stick, api, encrypt)")
+            })
     }
 
     /// Where a machine may settle (slot, version), and what it may try on the way.
@@ -98,6 +105,8 @@ impl Scenario {
         match self {
             Scenario::Stick => (&[("a", OLD), ("b", NEW)], ("b", NEW)),
             Scenario::Api => (&[("a", OLD)], ("b", SICK)),
+            // Nothing is installed: a trial of B would be wrong.
+            Scenario::Encrypt => (&[("a", OLD)], ("", "")),
         }
     }
 }
@@ -285,6 +294,9 @@ struct Trace {
     spans: Vec<Span>,
     /// (time since the run began, entries whole in the log by then), in time order.
     samples: Vec<(Duration, usize)>,
+    /// The TPM's state after the run (its seeds, made at its first start, seal STATE's key), for
+    /// the machines that boot the cuts; None for runs without a TPM.
+    tpm: Option<PathBuf>,
 }
 
 /// Bundles shared by the traced runs and the next-update checks.
@@ -302,22 +314,20 @@ fn copy(from: &Path, to: &Path) {
         .unwrap_or_else(|e| panic!("copying {} to {}: {e}", from.display(), to.display()));
 }
 
-fn launch(board: &'static Board, disk: &Path, work: &Path, log: Option<&Path>) -> Machine {
-    launch_with(board, disk, work, log, Vec::new())
-}
-
 fn launch_with(
     board: &'static Board,
     disk: &Path,
     work: &Path,
     log: Option<&Path>,
     port_forwards: Vec<PortForward>,
+    tpm: Option<&Swtpm>,
 ) -> Machine {
     let mut opts = LaunchOptions::new(board, disk, work);
     opts.echo_console = std::env::var_os("CAIRN_POWERCUT_ECHO").is_some();
     opts.writable_image = log.is_some();
     opts.write_log = log.map(Path::to_path_buf);
     opts.port_forwards = port_forwards;
+    opts.tpm = tpm.map(|t| t.socket_path().to_path_buf());
     Machine::launch(opts).unwrap()
 }
 
@@ -398,6 +408,8 @@ fn trace(board: &'static Board, scenario: Scenario, bundles: &Bundles, dir: &Pat
     copy(&base, &disk);
     let log_path = dir.join("writes.log");
     let port = free_local_port().unwrap();
+    let tpm_dir = dir.join("tpm");
+    let swtpm = (scenario == Scenario::Encrypt).then(|| Swtpm::start(&tpm_dir, 0).unwrap());
     let began = Instant::now();
     let mut m = launch_with(
         board,
@@ -405,12 +417,24 @@ fn trace(board: &'static Board, scenario: Scenario, bundles: &Bundles, dir: &Pat
         &dir.join("traced"),
         Some(&log_path),
         vec![PortForward::new(port, API_PORT)],
+        swtpm.as_ref(),
     );
     let sampler = Sampler::start(&log_path, began);
     m.wait_for_line("cairn-init: ready slot=a", BOOT_TIMEOUT)
         .unwrap();
     api_and_sticks(&mut m);
     let bounds = match scenario {
+        Scenario::Encrypt => {
+            // The whole first boot, from the first write on.
+            let start = (0, Duration::ZERO);
+            let status = m
+                .lines()
+                .into_iter()
+                .find(|l| l.contains("cairnd: STATE and DATA are"))
+                .unwrap_or_default();
+            assert!(status.contains(ENCRYPTED), "the first boot: {status}");
+            vec![("first boot (LUKS)", start, mark(&log_path, began))]
+        }
         Scenario::Stick => {
             let plugged = mark(&log_path, began);
             let stick = dir.join("stick.img");
@@ -470,6 +494,12 @@ fn trace(board: &'static Board, scenario: Scenario, bundles: &Bundles, dir: &Pat
     };
     m.quit().unwrap();
     m.wait_exit(STEP_TIMEOUT).unwrap();
+    let tpm = swtpm.map(|t| {
+        t.stop().unwrap();
+        let kept = dir.join("tpm-after");
+        copy_tpm_state(&tpm_dir, &kept);
+        kept
+    });
     let lengths = sampler.finish();
     let log = WriteLog::open(&log_path).unwrap();
     let samples = lengths
@@ -491,6 +521,19 @@ fn trace(board: &'static Board, scenario: Scenario, bundles: &Bundles, dir: &Pat
         log,
         spans,
         samples,
+        tpm,
+    }
+}
+
+/// Copies the TPM's own files (`tpm2-*`: its permanent state) from one swtpm state folder to a
+/// new one; sockets and logs stay behind.
+fn copy_tpm_state(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_name().to_string_lossy().starts_with("tpm2-") {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
     }
 }
 
@@ -783,6 +826,35 @@ fn check_data(disk: &Path, dir: &Path) -> Option<String> {
     found.map(|f| f.split_whitespace().collect::<Vec<_>>().join(" "))
 }
 
+/// On a TPM box that settled: STATE and DATA unlocked, and STATE's API secrets (the image's
+/// seed) still those the development client trusts. None: both hold.
+fn unlocked(m: &Machine, work: &Path, port: u16) -> Option<String> {
+    let storage = m
+        .lines()
+        .into_iter()
+        .rfind(|l| l.contains("cairnd: STATE and DATA are"));
+    match storage {
+        Some(l) if l.contains(ENCRYPTED) => {}
+        Some(l) => return Some(l),
+        None => return Some("cairnd never said whether STATE and DATA are unlocked".into()),
+    }
+    let ctl = Ctl::for_role("reader", work, &format!("127.0.0.1:{port}"));
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let (ok, _, stderr) = ctl.run(&["--json", "version"]);
+        if ok {
+            return None;
+        }
+        if Instant::now() > deadline {
+            return Some(format!(
+                "the API does not answer with the image's secrets: {}",
+                stderr.trim()
+            ));
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}
+
 /// Runs a sweep as `plan` says.
 pub fn run(plan: &Plan) -> Report {
     let tmp = crate::rig_dir("cairn-powercut-");
@@ -813,7 +885,12 @@ pub fn run(plan: &Plan) -> Report {
         .map(|&s| trace(board, s, &bundles, dir))
         .collect();
     let state = partition(&traces[0].base, "STATE");
-    let versions: Vec<_> = traces.iter().map(|t| state_versions(t, state)).collect();
+    // STATE's files are compared with the traced run's where STATE stays FAT; an encrypted
+    // STATE is checked through the booted machine instead.
+    let versions: Vec<_> = traces
+        .iter()
+        .map(|t| t.tpm.is_none().then(|| state_versions(t, state)))
+        .collect();
     let points = pick(&traces, plan);
     let writes = traces
         .iter()
@@ -859,12 +936,32 @@ pub fn run(plan: &Plan) -> Report {
         file.sync_all().unwrap();
         let cut = trace.dir.join("cut.img");
         copy(&cursor_path, &cut);
-        let state_problems = check_state(&cut, state, &versions[point.trace]);
         let work = dir.join(format!("cut-{n}"));
         std::fs::create_dir_all(&work).unwrap();
-        let data = check_data(&cut, &work);
-        let mut m = launch(board, &cut, &work, None);
+        let (mut state_problems, mut data) = match &versions[point.trace] {
+            Some(v) => (check_state(&cut, state, v), check_data(&cut, &work)),
+            None => (Vec::new(), None),
+        };
+        // The TPM as the traced run left it: the same seeds that sealed STATE's key.
+        let swtpm = trace.tpm.as_ref().map(|kept| {
+            copy_tpm_state(kept, &work.join("tpm"));
+            Swtpm::start(&work.join("tpm"), 0).unwrap()
+        });
+        let port = free_local_port().unwrap();
+        let mut m = launch_with(
+            board,
+            &cut,
+            &work,
+            None,
+            vec![PortForward::new(port, API_PORT)],
+            swtpm.as_ref(),
+        );
         let booted = settle(&mut m, trace.scenario);
+        if booted.is_ok() && swtpm.is_some() {
+            let problem = unlocked(&m, &work, port);
+            data = problem.clone();
+            state_problems.extend(problem);
+        }
         let mut failure = match (&booted, state_problems.is_empty(), &data) {
             (Err(e), _, _) => Some(format!("did not boot to a good slot: {e}")),
             (Ok(_), false, _) => Some(format!("STATE: {}", state_problems.join("; "))),
@@ -904,6 +1001,9 @@ pub fn run(plan: &Plan) -> Report {
             next_update = Some(ok);
         }
         let _ = m.kill();
+        if let Some(t) = swtpm {
+            let _ = t.stop();
+        }
         let outcome = Outcome {
             phase: point.phase,
             prefix: point.prefix,
