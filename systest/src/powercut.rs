@@ -58,8 +58,19 @@ const SICK: &str = "0.2.1";
 const ABSENT: &[u8] = b"\0absent\0";
 /// A release newer than all of them, for the "next update" check on a machine that runs B.
 const NEXT: &str = "0.3.0";
-/// What cairnd says of STATE and DATA once both are unlocked (TPM boxes).
-const ENCRYPTED: &str = "cairnd: STATE and DATA are encrypted (LUKS2, key sealed in the TPM)";
+/// What cairnd says once STATE and DATA are encrypted and open (TPM boxes): at the first boot
+/// (or the boot that finishes one a cut stopped), and at every later one.
+const UNLOCKED: [&str; 2] = [
+    "cairnd: encrypted STATE and DATA in",
+    "cairnd: unlocked STATE and DATA with the TPM",
+];
+/// What it says when they are not (each ends the storage bring-up of that boot).
+const NOT_UNLOCKED: [&str; 4] = [
+    "STATE and DATA are not encrypted",
+    "cairnd: maintenance mode:",
+    "the next boot tries again",
+    "STATE and DATA stay locked",
+];
 /// How often the traced run notes the write log's length, for cuts at instants.
 const SAMPLE_EVERY: Duration = Duration::from_millis(20);
 
@@ -427,12 +438,11 @@ fn trace(board: &'static Board, scenario: Scenario, bundles: &Bundles, dir: &Pat
         Scenario::Encrypt => {
             // The whole first boot, from the first write on.
             let start = (0, Duration::ZERO);
-            let status = m
-                .lines()
-                .into_iter()
-                .find(|l| l.contains("cairnd: STATE and DATA are"))
-                .unwrap_or_default();
-            assert!(status.contains(ENCRYPTED), "the first boot: {status}");
+            let status = storage_line(&m);
+            assert!(
+                status.as_deref().is_some_and(|l| l.contains(UNLOCKED[0])),
+                "the first boot: {status:?}"
+            );
             vec![("first boot (LUKS)", start, mark(&log_path, began))]
         }
         Scenario::Stick => {
@@ -826,17 +836,20 @@ fn check_data(disk: &Path, dir: &Path) -> Option<String> {
     found.map(|f| f.split_whitespace().collect::<Vec<_>>().join(" "))
 }
 
+/// cairnd's last line on how STATE and DATA came up, over every boot so far.
+fn storage_line(m: &Machine) -> Option<String> {
+    m.lines()
+        .into_iter()
+        .rfind(|l| UNLOCKED.iter().chain(&NOT_UNLOCKED).any(|k| l.contains(k)))
+}
+
 /// On a TPM box that settled: STATE and DATA unlocked, and STATE's API secrets (the image's
 /// seed) still those the development client trusts. None: both hold.
 fn unlocked(m: &Machine, work: &Path, port: u16) -> Option<String> {
-    let storage = m
-        .lines()
-        .into_iter()
-        .rfind(|l| l.contains("cairnd: STATE and DATA are"));
-    match storage {
-        Some(l) if l.contains(ENCRYPTED) => {}
+    match storage_line(m) {
+        Some(l) if UNLOCKED.iter().any(|u| l.contains(u)) => {}
         Some(l) => return Some(l),
-        None => return Some("cairnd never said whether STATE and DATA are unlocked".into()),
+        None => return Some("cairnd never said whether STATE and DATA are open".into()),
     }
     let ctl = Ctl::for_role("reader", work, &format!("127.0.0.1:{port}"));
     let deadline = Instant::now() + Duration::from_secs(90);
