@@ -2,7 +2,10 @@
 //!
 //! Every change rewrites both header copies with a higher sequence id; keyslot material is
 //! written (or wiped) before the metadata that points at it (or no longer does), so an
-//! interrupted update never leaves a keyslot that points at missing material.
+//! interrupted update never leaves a keyslot that points at missing material. A format writes
+//! a header with no keyslot before any keyslot material, so that from its first non-zero byte
+//! on the device reads as a LUKS2 volume: a format that a power cut stopped is recognisable as
+//! one (and may be done again), never mistaken for someone else's data.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -37,6 +40,31 @@ pub const MAX_KEYSLOTS_SIZE: u64 = 128 << 20;
 pub const MAX_KEY_SIZE: usize = 512;
 /// Keyslot areas are aligned to 4 KiB, as cryptsetup aligns them.
 const AREA_ALIGN: u64 = 4096;
+
+/// What writing a volume needs of its device: positioned writes and a flush. A `File` (a block
+/// device or an image) is what the device uses; the tests also record what a format writes.
+pub trait Disk {
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()>;
+    fn sync_data(&self) -> std::io::Result<()>;
+    /// The device's size in bytes.
+    fn size(&self) -> std::io::Result<u64>;
+}
+
+impl Disk for File {
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        FileExt::write_all_at(self, buf, offset)
+    }
+
+    fn sync_data(&self) -> std::io::Result<()> {
+        File::sync_data(self)
+    }
+
+    fn size(&self) -> std::io::Result<u64> {
+        // Seeking to the end works for block devices, whose metadata length is 0.
+        let mut d = self;
+        d.seek(SeekFrom::End(0))
+    }
+}
 
 /// A volume key, wiped from memory when dropped.
 pub struct VolumeKey(Zeroizing<Vec<u8>>);
@@ -144,11 +172,8 @@ fn read_exact_at<R: ReadAt + ?Sized>(
     dev.read_exact_at(buf, offset).map_err(io(what))
 }
 
-fn device_size(dev: &File) -> Result<u64> {
-    // Seeking to the end works for block devices, whose metadata length is 0.
-    let mut d = dev;
-    d.seek(SeekFrom::End(0))
-        .map_err(io("finding the device size"))
+fn device_size(dev: &impl Disk) -> Result<u64> {
+    dev.size().map_err(io("finding the device size"))
 }
 
 fn random_uuid() -> String {
@@ -313,7 +338,7 @@ impl Luks2 {
     /// [`DEFAULT_DATA_OFFSET`] bytes (headers and keyslots area) are overwritten with zeros
     /// first; data beyond them is left as it is.
     pub fn format(
-        dev: &File,
+        dev: &impl Disk,
         volume_key: &VolumeKey,
         passphrase: &[u8],
         opts: &FormatOptions,
@@ -397,6 +422,9 @@ impl Luks2 {
             secondary_salt: random_salt(),
             meta,
         };
+        // The headers first, with no keyslot yet: the keyslot's material, written next, would
+        // otherwise sit on the device with nothing saying whose it is until the headers follow.
+        luks.write_headers(dev)?;
         luks.add_keyslot_with_key(dev, volume_key, passphrase, opts.kdf)?;
         Ok(luks)
     }
@@ -440,7 +468,7 @@ impl Luks2 {
     }
 
     /// Writes both header copies with the next sequence id.
-    fn write_headers(&mut self, dev: &File) -> Result<()> {
+    fn write_headers(&mut self, dev: &impl Disk) -> Result<()> {
         self.validate()?;
         let json = serde_json::to_vec(&self.meta).map_err(Error::Json)?;
         let available = (self.hdr.hdr_size as usize) - BIN_SIZE;
@@ -621,7 +649,7 @@ impl Luks2 {
 
     fn add_keyslot_with_key(
         &mut self,
-        dev: &File,
+        dev: &impl Disk,
         vk: &VolumeKey,
         passphrase: &[u8],
         kdf: Kdf,
@@ -677,7 +705,7 @@ impl Luks2 {
 
     /// Removes keyslot `id`: its area is overwritten with random bytes, then it is dropped
     /// from the metadata, its digest and its tokens. The last keyslot is never removed.
-    pub fn remove_keyslot(&mut self, dev: &File, id: u32) -> Result<()> {
+    pub fn remove_keyslot(&mut self, dev: &impl Disk, id: u32) -> Result<()> {
         let ks = self
             .meta
             .keyslots
@@ -764,6 +792,67 @@ mod tests {
         }
     }
 
+    /// A write (offset, bytes), or a flush (None).
+    type Step = Option<(u64, Vec<u8>)>;
+
+    /// A device in memory that keeps every write, in order, with the flushes between them.
+    struct Recorder {
+        len: u64,
+        writes: std::cell::RefCell<Vec<Step>>,
+    }
+
+    impl Disk for Recorder {
+        fn write_all_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+            self.writes.borrow_mut().push(Some((offset, buf.to_vec())));
+            Ok(())
+        }
+
+        fn sync_data(&self) -> std::io::Result<()> {
+            self.writes.borrow_mut().push(None);
+            Ok(())
+        }
+
+        fn size(&self) -> std::io::Result<u64> {
+            Ok(self.len)
+        }
+    }
+
+    #[test]
+    fn a_format_cut_short_anywhere_is_blank_or_reads_as_luks2() {
+        // A power cut keeps what was flushed and may keep any of the writes after the last
+        // flush; checked here at each write, with every earlier write kept. Before the first
+        // non-zero byte the device must be blank; from then on it must open as LUKS2, so that
+        // a first boot that finds it knows it as its own unfinished format.
+        let dev = Recorder {
+            len: DEFAULT_DATA_OFFSET + (1 << 20),
+            writes: Default::default(),
+        };
+        let vk = VolumeKey::generate();
+        Luks2::format(&dev, &vk, b"one", &opts(FAST)).unwrap();
+        let writes: Vec<(u64, Vec<u8>)> = dev.writes.into_inner().into_iter().flatten().collect();
+        let mut image = vec![0u8; 1 << 20];
+        let mut seen_luks = false;
+        for (n, (offset, data)) in writes.iter().enumerate() {
+            let end = (offset + data.len() as u64).min(image.len() as u64);
+            if *offset < end {
+                image[*offset as usize..end as usize]
+                    .copy_from_slice(&data[..(end - offset) as usize]);
+            }
+            let blank = image.iter().all(|&b| b == 0);
+            let luks = Luks2::open(image.as_slice()).is_ok();
+            assert!(
+                blank || luks,
+                "after write {n} ({} bytes at {offset}) the device is neither blank nor LUKS2",
+                data.len()
+            );
+            seen_luks |= luks;
+        }
+        assert!(seen_luks);
+        // And the end result opens with the passphrase.
+        let l = Luks2::open(image.as_slice()).unwrap();
+        assert_eq!(l.keyslots().len(), 1);
+    }
+
     #[test]
     fn format_unlock_add_remove() {
         let dev = image();
@@ -848,7 +937,7 @@ mod tests {
         let dev = image();
         let vk = VolumeKey::generate();
         let l = Luks2::format(&dev, &vk, b"pw", &opts(FAST)).unwrap();
-        dev.write_all_at(&[0xff; 64], 200).unwrap();
+        FileExt::write_all_at(&dev, &[0xff; 64], 200).unwrap();
         let back = Luks2::open(&dev).unwrap();
         assert_eq!(back.uuid(), l.uuid());
         assert_eq!(
@@ -856,8 +945,7 @@ mod tests {
             vk.as_bytes()
         );
         // Both copies gone: a clear error.
-        dev.write_all_at(&[0xff; 64], header::DEFAULT_HDR_SIZE + 200)
-            .unwrap();
+        FileExt::write_all_at(&dev, &[0xff; 64], header::DEFAULT_HDR_SIZE + 200).unwrap();
         assert!(matches!(
             Luks2::open(&dev),
             Err(Error::NoValidHeader { .. })
