@@ -305,9 +305,15 @@ impl<C: CertCheck> MachineConfig<C> {
                 let e = e.to_string();
                 // serde names the Rust type; the user wrote a file.
                 return Err(match e.split_once(", expected struct Raw") {
-                    Some((what, _)) => format!(
+                    // The whole file (the type is `Raw` itself).
+                    Some((what, "")) => format!(
                         "{what}: a machine config is a YAML mapping of health, update, network, api, storage, containers, kubernetes and registries"
                     ),
+                    // A section (`RawNetwork`, `RawInterface`…): that section must be a mapping.
+                    Some((what, rest)) => {
+                        let at = rest.trim_start_matches(char::is_alphanumeric);
+                        format!("{what}, expected a mapping{at}")
+                    }
                     None => e,
                 });
             }
@@ -589,6 +595,24 @@ mod tests {
         let e = MachineConfig::parse("just a line\n").unwrap_err();
         assert!(e.contains("a machine config is a YAML mapping"), "{e}");
         assert!(!e.contains("Raw"), "{e}");
+    }
+
+    #[test]
+    fn a_section_that_is_not_a_mapping_is_named_so() {
+        // Was "network: invalid type: sequence: a machine config is a YAML mapping of health,
+        // update…", which blamed the whole file (hostile/corpus/machine-configs).
+        let e = MachineConfig::parse("network: [eth0]\n").unwrap_err();
+        assert_eq!(
+            e,
+            "network: invalid type: sequence, expected a mapping at line 1 column 10"
+        );
+        let e = MachineConfig::parse("network:\n  interfaces: [eth0]\n").unwrap_err();
+        assert!(
+            e.starts_with(
+                "network.interfaces[0]: invalid type: string \"eth0\", expected a mapping"
+            ),
+            "{e}"
+        );
     }
 
     #[test]

@@ -45,7 +45,10 @@ const WORKSPACE: &str = "fuzz/Cargo.toml";
 /// member of [`WORKSPACE`].
 const PROJECTS: &[(&str, &[&str])] = &[
     ("bundle/fuzz", &["bundle", "manifest"]),
-    ("netcfg/fuzz", &["dhcp_reply", "dhcp_frame"]),
+    (
+        "netcfg/fuzz",
+        &["dhcp_reply", "dhcp_frame", "rtnl_datagram", "sntp_reply"],
+    ),
     ("luks/fuzz", &["header_json", "header_image"]),
     (
         "api/fuzz",
@@ -53,7 +56,9 @@ const PROJECTS: &[(&str, &[&str])] = &[
     ),
     ("tpm/fuzz", &["tpm_token", "tpm_response"]),
     ("daemon/fuzz", &["uevent", "eventlog"]),
-    ("facts/fuzz", &["probe_status"]),
+    ("facts/fuzz", &["probe_status", "machine_config"]),
+    ("boot/fuzz", &["uboot_env"]),
+    ("image/fuzz", &["gpt"]),
 ];
 
 /// Installs cargo-fuzz unless this exact version is already there.
@@ -229,10 +234,10 @@ fn fuzz(seconds: u64, build: Build, side_by_side: usize) -> Result<()> {
                 .with_context(|| format!("waiting for fuzz target {name}"))?;
             let text = std::fs::read_to_string(&target.log).unwrap_or_default();
             if status.success() {
-                eprintln!("    {name:<13} 0 crashes, {}", summary(&text));
+                eprintln!("    {name:<14} 0 crashes, {}", summary(&text));
                 continue;
             }
-            eprintln!("    {name:<13} 1 crash ({status}), {}", summary(&text));
+            eprintln!("    {name:<14} 1 crash ({status}), {}", summary(&text));
             for line in crash_report(&text, &target, build) {
                 eprintln!("      {line}");
             }
@@ -292,7 +297,8 @@ fn start(
     })
 }
 
-/// "N runs in S s (R/s), coverage C, corpus K" from libFuzzer's output.
+/// "N runs in S s (R/s), cov C ft F, corpus K" from libFuzzer's output: cov is the code edges
+/// reached, ft the features (edges with hit counts and comparisons) libFuzzer tells apart.
 fn summary(log: &str) -> String {
     let stat = |key: &str| {
         log.lines()
@@ -319,8 +325,9 @@ fn summary(log: &str) -> String {
             .unwrap_or_else(|| "?".into())
     };
     format!(
-        "{runs} runs in {seconds} s ({rate}/s), coverage {}, corpus {}",
+        "{runs} runs in {seconds} s ({rate}/s), cov {} ft {}, corpus {}",
         field("cov:"),
+        field("ft:"),
         field("corp:")
     )
 }
