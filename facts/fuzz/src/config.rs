@@ -87,3 +87,58 @@ pub fn seeds() -> Vec<(String, Vec<u8>)> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fuzzer's first finding: a tab in a key came back in the refusal as it was.
+    #[test]
+    fn a_key_with_a_tab() {
+        check_config(
+            b"# A trunk port: untagged traffic by DHCP on eth0, VLAN 20 (eth0.20) with a fixed \
+              address for\n# the plant network, VLAN 30 (eth0.30) by DHCP.\nnetwork:\n  \
+              hostn\tme: edge-03\n  interfaces:\n    vlans:\n        - id: 20\n          \
+              addresses: [10.20.0.2/24]\n          routes:\n            - {to: 10.200.0.0/16, \
+              via: 10.20.0.1}\n          mtu: 1500\n        - {id: 30, dhcp4: true}\n",
+        );
+    }
+
+    /// The fuzzer's second finding: a file that is mostly one string came back whole, over a
+    /// thousand bytes, in the refusal.
+    #[test]
+    fn a_refusal_quoting_the_file() {
+        let text = [
+            "# H+CrC7g== -----probes that gate veery A\n\n\n\n\n\na new slot is",
+            " committed only\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n",
+            "\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\nry Aup1988lkqiU2blY",
+            "FAiA2udRTBUxC7EwF1H7A5bv6GYz8Q/Y=1A0dzlOO\n    +CrC4\n\n\n\n\n\n\n\n\n",
+            "\n\n\n\n\n'\n\ne \n\n\n\n\n\n\n\n\n\n\n\n\n\n&\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\na ",
+            "new slot is commupdate:2 He lth probes tha8Q/Y=1A0dzlOO\n    ",
+            "+CrC4\n\n\n\n\n\n\n\n\n\n\n\n\n\n'\n\ne \n\n\n\n\n\n\n\n\n\n\n\n\n\n&\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n",
+            "\n\n\n\n\n\n\n\n\n\n\n\na new slot is committed only\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n",
+            "\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n",
+            "\n\n\n\n\n\nry Aup1988lkqiU2blYFAiA2udRTBUxC7EwF1H7A5bv6GYz8Q/Y=1A",
+            "0dzlOO\n    +CrC4\n\n\n\n\n\n\n\n\n\n\n\n\n\n'\n\ne \n\n\n\n\n\n\n\n\n\n\n\n\n\n&\n\n\n\n\n\n\n\n\n\n",
+            "\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\na new slot is committed onl\n\n\n\n\n\n\n\n\n\n",
+            "\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\nI\n\n",
+            "\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n#\n\n\n\n\n\n]\n\n\n when all",
+            "2}\n",
+        ]
+        .concat();
+        check_config(text.as_bytes());
+    }
+
+    /// The fuzzer's third finding: a probe's unknown key holding line breaks came back as it
+    /// was (the probe reader quotes it; every refusal now goes through one escaping step).
+    #[test]
+    fn a_probe_key_with_line_breaks() {
+        let text = [
+            "# Heais committed only .\nhealth:\n  window_s: 600\n  probes:\n ",
+            "   - {tcp: \"127.0.0.1:6443\", timeout_s:Yz8Q/Y=1A0dzlOO +CrC4",
+            "\n\n\n\n\n\n\n\n\n\n\n\n!!!!!!!!! 200, timeout_s: 2}\n",
+        ]
+        .concat();
+        check_config(text.as_bytes());
+    }
+}

@@ -66,3 +66,30 @@ pub fn seeds() -> Vec<(String, Vec<u8>)> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fuzzer's first finding: link-address messages naming a link "lo\n", desired by
+    /// name, were refused over two lines (`PlanError::BadName` now quotes the name).
+    #[test]
+    fn a_link_named_with_a_line_break() {
+        let hex: String = [
+        "4c0000001100860003000000e62d01000300000001000008000000017f000001080002007f00000107000300",
+        "6c6f0000080008008000000014000600ffffffffffff088100000001000003f94c0000001000020003000000",
+        "e62d0000020880fe01000008010000007f000001080002007f000001070003006c6f8d000800080080000000",
+        "14000600ffffffffffff80ff00000001000003f94c000000110000000100000000000000000a000001000000",
+        "010000007f000001080002007f000001070003006c6f0a00080008008000000014000600ffffffffffff80ff",
+        "00000001000003f94c000000110000000100000000000000000a00000100000007fffc007f00000108000200",
+        "7f000001070003006c00000008000110800000001400064a6c6f000000000000000000000000000000000000",
+        "000000000000ff00001e6454000800080027",
+        ]
+        .concat();
+        let bytes: Vec<u8> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect();
+        check_datagram(&bytes);
+    }
+}
