@@ -385,3 +385,24 @@ fn crash_report(log: &str, target: &Running, build: Build) -> Vec<String> {
     out.push(format!("log:       {}", target.log.display()));
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::summary;
+
+    #[test]
+    fn summary_reads_executions_and_coverage_from_the_final_stats() {
+        // The end of a real run's log (rtnl_datagram, 20 s).
+        let log = "#1048576\tpulse  cov: 788 ft: 2540 corp: 510/280Kb lim: 4096 exec/s: 99864 rss: 57Mb\n\
+                   #2074393\tDONE   cov: 792 ft: 2561 corp: 515/283Kb lim: 4096 exec/s: 98780 rss: 57Mb\n\
+                   Done 2074393 runs in 21 second(s)\n\
+                   stat::number_of_executed_units: 2074393\n\
+                   stat::average_exec_per_sec:     98780\n\
+                   stat::new_units_added:          1083\n";
+        assert_eq!(
+            summary(log),
+            "2074393 runs in 21 s (98780/s), cov 792 ft 2561, corpus 515"
+        );
+        assert_eq!(summary(""), "? runs in ? s (?/s), cov ? ft ?, corpus ?");
+    }
+}

@@ -42,7 +42,9 @@ pub mod fuzzing {
     /// and routes it describes, each message decoded as the socket decodes it, and the
     /// refusals (`NLMSG_ERROR` with an errno) and `NLMSG_DONE` codes it carries. The first
     /// malformed message ends the datagram with its error, as on the socket.
-    pub fn read_datagram(datagram: &[u8]) -> (KernelState, Vec<Refusal>, Vec<i32>, Option<DecodeError>) {
+    pub fn read_datagram(
+        datagram: &[u8],
+    ) -> (KernelState, Vec<Refusal>, Vec<i32>, Option<DecodeError>) {
         let mut state = KernelState::default();
         let (mut refusals, mut done) = (Vec::new(), Vec::new());
         for msg in wire::messages(datagram) {
