@@ -15,8 +15,9 @@
 //! `cargo xtask test` runs every target for a short while ([`run_brief`]; built at optimisation
 //! level 1, which halves the build, the suite's longest part of fuzzing) and fails on any crash;
 //! `cargo xtask fuzz [--seconds N] [--asan]` runs them for longer, in groups of [`GROUP`] side by
-//! side (the brief run starts them all at once). Each reports its executions and crashes
-//! (libFuzzer stops a target at its first crash, so that is 0 or 1).
+//! side (the brief run starts them all at once). Each reports its executions, its coverage
+//! (libFuzzer's cov and ft) and its crashes (libFuzzer stops a target at its first crash, so
+//! that is 0 or 1).
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
