@@ -7,9 +7,9 @@
 //! backup copy only when the primary is refused on its own, and reads the same way twice.
 
 use std::fs::File;
-use std::io::Write as _;
+use std::os::unix::fs::FileExt as _;
 use std::path::PathBuf;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 use cairn_image::formats::gpt::{self, GptPartition, SECTOR_BYTES};
 use cairn_image::formats::guid::Guid;
@@ -17,29 +17,38 @@ use cairn_image::formats::guid::Guid;
 /// Longest refusal accepted: one line an operator can read.
 pub const MAX_REFUSAL: usize = 1024;
 
-/// The scratch file each input is written to, one per process.
-fn scratch() -> &'static PathBuf {
-    static PATH: OnceLock<PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| {
+/// The scratch file each input is written to, one per process, unlinked as soon as it is
+/// created so that no run leaves it behind.
+fn scratch() -> &'static Mutex<File> {
+    static FILE: OnceLock<Mutex<File>> = OnceLock::new();
+    FILE.get_or_init(|| {
         let shm = PathBuf::from("/dev/shm");
         let dir = if shm.is_dir() {
             shm
         } else {
             std::env::temp_dir()
         };
-        dir.join(format!("cairn-fuzz-gpt-{}.img", std::process::id()))
+        let path = dir.join(format!("cairn-fuzz-gpt-{}.img", std::process::id()));
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .expect("creating the scratch disk");
+        std::fs::remove_file(&path).expect("unlinking the scratch disk");
+        Mutex::new(file)
     })
 }
 
 /// Reads `disk` as a GPT disk; panics (a finding) on a broken promise.
 pub fn check_disk(disk: &[u8]) {
-    let path = scratch();
-    File::create(path)
-        .and_then(|mut f| f.write_all(disk))
+    let mut file = scratch().lock().unwrap_or_else(|e| e.into_inner());
+    file.set_len(0)
+        .and_then(|()| file.write_all_at(disk, 0))
         .expect("writing the scratch disk");
-    let mut file = File::open(path).expect("opening the scratch disk");
-    let first = gpt::read(&mut file);
-    let again = gpt::read(&mut file);
+    let file = &mut *file;
+    let first = gpt::read(file);
+    let again = gpt::read(file);
     let sectors = disk.len() as u64 / SECTOR_BYTES;
     match first {
         Err(e) => {
@@ -121,6 +130,5 @@ mod tests {
         for (_, _, bytes) in seeds() {
             check_disk(&bytes);
         }
-        let _ = std::fs::remove_file(scratch());
     }
 }
