@@ -292,9 +292,41 @@ pub fn schema() -> serde_json::Value {
     serde_json::to_value(schemars::schema_for!(Raw)).expect("a schema is JSON")
 }
 
+/// Longest refusal [`MachineConfig::parse`] gives: serde's errors quote the file's keys and
+/// values, and a value may be most of the file.
+const MAX_REFUSAL: usize = 400;
+
+/// `text` on one short line: control characters written as escapes (`\t`, `\n`; a quoted key
+/// may hold a line break), and the middle of a long text cut out, keeping its start (what was
+/// wrong) and its end (where, and what was expected).
+fn one_line(text: &str) -> String {
+    let mut chars = Vec::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            chars.extend(c.escape_default());
+        } else {
+            chars.push(c);
+        }
+    }
+    if chars.len() <= MAX_REFUSAL {
+        return chars.into_iter().collect();
+    }
+    let keep = (MAX_REFUSAL - 3) / 2;
+    let mut out: String = chars[..keep].iter().collect();
+    out.push_str(" … ");
+    out.extend(&chars[chars.len() - keep..]);
+    out
+}
+
 impl<C: CertCheck> MachineConfig<C> {
     /// Parses and checks a config; the error is one line naming the problem.
     pub fn parse(text: &str) -> Result<Self, String> {
+        Self::parse_checked(text).map_err(|e| one_line(&e))
+    }
+
+    /// [`MachineConfig::parse`], its error quoting the file as serde and the section readers
+    /// quote it.
+    fn parse_checked(text: &str) -> Result<Self, String> {
         if text.len() > MAX_LEN {
             return Err(format!("larger than {MAX_LEN} bytes"));
         }
@@ -305,9 +337,15 @@ impl<C: CertCheck> MachineConfig<C> {
                 let e = e.to_string();
                 // serde names the Rust type; the user wrote a file.
                 return Err(match e.split_once(", expected struct Raw") {
-                    Some((what, _)) => format!(
+                    // The whole file (the type is `Raw` itself).
+                    Some((what, "")) => format!(
                         "{what}: a machine config is a YAML mapping of health, update, network, api, storage, containers, kubernetes and registries"
                     ),
+                    // A section (`RawNetwork`, `RawInterface`…): that section must be a mapping.
+                    Some((what, rest)) => {
+                        let at = rest.trim_start_matches(char::is_alphanumeric);
+                        format!("{what}, expected a mapping{at}")
+                    }
                     None => e,
                 });
             }
@@ -589,6 +627,52 @@ mod tests {
         let e = MachineConfig::parse("just a line\n").unwrap_err();
         assert!(e.contains("a machine config is a YAML mapping"), "{e}");
         assert!(!e.contains("Raw"), "{e}");
+    }
+
+    #[test]
+    fn a_section_that_is_not_a_mapping_is_named_so() {
+        // Was "network: invalid type: sequence: a machine config is a YAML mapping of health,
+        // update…", which blamed the whole file (hostile/corpus/machine-configs).
+        let e = MachineConfig::parse("network: [eth0]\n").unwrap_err();
+        assert_eq!(
+            e,
+            "network: invalid type: sequence, expected a mapping at line 1 column 10"
+        );
+        let e = MachineConfig::parse("network:\n  interfaces: [eth0]\n").unwrap_err();
+        assert!(
+            e.starts_with(
+                "network.interfaces[0]: invalid type: string \"eth0\", expected a mapping"
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_key_with_a_line_break_is_quoted_on_one_line() {
+        // Found by the machine_config fuzz target (a tab in a key); a quoted key can hold a
+        // line break too.
+        let e = MachineConfig::parse("network:\n  \"host\\nname\": x\n").unwrap_err();
+        assert!(
+            e.starts_with("network: unknown field `host\\nname`, expected one of"),
+            "{e}"
+        );
+        let e = MachineConfig::parse("network:\n  hostn\tme: x\n").unwrap_err();
+        assert!(e.starts_with("network: unknown field `hostn\\tme`"), "{e}");
+    }
+
+    #[test]
+    fn a_refusal_quoting_most_of_the_file_is_cut_short() {
+        // Found by the machine_config fuzz target: a file that is one long string came back
+        // whole in the refusal.
+        let text = format!("\"{}\"\n", "word ".repeat(2000));
+        let e = MachineConfig::parse(&text).unwrap_err();
+        assert!(e.chars().count() <= MAX_REFUSAL, "{} chars", e.len());
+        assert!(e.starts_with("invalid type: string \"word word"), "{e}");
+        assert!(e.contains(" … "), "{e}");
+        assert!(
+            e.ends_with("a machine config is a YAML mapping of health, update, network, api, storage, containers, kubernetes and registries"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -692,7 +692,7 @@ impl State {
                 let report = |r: &sntp::Result<sntp::Status>| {
                     let r = match r {
                         Ok(s) => Ok(s.clone()),
-                        Err(e) => Err(e.to_string()),
+                        Err(e) => Err(e.one_line()),
                     };
                     let _ = tx.send(Msg::Clock(r));
                 };

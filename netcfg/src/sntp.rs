@@ -105,6 +105,22 @@ pub enum Error {
     NoServers,
 }
 
+impl Error {
+    /// The error and every cause under it on one line ("no ntp server answered (tried …): ntp
+    /// server … sent an unusable reply: kiss-o'-death DENY: …"), as the network status and the
+    /// log show it: the top line alone would not say what the server did wrong.
+    pub fn one_line(&self) -> String {
+        let mut out = self.to_string();
+        let mut cause = std::error::Error::source(self);
+        while let Some(e) = cause {
+            out.push_str(": ");
+            out.push_str(&e.to_string());
+            cause = e.source();
+        }
+        out
+    }
+}
+
 fn ignored_note(ignored: u32) -> String {
     match ignored {
         0 => String::new(),
@@ -1226,6 +1242,31 @@ mod tests {
             e.to_string(),
             format!("ntp server {addr} sent an unusable reply")
         );
+    }
+
+    #[test]
+    fn a_refused_round_says_what_the_server_did_wrong() {
+        // The network status showed only "no ntp server answered (tried …)", which hid that
+        // the server had sent a kiss-o'-death (found by hostile/corpus/sntp).
+        let addr = fake_server(1, |request| {
+            let kod = Packet {
+                stratum: 0,
+                reference_id: *b"DENY",
+                ..reply_to(request.transmit)
+            };
+            vec![kod.encode().to_vec()]
+        });
+        let mut sync = Sync::new(config(addr), FakeClock::default());
+        let text = sync.round().unwrap_err().one_line();
+        assert!(text.starts_with("no ntp server answered (tried "), "{text}");
+        assert!(
+            text.ends_with(&format!(
+                "ntp server {addr} sent an unusable reply: kiss-o'-death DENY: the server \
+                 refuses us; use another server"
+            )),
+            "{text}"
+        );
+        assert!(!text.contains('\n'));
     }
 
     #[test]

@@ -15,8 +15,9 @@
 //! `cargo xtask test` runs every target for a short while ([`run_brief`]; built at optimisation
 //! level 1, which halves the build, the suite's longest part of fuzzing) and fails on any crash;
 //! `cargo xtask fuzz [--seconds N] [--asan]` runs them for longer, in groups of [`GROUP`] side by
-//! side (the brief run starts them all at once). Each reports its executions and crashes
-//! (libFuzzer stops a target at its first crash, so that is 0 or 1).
+//! side (the brief run starts them all at once). Each reports its executions, its coverage
+//! (libFuzzer's cov and ft) and its crashes (libFuzzer stops a target at its first crash, so
+//! that is 0 or 1).
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -45,7 +46,10 @@ const WORKSPACE: &str = "fuzz/Cargo.toml";
 /// member of [`WORKSPACE`].
 const PROJECTS: &[(&str, &[&str])] = &[
     ("bundle/fuzz", &["bundle", "manifest"]),
-    ("netcfg/fuzz", &["dhcp_reply", "dhcp_frame"]),
+    (
+        "netcfg/fuzz",
+        &["dhcp_reply", "dhcp_frame", "rtnl_datagram", "sntp_reply"],
+    ),
     ("luks/fuzz", &["header_json", "header_image"]),
     (
         "api/fuzz",
@@ -53,7 +57,9 @@ const PROJECTS: &[(&str, &[&str])] = &[
     ),
     ("tpm/fuzz", &["tpm_token", "tpm_response"]),
     ("daemon/fuzz", &["uevent", "eventlog"]),
-    ("facts/fuzz", &["probe_status"]),
+    ("facts/fuzz", &["probe_status", "machine_config"]),
+    ("boot/fuzz", &["uboot_env"]),
+    ("image/fuzz", &["gpt"]),
 ];
 
 /// Installs cargo-fuzz unless this exact version is already there.
@@ -229,10 +235,10 @@ fn fuzz(seconds: u64, build: Build, side_by_side: usize) -> Result<()> {
                 .with_context(|| format!("waiting for fuzz target {name}"))?;
             let text = std::fs::read_to_string(&target.log).unwrap_or_default();
             if status.success() {
-                eprintln!("    {name:<13} 0 crashes, {}", summary(&text));
+                eprintln!("    {name:<14} 0 crashes, {}", summary(&text));
                 continue;
             }
-            eprintln!("    {name:<13} 1 crash ({status}), {}", summary(&text));
+            eprintln!("    {name:<14} 1 crash ({status}), {}", summary(&text));
             for line in crash_report(&text, &target, build) {
                 eprintln!("      {line}");
             }
@@ -292,7 +298,8 @@ fn start(
     })
 }
 
-/// "N runs in S s (R/s), coverage C, corpus K" from libFuzzer's output.
+/// "N runs in S s (R/s), cov C ft F, corpus K" from libFuzzer's output: cov is the code edges
+/// reached, ft the features (edges with hit counts and comparisons) libFuzzer tells apart.
 fn summary(log: &str) -> String {
     let stat = |key: &str| {
         log.lines()
@@ -319,8 +326,9 @@ fn summary(log: &str) -> String {
             .unwrap_or_else(|| "?".into())
     };
     format!(
-        "{runs} runs in {seconds} s ({rate}/s), coverage {}, corpus {}",
+        "{runs} runs in {seconds} s ({rate}/s), cov {} ft {}, corpus {}",
         field("cov:"),
+        field("ft:"),
         field("corp:")
     )
 }
@@ -377,4 +385,25 @@ fn crash_report(log: &str, target: &Running, build: Build) -> Vec<String> {
     }
     out.push(format!("log:       {}", target.log.display()));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::summary;
+
+    #[test]
+    fn summary_reads_executions_and_coverage_from_the_final_stats() {
+        // The end of a real run's log (rtnl_datagram, 20 s).
+        let log = "#1048576\tpulse  cov: 788 ft: 2540 corp: 510/280Kb lim: 4096 exec/s: 99864 rss: 57Mb\n\
+                   #2074393\tDONE   cov: 792 ft: 2561 corp: 515/283Kb lim: 4096 exec/s: 98780 rss: 57Mb\n\
+                   Done 2074393 runs in 21 second(s)\n\
+                   stat::number_of_executed_units: 2074393\n\
+                   stat::average_exec_per_sec:     98780\n\
+                   stat::new_units_added:          1083\n";
+        assert_eq!(
+            summary(log),
+            "2074393 runs in 21 s (98780/s), cov 792 ft 2561, corpus 515"
+        );
+        assert_eq!(summary(""), "? runs in ? s (?/s), cov ? ft ?, corpus ?");
+    }
 }

@@ -7,6 +7,10 @@
 //! decision on the whole (the same status, or a failure; a failure's text quotes what had
 //! arrived, so it may show more of it); a status is a final one (100 to 599, no 1xx but 101);
 //! a failure is one short line.
+//!
+//! `machine_config`: see [`config`].
+
+pub mod config;
 
 use cairn_facts::probe::run::fuzzing::final_status;
 use cairn_facts::probe::MAX_RESPONSE_HEAD;
@@ -74,6 +78,11 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
             );
             ("probe_status", (*name).to_string(), head.to_vec())
         })
+        .chain(
+            config::seeds()
+                .into_iter()
+                .map(|(name, text)| ("machine_config", name, text)),
+        )
         .collect()
 }
 
@@ -81,8 +90,11 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
 mod tests {
     #[test]
     fn seeds_pass_the_oracle() {
-        for (_, _, head) in super::seeds() {
-            super::check_head(&head);
+        for (target, _, bytes) in super::seeds() {
+            match target {
+                "probe_status" => super::check_head(&bytes),
+                _ => super::config::check_config(&bytes),
+            }
         }
     }
 }

@@ -11,8 +11,13 @@
 //!   client has an address; its headers are read by `frame::datagram`, then its payload goes
 //!   through [`check_reply`].
 //!
+//! - `rtnl_datagram` and `sntp_reply`: see [`rtnl`] and [`sntp`].
+//!
 //! A crash artifact of `dhcp_reply` is a DHCP message as it is; one of `dhcp_frame` is an IPv4
 //! packet (write it to a pcap with any tool that takes raw IP, e.g. `text2pcap -l 101`).
+
+pub mod rtnl;
+pub mod sntp;
 
 use std::net::Ipv4Addr;
 use std::sync::OnceLock;
@@ -284,6 +289,12 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         out.push(("dhcp_reply", format!("{name}.dhcp"), bytes));
         out.push(("dhcp_frame", format!("{name}.ip"), packet));
     }
+    out.extend(
+        rtnl::seeds()
+            .into_iter()
+            .map(|(n, b)| ("rtnl_datagram", n, b)),
+    );
+    out.extend(sntp::seeds().into_iter().map(|(n, b)| ("sntp_reply", n, b)));
     out
 }
 
@@ -296,6 +307,8 @@ mod tests {
         for (target, name, bytes) in seeds() {
             match target {
                 "dhcp_reply" => check_reply(&bytes),
+                "rtnl_datagram" => rtnl::check_datagram(&bytes),
+                "sntp_reply" => sntp::check_reply(&bytes),
                 _ => {
                     let d = frame::datagram(&bytes, true).unwrap();
                     assert!(parse(d.payload).is_ok(), "{name}");

@@ -101,7 +101,8 @@ pub enum PlanError {
     NoSuchLink(String),
     #[error("interface #{0} does not exist")]
     NoSuchIndex(u32),
-    #[error("interface {name}: {reason}")]
+    /// The name is quoted: it is refused, so it may hold anything, a line break included.
+    #[error("interface {name:?}: {reason}")]
     BadName { name: String, reason: &'static str },
     #[error("interface {0} is listed twice")]
     DuplicateLink(String),

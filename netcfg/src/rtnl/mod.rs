@@ -32,6 +32,39 @@ pub use kernel::{
 pub use monitor::{LinkEvent, Monitor};
 pub use plan::{plan, plan_flush, Change};
 
+/// The decoder on datagrams in memory, for the fuzz targets in `netcfg/fuzz`; not part of the
+/// API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::*;
+
+    /// What one datagram holds as [`Rtnl::state`] and the monitor read it: the links, addresses
+    /// and routes it describes, each message decoded as the socket decodes it, and the
+    /// refusals (`NLMSG_ERROR` with an errno) and `NLMSG_DONE` codes it carries. The first
+    /// malformed message ends the datagram with its error, as on the socket.
+    pub fn read_datagram(
+        datagram: &[u8],
+    ) -> (KernelState, Vec<Refusal>, Vec<i32>, Option<DecodeError>) {
+        let mut state = KernelState::default();
+        let (mut refusals, mut done) = (Vec::new(), Vec::new());
+        for msg in wire::messages(datagram) {
+            let payload = match msg.and_then(|m| m.decode()) {
+                Ok(p) => p,
+                Err(e) => return (state, refusals, done, Some(e)),
+            };
+            match payload {
+                Payload::Link(l) => state.links.extend(kernel::link_from(&l)),
+                Payload::Address(a) => state.addresses.extend(kernel::address_from(&a)),
+                Payload::Route(r) => state.routes.extend(kernel::route_from(&r)),
+                Payload::Refused { errno, message } => refusals.push(Refusal { errno, message }),
+                Payload::Done(code) => done.push(code),
+                Payload::Ack | Payload::Other => {}
+            }
+        }
+        (state, refusals, done, None)
+    }
+}
+
 use socket::NlSocket;
 use wire::{Payload, Request};
 

@@ -693,7 +693,18 @@ fn a_bad_interface_name_is_refused_with_the_reason() {
     let e = plan(&kernel(), &d).unwrap_err();
     assert_eq!(
         e.to_string(),
-        "interface a-very-long-interface: a name must have 1 to 15 bytes"
+        "interface \"a-very-long-interface\": a name must have 1 to 15 bytes"
+    );
+}
+
+#[test]
+fn a_name_with_a_line_break_is_refused_on_one_line() {
+    // Found by the rtnl_datagram fuzz target: a link the kernel reported as "lo\n", desired
+    // by name, gave a refusal over two lines.
+    let e = plan(&kernel(), &desired(vec![want("lo\n", &[], vec![])])).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "interface \"lo\\n\": a name must not contain '/', ':', NUL or whitespace"
     );
 }
 
