@@ -23,7 +23,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use cairn_api::proto;
 use cairn_facts::containers::{
-    name_problem, Container, ImageSource, Restart, ARCHIVE_DIR, PULLED_DIR,
+    name_problem, Container, ImageSource, Restart, Volume, ARCHIVE_DIR, PULLED_DIR,
 };
 use cairn_updater::health::Check;
 
@@ -562,7 +562,13 @@ impl Unit {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
             memory_limit: self.spec.memory_limit,
+            volumes: self.spec.volumes.clone(),
         };
+        if let Err(e) = make_volumes(&self.spec.volumes) {
+            say!("container {name}: {e}");
+            self.set_phase(Phase::Failed(e));
+            return;
+        }
         let mut backoff = FIRST_BACKOFF;
         loop {
             // What an earlier run (or an earlier cairnd) left goes first.
@@ -645,6 +651,26 @@ impl Unit {
             })
             .ok()
     }
+}
+
+/// Makes each volume's folder on DATA where it is missing, and checks that the folder, once
+/// symbolic links are followed, is still where the config says (a container may have left a
+/// link in a folder it shares): the error is the container's one line.
+fn make_volumes(volumes: &[Volume]) -> Result<(), String> {
+    for v in volumes {
+        let host = &v.host;
+        fs::create_dir_all(host)
+            .map_err(|e| format!("volume {}: creating it: {e}", host.display()))?;
+        let real = fs::canonicalize(host).map_err(|e| format!("volume {}: {e}", host.display()))?;
+        if real != *host {
+            return Err(format!(
+                "volume {} refused: it leads to {} (a symbolic link on the way)",
+                host.display(),
+                real.display()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Splits a stream into lines (cut at [`MAX_LINE`] bytes) and hands each to `line`.

@@ -910,6 +910,27 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("no package in the closure provides"), "{err}");
+
+        // A CNI plugin the packages do not carry (a Debian release that dropped or renamed
+        // it): refused in one line naming it, before anything is written.
+        let without_portmap: Vec<(&str, &[u8])> = prog_files
+            .iter()
+            .copied()
+            .filter(|(p, _)| *p != "usr/lib/cni/portmap")
+            .collect();
+        let progs = fake_package(
+            &dir.path().join("no-portmap"),
+            "containernetworking-plugins",
+            &without_portmap,
+            &[],
+        );
+        let err = extension_tree(&[progs, packages[1].clone()], Arch::X86_64, None)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "containers extension: /usr/lib/cni/portmap: no package in the closure provides it (a program the extension carries)"
+        );
     }
 
     #[test]
