@@ -475,16 +475,30 @@ impl Unit {
             .map_err(|e| format!("importing {}: {e}", path.display()))?;
         say!("container {name}: imported {} ({digest})", path.display());
         // The store on the disk first, then the note: a power cut between them imports again.
-        let kept = block::sync_fs(&c.paths().root)
-            .and_then(|()| record.parent().map_or(Ok(()), fs::create_dir_all))
-            .and_then(|()| {
-                let f = fs::File::create(&record)?;
-                std::io::Write::write_all(&mut &f, digest.as_bytes())?;
-                f.sync_all()
-            })
-            .and_then(|()| record.parent().map_or(Ok(()), block::sync_fs));
-        if let Err(e) = kept {
-            say!("container {name}: keeping {}: {e}", record.display());
+        // Only a later start reads the note, so the container starts meanwhile.
+        let (root, digest, name) = (c.paths().root.clone(), digest.clone(), name.clone());
+        let keep = move || {
+            let kept = block::sync_fs(&root)
+                .and_then(|()| record.parent().map_or(Ok(()), fs::create_dir_all))
+                .and_then(|()| {
+                    let f = fs::File::create(&record)?;
+                    std::io::Write::write_all(&mut &f, digest.as_bytes())?;
+                    f.sync_all()
+                })
+                .and_then(|()| record.parent().map_or(Ok(()), block::sync_fs));
+            if let Err(e) = kept {
+                say!("container {name}: keeping {}: {e}", record.display());
+            }
+        };
+        if let Err(e) = thread::Builder::new()
+            .name("keep".into())
+            .stack_size(STACK)
+            .spawn(keep)
+        {
+            say!(
+                "container {}: keeping its import's note: {e}",
+                self.spec.name
+            );
         }
         Ok(())
     }
@@ -546,7 +560,22 @@ impl Unit {
                 }
             }
         }
-        if let Err(e) = self.import(c, path) {
+        // What an earlier run (or an earlier cairnd) left goes while the image is imported:
+        // each is a `ctr` request, and neither waits for the other.
+        let imported = thread::scope(|s| {
+            let cleanup = thread::Builder::new()
+                .stack_size(STACK)
+                .spawn_scoped(s, || c.remove(name));
+            let imported = self.import(c, path);
+            match cleanup {
+                Ok(t) => {
+                    let _ = t.join();
+                }
+                Err(_) => c.remove(name),
+            }
+            imported
+        });
+        if let Err(e) = imported {
             say!("container {name}: {e}");
             self.set_phase(Phase::Failed(e));
             return;
@@ -570,9 +599,12 @@ impl Unit {
             return;
         }
         let mut backoff = FIRST_BACKOFF;
+        let mut first = true;
         loop {
-            // What an earlier run (or an earlier cairnd) left goes first.
-            c.remove(name);
+            // What the last run left goes first (before the first, it went during the import).
+            if !std::mem::take(&mut first) {
+                c.remove(name);
+            }
             if self.stopping() {
                 self.set_phase(Phase::Stopped);
                 return;
