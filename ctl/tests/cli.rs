@@ -89,10 +89,7 @@ fn a_k3s_with_another_sha256_is_refused_before_anything_is_built() {
     assert!(!ok);
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(
-        err.contains(&format!(
-            "--k3s-sha256 says {}",
-            "ab".repeat(32)
-        )),
+        err.contains(&format!("--k3s-sha256 says {}", "ab".repeat(32))),
         "{err}"
     );
     assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
