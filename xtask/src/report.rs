@@ -744,6 +744,39 @@ mod tests {
     }
 
     #[test]
+    fn container_rows_judge_the_start_against_the_baseline() {
+        let mut t = Table {
+            columns: vec!["qemu-x86_64".into()],
+            rows: vec![],
+        };
+        let f = crate::bench_containers::Figures {
+            containerd_idle_kib: 40432.0,
+            cairnd_ms: vec![7000.0, 7400.0, 9000.0],
+            ctr_ms: vec![6000.0, 7000.0, 8000.0],
+            added_kib: vec![12.0, 12.0, 24.0],
+            extension_bytes: 0,
+        };
+        container_rows(&mut t, "qemu-x86_64", &f);
+        let verdict = |name: &str| {
+            let r = t.rows.iter().find(|r| r.name.starts_with(name)).unwrap();
+            (r.cell("qemu-x86_64"), r.verdict())
+        };
+        assert_eq!(verdict("containerd idle"), ("40432".into(), "—".into()));
+        assert_eq!(
+            verdict("cairnd's added"),
+            ("12 (12–24)".into(), "met".into())
+        );
+        assert_eq!(
+            verdict("host container start: cairnd's"),
+            ("7400 (7000–9000)".into(), "MISSED (qemu-x86_64)".into())
+        );
+        assert_eq!(
+            verdict("host container start: cairnd /"),
+            ("1.06".into(), "met".into())
+        );
+    }
+
+    #[test]
     fn numbers_come_from_console_lines() {
         assert_eq!(
             number_before(
