@@ -5,7 +5,7 @@
 //! carries `cairn.bench=containers`, boots it (no TPM: DATA is plain ext4, made on this first
 //! boot), and plugs in a stick whose `containers/bench.tar` is a busybox image (Debian's
 //! `busybox-static` for the board's architecture). cairnd's benchmark (daemon/src/bench.rs)
-//! then times, in five rounds of alternating order, its own path (the archive checked,
+//! then times, in five rounds of alternating order after a warm-up round, its own path (the archive checked,
 //! imported, `ctr run` supervised) and the same image imported and started by hand with
 //! `ctr images import` and `ctr run -d` in the host's network, each from the request to the container
 //! answering HTTP in the guest; the store is emptied between rounds. It also reads containerd's

@@ -673,7 +673,7 @@ Reading the table:
   cairnd serves the API after it has unlocked (or, on the first boot, encrypted) STATE and DATA,
   started the network and the containers, so the unlock rows are part of it.
 - Host container rows: `cargo xtask bench-containers` on an image of the board built for it,
-  in the guest, five rounds (xtask/src/bench_containers.rs, daemon/src/bench.rs): cairnd's
+  in the guest, five rounds after a warm-up (xtask/src/bench_containers.rs, daemon/src/bench.rs): cairnd's
   path and `ctr images import` + `ctr run -d` by hand, each from the request to the container
   answering HTTP, the store emptied between rounds; containerd's resident memory once it is up
   and idle; cairnd's own resident memory while it supervises the container, less before.
