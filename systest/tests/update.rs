@@ -329,9 +329,10 @@ fn good_update(board_name: &str) {
         rig.board,
         rig.tmp.path(),
         "web",
-        // Each start adds a line to /data/starts (a volume on DATA) and serves the lines so far.
+        // Each start adds a line to /data/starts (a volume on DATA), on the disk before it
+        // serves (the test resets the machine, as a power cut would), and serves the lines.
         &format!(
-            "echo web starting; echo start >> /data/starts; busybox mkdir -p /data/www; \
+            "echo web starting; echo start >> /data/starts; busybox sync; busybox mkdir -p /data/www; \
              busybox cp /www/index.html /data/starts /data/www/; exec httpd -f -p 0.0.0.0:{WEB_PORT} -h /data/www"
         ),
     );
