@@ -13,7 +13,8 @@
 //!
 //! - `bench containers: containerd idle rss_kib=N` (containerd up, nothing imported this boot);
 //! - `bench containers: round R cairnd_ms=A ctr_ms=B added_kib=C` (C: cairnd's own resident
-//!   memory while it supervises the container, less before it started it), after a `warm-up`
+//!   memory while it supervises the container, less before it started it; also each path's
+//!   time to its image imported, `cairnd_import_ms` and `ctr_import_ms`), after a `warm-up`
 //!   round of the same shape that is not counted;
 //! - `bench containers: done`.
 
@@ -22,13 +23,13 @@ use std::net::TcpStream;
 use std::path::Path;
 use std::sync::Arc;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use cairn_facts::containers::{Container, ImageSource, Restart, ARCHIVE_DIR};
 
 use crate::containerd::{Containerd, Paths};
 use crate::containers::{self, Containers};
-use crate::log::say;
+use crate::log::{say, unix_ms};
 use crate::remote::rss_bytes;
 
 /// The kernel command-line word that asks for the benchmark.
@@ -112,7 +113,9 @@ fn run(containerd: Option<Arc<Containerd>>) -> Result<(), String> {
                 )?);
             }
         }
-        let (Some((cairnd_ms, added)), Some(ctr_ms)) = (cairnd, by_hand) else {
+        let (Some((cairnd_ms, added, cairnd_import)), Some((ctr_ms, ctr_import))) =
+            (cairnd, by_hand)
+        else {
             return Err("a round missed a run".into());
         };
         let what = match round {
@@ -120,24 +123,26 @@ fn run(containerd: Option<Arc<Containerd>>) -> Result<(), String> {
             r => format!("round {r}"),
         };
         say!(
-            "bench containers: {what} cairnd_ms={cairnd_ms} ctr_ms={ctr_ms} added_kib={}",
+            "bench containers: {what} cairnd_ms={cairnd_ms} ctr_ms={ctr_ms} added_kib={} cairnd_import_ms={cairnd_import} ctr_import_ms={ctr_import}",
             added >> 10
         );
     }
     Ok(())
 }
 
-/// cairnd's request to the container answering, and cairnd's resident memory added meanwhile.
+/// cairnd's request to the container answering, cairnd's resident memory added meanwhile, and
+/// the request to cairnd's `imported` line (ms, by the wall clock its log lines carry).
 fn through_cairnd(
     containerd: &Arc<Containerd>,
     round: u32,
     archive: &str,
     args: Vec<String>,
     port: u16,
-) -> Result<(u128, u64), String> {
+) -> Result<(u128, u64, i64), String> {
     let name = format!("bench-{round}");
     let me = std::process::id();
     let before = rss_bytes(me).unwrap_or(0);
+    let asked = unix_ms(SystemTime::now());
     let started = Instant::now();
     let set = Containers::start_on(
         containerd.clone(),
@@ -164,23 +169,32 @@ fn through_cairnd(
         &format!("cairn.local/{name}:current"),
     ]);
     let _ = std::fs::remove_file(containerd.paths().root.join("cairn-imported").join(&name));
-    Ok((ms, added))
+    let imported = format!("container {name}: imported ");
+    let import_ms = crate::log::ring()
+        .after(0, usize::MAX, Duration::ZERO)
+        .entries
+        .iter()
+        .rev()
+        .find(|(_, (_, line))| line.starts_with(&imported))
+        .map_or(-1, |(_, (at, _))| at - asked);
+    Ok((ms, added, import_ms))
 }
 
-/// `ctr images import` and `ctr run -d` to the container answering.
+/// `ctr images import` and `ctr run -d` to the container answering, and the import's share.
 fn by_hand_with_ctr(
     containerd: &Containerd,
     round: u32,
     archive: &str,
     args: Vec<String>,
     port: u16,
-) -> Result<u128, String> {
+) -> Result<(u128, u128), String> {
     let (image, id) = (
         format!("bench.local/hand-{round}:1"),
         format!("hand-{round}"),
     );
     let started = Instant::now();
     containerd.request(&["images", "import", "--index-name", &image, archive])?;
+    let import_ms = started.elapsed().as_millis();
     // The host's network as cairnd gives it: `--net-host` would also bind the root's
     // /etc/hosts, which this read-only root does not have.
     let net = format!("network:/proc/{}/ns/net", std::process::id());
@@ -192,7 +206,7 @@ fn by_hand_with_ctr(
     let _ = containerd.request(&["tasks", "kill", "--signal", "SIGKILL", &id]);
     containerd.remove(&id);
     let _ = containerd.request(&["images", "rm", "--sync", &image]);
-    answered.map(|()| ms)
+    answered.map(|()| (ms, import_ms))
 }
 
 /// Waits until `GET /` on 127.0.0.1:`port` gets an answer.

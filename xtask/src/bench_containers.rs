@@ -34,6 +34,9 @@ pub struct Figures {
     pub ctr_ms: Vec<f64>,
     /// Per round: cairnd's resident memory while supervising the container, less before, KiB.
     pub added_kib: Vec<f64>,
+    /// Per round, of each start: the request to the image imported, ms.
+    pub cairnd_import_ms: Vec<f64>,
+    pub ctr_import_ms: Vec<f64>,
     /// The containers extension in one slot (image.json), bytes.
     pub extension_bytes: u64,
 }
@@ -87,6 +90,11 @@ pub fn command(args: &[String]) -> Result<()> {
         println!(
             "  host container start, ctr run by hand        {} ms",
             range(&f.ctr_ms)
+        );
+        println!(
+            "  … of which the import, cairnd / by hand      {} / {} ms",
+            range(&f.cairnd_import_ms),
+            range(&f.ctr_import_ms)
         );
         println!(
             "  cairnd / by hand                             {:.2}×  (budget ≤ 1.10×; ≤ 2000 ms: {})",
@@ -212,6 +220,8 @@ fn measure_in(board: &'static Board, work: &Path) -> Result<Figures> {
                 f.cairnd_ms.push(num("cairnd_ms")?);
                 f.ctr_ms.push(num("ctr_ms")?);
                 f.added_kib.push(num("added_kib")?);
+                f.cairnd_import_ms.push(num("cairnd_import_ms")?);
+                f.ctr_import_ms.push(num("ctr_import_ms")?);
             }
             if started.elapsed() > Duration::from_secs(3600) {
                 bail!("the benchmark took over an hour");

@@ -754,7 +754,7 @@ mod tests {
             cairnd_ms: vec![7000.0, 7400.0, 9000.0],
             ctr_ms: vec![6000.0, 7000.0, 8000.0],
             added_kib: vec![12.0, 12.0, 24.0],
-            extension_bytes: 0,
+            ..Default::default()
         };
         container_rows(&mut t, "qemu-x86_64", &f);
         let verdict = |name: &str| {
