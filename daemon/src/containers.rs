@@ -560,21 +560,7 @@ impl Unit {
                 }
             }
         }
-        // What an earlier run (or an earlier cairnd) left goes while the image is imported:
-        // each is a `ctr` request, and neither waits for the other.
-        let imported = thread::scope(|s| {
-            let cleanup = thread::Builder::new()
-                .stack_size(STACK)
-                .spawn_scoped(s, || c.remove(name));
-            let imported = self.import(c, path);
-            match cleanup {
-                Ok(t) => {
-                    let _ = t.join();
-                }
-                Err(_) => c.remove(name),
-            }
-            imported
-        });
+        let imported = self.import(c, path);
         if let Err(e) = imported {
             say!("container {name}: {e}");
             self.set_phase(Phase::Failed(e));
@@ -599,16 +585,20 @@ impl Unit {
             return;
         }
         let mut backoff = FIRST_BACKOFF;
-        let mut first = true;
+        // What the last run left goes before the next. Before the first, only when `ctr run`
+        // meets a container of that name (an earlier cairnd's, or one a power cut left): each
+        // removal is two `ctr` requests, which a container's first start need not wait for.
+        let mut clean = false;
+        let mut retried = false;
         loop {
-            // What the last run left goes first (before the first, it went during the import).
-            if !std::mem::take(&mut first) {
+            if std::mem::take(&mut clean) {
                 c.remove(name);
             }
             if self.stopping() {
                 self.set_phase(Phase::Stopped);
                 return;
             }
+            let mark = self.log.last_seq();
             let started = Instant::now();
             let status = match c.run(&spec) {
                 Ok(mut child) => {
@@ -631,6 +621,12 @@ impl Unit {
                 Ok(s) => s,
                 Err(e) => (format!("starting it: {e}"), false),
             };
+            clean = true;
+            if !success && !std::mem::take(&mut retried) && self.met_leftover(mark) {
+                say!("container {name}: removing what an earlier run left, and starting it again");
+                retried = true;
+                continue;
+            }
             let restart = !self.stopping()
                 && match self.spec.restart {
                     Restart::Always => true,
@@ -668,6 +664,16 @@ impl Unit {
                 .unwrap_or_else(|e| e.into_inner())
                 .restarts += 1;
         }
+    }
+
+    /// Whether `ctr run`'s output since log entry `mark` says a container of this name exists
+    /// already.
+    fn met_leftover(&self, mark: u64) -> bool {
+        self.log
+            .after(mark, usize::MAX, Duration::ZERO)
+            .entries
+            .iter()
+            .any(|(_, (_, line))| line.contains("already exists"))
     }
 
     /// Copies one of the container's output streams into its log, a line at a time.

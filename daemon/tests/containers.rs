@@ -441,6 +441,26 @@ fn host_containers_run_restart_gate_health_and_refuse_bad_images() {
     containerd.stop();
     let containerd = Containerd::start(paths(dir.path(), "a")).unwrap();
     stop.1 = Some(containerd.clone());
+    // A container record the last run left (as a power cut during it would): the first `ctr
+    // run` meets it, and cairnd removes it and starts the container again.
+    let leftover = Command::new("/usr/bin/ctr")
+        .arg("--address")
+        .arg(dir.path().join("state/containerd.sock"))
+        .args([
+            "--namespace",
+            "cairn",
+            "containers",
+            "create",
+            "cairn.local/web:current",
+            "web",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        leftover.status.success(),
+        "{}",
+        String::from_utf8_lossy(&leftover.stderr)
+    );
     let seen = cairn_daemon::log::ring().after(0, usize::MAX, Duration::ZERO);
     let from = seen.entries.last().map_or(0, |(n, _)| *n);
     let reboot = Containers::start_on(
@@ -471,6 +491,13 @@ fn host_containers_run_restart_gate_health_and_refuse_bad_images() {
         "{lines:?}"
     );
     assert!(!lines.iter().any(|l| l.contains("imported /")), "{lines:?}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l == "container web: removing what an earlier run left, and starting it again"),
+        "{lines:?}"
+    );
+    assert_eq!(service(&reboot, "web").restarts, 0);
     // Its volumes, made by cairnd: the writable one kept what each of its three starts wrote
     // (the first, the restart after the kill, and this one on the next containerd); the
     // read-only one took no write.
