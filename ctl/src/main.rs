@@ -808,6 +808,7 @@ fn root_extras(
         security_version,
         init_override: None,
         api_secrets: None,
+        kernel_args: Vec::new(),
     })
 }
 

@@ -56,6 +56,45 @@ fn missing_device_binary_says_how_to_build_it() {
     assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
 }
 
+/// A k3s whose sha256 is not the pinned one is refused in one line before anything is built.
+#[test]
+fn a_k3s_with_another_sha256_is_refused_before_anything_is_built() {
+    let device_bin = std::env::var_os("CAIRN_DEVICE_BIN_X86_64")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../target/x86_64-unknown-linux-musl/device/cairn")
+        });
+    if !device_bin.is_file() {
+        println!("skipped: no device binary (cargo xtask device)");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    // Any x86_64 program stands in for the operator's k3s; its hash is not the one pinned.
+    let (ok, _, err) = cairnctl(&[
+        "image",
+        "build",
+        "--board",
+        "qemu-x86_64",
+        "--out",
+        out.to_str().unwrap(),
+        "--device-bin",
+        device_bin.to_str().unwrap(),
+        "--k3s",
+        device_bin.to_str().unwrap(),
+        "--k3s-sha256",
+        &"ab".repeat(32),
+    ]);
+    assert!(!ok);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains(&format!("--k3s-sha256 says {}", "ab".repeat(32))),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
+}
+
 #[test]
 fn bad_version_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
@@ -480,6 +519,22 @@ fn config_validate_accepts_good_files_and_names_the_bad_field() {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(
         err.contains("network.interfaces[0].routes[0].via: gateway 10.9.9.1 is not on any link"),
+        "{err}"
+    );
+
+    // A host container's volume must be a folder on DATA, not STATE.
+    let volume = tmp.path().join("volume.yaml");
+    std::fs::write(
+        &volume,
+        "containers:\n  - name: web\n    image: /var/lib/cairn-images/web.tar\n    \
+         volumes: [{host: /var/lib/cairn/pki, path: /data}]\n",
+    )
+    .unwrap();
+    let (ok, _, err) = cairnctl(&["config", "validate", volume.to_str().unwrap()]);
+    assert!(!ok);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("containers[0].volumes[0].host: \"/var/lib/cairn/pki\" overlaps /var/lib/cairn, which holds STATE (not DATA)"),
         "{err}"
     );
 }

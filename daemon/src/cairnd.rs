@@ -32,7 +32,7 @@ use crate::log::say;
 use crate::settings::{self, Settings};
 use crate::system::{self, Boot};
 use crate::update::Updates;
-use crate::{containers, maintenance, netif, remote, source, sticks};
+use crate::{bench, containers, maintenance, netif, remote, source, sticks};
 
 /// The role's entry point. Returns only on a fatal error (init restarts it).
 pub fn run() -> ExitCode {
@@ -111,6 +111,9 @@ fn start() -> Result<Daemon, String> {
     } else {
         None
     };
+    if storage.allows_workloads() && bench::requested() {
+        bench::spawn(containers.as_ref().and_then(|c| c.containerd().cloned()));
+    }
     let mut health = Health::new(settings.clone(), storage.clone());
     if let Some(c) = &containers {
         health = health.with_gate(c.clone());

@@ -290,7 +290,7 @@ impl Containerd {
     }
 
     /// Runs a `ctr` request to its end; the error is ctr's last line.
-    fn request(&self, args: &[&str]) -> Result<String, String> {
+    pub(crate) fn request(&self, args: &[&str]) -> Result<String, String> {
         let out: Output = self
             .ctr()
             .arg("--timeout")
@@ -370,6 +370,15 @@ impl Containerd {
         for (k, v) in &spec.env {
             c.arg("--env").arg(format!("{k}={v}"));
         }
+        for v in &spec.volumes {
+            // Paths are checked plain (no comma or quote: ctr reads this as one CSV record).
+            c.arg("--mount").arg(format!(
+                "type=bind,src={},dst={},options=rbind:{}",
+                v.host.display(),
+                v.path.display(),
+                if v.read_only { "ro" } else { "rw" }
+            ));
+        }
         c.arg(&spec.image).arg(&spec.id);
         c.args(&spec.args);
         c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()
@@ -415,6 +424,8 @@ pub struct RunSpec {
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
     pub memory_limit: Option<u64>,
+    /// Folders bound into the container (made by then).
+    pub volumes: Vec<cairn_facts::containers::Volume>,
 }
 
 /// The memory a process's cgroup uses: `memory.current` (cgroup v2), or
@@ -454,4 +465,47 @@ pub fn describe(status: ExitStatus) -> String {
 fn signal(pid: u32, sig: i32) {
     // SAFETY: kill takes no pointers; `pid` is a child this module started.
     unsafe { libc::kill(pid as i32, sig) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_facts::containers::{ImageSource, Restart};
+
+    /// An image built without the extension (`--no-containers`): a config naming containers is
+    /// refused in one line (ApplyConfig says it, a baked-in one fails every container's check);
+    /// one without is not.
+    #[test]
+    fn containers_need_the_runtime_in_the_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths {
+            containerd: dir.path().join("usr/bin/containerd"),
+            ctr: dir.path().join("usr/bin/ctr"),
+            ..Paths::device()
+        };
+        let web = Container {
+            name: "web".into(),
+            image: ImageSource::Archive("/var/lib/cairn-images/web.tar".into()),
+            args: Vec::new(),
+            env: Default::default(),
+            restart: Restart::Always,
+            probe: None,
+            memory_limit: None,
+            volumes: Vec::new(),
+        };
+        assert_eq!(refusal(&[], &paths), None);
+        let why = refusal(std::slice::from_ref(&web), &paths).unwrap();
+        assert_eq!(
+            why,
+            format!(
+                "containers: this image has no container runtime ({}/usr/bin/containerd is missing); build it with the container extension",
+                dir.path().display()
+            )
+        );
+        for bin in [&paths.containerd, &paths.ctr] {
+            fs::create_dir_all(bin.parent().unwrap()).unwrap();
+            fs::write(bin, b"").unwrap();
+        }
+        assert_eq!(refusal(&[web], &paths), None);
+    }
 }

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use cairn_api::proto;
 use cairn_facts::containers::{
-    name_problem, Container, ImageSource, Restart, ARCHIVE_DIR, PULLED_DIR,
+    name_problem, Container, ImageSource, Restart, Volume, ARCHIVE_DIR, PULLED_DIR,
 };
 use cairn_updater::health::Check;
 
@@ -476,16 +476,30 @@ impl Unit {
             .map_err(|e| format!("importing {}: {e}", path.display()))?;
         say!("container {name}: imported {} ({digest})", path.display());
         // The store on the disk first, then the note: a power cut between them imports again.
-        let kept = block::sync_fs(&c.paths().root)
-            .and_then(|()| record.parent().map_or(Ok(()), fs::create_dir_all))
-            .and_then(|()| {
-                let f = fs::File::create(&record)?;
-                std::io::Write::write_all(&mut &f, digest.as_bytes())?;
-                f.sync_all()
-            })
-            .and_then(|()| record.parent().map_or(Ok(()), block::sync_fs));
-        if let Err(e) = kept {
-            say!("container {name}: keeping {}: {e}", record.display());
+        // Only a later start reads the note, so the container starts meanwhile.
+        let (root, digest, name) = (c.paths().root.clone(), digest.clone(), name.clone());
+        let keep = move || {
+            let kept = block::sync_fs(&root)
+                .and_then(|()| record.parent().map_or(Ok(()), fs::create_dir_all))
+                .and_then(|()| {
+                    let f = fs::File::create(&record)?;
+                    std::io::Write::write_all(&mut &f, digest.as_bytes())?;
+                    f.sync_all()
+                })
+                .and_then(|()| record.parent().map_or(Ok(()), block::sync_fs));
+            if let Err(e) = kept {
+                say!("container {name}: keeping {}: {e}", record.display());
+            }
+        };
+        if let Err(e) = thread::Builder::new()
+            .name("keep".into())
+            .stack_size(STACK)
+            .spawn(keep)
+        {
+            say!(
+                "container {}: keeping its import's note: {e}",
+                self.spec.name
+            );
         }
         Ok(())
     }
@@ -547,7 +561,8 @@ impl Unit {
                 }
             }
         }
-        if let Err(e) = self.import(c, path) {
+        let imported = self.import(c, path);
+        if let Err(e) = imported {
             say!("container {name}: {e}");
             self.set_phase(Phase::Failed(e));
             return;
@@ -563,15 +578,28 @@ impl Unit {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
             memory_limit: self.spec.memory_limit,
+            volumes: self.spec.volumes.clone(),
         };
+        if let Err(e) = make_volumes(&self.spec.volumes) {
+            say!("container {name}: {e}");
+            self.set_phase(Phase::Failed(e));
+            return;
+        }
         let mut backoff = FIRST_BACKOFF;
+        // What the last run left goes before the next. Before the first, only when `ctr run`
+        // meets a container of that name (an earlier cairnd's, or one a power cut left): each
+        // removal is two `ctr` requests, which a container's first start need not wait for.
+        let mut clean = false;
+        let mut retried = false;
         loop {
-            // What an earlier run (or an earlier cairnd) left goes first.
-            c.remove(name);
+            if std::mem::take(&mut clean) {
+                c.remove(name);
+            }
             if self.stopping() {
                 self.set_phase(Phase::Stopped);
                 return;
             }
+            let mark = self.log.last_seq();
             let started = Instant::now();
             let status = match c.run(&spec) {
                 Ok(mut child) => {
@@ -594,6 +622,12 @@ impl Unit {
                 Ok(s) => s,
                 Err(e) => (format!("starting it: {e}"), false),
             };
+            clean = true;
+            if !success && !std::mem::take(&mut retried) && self.met_leftover(mark) {
+                say!("container {name}: removing what an earlier run left, and starting it again");
+                retried = true;
+                continue;
+            }
             let restart = !self.stopping()
                 && match self.spec.restart {
                     Restart::Always => true,
@@ -633,6 +667,16 @@ impl Unit {
         }
     }
 
+    /// Whether `ctr run`'s output since log entry `mark` says a container of this name exists
+    /// already.
+    fn met_leftover(&self, mark: u64) -> bool {
+        self.log
+            .after(mark, usize::MAX, Duration::ZERO)
+            .entries
+            .iter()
+            .any(|(_, (_, line))| line.contains("already exists"))
+    }
+
     /// Copies one of the container's output streams into its log, a line at a time.
     fn keep_output(self: &Arc<Unit>, out: impl Read + Send + 'static) -> Option<JoinHandle<()>> {
         let unit = self.clone();
@@ -646,6 +690,26 @@ impl Unit {
             })
             .ok()
     }
+}
+
+/// Makes each volume's folder on DATA where it is missing, and checks that the folder, once
+/// symbolic links are followed, is still where the config says (a container may have left a
+/// link in a folder it shares): the error is the container's one line.
+fn make_volumes(volumes: &[Volume]) -> Result<(), String> {
+    for v in volumes {
+        let host = &v.host;
+        fs::create_dir_all(host)
+            .map_err(|e| format!("volume {}: creating it: {e}", host.display()))?;
+        let real = fs::canonicalize(host).map_err(|e| format!("volume {}: {e}", host.display()))?;
+        if real != *host {
+            return Err(format!(
+                "volume {} refused: it leads to {} (a symbolic link on the way)",
+                host.display(),
+                real.display()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Splits a stream into lines (cut at [`MAX_LINE`] bytes) and hands each to `line`.

@@ -14,7 +14,7 @@
 //!   HTTP health probes without a shell), [`uevent`] (the kernel's device events), [`watchdog`],
 //!   [`netif`], [`containerd`] (the container runtime, driven through `ctr`), [`oci`] (OCI
 //!   image archives), [`heartbeat`], [`events`], [`journal`], [`log`], [`system`] (this boot, and
-//!   signals to init).
+//!   signals to init), [`bench`] (the host container benchmark, only on an image built for it).
 //!
 //! There is no async runtime here and no C dependency: everything is std, or libc where std has
 //! no call.
@@ -37,6 +37,7 @@ pub mod sticks;
 pub mod update;
 
 // Mechanisms.
+pub mod bench;
 pub mod block;
 pub mod config;
 pub mod containerd;

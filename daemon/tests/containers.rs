@@ -21,7 +21,7 @@ use cairn_daemon::containerd::{Containerd, Paths};
 use cairn_daemon::containers::Containers;
 use cairn_daemon::health::Gate;
 use cairn_daemon::probe::Probe;
-use cairn_facts::containers::{Container, ImageSource, Restart};
+use cairn_facts::containers::{Container, ImageSource, Restart, Volume};
 
 const BUSYBOX: &str = "/bin/busybox";
 
@@ -88,12 +88,16 @@ impl Drop for Stop {
 }
 
 /// An archive of a busybox image for `arch` serving "hello from <name>" on `port`, after
-/// printing a line.
+/// printing a line and writing its name into `/data/starts` and `/ro/starts` (the volumes of
+/// the containers that have them).
 fn web_archive(dir: &Path, name: &str, arch: &str, port: u16) -> PathBuf {
     std::fs::create_dir_all(dir).unwrap();
     let busybox = std::fs::read(BUSYBOX).unwrap();
     let page = format!("hello from {name}\n");
-    let script = format!("echo {name} starting; exec httpd -f -p 127.0.0.1:{port} -h /www");
+    let script = format!(
+        "echo {name} starting; for v in /data /ro; do echo {name} >> $v/starts; done 2>/dev/null; \
+         exec httpd -f -p 127.0.0.1:{port} -h /www"
+    );
     let image = oci_writer::busybox_image(busybox, arch, &page, &["/bin/sh", "-c", &script]);
     let path = dir.join(format!("{name}.tar"));
     std::fs::write(&path, image.archive().unwrap()).unwrap();
@@ -109,7 +113,25 @@ fn container(name: &str, archive: &Path, probe: Option<&str>) -> Container {
         restart: Restart::Always,
         probe: probe.map(|p| Probe::from_json(&serde_json::from_str(p).unwrap()).unwrap()),
         memory_limit: Some(64 << 20),
+        volumes: Vec::new(),
     }
+}
+
+/// `container` with a writable volume `vol` at /data and a read-only one `ro` at /ro, in `dir`.
+fn with_volumes(mut c: Container, dir: &Path) -> Container {
+    c.volumes = vec![
+        Volume {
+            host: dir.join("vol"),
+            path: "/data".into(),
+            read_only: false,
+        },
+        Volume {
+            host: dir.join("ro"),
+            path: "/ro".into(),
+            read_only: true,
+        },
+    ];
+    c
 }
 
 /// The body of `GET /` on `port`, if it answers.
@@ -182,7 +204,13 @@ fn host_containers_run_restart_gate_health_and_refuse_bad_images() {
     // cairnd's request to the container answering.
     let rss_before = rss_kib();
     let t0 = Instant::now();
-    let set = Containers::start_on(containerd.clone(), &[container("web", &web, Some(&probe))]);
+    let set = Containers::start_on(
+        containerd.clone(),
+        &[with_volumes(
+            container("web", &web, Some(&probe)),
+            dir.path(),
+        )],
+    );
     stop.0.push(set.clone());
     let body = wait_for("the container to answer", Duration::from_secs(60), || {
         get(port)
@@ -237,6 +265,15 @@ fn host_containers_run_restart_gate_health_and_refuse_bad_images() {
     let mut once = quits.clone();
     once.name = "once".into();
     once.restart = Restart::Never;
+    // A volume whose folder is a symbolic link (as a container sharing its parent could leave).
+    std::fs::create_dir(dir.path().join("elsewhere")).unwrap();
+    std::os::unix::fs::symlink(dir.path().join("elsewhere"), dir.path().join("link")).unwrap();
+    let mut linked = container("linked", &sick_archive, None);
+    linked.volumes = vec![Volume {
+        host: dir.path().join("link"),
+        path: "/data".into(),
+        read_only: false,
+    }];
     let bad = Containers::start_on(
         containerd.clone(),
         &[
@@ -245,6 +282,7 @@ fn host_containers_run_restart_gate_health_and_refuse_bad_images() {
             container("sick", &sick_archive, Some(&never_probe)),
             quits,
             once,
+            linked,
         ],
     );
     stop.0.push(bad.clone());
@@ -296,6 +334,15 @@ fn host_containers_run_restart_gate_health_and_refuse_bad_images() {
     assert!(
         once.contains("not restarted by its policy (last exit: exit status 3)"),
         "{once}"
+    );
+    let linked = find("container linked");
+    assert!(
+        linked.starts_with(&format!(
+            "volume {}/link refused: it leads to {}/elsewhere",
+            dir.path().display(),
+            dir.path().display()
+        )),
+        "{linked}"
     );
     for (n, r) in &results {
         assert!(!r.as_ref().unwrap_err().contains('\n'), "{n}: {r:?}");
@@ -394,9 +441,35 @@ fn host_containers_run_restart_gate_health_and_refuse_bad_images() {
     containerd.stop();
     let containerd = Containerd::start(paths(dir.path(), "a")).unwrap();
     stop.1 = Some(containerd.clone());
+    // A container record the last run left (as a power cut during it would): the first `ctr
+    // run` meets it, and cairnd removes it and starts the container again.
+    let leftover = Command::new("/usr/bin/ctr")
+        .arg("--address")
+        .arg(dir.path().join("state/containerd.sock"))
+        .args([
+            "--namespace",
+            "cairn",
+            "containers",
+            "create",
+            "cairn.local/web:current",
+            "web",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        leftover.status.success(),
+        "{}",
+        String::from_utf8_lossy(&leftover.stderr)
+    );
     let seen = cairn_daemon::log::ring().after(0, usize::MAX, Duration::ZERO);
     let from = seen.entries.last().map_or(0, |(n, _)| *n);
-    let reboot = Containers::start_on(containerd.clone(), &[container("web", &web, Some(&probe))]);
+    let reboot = Containers::start_on(
+        containerd.clone(),
+        &[with_volumes(
+            container("web", &web, Some(&probe)),
+            dir.path(),
+        )],
+    );
     stop.0.push(reboot.clone());
     wait_for(
         "the container after the restart",
@@ -418,6 +491,22 @@ fn host_containers_run_restart_gate_health_and_refuse_bad_images() {
         "{lines:?}"
     );
     assert!(!lines.iter().any(|l| l.contains("imported /")), "{lines:?}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l == "container web: removing what an earlier run left, and starting it again"),
+        "{lines:?}"
+    );
+    assert_eq!(service(&reboot, "web").restarts, 0);
+    // Its volumes, made by cairnd: the writable one kept what each of its three starts wrote
+    // (the first, the restart after the kill, and this one on the next containerd); the
+    // read-only one took no write.
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("vol/starts")).unwrap(),
+        "web\nweb\nweb\n"
+    );
+    assert!(dir.path().join("ro").is_dir());
+    assert!(!dir.path().join("ro/starts").exists());
     // A different archive under the same name is imported.
     reboot.stop();
     let other_port = free_port();

@@ -10,6 +10,8 @@
 //!     restart: always
 //!     probe: {http: "http://127.0.0.1:8080/", status: 200}
 //!     memory_mib: 64
+//!     volumes:
+//!       - {host: /var/lib/cairn-volumes/web, path: /data}
 //! ```
 //!
 //! `image` is an OCI image layout archive (a tar of `oci-layout`, `index.json` and `blobs/`):
@@ -45,6 +47,19 @@ pub const IMAGE_ROOT: &str = "/var/";
 pub const ARCHIVE_DIR: &str = "/var/lib/cairn-images";
 /// Where cairnd writes the archives it pulls from registries, one per container.
 pub const PULLED_DIR: &str = "/var/lib/cairn-images/pulled";
+/// Most volumes of one container.
+const MAX_VOLUMES: usize = 16;
+/// Folders on /var a volume may not be (or be inside): STATE (mounted on /var/lib/cairn, not
+/// DATA) and the container runtime's and k3s's own state.
+pub const VOLUME_EXCLUDED: [&str; 7] = [
+    "/var/lib/cairn",
+    "/var/lib/containerd",
+    "/var/lib/rancher",
+    "/var/lib/cni",
+    "/var/lib/cairn-etc",
+    "/var/lib/cairn-k3s",
+    "/var/lib/cairn-images",
+];
 
 /// One host container, checked.
 #[derive(Debug, Clone, PartialEq)]
@@ -60,6 +75,24 @@ pub struct Container {
     pub probe: Option<Probe>,
     /// Memory limit in bytes.
     pub memory_limit: Option<u64>,
+    /// Folders on DATA bound into the container.
+    pub volumes: Vec<Volume>,
+}
+
+/// A folder on DATA bound into a container: it outlives the container, and, DATA being shared
+/// by both slots, updates and rollbacks.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct Volume {
+    /// The folder on DATA: an absolute path under `/var/`, not STATE (`/var/lib/cairn`) nor
+    /// the runtime's own state; cairnd makes it when it is missing.
+    pub host: PathBuf,
+    /// Where the container sees it: an absolute path, not `/`.
+    pub path: PathBuf,
+    /// Bound read-only (default: false).
+    #[serde(default)]
+    pub read_only: bool,
 }
 
 /// Where a container's image comes from.
@@ -141,6 +174,10 @@ pub(crate) struct RawContainer {
     probe: Option<serde_json::Value>,
     /// Memory limit in MiB (1..=1048576); the container is killed past it.
     memory_mib: Option<u64>,
+    /// Folders on DATA bound into the container (at most 16), kept across restarts, updates
+    /// and rollbacks.
+    #[serde(default)]
+    volumes: Vec<Volume>,
 }
 
 /// Checks the section; the error is one line naming the field.
@@ -240,6 +277,18 @@ impl Container {
             Some(m) => Some(m << 20),
             None => None,
         };
+        if r.volumes.len() > MAX_VOLUMES {
+            return Err(format!("volumes: more than {MAX_VOLUMES}"));
+        }
+        for (i, v) in r.volumes.iter().enumerate() {
+            v.check().map_err(|e| format!("volumes[{i}].{e}"))?;
+            if r.volumes[..i].iter().any(|o| o.path == v.path) {
+                return Err(format!(
+                    "volumes[{i}].path: {} is already another volume's path",
+                    v.path.display()
+                ));
+            }
+        }
         Ok(Container {
             name: r.name,
             image,
@@ -248,7 +297,57 @@ impl Container {
             restart: r.restart,
             probe,
             memory_limit,
+            volumes: r.volumes,
         })
+    }
+}
+
+/// Why `path` is not a plain absolute path (`/` first, no `.`, `..` or empty components, no
+/// NUL, not too long), if it is not.
+fn path_problem(path: &std::path::Path) -> Option<String> {
+    let text = path.to_str()?;
+    let plain = text.starts_with('/')
+        && text.len() <= MAX_ARG_LEN
+        && !text.contains('\0')
+        // ctr reads `--mount` as one CSV record.
+        && !text.contains([',', '"'])
+        && text[1..]
+            .split('/')
+            .all(|c| !c.is_empty() && c != "." && c != "..");
+    (!plain).then(|| format!("{text:?} is not a plain absolute path"))
+}
+
+impl Volume {
+    /// The error names the field, without the `volumes[i].` prefix.
+    fn check(&self) -> Result<(), String> {
+        let host = self.host.to_str().unwrap_or("");
+        if !host.starts_with(IMAGE_ROOT) {
+            return Err(format!(
+                "host: {host:?} must be a folder under {IMAGE_ROOT} (DATA)"
+            ));
+        }
+        if let Some(e) = path_problem(&self.host) {
+            return Err(format!("host: {e}"));
+        }
+        if let Some(ex) = VOLUME_EXCLUDED.iter().find(|ex| {
+            self.host.starts_with(ex) || std::path::Path::new(ex).starts_with(&self.host)
+        }) {
+            return Err(format!(
+                "host: {host:?} overlaps {ex}, which holds {}",
+                if *ex == "/var/lib/cairn" {
+                    "STATE (not DATA)"
+                } else {
+                    "the container runtime's own state"
+                }
+            ));
+        }
+        if self.path == std::path::Path::new("/") {
+            return Err("path: \"/\" would hide the container's own files".into());
+        }
+        if let Some(e) = path_problem(&self.path) {
+            return Err(format!("path: {e}"));
+        }
+        Ok(())
     }
 }
 
@@ -309,6 +408,80 @@ mod tests {
         assert_eq!(c[0].restart, Restart::Always);
         assert!(c[0].probe.is_some());
         assert_eq!(c[0].memory_limit, Some(64 << 20));
+        assert_eq!(
+            c[0].volumes,
+            [Volume {
+                host: "/var/lib/cairn-volumes/web".into(),
+                path: "/data".into(),
+                read_only: false
+            }]
+        );
+    }
+
+    #[test]
+    fn volumes_are_folders_on_data() {
+        let c = parse(
+            "[{name: a, image: /var/a.tar, volumes: [{host: /var/www, path: /srv, read_only: true}, \
+             {host: /var/lib/cairn-volumes/a, path: /data}]}]",
+        )
+        .unwrap();
+        assert_eq!(c[0].volumes.len(), 2);
+        assert!(c[0].volumes[0].read_only && !c[0].volumes[1].read_only);
+        for (volume, want) in [
+            (
+                "{host: /etc, path: /x}",
+                "volumes[0].host: \"/etc\" must be a folder under /var/ (DATA)",
+            ),
+            ("{host: data, path: /x}", "must be a folder under /var/"),
+            (
+                "{host: /var/, path: /x}",
+                "\"/var/\" is not a plain absolute path",
+            ),
+            (
+                "{host: /var/a/../lib/cairn, path: /x}",
+                "is not a plain absolute path",
+            ),
+            (
+                "{host: '/var/a,b', path: /x}",
+                "is not a plain absolute path",
+            ),
+            (
+                "{host: /var/lib/cairn/pki, path: /x}",
+                "overlaps /var/lib/cairn, which holds STATE (not DATA)",
+            ),
+            (
+                "{host: /var/lib, path: /x}",
+                "overlaps /var/lib/cairn, which holds STATE",
+            ),
+            (
+                "{host: /var/lib/containerd/x, path: /x}",
+                "overlaps /var/lib/containerd, which holds the container runtime's own state",
+            ),
+            (
+                "{host: /var/a, path: data}",
+                "volumes[0].path: \"data\" is not a plain absolute path",
+            ),
+            (
+                "{host: /var/a, path: /}",
+                "volumes[0].path: \"/\" would hide",
+            ),
+            ("{host: /var/a, path: /x, mode: rw}", "unknown field `mode`"),
+        ] {
+            let e = parse(&format!(
+                "[{{name: a, image: /var/a.tar, volumes: [{volume}]}}]"
+            ))
+            .unwrap_err();
+            assert!(e.contains(want), "{e} lacks {want}");
+            assert!(!e.contains('\n'), "{e}");
+        }
+        let e = parse(
+            "[{name: a, image: /var/a.tar, volumes: [{host: /var/a, path: /x}, {host: /var/b, path: /x}]}]",
+        )
+        .unwrap_err();
+        assert_eq!(
+            e,
+            "containers[0].volumes[1].path: /x is already another volume's path"
+        );
     }
 
     #[test]

@@ -71,6 +71,9 @@ pub struct RootExtras {
     /// What the management API needs, written to the STATE partition's `api/` folder and not
     /// to the root: bundles made from this image do not carry the device CA's key.
     pub api_secrets: Option<ApiSecrets>,
+    /// Words added to every slot's kernel command line, for tests and benchmarks
+    /// (`cairn.bench=containers`: cairnd's host container benchmark, docs/containers.md).
+    pub kernel_args: Vec<String>,
 }
 
 /// The management API's trust, PEM (`cairnctl gen secrets` writes them to `<out>/device/`).
@@ -433,7 +436,13 @@ fn build_staged(opts: &BuildOptions) -> Result<ImageManifest> {
         }
         let root_sha256 = sha256_region(&mut disk, offset(i), root_size)
             .map_err(|e| Error::io("reading", &disk_path, e))?;
-        let cmdline = kernel_cmdline(opts.board, slot, &tree, slot_ext.as_ref());
+        let mut cmdline = kernel_cmdline(opts.board, slot, &tree, slot_ext.as_ref());
+        for word in &opts.root.kernel_args {
+            if word.is_empty() || word.contains(char::is_whitespace) {
+                return Err(Error::BadKernelArg(word.clone()));
+            }
+            cmdline = format!("{cmdline} {word}");
+        }
         slots.push(SlotInfo {
             slot: slot.to_string(),
             entry: String::new(),

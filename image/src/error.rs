@@ -100,6 +100,9 @@ pub enum Error {
     #[error("invalid version `{0}`: use a semantic version such as 1.2.3")]
     BadVersion(String),
 
+    #[error("kernel argument {0:?} is empty or holds white space")]
+    BadKernelArg(String),
+
     #[error("--out {} is not a usable output folder: {reason}", path.display())]
     BadOut { path: PathBuf, reason: &'static str },
 

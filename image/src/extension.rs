@@ -910,6 +910,51 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("no package in the closure provides"), "{err}");
+
+        // A CNI plugin the packages do not carry (a Debian release that dropped or renamed
+        // it): refused in one line naming it, before anything is written.
+        let without_portmap: Vec<(&str, &[u8])> = prog_files
+            .iter()
+            .copied()
+            .filter(|(p, _)| *p != "usr/lib/cni/portmap")
+            .collect();
+        let progs = fake_package(
+            &dir.path().join("no-portmap"),
+            "containernetworking-plugins",
+            &without_portmap,
+            &[],
+        );
+        let err = extension_tree(&[progs, packages[1].clone()], Arch::X86_64, None)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "containers extension: /usr/lib/cni/portmap: no package in the closure provides it (a program the extension carries)"
+        );
+
+        // An operator's k3s and airgap tarball go in at their places, pinned in the manifest.
+        let k3s = dir.path().join("k3s-bin");
+        fs::write(&k3s, b"k3s stand-in").unwrap();
+        let images = dir.path().join("k3s-airgap-images-amd64.tar");
+        fs::write(&images, b"images").unwrap();
+        let input = K3sInput {
+            binary: k3s.clone(),
+            sha256: None,
+            images: Some(images.clone()),
+        };
+        let sha = sha256_file(&k3s).unwrap();
+        let (tree, manifest) =
+            extension_tree(&packages, Arch::X86_64, Some((&input, sha.as_str()))).unwrap();
+        assert!(tree.get(K3S_PATH).is_some());
+        assert!(tree
+            .get(&format!("{K3S_IMAGES_DIR}/k3s-airgap-images-amd64.tar"))
+            .is_some());
+        let entry = manifest.k3s.unwrap();
+        assert_eq!(
+            (entry.path.as_str(), entry.sha256.as_str()),
+            ("/usr/bin/k3s", sha.as_str())
+        );
+        assert_eq!(entry.images.unwrap().sha256, sha256_file(&images).unwrap());
     }
 
     #[test]

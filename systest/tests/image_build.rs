@@ -568,3 +568,39 @@ fn veritysetup_verify(file: &Path, roothash: &str, hash_offset: u64) -> Result<(
         Err(String::from_utf8_lossy(&out.stderr).into_owned())
     }
 }
+
+/// `cairnctl image build --no-containers` (no extension): image.json records none, no slot's
+/// command line names one (init then mounts none), where the image with it does.
+#[test]
+#[ignore = "needs built images: run `cargo xtask test`"]
+fn an_image_without_the_containers_extension_names_none() {
+    let board = cairn_board::find("qemu-x86_64").unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("plain");
+    let built = build(&BuildOptions {
+        extension: None,
+        ..options(board, &out)
+    })
+    .unwrap();
+    assert!(built.extension.is_none());
+    let with = manifest(board);
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("image.json")).unwrap()).unwrap();
+    assert!(json.get("extension").is_none(), "{json}");
+    for (slot, with_slot) in json["slots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(with["slots"].as_array().unwrap())
+    {
+        assert!(slot.get("extension").is_none(), "{slot}");
+        let cmdline = slot["cmdline"].as_str().unwrap();
+        assert!(!cmdline.contains("cairn.ext."), "{cmdline}");
+        let with_cmdline = with_slot["cmdline"].as_str().unwrap();
+        assert!(
+            with_cmdline.contains("cairn.ext.roothash="),
+            "{with_cmdline}"
+        );
+        assert!(with_slot["extension"]["size"].as_u64().unwrap() > 0);
+    }
+}

@@ -9,7 +9,8 @@
 //!   stick to the commit and `cairnctl slots` both slots' versions and install times. The new
 //!   system runs a host container (busybox httpd, an OCI archive the test builds, brought on the
 //!   update's stick): it answers on a forwarded port, `cairnctl services` lists it with its
-//!   memory, `cairnctl logs web` shows its output. Then an older bundle below the raised
+//!   memory, `cairnctl logs web` shows its output, and its volume on DATA holds a line from
+//!   each of its starts across the boots. Then an older bundle below the raised
 //!   security floor is refused, and the running version on a stick left in is not installed
 //!   again.
 //! - `unhealthy_update`: uploaded with `cairnctl upgrade`; the new system's machine config has a
@@ -178,12 +179,13 @@ fn busybox_archive(board: &Board, dir: &Path, name: &str, script: &str) -> PathB
     path
 }
 
-/// The body of `GET /` on the host's `port`, if it answers.
-fn http_get(port: u16) -> Option<String> {
+/// The body of `GET <path>` on the host's `port`, if it answers.
+fn http_get(port: u16, path: &str) -> Option<String> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    s.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .ok()?;
     let mut out = String::new();
     s.read_to_string(&mut out).ok()?;
     out.split_once("\r\n\r\n").map(|(_, body)| body.to_string())
@@ -327,11 +329,17 @@ fn good_update(board_name: &str) {
         rig.board,
         rig.tmp.path(),
         "web",
-        &format!("echo web starting; exec httpd -f -p 0.0.0.0:{WEB_PORT} -h /www"),
+        // Each start adds a line to /data/starts (a volume on DATA), on the disk before it
+        // serves (the test resets the machine, as a power cut would), and serves the lines.
+        &format!(
+            "echo web starting; echo start >> /data/starts; busybox sync; busybox mkdir -p /data/www; \
+             busybox cp /www/index.html /data/starts /data/www/; exec httpd -f -p 0.0.0.0:{WEB_PORT} -h /data/www"
+        ),
     );
     let config = format!(
         r#"{{"containers":[{{"name":"web","image":"/var/lib/cairn-images/web.tar",
-            "probe":{{"http":"http://127.0.0.1:{WEB_PORT}/","status":200}},"memory_mib":64}}]}}"#
+            "probe":{{"http":"http://127.0.0.1:{WEB_PORT}/","status":200}},"memory_mib":64,
+            "volumes":[{{"host":"/var/lib/cairn-volumes/web","path":"/data"}}]}}]}}"#
     );
     let new = rig.image(
         "new",
@@ -527,13 +535,20 @@ fn good_update(board_name: &str) {
     // port, is listed with its memory, and its output is in its log.
     let body = (0..60)
         .find_map(|_| {
-            http_get(rig.web_port).or_else(|| {
+            http_get(rig.web_port, "/").or_else(|| {
                 std::thread::sleep(Duration::from_secs(2));
                 None
             })
         })
         .expect("the host container answers on the forwarded port");
     assert_eq!(body, "hello from web\n");
+    // Its volume on DATA kept what every start wrote: the trial boot's, whose health check
+    // passed, and this boot's (the resets between may come before a boot's containers start).
+    let starts = http_get(rig.web_port, "/starts").unwrap_or_default();
+    assert!(
+        starts.lines().count() >= 2 && starts.lines().all(|l| l == "start"),
+        "{starts:?}"
+    );
     let services = ctl.json(&["services"]);
     let web = services["services"]
         .as_array()

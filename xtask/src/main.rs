@@ -14,8 +14,12 @@
 //!   unhealthy, hanging; systest/src/soak.rs) and prints how they ended and cairnd's memory.
 //! - `report` boots each QEMU board (and the Raspberry Pi 4 under raspi4b) five times per series
 //!   and prints the footprint and boot-time figures; `report BOARD…` measures only those boards.
+//! - `bench-containers [BOARD…]` host containers in the guest under QEMU: containerd's idle
+//!   memory, cairnd's added memory, and a container's start through cairnd next to `ctr run`
+//!   by hand (xtask/src/bench_containers.rs).
 
 mod bench;
+mod bench_containers;
 mod fuzz;
 mod report;
 mod setup;
@@ -51,9 +55,12 @@ fn main() -> ExitCode {
         Some("bench-prep") => bench::prep(),
         Some("bench-net") => bench_net(),
         Some("bench-api") => bench_api(),
+        Some("bench-containers") => {
+            setup::run().and_then(|_| bench_containers::command(&args[1..]))
+        }
         _ => {
             eprintln!(
-                "usage: cargo xtask <setup|device|images|demo|test|systests|report|fuzz|powercut|soak|bench-install|bench-net|bench-api>"
+                "usage: cargo xtask <setup|device|images|demo|test|systests|report|fuzz|powercut|soak|bench-install|bench-net|bench-api|bench-containers>"
             );
             return ExitCode::from(2);
         }

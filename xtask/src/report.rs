@@ -18,6 +18,9 @@
 //!   (on the first boot it includes encrypting STATE and DATA, so it is reported for later boots).
 //! - `cairnd: encrypted STATE and DATA in S s` (first boot) and `cairnd: unlocked STATE and DATA
 //!   with the TPM in U ms` (later boots).
+//! - Host containers (containerd's memory, cairnd's added memory, a container's start next to
+//!   `ctr run` by hand): `cargo xtask bench-containers`' [`crate::bench_containers::measure`],
+//!   once per QEMU board, on an image of its own.
 //! - Sizes from the image's `image.json` and the device binaries; install throughput from
 //!   `cargo xtask bench-install` (RAUC and the machine's limit, `../shared/bench/`), API latency
 //!   from `cargo xtask bench-api`, both on the host, once.
@@ -52,6 +55,12 @@ fn runs() -> usize {
 /// `CAIRN_REPORT_HOST=0` leaves out the host benchmarks (install, API), which take minutes.
 fn host_benches() -> bool {
     std::env::var("CAIRN_REPORT_HOST").map_or(true, |v| v != "0")
+}
+
+/// `CAIRN_REPORT_CONTAINERS=0` leaves out the host container benchmark (an image build and a
+/// boot per QEMU board).
+fn containers_bench() -> bool {
+    std::env::var("CAIRN_REPORT_CONTAINERS").map_or(true, |v| v != "0")
 }
 
 /// The column of figures measured on the host rather than on a board.
@@ -527,6 +536,44 @@ fn install_rows(table: &mut Table) -> Result<()> {
     Ok(())
 }
 
+/// Host containers in the guest: `cargo xtask bench-containers`' figures for one board.
+fn container_rows(table: &mut Table, col: &str, f: &crate::bench_containers::Figures) {
+    table
+        .row("containerd idle RSS", "KiB", Budget::None)
+        .add(col, f.containerd_idle_kib);
+    let added = table.row(
+        "cairnd's added RSS, one host container",
+        "KiB",
+        Budget::AtMost(2048.0),
+    );
+    for v in &f.added_kib {
+        added.add(col, *v);
+    }
+    let start = table.row(
+        "host container start: cairnd's request → answering",
+        "ms",
+        Budget::AtMost(2000.0),
+    );
+    for v in &f.cairnd_ms {
+        start.add(col, *v);
+    }
+    let hand = table.row(
+        "host container start: ctr import + run by hand",
+        "ms",
+        Budget::None,
+    );
+    for v in &f.ctr_ms {
+        hand.add(col, *v);
+    }
+    table
+        .row(
+            "host container start: cairnd / by hand (medians)",
+            "×",
+            Budget::AtMost(1.1),
+        )
+        .add(col, (f.ratio() * 100.0).round() / 100.0);
+}
+
 /// API Version latency: bench-api's `p50 … p99 …` line.
 fn api_rows(table: &mut Table) -> Result<()> {
     let text = tee(cargo().args([
@@ -588,9 +635,17 @@ pub fn run(images: &[(&'static Board, PathBuf)]) -> Result<()> {
             eprintln!("    bench-api: {e:#}; no API rows");
         }
     }
+    if containers_bench() {
+        for (board, _) in boards.iter().filter(|(b, _)| b.qemu.is_some()) {
+            step(&format!("bench-containers ({})", board.name));
+            match crate::bench_containers::measure(board) {
+                Ok(f) => container_rows(&mut table, board.name, &f),
+                Err(e) => eprintln!("    bench-containers: {e:#}; no container rows"),
+            }
+        }
+    }
     // More rows: measure, then `table.row(name, unit, budget).add(column, value)` once per
-    // sample (columns are board names and HOST). Containers (containerd's RSS, container start)
-    // belong here, after the API rows.
+    // sample (columns are board names and HOST).
 
     step(&format!(
         "report (per board: {} runs of a first and a later boot, QEMU TCG; median (min–max))",
@@ -617,6 +672,11 @@ Reading the table:
 - ready → API serving runs from init's ready line to cairnd's `management API on port` line:
   cairnd serves the API after it has unlocked (or, on the first boot, encrypted) STATE and DATA,
   started the network and the containers, so the unlock rows are part of it.
+- Host container rows: `cargo xtask bench-containers` on an image of the board built for it,
+  in the guest, five rounds after a warm-up (xtask/src/bench_containers.rs, daemon/src/bench.rs): cairnd's
+  path and `ctr images import` + `ctr run -d` by hand, each from the request to the container
+  answering HTTP, the store emptied between rounds; containerd's resident memory once it is up
+  and idle; cairnd's own resident memory while it supervises the container, less before.
 ";
 
 /// docs/benchmarks.md: the table and how it was made.
@@ -681,6 +741,39 @@ mod tests {
             "{md}"
         );
         assert_eq!(median(&[1.0, 2.0, 3.0, 10.0]), 2.5);
+    }
+
+    #[test]
+    fn container_rows_judge_the_start_against_the_baseline() {
+        let mut t = Table {
+            columns: vec!["qemu-x86_64".into()],
+            rows: vec![],
+        };
+        let f = crate::bench_containers::Figures {
+            containerd_idle_kib: 40432.0,
+            cairnd_ms: vec![7000.0, 7400.0, 9000.0],
+            ctr_ms: vec![6000.0, 7000.0, 8000.0],
+            added_kib: vec![12.0, 12.0, 24.0],
+            ..Default::default()
+        };
+        container_rows(&mut t, "qemu-x86_64", &f);
+        let verdict = |name: &str| {
+            let r = t.rows.iter().find(|r| r.name.starts_with(name)).unwrap();
+            (r.cell("qemu-x86_64"), r.verdict())
+        };
+        assert_eq!(verdict("containerd idle"), ("40432".into(), "—".into()));
+        assert_eq!(
+            verdict("cairnd's added"),
+            ("12 (12–24)".into(), "met".into())
+        );
+        assert_eq!(
+            verdict("host container start: cairnd's"),
+            ("7400 (7000–9000)".into(), "MISSED (qemu-x86_64)".into())
+        );
+        assert_eq!(
+            verdict("host container start: cairnd /"),
+            ("1.06".into(), "met".into())
+        );
     }
 
     #[test]
