@@ -351,7 +351,8 @@ impl Ddi {
         self.state().cut_after = Some(bytes);
     }
 
-    /// The request lines seen (`GET /DEFAULT/controller/v1/x`), in order.
+    /// The requests seen with the status answered (`GET /DEFAULT/controller/v1/x 200`), in
+    /// order.
     pub fn log(&self) -> Vec<String> {
         self.state().log.clone()
     }
@@ -472,7 +473,6 @@ fn advance_rollout(s: &mut State) {
 struct Request {
     method: String,
     path: String,
-    query: String,
     headers: Vec<(String, String)>,
     body: Vec<u8>,
 }
@@ -511,14 +511,10 @@ fn read_request(r: &mut impl BufRead) -> io::Result<Option<Request>> {
         .unwrap_or(0);
     let mut body = vec![0; len.min(1 << 20)];
     r.read_exact(&mut body)?;
-    let (path, query) = match target.split_once('?') {
-        Some((p, q)) => (p.to_string(), q.to_string()),
-        None => (target, String::new()),
-    };
+    let path = target.split('?').next().unwrap_or_default().to_string();
     Ok(Some(Request {
         method,
         path,
-        query,
         headers,
         body,
     }))
@@ -586,8 +582,10 @@ fn serve(
             .is_some_and(|v| v.eq_ignore_ascii_case("close"));
         let a = {
             let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
-            s.log.push(format!("{} {}", req.method, req.path));
-            route(&mut s, &req, addr)
+            let a = route(&mut s, &req, addr);
+            s.log
+                .push(format!("{} {} {}", req.method, req.path, a.status));
+            a
         };
         let out = stream.get_mut();
         let mut head = format!(
@@ -605,6 +603,10 @@ fn serve(
             "\r\n"
         });
         out.write_all(head.as_bytes())?;
+        if req.method == "HEAD" {
+            out.flush()?;
+            continue;
+        }
         match a.cut {
             Some(n) => {
                 out.write_all(&a.body[..(n as usize).min(a.body.len())])?;
@@ -711,9 +713,9 @@ fn route(s: &mut State, req: &Request, addr: SocketAddr) -> Answer {
                             "sha256": a.announced_sha256,
                         },
                         "size": bytes.len(),
+                        // HTTPS only, as a hawkBit with plain HTTP downloads disabled links it.
                         "_links": {
                             "download": {"href": href},
-                            "download-http": {"href": href.replacen("https://", "http://", 1)},
                         }
                     }]
                 }]
@@ -819,7 +821,7 @@ fn route(s: &mut State, req: &Request, addr: SocketAddr) -> Answer {
             s.targets.entry(target).or_default().config_data = Some(body);
             answer(200, Value::Null)
         }
-        ("GET", ["softwaremodules", id, "artifacts", name]) => {
+        ("GET" | "HEAD", ["softwaremodules", id, "artifacts", name]) => {
             let Some(a) = find(s, &target, id) else {
                 return error(404, "no such software module");
             };
