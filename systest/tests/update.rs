@@ -12,11 +12,13 @@
 //!   memory, `cairnctl logs web` shows its output. Then an older bundle below the raised
 //!   security floor is refused, and the running version on a stick left in is not installed
 //!   again.
-//! - `unhealthy_update`: uploaded with `cairnctl upgrade`; the new system's machine config has a
+//! - `unhealthy_update`: rolled out by hawkBit (the DDI double, `cairn_api::testing_ddi`, which
+//!   A's own image names in its `hawkbit:` section); the new system's machine config has a
 //!   probe that can never pass and a host container whose probe never passes (its archive
 //!   brought by a stick first): the trial is marked bad, the rollback record names the
-//!   container, the machine returns to A, and A's
-//!   cairnd logs why. After the reboot, `cairnctl events` tells the upload, the install, the
+//!   container, the machine returns to A, and A's cairnd logs why and closes the hawkBit
+//!   action with failure and that reason (ERROR), which was only `proceeding` while B was on
+//!   trial. After the reboot, `cairnctl events` tells the rollout's install, the
 //!   trial boot, the failed rounds, the verdict and the rollback with its reason, and `slots`
 //!   shows what each slot holds.
 //! - `broken_init_update`: the new root's init hangs once stage 1 has armed the watchdog (softdog
@@ -36,6 +38,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use cairn_api::testing_ddi::{ActionStatus, Ddi, DdiAuth, Options as DdiOptions};
 use cairn_board::Board;
 use cairn_image::RootExtras;
 use cairn_qemu::{free_local_port, LaunchOptions, Machine, PortForward};
@@ -607,10 +610,84 @@ fn good_update(board_name: &str) {
     stop(m);
 }
 
+/// The development API secrets, as `cargo xtask images` puts them on STATE.
+fn dev_api_secrets() -> cairn_image::ApiSecrets {
+    let s = cairn_pki::secrets::DeviceSecrets::load(&cairn_systest::keys_dir().join("secrets"))
+        .unwrap();
+    cairn_image::ApiSecrets {
+        client_ca: s.client_ca,
+        device_ca: s.device_ca,
+        device_ca_key: s.device_ca_key,
+    }
+}
+
+/// The DDI double on a loopback port, its certificate also naming 10.0.2.2 (the host as
+/// QEMU's user network shows it to the guest), polled every 3 s.
+fn hawkbit_double() -> Ddi {
+    let ddi = Ddi::start_with(
+        DdiAuth::Target,
+        DdiOptions {
+            names: vec!["10.0.2.2".into()],
+            ..DdiOptions::default()
+        },
+    );
+    ddi.set_sleep("00:00:03");
+    ddi
+}
+
+/// A machine config (JSON) whose `hawkbit:` section points at `ddi` as `controller`.
+fn hawkbit_config(ddi: &Ddi, controller: &str) -> Value {
+    serde_json::json!({"hawkbit": {
+        "url": format!("https://10.0.2.2:{}", ddi.addr().port()),
+        "controller_id": controller,
+        "target_token": Ddi::token(controller),
+        "ca": ddi.ca_pem(),
+    }})
+}
+
+/// Replaces the rig's disk with a 0.1.0 image like `cargo xtask images` builds (the
+/// development key and API secrets) whose machine config is `config`.
+fn own_old_image(rig: &Rig, config: &Value) {
+    let dir = build_release(
+        rig.board,
+        &rig.tmp.path().join("old"),
+        "0.1.0",
+        0,
+        &format!("systest-{}-old", rig.board.name),
+        RootExtras {
+            machine_config: Some(config.to_string()),
+            api_secrets: Some(dev_api_secrets()),
+            ..Default::default()
+        },
+    );
+    cairn_image::copy_sparse(&dir.join("disk.img"), &rig.disk).unwrap();
+}
+
+/// Waits until the double's action `id` is closed; returns it.
+fn closed_action(ddi: &Ddi, id: u64) -> cairn_api::testing_ddi::Action {
+    let deadline = std::time::Instant::now() + STEP_TIMEOUT;
+    loop {
+        let a = ddi.action(id);
+        if a.status != ActionStatus::Running {
+            return a;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "action {id} still running: {:?}",
+            a.steps()
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
 fn unhealthy_update(board_name: &str) {
     let _serial = qemu_lock();
     let since = start_ms();
     let mut rig = Rig::new(board_name);
+    // The update is rolled out by hawkBit: A's own image names the DDI double.
+    let ddi = hawkbit_double();
+    let controller = format!("systest-{board_name}");
+    own_old_image(&rig, &hawkbit_config(&ddi, &controller));
     // Three reasons at once: a probe that never passes, a network section the kernel refuses
     // (it names an interface the machine does not have), and a host container that runs but
     // never answers its probe.
@@ -652,12 +729,25 @@ fn unhealthy_update(board_name: &str) {
         (&"".into(), &0.into()),
         "{b}"
     );
-    // Uploaded over the API this time; cairnctl reboots the device into the trial.
-    let done = rig
-        .ctl("operator")
-        .json(&["upgrade", bundle.to_str().unwrap()]);
-    assert_eq!(done["os_version"], NEW_VERSION, "{done}");
+    // Rolled out by hawkBit this time: A's cairnd takes the deployment from the DDI double,
+    // installs it and reboots into the trial.
+    ddi.add_artifact("unhealthy.cairn", std::fs::read(&bundle).unwrap());
+    let action = ddi.assign(&controller, "unhealthy.cairn", "forced", "forced");
     assert_eq!(ready(&mut m), s("b", "yes", NEW_VERSION));
+    // On trial, hawkBit has only heard that the update is proceeding.
+    let a = ddi.action(action);
+    assert_eq!(a.status, ActionStatus::Running, "{:?}", a.steps());
+    assert!(
+        !a.steps().is_empty() && a.steps().iter().all(|(e, _)| e == "proceeding"),
+        "{:?}",
+        a.steps()
+    );
+    let config = ddi.target(&controller).unwrap().config_data.unwrap();
+    assert_eq!(
+        (&config["data"]["slot"], &config["data"]["version"]),
+        (&"a".into(), &"0.1.0".into()),
+        "{config}"
+    );
     let verdict = m
         .wait_for_line("cairnd: slot b is not healthy", STEP_TIMEOUT)
         .unwrap();
@@ -679,11 +769,32 @@ fn unhealthy_update(board_name: &str) {
         "{report}"
     );
 
+    // The old slot closes the action with the reason: hawkBit shows ERROR.
+    let a = closed_action(&ddi, action);
+    assert_eq!(a.status, ActionStatus::Error, "{:?}", a.steps());
+    let last = a.feedback.last().unwrap()["status"]["details"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        last.contains("rolled back: not healthy within 10 s")
+            && last.contains("tcp 127.0.0.1:9")
+            && last.contains("running slot a again"),
+        "{last}"
+    );
+    assert_eq!(
+        a.steps().iter().filter(|(e, _)| e == "closed").count(),
+        1,
+        "{:?}",
+        a.steps()
+    );
+
     // A new connection after the rollback's reboot tells the whole update.
     let ctl = rig.ctl("reader");
     let events = events_after(&ctl, "rollback", |r| r["from_slot"] == "b", "a");
-    let started = next_event(&events, 0, "the upload", "update", |u| {
-        u["stage"] == "started" && u["detail"] == "the uploaded bundle"
+    let started = next_event(&events, 0, "the rollout's install", "update", |u| {
+        u["stage"] == "started"
+            && u["detail"] == format!("hawkBit action {action} (unhealthy.cairn)").as_str()
     });
     let installed = next_event(&events, started, "the install", "update", |u| {
         u["stage"] == "installed" && u["os_version"] == NEW_VERSION
