@@ -650,7 +650,9 @@ fn route(s: &mut State, req: &Request, addr: SocketAddr) -> Answer {
     }
     // Links name the host the request came to (hawkBit builds them from the request too), so a
     // QEMU guest that reaches the double as 10.0.2.2 is linked back there.
-    let host = req.header("host").map_or_else(|| addr.to_string(), String::from);
+    let host = req
+        .header("host")
+        .map_or_else(|| addr.to_string(), String::from);
     let base = format!("https://{host}/{TENANT}/controller/v1/{target}");
     let rest = &parts[4..];
     let method = req.method.as_str();

@@ -48,9 +48,10 @@ fn main() -> ExitCode {
         Some("bench-prep") => bench::prep(),
         Some("bench-net") => bench_net(),
         Some("bench-api") => bench_api(),
+        Some("fleet") => fleet(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <setup|device|images|demo|test|systests|report|fuzz|powercut|bench-install|bench-net|bench-api>"
+                "usage: cargo xtask <setup|device|images|demo|test|systests|report|fuzz|powercut|bench-install|bench-net|bench-api|fleet>"
             );
             return ExitCode::from(2);
         }
@@ -63,6 +64,23 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A staged rollout over simulated devices, each running cairnd's hawkBit agent, against the
+/// DDI double on loopback (daemon/examples/fleet.rs; its options are passed on).
+fn fleet(args: &[String]) -> Result<()> {
+    step("fleet: a staged hawkBit rollout over simulated devices");
+    run(cargo()
+        .args([
+            "run",
+            "--quiet",
+            "--package",
+            "cairn-daemon",
+            "--example",
+            "fleet",
+            "--",
+        ])
+        .args(args))
 }
 
 pub fn root() -> PathBuf {
