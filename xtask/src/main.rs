@@ -49,9 +49,10 @@ fn main() -> ExitCode {
         Some("bench-net") => bench_net(),
         Some("bench-api") => bench_api(),
         Some("fleet") => fleet(&args[1..]),
+        Some("hawkbit-mock") => hawkbit_mock(),
         _ => {
             eprintln!(
-                "usage: cargo xtask <setup|device|images|demo|test|systests|report|fuzz|powercut|bench-install|bench-net|bench-api|fleet>"
+                "usage: cargo xtask <setup|device|images|demo|test|systests|report|fuzz|powercut|bench-install|bench-net|bench-api|fleet|hawkbit-mock>"
             );
             return ExitCode::from(2);
         }
@@ -81,6 +82,15 @@ fn fleet(args: &[String]) -> Result<()> {
             "--",
         ])
         .args(args))
+}
+
+/// The DDI double and cairnd's DDI JSON against the `hawkbit_mock` crate (interop/hawkbit-mock,
+/// outside the workspace: its dependencies are a long build of their own).
+fn hawkbit_mock() -> Result<()> {
+    step("hawkBit: the DDI double against hawkbit_mock");
+    run(cargo()
+        .args(["test", "--manifest-path", "interop/hawkbit-mock/Cargo.toml"])
+        .env("CARGO_TARGET_DIR", target_dir().join("hawkbit-mock")))
 }
 
 pub fn root() -> PathBuf {
