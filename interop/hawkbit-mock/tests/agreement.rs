@@ -20,7 +20,9 @@ fn http(method: &str, url: &str, token: &str, body: Option<&Value>) -> (u16, Vec
     let rest = url.strip_prefix("http://").expect("an http URL");
     let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
     let mut s = TcpStream::connect(host).unwrap();
-    let body = body.map(|b| serde_json::to_vec(b).unwrap()).unwrap_or_default();
+    let body = body
+        .map(|b| serde_json::to_vec(b).unwrap())
+        .unwrap_or_default();
     let head = format!(
         "{method} {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: {token}\r\n\
          Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
@@ -34,7 +36,10 @@ fn http(method: &str, url: &str, token: &str, body: Option<&Value>) -> (u16, Vec
     let status = text[9..12].parse().unwrap();
     let split = out.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
     let mut payload = out[split..].to_vec();
-    if text.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    if text
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         payload = dechunk(&payload);
     }
     (status, payload)
@@ -124,17 +129,25 @@ fn the_double_serves_what_hawkbit_mock_serves_and_cairnd_reads_both_alike() {
         tls,
     );
     let ours_p = client.poll().unwrap();
-    let ours = client.deployment(ours_p.deployment.as_ref().unwrap()).unwrap();
+    let ours = client
+        .deployment(ours_p.deployment.as_ref().unwrap())
+        .unwrap();
 
     // cairnd reads both alike.
     let mock = ddi::parse_deployment(&mock_deployment).unwrap();
     assert_eq!(mock.id, ours.id);
     assert_eq!((mock.download, mock.update), (ours.download, ours.update));
-    assert_eq!((mock.download, mock.update), (ddi::Handling::Forced, ddi::Handling::Attempt));
+    assert_eq!(
+        (mock.download, mock.update),
+        (ddi::Handling::Forced, ddi::Handling::Attempt)
+    );
     assert_eq!(mock.window, ours.window);
     assert_eq!(mock.artifacts.len(), 1);
     let (m, o) = (&mock.artifacts[0], &ours.artifacts[0]);
-    assert_eq!((&m.filename, m.size, &m.sha256), (&o.filename, o.size, &o.sha256));
+    assert_eq!(
+        (&m.filename, m.size, &m.sha256),
+        (&o.filename, o.size, &o.sha256)
+    );
     assert_eq!(mock_p.sleep, std::time::Duration::from_secs(60));
 
     // The same fields, but for what the double leaves out on purpose or adds as hawkBit does.
@@ -203,7 +216,11 @@ fn cairnds_feedback_and_config_data_are_what_hawkbit_mock_expects() {
             Some(json!({"cnt": 25, "of": 100})),
         ),
         (
-            Feedback::new(Ex::Closed, Fin::Success, "version 0.2.0 committed in slot b"),
+            Feedback::new(
+                Ex::Closed,
+                Fin::Success,
+                "version 0.2.0 committed in slot b",
+            ),
             Execution::Closed,
             Finished::Success,
             None,
@@ -217,18 +234,42 @@ fn cairnds_feedback_and_config_data_are_what_hawkbit_mock_expects() {
     ];
     for (ours, execution, finished, progress) in cases {
         let detail = ours.details[0].clone();
-        let mock = target.expect_deployment_feedback("7", execution, finished, progress, vec![&detail]);
+        let mock =
+            target.expect_deployment_feedback("7", execution, finished, progress, vec![&detail]);
         let body = ours.json("7");
-        let (status, _) = http("POST", &format!("{base}/deploymentBase/7/feedback"), token, Some(&body));
-        assert_eq!((status, mock.calls()), (200, 1), "hawkbit_mock did not take {body}");
+        let (status, _) = http(
+            "POST",
+            &format!("{base}/deploymentBase/7/feedback"),
+            token,
+            Some(&body),
+        );
+        assert_eq!(
+            (status, mock.calls()),
+            (200, 1),
+            "hawkbit_mock did not take {body}"
+        );
         // And the double takes the same body.
         check_feedback(&body).unwrap();
     }
     // Cancel: accepted, as cairnd answers a cancel before the install.
     target.cancel_action("9");
-    let ours = Feedback::new(Ex::Closed, Fin::Success, "canceled before the install started");
-    let mock = target.expect_cancel_feedback("9", Execution::Closed, Finished::Success, vec![&ours.details[0]]);
-    let (status, _) = http("POST", &format!("{base}/cancelAction/9/feedback"), token, Some(&ours.json("9")));
+    let ours = Feedback::new(
+        Ex::Closed,
+        Fin::Success,
+        "canceled before the install started",
+    );
+    let mock = target.expect_cancel_feedback(
+        "9",
+        Execution::Closed,
+        Finished::Success,
+        vec![&ours.details[0]],
+    );
+    let (status, _) = http(
+        "POST",
+        &format!("{base}/cancelAction/9/feedback"),
+        token,
+        Some(&ours.json("9")),
+    );
     assert_eq!((status, mock.calls()), (200, 1));
     let (_, body) = http("GET", &format!("{base}/cancelAction/9"), token, None);
     let cancel = ddi::parse_cancel(&serde_json::from_slice(&body).unwrap()).unwrap();
@@ -242,6 +283,11 @@ fn cairnds_feedback_and_config_data_are_what_hawkbit_mock_expects() {
     let (_, body) = http("GET", &base, token, None);
     let poll = ddi::parse_poll(&serde_json::from_slice(&body).unwrap()).unwrap();
     assert!(poll.config_data.is_some());
-    let (status, _) = http("PUT", &format!("{base}/configData"), token, Some(&ddi::config_data_json(&data)));
+    let (status, _) = http(
+        "PUT",
+        &format!("{base}/configData"),
+        token,
+        Some(&ddi::config_data_json(&data)),
+    );
     assert_eq!((status, target.config_data_hits()), (200, 1));
 }
