@@ -15,7 +15,7 @@ const SWUPDATE: &str = "/usr/bin/swupdate";
 fn cpio(files: &[(&str, &[u8])]) -> Vec<u8> {
     let mut out = Vec::new();
     let pad = |out: &mut Vec<u8>| {
-        while out.len() % 4 != 0 {
+        while !out.len().is_multiple_of(4) {
             out.push(0);
         }
     };

@@ -4,11 +4,13 @@
 //! and then committed or rolled back by the device itself.
 //!
 //! - `good_update`: bundles that must be refused (each with its own error, nothing installed,
-//!   the machine still on A), then a good one: installed, trial boot, health passes, committed,
+//!   the machine still on A), then a good one rolled out by hawkBit (the DDI double, which A's
+//!   own image names): installed, trial boot, health passes, committed, and only then the
+//!   action closed with success by the new slot (FINISHED),
 //!   still B after two more reboots, where a new `cairnctl events` tells the update from the
-//!   stick to the commit and `cairnctl slots` both slots' versions and install times. The new
-//!   system runs a host container (busybox httpd, an OCI archive the test builds, brought on the
-//!   update's stick): it answers on a forwarded port, `cairnctl services` lists it with its
+//!   rollout's install to the commit and `cairnctl slots` both slots' versions and install
+//!   times. The new system runs a host container (busybox httpd, an OCI archive the test
+//!   builds, brought on a stick): it answers on a forwarded port, `cairnctl services` lists it with its
 //!   memory, `cairnctl logs web` shows its output. Then an older bundle below the raised
 //!   security floor is refused, and the running version on a stick left in is not installed
 //!   again.
@@ -324,6 +326,12 @@ fn good_update(board_name: &str) {
     let _serial = qemu_lock();
     let since = start_ms();
     let mut rig = Rig::new(board_name);
+    // The good bundle is rolled out by hawkBit: A's own image and the new one name the DDI
+    // double (the new one reports the result once it committed).
+    let ddi = hawkbit_double();
+    let controller = format!("systest-{board_name}");
+    let hawkbit = hawkbit_config(&ddi, &controller);
+    own_old_image(&rig, &hawkbit);
     // The new system runs a host container from an archive the update's stick brings (A
     // copies it onto DATA, which both slots share).
     let web = busybox_archive(
@@ -332,10 +340,13 @@ fn good_update(board_name: &str) {
         "web",
         &format!("echo web starting; exec httpd -f -p 0.0.0.0:{WEB_PORT} -h /www"),
     );
-    let config = format!(
+    let mut config: Value = serde_json::from_str(&format!(
         r#"{{"containers":[{{"name":"web","image":"/var/lib/cairn-images/web.tar",
             "probe":{{"http":"http://127.0.0.1:{WEB_PORT}/","status":200}},"memory_mib":64}}]}}"#
-    );
+    ))
+    .unwrap();
+    config["hawkbit"] = hawkbit["hawkbit"].clone();
+    let config = config.to_string();
     let new = rig.image(
         "new",
         NEW_VERSION,
@@ -437,26 +448,33 @@ fn good_update(board_name: &str) {
         m.detach_stick(&id, STEP_TIMEOUT).unwrap();
     }
 
-    // The good bundle: installed, reboot, trial, healthy, committed.
-    let id = rig.plug(
-        &mut m,
-        vec![
-            StickFile::Copy("update.cairn", good.clone()),
-            StickFile::Copy("containers/web.tar", web),
-        ],
-    );
+    // The good bundle, from a hawkBit rollout: installed, reboot, trial, healthy, committed.
+    // The container's archive comes on a stick of its own.
+    let id = rig.plug(&mut m, vec![StickFile::Copy("containers/web.tar", web)]);
     m.wait_for_line(
         "container images copied to /var/lib/cairn-images: web.tar",
         STEP_TIMEOUT,
     )
     .unwrap();
+    m.wait_for_line("no *.cairn bundle at the root of the stick", STEP_TIMEOUT)
+        .unwrap();
+    ddi.add_artifact("update.cairn", std::fs::read(&good).unwrap());
+    let action = ddi.assign(&controller, "update.cairn", "forced", "forced");
     m.wait_for_line(
-        &format!("cairnd: installed version {NEW_VERSION} into slot b"),
+        &format!("(update.cairn): installed version {NEW_VERSION} into slot b"),
         STEP_TIMEOUT,
     )
     .unwrap();
 
     assert_eq!(ready(&mut m), s("b", "yes", NEW_VERSION));
+    // On trial: hawkBit has heard only `proceeding` so far.
+    let a = ddi.action(action);
+    assert_eq!(a.status, ActionStatus::Running, "{:?}", a.steps());
+    assert!(
+        a.steps().iter().all(|(e, _)| e == "proceeding"),
+        "{:?}",
+        a.steps()
+    );
     // Slot b's root partition got the bundle's containers extension with the root, and init
     // verified and mounted it with the root hash the new image records.
     let new_manifest: serde_json::Value =
@@ -475,6 +493,23 @@ fn good_update(board_name: &str) {
     );
     m.wait_for_line("cairnd: slot b healthy", STEP_TIMEOUT)
         .unwrap();
+    // Committed: the new slot closes the action with success (FINISHED), once.
+    let a = closed_action(&ddi, action);
+    assert_eq!(a.status, ActionStatus::Finished, "{:?}", a.steps());
+    assert_eq!(
+        a.steps().iter().filter(|(e, _)| e == "closed").count(),
+        1,
+        "{:?}",
+        a.steps()
+    );
+    let detail = a.feedback.last().unwrap()["status"]["details"][0].clone();
+    assert_eq!(
+        detail,
+        format!("version {NEW_VERSION} committed in slot b after passing its health window")
+            .as_str(),
+    );
+    let config = ddi.target(&controller).unwrap().config_data.unwrap();
+    assert_eq!(config["data"]["slot"], "b", "{config}");
     // Pulled once the committed system runs (a PCIe unplug needs the guest's consent), so that
     // the next stick finds the port free.
     m.wait_for_line("cairnd: waiting for update bundles", STEP_TIMEOUT)
@@ -496,11 +531,9 @@ fn good_update(board_name: &str) {
         .rev()
         .find(|&i| kind(&events[i]) == "update" && events[i]["update"]["stage"] == "started")
         .unwrap_or_else(|| panic!("no start before the install: {events:?}"));
-    assert!(
-        events[started]["update"]["detail"]
-            .as_str()
-            .unwrap()
-            .ends_with("update.cairn"),
+    assert_eq!(
+        events[started]["update"]["detail"],
+        format!("hawkBit action {action} (update.cairn)").as_str(),
         "{}",
         events[started]
     );
