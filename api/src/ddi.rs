@@ -386,14 +386,17 @@ impl Client {
             .map(drop)
     }
 
-    /// Starts downloading an artifact: the token goes along (to the server's own host only),
-    /// a dropped connection resumes with Range.
+    /// Starts downloading an artifact; a dropped connection resumes with Range. The token goes
+    /// along only when the link is on the server itself (a CDN's link gets none).
     pub fn download(&self, artifact: &Artifact) -> Result<Fetch, DdiError> {
-        let headers = self
-            .headers(false)
-            .into_iter()
-            .filter(|(n, _)| n == "Authorization")
-            .collect();
+        let headers = match same_origin(&self.base, &artifact.url) {
+            true => self
+                .headers(false)
+                .into_iter()
+                .filter(|(n, _)| n == "Authorization")
+                .collect(),
+            false => Vec::new(),
+        };
         Fetch::with_config(
             &artifact.url,
             self.tls.clone(),
@@ -405,6 +408,16 @@ impl Client {
             retry: true,
         })
     }
+}
+
+/// Whether `url` is on the scheme, host and port of `base` (case-insensitive).
+pub fn same_origin(base: &str, url: &str) -> bool {
+    let origin = |u: &str| {
+        let (scheme, rest) = u.split_once("://")?;
+        let host = rest.split(['/', '?', '#']).next()?;
+        Some(format!("{scheme}://{host}").to_ascii_lowercase())
+    };
+    origin(base).is_some() && origin(base) == origin(url)
 }
 
 /// The configData body: `{"mode": "merge", "data": {…}}`.
@@ -629,6 +642,26 @@ mod tests {
             "update":"forced","chunks":[]}}))
         .unwrap_err();
         assert!(e.contains("none of skip"), "{e}");
+    }
+
+    #[test]
+    fn the_token_goes_to_the_server_only() {
+        assert!(same_origin(
+            "https://hb.example:8443/p",
+            "https://HB.example:8443/x/y?z"
+        ));
+        assert!(!same_origin(
+            "https://hb.example:8443",
+            "https://cdn.example/x"
+        ));
+        assert!(!same_origin(
+            "https://hb.example:8443",
+            "https://hb.example:9443/x"
+        ));
+        assert!(!same_origin(
+            "https://hb.example",
+            "https://hb.example.evil/x"
+        ));
     }
 
     #[test]
