@@ -63,12 +63,23 @@ pub struct Record {
     pub stage: String,
     pub version: String,
     pub slot: String,
+    /// While `installing`: the update record on STATE as it was before the install
+    /// ([`trial_key`]), so a power cut after the trial was armed but before this record
+    /// said so is told from one before the install got that far.
+    pub before: String,
+}
+
+/// A trial record in one line, to tell whether the installer has written a new one.
+pub fn trial_key(t: Option<&TrialRecord>) -> String {
+    t.map_or_else(String::new, |t| {
+        format!("{} {} {:?}", t.slot, t.version, t.outcome)
+    })
 }
 
 impl Record {
     fn to_json(&self) -> Vec<u8> {
         serde_json::to_vec(&json!({"id": self.id, "stage": self.stage,
-            "version": self.version, "slot": self.slot}))
+            "version": self.version, "slot": self.slot, "before": self.before}))
         .expect("JSON")
     }
 
@@ -85,6 +96,7 @@ impl Record {
             stage: f("stage")?,
             version: f("version")?,
             slot: f("slot")?,
+            before: f("before").unwrap_or_default(),
         })
     }
 }
@@ -188,21 +200,18 @@ impl<D: Device> Agent<D> {
     /// One poll cycle.
     pub fn cycle(&mut self) -> Result<Step, DdiError> {
         let mut record = read_record(&self.state);
-        if let Some(r) = record.clone() {
-            if r.stage == "installing" {
-                // A power cut or a restart during the install: the slot was never armed, and
-                // the server still offers the action.
-                say!(
-                    "hawkBit: action {} was interrupted during its install; taking it again",
-                    r.id
-                );
-                clear_record(&self.state);
-                record = None;
-            } else if let Some(f) = outcome(
-                &r,
-                &self.device.running_slot(),
-                self.device.last_trial().as_ref(),
-            ) {
+        if let Some(r) = record.take() {
+            let r = match r.stage.as_str() {
+                "installing" => self.after_cut(r),
+                _ => Some(r),
+            };
+            record = r.clone();
+            let running = self.device.running_slot();
+            let trial = self.device.last_trial();
+            if let Some((r, f)) = r.and_then(|r| {
+                let f = outcome(&r, &running, trial.as_ref())?;
+                Some((r, f))
+            }) {
                 self.client.feedback(&r.id, &f)?;
                 say!(
                     "hawkBit: action {} reported {}: {}",
@@ -265,6 +274,39 @@ impl<D: Device> Agent<D> {
         })
     }
 
+    /// A record left `installing` (a power cut or a restart during the install): when the
+    /// installer had written a new update record that got past `installing`, the trial was
+    /// armed and its result is this action's; otherwise the slot was never armed, the record is
+    /// dropped and the action, still offered by the server, is taken again.
+    fn after_cut(&self, r: Record) -> Option<Record> {
+        match self.device.last_trial() {
+            Some(t)
+                if trial_key(Some(&t)) != r.before
+                    && !matches!(t.outcome, Outcome::Installing | Outcome::Interrupted) =>
+            {
+                let armed = Record {
+                    stage: "trial".into(),
+                    version: t.version.clone(),
+                    slot: t.slot.clone(),
+                    before: String::new(),
+                    ..r
+                };
+                if let Err(e) = write_record(&self.state, &armed) {
+                    say!("hawkBit: {e}");
+                }
+                Some(armed)
+            }
+            _ => {
+                say!(
+                    "hawkBit: action {} was interrupted during its install; taking it again",
+                    r.id
+                );
+                clear_record(&self.state);
+                None
+            }
+        }
+    }
+
     /// Installs a deployment; `Ok(true)` when the trial is armed.
     fn deploy(&mut self, d: &ddi::Deployment) -> Result<bool, DdiError> {
         let fail = |agent: &Self, why: String| -> Result<bool, DdiError> {
@@ -292,6 +334,7 @@ impl<D: Device> Agent<D> {
                 stage: "installing".into(),
                 version: String::new(),
                 slot: String::new(),
+                before: trial_key(self.device.last_trial().as_ref()),
             },
         )
         .map_err(|message| DdiError {
@@ -359,6 +402,7 @@ impl<D: Device> Agent<D> {
                     stage: "trial".into(),
                     version: version.clone(),
                     slot: slot.clone(),
+                    before: String::new(),
                 };
                 if let Err(e) = write_record(&self.state, &record) {
                     // Without the record no slot could report the result: say so now.
@@ -599,6 +643,7 @@ mod tests {
             stage: "trial".into(),
             version: "2.0.0".into(),
             slot: "b".into(),
+            before: String::new(),
         };
         // On the new slot, still on trial: nothing yet.
         assert_eq!(
@@ -634,9 +679,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let r = Record {
             id: "12".into(),
-            stage: "trial".into(),
-            version: "1.2.3".into(),
-            slot: "a".into(),
+            stage: "installing".into(),
+            version: String::new(),
+            slot: String::new(),
+            before: "b 1.2.2 Committed".into(),
         };
         write_record(dir.path(), &r).unwrap();
         assert_eq!(read_record(dir.path()), Some(r));

@@ -417,3 +417,48 @@ fn an_unreachable_server_is_polled_with_a_growing_pause() {
     let n = accepted.load(Ordering::SeqCst);
     assert!((3..=7).contains(&n), "{n} connections in 3.2 s");
 }
+
+/// The record as a power cut leaves it between the trial being armed and the record saying
+/// so: still `installing`, with the update record from before the install.
+fn cut_after_arming(state: &std::path::Path, id: u64, before: &str) {
+    let text = format!(
+        r#"{{"id":"{id}","stage":"installing","version":"","slot":"","before":"{before}"}}"#
+    );
+    std::fs::write(state.join(cairn_daemon::hawkbit::ACTION), text).unwrap();
+}
+
+#[test]
+fn a_power_cut_after_the_trial_was_armed_still_reports_the_trials_result() {
+    let (ddi, device, state, id) = rig();
+    assert_eq!(
+        agent(&ddi, &device, state.path()).cycle().unwrap(),
+        Step::Rebooting
+    );
+    cut_after_arming(state.path(), id, "");
+    device.boot_trial(true);
+    agent(&ddi, &device, state.path()).cycle().unwrap();
+    assert_eq!(ddi.action(id).status, ActionStatus::Finished);
+    assert_eq!(device.world().installed.len(), 1, "not installed again");
+    assert_eq!(read_record(state.path()), None);
+}
+
+#[test]
+fn a_power_cut_during_the_download_takes_the_deployment_again() {
+    let (ddi, device, state, id) = rig();
+    // An earlier update's record, left as it was: the installer never got to write its own.
+    device.world().trial = Some(TrialRecord {
+        slot: "a".into(),
+        version: "1.0.0".into(),
+        security_version: 0,
+        outcome: Outcome::Committed,
+        reason: None,
+    });
+    cut_after_arming(state.path(), id, "a 1.0.0 Committed");
+    assert_eq!(
+        agent(&ddi, &device, state.path()).cycle().unwrap(),
+        Step::Rebooting
+    );
+    assert_eq!(device.world().installed.len(), 1);
+    assert_eq!(ddi.action(id).status, ActionStatus::Running);
+    assert_eq!(read_record(state.path()).unwrap().stage, "trial");
+}
