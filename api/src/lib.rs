@@ -13,6 +13,7 @@
 //! returned [`Server`] stops it.
 
 mod admission;
+pub mod ddi;
 mod device;
 mod error;
 pub mod fetch;
@@ -26,6 +27,8 @@ mod service;
 pub mod subject;
 #[cfg(feature = "testing")]
 pub mod testing;
+#[cfg(feature = "testing")]
+pub mod testing_ddi;
 #[cfg(feature = "testing")]
 pub mod testing_registry;
 mod tls;

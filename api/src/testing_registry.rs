@@ -32,12 +32,12 @@ const SERVICE: &str = "cairn-test-registry";
 const ISSUER: &str = "cairn-test-issuer";
 
 /// A CA and certificates made with rcgen.
-struct Ca {
-    issuer: CertifiedIssuer<'static, KeyPair>,
+pub(crate) struct Ca {
+    pub(crate) issuer: CertifiedIssuer<'static, KeyPair>,
 }
 
 impl Ca {
-    fn new(name: &str) -> Ca {
+    pub(crate) fn new(name: &str) -> Ca {
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
         params.distinguished_name.push(DnType::CommonName, name);
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -95,7 +95,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn tls_server(chain_pem: &str, key: &KeyPair) -> Arc<ServerConfig> {
+pub(crate) fn tls_server(chain_pem: &str, key: &KeyPair) -> Arc<ServerConfig> {
     let chain = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .expect("PEM");

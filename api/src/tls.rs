@@ -49,6 +49,14 @@ impl cairn_facts::config::CertCheck for TlsCheck {
         TlsConfig::check_server_identity(cert.as_bytes(), key.as_bytes()).map_err(|e| e.to_string())
     }
 
+    fn client_identity(cert: &str, key: &str) -> Result<(), String> {
+        crate::fetch::client_config(
+            rustls::RootCertStore::empty(),
+            Some((cert.as_bytes(), key.as_bytes())),
+        )
+        .map(drop)
+    }
+
     fn oci_reference(text: &str) -> Result<(), String> {
         crate::registry::Reference::parse(text)
             .map(drop)

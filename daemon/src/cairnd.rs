@@ -10,8 +10,8 @@
 //!    ([`crate::kubernetes`]), health ([`health`], gated by both) and updates ([`update`]), then
 //!    the management API ([`remote`]) over all of them.
 //! 5. A trial boot runs the health window and commits or rolls back; a normal boot reports the
-//!    last update. Then the machine config's `update.source` ([`source`]) and bundles from
-//!    USB sticks ([`sticks`]).
+//!    last update. Then the machine config's `update.source` ([`source`]), its hawkBit server
+//!    ([`hawkbit`]) and bundles from USB sticks ([`sticks`]).
 //!
 //! Every line it prints starts with `cairnd: `; tests and operators read them on the console.
 
@@ -32,7 +32,7 @@ use crate::log::say;
 use crate::settings::{self, Settings};
 use crate::system::{self, Boot};
 use crate::update::Updates;
-use crate::{bench, containers, maintenance, netif, remote, source, sticks};
+use crate::{bench, containers, hawkbit, maintenance, netif, remote, source, sticks};
 
 /// The role's entry point. Returns only on a fatal error (init restarts it).
 pub fn run() -> ExitCode {
@@ -218,6 +218,15 @@ fn serve(d: Daemon) -> Result<(), String> {
         Ok(running) => source::follow(d.updates.clone(), d.settings.clone(), running),
         Err(e) => say!("update source not followed: the running version: {e}"),
     }
+    // After the trial's verdict: only a committed slot may report a deployment's success.
+    hawkbit::follow(
+        hawkbit::Cairnd {
+            updates: d.updates.clone(),
+            health: d.health.clone(),
+            boot: d.boot.clone(),
+        },
+        d.settings.clone(),
+    );
     sticks::watch(&d.updates, &d.heart)
 }
 

@@ -29,6 +29,7 @@ pub mod remote;
 // Capabilities.
 pub mod bringup;
 pub mod containers;
+pub mod hawkbit;
 pub mod health;
 pub mod kubernetes;
 pub mod settings;

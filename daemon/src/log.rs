@@ -40,7 +40,9 @@ pub fn unix_ms(t: SystemTime) -> i64 {
 /// once DATA is mounted.
 pub fn log(args: std::fmt::Arguments) {
     let line = args.to_string();
-    eprintln!("cairnd: {line}");
+    if !QUIET.load(Ordering::Relaxed) {
+        eprintln!("cairnd: {line}");
+    }
     let now = unix_ms(SystemTime::now());
     if LOG_TO_DATA.load(Ordering::Relaxed) {
         use std::io::Write as _;
@@ -49,6 +51,14 @@ pub fn log(args: std::fmt::Arguments) {
         }
     }
     ring().push((now, line));
+}
+
+static QUIET: AtomicBool = AtomicBool::new(false);
+
+/// Stops printing lines on the console; they are still kept. For many agents in one process
+/// (the fleet simulation, `cargo xtask fleet`), never on a device.
+pub fn quiet() {
+    QUIET.store(true, Ordering::Relaxed);
 }
 
 /// `say!("…", args)`: [`log`] with format arguments.

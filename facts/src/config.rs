@@ -78,6 +78,11 @@ pub trait CertCheck {
         let _ = text;
         Ok(())
     }
+    /// `hawkbit.client_cert` and `hawkbit.client_key`: a client certificate chain and its key
+    /// (PEM), as a TLS client would show them. The default checks them as a server identity.
+    fn client_identity(cert: &str, key: &str) -> Result<(), String> {
+        Self::server_identity(cert, key)
+    }
 }
 
 /// A checked machine config; `C` checked the certificates and keys in it.
@@ -103,7 +108,54 @@ pub struct MachineConfig<C> {
     pub kubernetes: Option<Kubernetes>,
     /// Host containers cairnd runs through containerd ([`crate::containers`]).
     pub containers: Vec<Container>,
+    /// An Eclipse hawkBit server the device takes deployments from (DDI).
+    pub hawkbit: Option<Hawkbit>,
     checked_by: PhantomData<C>,
+}
+
+/// The `hawkbit:` section, checked.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Hawkbit {
+    /// `https://host[:port][/prefix]`, no trailing slash.
+    pub url: String,
+    pub tenant: String,
+    pub controller_id: String,
+    pub auth: HawkbitAuth,
+    /// PEM CA certificates of the server (checked); the section's own or `update.fetch_ca`.
+    pub ca: String,
+    /// A client certificate chain and key (PEM) for mutual TLS (checked).
+    pub client_identity: Option<(String, String)>,
+}
+
+/// How the device authenticates to hawkBit besides a client certificate.
+#[derive(Clone, PartialEq, Eq)]
+pub enum HawkbitAuth {
+    None,
+    TargetToken(String),
+    GatewayToken(String),
+}
+
+/// Names the kind only: a token is a secret.
+impl std::fmt::Debug for HawkbitAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            HawkbitAuth::None => "none",
+            HawkbitAuth::TargetToken(_) => "target_token",
+            HawkbitAuth::GatewayToken(_) => "gateway_token",
+        })
+    }
+}
+
+impl std::fmt::Debug for Hawkbit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hawkbit")
+            .field("url", &self.url)
+            .field("tenant", &self.tenant)
+            .field("controller_id", &self.controller_id)
+            .field("auth", &self.auth)
+            .field("client_identity", &self.client_identity.is_some())
+            .finish()
+    }
 }
 
 /// One `registries:` entry.
@@ -179,6 +231,7 @@ impl<C> Default for MachineConfig<C> {
             storage: Storage::default(),
             kubernetes: None,
             containers: Vec::new(),
+            hawkbit: None,
             checked_by: PhantomData,
         }
     }
@@ -215,6 +268,125 @@ struct Raw {
     /// container images `oci://…`): the CA of each and its credentials.
     #[serde(default)]
     registries: Vec<RawRegistry>,
+    /// An Eclipse hawkBit server (its Direct Device Integration API) the device polls for
+    /// deployments, reporting success only after the new slot passed its health window.
+    hawkbit: Option<RawHawkbit>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+struct RawHawkbit {
+    /// The server: `https://host[:port]`, optionally with a path prefix.
+    url: String,
+    /// The tenant (default `DEFAULT`).
+    tenant: Option<String>,
+    /// This device's controller id (letters, digits, `.`, `_`, `-`; at most 64).
+    controller_id: String,
+    /// The target's security token (`Authorization: TargetToken …`).
+    target_token: Option<String>,
+    /// The tenant's gateway token (`Authorization: GatewayToken …`); not with `target_token`.
+    gateway_token: Option<String>,
+    /// The CA certificates (PEM) of the server (default: `update.fetch_ca`).
+    ca: Option<String>,
+    /// A client certificate chain (PEM) for mutual TLS. Needs `client_key`.
+    client_cert: Option<String>,
+    /// The key of `client_cert` (PEM).
+    client_key: Option<String>,
+}
+
+/// Checks the `hawkbit:` section; `fetch_ca` is `update.fetch_ca`.
+fn check_hawkbit<C: CertCheck>(
+    raw: RawHawkbit,
+    fetch_ca: Option<&String>,
+) -> Result<Hawkbit, String> {
+    let url = raw.url.trim_end_matches('/').to_string();
+    let host = url.strip_prefix("https://").unwrap_or_default();
+    if host.is_empty()
+        || url.len() > 512
+        || host.starts_with('/')
+        || host.contains(['?', '#', '@'])
+        || !url.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return Err(format!(
+            "hawkbit.url {:?} is not https://host[:port][/prefix]",
+            raw.url.chars().take(100).collect::<String>()
+        ));
+    }
+    let name_ok = |t: &str| {
+        !t.is_empty()
+            && t.len() <= 64
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    };
+    let tenant = raw.tenant.unwrap_or_else(|| "DEFAULT".into());
+    if !name_ok(&tenant) {
+        return Err(format!(
+            "hawkbit.tenant {:?} must be 1 to 64 letters, digits, '.', '_' or '-'",
+            tenant.chars().take(100).collect::<String>()
+        ));
+    }
+    if !name_ok(&raw.controller_id) {
+        return Err(format!(
+            "hawkbit.controller_id {:?} must be 1 to 64 letters, digits, '.', '_' or '-'",
+            raw.controller_id.chars().take(100).collect::<String>()
+        ));
+    }
+    let token_ok =
+        |t: &str| !t.is_empty() && t.len() <= 256 && t.bytes().all(|b| b.is_ascii_graphic());
+    let auth = match (raw.target_token, raw.gateway_token) {
+        (Some(_), Some(_)) => {
+            return Err("hawkbit: target_token and gateway_token exclude each other".into())
+        }
+        (Some(t), None) if token_ok(&t) => HawkbitAuth::TargetToken(t),
+        (None, Some(t)) if token_ok(&t) => HawkbitAuth::GatewayToken(t),
+        (Some(_), None) => {
+            return Err(
+                "hawkbit.target_token must be 1 to 256 printable characters, no spaces".into(),
+            )
+        }
+        (None, Some(_)) => {
+            return Err(
+                "hawkbit.gateway_token must be 1 to 256 printable characters, no spaces".into(),
+            )
+        }
+        (None, None) => HawkbitAuth::None,
+    };
+    let ca = match (raw.ca, fetch_ca) {
+        (Some(pem), _) => {
+            C::trust_anchors(&pem).map_err(|e| format!("hawkbit.ca: {e}"))?;
+            pem
+        }
+        (None, Some(pem)) => pem.clone(),
+        (None, None) => return Err(
+            "hawkbit: the device trusts no CA for the server: set hawkbit.ca or update.fetch_ca"
+                .into(),
+        ),
+    };
+    let client_identity = match (raw.client_cert, raw.client_key) {
+        (None, None) => None,
+        (Some(cert), Some(key)) => {
+            C::client_identity(&cert, &key)
+                .map_err(|e| format!("hawkbit.client_cert/client_key: {e}"))?;
+            Some((cert, key))
+        }
+        (Some(_), None) => return Err("hawkbit.client_cert needs hawkbit.client_key".into()),
+        (None, Some(_)) => return Err("hawkbit.client_key needs hawkbit.client_cert".into()),
+    };
+    if auth == HawkbitAuth::None && client_identity.is_none() {
+        return Err(
+            "hawkbit: give target_token, gateway_token or client_cert/client_key: the device does not poll anonymously"
+                .into(),
+        );
+    }
+    Ok(Hawkbit {
+        url,
+        tenant,
+        controller_id: raw.controller_id,
+        auth,
+        ca,
+        client_identity,
+    })
 }
 
 #[derive(Deserialize)]
@@ -339,7 +511,7 @@ impl<C: CertCheck> MachineConfig<C> {
                 return Err(match e.split_once(", expected struct Raw") {
                     // The whole file (the type is `Raw` itself).
                     Some((what, "")) => format!(
-                        "{what}: a machine config is a YAML mapping of health, update, network, api, storage, containers, kubernetes and registries"
+                        "{what}: a machine config is a YAML mapping of health, update, network, api, storage, containers, kubernetes, registries and hawkbit"
                     ),
                     // A section (`RawNetwork`, `RawInterface`…): that section must be a mapping.
                     Some((what, rest)) => {
@@ -469,6 +641,10 @@ impl<C: CertCheck> MachineConfig<C> {
         }
         config.kubernetes = raw.kubernetes.map(RawKubernetes::check).transpose()?;
         config.containers = containers::check(raw.containers, C::oci_reference)?;
+        config.hawkbit = raw
+            .hawkbit
+            .map(|h| check_hawkbit::<C>(h, config.fetch_ca.as_ref()))
+            .transpose()?;
         // Every registry the device would pull from must be one it can trust.
         let no_ca = |field: &str, host: &str| {
             format!(
@@ -528,6 +704,74 @@ mod tests {
     }
 
     type MachineConfig = super::MachineConfig<Fake>;
+
+    #[test]
+    fn a_hawkbit_section_is_checked_field_by_field() {
+        let c = MachineConfig::parse(
+            "hawkbit: {url: 'https://hb.example:8443/', controller_id: edge-01, target_token: abc, ca: ca}",
+        )
+        .unwrap();
+        let h = c.hawkbit.unwrap();
+        assert_eq!(h.url, "https://hb.example:8443");
+        assert_eq!(h.tenant, "DEFAULT");
+        assert_eq!(h.auth, HawkbitAuth::TargetToken("abc".into()));
+        let c = MachineConfig::parse(
+            "update: {fetch_ca: ca}\nhawkbit: {url: 'https://h', tenant: t1, controller_id: x, \
+             client_cert: cert, client_key: key}",
+        )
+        .unwrap();
+        let h = c.hawkbit.unwrap();
+        assert_eq!((h.ca.as_str(), h.auth), ("ca", HawkbitAuth::None));
+        assert!(h.client_identity.is_some());
+        let err = |yaml: &str| MachineConfig::parse(yaml).unwrap_err();
+        let base = "url: 'https://h', controller_id: x, ca: ca";
+        for (yaml, want) in [
+            (
+                "hawkbit: {url: 'http://h', controller_id: x, target_token: t, ca: ca}".to_string(),
+                "hawkbit.url \"http://h\" is not https://",
+            ),
+            (
+                format!("hawkbit: {{{base}}}"),
+                "hawkbit: give target_token, gateway_token or client_cert",
+            ),
+            (
+                format!("hawkbit: {{{base}, target_token: a, gateway_token: b}}"),
+                "hawkbit: target_token and gateway_token exclude",
+            ),
+            (
+                format!("hawkbit: {{{base}, target_token: 'a b'}}"),
+                "hawkbit.target_token must be",
+            ),
+            (
+                "hawkbit: {url: 'https://h', controller_id: 'a/b', target_token: t, ca: ca}".into(),
+                "hawkbit.controller_id \"a/b\"",
+            ),
+            (
+                "hawkbit: {url: 'https://h', controller_id: x, target_token: t}".into(),
+                "hawkbit: the device trusts no CA",
+            ),
+            (
+                "hawkbit: {url: 'https://h', controller_id: x, target_token: t, ca: nope}".into(),
+                "hawkbit.ca:",
+            ),
+            (
+                format!("hawkbit: {{{base}, client_cert: cert}}"),
+                "hawkbit.client_cert needs hawkbit.client_key",
+            ),
+            (
+                format!("hawkbit: {{{base}, client_cert: cert, client_key: other}}"),
+                "hawkbit.client_cert/client_key: the key is not",
+            ),
+            (
+                format!("hawkbit: {{{base}, target_token: t, polling: 5}}"),
+                "unknown field `polling`",
+            ),
+        ] {
+            let e = err(&yaml);
+            assert!(e.contains(want), "{yaml}: {e}");
+            assert!(!e.contains('\n'), "{e}");
+        }
+    }
 
     #[test]
     fn registries_and_the_update_source_name_a_trusted_registry() {

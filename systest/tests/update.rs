@@ -4,20 +4,24 @@
 //! and then committed or rolled back by the device itself.
 //!
 //! - `good_update`: bundles that must be refused (each with its own error, nothing installed,
-//!   the machine still on A), then a good one: installed, trial boot, health passes, committed,
+//!   the machine still on A), then a good one rolled out by hawkBit (the DDI double, which A's
+//!   own image names): installed, trial boot, health passes, committed, and only then the
+//!   action closed with success by the new slot (FINISHED),
 //!   still B after two more reboots, where a new `cairnctl events` tells the update from the
-//!   stick to the commit and `cairnctl slots` both slots' versions and install times. The new
-//!   system runs a host container (busybox httpd, an OCI archive the test builds, brought on the
-//!   update's stick): it answers on a forwarded port, `cairnctl services` lists it with its
-//!   memory, `cairnctl logs web` shows its output, and its volume on DATA holds a line from
-//!   each of its starts across the boots. Then an older bundle below the raised
+//!   rollout's install to the commit and `cairnctl slots` both slots' versions and install
+//!   times. The new system runs a host container (busybox httpd, an OCI archive the test
+//!   builds, brought on a stick): it answers on a forwarded port, `cairnctl services` lists it
+//!   with its memory, `cairnctl logs web` shows its output, and its volume on DATA holds a line
+//!   from each of its starts across the boots. Then an older bundle below the raised
 //!   security floor is refused, and the running version on a stick left in is not installed
 //!   again.
-//! - `unhealthy_update`: uploaded with `cairnctl upgrade`; the new system's machine config has a
+//! - `unhealthy_update`: rolled out by hawkBit (the DDI double, `cairn_api::testing_ddi`, which
+//!   A's own image names in its `hawkbit:` section); the new system's machine config has a
 //!   probe that can never pass and a host container whose probe never passes (its archive
 //!   brought by a stick first): the trial is marked bad, the rollback record names the
-//!   container, the machine returns to A, and A's
-//!   cairnd logs why. After the reboot, `cairnctl events` tells the upload, the install, the
+//!   container, the machine returns to A, and A's cairnd logs why and closes the hawkBit
+//!   action with failure and that reason (ERROR), which was only `proceeding` while B was on
+//!   trial. After the reboot, `cairnctl events` tells the rollout's install, the
 //!   trial boot, the failed rounds, the verdict and the rollback with its reason, and `slots`
 //!   shows what each slot holds.
 //! - `broken_init_update`: the new root's init hangs once stage 1 has armed the watchdog (softdog
@@ -37,6 +41,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use cairn_api::testing_ddi::{ActionStatus, Ddi, DdiAuth, Options as DdiOptions};
 use cairn_board::Board;
 use cairn_image::RootExtras;
 use cairn_qemu::{free_local_port, LaunchOptions, Machine, PortForward};
@@ -323,6 +328,12 @@ fn good_update(board_name: &str) {
     let _serial = qemu_lock();
     let since = start_ms();
     let mut rig = Rig::new(board_name);
+    // The good bundle is rolled out by hawkBit: A's own image and the new one name the DDI
+    // double (the new one reports the result once it committed).
+    let ddi = hawkbit_double();
+    let controller = format!("systest-{board_name}");
+    let hawkbit = hawkbit_config(&ddi, &controller);
+    own_old_image(&rig, &hawkbit);
     // The new system runs a host container from an archive the update's stick brings (A
     // copies it onto DATA, which both slots share).
     let web = busybox_archive(
@@ -336,11 +347,14 @@ fn good_update(board_name: &str) {
              busybox cp /www/index.html /data/starts /data/www/; exec httpd -f -p 0.0.0.0:{WEB_PORT} -h /data/www"
         ),
     );
-    let config = format!(
+    let mut config: Value = serde_json::from_str(&format!(
         r#"{{"containers":[{{"name":"web","image":"/var/lib/cairn-images/web.tar",
             "probe":{{"http":"http://127.0.0.1:{WEB_PORT}/","status":200}},"memory_mib":64,
             "volumes":[{{"host":"/var/lib/cairn-volumes/web","path":"/data"}}]}}]}}"#
-    );
+    ))
+    .unwrap();
+    config["hawkbit"] = hawkbit["hawkbit"].clone();
+    let config = config.to_string();
     let new = rig.image(
         "new",
         NEW_VERSION,
@@ -442,26 +456,33 @@ fn good_update(board_name: &str) {
         m.detach_stick(&id, STEP_TIMEOUT).unwrap();
     }
 
-    // The good bundle: installed, reboot, trial, healthy, committed.
-    let id = rig.plug(
-        &mut m,
-        vec![
-            StickFile::Copy("update.cairn", good.clone()),
-            StickFile::Copy("containers/web.tar", web),
-        ],
-    );
+    // The good bundle, from a hawkBit rollout: installed, reboot, trial, healthy, committed.
+    // The container's archive comes on a stick of its own.
+    let id = rig.plug(&mut m, vec![StickFile::Copy("containers/web.tar", web)]);
     m.wait_for_line(
         "container images copied to /var/lib/cairn-images: web.tar",
         STEP_TIMEOUT,
     )
     .unwrap();
+    m.wait_for_line("no *.cairn bundle at the root of the stick", STEP_TIMEOUT)
+        .unwrap();
+    ddi.add_artifact("update.cairn", std::fs::read(&good).unwrap());
+    let action = ddi.assign(&controller, "update.cairn", "forced", "forced");
     m.wait_for_line(
-        &format!("cairnd: installed version {NEW_VERSION} into slot b"),
+        &format!("(update.cairn): installed version {NEW_VERSION} into slot b"),
         STEP_TIMEOUT,
     )
     .unwrap();
 
     assert_eq!(ready(&mut m), s("b", "yes", NEW_VERSION));
+    // On trial: hawkBit has heard only `proceeding` so far.
+    let a = ddi.action(action);
+    assert_eq!(a.status, ActionStatus::Running, "{:?}", a.steps());
+    assert!(
+        a.steps().iter().all(|(e, _)| e == "proceeding"),
+        "{:?}",
+        a.steps()
+    );
     // Slot b's root partition got the bundle's containers extension with the root, and init
     // verified and mounted it with the root hash the new image records.
     let new_manifest: serde_json::Value =
@@ -480,6 +501,23 @@ fn good_update(board_name: &str) {
     );
     m.wait_for_line("cairnd: slot b healthy", STEP_TIMEOUT)
         .unwrap();
+    // Committed: the new slot closes the action with success (FINISHED), once.
+    let a = closed_action(&ddi, action);
+    assert_eq!(a.status, ActionStatus::Finished, "{:?}", a.steps());
+    assert_eq!(
+        a.steps().iter().filter(|(e, _)| e == "closed").count(),
+        1,
+        "{:?}",
+        a.steps()
+    );
+    let detail = a.feedback.last().unwrap()["status"]["details"][0].clone();
+    assert_eq!(
+        detail,
+        format!("version {NEW_VERSION} committed in slot b after passing its health window")
+            .as_str(),
+    );
+    let config = ddi.target(&controller).unwrap().config_data.unwrap();
+    assert_eq!(config["data"]["slot"], "b", "{config}");
     // Pulled once the committed system runs (a PCIe unplug needs the guest's consent), so that
     // the next stick finds the port free.
     m.wait_for_line("cairnd: waiting for update bundles", STEP_TIMEOUT)
@@ -501,11 +539,9 @@ fn good_update(board_name: &str) {
         .rev()
         .find(|&i| kind(&events[i]) == "update" && events[i]["update"]["stage"] == "started")
         .unwrap_or_else(|| panic!("no start before the install: {events:?}"));
-    assert!(
-        events[started]["update"]["detail"]
-            .as_str()
-            .unwrap()
-            .ends_with("update.cairn"),
+    assert_eq!(
+        events[started]["update"]["detail"],
+        format!("hawkBit action {action} (update.cairn)").as_str(),
         "{}",
         events[started]
     );
@@ -622,10 +658,84 @@ fn good_update(board_name: &str) {
     stop(m);
 }
 
+/// The development API secrets, as `cargo xtask images` puts them on STATE.
+fn dev_api_secrets() -> cairn_image::ApiSecrets {
+    let s = cairn_pki::secrets::DeviceSecrets::load(&cairn_systest::keys_dir().join("secrets"))
+        .unwrap();
+    cairn_image::ApiSecrets {
+        client_ca: s.client_ca,
+        device_ca: s.device_ca,
+        device_ca_key: s.device_ca_key,
+    }
+}
+
+/// The DDI double on a loopback port, its certificate also naming 10.0.2.2 (the host as
+/// QEMU's user network shows it to the guest), polled every 3 s.
+fn hawkbit_double() -> Ddi {
+    let ddi = Ddi::start_with(
+        DdiAuth::Target,
+        DdiOptions {
+            names: vec!["10.0.2.2".into()],
+            ..DdiOptions::default()
+        },
+    );
+    ddi.set_sleep("00:00:03");
+    ddi
+}
+
+/// A machine config (JSON) whose `hawkbit:` section points at `ddi` as `controller`.
+fn hawkbit_config(ddi: &Ddi, controller: &str) -> Value {
+    serde_json::json!({"hawkbit": {
+        "url": format!("https://10.0.2.2:{}", ddi.addr().port()),
+        "controller_id": controller,
+        "target_token": Ddi::token(controller),
+        "ca": ddi.ca_pem(),
+    }})
+}
+
+/// Replaces the rig's disk with a 0.1.0 image like `cargo xtask images` builds (the
+/// development key and API secrets) whose machine config is `config`.
+fn own_old_image(rig: &Rig, config: &Value) {
+    let dir = build_release(
+        rig.board,
+        &rig.tmp.path().join("old"),
+        "0.1.0",
+        0,
+        &format!("systest-{}-old", rig.board.name),
+        RootExtras {
+            machine_config: Some(config.to_string()),
+            api_secrets: Some(dev_api_secrets()),
+            ..Default::default()
+        },
+    );
+    cairn_image::copy_sparse(&dir.join("disk.img"), &rig.disk).unwrap();
+}
+
+/// Waits until the double's action `id` is closed; returns it.
+fn closed_action(ddi: &Ddi, id: u64) -> cairn_api::testing_ddi::Action {
+    let deadline = std::time::Instant::now() + STEP_TIMEOUT;
+    loop {
+        let a = ddi.action(id);
+        if a.status != ActionStatus::Running {
+            return a;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "action {id} still running: {:?}",
+            a.steps()
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
 fn unhealthy_update(board_name: &str) {
     let _serial = qemu_lock();
     let since = start_ms();
     let mut rig = Rig::new(board_name);
+    // The update is rolled out by hawkBit: A's own image names the DDI double.
+    let ddi = hawkbit_double();
+    let controller = format!("systest-{board_name}");
+    own_old_image(&rig, &hawkbit_config(&ddi, &controller));
     // Three reasons at once: a probe that never passes, a network section the kernel refuses
     // (it names an interface the machine does not have), and a host container that runs but
     // never answers its probe.
@@ -667,12 +777,25 @@ fn unhealthy_update(board_name: &str) {
         (&"".into(), &0.into()),
         "{b}"
     );
-    // Uploaded over the API this time; cairnctl reboots the device into the trial.
-    let done = rig
-        .ctl("operator")
-        .json(&["upgrade", bundle.to_str().unwrap()]);
-    assert_eq!(done["os_version"], NEW_VERSION, "{done}");
+    // Rolled out by hawkBit this time: A's cairnd takes the deployment from the DDI double,
+    // installs it and reboots into the trial.
+    ddi.add_artifact("unhealthy.cairn", std::fs::read(&bundle).unwrap());
+    let action = ddi.assign(&controller, "unhealthy.cairn", "forced", "forced");
     assert_eq!(ready(&mut m), s("b", "yes", NEW_VERSION));
+    // On trial, hawkBit has only heard that the update is proceeding.
+    let a = ddi.action(action);
+    assert_eq!(a.status, ActionStatus::Running, "{:?}", a.steps());
+    assert!(
+        !a.steps().is_empty() && a.steps().iter().all(|(e, _)| e == "proceeding"),
+        "{:?}",
+        a.steps()
+    );
+    let config = ddi.target(&controller).unwrap().config_data.unwrap();
+    assert_eq!(
+        (&config["data"]["slot"], &config["data"]["version"]),
+        (&"a".into(), &"0.1.0".into()),
+        "{config}"
+    );
     let verdict = m
         .wait_for_line("cairnd: slot b is not healthy", STEP_TIMEOUT)
         .unwrap();
@@ -694,11 +817,32 @@ fn unhealthy_update(board_name: &str) {
         "{report}"
     );
 
+    // The old slot closes the action with the reason: hawkBit shows ERROR.
+    let a = closed_action(&ddi, action);
+    assert_eq!(a.status, ActionStatus::Error, "{:?}", a.steps());
+    let last = a.feedback.last().unwrap()["status"]["details"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        last.contains("rolled back: not healthy within 10 s")
+            && last.contains("tcp 127.0.0.1:9")
+            && last.contains("running slot a again"),
+        "{last}"
+    );
+    assert_eq!(
+        a.steps().iter().filter(|(e, _)| e == "closed").count(),
+        1,
+        "{:?}",
+        a.steps()
+    );
+
     // A new connection after the rollback's reboot tells the whole update.
     let ctl = rig.ctl("reader");
     let events = events_after(&ctl, "rollback", |r| r["from_slot"] == "b", "a");
-    let started = next_event(&events, 0, "the upload", "update", |u| {
-        u["stage"] == "started" && u["detail"] == "the uploaded bundle"
+    let started = next_event(&events, 0, "the rollout's install", "update", |u| {
+        u["stage"] == "started"
+            && u["detail"] == format!("hawkBit action {action} (unhealthy.cairn)").as_str()
     });
     let installed = next_event(&events, started, "the install", "update", |u| {
         u["stage"] == "installed" && u["os_version"] == NEW_VERSION

@@ -58,9 +58,11 @@ fn main() -> ExitCode {
         Some("bench-containers") => {
             setup::run().and_then(|_| bench_containers::command(&args[1..]))
         }
+        Some("fleet") => fleet(&args[1..]),
+        Some("hawkbit-mock") => hawkbit_mock(),
         _ => {
             eprintln!(
-                "usage: cargo xtask <setup|device|images|demo|test|systests|report|fuzz|powercut|soak|bench-install|bench-net|bench-api|bench-containers>"
+                "usage: cargo xtask <setup|device|images|demo|test|systests|report|fuzz|powercut|soak|bench-install|bench-net|bench-api|bench-containers|fleet|hawkbit-mock>"
             );
             return ExitCode::from(2);
         }
@@ -73,6 +75,32 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A staged rollout over simulated devices, each running cairnd's hawkBit agent, against the
+/// DDI double on loopback (daemon/examples/fleet.rs; its options are passed on).
+fn fleet(args: &[String]) -> Result<()> {
+    step("fleet: a staged hawkBit rollout over simulated devices");
+    run(cargo()
+        .args([
+            "run",
+            "--quiet",
+            "--package",
+            "cairn-daemon",
+            "--example",
+            "fleet",
+            "--",
+        ])
+        .args(args))
+}
+
+/// The DDI double and cairnd's DDI JSON against the `hawkbit_mock` crate (interop/hawkbit-mock,
+/// outside the workspace: its dependencies are a long build of their own).
+fn hawkbit_mock() -> Result<()> {
+    step("hawkBit: the DDI double against hawkbit_mock");
+    run(cargo()
+        .args(["test", "--manifest-path", "interop/hawkbit-mock/Cargo.toml"])
+        .env("CARGO_TARGET_DIR", target_dir().join("hawkbit-mock")))
 }
 
 pub fn root() -> PathBuf {

@@ -74,6 +74,10 @@ pub const PACKAGES: &[&str] = &[
     // A real OCI registry (distribution 2.8) for the registry client's tests; the tests run
     // its binary themselves, never its systemd service.
     "docker-registry",
+    // A second hawkBit DDI client (swupdate's suricatta) against the DDI double
+    // (api/tests/ddi_swupdate.rs); openssl signs its .swu images there.
+    "swupdate",
+    "openssl",
 ];
 
 /// The package with QEMU's Arm system emulators, fetched from `<codename>-backports`.
