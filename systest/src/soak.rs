@@ -369,7 +369,9 @@ pub fn run(board: &'static Board, cycles: usize, sample_every: usize) -> Report 
     let ctl = Ctl::for_role("operator", dir, &format!("127.0.0.1:{port}"));
     let reader = Ctl::for_role("reader", dir, &format!("127.0.0.1:{port}"));
     let sample = |after_cycle: usize| {
-        let services = reader.json(&["services"]);
+        // Asked again while init has not yet listed its services after a boot.
+        let services: serde_json::Value =
+            serde_json::from_str(&reader.until_ok(&["--json", "services"])).unwrap();
         let cairnd = services["services"]
             .as_array()
             .and_then(|s| s.iter().find(|s| s["name"] == "cairnd"))
