@@ -209,7 +209,7 @@ impl Report {
     pub fn table(&self) -> String {
         let mut out = format!(
             "power cuts on {} (seed {}, {} writes traced)\n\
-             {:<16} {:>6} {:>16} {:>8} {:>13} {:>13} {:>12}\n",
+             {:<18} {:>6} {:>16} {:>8} {:>13} {:>13} {:>12}\n",
             self.board,
             self.seed,
             self.writes,
@@ -234,7 +234,7 @@ impl Report {
                 .count();
             let count = |f: &dyn Fn(&Outcome) -> bool| of.iter().filter(|o| f(o)).count();
             out.push_str(&format!(
-                "{:<16} {:>6} {:>16} {:>8} {:>13} {:>13} {:>12}\n",
+                "{:<18} {:>6} {:>16} {:>8} {:>13} {:>13} {:>12}\n",
                 span.phase,
                 of.len(),
                 format!("{at_writes}/{}", of.len() - at_writes),
@@ -250,7 +250,7 @@ impl Report {
         let n = self.outcomes.len();
         let good = self.outcomes.iter().filter(|o| o.good()).count();
         out.push_str(&format!(
-            "{:<16} {:>6} {:>16} {:>8} {:>13} {:>13}\n",
+            "{:<18} {:>6} {:>16} {:>8} {:>13} {:>13}\n",
             "all",
             n,
             "",
