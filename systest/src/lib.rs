@@ -140,3 +140,14 @@ pub fn extract_partition(disk: &std::path::Path, label: &str, to: &std::path::Pa
 pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
+
+/// The variable `name` parsed, or `default` when it is not set; a value that does not parse
+/// stops the test with its name.
+pub fn var<T: std::str::FromStr>(name: &str, default: T) -> T {
+    match std::env::var(name) {
+        Err(_) => default,
+        Ok(v) => v
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={v:?} is not a valid value")),
+    }
+}

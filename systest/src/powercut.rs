@@ -43,7 +43,7 @@ use cairn_qemu::writelog::{Op, WriteLog};
 use cairn_qemu::{free_local_port, LaunchOptions, Machine, PortForward, Swtpm};
 
 use crate::ctl::Ctl;
-use crate::release::{build_release, dev_key, sign_bundle};
+use crate::release::signed_release;
 use crate::stick::{make_stick, StickFile};
 use crate::{image_dir, partition};
 
@@ -398,15 +398,7 @@ fn mark(log_path: &Path, began: Instant) -> (usize, Duration) {
 }
 
 fn release(board: &'static Board, dir: &Path, version: &str, extras: RootExtras) -> PathBuf {
-    let image = build_release(
-        board,
-        &dir.join(format!("release-{version}")),
-        version,
-        0,
-        &format!("systest-powercut-{}-{version}", board.name),
-        extras,
-    );
-    sign_bundle(&image, &dev_key())
+    signed_release(board, dir, version, extras, "powercut")
 }
 
 /// A traced run of `scenario`, from a fresh copy of the built disk.

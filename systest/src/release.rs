@@ -66,3 +66,23 @@ pub fn sign_bundle(image: &Path, key: &cairn_bundle::SecretKey) -> PathBuf {
     .unwrap();
     out
 }
+
+/// A signed bundle of a new release of `board` at `version` (security version 0), its image
+/// built in `dir/release-<version>`; `tag` tells one test's builds from another's.
+pub fn signed_release(
+    board: &'static Board,
+    dir: &Path,
+    version: &str,
+    extras: RootExtras,
+    tag: &str,
+) -> PathBuf {
+    let image = build_release(
+        board,
+        &dir.join(format!("release-{version}")),
+        version,
+        0,
+        &format!("systest-{tag}-{}-{version}", board.name),
+        extras,
+    );
+    sign_bundle(&image, &dev_key())
+}

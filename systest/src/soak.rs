@@ -21,7 +21,7 @@ use cairn_qemu::{free_local_port, LaunchOptions, Machine, PortForward};
 use crate::ctl::Ctl;
 use crate::fault_init::{self, Fault};
 use crate::image_dir;
-use crate::release::{build_release, dev_key, sign_bundle};
+use crate::release::signed_release;
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
 const STEP_TIMEOUT: Duration = Duration::from_secs(300);
@@ -163,15 +163,7 @@ struct Bundles {
 }
 
 fn release(board: &'static Board, dir: &Path, version: &str, extras: RootExtras) -> PathBuf {
-    let image = build_release(
-        board,
-        &dir.join(format!("release-{version}")),
-        version,
-        0,
-        &format!("systest-soak-{}-{version}", board.name),
-        extras,
-    );
-    sign_bundle(&image, &dev_key())
+    signed_release(board, dir, version, extras, "soak")
 }
 
 /// The bundles `cycles` cycles upload (only those: each is a whole image build).

@@ -8,16 +8,7 @@
 //!   many cuts; `CAIRN_POWERCUT_SCENARIOS` (`stick,api`): which traced runs to cut.
 
 use cairn_systest::powercut::{run, Plan, Scenario};
-use cairn_systest::qemu_lock;
-
-fn var<T: std::str::FromStr>(name: &str, default: T) -> T {
-    match std::env::var(name) {
-        Err(_) => default,
-        Ok(v) => v
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={v:?} is not a valid value")),
-    }
-}
+use cairn_systest::{qemu_lock, var};
 
 #[test]
 #[ignore = "needs built images: run `cargo xtask test`"]

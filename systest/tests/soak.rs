@@ -5,17 +5,8 @@
 //! - `CAIRN_SOAK_BOARD` (qemu-aarch64), `CAIRN_SOAK_CYCLES` (2: a good update and a rollback),
 //!   `CAIRN_SOAK_SAMPLE_EVERY` (10): how often cairnd's memory and descriptors are read.
 
-use cairn_systest::qemu_lock;
 use cairn_systest::soak::run;
-
-fn var<T: std::str::FromStr>(name: &str, default: T) -> T {
-    match std::env::var(name) {
-        Err(_) => default,
-        Ok(v) => v
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={v:?} is not a valid value")),
-    }
-}
+use cairn_systest::{qemu_lock, var};
 
 #[test]
 #[ignore = "needs built images: run `cargo xtask test`"]
