@@ -70,6 +70,7 @@ pub fn follow(updates: Arc<Updates>, settings: Arc<Settings>, running: Version) 
         .name("update source".into())
         .spawn(move || {
             let mut retry = FIRST_RETRY;
+            let mut last_error = None;
             loop {
                 let config = settings.current().ok();
                 let interval = config
@@ -80,9 +81,15 @@ pub fn follow(updates: Arc<Updates>, settings: Arc<Settings>, running: Version) 
                     Some(source) => match check(&updates, &settings, &source, &running) {
                         Ok(()) => {
                             retry = FIRST_RETRY;
+                            last_error = None;
                             interval
                         }
-                        Err(e) => {
+                        Err(Failed { reason: e, told }) => {
+                            // An event when the reason changes, not at every retry of the same
+                            // (a refused install has told its own).
+                            if news(&mut last_error, &e) && !told {
+                                updates.refused(&format!("update source {source}"), &e);
+                            }
                             say!(
                                 "update source {source}: {e}; checking again in {} s",
                                 retry.min(interval).as_secs()
@@ -101,13 +108,38 @@ pub fn follow(updates: Arc<Updates>, settings: Arc<Settings>, running: Version) 
     }
 }
 
+/// Whether `error` differs from the last failed check's (kept in `last`): a source that stays
+/// unreachable is one event, not one per retry.
+fn news(last: &mut Option<String>, error: &str) -> bool {
+    if last.as_deref() == Some(error) {
+        return false;
+    }
+    *last = Some(error.to_string());
+    true
+}
+
+/// Why a check failed, and whether the events already say so (an install that was refused).
+struct Failed {
+    reason: String,
+    told: bool,
+}
+
+impl From<String> for Failed {
+    fn from(reason: String) -> Failed {
+        Failed {
+            reason,
+            told: false,
+        }
+    }
+}
+
 /// One check: resolve the tag, decide, and install (then reboot) when it is newer.
 fn check(
     updates: &Updates,
     settings: &Settings,
     source: &str,
     running: &Version,
-) -> Result<(), String> {
+) -> Result<(), Failed> {
     let config = settings.current()?;
     let reference = Reference::parse(source).map_err(|e| e.to_string())?;
     let client = crate::registry::client(&config, &reference)?;
@@ -136,7 +168,10 @@ fn check(
             let mut reader = std::io::BufReader::with_capacity(1 << 20, blob);
             let installed = updates
                 .install(&what, &mut reader, Some(layer.size), &mut |_| {})
-                .map_err(|e| e.message)?;
+                .map_err(|e| Failed {
+                    reason: e.message,
+                    told: true,
+                })?;
             say!(
                 "installed version {} into slot {} from the update source; rebooting into the trial",
                 installed.version,
@@ -151,6 +186,15 @@ fn check(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failure_is_news_once_until_it_changes() {
+        let mut last = None;
+        assert!(news(&mut last, "unreachable"));
+        assert!(!news(&mut last, "unreachable"));
+        assert!(news(&mut last, "manifest has artifactType x"));
+        assert!(news(&mut last, "unreachable"));
+    }
 
     #[test]
     fn only_a_newer_version_not_tried_before_is_installed() {
