@@ -130,9 +130,20 @@ pub fn boot_time() -> SystemTime {
 
 /// init's status file: each service and its pid when running.
 pub fn services() -> Result<Vec<(String, Option<u32>)>, String> {
-    let text = fs::read_to_string(SERVICES_STATUS)
-        .map_err(|e| format!("reading {SERVICES_STATUS}: {e}"))?;
+    let text = fs::read_to_string(SERVICES_STATUS).map_err(|e| unlisted(&e))?;
     Ok(parse_services(&text))
+}
+
+/// The error for init's status file that could not be read: missing just after a boot, before
+/// init wrote it the first time.
+fn unlisted(e: &std::io::Error) -> String {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        "init has not listed its services yet (the machine has just started): ask again in a \
+         moment"
+            .to_string()
+    } else {
+        format!("reading {SERVICES_STATUS}: {e}")
+    }
 }
 
 pub fn parse_services(text: &str) -> Vec<(String, Option<u32>)> {
@@ -202,6 +213,14 @@ fn signal_init(signal: libc::c_int) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_status_file_not_yet_written_says_so() {
+        let missing = std::io::Error::from(std::io::ErrorKind::NotFound);
+        assert!(unlisted(&missing).starts_with("init has not listed its services yet"));
+        let other = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        assert!(unlisted(&other).starts_with("reading /run/cairn/services: "));
+    }
 
     #[test]
     fn release_and_cmdline() {
