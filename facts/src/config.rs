@@ -914,7 +914,7 @@ mod tests {
         assert!(e.starts_with("invalid type: string \"word word"), "{e}");
         assert!(e.contains(" … "), "{e}");
         assert!(
-            e.ends_with("a machine config is a YAML mapping of health, update, network, api, storage, containers, kubernetes and registries"),
+            e.ends_with("a machine config is a YAML mapping of health, update, network, api, storage, containers, kubernetes, registries and hawkbit"),
             "{e}"
         );
     }
