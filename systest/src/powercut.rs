@@ -801,9 +801,9 @@ fn settle(m: &mut Machine, scenario: Scenario) -> Result<String, String> {
 
 /// DATA as a cut left it, checked by Debian's e2fsck on a copy: the journal replayed (what the
 /// kernel does when it mounts it), then nothing to fix. None: consistent.
-fn check_data(disk: &Path, dir: &Path) -> Option<String> {
+fn check_data(disk: &Path, range: (u64, u64), dir: &Path) -> Option<String> {
     let data = dir.join("data.img");
-    crate::extract_partition(disk, "DATA", &data);
+    std::fs::write(&data, read_range(disk, range)).unwrap();
     let e2fsck = |args: &[&str]| {
         let out = Command::new("e2fsck")
             .args(args)
@@ -889,7 +889,9 @@ pub fn run(plan: &Plan) -> Report {
         .iter()
         .map(|&s| trace(board, s, &bundles, dir))
         .collect();
+    // Where STATE and DATA are: the same on every disk of the sweep, so read once.
     let state = partition(&traces[0].base, "STATE");
+    let data_range = partition(&traces[0].base, "DATA");
     // STATE's files are compared with the traced run's where STATE stays FAT; an encrypted
     // STATE is checked through the booted machine instead.
     let versions: Vec<_> = traces
@@ -944,7 +946,10 @@ pub fn run(plan: &Plan) -> Report {
         let work = dir.join(format!("cut-{n}"));
         std::fs::create_dir_all(&work).unwrap();
         let (mut state_problems, mut data) = match &versions[point.trace] {
-            Some(v) => (check_state(&cut, state, v), check_data(&cut, &work)),
+            Some(v) => (
+                check_state(&cut, state, v),
+                check_data(&cut, data_range, &work),
+            ),
             None => (Vec::new(), None),
         };
         // The TPM as the traced run left it: the same seeds that sealed STATE's key.
