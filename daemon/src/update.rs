@@ -527,7 +527,7 @@ fn load_keyring() -> Result<Keyring, String> {
 
 /// An error and its causes on one line (`cannot read the bundle: blob …: wrong digest …`), so
 /// the event names what went wrong in the download too.
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut text = e.to_string();
     let mut cause = e.source();
     while let Some(c) = cause {

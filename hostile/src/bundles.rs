@@ -87,6 +87,11 @@ impl Release {
     }
 }
 
+/// A bundle the test device accepts: what the hostile ones are changed from.
+pub fn good() -> Vec<u8> {
+    Release::good().bundle()
+}
+
 pub fn cases() -> Vec<(String, Vec<u8>, &'static str)> {
     let good = Release::good().bundle();
     let with = |change: &dyn Fn(&mut Release)| {

@@ -12,6 +12,7 @@
 
 use std::path::PathBuf;
 
+pub mod api;
 mod bundles;
 mod configs;
 mod dhcp;
@@ -33,7 +34,7 @@ pub struct Case {
 }
 
 /// The kinds, in the order the table lists them.
-pub const KINDS: [&str; 7] = [
+pub const KINDS: [&str; 8] = [
     "bundles",
     "machine-configs",
     "uboot-env",
@@ -41,6 +42,7 @@ pub const KINDS: [&str; 7] = [
     "luks",
     "dhcp",
     "sntp",
+    "api",
 ];
 
 /// `corpus/` in this crate.
@@ -66,12 +68,14 @@ pub fn generate() -> Vec<Case> {
     add("luks", luks::cases());
     add("dhcp", dhcp::cases());
     add("sntp", sntp::cases());
+    add("api", api::cases());
     out
 }
 
 /// Marks a refusal that comes after an install began: the other slot (B) is then released,
 /// marked not bootable with its record cleared, as every install does before it writes; only
-/// the ESP and STATE may change, and the machine must still boot slot A.
+/// the ESP, STATE and ROOT-B (partly written) may change, and the machine must still boot
+/// slot A.
 pub const RELEASES_B: &str = "[releases B] ";
 
 /// The `expected.txt` of one kind: a header, then `<file> <phrase>` per file.
@@ -80,7 +84,8 @@ pub fn expected_txt(kind: &str, cases: &[Case]) -> String {
         "# Hostile {kind}, made by hostile/src/ (CAIRN_WRITE_VECTORS=1 cargo test -p cairn-hostile\n\
          # rewrites them). One per line: <file> <a phrase the refusal must contain>; a phrase\n\
          # after \"[releases B]\" is refused once the install began: slot B is released (marked\n\
-         # not bootable, its record cleared), and nothing else changes.\n"
+         # not bootable, its record cleared, its partition perhaps partly written), and nothing\n\
+         # else changes.\n"
     );
     for c in cases.iter().filter(|c| c.kind == kind) {
         out.push_str(&format!("{} {}\n", c.name, c.expect));

@@ -6,16 +6,23 @@
 //! with one line that contains the phrase `expected.txt` gives, and a hash of each region taken
 //! before and after must not change. Prints a table: kind, count, refused with the disk
 //! unchanged.
+//!
+//! API messages go through the device's real API server (mutual TLS, roles, limits, decoding,
+//! each call's checks) as an admin's raw gRPC bodies; what passes those reaches a device that
+//! maps the mutating calls onto the same capabilities cairnd maps them onto (the installer, the
+//! config, the recovery-key unlock), on the temp device, and refuses everything else, saying
+//! the message got further than it should have.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs::{self, File};
-use std::io::Read as _;
+use std::io::Read;
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use cairn_api::{proto, DeviceError, Sink, UpgradeSource};
 use cairn_boot::bls::Entry;
 use cairn_boot::fs::DirFs;
 use cairn_boot::sdboot::{self, SdBoot};
@@ -36,6 +43,8 @@ use cairn_updater::install::{Installer, Layout};
 use cairn_updater::state::{SlotRecord, SlotSource, StateDir};
 use semver::Version;
 use sha2::{Digest, Sha256};
+
+mod api;
 
 #[test]
 fn the_corpus_is_what_its_generator_makes() {
@@ -254,26 +263,12 @@ impl Readers {
                 } else {
                     &self.keyring
                 };
-                // As `Updates::install` calls it, for a bundle file of known length.
-                Installer {
+                install(
+                    dev.dir.path(),
                     keyring,
-                    device: DeviceFacts {
-                        board: cairn_hostile::BOARD.into(),
-                        arch: cairn_hostile::ARCH.into(),
-                        installed_version: Version::new(1, 0, 0),
-                        security_floor: 0,
-                    },
-                    running: Slot::A,
-                    layout: Layout {
-                        roots: [dev.path("root-a"), dev.path("root-b")],
-                        esp: dev.path("esp"),
-                    },
-                    state: StateDir::new(dev.path("state")),
-                    tries: 2,
-                }
-                .install(&case.bytes[..], Some(case.bytes.len() as u64), &mut |_| {})
-                .map(|_| ())
-                .map_err(|e| e.to_string())
+                    &mut &case.bytes[..],
+                    case.bytes.len() as u64,
+                )
             }
             "machine-configs" => {
                 let settings = settings_on(dev);
@@ -320,9 +315,138 @@ impl Readers {
                 .map(|_| ())
                 .map_err(|e| e.to_string()),
             "sntp" => sntp_exchange(&case.bytes),
+            "api" => api_call(dev, case),
             other => panic!("no reader for {other}"),
         }
     }
+}
+
+/// Installs a bundle of `len` bytes as `Updates::install` does, into slot B of the device laid
+/// out in `dir`.
+fn install(dir: &Path, keyring: &Keyring, bundle: &mut dyn Read, len: u64) -> Result<(), String> {
+    Installer {
+        keyring,
+        device: DeviceFacts {
+            board: cairn_hostile::BOARD.into(),
+            arch: cairn_hostile::ARCH.into(),
+            installed_version: Version::new(1, 0, 0),
+            security_floor: 0,
+        },
+        running: Slot::A,
+        layout: Layout {
+            roots: [dir.join("root-a"), dir.join("root-b")],
+            esp: dir.join("esp"),
+        },
+        state: StateDir::new(dir.join("state")),
+        tries: 2,
+    }
+    .install(bundle, Some(len), &mut |_| {})
+    .map(|_| ())
+    .map_err(|e| cairn_daemon::update::chain(&e))
+}
+
+/// The device behind the API for API messages: the calls that change a device mapped onto the
+/// capabilities cairnd maps them onto, on the temp device; every other call is refused, naming
+/// itself, since no message of the corpus should have got that far.
+struct OnDisk {
+    dir: PathBuf,
+    settings: Arc<Settings>,
+}
+
+impl OnDisk {
+    fn path(&self, p: &str) -> PathBuf {
+        self.dir.join(p)
+    }
+}
+
+fn reached(call: &str) -> DeviceError {
+    DeviceError::internal(format!("{call} reached the device"))
+}
+
+impl cairn_api::Device for OnDisk {
+    fn version(&self) -> Result<proto::VersionResponse, DeviceError> {
+        Err(reached("Version"))
+    }
+    fn health(&self) -> Result<proto::HealthResponse, DeviceError> {
+        Err(reached("Health"))
+    }
+    fn slot_status(&self) -> Result<proto::SlotStatusResponse, DeviceError> {
+        Err(reached("SlotStatus"))
+    }
+    fn service_list(&self) -> Result<proto::ServiceListResponse, DeviceError> {
+        Err(reached("ServiceList"))
+    }
+    fn service_restart(&self, _: &str) -> Result<proto::ServiceRestartResponse, DeviceError> {
+        Err(reached("ServiceRestart"))
+    }
+    fn logs(
+        &self,
+        _: &proto::LogsRequest,
+        _: &Sink<proto::LogsResponse>,
+    ) -> Result<(), DeviceError> {
+        Err(reached("Logs"))
+    }
+    fn upgrade(
+        &self,
+        source: UpgradeSource,
+        _: bool,
+        _: &mut dyn FnMut(proto::UpgradeProgress),
+    ) -> Result<proto::UpgradeDone, DeviceError> {
+        let UpgradeSource::Upload(mut upload) = source else {
+            return Err(reached("an upgrade from a URL"));
+        };
+        // As cairnd's `ApiDevice::upgrade` reads an upload, into `Updates::install`.
+        let len = upload.size();
+        let keyring = Keyring::from_keys([cairn_hostile::device_key().public()]).unwrap();
+        install(&self.dir, &keyring, &mut upload, len).map_err(DeviceError::invalid_argument)?;
+        Err(reached("a successful install"))
+    }
+    fn rollback(&self) -> Result<proto::RollbackResponse, DeviceError> {
+        Err(reached("Rollback"))
+    }
+    fn reboot(&self) -> Result<(), DeviceError> {
+        Err(reached("Reboot"))
+    }
+    fn shutdown(&self) -> Result<(), DeviceError> {
+        Err(reached("Shutdown"))
+    }
+    fn apply_config(
+        &self,
+        request: &proto::ApplyConfigRequest,
+    ) -> Result<proto::ApplyConfigResponse, DeviceError> {
+        self.settings
+            .apply(&request.config, request.dry_run, request.try_timeout_s)
+    }
+    fn confirm_config(&self, generation: u64) -> Result<(), DeviceError> {
+        self.settings.confirm(generation)
+    }
+    fn events(
+        &self,
+        _: &proto::EventsRequest,
+        _: &Sink<proto::EventsResponse>,
+    ) -> Result<(), DeviceError> {
+        Err(reached("Events"))
+    }
+    fn unlock(&self, recovery_key: &str) -> Result<proto::UnlockResponse, DeviceError> {
+        // As the maintenance-mode device unlocks (`maintenance.rs`), without a TPM.
+        storage::normalize_recovery_key(recovery_key).map_err(DeviceError::invalid_argument)?;
+        let parts = Partitions {
+            state: self.path("state.part"),
+            data: self.path("data.part"),
+        };
+        storage::unlock_with_recovery(&parts, None, recovery_key)
+            .map_err(DeviceError::invalid_argument)?;
+        Err(reached("a successful unlock"))
+    }
+}
+
+/// Sends an API message to [`OnDisk`] on `dev`.
+fn api_call(dev: &Device, case: &Case) -> Result<(), String> {
+    let device = Arc::new(OnDisk {
+        dir: dev.dir.path().to_path_buf(),
+        settings: settings_on(dev),
+    });
+    api::call(device, cairn_hostile::api::method(&case.name), &case.bytes)
 }
 
 /// The config capability as cairnd starts it, with the device's STATE, and the network loop in
@@ -409,6 +533,29 @@ fn run_all(cases: &[Case], readers: &Readers) -> Vec<Outcome> {
         .collect()
 }
 
+/// Brings up `lo` in this thread's network namespace (a new one has it down), for the API
+/// server the API messages are sent to.
+fn loopback_up() {
+    // SAFETY: a plain socket for the ioctls, closed below; `req` is an ifreq the kernel reads
+    // and writes within its size.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
+        assert!(fd >= 0, "a socket for SIOCSIFFLAGS");
+        let mut req: libc::ifreq = std::mem::zeroed();
+        for (to, from) in req.ifr_name.iter_mut().zip(b"lo\0") {
+            *to = *from as libc::c_char;
+        }
+        assert_eq!(
+            libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req),
+            0,
+            "lo's flags"
+        );
+        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        assert_eq!(libc::ioctl(fd, libc::SIOCSIFFLAGS, &req), 0, "lo up");
+        libc::close(fd);
+    }
+}
+
 /// Runs `f` on a thread in a new network namespace; `None` when not root.
 fn in_fresh_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
     // SAFETY: geteuid has no preconditions.
@@ -420,6 +567,7 @@ fn in_fresh_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
         if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
             return None;
         }
+        loopback_up();
         Some(f())
     })
     .join()
@@ -442,8 +590,10 @@ fn every_hostile_input_is_refused_with_one_line_and_the_disk_unchanged() {
     };
     // Machine configs are applied as cairnd applies them, network included: in a network
     // namespace of their own, so the host's links are never touched.
-    let (configs, others): (Vec<Case>, Vec<Case>) =
-        cases.into_iter().partition(|c| c.kind == "machine-configs");
+    // API messages too: ApplyConfig reaches the same config capability.
+    let (configs, others): (Vec<Case>, Vec<Case>) = cases
+        .into_iter()
+        .partition(|c| c.kind == "machine-configs" || c.kind == "api");
     let mut outcomes = run_all(&others, &readers);
     let config_outcomes = in_fresh_netns(move || {
         let outcomes = run_all(&configs, &readers);
@@ -455,7 +605,9 @@ fn every_hostile_input_is_refused_with_one_line_and_the_disk_unchanged() {
             cases.extend(configs);
             outcomes.extend(config_outcomes);
         }
-        None => println!("skipped machine configs: needs root to create a network namespace"),
+        None => println!(
+            "skipped machine configs and API messages: needs root to create a network namespace"
+        ),
     }
 
     let mut table = String::from(
@@ -476,7 +628,12 @@ fn every_hostile_input_is_refused_with_one_line_and_the_disk_unchanged() {
                 Some(p) => (true, p),
                 None => (false, case.expect),
             };
-            let allowed: &[&str] = if releases_b { &["ESP", "STATE"] } else { &[] };
+            // A released slot B may hold part of what was being written into it.
+            let allowed: &[&str] = if releases_b {
+                &["ESP", "STATE", "ROOT-B"]
+            } else {
+                &[]
+            };
             let problem = match &outcome.refused {
                 None => Some("accepted".to_string()),
                 Some(e) if e.contains('\n') || e.chars().any(char::is_control) => {
