@@ -13,9 +13,10 @@ pub mod release;
 pub mod soak;
 pub mod stick;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
 
 use cairn_board::{Arch, Board};
 
@@ -150,4 +151,33 @@ pub fn var<T: std::str::FromStr>(name: &str, default: T) -> T {
             .parse()
             .unwrap_or_else(|_| panic!("{name}={v:?} is not a valid value")),
     }
+}
+
+/// An OCI archive of a busybox image for `board` (Debian's `busybox-static` for its
+/// architecture) running `script` with `sh -c`, written to `dir/<name>.tar`.
+pub fn busybox_archive(board: &Board, dir: &Path, name: &str, script: &str) -> PathBuf {
+    let cache = cairn_image::deb::Cache::new(cache_dir());
+    let pkg = cache
+        .fetch("busybox-static", board.arch.deb_arch())
+        .unwrap();
+    let busybox = std::fs::read(pkg.root.join("bin/busybox")).unwrap();
+    // Debian and OCI name the architectures alike (arm64, amd64).
+    let arch = board.arch.deb_arch();
+    let page = format!("hello from {name}\n");
+    let image = oci::busybox_image(busybox, arch, &page, &["/bin/sh", "-c", script]);
+    let path = dir.join(format!("{name}.tar"));
+    std::fs::write(&path, image.archive().unwrap()).unwrap();
+    path
+}
+
+/// The body of `GET <path>` on the host's `port`, if it answers.
+pub fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    out.split_once("\r\n\r\n").map(|(_, body)| body.to_string())
 }

@@ -132,6 +132,8 @@ pub struct Plan {
     pub seed: u64,
     /// Check that the next update installs after every this-many points (1: after each).
     pub install_every: usize,
+    /// How many cut disks boot at once (each QEMU takes one core under TCG).
+    pub jobs: usize,
 }
 
 /// One traced phase: the entries of the log it spans, and when (since the traced run began).
@@ -298,7 +300,6 @@ impl Rng {
 /// One traced run's files.
 struct Trace {
     scenario: Scenario,
-    dir: PathBuf,
     /// The disk as the log began (a copy of the built image).
     base: PathBuf,
     log: WriteLog,
@@ -518,7 +519,6 @@ fn trace(board: &'static Board, scenario: Scenario, bundles: &Bundles, dir: &Pat
         .collect();
     Trace {
         scenario,
-        dir,
         base,
         log,
         spans,
@@ -861,6 +861,105 @@ fn unlocked(m: &Machine, work: &Path, port: u16) -> Option<String> {
 }
 
 /// Runs a sweep as `plan` says.
+/// Boots the disk of cut `n` (in `work`), checks where it settles and, every
+/// `install_every`-th cut, that the next update installs; `checks` are what the host found on
+/// its STATE and DATA before the boot.
+fn boot_cut(
+    plan: &Plan,
+    trace: &Trace,
+    bundles: &Bundles,
+    n: usize,
+    point: &Point,
+    work: &Path,
+    (mut state_problems, mut data): (Vec<String>, Option<String>),
+) -> Outcome {
+    let board = plan.board;
+    let cut = work.join("cut.img");
+    // The TPM as the traced run left it: the same seeds that sealed STATE's key.
+    let swtpm = trace.tpm.as_ref().map(|kept| {
+        copy_tpm_state(kept, &work.join("tpm"));
+        Swtpm::start(&work.join("tpm"), 0).unwrap()
+    });
+    let port = free_local_port().unwrap();
+    let mut m = launch_with(
+        board,
+        &cut,
+        work,
+        None,
+        vec![PortForward::new(port, API_PORT)],
+        swtpm.as_ref(),
+    );
+    let booted = settle(&mut m, trace.scenario);
+    if booted.is_ok() && swtpm.is_some() {
+        let problem = unlocked(&m, work, port);
+        data = problem.clone();
+        state_problems.extend(problem);
+    }
+    let mut failure = match (&booted, state_problems.is_empty(), &data) {
+        (Err(e), _, _) => Some(format!("did not boot to a good slot: {e}")),
+        (Ok(_), false, _) => Some(format!("STATE: {}", state_problems.join("; "))),
+        (Ok(_), true, Some(d)) => Some(format!("DATA: {d}")),
+        _ => None,
+    };
+    let mut next_update = None;
+    if let (Ok(on), true) = (&booted, n.is_multiple_of(plan.install_every.max(1))) {
+        let bundle = if on.starts_with("b/") {
+            &bundles.next
+        } else {
+            &bundles.new
+        };
+        let stick = work.join("next.img");
+        make_stick(
+            &stick,
+            "UPDATE",
+            vec![StickFile::Copy("update.cairn", bundle.clone())],
+        );
+        m.attach_stick(&stick, "next").unwrap();
+        // cairnd's own lines about this stick's bundle (other lines may say "failed").
+        let got = m.wait_for_any(
+            &[
+                "cairnd: installed version",
+                "update.cairn refused",
+                "update.cairn not installed",
+            ],
+            STEP_TIMEOUT,
+        );
+        let ok = matches!(&got, Ok(l) if l.needle == 0);
+        if !ok && failure.is_none() {
+            failure = Some(format!(
+                "the next update did not install: {}",
+                got.map(|l| l.line).unwrap_or_else(|e| e.to_string())
+            ));
+        }
+        next_update = Some(ok);
+    }
+    let _ = m.kill();
+    if let Some(t) = swtpm {
+        let _ = t.stop();
+    }
+    let outcome = Outcome {
+        phase: point.phase,
+        prefix: point.prefix,
+        cut: point.cut,
+        booted: booted.ok(),
+        state: state_problems,
+        data,
+        next_update,
+        failure,
+    };
+    eprintln!(
+        "  cut {:>3}: {}, {}: {}",
+        n + 1,
+        point.phase,
+        point.cut,
+        match &outcome.failure {
+            None => format!("ok ({})", outcome.booted.as_deref().unwrap_or("")),
+            Some(f) => format!("FAILED: {f}"),
+        }
+    );
+    outcome
+}
+
 pub fn run(plan: &Plan) -> Report {
     let tmp = crate::rig_dir("cairn-powercut-");
     let dir = tmp.path();
@@ -921,121 +1020,60 @@ pub fn run(plan: &Plan) -> Report {
         plan.seed
     );
     // One disk per traced run moves forward through its log; each cut boots a copy of it.
+    // Cuts go in batches of `jobs`: their disks are made one after the other (the cursor only
+    // moves forward), then they boot side by side.
     let mut cursor: Option<(usize, File)> = None;
     let cursor_path = dir.join("cursor.img");
     let mut at = 0;
     let mut outcomes = Vec::new();
-    for (n, point) in points.into_iter().enumerate() {
-        let trace = &traces[point.trace];
-        if cursor.as_ref().map(|(t, _)| *t) != Some(point.trace) {
-            copy(&trace.base, &cursor_path);
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(&cursor_path)
-                .unwrap();
-            cursor = Some((point.trace, file));
-            at = 0;
-        }
-        let file = &mut cursor.as_mut().unwrap().1;
-        trace.log.apply(at..point.prefix, file).unwrap();
-        at = point.prefix;
-        file.sync_all().unwrap();
-        let cut = trace.dir.join("cut.img");
-        copy(&cursor_path, &cut);
-        let work = dir.join(format!("cut-{n}"));
-        std::fs::create_dir_all(&work).unwrap();
-        let (mut state_problems, mut data) = match &versions[point.trace] {
-            Some(v) => (
-                check_state(&cut, state, v),
-                check_data(&cut, data_range, &work),
-            ),
-            None => (Vec::new(), None),
-        };
-        // The TPM as the traced run left it: the same seeds that sealed STATE's key.
-        let swtpm = trace.tpm.as_ref().map(|kept| {
-            copy_tpm_state(kept, &work.join("tpm"));
-            Swtpm::start(&work.join("tpm"), 0).unwrap()
-        });
-        let port = free_local_port().unwrap();
-        let mut m = launch_with(
-            board,
-            &cut,
-            &work,
-            None,
-            vec![PortForward::new(port, API_PORT)],
-            swtpm.as_ref(),
-        );
-        let booted = settle(&mut m, trace.scenario);
-        if booted.is_ok() && swtpm.is_some() {
-            let problem = unlocked(&m, &work, port);
-            data = problem.clone();
-            state_problems.extend(problem);
-        }
-        let mut failure = match (&booted, state_problems.is_empty(), &data) {
-            (Err(e), _, _) => Some(format!("did not boot to a good slot: {e}")),
-            (Ok(_), false, _) => Some(format!("STATE: {}", state_problems.join("; "))),
-            (Ok(_), true, Some(d)) => Some(format!("DATA: {d}")),
-            _ => None,
-        };
-        let mut next_update = None;
-        if let (Ok(on), true) = (&booted, n % plan.install_every.max(1) == 0) {
-            let bundle = if on.starts_with("b/") {
-                &bundles.next
-            } else {
-                &bundles.new
+    let points: Vec<(usize, Point)> = points.into_iter().enumerate().collect();
+    for batch in points.chunks(plan.jobs.max(1)) {
+        let mut cuts = Vec::new();
+        for (n, point) in batch {
+            let trace = &traces[point.trace];
+            if cursor.as_ref().map(|(t, _)| *t) != Some(point.trace) {
+                copy(&trace.base, &cursor_path);
+                let file = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(&cursor_path)
+                    .unwrap();
+                cursor = Some((point.trace, file));
+                at = 0;
+            }
+            let file = &mut cursor.as_mut().unwrap().1;
+            trace.log.apply(at..point.prefix, file).unwrap();
+            at = point.prefix;
+            file.sync_all().unwrap();
+            let work = dir.join(format!("cut-{n}"));
+            std::fs::create_dir_all(&work).unwrap();
+            let cut = work.join("cut.img");
+            copy(&cursor_path, &cut);
+            let checks = match &versions[point.trace] {
+                Some(v) => (
+                    check_state(&cut, state, v),
+                    check_data(&cut, data_range, &work),
+                ),
+                None => (Vec::new(), None),
             };
-            let stick = work.join("next.img");
-            make_stick(
-                &stick,
-                "UPDATE",
-                vec![StickFile::Copy("update.cairn", bundle.clone())],
-            );
-            m.attach_stick(&stick, "next").unwrap();
-            // cairnd's own lines about this stick's bundle (other lines may say "failed").
-            let got = m.wait_for_any(
-                &[
-                    "cairnd: installed version",
-                    "update.cairn refused",
-                    "update.cairn not installed",
-                ],
-                STEP_TIMEOUT,
-            );
-            let ok = matches!(&got, Ok(l) if l.needle == 0);
-            if !ok && failure.is_none() {
-                failure = Some(format!(
-                    "the next update did not install: {}",
-                    got.map(|l| l.line).unwrap_or_else(|e| e.to_string())
-                ));
-            }
-            next_update = Some(ok);
+            cuts.push((*n, point, work, checks));
         }
-        let _ = m.kill();
-        if let Some(t) = swtpm {
-            let _ = t.stop();
-        }
-        let outcome = Outcome {
-            phase: point.phase,
-            prefix: point.prefix,
-            cut: point.cut,
-            booted: booted.ok(),
-            state: state_problems,
-            data,
-            next_update,
-            failure,
-        };
-        eprintln!(
-            "  cut {:>3}: {}, {}: {}",
-            n + 1,
-            point.phase,
-            point.cut,
-            match &outcome.failure {
-                None => format!("ok ({})", outcome.booted.as_deref().unwrap_or("")),
-                Some(f) => format!("FAILED: {f}"),
-            }
-        );
-        outcomes.push(outcome);
-        let _ = std::fs::remove_dir_all(&work);
+        let done: Vec<Outcome> = std::thread::scope(|scope| {
+            let running: Vec<_> = cuts
+                .into_iter()
+                .map(|(n, point, work, checks)| {
+                    let trace = &traces[point.trace];
+                    let bundles = &bundles;
+                    scope.spawn(move || {
+                        let outcome = boot_cut(plan, trace, bundles, n, point, &work, checks);
+                        let _ = std::fs::remove_dir_all(&work);
+                        outcome
+                    })
+                })
+                .collect();
+            running.into_iter().map(|t| t.join().unwrap()).collect()
+        });
+        outcomes.extend(done);
     }
     Report {
         board: board.name,

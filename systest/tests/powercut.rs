@@ -5,7 +5,8 @@
 //! - `CAIRN_POWERCUT_BOARD` (qemu-aarch64), `CAIRN_POWERCUT_POINTS` (4: the first two phases of
 //!   each run, the installs and the trials), `CAIRN_POWERCUT_SEED`
 //!   (2026), `CAIRN_POWERCUT_INSTALL_EVERY` (3): the next update is tried after every this
-//!   many cuts; `CAIRN_POWERCUT_SCENARIOS` (`stick,api`): which traced runs to cut.
+//!   many cuts; `CAIRN_POWERCUT_SCENARIOS` (`stick,api`): which traced runs to cut;
+//!   `CAIRN_POWERCUT_JOBS` (1): how many cut disks boot at once.
 
 use cairn_systest::powercut::{run, Plan, Scenario};
 use cairn_systest::{qemu_lock, var};
@@ -26,6 +27,7 @@ fn power_cuts_during_an_update_leave_a_device_that_boots_and_updates() {
         points: var("CAIRN_POWERCUT_POINTS", 4),
         seed: var("CAIRN_POWERCUT_SEED", 2026),
         install_every: var("CAIRN_POWERCUT_INSTALL_EVERY", 3),
+        jobs: var("CAIRN_POWERCUT_JOBS", 1),
     };
     let report = run(&plan);
     let table = report.table();

@@ -6,16 +6,22 @@
 //! 1. The next boot finishes from DATA's copy and shows the recovery key on the console; an
 //!    admin fetches it once over the API (a second fetch fails), with the certificates the
 //!    image's seed carried. A config with a marker
-//!    hostname goes to STATE and the marker into cairnd's log on DATA.
+//!    hostname goes to STATE and the marker into cairnd's log on DATA. The config also names a
+//!    host container after the marker, whose page holds it, from an OCI archive a stick brings
+//!    onto DATA (containers start from cairnd's next start).
 //! 2. Second boot: unlocked by the TPM with no input; the log kept on DATA still has the
-//!    marker line from the first boot. The unlock time is printed as a figure.
+//!    marker line from the first boot. The container is imported into containerd's store on
+//!    the encrypted DATA and answers on a forwarded port. The unlock time is printed as a
+//!    figure.
 //! 3. The firmware's Secure Boot configuration changes (a hash added to `dbx` in the machine's
 //!    variable store, so the firmware measures a different PCR 7): the box comes up in
 //!    maintenance mode; a malformed and a wrong key are refused; the recovery key unlocks and
 //!    re-seals, and the boot goes on to the usual API.
-//! 4. The next boot is silent again.
-//! 5. From the host: the disk holds the marker nowhere, and Debian's cryptsetup reads both
-//!    headers and accepts the recovery key on DATA.
+//! 4. The next boot is silent again, and the container answers from the store it was imported
+//!    into at the second boot.
+//! 5. From the host: the disk holds the marker nowhere (not in the config, the log, the image
+//!    archive or containerd's unpacked layers), and Debian's cryptsetup reads both headers and
+//!    accepts the recovery key on DATA.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -23,12 +29,28 @@ use std::time::Duration;
 
 use cairn_qemu::{free_local_port, LaunchOptions, Machine, PortForward, Swtpm};
 use cairn_systest::ctl::Ctl;
-use cairn_systest::{contains, extract_partition, image_dir, keys_dir, qemu_lock, rig_dir};
+use cairn_systest::stick::{make_stick, StickFile};
+use cairn_systest::{
+    busybox_archive, contains, extract_partition, http_get, image_dir, keys_dir, qemu_lock, rig_dir,
+};
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
 /// Provisioning and the recovery unlock run argon2id twice each under TCG.
 const SLOW_TIMEOUT: Duration = Duration::from_secs(600);
 const API_PORT: u16 = 50000;
+/// Where the host container answers in the guest.
+const WEB_PORT: u16 = 8080;
+
+/// The body the host container serves at `/` on the host's `port`, waiting up to 2 minutes for
+/// it to start.
+fn answer(port: u16) -> Option<String> {
+    (0..60).find_map(|_| {
+        http_get(port, "/").or_else(|| {
+            std::thread::sleep(Duration::from_secs(2));
+            None
+        })
+    })
+}
 
 /// The text after `marker` on the first console line holding it, waiting for it.
 fn value_after(m: &mut Machine, marker: &str, timeout: Duration) -> String {
@@ -42,6 +64,8 @@ struct Rig {
     dir: tempfile::TempDir,
     disk: PathBuf,
     port: u16,
+    /// The host port forwarded to the guest's [`WEB_PORT`].
+    web_port: u16,
 }
 
 impl Rig {
@@ -55,6 +79,7 @@ impl Rig {
             dir,
             disk,
             port: free_local_port().unwrap(),
+            web_port: free_local_port().unwrap(),
         }
     }
 
@@ -65,7 +90,10 @@ impl Rig {
         opts.reuse_disk = true;
         opts.echo_console = true;
         opts.tpm = Some(tpm.socket_path().to_path_buf());
-        opts.port_forwards = vec![PortForward::new(self.port, API_PORT)];
+        opts.port_forwards = vec![
+            PortForward::new(self.port, API_PORT),
+            PortForward::new(self.web_port, WEB_PORT),
+        ];
         Machine::launch(opts).unwrap()
     }
 
@@ -124,8 +152,34 @@ fn encrypted_state_and_data(board: &str) {
     );
     let (ok, _, stderr) = ctl.run(&["recovery-key"]);
     assert!(!ok && stderr.contains("fetched already"), "{stderr}");
+    // The container's archive comes on a stick, onto DATA.
+    let archive = busybox_archive(
+        rig.board,
+        tmp,
+        &marker,
+        &format!("exec httpd -f -p 0.0.0.0:{WEB_PORT} -h /www"),
+    );
+    let stick = tmp.join("stick.img");
+    make_stick(
+        &stick,
+        "UPDATE",
+        vec![StickFile::Copy("containers/web.tar", archive)],
+    );
+    m.attach_stick(&stick, "stick").unwrap();
+    m.wait_for_line(
+        "container images copied to /var/lib/cairn-images: web.tar",
+        BOOT_TIMEOUT,
+    )
+    .unwrap();
     let config = tmp.join("machine.yaml");
-    std::fs::write(&config, format!("network:\n  hostname: {marker}\n")).unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "network:\n  hostname: {marker}\ncontainers:\n  - name: {marker}\n    \
+             image: /var/lib/cairn-images/web.tar\n    memory_mib: 32\n"
+        ),
+    )
+    .unwrap();
     let (ok, _, stderr) = ctl.run(&["apply-config", config.to_str().unwrap()]);
     assert!(ok, "{stderr}");
     m.wait_for_line(&format!("cairnd: netcfg: hostname {marker}"), BOOT_TIMEOUT)
@@ -150,6 +204,19 @@ fn encrypted_state_and_data(board: &str) {
     assert!(
         !logs.contains(&shown),
         "the recovery key is in the log the API serves"
+    );
+    // The host container, imported into containerd's store on the encrypted DATA.
+    let page = format!("hello from {marker}\n");
+    assert_eq!(
+        answer(rig.web_port).as_deref(),
+        Some(page.as_str()),
+        "the host container on the encrypted DATA answers"
+    );
+    let imported = format!("cairnd: container {marker}: imported");
+    assert_eq!(
+        m.lines().iter().filter(|l| l.contains(&imported)).count(),
+        1,
+        "the image is imported once"
     );
     assert!(
         !m.lines().iter().any(|l| l.contains("maintenance mode")),
@@ -224,6 +291,22 @@ fn encrypted_state_and_data(board: &str) {
     .unwrap();
     m.wait_for_line("cairnd: management API on port 50000", BOOT_TIMEOUT)
         .unwrap();
+    assert_eq!(
+        answer(rig.web_port).as_deref(),
+        Some(page.as_str()),
+        "the host container answers from the store on DATA"
+    );
+    // This machine's boots (3 and 4) found the image in the store.
+    assert!(
+        !m.lines().iter().any(|l| l.contains(&imported)),
+        "the image was imported again"
+    );
+    assert!(
+        m.lines()
+            .iter()
+            .any(|l| l.contains(&format!("cairnd: container {marker}: cairn.local/"))),
+        "the container did not start from containerd's store"
+    );
     m.quit().unwrap();
     m.wait_exit(Duration::from_secs(60)).unwrap();
     drop(tpm);

@@ -49,7 +49,7 @@ use cairn_systest::ctl::Ctl;
 use cairn_systest::fault_init::{self, Fault};
 use cairn_systest::release::{build_release, dev_key, sign_bundle};
 use cairn_systest::stick::{make_stick, StickFile};
-use cairn_systest::{image_dir, oci, qemu_lock};
+use cairn_systest::{busybox_archive, http_get, image_dir, qemu_lock};
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
 const STEP_TIMEOUT: Duration = Duration::from_secs(300);
@@ -165,35 +165,6 @@ fn ready(m: &mut Machine) -> (String, String, String) {
             .to_string()
     };
     (field("slot="), field("trial="), field("version="))
-}
-
-/// An OCI archive of a busybox image for `board` (Debian's `busybox-static` for its
-/// architecture) running `script` with `sh -c`, written to `dir/<name>.tar`.
-fn busybox_archive(board: &Board, dir: &Path, name: &str, script: &str) -> PathBuf {
-    let cache = cairn_image::deb::Cache::new(cairn_systest::cache_dir());
-    let pkg = cache
-        .fetch("busybox-static", board.arch.deb_arch())
-        .unwrap();
-    let busybox = std::fs::read(pkg.root.join("bin/busybox")).unwrap();
-    // Debian and OCI name the architectures alike (arm64, amd64).
-    let arch = board.arch.deb_arch();
-    let page = format!("hello from {name}\n");
-    let image = oci::busybox_image(busybox, arch, &page, &["/bin/sh", "-c", script]);
-    let path = dir.join(format!("{name}.tar"));
-    std::fs::write(&path, image.archive().unwrap()).unwrap();
-    path
-}
-
-/// The body of `GET <path>` on the host's `port`, if it answers.
-fn http_get(port: u16, path: &str) -> Option<String> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
-        .ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    out.split_once("\r\n\r\n").map(|(_, body)| body.to_string())
 }
 
 fn s(a: &str, b: &str, c: &str) -> (String, String, String) {

@@ -8,8 +8,9 @@
 //! - `test`   setup, lints, device binaries, images, then every test including QEMU boots.
 //! - `systests` only the system tests (QEMU boots), side by side, against the images, device
 //!   binaries and cairnctl already built (by `test`, or `images` and `cargo build`).
-//! - `powercut --points N --seed S [--board B] [--install-every K] [--scenario S]` cuts the
-//!   power during updates at N points (systest/src/powercut.rs) and prints the table per phase.
+//! - `powercut --points N --seed S [--board B] [--install-every K] [--scenario S] [--jobs J]`
+//!   cuts the power during updates at N points (systest/src/powercut.rs), booting J cut disks at
+//!   once (default: one per core), and prints the table per phase.
 //! - `soak --cycles N [--board B]` runs N update cycles on one machine (good, rollback,
 //!   unhealthy, hanging; systest/src/soak.rs) and prints how they ended and cairnd's memory.
 //! - `report` boots each QEMU board (and the Raspberry Pi 4 under raspi4b) five times per series
@@ -692,6 +693,11 @@ fn powercut(args: &[String]) -> Result<()> {
     if !args.iter().any(|a| a == "--scenario") {
         args.extend(["--scenario".to_string(), "stick,api,encrypt".to_string()]);
     }
+    // One booting cut per core unless told otherwise (QEMU's TCG keeps a core busy).
+    if !args.iter().any(|a| a == "--jobs") {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        args.extend(["--jobs".to_string(), cores.min(8).to_string()]);
+    }
     long_run(
         "powercut",
         "CAIRN_POWERCUT",
@@ -701,10 +707,11 @@ fn powercut(args: &[String]) -> Result<()> {
             ("--board", "BOARD"),
             ("--install-every", "INSTALL_EVERY"),
             ("--scenario", "SCENARIOS"),
+            ("--jobs", "JOBS"),
         ],
         &args,
         "usage: cargo xtask powercut [--points N] [--seed S] [--board B] [--install-every K] \
-         [--scenario stick|api|encrypt|stick,api,…]",
+         [--scenario stick|api|encrypt|stick,api,…] [--jobs N]",
     )
 }
 
