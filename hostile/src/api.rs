@@ -12,7 +12,7 @@
 //! refuse (an uploaded file that is not a bundle or is for another architecture, an alias
 //! bomb as a machine config, a recovery key for disks that are not encrypted).
 
-use crate::bundles;
+use crate::{bundles, configs};
 
 /// A varint.
 fn varint(mut v: u64, out: &mut Vec<u8>) {
@@ -96,18 +96,7 @@ pub fn cases() -> Vec<(String, Vec<u8>, &'static str)> {
     let other_arch = bundle("other-arch.cairn");
     let good = bundles::good();
     let config = |yaml: &str| frame(&bytes_field(1, yaml.as_bytes()));
-    // Nine levels of nine aliases (see configs.rs): 387 million strings if expanded.
-    let mut levels = vec!["&a [x, x, x, x, x, x, x, x, x]".to_string()];
-    for (prev, name) in ["a", "b", "c", "d", "e", "f", "g", "h"]
-        .iter()
-        .zip(["b", "c", "d", "e", "f", "g", "h", "i"])
-    {
-        levels.push(format!(
-            "&{name} [{}]",
-            vec![format!("*{prev}"); 9].join(", ")
-        ));
-    }
-    let bomb = format!("network:\n  search: [{}]\n", levels.join(", "));
+    let bomb = configs::alias_bomb();
 
     let mut compressed = frame(&bytes_field(1, b"cairnd"));
     compressed[0] = 1;

@@ -3,12 +3,9 @@
 //! too large, unknown or misspelt keys, values out of range, an alias bomb, deep nesting,
 //! certificates that are not, and a network the kernel cannot reach.
 
-pub fn cases() -> Vec<(String, Vec<u8>, &'static str)> {
-    let probes: String = (0..33)
-        .map(|i| format!("    - {{tcp: \"127.0.0.1:{}\"}}\n", 8000 + i))
-        .collect();
-    // Nine levels of nine aliases, where the schema takes a list of names: 387 million
-    // strings if a parser expanded them before checking what it got.
+/// Nine levels of nine aliases, where the schema takes a list of names: 387 million strings if
+/// a parser expanded them before checking what it got.
+pub fn alias_bomb() -> String {
     let mut levels = vec!["&a [x, x, x, x, x, x, x, x, x]".to_string()];
     for (prev, name) in ["a", "b", "c", "d", "e", "f", "g", "h"]
         .iter()
@@ -19,7 +16,14 @@ pub fn cases() -> Vec<(String, Vec<u8>, &'static str)> {
             vec![format!("*{prev}"); 9].join(", ")
         ));
     }
-    let bomb = format!("network:\n  search: [{}]\n", levels.join(", "));
+    format!("network:\n  search: [{}]\n", levels.join(", "))
+}
+
+pub fn cases() -> Vec<(String, Vec<u8>, &'static str)> {
+    let probes: String = (0..33)
+        .map(|i| format!("    - {{tcp: \"127.0.0.1:{}\"}}\n", 8000 + i))
+        .collect();
+    let bomb = alias_bomb();
     let cases: Vec<(&str, String, &'static str)> = vec![
         (
             "unclosed-quote.yaml",
