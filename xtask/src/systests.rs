@@ -162,10 +162,12 @@ fn build(env: &[(&str, PathBuf)]) -> Result<Vec<(String, PathBuf)>> {
         let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
             continue;
         };
+        // The test files, and the library's own unit tests (its test harness).
         let is_test_file = msg["reason"] == "compiler-artifact"
-            && msg["target"]["kind"]
-                .as_array()
-                .is_some_and(|k| k.iter().any(|k| k == "test"));
+            && msg["target"]["kind"].as_array().is_some_and(|k| {
+                k.iter()
+                    .any(|k| k == "test" || (k == "lib" && msg["profile"]["test"] == true))
+            });
         if let (true, Some(name), Some(exe)) = (
             is_test_file,
             msg["target"]["name"].as_str(),
