@@ -110,9 +110,17 @@ pub fn prepare<'a>(
         "stage 2 up at {} ms (boottime)",
         own_start.as_millis()
     ));
-    let supervisor = Supervisor::start(sys, log, paths, SERVICES)?;
+    let mut supervisor = Supervisor::start(sys, log, paths, SERVICES)?;
     print_ready(sys, log, paths, &facts, handoff.start.unwrap_or(own_start));
+    // The rest of the machine's drivers (cairnd waits for them), then what containers need.
+    crate::late::load(sys, log, paths, crate::late::workers(paths));
+    // A power key whose driver just loaded.
+    supervisor.rescan_keys();
     crate::containers::setup(sys, log, paths);
+    // The boot's code is done with: init keeps only the pages it runs from here on, and says
+    // how much that is at the first periodic scan (crate::trim).
+    crate::trim::release_boot_pages(log, paths);
+    supervisor.report_resident_at_next_scan();
     Ok(supervisor)
 }
 
