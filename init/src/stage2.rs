@@ -10,6 +10,10 @@
 //! cairn-init: init_ms=412 rss_kib=1320 anon_kib=40 file_kib=1280
 //! ```
 //!
+//! After them it loads the late kernel modules ([`crate::late`]) and the containers' modules,
+//! then lets go of its boot-only pages ([`crate::trim`]); the supervisor prints
+//! `cairn-init: supervising: rss_kib=… anon_kib=… file_kib=…` at its first periodic scan.
+//!
 //! `boot_ms` is `CLOCK_BOOTTIME` at that moment; `rss_kib` init's resident memory, split into
 //! `anon_kib` (heap, stacks) and `file_kib` (its binary's pages); `init_ms` runs from stage 1's start (handed over
 //! in `CAIRN_INIT_START_NS`) or, on a boot without initramfs, from stage 2's own start. The slot

@@ -768,6 +768,16 @@ fn write_doc(table: &Table) -> Result<()> {
          bench-install` and `cargo xtask bench-api`.\n",
         arches.join(", ")
     );
+    let mut left_out = Vec::new();
+    if !host_benches() {
+        left_out.push("the host benchmarks (`CAIRN_REPORT_HOST=0`)");
+    }
+    if !containers_bench() {
+        left_out.push("the host container benchmark (`CAIRN_REPORT_CONTAINERS=0`)");
+    }
+    if !left_out.is_empty() {
+        let _ = writeln!(out, "This run left out {}.\n", left_out.join(" and "));
+    }
     out.push_str(&table.markdown());
     out.push_str(NOTES);
     let path = root().join("docs/benchmarks.md");
