@@ -159,9 +159,14 @@ pub struct Board {
     /// The watchdog's driver (and anything else it needs), by module name: init loads these
     /// first of all and starts the watchdog before it does anything else.
     pub watchdog_modules: &'static [&'static str],
-    /// Kernel modules init loads before looking for the disk, by module name. Their dependencies
-    /// are resolved at image build time; modules the kernel has built in are skipped.
+    /// Kernel modules init loads before looking for the disk, by module name: only what it takes
+    /// to mount the root and the bootloader's partition before `ready`. Their dependencies are
+    /// resolved at image build time; modules the kernel has built in are skipped.
     pub modules: &'static [&'static str],
+    /// Kernel modules stage 2 loads from the root right after `ready` (the rest of the machine:
+    /// STATE and DATA, the TPM, the network, input, USB sticks). cairnd, started before
+    /// `ready`, waits for them before it touches storage (init/src/late.rs).
+    pub late_modules: &'static [&'static str],
     /// The kernel modules containers need, loaded from the root after `ready`; empty on a board
     /// that carries no containers extension. Those the kernel lacks are named at boot.
     pub container_modules: &'static [&'static str],
@@ -237,13 +242,15 @@ pub const BOARDS: &[Board] = &[
             "dm_verity",
             "squashfs",
             "vfat",
+            "nls_cp437",
+            "nls_ascii",
+        ],
+        late_modules: &[
             // STATE and DATA are ext4 (with jbd2, mbcache and crc16 from modules.dep); its
             // metadata checksums ask the crypto API for crc32c, which without modprobe must be
             // loaded first.
             "crc32c_generic",
             "ext4",
-            "nls_cp437",
-            "nls_ascii",
             "evdev",
             // Networking: the NIC and 802.1Q for VLAN sub-interfaces.
             "virtio_net",
@@ -297,13 +304,15 @@ pub const BOARDS: &[Board] = &[
             "dm_verity",
             "squashfs",
             "vfat",
+            "nls_cp437",
+            "nls_ascii",
+        ],
+        late_modules: &[
             // STATE and DATA are ext4 (with jbd2, mbcache and crc16 from modules.dep); its
             // metadata checksums ask the crypto API for crc32c, which without modprobe must be
             // loaded first.
             "crc32c_generic",
             "ext4",
-            "nls_cp437",
-            "nls_ascii",
             "button",
             "evdev",
             "xhci_pci",
@@ -362,13 +371,15 @@ pub const BOARDS: &[Board] = &[
             "dm_verity",
             "squashfs",
             "vfat",
+            "nls_cp437",
+            "nls_ascii",
+        ],
+        late_modules: &[
             // STATE and DATA are ext4 (with jbd2, mbcache and crc16 from modules.dep); its
             // metadata checksums ask the crypto API for crc32c, which without modprobe must be
             // loaded first.
             "crc32c_generic",
             "ext4",
-            "nls_cp437",
-            "nls_ascii",
             "evdev",
             // Networking: GENET, its MDIO bus and PHY (soft dependencies, so named here), and
             // 802.1Q for VLAN sub-interfaces.

@@ -125,9 +125,58 @@ pub fn bring_up(
     beat: &dyn Fn(),
     maintenance: &Maintenance<'_>,
 ) -> Result<(StorageStatus, Option<Netcfg>), String> {
+    let waited = wait_for_late_modules(
+        Path::new(LATE_MODULE_LIST),
+        Path::new(LATE_MODULES_DONE),
+        LATE_MODULES_WAIT,
+        beat,
+    );
+    match waited {
+        Ok(Some(t)) => say!("waited {} ms for init's late kernel modules", t.as_millis()),
+        Ok(None) => {}
+        Err(e) => say!("{e}"),
+    }
     let (status, network) = bring_up_inner(beat, maintenance)?;
     status.remember();
     Ok((status, network))
+}
+
+/// The list of kernel modules init loads right after `ready` (init/src/late.rs): ext4,
+/// dm-crypt, the TPM's driver, the network card. An image without it loaded them all before
+/// the root.
+const LATE_MODULE_LIST: &str = "/etc/cairn/modules-late";
+/// Written by init once it has loaded that list (`loaded=N`, `failed=names`).
+pub const LATE_MODULES_DONE: &str = "/run/cairn/modules-late";
+/// Far more than the list takes, even under emulation; after it, storage is tried anyway.
+const LATE_MODULES_WAIT: Duration = Duration::from_secs(60);
+
+/// Waits until init has loaded the late kernel modules (`done` exists), when the image has a
+/// late list (`list`). Returns how long it waited (`None` without a list), or after `timeout`
+/// the line to say (storage is then tried with whatever drivers are in).
+pub fn wait_for_late_modules(
+    list: &Path,
+    done: &Path,
+    timeout: Duration,
+    beat: &dyn Fn(),
+) -> Result<Option<Duration>, String> {
+    if !list.exists() {
+        return Ok(None);
+    }
+    let start = Instant::now();
+    while !done.exists() {
+        if start.elapsed() >= timeout {
+            return Err(format!(
+                "init did not say it loaded the kernel modules of {} (no {} after {} s); \
+                 going on without waiting",
+                list.display(),
+                done.display(),
+                timeout.as_secs()
+            ));
+        }
+        beat();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(Some(start.elapsed()))
 }
 
 /// Maintenance mode, when the TPM will not open the volumes: given the partitions, the TPM (if
@@ -570,4 +619,49 @@ pub fn remember_client_ca_in(secrets: &Path) -> Result<(), String> {
     let _ = crate::block::remount(esp, true);
     written
         .map_err(|e| format!("keeping the client CA for maintenance mode ({CLIENT_CA_COPY}): {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    #[test]
+    fn waits_for_inits_late_modules_only_when_the_image_has_a_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let list = dir.path().join("modules-late");
+        let done = dir.path().join("run/modules-late");
+        let beats = Cell::new(0);
+        let beat = || beats.set(beats.get() + 1);
+        // No list: an image whose initramfs loaded everything; nothing to wait for.
+        assert_eq!(
+            wait_for_late_modules(&list, &done, Duration::from_secs(5), &beat),
+            Ok(None)
+        );
+        // A list: waits (feeding the heartbeat) until init writes the file.
+        std::fs::write(&list, "x.ko\n").unwrap();
+        let writer = {
+            let done = done.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(60));
+                std::fs::create_dir_all(done.parent().unwrap()).unwrap();
+                std::fs::write(&done, "loaded=1\nfailed=\n").unwrap();
+            })
+        };
+        let waited = wait_for_late_modules(&list, &done, Duration::from_secs(5), &beat)
+            .unwrap()
+            .unwrap();
+        writer.join().unwrap();
+        assert!(waited >= Duration::from_millis(60), "{waited:?}");
+        assert!(beats.get() > 0);
+        // Init never says: one line, and storage goes on.
+        std::fs::remove_file(&done).unwrap();
+        let err =
+            wait_for_late_modules(&list, &done, Duration::from_millis(30), &beat).unwrap_err();
+        assert!(
+            err.starts_with("init did not say it loaded the kernel modules of ")
+                && err.ends_with("after 0 s); going on without waiting"),
+            "{err}"
+        );
+    }
 }

@@ -292,9 +292,20 @@ fn build_staged(opts: &BuildOptions) -> Result<ImageManifest> {
     }
     let mut inputs = vec![package_input(&kernel_pkg)];
 
+    // What the root needs after `ready`, less what the initramfs loaded already.
+    let late_files: Vec<_> = modules
+        .resolve(opts.board.late_modules)?
+        .into_iter()
+        .filter(|m| {
+            let early = |w: &crate::kmod::ModuleFile| w.name == m.name;
+            !watchdog_files.iter().any(early) && !module_files.iter().any(early)
+        })
+        .collect();
+
     let initramfs = initramfs(&opts.device_bin, &watchdog_files, &module_files)?;
     let seed = opts.seed.as_bytes();
     let mut root = root_tree(opts)?;
+    add_late_modules(&mut root, &late_files)?;
     let extension = match containers {
         Some(ext_opts) => {
             let (found, missing) = container_modules(&modules, opts.board.container_modules)?;
@@ -386,7 +397,10 @@ fn build_staged(opts: &BuildOptions) -> Result<ImageManifest> {
     for slot in Slot::ALL {
         let i = index(slot.root_label());
         let mut region = Region::new(&mut disk, slot.root_label(), offset(i), capacity(i));
-        let root_size = squashfs::write_squashfs(&mut region, &root, IMAGE_EPOCH)?;
+        // The device binary is paged in from here by init and cairnd at every boot: stored,
+        // its blocks are copied rather than inflated on each page fault.
+        let root_size =
+            squashfs::write_squashfs_storing(&mut region, &root, IMAGE_EPOCH, &["sbin/init"])?;
         let hash_offset = root_size.div_ceil(verity::BLOCK_SIZE) * verity::BLOCK_SIZE;
         let params = verity::VerityParams {
             data_blocks: hash_offset / verity::BLOCK_SIZE,
@@ -909,6 +923,24 @@ fn root_tree(opts: &BuildOptions) -> Result<Tree> {
 pub const CONTAINER_MODULE_DIR: &str = "usr/lib/cairn/modules";
 pub const CONTAINER_MODULE_LIST: &str = "etc/cairn/modules-containers";
 pub const CONTAINER_MODULES_MISSING: &str = "etc/cairn/modules-containers-missing";
+
+/// Where the root keeps the kernel modules stage 2 loads right after `ready`, and their list
+/// (with its `.dep` file, init/src/modules.rs; init/src/late.rs).
+pub const LATE_MODULE_DIR: &str = "usr/lib/cairn/modules-late";
+pub const LATE_MODULE_LIST: &str = "etc/cairn/modules-late";
+
+fn add_late_modules(root: &mut Tree, files: &[crate::kmod::ModuleFile]) -> Result<()> {
+    let mut list = String::new();
+    for m in files {
+        let dest = format!("{LATE_MODULE_DIR}/{}.ko", m.name);
+        list.push_str(&dest);
+        list.push('\n');
+        root.add_file(&dest, 0o644, m.path.clone())?;
+    }
+    root.add_file(LATE_MODULE_LIST, 0o644, list.into_bytes())?;
+    root.add_file(&format!("{LATE_MODULE_LIST}.dep"), 0o644, dep_file(files))?;
+    Ok(())
+}
 
 /// Resolves the board's container modules one by one: those the kernel lacks are returned by
 /// name rather than failing the build, so the device can say at boot what it is missing.

@@ -16,6 +16,7 @@ pub mod entry;
 pub mod error;
 pub mod extension;
 pub mod input;
+pub mod late;
 pub mod log;
 pub mod modules;
 pub mod mounts;
@@ -28,6 +29,7 @@ pub mod stage2;
 pub mod supervisor;
 pub mod switch_root;
 pub mod sys;
+pub mod trim;
 pub mod verity;
 
 pub use entry::run;

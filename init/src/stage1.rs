@@ -94,7 +94,11 @@ fn try_run(
     let label = slot.root_partition();
 
     let workers = cmdline.module_workers.unwrap_or_else(modules::workers);
-    let (summary, t_modules, partition) = load_modules_and_find(sys, log, paths, label, workers)?;
+    let open_root = |partition: &partition::Partition| {
+        verity::open(sys, log, paths, partition, slot, &root_verity)
+    };
+    let (summary, t_modules, partition, root) =
+        load_modules_and_find(sys, log, paths, label, workers, &open_root)?;
     let now = sys.boottime();
     log.info(format_args!(
         "slot {}: {} modules loaded ({workers} at a time) in {} ms{}, {label} is {} after {} ms",
@@ -109,7 +113,7 @@ fn try_run(
         partition.node.display(),
         now.saturating_sub(start).as_millis(),
     ));
-    let root = verity::open(sys, log, paths, &partition, slot, &root_verity)?;
+    let root = root?;
     log.info(format_args!(
         "slot {}: {label} verified by dm-verity as {} (root hash {}, {} data blocks); \
          switching root",
@@ -135,27 +139,47 @@ fn try_run(
     ))
 }
 
+/// The verified root, or why not.
+type Root = Result<verity::VerifiedRoot>;
+
 /// Loads `/etc/cairn/modules`, looking for the partition `label` each time a module has finished
 /// (no polling while modules load: under emulation a polling thread takes CPU time the loaders
 /// need), so the root is usually found the moment its disk's driver is in; waits for it only
-/// after the last module. Returns what loaded, `CLOCK_BOOTTIME` when the last module was in, and
-/// the partition. A module that fails is a console line (naming it); only a root partition that
-/// never appears is fatal.
+/// after the last module. As soon as the partition is there and dm_verity has loaded, `open`
+/// puts dm-verity over it, while the modules after it go on loading. Returns what loaded,
+/// `CLOCK_BOOTTIME` when the last module was in, the partition and what `open` made of it. A
+/// module that fails is a console line (naming it); only a root partition that never appears is
+/// fatal here.
 fn load_modules_and_find(
     sys: &dyn Syscalls,
     log: &Logger,
     paths: &Paths,
     label: &str,
     workers: usize,
-) -> Result<(modules::Summary, Duration, partition::Partition)> {
+    open: &dyn Fn(&partition::Partition) -> Root,
+) -> Result<(modules::Summary, Duration, partition::Partition, Root)> {
     let Some(graph) = modules::read_graph(log, paths, paths::MODULE_LIST)? else {
         let found = partition::wait_for(sys, paths, label, partition::TIMEOUT)?;
-        return Ok((modules::Summary::default(), sys.boottime(), found));
+        let root = open(&found);
+        return Ok((modules::Summary::default(), sys.boottime(), found, root));
     };
+    // dm-verity's module, when the list has it (else it is built in).
+    let dm_verity = graph
+        .entries
+        .iter()
+        .position(|e| e.name() == "dm_verity" || e.name() == "dm-verity");
+    let mut finished = vec![false; graph.entries.len()];
     let mut found = None;
-    let mut look = |_| {
+    let mut root = None;
+    let mut look = |i: usize| {
+        finished[i] = true;
         if found.is_none() {
             found = partition::find(paths, label);
+        }
+        if let (None, Some(partition)) = (&root, &found) {
+            if dm_verity.is_none_or(|v| finished[v]) {
+                root = Some(open(partition));
+            }
         }
     };
     let status = match sys.shared() {
@@ -177,7 +201,8 @@ fn load_modules_and_find(
         Some(p) => p,
         None => partition::wait_for(sys, paths, label, partition::TIMEOUT)?,
     };
-    Ok((summary, done, found))
+    let root = root.unwrap_or_else(|| open(&found));
+    Ok((summary, done, found, root))
 }
 
 /// An I/O error mounting or executing from the verified root most likely means a block did not
@@ -309,11 +334,13 @@ mod tests {
                 "reboot CadOff".into(),
                 "load dm-mod.ko".into(),
                 "load dm-verity.ko".into(),
-                "load virtio_blk.ko".into(),
-                "load squashfs.ko".into(),
+                // ROOT-B is there and dm-verity is in: verity is set up before the modules
+                // after it load.
                 "dm DM_DEV_CREATE".into(),
                 "dm DM_TABLE_LOAD".into(),
                 "dm DM_DEV_SUSPEND".into(),
+                "load virtio_blk.ko".into(),
+                "load squashfs.ko".into(),
                 "mount squashfs".into(),
                 moved("dev"),
                 moved("proc"),

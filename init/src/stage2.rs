@@ -10,6 +10,10 @@
 //! cairn-init: init_ms=412 rss_kib=1320 anon_kib=40 file_kib=1280
 //! ```
 //!
+//! After them it loads the late kernel modules ([`crate::late`]) and the containers' modules,
+//! then lets go of its boot-only pages ([`crate::trim`]); the supervisor prints
+//! `cairn-init: supervising: rss_kib=… anon_kib=… file_kib=…` at its first periodic scan.
+//!
 //! `boot_ms` is `CLOCK_BOOTTIME` at that moment; `rss_kib` init's resident memory, split into
 //! `anon_kib` (heap, stacks) and `file_kib` (its binary's pages); `init_ms` runs from stage 1's start (handed over
 //! in `CAIRN_INIT_START_NS`) or, on a boot without initramfs, from stage 2's own start. The slot
@@ -110,9 +114,17 @@ pub fn prepare<'a>(
         "stage 2 up at {} ms (boottime)",
         own_start.as_millis()
     ));
-    let supervisor = Supervisor::start(sys, log, paths, SERVICES)?;
+    let mut supervisor = Supervisor::start(sys, log, paths, SERVICES)?;
     print_ready(sys, log, paths, &facts, handoff.start.unwrap_or(own_start));
+    // The rest of the machine's drivers (cairnd waits for them), then what containers need.
+    crate::late::load(sys, log, paths, crate::late::workers(paths));
+    // A power key whose driver just loaded.
+    supervisor.rescan_keys();
     crate::containers::setup(sys, log, paths);
+    // The boot's code is done with: init keeps only the pages it runs from here on, and says
+    // how much that is at the first periodic scan (crate::trim).
+    crate::trim::release_boot_pages(log, paths);
+    supervisor.report_resident_at_next_scan();
     Ok(supervisor)
 }
 

@@ -146,6 +146,8 @@ pub struct Supervisor<'a> {
     keys: PowerKeys,
     services: Services,
     next_scan: Duration,
+    /// Print the `supervising:` line with init's resident memory at the next periodic scan.
+    report_resident: bool,
 }
 
 impl<'a> Supervisor<'a> {
@@ -171,7 +173,19 @@ impl<'a> Supervisor<'a> {
             keys,
             services,
             next_scan: now + RESCAN_INTERVAL,
+            report_resident: false,
         })
+    }
+
+    /// At the next periodic scan (a loop or two of supervising later), prints
+    /// `supervising: rss_kib=R anon_kib=A file_kib=F`: init's resident memory as it stays.
+    pub fn report_resident_at_next_scan(&mut self) {
+        self.report_resident = true;
+    }
+
+    /// Looks for power keys now rather than at the next periodic scan (after loading drivers).
+    pub fn rescan_keys(&mut self) {
+        self.keys.rescan(self.paths, self.log);
     }
 
     /// Publishes the service table for cairnd's health check when it changed.
@@ -197,6 +211,12 @@ impl<'a> Supervisor<'a> {
             if now >= self.next_scan {
                 self.keys.rescan(self.paths, self.log);
                 self.next_scan = now + RESCAN_INTERVAL;
+                if std::mem::take(&mut self.report_resident) {
+                    self.log.info(format_args!(
+                        "supervising: {}",
+                        crate::trim::resident_words(self.paths)
+                    ));
+                }
             }
             self.services.start_due(self.sys, self.log, now);
             self.write_status();

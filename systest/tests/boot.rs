@@ -74,6 +74,22 @@ fn boot_and_power_off(board_name: &str) {
             && modules.contains(", ROOT-A is /dev/"),
         "{modules}"
     );
+    // The rest of the machine's drivers load from the root after ready, all of them; cairnd
+    // waited for them before it touched storage.
+    let late = m
+        .wait_for_line(" late kernel modules loaded (", Duration::from_secs(60))
+        .unwrap();
+    assert!(
+        late.contains(&format!(
+            " late kernel modules loaded ({workers} at a time) in "
+        )) && !late.contains(" not loaded)"),
+        "{late}"
+    );
+    m.wait_for_line("cairnd: waited ", Duration::from_secs(60))
+        .unwrap();
+    let lines = m.lines();
+    let at = |needle: &str| lines.iter().position(|l| l.contains(needle)).unwrap();
+    assert!(at("cairn-init: ready") < at(" late kernel modules loaded ("));
     m.wait_for_line(" kernel modules loaded, ", Duration::from_secs(60))
         .unwrap();
     let kernel: Vec<String> = m

@@ -45,9 +45,108 @@ fn root_only_image() -> Result<Vec<u8>, FormatError> {
 /// Writes `tree` as a squashfs image starting at `out`'s current position and returns its
 /// length, padding included (a multiple of [`PAD_BYTES`]).
 pub fn write_squashfs<W: Write + Seek>(
+    out: W,
+    tree: &Tree,
+    mtime: u32,
+) -> Result<u64, FormatError> {
+    write_squashfs_storing(out, tree, mtime, &[])
+}
+
+/// Gzip, except for the whole blocks of some files, which are stored as they are (squashfs
+/// marks each block compressed or not; `mksquashfs -noD` stores every data block so). Reading
+/// such a block is a copy instead of an inflate: for the binary every process of a device
+/// starts from, paged in block by block through dm-verity at every boot, that is most of the
+/// cost of its page faults (docs/boot-slots.md). A block is known by its content: backhand
+/// hands the compressor bytes, not file names.
+struct StoreSome {
+    stored: std::collections::HashSet<[u8; 32]>,
+}
+
+impl StoreSome {
+    fn digest(bytes: &[u8]) -> [u8; 32] {
+        use sha2::Digest;
+        sha2::Sha256::digest(bytes).into()
+    }
+}
+
+impl backhand::compression::CompressionAction for StoreSome {
+    type Error = backhand::BackhandError;
+    type Compressor = Compressor;
+    type FilesystemCompressor = FilesystemCompressor;
+    type SuperBlock = backhand::SuperBlock;
+
+    fn decompress(
+        &self,
+        bytes: &[u8],
+        out: &mut Vec<u8>,
+        compressor: Self::Compressor,
+    ) -> Result<(), Self::Error> {
+        backhand::compression::DefaultCompressor.decompress(bytes, out, compressor)
+    }
+
+    fn compress(
+        &self,
+        bytes: &[u8],
+        fc: Self::FilesystemCompressor,
+        block_size: u32,
+    ) -> Result<Vec<u8>, Self::Error> {
+        if self.stored.contains(&Self::digest(bytes)) {
+            // Longer than the input: backhand then writes the block as it is, flagged
+            // uncompressed, exactly as for a block that does not compress.
+            return Ok(vec![0; bytes.len() + 1]);
+        }
+        backhand::compression::DefaultCompressor.compress(bytes, fc, block_size)
+    }
+
+    fn compression_options(
+        &self,
+        superblock: &mut Self::SuperBlock,
+        kind: &backhand::kind::Kind,
+        fs_compressor: Self::FilesystemCompressor,
+    ) -> Result<Option<Vec<u8>>, Self::Error> {
+        backhand::compression::DefaultCompressor.compression_options(
+            superblock,
+            kind,
+            fs_compressor,
+        )
+    }
+}
+
+/// The digests of the whole [`DEFAULT_BLOCK_SIZE`] blocks of the files at `paths` in `tree`.
+fn whole_blocks(tree: &Tree, paths: &[&str]) -> Result<StoreSome, FormatError> {
+    let mut stored = std::collections::HashSet::new();
+    for (path, node) in tree.iter() {
+        if !paths.contains(&path.as_str()) {
+            continue;
+        }
+        let NodeKind::File(content) = &node.kind else {
+            continue;
+        };
+        let mut bytes = Vec::new();
+        content
+            .open(path)?
+            .copy_to(&mut bytes, |source| FormatError::Io {
+                op: "reading a file stored uncompressed",
+                offset: 0,
+                source,
+            })?;
+        for block in bytes.chunks_exact(DEFAULT_BLOCK_SIZE as usize) {
+            // A block of zeros is a hole, never compressed or stored.
+            if block.iter().any(|b| *b != 0) {
+                stored.insert(StoreSome::digest(block));
+            }
+        }
+    }
+    Ok(StoreSome { stored })
+}
+
+/// [`write_squashfs`], with the whole blocks of the files at `stored` (paths in `tree`) not
+/// compressed.
+pub fn write_squashfs_storing<W: Write + Seek>(
     mut out: W,
     tree: &Tree,
     mtime: u32,
+    stored: &[&str],
 ) -> Result<u64, FormatError> {
     let io_err = |op, offset| move |source| FormatError::Io { op, offset, source };
     let start = out
@@ -61,6 +160,11 @@ pub fn write_squashfs<W: Write + Seek>(
     }
     let mut fs = FilesystemWriter::from_fs_reader(&seed)
         .map_err(|source| FormatError::SquashfsWrite { source })?;
+    if !stored.is_empty() {
+        // Leaked: backhand takes a 'static compressor; one small set per image written.
+        let action: &'static StoreSome = Box::leak(Box::new(whole_blocks(tree, stored)?));
+        fs.set_kind(backhand::kind::Kind::new_v4(action));
+    }
     fs.set_compressor(gzip()?);
     fs.set_block_size(DEFAULT_BLOCK_SIZE);
     fs.set_time(mtime);
@@ -183,5 +287,39 @@ mod tests {
         write_squashfs(&mut a, &sample(), 42).unwrap();
         write_squashfs(&mut b, &sample(), 42).unwrap();
         assert!(a.get_ref() == b.get_ref());
+    }
+
+    #[test]
+    fn a_stored_file_keeps_its_whole_blocks_uncompressed_and_reads_back() {
+        // Compressible content: stored, it takes its full size; gzipped, almost nothing.
+        let hot: Vec<u8> = (0..400_000u32).map(|i| (i / 1000) as u8 | 1).collect();
+        let mut t = Tree::new();
+        t.add_file("sbin/init", 0o755, hot.clone()).unwrap();
+        t.add_file("etc/big", 0o644, vec![5u8; 300_000]).unwrap();
+        let (mut plain, mut stored) = (Cursor::new(Vec::new()), Cursor::new(Vec::new()));
+        let plain_len = write_squashfs(&mut plain, &t, 0).unwrap();
+        let stored_len = write_squashfs_storing(&mut stored, &t, 0, &["sbin/init"]).unwrap();
+        // Three whole blocks of sbin/init (3 × 128 KiB) are stored; its tail and etc/big are not.
+        let whole = 3 * DEFAULT_BLOCK_SIZE as u64;
+        assert!(plain_len < 64 * 1024, "{plain_len}");
+        assert!(
+            stored_len >= whole && stored_len < whole + 64 * 1024,
+            "{stored_len}"
+        );
+        let fs = FilesystemReader::from_reader(Cursor::new(stored.into_inner())).unwrap();
+        let read = |name: &str| {
+            let node = fs
+                .files()
+                .find(|n| n.fullpath.to_str() == Some(name))
+                .unwrap();
+            let backhand::InnerNode::File(file) = &node.inner else {
+                panic!("{name} is not a file")
+            };
+            let mut out = Vec::new();
+            std::io::copy(&mut fs.file(file).reader(), &mut out).unwrap();
+            out
+        };
+        assert!(read("/sbin/init") == hot);
+        assert!(read("/etc/big") == vec![5u8; 300_000]);
     }
 }
