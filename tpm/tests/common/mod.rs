@@ -37,7 +37,9 @@ pub fn start_swtpm() -> (Swtpm, Tpm) {
     }
     for _ in 0..5 {
         let state = tempfile::tempdir().expect("state dir");
-        let (port, ctrl) = (free_port(), free_port());
+        // The control port next to the command port, where the tss2 swtpm TCTI looks for it.
+        let port = free_port();
+        let ctrl = port.wrapping_add(1);
         let child = Command::new("swtpm")
             .arg("socket")
             .arg("--tpm2")
