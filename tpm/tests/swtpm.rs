@@ -248,3 +248,40 @@ fn the_unsealed_secret_crosses_the_wire_encrypted() {
     assert_eq!(unsealed, rsa_secret.to_vec());
     assert!(wire.windows(SECRET_LEN).any(|w| w == rsa_secret.as_slice()));
 }
+
+/// Sealing under an ECC primary sends the new secret in a salted session that encrypts it:
+/// the secret is not in the bytes of the seal (nor of a signed seal); sealing under an RSA
+/// primary (no salted session) sends it in the clear, which shows the check can see it.
+#[test]
+fn the_sealed_secret_crosses_the_wire_encrypted() {
+    let (swtpm, tpm) = start_swtpm();
+    drop(tpm);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let mut tpm = Tpm::new(Box::new(Recording {
+        inner: Tcp::connect(format!("127.0.0.1:{}", swtpm.port)).unwrap(),
+        seen: seen.clone(),
+    }));
+    let wire = |seen: &Arc<Mutex<Vec<u8>>>| std::mem::take(&mut *seen.lock().unwrap());
+
+    let (secret, _) = seal(&mut tpm, &PcrSelection::default(), PrimaryAlg::Ecc).unwrap();
+    assert!(!wire(&seen).windows(SECRET_LEN).any(|w| w == secret.as_slice()));
+
+    let key = cairn_tpm::PcrPublicKey::from_pem(RSA_PUBLIC_PEM.as_bytes()).unwrap();
+    let (secret, _) = cairn_tpm::seal_signed(&mut tpm, &key, &PcrSelection::default()).unwrap();
+    assert!(!wire(&seen).windows(SECRET_LEN).any(|w| w == secret.as_slice()));
+
+    let (secret, _) = seal(&mut tpm, &PcrSelection::default(), PrimaryAlg::Rsa).unwrap();
+    assert!(wire(&seen).windows(SECRET_LEN).any(|w| w == secret.as_slice()));
+}
+
+/// A 2048-bit RSA public key (openssl genrsa 2048 | openssl rsa -pubout).
+const RSA_PUBLIC_PEM: &str = "-----BEGIN PUBLIC KEY-----
+MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEArb7zHFvbgMzwhbD7abNh
+qz34w9b8CGh97DTw3AENVyMor9XkwLjcn/ub3wf555ZVTvzEASQLWjfBkIAkHrlR
+9ujJqonzjCxNRYgyU+PCDlc5xjcHnxoPZbWc+aqtDYr7Exy0+n/HhmOVrxbmvqCa
+aunHwdQ5zCJY/tHNae3zYcEgX5il8zqvtnDrTHHBXlkT6KdxvfayjlogbJ//9Uvf
+TijcqbivqdmK8ZxXPlZxA2cb6dg8lxbpvB6bljPIrKyy5Yuf5QHer7VpACXeBi2Y
+Ys6fC+sWLAQUUyJkC6Z/DHvQCTFTc497TW8U17dwcDfJfgut+ZnbNQaI6byfOBP3
+aQIDAQAB
+-----END PUBLIC KEY-----
+";
