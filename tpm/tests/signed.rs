@@ -2,7 +2,7 @@
 //! opens for a PCR 11 the key signed (with the anti-rollback floor), and for nothing else.
 
 use cairn_tpm::floor;
-use cairn_tpm::pcrsig::{PcrSigningKey, PcrSignature};
+use cairn_tpm::pcrsig::{PcrSignature, PcrSigningKey};
 use cairn_tpm::uki::{predict_pcr11, UkiParts};
 use cairn_tpm::{
     seal_signed, unseal, unseal_signed, Error, PcrBank, PcrSelection, SealedBlob, Token, Tpm,
@@ -44,7 +44,10 @@ fn boot(tpm: &mut Tpm, uki: &UkiParts<'_>) {
 }
 
 fn pcr11(tpm: &mut Tpm) -> [u8; 32] {
-    tpm.pcr_read(PcrBank::Sha256, 11).unwrap().try_into().unwrap()
+    tpm.pcr_read(PcrBank::Sha256, 11)
+        .unwrap()
+        .try_into()
+        .unwrap()
 }
 
 fn signature(key: &PcrSigningKey, uki: &UkiParts<'_>, version: u64) -> PcrSignature {
@@ -55,7 +58,10 @@ fn signature(key: &PcrSigningKey, uki: &UkiParts<'_>, version: u64) -> PcrSignat
 
 fn nothing_loaded(tpm: &mut Tpm) {
     assert_eq!(tpm.loaded_handles(HT_TRANSIENT).unwrap(), Vec::<u32>::new());
-    assert_eq!(tpm.loaded_handles(HT_LOADED_SESSION).unwrap(), Vec::<u32>::new());
+    assert_eq!(
+        tpm.loaded_handles(HT_LOADED_SESSION).unwrap(),
+        Vec::<u32>::new()
+    );
 }
 
 #[test]
@@ -84,7 +90,10 @@ fn a_signed_release_unseals_and_the_booted_pcr11_is_the_prediction() {
     assert!(pem.starts_with(b"-----BEGIN PUBLIC KEY-----\n"));
     let back = Token::from_json(&json).unwrap();
     assert_eq!(back.sealed, blob);
-    assert_eq!(*unseal_signed(&mut tpm, &back.sealed, &sig).unwrap(), *secret);
+    assert_eq!(
+        *unseal_signed(&mut tpm, &back.sealed, &sig).unwrap(),
+        *secret
+    );
 
     // An update: another kernel command line, signed for the same floor, unseals with no
     // re-seal (a fresh TPM stands for the reboot into it; the floor is raised there too).
@@ -95,7 +104,10 @@ fn a_signed_release_unseals_and_the_booted_pcr11_is_the_prediction() {
     // (The blob is bound to the first TPM; on the second one, seal again to play the box.)
     let (secret2, blob2) = seal_signed(&mut tpm2, key.public_key(), &fixed).unwrap();
     let new_release = signature(&key, &update, 2);
-    assert_eq!(*unseal_signed(&mut tpm2, &blob2, &new_release).unwrap(), *secret2);
+    assert_eq!(
+        *unseal_signed(&mut tpm2, &blob2, &new_release).unwrap(),
+        *secret2
+    );
     // The plain PCR unseal refuses a signed blob instead of ignoring the signature.
     let e = unseal(&mut tpm2, &blob2).unwrap_err();
     assert!(e.to_string().contains("no PCR signature was given"), "{e}");
@@ -108,8 +120,12 @@ fn another_key_an_unsigned_boot_and_a_forged_token_are_refused() {
     let uki = parts(b"console=ttyS0");
     boot(&mut tpm, &uki);
     floor::raise(&mut tpm, 0).unwrap();
-    let (_, blob) = seal_signed(&mut tpm, key.public_key(), &PcrSelection::none(PcrBank::Sha256))
-        .unwrap();
+    let (_, blob) = seal_signed(
+        &mut tpm,
+        key.public_key(),
+        &PcrSelection::none(PcrBank::Sha256),
+    )
+    .unwrap();
 
     // Signed by another key: no entry by the sealing key.
     let e = unseal_signed(&mut tpm, &blob, &signature(&other, &uki, 0)).unwrap_err();
@@ -120,7 +136,9 @@ fn another_key_an_unsigned_boot_and_a_forged_token_are_refused() {
     // the TPM's VerifySignature refuses it.
     let mut forged = signature(&other, &uki, 0);
     forged.sha256[0].pkfp = key.public_key().fingerprint();
-    let e = unseal_signed(&mut tpm, &blob, &forged).unwrap_err().to_string();
+    let e = unseal_signed(&mut tpm, &blob, &forged)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("does not verify with key"), "{e}");
     nothing_loaded(&mut tpm);
 
@@ -143,18 +161,25 @@ fn another_key_an_unsigned_boot_and_a_forged_token_are_refused() {
     let bare = PcrSignature {
         sha256: vec![key.sign_pcr11(&predict_pcr11(&uki))],
     };
-    let e = unseal_signed(&mut tpm, &blob, &bare).unwrap_err().to_string();
+    let e = unseal_signed(&mut tpm, &blob, &bare)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("only without the anti-rollback check"), "{e}");
 
     // An edited command line (not re-signed): PCR 11 is not what the key signed.
     let (_swtpm2, mut tpm2) = common::start_swtpm();
     floor::raise(&mut tpm2, 0).unwrap();
-    let (_, blob2) =
-        seal_signed(&mut tpm2, key.public_key(), &PcrSelection::none(PcrBank::Sha256)).unwrap();
+    let (_, blob2) = seal_signed(
+        &mut tpm2,
+        key.public_key(),
+        &PcrSelection::none(PcrBank::Sha256),
+    )
+    .unwrap();
     boot(&mut tpm2, &parts(b"console=ttyS0 init=/bin/sh"));
     let e = unseal_signed(&mut tpm2, &blob2, &signature(&key, &uki, 0)).unwrap_err();
     assert!(
-        e.to_string().starts_with("not a signed release: no signature of this boot's PCR 11"),
+        e.to_string()
+            .starts_with("not a signed release: no signature of this boot's PCR 11"),
         "{e}"
     );
 }
@@ -167,8 +192,12 @@ fn a_release_below_the_floor_cannot_unseal_although_signed() {
     boot(&mut tpm, &uki);
     assert_eq!(floor::read(&mut tpm).unwrap(), None);
     assert_eq!(floor::raise(&mut tpm, 3).unwrap(), 3);
-    let (secret, blob) =
-        seal_signed(&mut tpm, key.public_key(), &PcrSelection::sha256(&[7]).unwrap()).unwrap();
+    let (secret, blob) = seal_signed(
+        &mut tpm,
+        key.public_key(),
+        &PcrSelection::sha256(&[7]).unwrap(),
+    )
+    .unwrap();
 
     let v3 = signature(&key, &uki, 3);
     assert_eq!(*unseal_signed(&mut tpm, &blob, &v3).unwrap(), *secret);
@@ -220,8 +249,12 @@ fn malformed_signed_tokens_are_named() {
     let (_swtpm, mut tpm) = common::start_swtpm();
     let key = rsa_key();
     floor::raise(&mut tpm, 0).unwrap();
-    let (_, blob) =
-        seal_signed(&mut tpm, key.public_key(), &PcrSelection::none(PcrBank::Sha256)).unwrap();
+    let (_, blob) = seal_signed(
+        &mut tpm,
+        key.public_key(),
+        &PcrSelection::none(PcrBank::Sha256),
+    )
+    .unwrap();
     let json = blob.to_token_json(&[0]);
     let edit = |f: &dyn Fn(&mut serde_json::Value)| {
         let mut v: serde_json::Value = serde_json::from_str(&json).unwrap();

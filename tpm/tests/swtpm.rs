@@ -264,14 +264,20 @@ fn the_sealed_secret_crosses_the_wire_encrypted() {
     let wire = |seen: &Arc<Mutex<Vec<u8>>>| std::mem::take(&mut *seen.lock().unwrap());
 
     let (secret, _) = seal(&mut tpm, &PcrSelection::default(), PrimaryAlg::Ecc).unwrap();
-    assert!(!wire(&seen).windows(SECRET_LEN).any(|w| w == secret.as_slice()));
+    assert!(!wire(&seen)
+        .windows(SECRET_LEN)
+        .any(|w| w == secret.as_slice()));
 
     let key = cairn_tpm::PcrPublicKey::from_pem(RSA_PUBLIC_PEM.as_bytes()).unwrap();
     let (secret, _) = cairn_tpm::seal_signed(&mut tpm, &key, &PcrSelection::default()).unwrap();
-    assert!(!wire(&seen).windows(SECRET_LEN).any(|w| w == secret.as_slice()));
+    assert!(!wire(&seen)
+        .windows(SECRET_LEN)
+        .any(|w| w == secret.as_slice()));
 
     let (secret, _) = seal(&mut tpm, &PcrSelection::default(), PrimaryAlg::Rsa).unwrap();
-    assert!(wire(&seen).windows(SECRET_LEN).any(|w| w == secret.as_slice()));
+    assert!(wire(&seen)
+        .windows(SECRET_LEN)
+        .any(|w| w == secret.as_slice()));
 }
 
 /// A 2048-bit RSA public key (openssl genrsa 2048 | openssl rsa -pubout).
