@@ -388,6 +388,19 @@ impl PcrSigningKey {
         self.sign(&[UKI_PCR], policy_pcr11(pcr11), &[])
     }
 
+    /// The `.pcrsig` of a UKI: the release signature ([`PcrSigningKey::sign_release`]) of the
+    /// PCR 11 value its stub will measure for `parts` (which must hold the `.pcrpkey` the UKI
+    /// carries: the stub measures it). `to_json()` of the result is the section's contents.
+    pub fn sign_uki(
+        &self,
+        parts: &crate::uki::UkiParts<'_>,
+        security_version: u64,
+    ) -> PcrSignature {
+        PcrSignature {
+            sha256: vec![self.sign_release(&crate::uki::predict_pcr11(parts), security_version)],
+        }
+    }
+
     /// A release's signature for the PCR 11 value of its UKI: PolicyPCR(11) and the
     /// anti-rollback floor check ([`release_policy`]), under [`RELEASE_POLICY_REF`].
     pub fn sign_release(&self, pcr11: &[u8; 32], security_version: u64) -> SignedPolicy {

@@ -22,13 +22,14 @@ fn rsa_key() -> PcrSigningKey {
     PcrSigningKey::from_pem(&out.stdout).unwrap()
 }
 
-/// A UKI's parts, with a command line of the test's choosing.
+/// A UKI's parts, with a command line of the test's choosing and a `.pcrpkey` (measured too).
 fn parts(cmdline: &'static [u8]) -> UkiParts<'static> {
     UkiParts {
         linux: b"MZ a kernel",
         osrel: Some(b"ID=cairn\n"),
         cmdline: Some(cmdline),
         initrd: Some(b"070701 an initramfs"),
+        pcrpkey: Some(b"-----BEGIN PUBLIC KEY-----\n...\n-----END PUBLIC KEY-----\n"),
         ..Default::default()
     }
 }
@@ -51,9 +52,7 @@ fn pcr11(tpm: &mut Tpm) -> [u8; 32] {
 }
 
 fn signature(key: &PcrSigningKey, uki: &UkiParts<'_>, version: u64) -> PcrSignature {
-    PcrSignature {
-        sha256: vec![key.sign_release(&predict_pcr11(uki), version)],
-    }
+    key.sign_uki(uki, version)
 }
 
 fn nothing_loaded(tpm: &mut Tpm) {
