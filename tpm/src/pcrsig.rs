@@ -228,7 +228,9 @@ impl PcrSignature {
         if json.len() > MAX_JSON {
             return Err(bad(format!("{} bytes, more than {MAX_JSON}", json.len())));
         }
-        let v: Value = serde_json::from_slice(json).map_err(|e| bad(format!("not JSON: {e}")))?;
+        // from_str, as the token's reader does: one JSON reader in the device binary.
+        let text = std::str::from_utf8(json).map_err(|_| bad("not UTF-8 text".into()))?;
+        let v: Value = serde_json::from_str(text).map_err(|e| bad(format!("not JSON: {e}")))?;
         let obj = v
             .as_object()
             .ok_or_else(|| bad("not a JSON object".into()))?;
