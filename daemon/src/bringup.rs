@@ -325,6 +325,8 @@ struct Wanted {
     /// No workloads on plain storage when encryption cannot be set up.
     required: bool,
     pcrs: Vec<u8>,
+    /// Refuse unless Secure Boot is on.
+    require_secure_boot: bool,
 }
 
 /// The first boot: STATE holds the image's seed and is mounted on [`STATE_MOUNT`]. Encrypts
@@ -349,6 +351,7 @@ fn first_boot(state_dev: &Path, beat: &dyn Fn()) -> Result<StorageStatus, String
             .require_encryption
             .unwrap_or(storage.encrypt && tpm.is_some()),
         pcrs: storage.pcrs.clone(),
+        require_secure_boot: storage.require_secure_boot,
     };
     let status = encrypt_first(state_dev, &wanted, tpm, beat)?;
     match &status {
@@ -430,22 +433,32 @@ fn encrypt_first(
         Ok(p) => p,
         Err(e) => return Ok(failed(format!("storage.pcrs: {e}"))),
     };
+    // Signed (the booted UKI carries a release key) or PCRs only; refused here, with nothing
+    // changed, when the config requires Secure Boot and it is off.
+    let policy = match storage::seal_policy(
+        &pcrs,
+        wanted.require_secure_boot,
+        storage::release_security_version(),
+    ) {
+        Ok(p) => p,
+        Err(e) if wanted.require_secure_boot => return Ok(StorageStatus::Refused(e)),
+        Err(e) => return Ok(failed(e)),
+    };
     // The client CA's public certificate, for maintenance mode, while it is at hand: without
     // it a box whose TPM refuses could not be unlocked remotely.
     if let Err(e) = remember_client_ca_in(Path::new(SECRETS_DIR)) {
         return Ok(failed(e));
     }
-    let list: Vec<String> = wanted.pcrs.iter().map(|p| p.to_string()).collect();
     say!(
-        "first boot: encrypting STATE and DATA (LUKS2), the key sealed in the TPM to PCR {}",
-        list.join(", ")
+        "first boot: encrypting STATE and DATA (LUKS2), the key sealed in the TPM to {}",
+        policy.describe()
     );
     let started = Instant::now();
     let seed = storage::read_tree(state_mount)?;
     let recovery = storage::new_recovery_key();
     block::unmount(state_mount).map_err(|e| format!("unmounting the seed STATE: {e}"))?;
     // Until STATE is wiped, a failure leaves the seed where it was and STATE unencrypted.
-    let data_ready = storage::new_seal(&mut tpm, &pcrs).and_then(|seal| {
+    let data_ready = storage::new_seal(&mut tpm, &policy).and_then(|seal| {
         let data =
             storage::create_volume(&data_dev, storage::Volume::Data, &seal, &recovery, beat)?;
         mount_data(&data)?;

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use cairn_luks::{dm_crypt, Credential, FormatOptions, Kdf, Luks2, VolumeKey};
-use cairn_tpm::{PcrSelection, PrimaryAlg, SealedBlob, Tpm};
+use cairn_tpm::{PcrBank, PcrPublicKey, PcrSelection, PcrSignature, PrimaryAlg, SealedBlob, Tpm};
 use zeroize::Zeroizing;
 
 /// The device-mapper names of the opened volumes.
@@ -43,6 +43,14 @@ const TPM_KEYSLOT_ITERATIONS: u32 = 1000;
 const DIGEST_ITERATIONS: u32 = 1000;
 /// The token type systemd-cryptenroll writes, and the one we look for.
 const TPM2_TOKEN: &str = "systemd-tpm2";
+/// Where init leaves the booted UKI's `.pcrsig` and `.pcrpkey` (from the stub's `/.extra`).
+pub const PCR_SIGNATURE: &str = "/run/cairn/pcr/tpm2-pcr-signature.json";
+pub const PCR_PUBLIC_KEY: &str = "/run/cairn/pcr/tpm2-pcr-public-key.pem";
+/// The UEFI `SecureBoot` variable: 4 bytes of attributes, then 1 when Secure Boot is on.
+const SECURE_BOOT_VAR: &str =
+    "/sys/firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c";
+/// The largest signature or key file read.
+const PCR_FILE_LIMIT: u64 = 64 * 1024;
 /// systemd's modhex alphabet for recovery keys.
 const MODHEX: &[u8; 16] = b"cbdefghijklnrtuv";
 
@@ -346,14 +354,158 @@ pub struct Seal {
     pass: Zeroizing<String>,
 }
 
-/// Seals a fresh random secret to the current values of `pcrs`.
-pub fn new_seal(tpm: &mut Tpm, pcrs: &PcrSelection) -> Result<Seal, String> {
-    let (secret, sealed) = cairn_tpm::seal(tpm, pcrs, PrimaryAlg::Ecc)
-        .map_err(|e| format!("sealing the disk key in the TPM: {e}"))?;
+/// Whether the firmware says Secure Boot is on; `None` without the UEFI variable (no UEFI, or
+/// efivarfs not mounted).
+pub fn secure_boot() -> Option<bool> {
+    secure_boot_from(&fs::read(SECURE_BOOT_VAR).ok()?)
+}
+
+fn secure_boot_from(var: &[u8]) -> Option<bool> {
+    match var {
+        [_, _, _, _, v] => Some(*v == 1),
+        _ => None,
+    }
+}
+
+/// A small file, or `None` when it is not there.
+fn read_small(path: &str) -> Result<Option<Vec<u8>>, String> {
+    use std::io::Read;
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("{path}: {e}")),
+    };
+    let mut buf = Vec::new();
+    file.take(PCR_FILE_LIMIT + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| format!("{path}: {e}"))?;
+    if buf.len() as u64 > PCR_FILE_LIMIT {
+        return Err(format!("{path}: more than {PCR_FILE_LIMIT} bytes"));
+    }
+    Ok(Some(buf))
+}
+
+/// The booted UKI's PCR-signing public key (`.pcrpkey`), if it carries one.
+pub fn booted_pcr_key() -> Result<Option<PcrPublicKey>, String> {
+    read_small(PCR_PUBLIC_KEY)?
+        .map(|pem| PcrPublicKey::from_pem(&pem).map_err(|e| format!("{PCR_PUBLIC_KEY}: {e}")))
+        .transpose()
+}
+
+/// The booted UKI's PCR signature (`.pcrsig`).
+pub fn booted_pcr_signature() -> Result<PcrSignature, String> {
+    let json = read_small(PCR_SIGNATURE)?.ok_or_else(|| {
+        format!("the booted kernel carries no PCR signature ({PCR_SIGNATURE} is missing)")
+    })?;
+    PcrSignature::from_json(&json).map_err(|e| format!("{PCR_SIGNATURE}: {e}"))
+}
+
+/// What a new seal is bound to.
+#[derive(Debug, Clone)]
+pub enum SealPolicy {
+    /// The current values of these PCRs (a boot without a signed UKI).
+    Pcrs(PcrSelection),
+    /// Any PCR 11 the release key signs for a release at or above the TPM's anti-rollback floor,
+    /// and the current values of `fixed` (the configured PCRs with Secure Boot on, none off).
+    Signed {
+        key: PcrPublicKey,
+        fixed: PcrSelection,
+        security_version: u64,
+    },
+}
+
+impl SealPolicy {
+    /// For the console: "PCR 7" or "signed PCR 11 (release key 0123abcd…) and PCR 7".
+    pub fn describe(&self) -> String {
+        let list = |p: &PcrSelection| {
+            let l: Vec<String> = p.pcrs().iter().map(|p| p.to_string()).collect();
+            l.join(", ")
+        };
+        match self {
+            SealPolicy::Pcrs(p) => format!("PCR {}", list(p)),
+            SealPolicy::Signed { key, fixed, .. } => {
+                let mut s = format!(
+                    "PCR 11 signed by the release key {} (with the anti-rollback floor)",
+                    hex::encode(&key.fingerprint()[..8])
+                );
+                if !fixed.is_empty() {
+                    s.push_str(&format!(" and PCR {}", list(fixed)));
+                }
+                s
+            }
+        }
+    }
+}
+
+/// The policy a first boot seals with: signed when the booted UKI carries a PCR public key,
+/// plus `pcrs` when Secure Boot is on. With `require_secure_boot` and Secure Boot off (or no
+/// UEFI), a one-line refusal, before anything is changed.
+pub fn seal_policy(
+    pcrs: &PcrSelection,
+    require_secure_boot: bool,
+    security_version: u32,
+) -> Result<SealPolicy, String> {
+    let sb = secure_boot();
+    if require_secure_boot && sb != Some(true) {
+        return Err(format!(
+            "storage.require_secure_boot is set and Secure Boot is {}: not encrypting",
+            match sb {
+                Some(_) => "off",
+                None => "not available (no UEFI SecureBoot variable)",
+            }
+        ));
+    }
+    Ok(match booted_pcr_key()? {
+        None => SealPolicy::Pcrs(pcrs.clone()),
+        Some(key) => SealPolicy::Signed {
+            key,
+            fixed: if sb == Some(true) {
+                pcrs.clone()
+            } else {
+                PcrSelection::none(PcrBank::Sha256)
+            },
+            security_version: u64::from(security_version),
+        },
+    })
+}
+
+/// Seals a fresh random secret with `policy` and checks it by unsealing it once, so nothing is
+/// written with a seal that would not open. A signed policy raises the TPM's anti-rollback
+/// floor to this release's security version first (it never lowers it).
+pub fn new_seal(tpm: &mut Tpm, policy: &SealPolicy) -> Result<Seal, String> {
+    let (secret, sealed) = match policy {
+        SealPolicy::Pcrs(pcrs) => cairn_tpm::seal(tpm, pcrs, PrimaryAlg::Ecc),
+        SealPolicy::Signed {
+            key,
+            fixed,
+            security_version,
+        } => {
+            cairn_tpm::floor::raise(tpm, *security_version)
+                .map_err(|e| format!("raising the TPM's anti-rollback floor: {e}"))?;
+            cairn_tpm::seal_signed(tpm, key, fixed)
+        }
+    }
+    .map_err(|e| format!("sealing the disk key in the TPM: {e}"))?;
+    let check = unseal_blob(tpm, &sealed)
+        .map_err(|e| format!("the new seal does not unseal, so it is not used: {e}"))?;
+    if *check != *secret {
+        return Err("the new seal unsealed another secret, so it is not used".into());
+    }
     Ok(Seal {
         sealed,
         pass: tpm_passphrase(&secret),
     })
+}
+
+/// Unseals a blob: with the booted UKI's PCR signature when the blob's policy is signed.
+fn unseal_blob(tpm: &mut Tpm, sealed: &SealedBlob) -> Result<Zeroizing<Vec<u8>>, String> {
+    match &sealed.signed {
+        None => unseal_retrying(tpm, sealed, None).map_err(|e| e.to_string()),
+        Some(_) => {
+            let signature = booted_pcr_signature()?;
+            unseal_retrying(tpm, sealed, Some(&signature)).map_err(|e| e.to_string())
+        }
+    }
 }
 
 /// Writes zeros over all of a partition and syncs: STATE held the image's seed in the clear.
@@ -428,11 +580,17 @@ fn read_header(dev: &Path) -> Result<(File, Luks2), String> {
 
 /// Unseals, trying once more when a PCR changed during the policy session (something else
 /// extended a PCR at that moment; the next try sees the settled value).
-fn unseal_retrying(tpm: &mut Tpm, sealed: &SealedBlob) -> cairn_tpm::Result<Zeroizing<Vec<u8>>> {
-    match cairn_tpm::unseal(tpm, sealed) {
-        Err(e) if e.response_code().map(|c| c.base()) == Some(PCR_CHANGED) => {
-            cairn_tpm::unseal(tpm, sealed)
-        }
+fn unseal_retrying(
+    tpm: &mut Tpm,
+    sealed: &SealedBlob,
+    signature: Option<&PcrSignature>,
+) -> cairn_tpm::Result<Zeroizing<Vec<u8>>> {
+    let once = |tpm: &mut Tpm| match signature {
+        Some(sig) => cairn_tpm::unseal_signed(tpm, sealed, sig),
+        None => cairn_tpm::unseal(tpm, sealed),
+    };
+    match once(tpm) {
+        Err(e) if e.response_code().map(|c| c.base()) == Some(PCR_CHANGED) => once(tpm),
         other => other,
     }
 }
@@ -475,7 +633,7 @@ pub fn unlock_volume(
         let t = Instant::now();
         let secret = match cache.0.iter().find(|(b, _)| *b == token.sealed) {
             Some((_, s)) => s.clone(),
-            None => match unseal_retrying(tpm, &token.sealed) {
+            None => match unseal_blob(tpm, &token.sealed) {
                 Ok(s) => {
                     cache.0.push((token.sealed.clone(), s.clone()));
                     s
@@ -561,8 +719,8 @@ pub fn unlock_with_recovery(
     let mut message = String::from("unlocked STATE and DATA with the recovery key");
     match tpm {
         Some(tpm) => match reseal(tpm, &mut volumes) {
-            Ok(pcrs) => {
-                message.push_str(&format!("; sealed a new key to PCR {pcrs} as they are now"))
+            Ok(policy) => {
+                message.push_str(&format!("; sealed a new key to {policy} as they are now"))
             }
             Err(e) => message.push_str(&format!(
                 "; sealing a new key failed ({e}), so the next boot needs the recovery key again"
@@ -581,16 +739,28 @@ type Recovered<'a> = (&'a PathBuf, File, Luks2, u32, VolumeKey);
 /// leaves volumes that the recovery key, and one of the tokens, still open. Returns the PCR
 /// list.
 fn reseal(tpm: &mut Tpm, volumes: &mut [Recovered<'_>]) -> Result<String, String> {
-    // Keep the PCR selection the volumes were sealed to (the config that chose it is on the
-    // locked STATE); PCR 7 when the token is unreadable.
-    let pcrs = tpm_tokens(&volumes[0].2)
+    // Keep the policy the volumes were sealed with (the config that chose it is on the locked
+    // STATE): the token's PCRs, and its release key when it is signed; PCR 7 when the token is
+    // unreadable.
+    let sealed_with = tpm_tokens(&volumes[0].2)
         .into_iter()
         .find_map(|(_, t)| t.ok())
-        .map(|t| t.sealed.pcrs)
-        .unwrap_or(PcrSelection::sha256(&[7]).expect("PCR 7 is valid"));
-    let (secret, sealed) = cairn_tpm::seal(tpm, &pcrs, PrimaryAlg::Ecc)
-        .map_err(|e| format!("sealing a new disk key in the TPM: {e}"))?;
-    let pass = tpm_passphrase(&secret);
+        .map(|t| t.sealed);
+    let policy = match sealed_with {
+        Some(SealedBlob {
+            signed: Some(key),
+            pcrs,
+            ..
+        }) => SealPolicy::Signed {
+            key,
+            fixed: pcrs,
+            security_version: u64::from(release_security_version()),
+        },
+        Some(blob) => SealPolicy::Pcrs(blob.pcrs),
+        None => SealPolicy::Pcrs(PcrSelection::sha256(&[7]).expect("PCR 7 is valid")),
+    };
+    // Sealed and checked by unsealing once before either volume changes.
+    let Seal { sealed, pass } = new_seal(tpm, &policy)?;
     for (dev, file, luks, recovery_slot, key) in volumes.iter_mut() {
         let old: Vec<(u32, Vec<u32>)> = tpm_tokens(luks)
             .into_iter()
@@ -625,8 +795,37 @@ fn reseal(tpm: &mut Tpm, volumes: &mut [Recovered<'_>]) -> Result<String, String
         file.sync_all()
             .map_err(|err| format!("syncing {}: {err}", dev.display()))?;
     }
-    let list: Vec<String> = pcrs.pcrs().iter().map(|p| p.to_string()).collect();
-    Ok(list.join(", "))
+    Ok(policy.describe())
+}
+
+/// Raises the TPM's anti-rollback floor to a committed release's security version, on a box
+/// whose disks are sealed with a signed policy (its first boot defined the floor; a box without
+/// one is left alone). Returns a line for the console when the floor moved or could not.
+pub fn raise_tpm_floor(security_version: u32) -> Option<String> {
+    let mut tpm = match open_tpm(Duration::from_secs(2))? {
+        Ok(t) => t,
+        Err(e) => return Some(format!("TPM anti-rollback floor not raised: {e}")),
+    };
+    let v = u64::from(security_version);
+    match cairn_tpm::floor::read(&mut tpm) {
+        Ok(None) => None,
+        Ok(Some(f)) if f >= v => None,
+        Ok(Some(f)) => Some(match cairn_tpm::floor::raise(&mut tpm, v) {
+            Ok(now) => format!(
+                "TPM anti-rollback floor raised from {f} to {now}: releases below it cannot unseal"
+            ),
+            Err(e) => format!("TPM anti-rollback floor not raised: {e}"),
+        }),
+        Err(e) => Some(format!("TPM anti-rollback floor not raised: {e}")),
+    }
+}
+
+/// This release's security version (`/etc/cairn/release`), 0 when unreadable.
+pub fn release_security_version() -> u32 {
+    fs::read_to_string(crate::system::RELEASE)
+        .ok()
+        .and_then(|t| crate::system::Release::parse(&t).ok())
+        .map_or(0, |r| r.security_version)
 }
 
 /// A folder's contents in memory: (relative path, bytes), directories with `None`.
@@ -710,6 +909,13 @@ mod tests {
         // 'a' is not modhex.
         let bad = ["cbdefgha"; 8].join("-");
         assert!(normalize_recovery_key(&bad).is_err());
+    }
+
+    #[test]
+    fn the_secure_boot_variable_is_read() {
+        assert_eq!(secure_boot_from(&[6, 0, 0, 0, 1]), Some(true));
+        assert_eq!(secure_boot_from(&[6, 0, 0, 0, 0]), Some(false));
+        assert_eq!(secure_boot_from(&[6, 0, 0]), None);
     }
 
     #[test]

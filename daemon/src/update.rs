@@ -305,6 +305,9 @@ impl Updates {
             Ok(f) => f.to_string(),
             Err(e) => format!("unreadable ({e}; installs are refused until it is repaired)"),
         };
+        if let Some(line) = crate::storage::raise_tpm_floor(self.boot.release.security_version) {
+            say!("{line}");
+        }
         say!(
             "slot {} committed, version {}, security floor {floor}",
             self.boot.running,
@@ -418,6 +421,11 @@ impl Updates {
                     .state
                     .raise_floor(self.boot.release.security_version)
                     .map_err(|e| e.to_string())?;
+                if let Some(line) =
+                    crate::storage::raise_tpm_floor(self.boot.release.security_version)
+                {
+                    say!("{line}");
+                }
                 rec.outcome = Outcome::Committed;
                 rec.reason = None;
                 self.state.set_trial(&rec).map_err(|e| e.to_string())?;

@@ -204,6 +204,9 @@ pub struct Storage {
     /// When encryption cannot be set up, run no workloads on plain storage (maintenance mode).
     /// `None`: required wherever there is a TPM.
     pub require_encryption: Option<bool>,
+    /// Refuse to encrypt (maintenance mode, nothing changed on disk) unless the firmware says
+    /// Secure Boot is on (default false).
+    pub require_secure_boot: bool,
 }
 
 impl Default for Storage {
@@ -212,6 +215,7 @@ impl Default for Storage {
             encrypt: true,
             pcrs: vec![7],
             require_encryption: None,
+            require_secure_boot: false,
         }
     }
 }
@@ -416,6 +420,9 @@ struct RawStorage {
     /// (network and API only, no workloads) rather than run on plain storage (default: true
     /// where the box has a TPM).
     require_encryption: Option<bool>,
+    /// Seal the disk key only with Secure Boot on: with it off, the first boot refuses
+    /// (maintenance mode, nothing on disk changed) instead of encrypting (default false).
+    require_secure_boot: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -638,6 +645,12 @@ impl<C: CertCheck> MachineConfig<C> {
                 return Err("storage.require_encryption: true needs storage.encrypt: true".into());
             }
             config.storage.require_encryption = Some(r);
+        }
+        if let Some(r) = raw.storage.require_secure_boot {
+            if r && !config.storage.encrypt {
+                return Err("storage.require_secure_boot: true needs storage.encrypt: true".into());
+            }
+            config.storage.require_secure_boot = r;
         }
         config.kubernetes = raw.kubernetes.map(RawKubernetes::check).transpose()?;
         config.containers = containers::check(raw.containers, C::oci_reference)?;
@@ -975,6 +988,15 @@ mod tests {
             MachineConfig::parse("storage: {encrypt: false, require_encryption: false}").unwrap();
         assert_eq!(c.storage.require_encryption, Some(false));
         assert_eq!(MachineConfig::default().storage.require_encryption, None);
+        let c = MachineConfig::parse("storage: {require_secure_boot: true}").unwrap();
+        assert!(c.storage.require_secure_boot);
+        assert!(!MachineConfig::default().storage.require_secure_boot);
+        let e = MachineConfig::parse("storage: {encrypt: false, require_secure_boot: true}")
+            .unwrap_err();
+        assert_eq!(
+            e,
+            "storage.require_secure_boot: true needs storage.encrypt: true"
+        );
         let e = MachineConfig::parse("storage: {encrypt: false, require_encryption: true}")
             .unwrap_err();
         assert!(e.starts_with("storage.require_encryption:"), "{e}");

@@ -22,6 +22,7 @@ pub mod modules;
 pub mod mounts;
 pub mod partition;
 pub mod paths;
+pub mod pcrsig;
 pub mod services;
 pub mod shutdown;
 pub mod stage1;

@@ -74,6 +74,7 @@ fn try_run(
         log.warn(format_args!("no console for stdio: {e}"));
     }
     log.attach(paths);
+    crate::pcrsig::carry(paths, log);
     match watchdog {
         Ok(t) => log.info(format_args!("watchdog armed ({t} s)")),
         Err(e) => log.warn(format_args!("{e}")),

@@ -44,6 +44,25 @@ pub enum Error {
     /// A systemd-tpm2 token is malformed or uses a feature this crate does not implement.
     #[error("systemd-tpm2 token rejected: {0}")]
     Token(String),
+    /// A PCR-signing public key (`.pcrpkey`, the token's `tpm2_pubkey`) does not parse.
+    #[error("PCR public key rejected: {0}")]
+    PublicKey(String),
+    /// A PCR-signing private key does not parse.
+    #[error("PCR signing key rejected: {0}")]
+    PrivateKey(String),
+    /// A `tpm2-pcr-signature.json` (`.pcrsig`) does not parse.
+    #[error("PCR signature rejected: {0}")]
+    Signature(String),
+    /// The booted system carries no signature for its PCR 11 by the sealing key: its kernel,
+    /// initrd or command line were not signed by the release key (or the signature is missing).
+    #[error("not a signed release: {0}")]
+    Unsigned(String),
+    /// The booted release is signed but below the device's anti-rollback floor.
+    #[error("release refused by the anti-rollback floor: {0}")]
+    BelowFloor(String),
+    /// The anti-rollback floor's NV index is not what Cairn defines.
+    #[error("anti-rollback floor: {0}")]
+    Floor(String),
     /// The host's random number generator failed.
     #[error("cannot read random bytes from the host")]
     Random(#[source] rand_core::Error),
@@ -52,8 +71,13 @@ pub enum Error {
 impl Error {
     /// Whether the TPM refused because the policy did not hold: the PCRs no longer have the
     /// values the secret was sealed to, or the selection differs from the sealed one.
+    /// A boot that is not a signed release, or is below the floor, counts as a policy failure too.
     pub fn is_policy_failure(&self) -> bool {
-        matches!(self, Error::Tpm { rc, .. } if rc.is_policy_failure())
+        match self {
+            Error::Tpm { rc, .. } => rc.is_policy_failure(),
+            Error::Unsigned(_) | Error::BelowFloor(_) => true,
+            _ => false,
+        }
     }
 
     /// The TPM response code, if the TPM answered with an error.

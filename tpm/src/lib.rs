@@ -9,7 +9,9 @@
 //! swtpm's TCP port ([`transport`]).
 
 mod error;
+pub mod floor;
 mod marshal;
+pub mod pcrsig;
 mod policy;
 mod rc;
 mod salted;
@@ -17,11 +19,16 @@ mod seal;
 mod token;
 mod tpm;
 pub mod transport;
+pub mod uki;
 
 pub use error::Error;
-pub use policy::{policy_pcr_digest, PcrBank, PcrSelection, PCR_COUNT};
+pub use pcrsig::{PcrPublicKey, PcrSignature, SignedPolicy};
+pub use policy::{policy_pcr_digest, policy_pcr_digest_from, PcrBank, PcrSelection, PCR_COUNT};
 pub use rc::ResponseCode;
-pub use seal::{seal, trial_policy_digest, unseal, PrimaryAlg, SealedBlob, SECRET_LEN};
+pub use seal::{
+    seal, seal_signed, trial_policy_digest, unseal, unseal_signed, PrimaryAlg, SealedBlob,
+    SECRET_LEN,
+};
 pub use token::{Token, TOKEN_TYPE};
 pub use tpm::{Handle, Tpm, HT_LOADED_SESSION, HT_TRANSIENT};
 

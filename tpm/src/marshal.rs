@@ -44,6 +44,14 @@ commands! {
     POLICY_PCR = 0x17F, "TPM2_PolicyPCR";
     PCR_EXTEND = 0x182, "TPM2_PCR_Extend";
     POLICY_GET_DIGEST = 0x189, "TPM2_PolicyGetDigest";
+    NV_DEFINE_SPACE = 0x12A, "TPM2_NV_DefineSpace";
+    NV_WRITE = 0x137, "TPM2_NV_Write";
+    POLICY_NV = 0x149, "TPM2_PolicyNV";
+    NV_READ = 0x14E, "TPM2_NV_Read";
+    LOAD_EXTERNAL = 0x167, "TPM2_LoadExternal";
+    NV_READ_PUBLIC = 0x169, "TPM2_NV_ReadPublic";
+    POLICY_AUTHORIZE = 0x16A, "TPM2_PolicyAuthorize";
+    VERIFY_SIGNATURE = 0x177, "TPM2_VerifySignature";
 }
 
 /// How a handle in the command is authorised.

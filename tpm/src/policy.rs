@@ -56,7 +56,7 @@ impl PcrBank {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PcrSelection {
     bank: PcrBank,
-    /// Ascending, no duplicates, each below [`PCR_COUNT`], never empty.
+    /// Ascending, no duplicates, each below [`PCR_COUNT`]; empty only from [`PcrSelection::none`].
     pcrs: Vec<u8>,
 }
 
@@ -85,6 +85,18 @@ impl PcrSelection {
         pcrs.sort_unstable();
         pcrs.dedup();
         Ok(PcrSelection { bank, pcrs })
+    }
+
+    /// No PCR: a signed policy without fixed PCRs (Secure Boot off) records this.
+    pub fn none(bank: PcrBank) -> Self {
+        PcrSelection {
+            bank,
+            pcrs: Vec::new(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pcrs.is_empty()
     }
 
     /// PCRs in the sha256 bank.
@@ -120,6 +132,15 @@ pub(crate) fn marshal_one(w: &mut Writer, bank: PcrBank, pcrs: &[u8]) {
 /// The PolicyPCR digest over `selection` for the given PCR values (one per selected PCR,
 /// ascending), as a trial session started from an all-zero digest would compute it.
 pub fn policy_pcr_digest(selection: &PcrSelection, values: &[Vec<u8>]) -> [u8; 32] {
+    policy_pcr_digest_from(&[0u8; 32], selection, values)
+}
+
+/// `policy` extended by PolicyPCR over `selection` holding `values`.
+pub fn policy_pcr_digest_from(
+    policy: &[u8; 32],
+    selection: &PcrSelection,
+    values: &[Vec<u8>],
+) -> [u8; 32] {
     assert_eq!(
         values.len(),
         selection.pcrs().len(),
@@ -132,7 +153,7 @@ pub fn policy_pcr_digest(selection: &PcrSelection, values: &[Vec<u8>]) -> [u8; 3
     let mut sel = Writer::default();
     selection.marshal(&mut sel);
     Sha256::new()
-        .chain_update([0u8; 32])
+        .chain_update(policy)
         .chain_update(POLICY_PCR.code.to_be_bytes())
         .chain_update(sel.as_slice())
         .chain_update(pcr_digest.finalize())

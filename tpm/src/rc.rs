@@ -14,6 +14,12 @@ pub const INITIALIZE: u32 = 0x100;
 pub const POLICY_FAIL: u32 = 0x09D;
 /// `TPM_RC_PCR_CHANGED`: a PCR changed while a policy session was checking it.
 pub const PCR_CHANGED: u32 = 0x128;
+/// `TPM_RC_POLICY`: a PolicyNV comparison did not hold (the anti-rollback floor).
+pub const POLICY: u32 = 0x126;
+/// `TPM_RC_NV_UNINITIALIZED`: an NV index that was never written.
+pub const NV_UNINITIALIZED: u32 = 0x14A;
+/// `TPM_RC_SIGNATURE`: a signature does not verify with the key.
+pub const SIGNATURE: u32 = 0x09B;
 
 const YIELDED: u32 = 0x908;
 const TESTING: u32 = 0x90A;
@@ -51,6 +57,7 @@ const NAMES: &[(u32, &str, &str)] = &[
     (0x097, "TPM_RC_TAG", "wrong structure tag"),
     (0x098, "TPM_RC_SELECTOR", "union selector is wrong"),
     (0x09A, "TPM_RC_INSUFFICIENT", "input is too short"),
+    (SIGNATURE, "TPM_RC_SIGNATURE", "the signature is not valid"),
     (0x09C, "TPM_RC_KEY", "key is not valid"),
     (POLICY_FAIL, "TPM_RC_POLICY_FAIL", "policy check failed"),
     (
@@ -93,7 +100,7 @@ const NAMES: &[(u32, &str, &str)] = &[
         "command needs an authorization session",
     ),
     (
-        0x126,
+        POLICY,
         "TPM_RC_POLICY",
         "policy failure in math operation or an invalid authPolicy value",
     ),
@@ -118,7 +125,12 @@ const NAMES: &[(u32, &str, &str)] = &[
         "TPM_RC_AUTH_CONTEXT",
         "command does not allow an authorization session",
     ),
-    (0x14A, "TPM_RC_NV_UNINITIALIZED", "NV index not written"),
+    (
+        NV_UNINITIALIZED,
+        "TPM_RC_NV_UNINITIALIZED",
+        "NV index not written",
+    ),
+    (0x14B, "TPM_RC_NV_DEFINED", "NV index already defined"),
     (0x152, "TPM_RC_PARENT", "the parent is not a storage key"),
     (
         0x155,

@@ -102,8 +102,7 @@ pub fn cfb_decrypt(key: &[u8; 16], iv: &[u8; 16], data: &mut [u8]) {
     }
 }
 
-/// AES-128-CFB encryption in place, the inverse of [`cfb_decrypt`] (for tests).
-#[cfg(test)]
+/// AES-128-CFB encryption in place, the inverse of [`cfb_decrypt`].
 pub fn cfb_encrypt(key: &[u8; 16], iv: &[u8; 16], data: &mut [u8]) {
     let cipher = aes::Aes128::new(key.into());
     let mut feedback = *iv;

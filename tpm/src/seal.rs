@@ -6,8 +6,14 @@
 
 use zeroize::Zeroizing;
 
+use crate::floor;
 use crate::marshal::{Reader, Writer};
-use crate::policy::{policy_pcr_digest, PcrSelection};
+use crate::pcrsig::{
+    policy_authorize_digest, policy_pcr11, release_policy, PcrPublicKey, PcrSignature,
+    RELEASE_POLICY_REF, UKI_PCR,
+};
+use crate::policy::{policy_pcr_digest, policy_pcr_digest_from, PcrBank, PcrSelection};
+use crate::rc;
 use crate::tpm::{template, Handle, Tpm, ALG_NULL};
 use crate::{Error, Result};
 
@@ -97,8 +103,12 @@ pub struct SealedBlob {
     pub private: Vec<u8>,
     /// `TPM2B_PUBLIC` contents: the object's public area, including its authPolicy.
     pub public: Vec<u8>,
-    /// The PCRs (and bank) the policy covers.
+    /// The PCRs (and bank) the policy covers with their values at sealing time; with a signed
+    /// policy, the PCRs checked besides it (none when Secure Boot is off).
     pub pcrs: PcrSelection,
+    /// A signed policy: the key whose signatures of PCR 11 (with the anti-rollback floor) the
+    /// object accepts (systemd's `tpm2_pubkey`, `tpm2_pubkey_pcrs: [11]`).
+    pub signed: Option<PcrPublicKey>,
     pub primary_alg: PrimaryAlg,
     /// The PolicyPCR digest, equal to the public area's authPolicy.
     pub policy_hash: [u8; 32],
@@ -145,24 +155,179 @@ pub fn seal(
         .map_err(Error::Random)?;
     let values = tpm.pcr_values(pcrs)?;
     let policy_hash = policy_pcr_digest(pcrs, &values);
-    let (primary, _) = tpm.create_primary(&primary_alg.template())?;
-    let created = tpm.with_flush(primary, |tpm| {
-        tpm.create(primary, &sealed_template(&policy_hash), &secret)
+    let blob = create_sealed(tpm, primary_alg, policy_hash, &secret, pcrs.clone(), None)?;
+    Ok((secret, blob))
+}
+
+/// Seals a fresh random secret with a signed policy: the object opens while PCR 11 holds a
+/// value whose release policy ([`crate::pcrsig::release_policy`]: PCR 11 and the
+/// anti-rollback floor) `key` signed, and, when `fixed` names any, while those PCRs hold their
+/// current values (PCR 7 with Secure Boot on). This is the policy
+/// `systemd-cryptenroll --tpm2-public-key=… --tpm2-public-key-pcrs=11 --tpm2-pcrs=7` makes,
+/// with Cairn's floor in the signed part. The secret reaches the TPM encrypted.
+pub fn seal_signed(
+    tpm: &mut Tpm,
+    key: &PcrPublicKey,
+    fixed: &PcrSelection,
+) -> Result<(Zeroizing<Vec<u8>>, SealedBlob)> {
+    let mut secret = Zeroizing::new(vec![0u8; SECRET_LEN]);
+    rand_core::RngCore::try_fill_bytes(&mut rand_core::OsRng, &mut secret)
+        .map_err(Error::Random)?;
+    let mut policy_hash = policy_authorize_digest(&key.tpm_name(), RELEASE_POLICY_REF);
+    if !fixed.is_empty() {
+        let values = tpm.pcr_values(fixed)?;
+        policy_hash = policy_pcr_digest_from(&policy_hash, fixed, &values);
+    }
+    let blob = create_sealed(
+        tpm,
+        PrimaryAlg::Ecc,
+        policy_hash,
+        &secret,
+        fixed.clone(),
+        Some(key.clone()),
+    )?;
+    Ok((secret, blob))
+}
+
+/// Creates the sealed object under a recreated primary: in a salted session that encrypts the
+/// secret on the bus for an ECC primary; in the clear for an RSA one.
+fn create_sealed(
+    tpm: &mut Tpm,
+    primary_alg: PrimaryAlg,
+    policy_hash: [u8; 32],
+    secret: &[u8],
+    pcrs: PcrSelection,
+    signed: Option<PcrPublicKey>,
+) -> Result<SealedBlob> {
+    let (primary, primary_public) = tpm.create_primary(&primary_alg.template())?;
+    let created = tpm.with_flush(primary, |tpm| match primary_alg {
+        PrimaryAlg::Ecc => tpm.create_encrypted(
+            primary,
+            &primary_public,
+            &sealed_template(&policy_hash),
+            secret,
+        ),
+        PrimaryAlg::Rsa => tpm.create(primary, &sealed_template(&policy_hash), secret),
     })?;
-    let blob = SealedBlob {
+    Ok(SealedBlob {
         private: created.private,
         public: created.public,
-        pcrs: pcrs.clone(),
+        pcrs,
+        signed,
         primary_alg,
         policy_hash,
         srk: None,
-    };
-    Ok((secret, blob))
+    })
 }
 
 /// Unseals a blob's secret; fails with a policy error ([`Error::is_policy_failure`]) when the
 /// PCRs no longer hold the values it was sealed to.
 pub fn unseal(tpm: &mut Tpm, blob: &SealedBlob) -> Result<Zeroizing<Vec<u8>>> {
+    if blob.signed.is_some() {
+        return Err(Error::Unsigned(
+            "the token's policy is signed and no PCR signature was given".into(),
+        ));
+    }
+    unseal_with(tpm, blob, |tpm, session| {
+        tpm.policy_pcr(session, &blob.pcrs)
+    })
+}
+
+/// Unseals a blob sealed with [`seal_signed`], given the booted UKI's PCR signature (`.pcrsig`,
+/// which the stub leaves in `/.extra/tpm2-pcr-signature.json`). Fails with
+/// [`Error::Unsigned`] when no entry signs this boot's PCR 11 with the sealing key (or the TPM
+/// finds the signature false), [`Error::BelowFloor`] when the release is below the device's
+/// anti-rollback floor, and a policy error when a fixed PCR (7) moved.
+pub fn unseal_signed(
+    tpm: &mut Tpm,
+    blob: &SealedBlob,
+    signature: &PcrSignature,
+) -> Result<Zeroizing<Vec<u8>>> {
+    let Some(key) = &blob.signed else {
+        return unseal(tpm, blob);
+    };
+    let pcr11: [u8; 32] = tpm
+        .pcr_read(PcrBank::Sha256, UKI_PCR)?
+        .try_into()
+        .expect("pcr_read checks the length");
+    let fp = key.fingerprint();
+    let entry = signature.sha256.iter().find(|e| {
+        e.pkfp == fp
+            && e.pcrs == [UKI_PCR]
+            && e.security_version
+                .is_some_and(|v| e.pol == release_policy(&pcr11, v))
+    });
+    let Some(entry) = entry else {
+        let bare = signature.find(key, &policy_pcr11(&pcr11)).is_some();
+        return Err(Error::Unsigned(if bare {
+            format!(
+                "PCR 11 {} is signed by key {} only without the anti-rollback check",
+                hex::encode(pcr11),
+                hex::encode(&fp[..8])
+            )
+        } else {
+            format!(
+                "no signature of this boot's PCR 11 ({}) by key {}",
+                hex::encode(pcr11),
+                hex::encode(&fp[..8])
+            )
+        }));
+    };
+    let version = entry.security_version.expect("chosen for its version");
+    let pcr11_only = PcrSelection::sha256(&[UKI_PCR]).expect("PCR 11 exists");
+    let aux = tpm.load_external(&key.tpm_public())?;
+    let unsealed = tpm.with_flush(aux, |tpm| {
+        let digest = crate::salted::sha256(&[&entry.pol, RELEASE_POLICY_REF]);
+        let ticket = tpm
+            .verify_signature(aux, &digest, &entry.sig)
+            .map_err(|e| match e.response_code() {
+                Some(rc) if rc.base() == rc::SIGNATURE => Error::Unsigned(format!(
+                    "the signature of PCR 11 {} does not verify with key {}",
+                    hex::encode(pcr11),
+                    hex::encode(&fp[..8])
+                )),
+                _ => e,
+            })?;
+        Ok(ticket)
+    });
+    let ticket = unsealed?;
+    unseal_with(tpm, blob, |tpm, session| {
+        tpm.policy_pcr(session, &pcr11_only)?;
+        floor::policy_nv(tpm, session.0, version).map_err(|e| match e.response_code() {
+            Some(rc) if rc.base() == rc::POLICY => {
+                let floor = floor::read(tpm).ok().flatten();
+                Error::BelowFloor(format!(
+                    "this release's security version is {version}, the device's floor is {}",
+                    floor.map_or("higher".into(), |f| f.to_string())
+                ))
+            }
+            Some(rc) if floor::is_missing(rc) => Error::BelowFloor(format!(
+                "NV index {:#010x} holds no floor ({rc}); the seal cannot be checked",
+                floor::FLOOR_NV_INDEX
+            )),
+            _ => e,
+        })?;
+        tpm.policy_authorize(
+            session,
+            &entry.pol,
+            RELEASE_POLICY_REF,
+            &key.tpm_name(),
+            &ticket,
+        )?;
+        if !blob.pcrs.is_empty() {
+            tpm.policy_pcr(session, &blob.pcrs)?;
+        }
+        Ok(())
+    })
+}
+
+/// Loads the blob, starts a (salted, for an ECC primary) policy session, satisfies the policy
+/// with `policy` and unseals; every handle is flushed.
+fn unseal_with(
+    tpm: &mut Tpm,
+    blob: &SealedBlob,
+    policy: impl FnOnce(&mut Tpm, Handle) -> Result<()>,
+) -> Result<Zeroizing<Vec<u8>>> {
     if blob.srk.is_some() {
         return Err(Error::Token(
             "sealed under a persistent SRK (tpm2_srk); only the recreated primary key is supported"
@@ -198,12 +363,10 @@ pub fn unseal(tpm: &mut Tpm, blob: &SealedBlob) -> Result<Zeroizing<Vec<u8>>> {
     })?;
     tpm.with_flush(item, |tpm| {
         let (session, keys) = session;
-        let unsealed = tpm
-            .policy_pcr(session, &blob.pcrs)
-            .and_then(|()| match &keys {
-                Some(keys) => tpm.unseal_encrypted(item, &blob.public, session, keys),
-                None => tpm.unseal_object(item, session),
-            });
+        let unsealed = policy(tpm, session).and_then(|()| match &keys {
+            Some(keys) => tpm.unseal_encrypted(item, &blob.public, session, keys),
+            None => tpm.unseal_object(item, session),
+        });
         if unsealed.is_err() {
             // The first error is the one to report; a failed flush here changes nothing.
             let _ = tpm.flush(session);

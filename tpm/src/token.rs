@@ -2,16 +2,21 @@
 //! writes it.
 //!
 //! `tpm2-blob` is base64 of the marshalled `TPM2B_PRIVATE` followed by the marshalled
-//! `TPM2B_PUBLIC` (each with its 16-bit size prefix). Token features this crate does not
-//! implement (a PIN, a signed PCR policy, pcrlock) are refused rather than ignored, since
-//! ignoring them would unseal under a weaker policy than the token states.
+//! `TPM2B_PUBLIC` (each with its 16-bit size prefix). A signed policy is recorded as systemd
+//! does: `tpm2_pubkey` (base64 of the PEM public key) and `tpm2_pubkey_pcrs` (`[11]`), with
+//! `tpm2-pcrs` the PCRs fixed besides it; Cairn adds `cairn_floor_nv`, the anti-rollback
+//! floor's NV index that its signed policies check. Token features this crate does not
+//! implement (a PIN, pcrlock) are refused rather than ignored, since ignoring them would unseal
+//! under a weaker policy than the token states.
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::floor::FLOOR_NV_INDEX;
 use crate::marshal::{Reader, Writer};
+use crate::pcrsig::{PcrPublicKey, UKI_PCR};
 use crate::policy::{PcrBank, PcrSelection, PCR_COUNT};
 use crate::seal::{PrimaryAlg, SealedBlob};
 use crate::{Error, Result};
@@ -52,6 +57,12 @@ struct TokenJson<'a> {
     pin: bool,
     #[serde(rename = "tpm2_srk", skip_serializing_if = "Option::is_none")]
     srk: Option<&'a str>,
+    #[serde(rename = "tpm2_pubkey", skip_serializing_if = "Option::is_none")]
+    pubkey: Option<String>,
+    #[serde(rename = "tpm2_pubkey_pcrs", skip_serializing_if = "Option::is_none")]
+    pubkey_pcrs: Option<[u8; 1]>,
+    #[serde(rename = "cairn_floor_nv", skip_serializing_if = "Option::is_none")]
+    floor_nv: Option<String>,
 }
 
 impl Token {
@@ -70,6 +81,9 @@ impl Token {
             policy_hash: hex::encode(s.policy_hash),
             pin: false,
             srk: s.srk.as_deref(),
+            pubkey: s.signed.as_ref().map(|k| BASE64.encode(k.to_pem())),
+            pubkey_pcrs: s.signed.as_ref().map(|_| [UKI_PCR]),
+            floor_nv: s.signed.as_ref().map(|_| format!("{FLOOR_NV_INDEX:#010x}")),
         };
         serde_json::to_string(&json).expect("token JSON serialises")
     }
@@ -97,15 +111,15 @@ impl Token {
                 )));
             }
         }
-        if field("tpm2_pubkey").is_some_and(|k| k.as_str() != Some(""))
-            || field("tpm2_pubkey_pcrs")
-                .is_some_and(|p| p.as_array().is_some_and(|a| !a.is_empty()))
-        {
-            return Err(bad("signed PCR policies (tpm2_pubkey) are not supported"));
-        }
+        let signed = parse_signed(&field)?;
 
         let (private, public) = parse_blob(field("tpm2-blob"))?;
         let pcrs = parse_pcrs(field("tpm2-pcrs"))?;
+        if pcrs.is_empty() && signed.is_none() {
+            return Err(bad(
+                "tpm2-pcrs is empty and there is no tpm2_pubkey: no policy",
+            ));
+        }
         // systemd before 250 wrote neither field; it used sha256 and ECC then.
         let bank = match field("tpm2-pcr-bank") {
             None => PcrBank::Sha256,
@@ -138,7 +152,12 @@ impl Token {
             sealed: SealedBlob {
                 private,
                 public,
-                pcrs: PcrSelection::new(bank, &pcrs).map_err(|e| bad(e.to_string()))?,
+                pcrs: if pcrs.is_empty() {
+                    PcrSelection::none(bank)
+                } else {
+                    PcrSelection::new(bank, &pcrs).map_err(|e| bad(e.to_string()))?
+                },
+                signed,
                 primary_alg,
                 policy_hash,
                 srk,
@@ -165,6 +184,49 @@ impl SealedBlob {
 
 fn bad(what: impl Into<String>) -> Error {
     Error::Token(what.into())
+}
+
+/// `tpm2_pubkey`, `tpm2_pubkey_pcrs` and `cairn_floor_nv`: a signed policy over PCR 11 with
+/// Cairn's floor, or none (empty or absent fields, as systemd writes for an unsigned one).
+fn parse_signed<'a>(field: &impl Fn(&str) -> Option<&'a Value>) -> Result<Option<PcrPublicKey>> {
+    let pubkey = match field("tpm2_pubkey") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s.is_empty() => None,
+        Some(Value::String(s)) => Some(s),
+        Some(other) => return Err(bad(format!("tpm2_pubkey is {other}, not a string"))),
+    };
+    let pcrs = match field("tpm2_pubkey_pcrs") {
+        None | Some(Value::Null) => Vec::new(),
+        p => parse_pcrs(p)
+            .map_err(|e| bad(e.to_string().replace("tpm2-pcrs", "tpm2_pubkey_pcrs")))?,
+    };
+    let Some(pubkey) = pubkey else {
+        if !pcrs.is_empty() {
+            return Err(bad("tpm2_pubkey_pcrs is set without tpm2_pubkey"));
+        }
+        return Ok(None);
+    };
+    if pcrs != [UKI_PCR] {
+        return Err(bad(format!(
+            "tpm2_pubkey_pcrs is {pcrs:?}; only [11] (the UKI's PCR) is supported"
+        )));
+    }
+    let wanted = format!("{FLOOR_NV_INDEX:#010x}");
+    match field("cairn_floor_nv") {
+        Some(Value::String(s)) if *s == wanted => {}
+        other => {
+            return Err(bad(format!(
+                "cairn_floor_nv is {other:?}, not {wanted:?}: a signed policy without Cairn's \
+                 anti-rollback floor is not supported"
+            )))
+        }
+    }
+    let pem = BASE64
+        .decode(pubkey)
+        .map_err(|e| bad(format!("tpm2_pubkey is not base64: {e}")))?;
+    PcrPublicKey::from_pem(&pem)
+        .map(Some)
+        .map_err(|e| bad(format!("tpm2_pubkey: {e}")))
 }
 
 fn parse_keyslots(v: Option<&Value>) -> Result<Vec<u32>> {
@@ -242,6 +304,7 @@ mod tests {
             primary_alg: PrimaryAlg::Ecc,
             policy_hash: [0x5C; 32],
             srk: None,
+            signed: None,
         }
     }
 

@@ -13,13 +13,14 @@ use crate::transport::{Device, Tcp, Transport};
 use crate::{Error, Result};
 
 /// `TPM_RH_OWNER`: the storage hierarchy.
-const RH_OWNER: u32 = 0x4000_0001;
+pub(crate) const RH_OWNER: u32 = 0x4000_0001;
 /// `TPM_RH_NULL`: no salt key, no bind object.
 const RH_NULL: u32 = 0x4000_0007;
 /// `TPM_ALG_NULL`.
 pub(crate) const ALG_NULL: u16 = 0x0010;
 /// `TPM_SE_POLICY` and `TPM_SE_TRIAL`.
 const SE_POLICY: u8 = 0x01;
+const SE_HMAC: u8 = 0x00;
 const SE_TRIAL: u8 = 0x03;
 /// `TPM_ALG_SHA256`, the sessions' hash.
 const ALG_SHA256: u16 = 0x000B;
@@ -38,6 +39,10 @@ const ALG_AES: u16 = 0x0006;
 const ALG_CFB: u16 = 0x0043;
 /// `TPMA_SESSION.encrypt`: the TPM encrypts the response's first parameter.
 const SESSION_ENCRYPT: u8 = 0x40;
+/// `TPMA_SESSION.decrypt`: the caller encrypted the command's first parameter.
+const SESSION_DECRYPT: u8 = 0x20;
+/// `TPM_ALG_RSASSA`: RSASSA-PKCS1-v1_5.
+const ALG_RSASSA: u16 = 0x0014;
 
 /// A salted session's key and the TPM's newest nonce.
 pub(crate) struct SaltedSession {
@@ -327,6 +332,16 @@ impl Tpm {
         tpm_key: Handle,
         key_public: &[u8],
     ) -> Result<(Handle, SaltedSession)> {
+        self.start_salted_session(tpm_key, key_public, SE_POLICY)
+    }
+
+    /// A salted session of type `kind` (policy or HMAC) on `tpm_key`.
+    fn start_salted_session(
+        &mut self,
+        tpm_key: Handle,
+        key_public: &[u8],
+        kind: u8,
+    ) -> Result<(Handle, SaltedSession)> {
         let key = salted::ecc_public_key(key_public)?;
         let (salt, point) = salted::ecdh_salt(&key)?;
         let nonce_caller = random_nonce()?;
@@ -336,7 +351,7 @@ impl Tpm {
             .params(|w| {
                 w.tpm2b(&nonce_caller)
                     .tpm2b(&point)
-                    .u8(SE_POLICY)
+                    .u8(kind)
                     .u16(ALG_AES)
                     .u16(128)
                     .u16(ALG_CFB)
@@ -425,6 +440,166 @@ impl Tpm {
                 selection.marshal(w);
             });
         self.execute(&cmd).map(drop)
+    }
+
+    /// TPM2_Create under `parent` (an ECC storage key with public area `parent_public`) in a
+    /// salted HMAC session that encrypts the sensitive data on its way to the TPM, so a sealed
+    /// secret never crosses the bus in the clear. The response's HMAC is checked.
+    pub(crate) fn create_encrypted(
+        &mut self,
+        parent: Handle,
+        parent_public: &[u8],
+        template: &[u8],
+        data: &[u8],
+    ) -> Result<Created> {
+        let (session, keys) = self.start_salted_session(parent, parent_public, SE_HMAC)?;
+        let result = self.create_in_session(parent, parent_public, template, data, session, &keys);
+        if result.is_err() {
+            // A failed command leaves the session loaded; the first error is the one reported.
+            let _ = self.flush(session);
+        }
+        result
+    }
+
+    fn create_in_session(
+        &mut self,
+        parent: Handle,
+        parent_public: &[u8],
+        template: &[u8],
+        data: &[u8],
+        session: Handle,
+        keys: &SaltedSession,
+    ) -> Result<Created> {
+        let nonce_caller = random_nonce()?;
+        // TPMS_SENSITIVE_CREATE { userAuth: empty, data }, encrypted with AES-128-CFB under
+        // KDFa(sessionKey, "CFB", nonceCaller, nonceTPM) (the parent's authValue is empty).
+        let mut sensitive = Writer::default();
+        sensitive.tpm2b(&[]).tpm2b(data);
+        let mut hidden = Zeroizing::new(sensitive.as_slice().to_vec());
+        let cfb = salted::kdfa(
+            &keys.session_key,
+            "CFB",
+            &nonce_caller,
+            &keys.nonce_tpm,
+            256,
+        );
+        let key: [u8; 16] = cfb[..16].try_into().expect("16 bytes");
+        let iv: [u8; 16] = cfb[16..32].try_into().expect("16 bytes");
+        salted::cfb_encrypt(&key, &iv, &mut hidden);
+        let mut params = Writer::default();
+        params
+            .tpm2b(&hidden)
+            .tpm2b(template)
+            .tpm2b(&[]) // outsideInfo
+            .u32(0); // creationPCR: none
+        let code = marshal::CREATE.code.to_be_bytes();
+        let cp_hash = salted::sha256(&[&code, &salted::name(parent_public)?, params.as_slice()]);
+        let attributes = [SESSION_DECRYPT];
+        let hmac = salted::hmac(
+            &keys.session_key,
+            &[&cp_hash, &nonce_caller, &keys.nonce_tpm, &attributes],
+        );
+        let cmd = Command::new(marshal::CREATE)
+            .authorized_handle(
+                parent.0,
+                Auth::Session {
+                    handle: session.0,
+                    nonce: nonce_caller.to_vec(),
+                    attributes: attributes[0],
+                    hmac: hmac.to_vec(),
+                },
+            )
+            .params(|w| {
+                w.bytes(params.as_slice());
+            });
+        let resp = self.execute(&cmd)?;
+        let (params, auth) = resp.areas()?;
+        let mut r = Reader::new(marshal::CREATE.name, auth);
+        let nonce_tpm = r.tpm2b()?;
+        let returned = r.u8()?;
+        let their_hmac = r.tpm2b()?;
+        let rp_hash = salted::sha256(&[&0u32.to_be_bytes(), &code, params]);
+        let expected = salted::hmac(
+            &keys.session_key,
+            &[&rp_hash, nonce_tpm, &nonce_caller, &[returned]],
+        );
+        if their_hmac != expected {
+            return Err(r.malformed("the response's HMAC does not match: not from this session"));
+        }
+        let mut r = Reader::new(marshal::CREATE.name, params);
+        let private = r.tpm2b()?.to_vec();
+        let public = r.tpm2b()?.to_vec();
+        Ok(Created { private, public })
+    }
+
+    /// TPM2_LoadExternal of a public key (no private part) into the owner hierarchy, so that
+    /// its signature checks yield tickets PolicyAuthorize accepts.
+    pub(crate) fn load_external(&mut self, public: &[u8]) -> Result<Handle> {
+        let cmd = Command::new(marshal::LOAD_EXTERNAL).params(|w| {
+            w.u16(0) // inPrivate: none
+                .tpm2b(public)
+                .u32(RH_OWNER);
+        });
+        let resp = self.execute(&cmd)?;
+        resp.parse(1, |handles, _| Ok(Handle(handles[0])))
+    }
+
+    /// TPM2_VerifySignature of an RSASSA-SHA256 signature over `digest`: the ticket
+    /// (`TPMT_TK_VERIFIED`, marshalled) that proves it to PolicyAuthorize.
+    pub(crate) fn verify_signature(
+        &mut self,
+        key: Handle,
+        digest: &[u8],
+        signature: &[u8],
+    ) -> Result<Vec<u8>> {
+        let cmd = Command::new(marshal::VERIFY_SIGNATURE)
+            .handle(key.0)
+            .params(|w| {
+                w.tpm2b(digest)
+                    .u16(ALG_RSASSA)
+                    .u16(ALG_SHA256)
+                    .tpm2b(signature);
+            });
+        let resp = self.execute(&cmd)?;
+        resp.parse(0, |_, r| {
+            let tag = r.u16()?;
+            let hierarchy = r.u32()?;
+            let digest = r.tpm2b()?;
+            let mut w = Writer::default();
+            w.u16(tag).u32(hierarchy).tpm2b(digest);
+            Ok(w.as_slice().to_vec())
+        })
+    }
+
+    /// TPM2_PolicyAuthorize: replaces the session's digest, which must equal `approved`, by
+    /// one that names the key, given the key's ticket over `approved || policy_ref`.
+    pub(crate) fn policy_authorize(
+        &mut self,
+        session: Handle,
+        approved: &[u8],
+        policy_ref: &[u8],
+        key_name: &[u8],
+        ticket: &[u8],
+    ) -> Result<()> {
+        let cmd = Command::new(marshal::POLICY_AUTHORIZE)
+            .handle(session.0)
+            .params(|w| {
+                w.tpm2b(approved)
+                    .tpm2b(policy_ref)
+                    .tpm2b(key_name)
+                    .bytes(ticket);
+            });
+        self.execute(&cmd).map(drop)
+    }
+
+    /// Sends a command built elsewhere in the crate and parses its response.
+    pub(crate) fn run<R>(
+        &mut self,
+        cmd: &Command,
+        handles: usize,
+        f: impl FnOnce(&[u32], &mut Reader<'_>) -> Result<R>,
+    ) -> Result<R> {
+        self.execute(cmd)?.parse(handles, f)
     }
 
     /// TPM2_PolicyGetDigest: the session's current policy digest.

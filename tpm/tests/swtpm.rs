@@ -1,10 +1,6 @@
-//! Sealing against a real TPM 2.0 implementation: Debian's swtpm, one instance per test on free
-//! loopback ports with its own state directory, stopped by pid when the test ends.
+//! Sealing against a real TPM 2.0 implementation: Debian's swtpm (tests/common).
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use cairn_tpm::transport::{Tcp, Transport};
 use cairn_tpm::{
@@ -14,70 +10,8 @@ use cairn_tpm::{
 use serde_json::Value;
 use zeroize::Zeroizing;
 
-struct Swtpm {
-    child: Child,
-    _state: tempfile::TempDir,
-    port: u16,
-}
-
-impl Drop for Swtpm {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind a loopback port")
-        .port()
-}
-
-/// Starts swtpm and returns it with a connection to its command port. The TPM is ready when
-/// the port accepts a connection; a port taken in between makes swtpm exit, and the start is
-/// retried on fresh ports.
-fn start_swtpm() -> (Swtpm, Tpm) {
-    if Command::new("swtpm").arg("--version").output().is_err() {
-        panic!("swtpm is not installed: `cargo xtask setup` installs it (Debian packages swtpm, swtpm-tools)");
-    }
-    for _ in 0..5 {
-        let state = tempfile::tempdir().expect("state dir");
-        let (port, ctrl) = (free_port(), free_port());
-        let child = Command::new("swtpm")
-            .arg("socket")
-            .arg("--tpm2")
-            .arg("--server")
-            .arg(format!("type=tcp,port={port}"))
-            .arg("--ctrl")
-            .arg(format!("type=tcp,port={ctrl}"))
-            .arg("--flags")
-            .arg("not-need-init,startup-clear")
-            .arg("--tpmstate")
-            .arg(format!("dir={}", state.path().display()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn swtpm");
-        let mut swtpm = Swtpm {
-            child,
-            _state: state,
-            port,
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(mut tpm) = Tpm::connect_tcp(&format!("127.0.0.1:{port}")) {
-                tpm.startup_clear().expect("TPM2_Startup");
-                return (swtpm, tpm);
-            }
-            if swtpm.child.try_wait().expect("poll swtpm").is_some() || Instant::now() > deadline {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-    panic!("swtpm did not come up on a loopback port");
-}
+mod common;
+use common::{start_swtpm, Swtpm};
 
 #[test]
 fn seal_unseal_round_trip() {
@@ -314,3 +248,46 @@ fn the_unsealed_secret_crosses_the_wire_encrypted() {
     assert_eq!(unsealed, rsa_secret.to_vec());
     assert!(wire.windows(SECRET_LEN).any(|w| w == rsa_secret.as_slice()));
 }
+
+/// Sealing under an ECC primary sends the new secret in a salted session that encrypts it:
+/// the secret is not in the bytes of the seal (nor of a signed seal); sealing under an RSA
+/// primary (no salted session) sends it in the clear, which shows the check can see it.
+#[test]
+fn the_sealed_secret_crosses_the_wire_encrypted() {
+    let (swtpm, tpm) = start_swtpm();
+    drop(tpm);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let mut tpm = Tpm::new(Box::new(Recording {
+        inner: Tcp::connect(format!("127.0.0.1:{}", swtpm.port)).unwrap(),
+        seen: seen.clone(),
+    }));
+    let wire = |seen: &Arc<Mutex<Vec<u8>>>| std::mem::take(&mut *seen.lock().unwrap());
+
+    let (secret, _) = seal(&mut tpm, &PcrSelection::default(), PrimaryAlg::Ecc).unwrap();
+    assert!(!wire(&seen)
+        .windows(SECRET_LEN)
+        .any(|w| w == secret.as_slice()));
+
+    let key = cairn_tpm::PcrPublicKey::from_pem(RSA_PUBLIC_PEM.as_bytes()).unwrap();
+    let (secret, _) = cairn_tpm::seal_signed(&mut tpm, &key, &PcrSelection::default()).unwrap();
+    assert!(!wire(&seen)
+        .windows(SECRET_LEN)
+        .any(|w| w == secret.as_slice()));
+
+    let (secret, _) = seal(&mut tpm, &PcrSelection::default(), PrimaryAlg::Rsa).unwrap();
+    assert!(wire(&seen)
+        .windows(SECRET_LEN)
+        .any(|w| w == secret.as_slice()));
+}
+
+/// A 2048-bit RSA public key (openssl genrsa 2048 | openssl rsa -pubout).
+const RSA_PUBLIC_PEM: &str = "-----BEGIN PUBLIC KEY-----
+MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEArb7zHFvbgMzwhbD7abNh
+qz34w9b8CGh97DTw3AENVyMor9XkwLjcn/ub3wf555ZVTvzEASQLWjfBkIAkHrlR
+9ujJqonzjCxNRYgyU+PCDlc5xjcHnxoPZbWc+aqtDYr7Exy0+n/HhmOVrxbmvqCa
+aunHwdQ5zCJY/tHNae3zYcEgX5il8zqvtnDrTHHBXlkT6KdxvfayjlogbJ//9Uvf
+TijcqbivqdmK8ZxXPlZxA2cb6dg8lxbpvB6bljPIrKyy5Yuf5QHer7VpACXeBi2Y
+Ys6fC+sWLAQUUyJkC6Z/DHvQCTFTc497TW8U17dwcDfJfgut+ZnbNQaI6byfOBP3
+aQIDAQAB
+-----END PUBLIC KEY-----
+";

@@ -64,6 +64,14 @@ pub const PACKAGES: &[&str] = &[
     // A software TPM 2.0 for the TPM sealing tests.
     "swtpm",
     "swtpm-tools",
+    // systemd-measure (package systemd, installed everywhere) is the peer of the PCR 11
+    // prediction and the PCR signature (tpm/tests/measure.rs); its `sign` computes the policy
+    // in a TPM through these libraries, reaching swtpm with the swtpm TCTI.
+    "systemd",
+    "libtss2-esys-3.0.2-0",
+    "libtss2-rc0",
+    "libtss2-mu0",
+    "libtss2-tcti-swtpm0",
     // dtc: the interop peer of the harness's device tree writer (Raspberry Pi 4 under QEMU).
     "device-tree-compiler",
     // The host containers test: a real containerd and runc, and the static busybox its images

@@ -18,13 +18,27 @@ use std::io;
 
 use cairn_tpm::transport::{Transport, MAX_RESPONSE};
 use cairn_tpm::{
-    seal, trial_policy_digest, unseal, PcrBank, PcrSelection, PrimaryAlg, ResponseCode, SealedBlob,
-    Token, Tpm, HT_TRANSIENT,
+    seal, seal_signed, trial_policy_digest, unseal, unseal_signed, PcrBank, PcrPublicKey,
+    PcrSelection, PcrSignature, PrimaryAlg, ResponseCode, SealedBlob, Token, Tpm, HT_TRANSIENT,
 };
 use zeroize::Zeroizing;
 
-/// Reads a token JSON and checks what an accepted token promises.
+/// Reads a token JSON and checks what an accepted token promises; the same bytes are also
+/// read as a PCR signature JSON (`.pcrsig`) and a PEM public key (`.pcrpkey`), which come from
+/// the booted image and the token.
 pub fn check_token(data: &[u8]) {
+    match PcrSignature::from_json(data) {
+        Ok(sig) => {
+            let back = PcrSignature::from_json(sig.to_json().as_bytes())
+                .unwrap_or_else(|e| panic!("the signature's own JSON is refused ({e})"));
+            assert_eq!(back, sig, "the signature changed on the way through its JSON");
+        }
+        Err(e) => check_error(&e),
+    }
+    match PcrPublicKey::from_pem(data) {
+        Ok(key) => assert_eq!(PcrPublicKey::from_pem(key.to_pem().as_bytes()).unwrap(), key),
+        Err(e) => check_error(&e),
+    }
     let Ok(json) = std::str::from_utf8(data) else {
         return;
     };
@@ -88,7 +102,16 @@ fn blob(primary_alg: PrimaryAlg) -> SealedBlob {
         primary_alg,
         policy_hash: policy,
         srk: None,
+        signed: None,
     }
+}
+
+/// A 2048-bit RSA public key (a made-up modulus: only its shape matters here).
+fn test_key() -> PcrPublicKey {
+    let mut der = vec![0x30, 0x82, 0x01, 0x0a, 0x02, 0x82, 0x01, 0x01, 0x00];
+    der.extend_from_slice(&[0xc3; 256]);
+    der.extend_from_slice(&[0x02, 0x03, 0x01, 0x00, 0x01]);
+    PcrPublicKey::from_pkcs1_der(&der).expect("a well-formed key")
 }
 
 /// Runs the crate's TPM conversations against the responses in `data`.
@@ -115,6 +138,13 @@ pub fn check_responses(data: &[u8]) {
     errors.extend(unseal(&mut tpm, &blob(PrimaryAlg::Rsa)).err());
     errors.extend(unseal(&mut tpm, &blob(PrimaryAlg::Ecc)).err());
     errors.extend(seal(&mut tpm, &pcrs, PrimaryAlg::Ecc).err());
+    let signed = SealedBlob {
+        signed: Some(test_key()),
+        ..blob(PrimaryAlg::Ecc)
+    };
+    let sig = PcrSignature::default();
+    errors.extend(unseal_signed(&mut tpm, &signed, &sig).err());
+    errors.extend(seal_signed(&mut tpm, &test_key(), &pcrs).err());
     for e in &errors {
         check_error(e);
     }
