@@ -39,3 +39,32 @@ pub use options::{LaunchOptions, PortForward, WorkPaths};
 pub use stick::StickReads;
 pub use timeouts::{Timeouts, TIMEOUT_SCALE_ENV};
 pub use tpm::{pcr_extends, PcrExtend, Swtpm, SWTPM_LOG_COMMANDS, TPM_ALG_SHA256};
+
+/// The machine profile and extra arguments for a board's Secure Boot firmware.
+///
+/// - qemu-x86_64: Debian's `OVMF_CODE_4M.secboot.fd`, whose variable store is only writable
+///   from System Management Mode, so the machine is `q35,smm=on` and the flash is marked
+///   secure (`-global driver=cfi.pflash01,property=secure,value=on`). The variable template
+///   stays `OVMF_VARS_4M.fd`; the keys are enrolled into the run's copy.
+/// - qemu-aarch64: refused. AAVMF has one build, which turns Secure Boot on once a PK is
+///   enrolled, but Debian's empty `AAVMF_VARS.fd` is blank flash that only the firmware's first
+///   boot formats, so the keys cannot be written into it before that boot.
+pub fn secure_boot_profile(
+    board: &'static str,
+    profile: &cairn_board::QemuProfile,
+) -> Result<(cairn_board::QemuProfile, Vec<String>)> {
+    match profile.machine {
+        "q35" => Ok((
+            cairn_board::QemuProfile {
+                machine: "q35,smm=on",
+                firmware_code: "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd",
+                ..*profile
+            },
+            vec![
+                "-global".into(),
+                "driver=cfi.pflash01,property=secure,value=on".into(),
+            ],
+        )),
+        _ => Err(Error::NoSecureBoot { board }),
+    }
+}
