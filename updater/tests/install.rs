@@ -137,14 +137,20 @@ impl Release {
     }
 
     fn bundle(&self, key: &SecretKey) -> Vec<u8> {
-        let dir = tempfile::tempdir().unwrap();
         let spec = self.spec.to_json();
-        let files: [(&str, Role, &[u8]); 4] = [
-            ("boot.json", Role::BootFiles, spec.as_bytes()),
-            ("rootfs", Role::Rootfs, &self.rootfs),
-            ("uki-a.efi", Role::Uki, &self.uki_a),
-            ("uki-b.efi", Role::Uki, &self.uki_b),
-        ];
+        self.bundle_of(
+            key,
+            &[
+                ("boot.json", Role::BootFiles, spec.as_bytes()),
+                ("rootfs", Role::Rootfs, &self.rootfs),
+                ("uki-a.efi", Role::Uki, &self.uki_a),
+                ("uki-b.efi", Role::Uki, &self.uki_b),
+            ],
+        )
+    }
+
+    fn bundle_of(&self, key: &SecretKey, files: &[(&str, Role, &[u8])]) -> Vec<u8> {
+        let dir = tempfile::tempdir().unwrap();
         let sources: Vec<PayloadSource> = files
             .iter()
             .map(|(name, role, bytes)| {
@@ -297,6 +303,28 @@ fn refusals_change_nothing() {
     huge.rootfs = data(ROOT_SIZE as usize + 4096, 4);
     huge.spec.hash_offset = ROOT_SIZE;
     refused(&dev, &ring, &huge.bundle(&key()), "holds only");
+
+    // The layout before UKIs (a separate kernel and initramfs), and a UKI for one slot only.
+    let spec = rel.spec.to_json();
+    let old_layout = rel.bundle_of(
+        &key(),
+        &[
+            ("boot.json", Role::BootFiles, spec.as_bytes()),
+            ("rootfs", Role::Rootfs, &rel.rootfs),
+            ("vmlinuz", Role::Kernel, &rel.uki_a),
+            ("initramfs.img", Role::Initramfs, &rel.uki_b),
+        ],
+    );
+    refused(&dev, &ring, &old_layout, "not a separate kernel payload");
+    let one_uki = rel.bundle_of(
+        &key(),
+        &[
+            ("boot.json", Role::BootFiles, spec.as_bytes()),
+            ("rootfs", Role::Rootfs, &rel.rootfs),
+            ("uki-b.efi", Role::Uki, &rel.uki_b),
+        ],
+    );
+    refused(&dev, &ring, &one_uki, "needs exactly the uki payloads");
 
     // The running slot on trial: no install until it is committed.
     let mut boot = SdBoot::new(DirFs::new(dev.path("esp")), None);
