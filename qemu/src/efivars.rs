@@ -728,6 +728,36 @@ mod tests {
         assert_eq!(vars[0].name, "dbx");
     }
 
+    /// PK, KEK and db enrolled into OVMF's empty template and into AAVMF's snakeoil one (whose
+    /// own PK, KEK and db are then marked deleted): one live copy each, holding the certificate.
+    #[test]
+    fn secure_boot_keys_are_enrolled_replacing_any_there() {
+        for template in [OVMF_VARS, "/usr/share/AAVMF/AAVMF_VARS.snakeoil.fd"] {
+            let (_dir, path) = copy(template);
+            for round in 0..2u8 {
+                let cert = |tag: u8| vec![0x30, 3, tag, round, 0];
+                enroll_secure_boot(&path, &cert(1), &cert(2), &cert(3)).unwrap();
+                let vars = variables(&path).unwrap();
+                for (name, vendor, tag) in [
+                    ("PK", GLOBAL_VARIABLE_GUID, 1),
+                    ("KEK", GLOBAL_VARIABLE_GUID, 2),
+                    ("db", IMAGE_SECURITY_DATABASE_GUID, 3),
+                ] {
+                    let live: Vec<&Variable> = vars
+                        .iter()
+                        .filter(|v| v.name == name && v.vendor == vendor && v.is_live())
+                        .collect();
+                    assert_eq!(live.len(), 1, "{template} {name}");
+                    assert_eq!(live[0].attributes, 0x27);
+                    assert_eq!(
+                        live[0].data,
+                        cairn_secureboot::siglist::x509(CAIRN_SIGNATURE_OWNER, &cert(tag))
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn a_full_store_is_refused() {
         let (_dir, path) = copy(OVMF_VARS);

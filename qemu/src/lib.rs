@@ -46,9 +46,10 @@ pub use tpm::{pcr_extends, PcrExtend, Swtpm, SWTPM_LOG_COMMANDS, TPM_ALG_SHA256}
 ///   from System Management Mode, so the machine is `q35,smm=on` and the flash is marked
 ///   secure (`-global driver=cfi.pflash01,property=secure,value=on`). The variable template
 ///   stays `OVMF_VARS_4M.fd`; the keys are enrolled into the run's copy.
-/// - qemu-aarch64: refused. AAVMF has one build, which turns Secure Boot on once a PK is
-///   enrolled, but Debian's empty `AAVMF_VARS.fd` is blank flash that only the firmware's first
-///   boot formats, so the keys cannot be written into it before that boot.
+/// - qemu-aarch64: `AAVMF_CODE.fd` as always (its one build turns Secure Boot on once a PK is
+///   enrolled), with `AAVMF_VARS.snakeoil.fd` as the variable template: Debian's empty
+///   `AAVMF_VARS.fd` is blank flash that only the firmware's first boot formats, while the
+///   snakeoil one is formatted; its PK, KEK and db are replaced by the enrollment.
 pub fn secure_boot_profile(
     board: &'static str,
     profile: &cairn_board::QemuProfile,
@@ -64,6 +65,16 @@ pub fn secure_boot_profile(
                 "-global".into(),
                 "driver=cfi.pflash01,property=secure,value=on".into(),
             ],
+        )),
+        // AAVMF's one build enforces Secure Boot once a PK is enrolled. Its empty template is
+        // blank flash until the firmware's first boot formats it; the snakeoil template is
+        // formatted (with Debian's test keys, which the enrollment replaces).
+        "virt" => Ok((
+            cairn_board::QemuProfile {
+                firmware_vars: "/usr/share/AAVMF/AAVMF_VARS.snakeoil.fd",
+                ..*profile
+            },
+            Vec::new(),
         )),
         _ => Err(Error::NoSecureBoot { board }),
     }

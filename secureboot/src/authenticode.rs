@@ -107,16 +107,26 @@ pub struct Signer {
 impl Signer {
     /// A PKCS#8 PEM RSA key and the PEM certificate of its public half.
     pub fn from_pem(key_pem: &str, cert_pem: &str) -> Result<Signer> {
+        Self::from_pem_named(key_pem, cert_pem, "signing key", "signing certificate")
+    }
+
+    /// As [`Signer::from_pem`], naming the key and certificate (their paths) in errors.
+    fn from_pem_named(
+        key_pem: &str,
+        cert_pem: &str,
+        key_name: &str,
+        cert_name: &str,
+    ) -> Result<Signer> {
         let key = RsaPrivateKey::from_pkcs8_pem(key_pem).map_err(|e| Error::BadKey {
-            what: "signing key".into(),
-            reason: format!("not a PKCS#8 PEM RSA private key: {e}"),
+            what: key_name.into(),
+            reason: format!("is not a PKCS#8 PEM RSA private key ({e})"),
         })?;
         let cert = Certificate::from_pem(cert_pem).map_err(|e| Error::BadKey {
-            what: "signing certificate".into(),
-            reason: format!("not a PEM X.509 certificate: {e}"),
+            what: cert_name.into(),
+            reason: format!("is not a PEM X.509 certificate ({e})"),
         })?;
         let cert_der = cert.to_der().map_err(|e| Error::BadKey {
-            what: "signing certificate".into(),
+            what: cert_name.into(),
             reason: e.to_string(),
         })?;
         let spki = cert
@@ -125,18 +135,18 @@ impl Signer {
             .subject_public_key
             .raw_bytes();
         let public = rsa::RsaPublicKey::from_pkcs1_der(spki).map_err(|e| Error::BadKey {
-            what: "signing certificate".into(),
-            reason: format!("does not hold an RSA public key: {e}"),
+            what: cert_name.into(),
+            reason: format!("does not hold an RSA public key ({e})"),
         })?;
         if public.n() != key.n() || public.e() != key.e() {
             return Err(Error::BadKey {
-                what: "signing key".into(),
-                reason: "does not belong to the certificate given with it".into(),
+                what: key_name.into(),
+                reason: format!("does not belong to the certificate {cert_name}"),
             });
         }
         if key.size() != 256 {
             return Err(Error::BadKey {
-                what: "signing key".into(),
+                what: key_name.into(),
                 reason: format!(
                     "is RSA-{}; UEFI Secure Boot verifiers take RSA-2048",
                     key.size() * 8
@@ -152,15 +162,23 @@ impl Signer {
 
     /// Reads `<dir>/<name>.key` and `<dir>/<name>.crt`.
     pub fn load(dir: &Path, name: &str) -> Result<Signer> {
-        let read = |file: String| {
-            let path = dir.join(file);
-            std::fs::read_to_string(&path).map_err(|source| Error::Io {
+        let (key, cert) = (
+            dir.join(format!("{name}.key")),
+            dir.join(format!("{name}.crt")),
+        );
+        let read = |path: &Path| {
+            std::fs::read_to_string(path).map_err(|source| Error::Io {
                 action: "reading",
-                path,
+                path: path.to_path_buf(),
                 source,
             })
         };
-        Signer::from_pem(&read(format!("{name}.key"))?, &read(format!("{name}.crt"))?)
+        Signer::from_pem_named(
+            &read(&key)?,
+            &read(&cert)?,
+            &key.display().to_string(),
+            &cert.display().to_string(),
+        )
     }
 
     /// The certificate, DER.
@@ -257,6 +275,34 @@ mod tests {
         let long = tlv(0x04, &[0; 300]);
         assert_eq!(&long[..4], &[0x04, 0x82, 0x01, 0x2c]);
         assert_eq!(der_value(&long).len(), 300);
+    }
+
+    #[test]
+    fn bad_keys_are_refused_with_one_line_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        crate::keys::generate(dir.path()).unwrap();
+        let err = |dir: &Path| Signer::load(dir, "db").err().unwrap().to_string();
+        let other = tempfile::tempdir().unwrap();
+        for f in ["db.key", "db.crt"] {
+            std::fs::copy(dir.path().join(f), other.path().join(f)).unwrap();
+        }
+        std::fs::copy(dir.path().join("PK.key"), other.path().join("db.key")).unwrap();
+        let e = err(other.path());
+        assert!(
+            e.contains("db.key does not belong to the certificate "),
+            "{e}"
+        );
+        std::fs::write(other.path().join("db.key"), "junk").unwrap();
+        let e = err(other.path());
+        assert!(
+            e.contains("db.key is not a PKCS#8 PEM RSA private key"),
+            "{e}"
+        );
+        assert!(!e.contains('\n'), "{e}");
+        std::fs::write(other.path().join("db.crt"), "junk").unwrap();
+        std::fs::copy(dir.path().join("db.key"), other.path().join("db.key")).unwrap();
+        let e = err(other.path());
+        assert!(e.contains("db.crt is not a PEM X.509 certificate"), "{e}");
     }
 
     #[test]
