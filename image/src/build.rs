@@ -537,19 +537,39 @@ fn build_staged(opts: &BuildOptions) -> Result<ImageManifest> {
             esp.add_file(&format!("EFI/systemd/{efi_name}"), 0o644, sd_boot)?;
             let stub = read(&stub_path)?;
             let linux = read(&kernel)?;
-            for (info, (_, name)) in slots.iter_mut().zip(sdboot::initial_uki_names()) {
+            let make_uki = |slot: &str, cmdline: String, what: String| -> Result<Vec<u8>> {
                 let parts = cairn_secureboot::uki::UkiParts {
-                    osrel: cairn_secureboot::uki::osrel(&opts.version, &info.slot),
-                    cmdline: info.cmdline.clone(),
+                    osrel: cairn_secureboot::uki::osrel(&opts.version, slot),
+                    cmdline,
                     linux: &linux,
                     initrd: &initramfs,
                     dtb: None,
                 };
+                slot_uki(Pe::parse(what, stub.clone())?, &parts, &[], signer.as_ref())
+            };
+            for (info, (_, name)) in slots.iter_mut().zip(sdboot::initial_uki_names()) {
                 let what = format!("the UKI of slot {}", info.slot);
-                let stub = Pe::parse(what, stub.clone())?;
-                let uki = slot_uki(stub, &parts, &[], signer.as_ref())?;
+                let uki = make_uki(&info.slot, info.cmdline.clone(), what)?;
                 info.entry = format!("{}/{name}", sdboot::UKI_DIR);
                 esp.add_file(&info.entry, 0o644, uki)?;
+            }
+            // An update bundle carries slot A's root, which either slot may receive: its UKIs
+            // both name that root (its hash and offset) and differ in `cairn.slot=`.
+            for slot in ["a", "b"] {
+                let cmdline = slots[0]
+                    .cmdline
+                    .split(' ')
+                    .map(|w| match w.split_once('=') {
+                        Some((cmdline::SLOT, _)) => format!("{}={slot}", cmdline::SLOT),
+                        _ => w.to_string(),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                let what = format!("the update UKI for slot {slot}");
+                let uki = make_uki(slot, cmdline, what)?;
+                let name = cairn_facts::layout::uki_payload(slot);
+                let path = staging.dir.join(&name);
+                fs::write(&path, uki).map_err(|e| Error::io("writing", &path, e))?;
             }
             esp.add_file(
                 "loader/loader.conf",

@@ -5,23 +5,21 @@
 //! |---|---|---|
 //! | `boot.json` | boot-files | slot A's root hash, hash offset and command line in image.json |
 //! | `rootfs` | rootfs | ROOT-A: the squashfs and its dm-verity tree (`hash_offset + hash_size` bytes), then the containers extension if the image has one (up to its `offset + size`) |
-//! | `uki-a.efi`, `uki-b.efi` | uki | each slot's unified kernel image on the ESP (`EFI/Linux/`, its `entry` in image.json), signed if the image is |
+//! | `uki-a.efi`, `uki-b.efi` | uki | the image folder's `uki-a.efi` and `uki-b.efi`, written by the build beside disk.img, signed if the image is |
 //!
 //! Slot A's root works in either slot: dm-verity checks the root hash, not the partition. The
-//! UKIs differ only in `cairn.slot=` on their command line (which the signature covers, so the
-//! device cannot write it): the installer takes the one for the slot it fills.
+//! two UKIs both carry slot A's root hash and offset and differ only in `cairn.slot=` on their
+//! command line (which the signature covers, so the device cannot write it): the installer takes
+//! the one for the slot it fills.
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
-use cairn_boot::fs::Fs;
 use cairn_bundle::{PayloadSource, Role};
 use cairn_facts::bootspec::{self, BootSpec};
-use cairn_facts::layout::{cmdline, label, uki_payload, MAX_BOOT_FILE, ROOTFS};
+use cairn_facts::layout::{cmdline, uki_payload, ROOTFS};
 use serde_json::Value;
-
-use crate::formats::fat_fs::manifest_partition_fs;
 
 /// Chunk size of the rootfs payload: large chunks keep the installer's writes large.
 pub const ROOTFS_CHUNK: u32 = 4 * 1024 * 1024;
@@ -101,34 +99,22 @@ pub fn bundle_input(image_dir: &Path, work: &Path) -> Result<BundleInput, String
         return Err(format!("{} ends inside {root_label}", disk.display()));
     }
 
-    // Each slot's UKI from the ESP.
-    let esp = manifest_partition_fs(&m, &disk, label::ESP)?;
+    // The update UKIs the build wrote beside disk.img: both boot slot A's root.
+    if !image_dir.join(uki_payload("a")).is_file() {
+        return Err(format!(
+            "{} has no {} (an image of the layout before UKIs): rebuild it with this cairnctl",
+            image_dir.display(),
+            uki_payload("a")
+        ));
+    }
     let mut ukis = Vec::new();
     for name in ["a", "b"] {
-        let info = m["slots"]
-            .as_array()
-            .and_then(|s| s.iter().find(|s| s["slot"] == name))
-            .ok_or_else(|| format!("{} has no slot {name}", json_path.display()))?;
-        let path = field(info, "entry")?;
-        if !path.starts_with("EFI/Linux/") {
-            return Err(format!(
-                "{}: slot {name} boots from {path}, not a UKI in EFI/Linux (rebuild the image \
-                 with this cairnctl)",
-                json_path.display()
-            ));
-        }
-        let bytes = esp
-            .read(&path, MAX_BOOT_FILE as usize)
-            .map_err(|e| format!("reading {path} from the ESP: {e}"))?
-            .ok_or_else(|| format!("the ESP has no {path}"))?;
         let payload = uki_payload(name);
+        let from = image_dir.join(&payload);
         let out = work.join(&payload);
-        File::create(&out)
-            .and_then(|mut f| f.write_all(&bytes))
-            .map_err(|e| format!("writing {}: {e}", out.display()))?;
+        std::fs::copy(&from, &out).map_err(|e| format!("copying {}: {e}", from.display()))?;
         ukis.push((payload, out));
     }
-
     // boot.json: the command line minus the slot's own words.
     let options = field(slot, "cmdline")?
         .split(' ')
