@@ -166,7 +166,7 @@ enum BundleCommand {
 #[derive(Subcommand)]
 enum ImageCommand {
     /// Build <out>/disk.img and <out>/image.json for a board.
-    Build(BuildArgs),
+    Build(Box<BuildArgs>),
     /// Show or change an image's A/B slot state, in the bootloader's own format, offline.
     Slots(SlotsArgs),
 }
@@ -336,7 +336,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Image(ImageCommand::Build(args)) => image_build(args, json),
+        Command::Image(ImageCommand::Build(args)) => image_build(*args, json),
         Command::Image(ImageCommand::Slots(args)) => image_slots(args),
         Command::Qemu(QemuCommand::Run(args)) => qemu_run(args),
         Command::Keys(KeysCommand::Gen { out }) => keys_gen(&out),

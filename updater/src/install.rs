@@ -157,23 +157,21 @@ impl Plan {
                 });
             }
         }
-        for (role, name) in [(Role::BootFiles, bootspec::PAYLOAD_NAME)] {
-            let p = &m.payloads[one(role)?];
-            if p.name != name {
-                return Err(Error::Unsuitable(format!(
-                    "the {role} payload must be named {name:?}, not {:?}",
-                    p.name
-                )));
-            }
-            let limit = bootspec::MAX_LEN;
-            if p.size > limit {
-                return Err(Error::TooBig {
-                    payload: p.name.clone(),
-                    size: p.size,
-                    target: "the boot partition".into(),
-                    capacity: limit,
-                });
-            }
+        let (role, name) = (Role::BootFiles, bootspec::PAYLOAD_NAME);
+        let p = &m.payloads[one(role)?];
+        if p.name != name {
+            return Err(Error::Unsuitable(format!(
+                "the {role} payload must be named {name:?}, not {:?}",
+                p.name
+            )));
+        }
+        if p.size > bootspec::MAX_LEN {
+            return Err(Error::TooBig {
+                payload: p.name.clone(),
+                size: p.size,
+                target: "the boot partition".into(),
+                capacity: bootspec::MAX_LEN,
+            });
         }
         Ok(Plan { rootfs })
     }
