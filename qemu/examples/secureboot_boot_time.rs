@@ -37,6 +37,7 @@ fn main() -> Result<(), Box<dyn Error>> {
                 work.path().join(format!("{secure}-{run}")),
             );
             opts.secure_boot = secure.then(|| PathBuf::from(keys));
+            opts.echo_console = std::env::var_os("SB_ECHO").is_some();
             let started = Instant::now();
             let mut m = cairn_qemu::Machine::launch(opts)?;
             let line = m.wait_for_line("cairn-init: ready ", Duration::from_secs(300))?;
