@@ -244,6 +244,7 @@ impl Device for FakeDevice {
             ],
             trial: false,
             trial_deadline_unix_ms: 0,
+            secure_boot: "on".into(),
         })
     }
 

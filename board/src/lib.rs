@@ -262,6 +262,8 @@ pub const BOARDS: &[Board] = &[
             "ecb",
             "xts",
             "tpm_tis",
+            // The firmware's variables (efivarfs), where cairnd reads whether Secure Boot is on.
+            "efivarfs",
         ],
         container_modules: CONTAINER_MODULES,
         layout: QEMU_LAYOUT,
@@ -326,6 +328,8 @@ pub const BOARDS: &[Board] = &[
             "dm_crypt",
             "ecb",
             "xts",
+            // The firmware's variables (efivarfs), where cairnd reads whether Secure Boot is on.
+            "efivarfs",
         ],
         container_modules: CONTAINER_MODULES,
         layout: QEMU_LAYOUT,

@@ -35,8 +35,15 @@ impl EntryName {
 
     /// Parses `id[+left[-done]].conf`.
     pub fn parse(file_name: &str) -> Result<Self, Error> {
+        Self::parse_with_suffix(file_name, ".conf")
+    }
+
+    /// Parses `id[+left[-done]]<suffix>`: `.conf` for a Type #1 entry, `.efi` for a Type #2
+    /// entry (a unified kernel image in `EFI/Linux/`), whose counter systemd-boot keeps and
+    /// renames the same way.
+    pub fn parse_with_suffix(file_name: &str, suffix: &str) -> Result<Self, Error> {
         let bad = || Error::BadEntryName(file_name.to_string());
-        let stem = file_name.strip_suffix(".conf").ok_or_else(bad)?;
+        let stem = file_name.strip_suffix(suffix).ok_or_else(bad)?;
         let Some((id, count)) = stem.rsplit_once('+') else {
             return if stem.is_empty() {
                 Err(bad())
@@ -67,9 +74,13 @@ impl EntryName {
     }
 
     pub fn file_name(&self) -> String {
+        self.file_name_with_suffix(".conf")
+    }
+
+    pub fn file_name_with_suffix(&self, suffix: &str) -> String {
         match self.counter {
-            Some(Counter { left, done }) => format!("{}+{left}-{done}.conf", self.id),
-            None => format!("{}.conf", self.id),
+            Some(Counter { left, done }) => format!("{}+{left}-{done}{suffix}", self.id),
+            None => format!("{}{suffix}", self.id),
         }
     }
 }
@@ -121,6 +132,10 @@ mod tests {
         assert_eq!(n.counter, Some(Counter { left: 2, done: 0 }));
         let n = EntryName::parse("cairn-a.conf").unwrap();
         assert_eq!((n.id.as_str(), n.counter), ("cairn-a", None));
+        let n = EntryName::parse_with_suffix("cairn-b+3-0.efi", ".efi").unwrap();
+        assert_eq!(n.counter, Some(Counter { left: 3, done: 0 }));
+        assert_eq!(n.file_name_with_suffix(".efi"), "cairn-b+3-0.efi");
+        assert!(EntryName::parse("cairn-b+3-0.efi").is_err());
     }
 
     #[test]

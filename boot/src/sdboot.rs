@@ -26,6 +26,12 @@
 //! slot a new name with a new generation uses the highest generation on the ESP plus one, so
 //! generations never repeat.
 //!
+//! A slot's entry may instead be a unified kernel image, `EFI/Linux/cairn-<gen>-<slot>[+<left>-
+//! <done>].efi` (Type #2): systemd-boot counts and renames it exactly like a `.conf`, and
+//! [`SdBoot::set_trial`] renames it rather than copying it. Images are built with UKIs only;
+//! the model still reads both kinds, sorting UKIs first as systemd-boot does (they have an
+//! os-release sort key, `.conf` entries do not).
+//!
 //! # Operations and power cuts
 //!
 //! Every step below is one durable [`Fs`] call, and the argument is that each prefix of the
@@ -71,9 +77,49 @@ pub const MAX_TRIES: u32 = 10;
 /// Largest entry file read; Cairn's entries are a few hundred bytes.
 pub const MAX_ENTRY_LEN: usize = 64 * 1024;
 
-/// The file an entry is written to before it is renamed into place.
 /// Where a new or changed entry is written before it is renamed into place.
 pub const TEMP_NAME: &str = ".cairn-entry.tmp";
+
+/// Where unified kernel images (Type #2 entries) live on the ESP.
+pub const UKI_DIR: &str = "EFI/Linux";
+
+/// Where a new UKI is written (by its installer) before [`SdBoot::install_uki`] renames it into
+/// place; systemd-boot skips names that start with `.`.
+pub const UKI_TEMP_NAME: &str = ".cairn-uki.tmp";
+
+/// The two kinds of entry systemd-boot reads. A slot's entry is one or the other; a Cairn
+/// image built with UKIs has only [`EntryKind::Uki`] entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum EntryKind {
+    /// A unified kernel image, `EFI/Linux/<name>.efi` (Type #2). Listed first: systemd-boot
+    /// sorts entries with a sort key (a UKI's os-release `ID`) before entries without one.
+    Uki,
+    /// A Boot Loader Specification entry, `loader/entries/<name>.conf` (Type #1).
+    Conf,
+}
+
+impl EntryKind {
+    pub fn dir(self) -> &'static str {
+        match self {
+            EntryKind::Conf => ENTRIES_DIR,
+            EntryKind::Uki => UKI_DIR,
+        }
+    }
+
+    pub fn suffix(self) -> &'static str {
+        match self {
+            EntryKind::Conf => ".conf",
+            EntryKind::Uki => ".efi",
+        }
+    }
+
+    fn of_name(name: &str) -> Option<EntryKind> {
+        let lower = name.to_ascii_lowercase();
+        [EntryKind::Conf, EntryKind::Uki]
+            .into_iter()
+            .find(|k| lower.ends_with(k.suffix()))
+    }
+}
 
 const PREFIX: &str = "cairn-";
 
@@ -88,7 +134,25 @@ pub fn loader_conf() -> String {
 
 /// The file name of a slot's entry: `cairn-<gen>-<slot>[+<left>-<done>].conf`.
 pub fn entry_file_name(gen: u32, slot: Slot, counter: Option<Counter>) -> String {
-    EntryName::new(format!("{PREFIX}{gen}-{slot}"), counter).file_name()
+    kind_file_name(EntryKind::Conf, gen, slot, counter)
+}
+
+/// The file name of a slot's UKI: `cairn-<gen>-<slot>[+<left>-<done>].efi`.
+pub fn uki_file_name(gen: u32, slot: Slot, counter: Option<Counter>) -> String {
+    kind_file_name(EntryKind::Uki, gen, slot, counter)
+}
+
+fn kind_file_name(kind: EntryKind, gen: u32, slot: Slot, counter: Option<Counter>) -> String {
+    EntryName::new(format!("{PREFIX}{gen}-{slot}"), counter).file_name_with_suffix(kind.suffix())
+}
+
+/// The UKI file names of a freshly built image (in [`UKI_DIR`]): slot A good and preferred,
+/// slot B good as its fallback, as [`initial_entries`].
+pub fn initial_uki_names() -> [(Slot, String); 2] {
+    [
+        (Slot::A, uki_file_name(1, Slot::A, None)),
+        (Slot::B, uki_file_name(0, Slot::B, None)),
+    ]
 }
 
 /// The entries of a freshly built image, as (file name in [`ENTRIES_DIR`], contents): slot A
@@ -108,6 +172,7 @@ pub struct EntryFile {
     pub gen: u32,
     pub slot: Slot,
     pub counter: Option<Counter>,
+    pub kind: EntryKind,
 }
 
 impl EntryFile {
@@ -115,18 +180,23 @@ impl EntryFile {
     /// business: systemd-boot ignores it, or `default cairn-*` cannot select it. A name that
     /// the glob matches but that is not one Cairn writes is an error, since systemd-boot might
     /// boot it.
+    /// The kind follows the suffix: `.conf` in [`ENTRIES_DIR`], `.efi` in [`UKI_DIR`].
     pub fn parse(name: &str) -> Result<Option<EntryFile>, Error> {
         let lower = name.to_ascii_lowercase();
-        if name.starts_with('.') || !lower.ends_with(".conf") || !lower.starts_with(PREFIX) {
+        let Some(kind) = EntryKind::of_name(name) else {
+            return Ok(None);
+        };
+        if name.starts_with('.') || !lower.starts_with(PREFIX) {
             return Ok(None);
         }
         let bad = || Error::BadEntryFile {
-            file: format!("{ENTRIES_DIR}/{name}"),
-            reason:
-                "not a Cairn entry name (expected cairn-<generation>-<a|b>[+<left>-<done>].conf)"
-                    .into(),
+            file: format!("{}/{name}", kind.dir()),
+            reason: format!(
+                "not a Cairn entry name (expected cairn-<generation>-<a|b>[+<left>-<done>]{})",
+                kind.suffix()
+            ),
         };
-        let parsed = EntryName::parse(name).map_err(|_| bad())?;
+        let parsed = EntryName::parse_with_suffix(name, kind.suffix()).map_err(|_| bad())?;
         let rest = parsed.id.strip_prefix(PREFIX).ok_or_else(bad)?;
         let (gen, slot) = rest.split_once('-').ok_or_else(bad)?;
         let canonical = !gen.is_empty()
@@ -147,6 +217,7 @@ impl EntryFile {
             gen,
             slot,
             counter: parsed.counter,
+            kind,
         }))
     }
 
@@ -162,21 +233,33 @@ impl EntryFile {
             done: c.done.saturating_add(1).min(i32::MAX as u32),
         });
         EntryFile {
-            name: entry_file_name(self.gen, self.slot, counter),
+            name: kind_file_name(self.kind, self.gen, self.slot, counter),
             counter,
             ..self.clone()
         }
     }
 
     pub fn path(&self) -> String {
-        format!("{ENTRIES_DIR}/{}", self.name)
+        format!("{}/{}", self.kind.dir(), self.name)
+    }
+
+    /// This entry's name with another counter (same kind, generation and slot).
+    fn renamed(&self, gen: u32, counter: Option<Counter>) -> String {
+        format!(
+            "{}/{}",
+            self.kind.dir(),
+            kind_file_name(self.kind, gen, self.slot, counter)
+        )
     }
 }
 
-/// systemd-boot's order: `Less` means `a` is preferred.
+/// systemd-boot's order: `Less` means `a` is preferred. Non-bad entries first; then UKIs,
+/// whose os-release gives them a sort key (`ID=cairn`, the same for all, and no version:
+/// see docs/boot-slots.md), before `.conf` entries without one; then the id, highest first.
 fn boot_order(a: &EntryFile, b: &EntryFile) -> Ordering {
     a.is_bad()
         .cmp(&b.is_bad())
+        .then_with(|| a.kind.cmp(&b.kind))
         .then_with(|| version_cmp(&b.name.to_ascii_lowercase(), &a.name.to_ascii_lowercase()))
 }
 
@@ -213,8 +296,8 @@ fn version_cmp(a: &str, b: &str) -> Ordering {
 }
 
 /// The entry systemd-boot boots next with `default cairn-*`, from the file names in
-/// [`ENTRIES_DIR`]: the best-sorted Cairn entry, which is bad only if all are. Returns its file
-/// name (systemd-boot's id, up to case) and slot.
+/// [`ENTRIES_DIR`] and [`UKI_DIR`]: the best-sorted Cairn entry, which is bad only if all are.
+/// Returns its file name (systemd-boot's id, up to case) and slot.
 pub fn next_boot<S: AsRef<str>>(file_names: &[S]) -> Result<Option<(String, Slot)>, Error> {
     let entries = Entries::from_names(file_names.iter().map(AsRef::as_ref))?;
     Ok(entries.next_boot().map(|e| (e.name.clone(), e.slot)))
@@ -238,8 +321,19 @@ impl Entries {
     }
 
     fn load(fs: &impl Fs) -> Result<Self, Error> {
-        let names = fs.list(ENTRIES_DIR)?;
-        Self::from_names(names.iter().map(String::as_str))
+        let mut files = Vec::new();
+        for kind in [EntryKind::Conf, EntryKind::Uki] {
+            for name in fs.list(kind.dir())? {
+                // systemd-boot reads only `.conf` in one folder and `.efi` in the other.
+                if EntryKind::of_name(&name) != Some(kind) {
+                    continue;
+                }
+                if let Some(file) = EntryFile::parse(&name)? {
+                    files.push(file);
+                }
+            }
+        }
+        Ok(Entries { files })
     }
 
     fn next_boot(&self) -> Option<&EntryFile> {
@@ -311,6 +405,31 @@ impl<F: Fs> SdBoot<F> {
         self.replace(&entries, slot, text.as_bytes(), &name)
     }
 
+    /// Makes the UKI the caller wrote (durably) to [`UKI_DIR`]/[`UKI_TEMP_NAME`] the slot's
+    /// new entry, bad (`+0-0`), replacing the slot's old entries of either kind; then
+    /// [`Bootloader::set_trial`] puts it on trial. Refused for the running slot and when the
+    /// other slot has no non-bad entry.
+    pub fn install_uki(&mut self, slot: Slot) -> Result<(), Error> {
+        if self.running == Some(slot) {
+            return Err(Error::RunningSlot(slot));
+        }
+        let entries = Entries::load(&self.fs)?;
+        require_other_bootable(&entries, slot)?;
+        let name = uki_file_name(
+            entries.next_gen()?,
+            slot,
+            Some(Counter { left: 0, done: 0 }),
+        );
+        self.fs.rename(
+            &format!("{UKI_DIR}/{UKI_TEMP_NAME}"),
+            &format!("{UKI_DIR}/{name}"),
+        )?;
+        for old in entries.of(slot) {
+            self.fs.remove(&old.path())?;
+        }
+        Ok(())
+    }
+
     /// Writes `bytes` under the temporary name, renames it to `name`, then removes the slot's
     /// entries that were there before.
     fn replace(
@@ -324,6 +443,19 @@ impl<F: Fs> SdBoot<F> {
         self.fs.write_new(&temp, bytes)?;
         self.fs.rename(&temp, &format!("{ENTRIES_DIR}/{name}"))?;
         for old in before.of(slot) {
+            self.fs.remove(&old.path())?;
+        }
+        Ok(())
+    }
+
+    /// Removes the slot's entries other than `keep` (which was renamed away).
+    fn remove_stale_except(
+        &mut self,
+        entries: &Entries,
+        slot: Slot,
+        keep: &EntryFile,
+    ) -> Result<(), Error> {
+        for old in entries.of(slot).filter(|e| *e != keep) {
             self.fs.remove(&old.path())?;
         }
         Ok(())
@@ -395,6 +527,19 @@ impl<F: Fs> Bootloader for SdBoot<F> {
         }
         let entries = Entries::load(&self.fs)?;
         let current = current_of(&entries, slot)?;
+        let counter = Some(Counter {
+            left: tries,
+            done: 0,
+        });
+        if current.kind == EntryKind::Uki {
+            // A UKI is tens of MiB: it is renamed, not copied. The rename is the one step
+            // that makes the counted entry the slot's current one.
+            self.fs.rename(
+                &current.path(),
+                &current.renamed(entries.next_gen()?, counter),
+            )?;
+            return self.remove_stale_except(&entries, slot, &current);
+        }
         let contents = self
             .fs
             .read(&current.path(), MAX_ENTRY_LEN)?
@@ -417,9 +562,8 @@ impl<F: Fs> Bootloader for SdBoot<F> {
         let entries = Entries::load(&self.fs)?;
         let current = current_of(&entries, slot)?;
         if current.counter.is_some() {
-            let good = entry_file_name(current.gen, slot, None);
             self.fs
-                .rename(&current.path(), &format!("{ENTRIES_DIR}/{good}"))?;
+                .rename(&current.path(), &current.renamed(current.gen, None))?;
         }
         self.remove_stale(&entries, slot)
     }
@@ -434,9 +578,8 @@ impl<F: Fs> Bootloader for SdBoot<F> {
         };
         if !current.is_bad() {
             let done = current.counter.map_or(0, |c| c.done);
-            let bad = entry_file_name(current.gen, slot, Some(Counter { left: 0, done }));
-            self.fs
-                .rename(&current.path(), &format!("{ENTRIES_DIR}/{bad}"))?;
+            let bad = current.renamed(current.gen, Some(Counter { left: 0, done }));
+            self.fs.rename(&current.path(), &bad)?;
         }
         Ok(())
     }
@@ -495,8 +638,7 @@ mod tests {
     /// What systemd-boot does on a reboot: renames the chosen entry if it is counted, then
     /// boots its slot.
     fn firmware_boot(fs: &mut MemFs) -> Slot {
-        let names = fs.list(ENTRIES_DIR).unwrap();
-        let entries = Entries::from_names(names.iter().map(String::as_str)).unwrap();
+        let entries = Entries::load(fs).unwrap();
         let chosen = entries.next_boot().expect("an entry to boot").clone();
         let after = chosen.after_boot_attempt();
         if after != chosen {
@@ -1003,5 +1145,139 @@ mod tests {
             err.contains("cut after 1: cairn-2-b+3-0.conf holds \"\""),
             "{err}"
         );
+    }
+    /// The ESP's UKIs as (name, contents).
+    fn ukis_of(fs: &MemFs) -> BTreeMap<String, String> {
+        fs.files()
+            .into_iter()
+            .filter_map(|(p, c)| {
+                let name = p.strip_prefix(&format!("{UKI_DIR}/"))?.to_string();
+                Some((name, String::from_utf8(c).unwrap()))
+            })
+            .collect()
+    }
+
+    fn uki_esp(ukis: &[(&str, &str)]) -> MemFs {
+        let mut files = vec![(LOADER_CONF_PATH.to_string(), loader_conf())];
+        files.extend(
+            ukis.iter()
+                .map(|(n, c)| (format!("{UKI_DIR}/{n}"), c.to_string())),
+        );
+        MemFs::with_files(files)
+    }
+
+    #[test]
+    fn ukis_are_counted_in_their_file_names_like_entries() {
+        assert_eq!(
+            initial_uki_names().map(|(_, n)| n),
+            ["cairn-1-a.efi".to_string(), "cairn-0-b.efi".into()]
+        );
+        let mut fs = uki_esp(&[("cairn-1-a.efi", "a1"), ("cairn-0-b.efi", "b1")]);
+        let mut sd = SdBoot::new(fs.clone(), Some(Slot::A));
+        assert_eq!(sd.status().unwrap().next, Some(Slot::A));
+        // The installer streams the new UKI to the temporary name, then installs it.
+        fs.write_new(&format!("{UKI_DIR}/{UKI_TEMP_NAME}"), b"b2")
+            .unwrap();
+        sd.install_uki(Slot::B).unwrap();
+        assert_eq!(
+            ukis_of(&fs),
+            expect(&[("cairn-1-a.efi", "a1"), ("cairn-2-b+0-0.efi", "b2")])
+        );
+        assert_eq!(sd.status().unwrap().next, Some(Slot::A));
+        sd.set_trial(Slot::B, 2).unwrap();
+        assert_eq!(
+            ukis_of(&fs),
+            expect(&[("cairn-1-a.efi", "a1"), ("cairn-3-b+2-0.efi", "b2")])
+        );
+        assert_eq!(firmware_boot(&mut fs), Slot::B);
+        assert!(ukis_of(&fs).contains_key("cairn-3-b+1-1.efi"));
+        assert_eq!(firmware_boot(&mut fs), Slot::B);
+        // Tries used up: systemd-boot falls back to A by itself.
+        assert_eq!(firmware_boot(&mut fs), Slot::A);
+        let mut sd = SdBoot::new(fs.clone(), Some(Slot::A));
+        let s = sd.status().unwrap();
+        assert!(!s.slot(Slot::B).bootable && s.next == Some(Slot::A));
+        sd.set_trial(Slot::B, 1).unwrap();
+        assert_eq!(firmware_boot(&mut fs), Slot::B);
+        let mut sd = SdBoot::new(fs.clone(), Some(Slot::B));
+        sd.mark_good(Slot::B).unwrap();
+        assert_eq!(
+            ukis_of(&fs),
+            expect(&[("cairn-1-a.efi", "a1"), ("cairn-4-b.efi", "b2")])
+        );
+        sd.mark_bad(Slot::B).unwrap();
+        assert_eq!(
+            ukis_of(&fs),
+            expect(&[("cairn-1-a.efi", "a1"), ("cairn-4-b+0-0.efi", "b2")])
+        );
+        // Refusals write nothing.
+        let before = fs.files();
+        let mut on_a = SdBoot::new(fs.clone(), Some(Slot::A));
+        assert!(matches!(
+            on_a.install_uki(Slot::A),
+            Err(Error::RunningSlot(Slot::A))
+        ));
+        assert!(on_a.mark_bad(Slot::A).is_err());
+        assert_eq!(fs.files(), before);
+    }
+
+    #[test]
+    fn a_power_cut_during_a_uki_trial_or_install_leaves_a_good_uki_to_boot() {
+        let start = [("cairn-1-a.efi", "a1"), ("cairn-0-b.efi", "b1")];
+        let dry = uki_esp(&start);
+        let mut sd = SdBoot::new(dry.clone(), Some(Slot::A));
+        let mut w = dry.clone();
+        w.write_new(&format!("{UKI_DIR}/{UKI_TEMP_NAME}"), b"b2")
+            .unwrap();
+        let first = dry.writes();
+        sd.install_uki(Slot::B).unwrap();
+        sd.set_trial(Slot::B, 3).unwrap();
+        let writes = dry.writes() - first;
+        assert_eq!(writes, 3, "rename, remove; rename (no copy of the UKI)");
+        for n in 0..=writes {
+            let fs = uki_esp(&start);
+            let mut w = fs.clone();
+            w.write_new(&format!("{UKI_DIR}/{UKI_TEMP_NAME}"), b"b2")
+                .unwrap();
+            fs.cut_power_after(n);
+            let mut sd = SdBoot::new(fs.clone(), Some(Slot::A));
+            let _ = sd.install_uki(Slot::B);
+            let _ = sd.set_trial(Slot::B, 3);
+            let disk = fs.persisted();
+            let names = disk.list(UKI_DIR).unwrap();
+            let (name, slot) = next_boot(&names).unwrap().unwrap();
+            assert!(!EntryFile::parse(&name).unwrap().unwrap().is_bad(), "{n}");
+            let got = disk
+                .read(&format!("{UKI_DIR}/{name}"), 16)
+                .unwrap()
+                .unwrap();
+            let ok = match slot {
+                Slot::A => got == b"a1",
+                Slot::B => got == b"b1" || got == b"b2",
+            };
+            assert!(ok, "cut after {n}: {name} holds {got:?}");
+        }
+    }
+
+    #[test]
+    fn ukis_sort_before_conf_entries_as_systemd_boot_sorts_them() {
+        assert_eq!(
+            next_boot(&["cairn-5-a.conf", "cairn-1-b.efi"]).unwrap(),
+            Some(("cairn-1-b.efi".into(), Slot::B))
+        );
+        assert_eq!(
+            next_boot(&["cairn-5-a.conf", "cairn-1-b+0-3.efi"]).unwrap(),
+            Some(("cairn-5-a.conf".into(), Slot::A))
+        );
+        let err = next_boot(&["cairn-x-b.efi"]).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "EFI/Linux/cairn-x-b.efi: not a Cairn entry name \
+             (expected cairn-<generation>-<a|b>[+<left>-<done>].efi)"
+        );
+        // A .efi in loader/entries is not an entry, for systemd-boot or for Cairn.
+        let fs = esp(&[("cairn-1-a.conf", "a"), ("cairn-9-b.efi", "b")]);
+        let s = SdBoot::new(fs, Some(Slot::A)).status().unwrap();
+        assert!(!s.slot(Slot::B).bootable);
     }
 }

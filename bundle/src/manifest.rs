@@ -31,6 +31,9 @@ pub enum Role {
     Initramfs,
     /// Files for the boot partition (an archive the installer unpacks).
     BootFiles,
+    /// A unified kernel image (kernel, initramfs and command line, possibly signed for Secure
+    /// Boot) for one slot; the payload name says which (`uki-a.efi`, `uki-b.efi`).
+    Uki,
 }
 
 impl Role {
@@ -41,14 +44,21 @@ impl Role {
             Role::Kernel => "kernel",
             Role::Initramfs => "initramfs",
             Role::BootFiles => "boot-files",
+            Role::Uki => "uki",
         }
     }
 
     /// Parses the manifest spelling.
     pub fn parse(text: &str) -> Option<Role> {
-        [Role::Rootfs, Role::Kernel, Role::Initramfs, Role::BootFiles]
-            .into_iter()
-            .find(|r| r.as_str() == text)
+        [
+            Role::Rootfs,
+            Role::Kernel,
+            Role::Initramfs,
+            Role::BootFiles,
+            Role::Uki,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == text)
     }
 }
 

@@ -90,6 +90,13 @@ enum KeysCommand {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Generate UEFI Secure Boot keys: PK, KEK and db (RSA-2048 .key, mode 0600, and
+    /// self-signed .crt) and the PCR-signing key pair (pcr-signing.key, pcr-signing.pem).
+    GenSecureboot {
+        /// Folder for the files (created if missing); none of them may exist yet.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -159,7 +166,7 @@ enum BundleCommand {
 #[derive(Subcommand)]
 enum ImageCommand {
     /// Build <out>/disk.img and <out>/image.json for a board.
-    Build(BuildArgs),
+    Build(Box<BuildArgs>),
     /// Show or change an image's A/B slot state, in the bootloader's own format, offline.
     Slots(SlotsArgs),
 }
@@ -221,6 +228,10 @@ struct BuildArgs {
     /// Leave out the containers extension (containerd, runc, CNI plugins, iptables).
     #[arg(long, conflicts_with = "k3s")]
     no_containers: bool,
+    /// Sign systemd-boot and the UKIs for UEFI Secure Boot with DIR/db.key and DIR/db.crt
+    /// (`cairnctl keys gen-secureboot`); the command line gets `lockdown=integrity`.
+    #[arg(long, value_name = "DIR")]
+    secure_boot: Option<PathBuf>,
     /// An operator's k3s binary for the board's CPU, added to the containers extension as
     /// /usr/bin/k3s.
     #[arg(long)]
@@ -325,10 +336,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Image(ImageCommand::Build(args)) => image_build(args, json),
+        Command::Image(ImageCommand::Build(args)) => image_build(*args, json),
         Command::Image(ImageCommand::Slots(args)) => image_slots(args),
         Command::Qemu(QemuCommand::Run(args)) => qemu_run(args),
         Command::Keys(KeysCommand::Gen { out }) => keys_gen(&out),
+        Command::Keys(KeysCommand::GenSecureboot { out }) => {
+            for path in cairn_secureboot::keys::generate(&out)? {
+                println!("{}", path.display());
+            }
+            Ok(())
+        }
         Command::Bundle(BundleCommand::Inspect { bundle }) => bundle_inspect(&bundle, json),
         Command::Bundle(BundleCommand::Create {
             board,
@@ -849,6 +866,7 @@ fn image_build(args: BuildArgs, json: bool) -> anyhow::Result<()> {
                 args.security_version,
             )?
         },
+        secure_boot: args.secure_boot.clone(),
         extension: (!args.no_containers).then(|| cairn_image::extension::ExtensionOptions {
             k3s: args.k3s.map(|binary| cairn_image::extension::K3sInput {
                 binary,

@@ -256,7 +256,7 @@ fn unary_answers_as_tables_and_json() {
     assert_eq!(code, Some(2), "{err}");
     assert_eq!(err, "");
     assert!(
-        out.starts_with("unhealthy: 1 of 2 checks do not pass\n"),
+        out.starts_with("unhealthy: 1 of 2 checks do not pass\nsecure_boot=on\n"),
         "{out}"
     );
     assert!(
@@ -273,6 +273,7 @@ fn unary_answers_as_tables_and_json() {
     assert_eq!(h["healthy"], false);
     assert_eq!(h["checks"][1]["state"], "failing");
     assert_eq!(h["checks"][1]["detail"], "connection refused");
+    assert_eq!(h["secure_boot"], "on");
 
     let (ok, out, err) = fleet.admin(&["slots"]);
     assert!(ok, "{err}");

@@ -100,6 +100,16 @@ fn mount_with(
     }
 }
 
+/// Mounts efivarfs (the firmware's variables) read-only on `target`.
+pub fn mount_efivarfs_ro(target: &Path) -> io::Result<()> {
+    mount(
+        Path::new("efivarfs"),
+        target,
+        "efivarfs",
+        libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+    )
+}
+
 /// Whether `target` is a mount point (its device differs from its parent's).
 pub fn is_mount_point(target: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;

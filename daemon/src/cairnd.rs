@@ -114,7 +114,8 @@ fn start() -> Result<Daemon, String> {
     if storage.allows_workloads() && bench::requested() {
         bench::spawn(containers.as_ref().and_then(|c| c.containerd().cloned()));
     }
-    let mut health = Health::new(settings.clone(), storage.clone());
+    let mut health =
+        Health::new(settings.clone(), storage.clone()).with_secure_boot(crate::secureboot::read());
     if let Some(c) = &containers {
         health = health.with_gate(c.clone());
     }

@@ -39,6 +39,8 @@ pub struct Health {
     /// Per health check: passing, and for how many checks in a row.
     streaks: Mutex<Vec<(String, bool, u32)>>,
     gates: Vec<Arc<dyn Gate>>,
+    /// What the firmware said about Secure Boot at this boot.
+    secure_boot: crate::secureboot::SecureBoot,
 }
 
 impl Health {
@@ -49,7 +51,14 @@ impl Health {
             trial_deadline: Mutex::new(None),
             streaks: Mutex::new(Vec::new()),
             gates: Vec::new(),
+            secure_boot: crate::secureboot::SecureBoot::Unknown,
         }
+    }
+
+    /// Records the firmware's Secure Boot state, reported with every Health answer.
+    pub fn with_secure_boot(mut self, state: crate::secureboot::SecureBoot) -> Health {
+        self.secure_boot = state;
+        self
     }
 
     /// Adds a capability's checks to every round and to the Health call.
@@ -125,6 +134,7 @@ impl Health {
             checks,
             trial: deadline.is_some(),
             trial_deadline_unix_ms: deadline.map_or(0, unix_ms),
+            secure_boot: self.secure_boot.as_str().into(),
         }
     }
 

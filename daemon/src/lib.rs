@@ -51,6 +51,7 @@ pub mod log;
 pub mod netif;
 pub mod oci;
 pub mod registry;
+pub mod secureboot;
 pub mod storage;
 pub mod system;
 pub mod uevent;

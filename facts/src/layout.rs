@@ -12,6 +12,12 @@ pub const MAX_BOOT_FILE: u64 = 256 * 1024 * 1024;
 pub const KERNEL: &str = "vmlinuz";
 /// The initramfs: its file name in the slot's boot directory, and its payload name in a bundle.
 pub const INITRAMFS: &str = "initramfs.img";
+/// The payload name of a slot's unified kernel image in a bundle (`uki-a.efi`, `uki-b.efi`):
+/// its command line names the slot, so a bundle carries one per slot and the installer takes
+/// the one for the slot it fills.
+pub fn uki_payload(slot: &str) -> String {
+    format!("uki-{slot}.efi")
+}
 /// Payload name of the root (squashfs and dm-verity tree) in a bundle. The updater goes by the
 /// payload's role; the name is what the image builder gives it. `boot.json` is
 /// [`crate::bootspec::PAYLOAD_NAME`].

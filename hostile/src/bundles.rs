@@ -62,8 +62,8 @@ impl Release {
         .to_json();
         let mut files: Vec<(&str, Role, Vec<u8>)> = vec![
             ("boot.json", Role::BootFiles, spec.into_bytes()),
-            ("vmlinuz", Role::Kernel, data(1500, 2)),
-            ("initramfs.img", Role::Initramfs, data(700, 3)),
+            ("uki-a.efi", Role::Uki, data(1500, 2)),
+            ("uki-b.efi", Role::Uki, data(700, 3)),
         ];
         if self.with_rootfs {
             files.insert(1, ("rootfs", Role::Rootfs, self.rootfs.clone()));

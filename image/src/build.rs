@@ -9,9 +9,11 @@ use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use cairn_board::{Arch, Board, BootScheme};
-use cairn_boot::{bls, sdboot, tryboot, Slot};
+use cairn_boot::{sdboot, tryboot, Slot};
 use cairn_facts::layout::{cmdline, label, INITRAMFS, KERNEL};
 use serde::Serialize;
+
+use cairn_secureboot::Pe;
 
 use crate::deb::{sha256_file, Cache, FetchedPackage};
 use crate::error::{Error, Result};
@@ -51,6 +53,10 @@ pub struct BuildOptions {
     /// The containers extension (and an operator's k3s in it); `None` leaves it out
     /// (`--no-containers`, or a board without container modules).
     pub extension: Option<crate::extension::ExtensionOptions>,
+    /// A Secure Boot key folder (`cairnctl keys gen-secureboot`): systemd-boot and each slot's
+    /// UKI are signed with its `db.key`/`db.crt`, and the command line gets
+    /// `lockdown=integrity`. `None` builds the same UKIs unsigned.
+    pub secure_boot: Option<PathBuf>,
 }
 
 /// Device configuration baked into the root filesystem.
@@ -101,6 +107,8 @@ pub struct ImageManifest {
     pub partitions: Vec<PartitionInfo>,
     pub kernel: KernelInfo,
     pub slots: Vec<SlotInfo>,
+    /// Whether systemd-boot and the UKIs are signed for Secure Boot.
+    pub secure_boot: bool,
     /// The containers extension, when the image has one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub extension: Option<ExtensionInfo>,
@@ -259,6 +267,13 @@ fn caused_by_enospc(e: &(dyn std::error::Error + 'static)) -> bool {
 fn build_staged(opts: &BuildOptions) -> Result<ImageManifest> {
     validate_version(&opts.version)?;
     check_device_binary(&opts.device_bin, opts.board.arch)?;
+    if opts.secure_boot.is_some() && !matches!(opts.board.boot, BootScheme::SystemdBoot { .. }) {
+        return Err(Error::NoSecureBoot {
+            board: opts.board.name,
+        });
+    }
+    // Bad keys are refused before anything is fetched or written.
+    let signer = secure_boot_signer(opts)?;
     let containers = opts
         .extension
         .as_ref()
@@ -457,6 +472,10 @@ fn build_staged(opts: &BuildOptions) -> Result<ImageManifest> {
             }
             cmdline = format!("{cmdline} {word}");
         }
+        if opts.secure_boot.is_some() {
+            // Under Secure Boot the kernel keeps root from changing the running kernel.
+            cmdline = format!("{cmdline} {LOCKDOWN}");
+        }
         slots.push(SlotInfo {
             slot: slot.to_string(),
             entry: String::new(),
@@ -511,6 +530,17 @@ fn build_staged(opts: &BuildOptions) -> Result<ImageManifest> {
                 ));
             }
             inputs.push(package_input(&boot_pkg));
+            let efi_dir = boot_pkg.root.join("usr/lib/systemd/boot/efi");
+            let stub_path = efi_dir.join(format!("linux{}.efi.stub", opts.board.arch.efi_suffix()));
+            if !stub_path.is_file() {
+                return Err(package_content(&boot_pkg, "systemd-stub", &stub_path));
+            }
+            let read = |path: &Path| fs::read(path).map_err(|e| Error::io("reading", path, e));
+            let sd_boot = read(&sd_boot)?;
+            let sd_boot = match &signer {
+                Some(signer) => signer.sign(Pe::parse(efi_name.clone(), sd_boot)?)?,
+                None => sd_boot,
+            };
             let mut esp = Tree::new();
             let suffix = opts.board.arch.efi_suffix().to_ascii_uppercase();
             esp.add_file(
@@ -519,38 +549,47 @@ fn build_staged(opts: &BuildOptions) -> Result<ImageManifest> {
                 sd_boot.clone(),
             )?;
             esp.add_file(&format!("EFI/systemd/{efi_name}"), 0o644, sd_boot)?;
-            let mut entries = Vec::new();
-            for info in &slots {
-                let slot = &info.slot;
-                esp.add_file(&format!("EFI/cairn/{slot}/{KERNEL}"), 0o644, kernel.clone())?;
-                esp.add_file(
-                    &format!("EFI/cairn/{slot}/{INITRAMFS}"),
-                    0o644,
-                    initramfs.clone(),
-                )?;
-                entries.push(bls::Entry {
-                    title: format!("Cairn {} (slot {slot})", opts.version),
-                    version: opts.version.clone(),
-                    linux: format!("/EFI/cairn/{slot}/{KERNEL}"),
-                    initrd: format!("/EFI/cairn/{slot}/{INITRAMFS}"),
-                    options: info.cmdline.split(' ').map(str::to_string).collect(),
-                });
+            let stub = read(&stub_path)?;
+            let linux = read(&kernel)?;
+            let make_uki = |slot: &str, cmdline: String, what: String| -> Result<Vec<u8>> {
+                let parts = cairn_secureboot::uki::UkiParts {
+                    osrel: cairn_secureboot::uki::osrel(&opts.version, slot),
+                    cmdline,
+                    linux: &linux,
+                    initrd: &initramfs,
+                    dtb: None,
+                };
+                slot_uki(Pe::parse(what, stub.clone())?, &parts, &[], signer.as_ref())
+            };
+            for (info, (_, name)) in slots.iter_mut().zip(sdboot::initial_uki_names()) {
+                let what = format!("the UKI of slot {}", info.slot);
+                let uki = make_uki(&info.slot, info.cmdline.clone(), what)?;
+                info.entry = format!("{}/{name}", sdboot::UKI_DIR);
+                esp.add_file(&info.entry, 0o644, uki)?;
+            }
+            // An update bundle carries slot A's root, which either slot may receive: its UKIs
+            // both name that root (its hash and offset) and differ in `cairn.slot=`.
+            for slot in ["a", "b"] {
+                let cmdline = slots[0]
+                    .cmdline
+                    .split(' ')
+                    .map(|w| match w.split_once('=') {
+                        Some((cmdline::SLOT, _)) => format!("{}={slot}", cmdline::SLOT),
+                        _ => w.to_string(),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                let what = format!("the update UKI for slot {slot}");
+                let uki = make_uki(slot, cmdline, what)?;
+                let name = cairn_facts::layout::uki_payload(slot);
+                let path = staging.dir.join(&name);
+                fs::write(&path, uki).map_err(|e| Error::io("writing", &path, e))?;
             }
             esp.add_file(
                 "loader/loader.conf",
                 0o644,
                 sdboot::loader_conf().into_bytes(),
             )?;
-            let files = sdboot::initial_entries(&entries[0], &entries[1]).map_err(|e| {
-                Error::ToolFailed {
-                    command: "rendering the boot entries".into(),
-                    stderr: e.to_string(),
-                }
-            })?;
-            for (info, (name, text)) in slots.iter_mut().zip(files) {
-                info.entry = format!("loader/entries/{name}");
-                esp.add_file(&info.entry, 0o644, text.into_bytes())?;
-            }
             write_fat(&mut disk, label::ESP, &esp)?;
         }
         BootScheme::RpiTryboot {
@@ -724,6 +763,7 @@ fn build_staged(opts: &BuildOptions) -> Result<ImageManifest> {
                 .collect(),
         },
         slots,
+        secure_boot: opts.secure_boot.is_some(),
         extension: extension_info,
         inputs,
     };
@@ -825,6 +865,35 @@ pub const RESET_ON_HANG: &[&str] = &[
     "hung_task_timeout_secs=120",
     "watchdog.open_timeout=120",
 ];
+
+/// The kernel command-line word a Secure Boot image adds: the kernel refuses what would let root
+/// change the running kernel (unsigned modules, /dev/mem, kexec of unsigned kernels).
+pub const LOCKDOWN: &str = "lockdown=integrity";
+
+/// The db signer of `--secure-boot DIR`, if given.
+fn secure_boot_signer(opts: &BuildOptions) -> Result<Option<cairn_secureboot::Signer>> {
+    opts.secure_boot
+        .as_deref()
+        .map(|dir| cairn_secureboot::Signer::load(dir, "db"))
+        .transpose()
+        .map_err(Error::from)
+}
+
+/// One slot's UKI: the stub with the slot's parts and `extra` sections, then signed when a
+/// signer is given. `extra` is where sections computed from the others go before the
+/// signature: `.pcrsig` and `.pcrpkey` (a PCR 11 policy signed for this very UKI).
+pub fn slot_uki(
+    stub: Pe,
+    parts: &cairn_secureboot::uki::UkiParts<'_>,
+    extra: &[(&str, &[u8])],
+    signer: Option<&cairn_secureboot::Signer>,
+) -> Result<Vec<u8>> {
+    let uki = cairn_secureboot::uki::build(stub, parts, extra)?;
+    Ok(match signer {
+        Some(signer) => signer.sign(uki)?,
+        None => uki.into_bytes(),
+    })
+}
 
 fn initramfs(
     device_bin: &Path,

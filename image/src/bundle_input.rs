@@ -5,23 +5,21 @@
 //! |---|---|---|
 //! | `boot.json` | boot-files | slot A's root hash, hash offset and command line in image.json |
 //! | `rootfs` | rootfs | ROOT-A: the squashfs and its dm-verity tree (`hash_offset + hash_size` bytes), then the containers extension if the image has one (up to its `offset + size`) |
-//! | `vmlinuz` | kernel | `EFI/cairn/a/vmlinuz` on the ESP |
-//! | `initramfs.img` | initramfs | `EFI/cairn/a/initramfs.img` on the ESP |
+//! | `uki-a.efi`, `uki-b.efi` | uki | the image folder's `uki-a.efi` and `uki-b.efi`, written by the build beside disk.img, signed if the image is |
 //!
-//! Slot A's root works in either slot: dm-verity checks the root hash, not the partition, and the
-//! installer writes `cairn.slot=` for the slot it fills.
+//! Slot A's root works in either slot: dm-verity checks the root hash, not the partition. The
+//! two UKIs both carry slot A's root hash and offset and differ only in `cairn.slot=` on their
+//! command line (which the signature covers, so the device cannot write it): the installer takes
+//! the one for the slot it fills.
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
 
-use cairn_boot::fs::Fs;
 use cairn_bundle::{PayloadSource, Role};
 use cairn_facts::bootspec::{self, BootSpec};
-use cairn_facts::layout::{cmdline, label, INITRAMFS, KERNEL, MAX_BOOT_FILE, ROOTFS};
+use cairn_facts::layout::{cmdline, uki_payload, ROOTFS};
 use serde_json::Value;
-
-use crate::formats::fat_fs::manifest_partition_fs;
 
 /// Chunk size of the rootfs payload: large chunks keep the installer's writes large.
 pub const ROOTFS_CHUNK: u32 = 4 * 1024 * 1024;
@@ -101,23 +99,22 @@ pub fn bundle_input(image_dir: &Path, work: &Path) -> Result<BundleInput, String
         return Err(format!("{} ends inside {root_label}", disk.display()));
     }
 
-    // vmlinuz and initramfs.img from the ESP.
-    let esp = manifest_partition_fs(&m, &disk, label::ESP)?;
-    let boot_file = |name: &str| -> Result<PathBuf, String> {
-        let path = format!("EFI/cairn/a/{name}");
-        let bytes = esp
-            .read(&path, MAX_BOOT_FILE as usize)
-            .map_err(|e| format!("reading {path} from the ESP: {e}"))?
-            .ok_or_else(|| format!("the ESP has no {path}"))?;
-        let out = work.join(name);
-        File::create(&out)
-            .and_then(|mut f| f.write_all(&bytes))
-            .map_err(|e| format!("writing {}: {e}", out.display()))?;
-        Ok(out)
-    };
-    let kernel = boot_file(KERNEL)?;
-    let initramfs = boot_file(INITRAMFS)?;
-
+    // The update UKIs the build wrote beside disk.img: both boot slot A's root.
+    if !image_dir.join(uki_payload("a")).is_file() {
+        return Err(format!(
+            "{} has no {} (an image of the layout before UKIs): rebuild it with this cairnctl",
+            image_dir.display(),
+            uki_payload("a")
+        ));
+    }
+    let mut ukis = Vec::new();
+    for name in ["a", "b"] {
+        let payload = uki_payload(name);
+        let from = image_dir.join(&payload);
+        let out = work.join(&payload);
+        std::fs::copy(&from, &out).map_err(|e| format!("copying {}: {e}", from.display()))?;
+        ukis.push((payload, out));
+    }
     // boot.json: the command line minus the slot's own words.
     let options = field(slot, "cmdline")?
         .split(' ')
@@ -145,11 +142,15 @@ pub fn bundle_input(image_dir: &Path, work: &Path) -> Result<BundleInput, String
         arch: field(&m, "arch")?,
         version: field(&m, "version")?,
         security_version: number(&m, "security_version")? as u32,
-        payloads: vec![
+        payloads: [
             source(bootspec::PAYLOAD_NAME, Role::BootFiles, spec_path, 65536),
             source(ROOTFS, Role::Rootfs, rootfs, ROOTFS_CHUNK),
-            source(KERNEL, Role::Kernel, kernel, BOOT_CHUNK),
-            source(INITRAMFS, Role::Initramfs, initramfs, BOOT_CHUNK),
-        ],
+        ]
+        .into_iter()
+        .chain(
+            ukis.into_iter()
+                .map(|(name, path)| source(&name, Role::Uki, path, BOOT_CHUNK)),
+        )
+        .collect(),
     })
 }

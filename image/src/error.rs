@@ -11,6 +11,13 @@ pub enum Error {
     #[error(transparent)]
     UnknownBoard(#[from] cairn_board::UnknownBoard),
 
+    /// A unified kernel image, a signature or a Secure Boot key.
+    #[error(transparent)]
+    SecureBoot(#[from] cairn_secureboot::Error),
+
+    #[error("board {board} does not boot through UEFI: --secure-boot is for the UEFI boards")]
+    NoSecureBoot { board: &'static str },
+
     #[error("{what} {}: {source}", path.display())]
     Io {
         what: &'static str,

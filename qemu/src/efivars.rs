@@ -181,50 +181,123 @@ pub fn add_dbx_hash(vars_file: &Path, sha256: [u8; 32]) -> Result<()> {
             [0; 16],
         ),
     };
-    let name: Vec<u8> = "dbx\0".encode_utf16().flat_map(u16::to_le_bytes).collect();
-    let mut record = Vec::with_capacity(VAR_HEADER_LEN + name.len() + data.len());
-    record.extend_from_slice(&VAR_START_ID.to_le_bytes());
-    record.push(VAR_ADDED);
-    record.push(0);
-    record.extend_from_slice(&attributes.to_le_bytes());
-    record.extend_from_slice(&0u64.to_le_bytes()); // MonotonicCount
-    record.extend_from_slice(&timestamp);
-    record.extend_from_slice(&0u32.to_le_bytes()); // PubKeyIndex
-    record.extend_from_slice(&(name.len() as u32).to_le_bytes());
-    record.extend_from_slice(&(data.len() as u32).to_le_bytes());
-    record.extend_from_slice(&IMAGE_SECURITY_DATABASE_GUID);
-    record.extend_from_slice(&name);
-    record.extend_from_slice(&data);
+    let old: Vec<usize> = old.iter().map(|r| r.offset).collect();
+    write_variables(
+        &store,
+        &[NewVariable {
+            name: "dbx",
+            vendor: IMAGE_SECURITY_DATABASE_GUID,
+            attributes,
+            timestamp,
+            data,
+        }],
+        &old,
+    )
+}
 
+/// One variable to append to the store.
+struct NewVariable<'a> {
+    name: &'a str,
+    vendor: [u8; 16],
+    attributes: u32,
+    timestamp: [u8; 16],
+    data: Vec<u8>,
+}
+
+impl NewVariable<'_> {
+    fn record(&self) -> Vec<u8> {
+        let name: Vec<u8> = format!("{}\0", self.name)
+            .encode_utf16()
+            .flat_map(u16::to_le_bytes)
+            .collect();
+        let mut record = Vec::with_capacity(VAR_HEADER_LEN + name.len() + self.data.len());
+        record.extend_from_slice(&VAR_START_ID.to_le_bytes());
+        record.push(VAR_ADDED);
+        record.push(0);
+        record.extend_from_slice(&self.attributes.to_le_bytes());
+        record.extend_from_slice(&0u64.to_le_bytes()); // MonotonicCount
+        record.extend_from_slice(&self.timestamp);
+        record.extend_from_slice(&0u32.to_le_bytes()); // PubKeyIndex
+        record.extend_from_slice(&(name.len() as u32).to_le_bytes());
+        record.extend_from_slice(&(self.data.len() as u32).to_le_bytes());
+        record.extend_from_slice(&self.vendor);
+        record.extend_from_slice(&name);
+        record.extend_from_slice(&self.data);
+        record
+    }
+}
+
+/// Appends `new` after the last record (each 4-byte aligned), then marks the records at
+/// `replaced` (offsets) deleted: the firmware's order, so a cut leaves the old or both copies.
+fn write_variables(store: &Store<'_>, new: &[NewVariable<'_>], replaced: &[usize]) -> Result<()> {
+    let mut bytes = Vec::new();
+    for v in new {
+        bytes.extend_from_slice(&v.record());
+        bytes.resize(align4(bytes.len()), 0xff);
+    }
     let at = store.free;
     let room = store.end - at;
-    if record.len() > room {
+    if bytes.len() > room {
         return Err(store.refuse(format!(
-            "no room for a {}-byte dbx ({room} bytes free)",
-            record.len()
+            "no room for {} bytes of new variables ({room} bytes free)",
+            bytes.len()
         )));
     }
-    if store.image[at..at + record.len()]
-        .iter()
-        .any(|&b| b != 0xff)
-    {
+    if store.image[at..at + bytes.len()].iter().any(|&b| b != 0xff) {
         return Err(store.refuse(format!(
             "the space after the last variable (offset {at:#x}) is not erased flash"
         )));
     }
-
     let file = OpenOptions::new()
         .write(true)
-        .open(vars_file)
+        .open(store.path)
         .map_err(|source| store.io(source))?;
-    // The new record first, then the old one's deletion: the firmware's order.
-    file.write_all_at(&record, at as u64)
+    file.write_all_at(&bytes, at as u64)
         .map_err(|source| store.io(source))?;
-    for r in &old {
-        file.write_all_at(&[r.state & VAR_DELETED], (r.offset + 2) as u64)
+    for &offset in replaced {
+        let state = store.image[offset + 2];
+        file.write_all_at(&[state & VAR_DELETED], (offset + 2) as u64)
             .map_err(|source| store.io(source))?;
     }
     file.sync_all().map_err(|source| store.io(source))
+}
+
+/// `EFI_GLOBAL_VARIABLE`: the vendor of `PK`, `KEK`, `SecureBoot`, `SetupMode`.
+pub const GLOBAL_VARIABLE_GUID: [u8; 16] = guid(
+    0x8be4df61,
+    0x93ca,
+    0x11d2,
+    [0xaa, 0x0d, 0x00, 0xe0, 0x98, 0x03, 0x2b, 0x8c],
+);
+
+/// Enrolls Secure Boot keys into the variable store at `vars_file`: `PK`, `KEK` and `db` each
+/// become one `EFI_SIGNATURE_LIST` holding the given X.509 certificate (DER), owned by
+/// [`CAIRN_SIGNATURE_OWNER`], with the attributes the firmware gives them (NV, BS, RT,
+/// time-based authenticated write). Live copies of these three are marked deleted. Written
+/// straight into the store as the firmware keeps it, the way virt-firmware's `ovmfctl` does:
+/// no authenticated update is needed because the firmware is not running. With a `PK` the
+/// firmware starts in user mode, and EDK II then turns Secure Boot on (`SecureBoot` = 1). The
+/// file must not be in use by a running machine, and must have been formatted.
+pub fn enroll_secure_boot(vars_file: &Path, pk: &[u8], kek: &[u8], db: &[u8]) -> Result<()> {
+    let store = Store::read(vars_file)?;
+    let new = [
+        ("PK", GLOBAL_VARIABLE_GUID, pk),
+        ("KEK", GLOBAL_VARIABLE_GUID, kek),
+        ("db", IMAGE_SECURITY_DATABASE_GUID, db),
+    ]
+    .map(|(name, vendor, cert)| NewVariable {
+        name,
+        vendor,
+        attributes: DBX_ATTRIBUTES,
+        timestamp: [0; 16],
+        data: cairn_secureboot::siglist::x509(CAIRN_SIGNATURE_OWNER, cert),
+    });
+    let replaced: Vec<usize> = new
+        .iter()
+        .flat_map(|v| store.live(v.name, v.vendor))
+        .map(|r| r.offset)
+        .collect();
+    write_variables(&store, &new, &replaced)
 }
 
 /// One record's header fields and where its parts are in the image.
@@ -326,13 +399,19 @@ impl<'p> Store<'p> {
 
     /// The live `dbx` records (normally one; two only mid-replacement).
     fn live_dbx(&self) -> Vec<&Record> {
-        let dbx: Vec<u8> = "dbx\0".encode_utf16().flat_map(u16::to_le_bytes).collect();
+        self.live("dbx", IMAGE_SECURITY_DATABASE_GUID)
+    }
+
+    /// The live records of one variable.
+    fn live(&self, name: &str, vendor: [u8; 16]) -> Vec<&Record> {
+        let name: Vec<u8> = format!("{name}\0")
+            .encode_utf16()
+            .flat_map(u16::to_le_bytes)
+            .collect();
         self.records
             .iter()
             .filter(|r| {
-                is_live(r.state)
-                    && r.vendor == IMAGE_SECURITY_DATABASE_GUID
-                    && self.image[r.name.clone()] == dbx[..]
+                is_live(r.state) && r.vendor == vendor && self.image[r.name.clone()] == name[..]
             })
             .collect()
     }
@@ -649,6 +728,36 @@ mod tests {
         assert_eq!(vars[0].name, "dbx");
     }
 
+    /// PK, KEK and db enrolled into OVMF's empty template and into AAVMF's snakeoil one (whose
+    /// own PK, KEK and db are then marked deleted): one live copy each, holding the certificate.
+    #[test]
+    fn secure_boot_keys_are_enrolled_replacing_any_there() {
+        for template in [OVMF_VARS, "/usr/share/AAVMF/AAVMF_VARS.snakeoil.fd"] {
+            let (_dir, path) = copy(template);
+            for round in 0..2u8 {
+                let cert = |tag: u8| vec![0x30, 3, tag, round, 0];
+                enroll_secure_boot(&path, &cert(1), &cert(2), &cert(3)).unwrap();
+                let vars = variables(&path).unwrap();
+                for (name, vendor, tag) in [
+                    ("PK", GLOBAL_VARIABLE_GUID, 1),
+                    ("KEK", GLOBAL_VARIABLE_GUID, 2),
+                    ("db", IMAGE_SECURITY_DATABASE_GUID, 3),
+                ] {
+                    let live: Vec<&Variable> = vars
+                        .iter()
+                        .filter(|v| v.name == name && v.vendor == vendor && v.is_live())
+                        .collect();
+                    assert_eq!(live.len(), 1, "{template} {name}");
+                    assert_eq!(live[0].attributes, 0x27);
+                    assert_eq!(
+                        live[0].data,
+                        cairn_secureboot::siglist::x509(CAIRN_SIGNATURE_OWNER, &cert(tag))
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn a_full_store_is_refused() {
         let (_dir, path) = copy(OVMF_VARS);
@@ -659,7 +768,7 @@ mod tests {
         std::fs::write(&path, &image).unwrap();
         let err = add_dbx_hash(&path, [0x77; 32]).unwrap_err().to_string();
         assert!(
-            err.contains("no room for a 144-byte dbx (100 bytes free)"),
+            err.contains("no room for 144 bytes of new variables (100 bytes free)"),
             "{err}"
         );
     }

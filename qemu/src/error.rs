@@ -20,6 +20,9 @@ pub enum Error {
     #[error("board {board} has no QEMU profile: it cannot be emulated")]
     NoQemuProfile { board: &'static str },
 
+    #[error("board {board} has no Secure Boot firmware profile in the harness (qemu-x86_64 and qemu-aarch64 have)")]
+    NoSecureBoot { board: &'static str },
+
     #[error("{binary} is not installed: {SETUP_HINT}")]
     NotInstalled {
         binary: String,

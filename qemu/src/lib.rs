@@ -39,3 +39,43 @@ pub use options::{LaunchOptions, PortForward, WorkPaths};
 pub use stick::StickReads;
 pub use timeouts::{Timeouts, TIMEOUT_SCALE_ENV};
 pub use tpm::{pcr_extends, PcrExtend, Swtpm, SWTPM_LOG_COMMANDS, TPM_ALG_SHA256};
+
+/// The machine profile and extra arguments for a board's Secure Boot firmware.
+///
+/// - qemu-x86_64: Debian's `OVMF_CODE_4M.secboot.fd`, whose variable store is only writable
+///   from System Management Mode, so the machine is `q35,smm=on` and the flash is marked
+///   secure (`-global driver=cfi.pflash01,property=secure,value=on`). The variable template
+///   stays `OVMF_VARS_4M.fd`; the keys are enrolled into the run's copy.
+/// - qemu-aarch64: `AAVMF_CODE.fd` as always (its one build turns Secure Boot on once a PK is
+///   enrolled), with `AAVMF_VARS.snakeoil.fd` as the variable template: Debian's empty
+///   `AAVMF_VARS.fd` is blank flash that only the firmware's first boot formats, while the
+///   snakeoil one is formatted; its PK, KEK and db are replaced by the enrollment.
+pub fn secure_boot_profile(
+    board: &'static str,
+    profile: &cairn_board::QemuProfile,
+) -> Result<(cairn_board::QemuProfile, Vec<String>)> {
+    match profile.machine {
+        "q35" => Ok((
+            cairn_board::QemuProfile {
+                machine: "q35,smm=on",
+                firmware_code: "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd",
+                ..*profile
+            },
+            vec![
+                "-global".into(),
+                "driver=cfi.pflash01,property=secure,value=on".into(),
+            ],
+        )),
+        // AAVMF's one build enforces Secure Boot once a PK is enrolled. Its empty template is
+        // blank flash until the firmware's first boot formats it; the snakeoil template is
+        // formatted (with Debian's test keys, which the enrollment replaces).
+        "virt" => Ok((
+            cairn_board::QemuProfile {
+                firmware_vars: "/usr/share/AAVMF/AAVMF_VARS.snakeoil.fd",
+                ..*profile
+            },
+            Vec::new(),
+        )),
+        _ => Err(Error::NoSecureBoot { board }),
+    }
+}

@@ -122,6 +122,11 @@ impl Machine {
             .qemu
             .as_ref()
             .ok_or(Error::NoQemuProfile { board: board.name })?;
+        let secure = match &opts.secure_boot {
+            Some(_) => Some(crate::secure_boot_profile(board.name, profile)?),
+            None => None,
+        };
+        let profile = secure.as_ref().map_or(profile, |(p, _)| p);
         let timeouts = match opts.timeouts {
             Some(t) => t,
             None => Timeouts::from_env()?,
@@ -182,13 +187,32 @@ impl Machine {
             (Some(_), false) => return Err(Error::WriteLogNeedsWritableImage),
             (None, false) => DiskArg::Overlay(&paths.overlay),
         };
+        if let (Some(keys), false) = (&opts.secure_boot, reused_disk) {
+            let cert = |name: &str| {
+                cairn_secureboot::keys::cert_der(keys, name).map_err(|e| Error::VarStore {
+                    path: paths.vars.clone(),
+                    reason: format!("cannot enroll Secure Boot keys: {e}"),
+                })
+            };
+            crate::efivars::enroll_secure_boot(
+                &paths.vars,
+                &cert("PK")?,
+                &cert("KEK")?,
+                &cert("db")?,
+            )?;
+        }
+        let mut extra_args = secure
+            .as_ref()
+            .map(|(_, args)| args.clone())
+            .unwrap_or_default();
+        extra_args.extend(opts.extra_args.iter().cloned());
         let args = qemu_args(
             profile,
             &paths,
             disk,
             &opts.port_forwards,
             opts.tpm.as_deref(),
-            &opts.extra_args,
+            &extra_args,
         );
         Machine::start(Start {
             is_board_binary: opts.binary_override.is_none(),

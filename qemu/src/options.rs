@@ -70,6 +70,10 @@ pub struct LaunchOptions {
     /// and the disk offers the guest neither discard nor write-zeroes, so that each entry
     /// carries the bytes it wrote.
     pub write_log: Option<PathBuf>,
+    /// A Secure Boot key folder (`cairnctl keys gen-secureboot`): the machine starts the
+    /// firmware's Secure Boot build ([`crate::secure_boot_profile`]) with `PK.crt`, `KEK.crt`
+    /// and `db.crt` enrolled in a fresh variable store, so it boots only what `db.key` signed.
+    pub secure_boot: Option<PathBuf>,
 }
 
 impl LaunchOptions {
@@ -93,6 +97,7 @@ impl LaunchOptions {
             qmp_connect_timeout: Duration::from_secs(10),
             tpm: None,
             write_log: None,
+            secure_boot: None,
         }
     }
 }

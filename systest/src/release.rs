@@ -37,6 +37,7 @@ pub fn build_release(
             security_version: security,
             ..extras
         },
+        secure_boot: None,
         extension: Some(Default::default()),
     })
     .unwrap();

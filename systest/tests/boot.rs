@@ -11,6 +11,7 @@ fn boot_and_power_off(board_name: &str) {
     let dir = image_dir(board);
     let recorded = cairn_systest::manifest(board)["disk"]["sha256"].clone();
     let work = tempfile::tempdir().unwrap();
+    let launched = std::time::Instant::now();
     let mut m = cairn_qemu::Machine::launch(cairn_qemu::LaunchOptions::new(
         board,
         dir.join("disk.img"),
@@ -28,6 +29,10 @@ fn boot_and_power_off(board_name: &str) {
         env!("CARGO_PKG_VERSION")
     );
     assert!(ready.starts_with(&expected), "ready line: {ready}");
+    eprintln!(
+        "{board_name}: ready {:.1} s after launch ({ready})",
+        launched.elapsed().as_secs_f64()
+    );
     let boot_ms: u64 = ready[expected.len()..].trim().parse().unwrap();
     assert!(boot_ms > 0, "{ready}");
     let stats = m

@@ -24,6 +24,7 @@ fn options(board: &'static Board, out: &Path) -> BuildOptions {
             api_secrets: Some(dev_api_secrets()),
             ..Default::default()
         },
+        secure_boot: None,
         extension: Some(Default::default()),
     }
 }
@@ -127,19 +128,45 @@ fn esp_root_and_initramfs_read_back_with_debian_tools() {
             )
         };
         let m = manifest(board);
+        let mcopy = |path: &str, to: &std::path::Path| {
+            tool(
+                Command::new("mcopy")
+                    .env("MTOOLS_SKIP_CHECK", "1")
+                    .arg("-i")
+                    .arg(&esp)
+                    .arg(format!("::{path}"))
+                    .arg(to),
+            )
+        };
+        // Each slot boots a UKI in EFI/Linux whose .cmdline names the slot and its root hash.
+        let mut uki_a = None;
         for slot in m["slots"].as_array().unwrap() {
             let name = slot["slot"].as_str().unwrap();
-            let entry = mtype(&format!("/{}", slot["entry"].as_str().unwrap()));
+            let path = slot["entry"].as_str().unwrap();
+            assert!(path.starts_with("EFI/Linux/cairn-"), "{path}");
+            let copy = tmp.path().join(format!("uki-{name}.efi"));
+            mcopy(&format!("/{path}"), &copy);
+            let uki = cairn_secureboot::Pe::parse(path, std::fs::read(&copy).unwrap()).unwrap();
+            let cmdline = cairn_secureboot::uki::cmdline(&uki).unwrap();
+            assert_eq!(cmdline, slot["cmdline"].as_str().unwrap());
             assert!(
-                entry.contains(&format!("linux /EFI/cairn/{name}/vmlinuz")),
-                "{entry}"
+                cmdline.contains(&format!("cairn.slot={name} ")),
+                "{cmdline}"
             );
-            assert!(entry.contains(&format!("cairn.slot={name} ")), "{entry}");
             let roothash = slot["roothash"].as_str().unwrap();
             assert!(
-                entry.contains(&format!("cairn.roothash={roothash} ")),
-                "{entry}"
+                cmdline.contains(&format!("cairn.roothash={roothash} ")),
+                "{cmdline}"
             );
+            let osrel = String::from_utf8_lossy(uki.section_data(".osrel").unwrap()).into_owned();
+            assert!(
+                osrel.contains("ID=cairn\n") && !osrel.contains("VERSION"),
+                "{osrel}"
+            );
+            assert!(!uki.is_signed(), "built without --secure-boot");
+            if name == "a" {
+                uki_a = Some(uki);
+            }
         }
         let loader = mtype("/loader/loader.conf");
         assert!(loader.contains("editor no"), "{loader}");
@@ -160,16 +187,9 @@ fn esp_root_and_initramfs_read_back_with_debian_tools() {
             "systemd-boot is a PE file"
         );
 
-        // The initramfs, pulled off the ESP and listed by GNU cpio.
+        // The initramfs, pulled out of slot A's UKI and listed by GNU cpio.
         let initrd = tmp.path().join("initramfs.img");
-        tool(
-            Command::new("mcopy")
-                .env("MTOOLS_SKIP_CHECK", "1")
-                .arg("-i")
-                .arg(&esp)
-                .arg("::/EFI/cairn/a/initramfs.img")
-                .arg(&initrd),
-        );
+        std::fs::write(&initrd, uki_a.unwrap().section_data(".initrd").unwrap()).unwrap();
         let listing = tool(
             Command::new("cpio")
                 .args(["-t", "--quiet", "-F"])
@@ -578,6 +598,7 @@ fn an_image_without_the_containers_extension_names_none() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("plain");
     let built = build(&BuildOptions {
+        secure_boot: None,
         extension: None,
         ..options(board, &out)
     })

@@ -73,6 +73,7 @@ fn build(out: &Path, version: &str, k3s: &Path, images: Option<&Path>, api: bool
             api_secrets: secrets,
             ..Default::default()
         },
+        secure_boot: None,
         extension: Some(cairn_image::extension::ExtensionOptions {
             k3s: Some(cairn_image::extension::K3sInput {
                 binary: k3s.to_path_buf(),

@@ -207,6 +207,7 @@ fn qemu_aarch64_static_address_and_clock_from_ntp() {
             machine_config: Some(config),
             ..Default::default()
         },
+        secure_boot: None,
         extension: Some(Default::default()),
     })
     .unwrap();

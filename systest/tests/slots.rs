@@ -1,5 +1,5 @@
-//! A/B slots on the real firmware and the real systemd-boot, in QEMU: a trial boot of slot B
-//! with boot counting that the device's cairnd commits once healthy, a slot marked bad, and
+//! A/B slots on the real firmware and the real systemd-boot, in QEMU: each slot a unified kernel
+//! image in `EFI/Linux/`, a trial boot of slot B with boot counting in its file name that the device's cairnd commits once healthy, a slot marked bad, and
 //! dm-verity stopping a tampered root so that boot counting returns the machine to A by itself.
 //! (Trials that fail their health checks or hang are in update.rs.)
 //!
@@ -51,7 +51,11 @@ impl Rig {
 
     fn entries(&self) -> Vec<String> {
         use cairn_boot::fs::Fs;
-        let mut names = self.esp().into_fs().list("loader/entries").unwrap();
+        let mut names = self
+            .esp()
+            .into_fs()
+            .list(cairn_boot::sdboot::UKI_DIR)
+            .unwrap();
         names.sort();
         names
     }
@@ -86,7 +90,7 @@ fn ready(m: &mut Machine) -> (String, String) {
 fn trial_commit_and_mark_bad(board_name: &str) {
     let _serial = qemu_lock();
     let mut rig = Rig::new(board_name);
-    assert_eq!(rig.entries(), ["cairn-0-b.conf", "cairn-1-a.conf"]);
+    assert_eq!(rig.entries(), ["cairn-0-b.efi", "cairn-1-a.efi"]);
 
     // 1. A fresh image boots A, not as a trial.
     let mut m = rig.launch();
@@ -96,7 +100,7 @@ fn trial_commit_and_mark_bad(board_name: &str) {
     // 2. set_trial(B, 2) from the host: systemd-boot boots B and counts the try down on the
     //    ESP; cairnd finds the trial healthy and commits it (drops the counter).
     rig.esp().set_trial(Slot::B, 2).unwrap();
-    assert_eq!(rig.entries(), ["cairn-1-a.conf", "cairn-2-b+2-0.conf"]);
+    assert_eq!(rig.entries(), ["cairn-1-a.efi", "cairn-2-b+2-0.efi"]);
     let mut m = rig.launch();
     assert_eq!(ready(&mut m), ("b".into(), "yes".into()));
     m.wait_for_line("cairnd: slot b healthy", BOOT_TIMEOUT)
@@ -104,7 +108,7 @@ fn trial_commit_and_mark_bad(board_name: &str) {
     m.wait_for_line("cairnd: waiting for update bundles", BOOT_TIMEOUT)
         .unwrap();
     rig.stop(m);
-    assert_eq!(rig.entries(), ["cairn-1-a.conf", "cairn-2-b.conf"]);
+    assert_eq!(rig.entries(), ["cairn-1-a.efi", "cairn-2-b.efi"]);
 
     // 3. Committed: B across resets, no longer a trial.
     let mut m = rig.launch();
@@ -160,7 +164,7 @@ fn tampered_root_falls_back(board_name: &str) {
         !lines.iter().any(|l| l.contains("ready slot=b")),
         "the tampered root must never come up"
     );
-    assert_eq!(rig.entries(), ["cairn-1-a.conf", "cairn-2-b+0-2.conf"]);
+    assert_eq!(rig.entries(), ["cairn-1-a.efi", "cairn-2-b+0-2.efi"]);
 }
 
 fn flip_byte(disk: &Path, at: u64) {

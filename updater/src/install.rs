@@ -12,13 +12,13 @@
 //!    From here on nothing boots it until step 6; the running slot and its entry are never
 //!    written.
 //! 4. Stream each payload to its place, every chunk checked before it is written: `rootfs` onto
-//!    the slot's ROOT partition, `vmlinuz` and `initramfs.img` into `EFI/cairn/<slot>/` (each
-//!    under a temporary name, renamed once read back). Each is synced and read back, and the
-//!    read-back's sha256 compared with the manifest ([`crate::stream`]). `boot.json` is kept in
-//!    memory.
+//!    the slot's ROOT partition, the slot's own UKI (`uki-<slot>.efi`, whose signed command line
+//!    names the slot) to `EFI/Linux/.cairn-uki.tmp`, which systemd-boot ignores. Each is synced
+//!    and read back, and the read-back's sha256 compared with the manifest ([`crate::stream`]).
+//!    The other slot's UKI is hashed and dropped; `boot.json` is checked in memory.
 //! 5. Record what the slot now holds and the trial on STATE ([`crate::state::SlotRecord`], and
 //!    [`crate::state::TrialRecord`] with outcome `installing`).
-//! 6. Write the slot's boot entry (still bad) with the new root hash, then put it on trial
+//! 6. Rename the UKI to the slot's entry name (still bad, `+0-0`), then put it on trial
 //!    ([`cairn_boot::Bootloader::set_trial`]), then record the outcome `installed`. The next
 //!    reboot boots it, counted. A power cut before that last record leaves `installing`, which
 //!    the other slot's next boot reports as an interrupted install (never booted, the version
@@ -31,20 +31,19 @@ use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-use cairn_boot::bls::Entry;
 use cairn_boot::fs::DirFs;
-use cairn_boot::sdboot::SdBoot;
+use cairn_boot::sdboot::{self, SdBoot};
 use cairn_boot::{Bootloader, Slot};
 use cairn_bundle::{DeviceFacts, Keyring, Manifest, Role};
 use cairn_facts::bootspec::{self, BootSpec};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
-use crate::state::{self, Outcome, SlotRecord, SlotSource, StateDir, TrialRecord};
+use crate::state::{Outcome, SlotRecord, SlotSource, StateDir, TrialRecord};
 use crate::stream;
 
 pub use cairn_facts::config::DEFAULT_TRIES;
-pub use cairn_facts::layout::{INITRAMFS, KERNEL, MAX_BOOT_FILE};
+pub use cairn_facts::layout::{uki_payload, MAX_BOOT_FILE};
 
 /// Where each slot's parts live on this device.
 #[derive(Debug, Clone)]
@@ -128,31 +127,51 @@ impl Plan {
             }
         };
         let rootfs = one(Role::Rootfs)?;
-        for (role, name) in [
-            (Role::Kernel, KERNEL),
-            (Role::Initramfs, INITRAMFS),
-            (Role::BootFiles, bootspec::PAYLOAD_NAME),
-        ] {
-            let p = &m.payloads[one(role)?];
-            if p.name != name {
+        for role in [Role::Kernel, Role::Initramfs] {
+            if m.payloads.iter().any(|p| p.role == role) {
                 return Err(Error::Unsuitable(format!(
-                    "the {role} payload must be named {name:?}, not {:?}",
-                    p.name
+                    "this device boots unified kernel images: the bundle must carry uki-a.efi \
+                     and uki-b.efi, not a separate {role} payload (make it from an image built \
+                     by this cairnctl)"
                 )));
             }
-            let limit = if role == Role::BootFiles {
-                bootspec::MAX_LEN
-            } else {
-                MAX_BOOT_FILE
-            };
-            if p.size > limit {
+        }
+        let ukis: Vec<&cairn_bundle::PayloadEntry> =
+            m.payloads.iter().filter(|p| p.role == Role::Uki).collect();
+        let mut names: Vec<&str> = ukis.iter().map(|p| p.name.as_str()).collect();
+        names.sort_unstable();
+        let wanted = [uki_payload("a"), uki_payload("b")];
+        if names != wanted {
+            return Err(Error::Unsuitable(format!(
+                "a bundle for this device needs exactly the uki payloads {wanted:?}, this one has \
+                 {names:?}"
+            )));
+        }
+        for p in ukis {
+            if p.size > MAX_BOOT_FILE {
                 return Err(Error::TooBig {
                     payload: p.name.clone(),
                     size: p.size,
-                    target: "the boot partition".into(),
-                    capacity: limit,
+                    target: "the ESP".into(),
+                    capacity: MAX_BOOT_FILE,
                 });
             }
+        }
+        let (role, name) = (Role::BootFiles, bootspec::PAYLOAD_NAME);
+        let p = &m.payloads[one(role)?];
+        if p.name != name {
+            return Err(Error::Unsuitable(format!(
+                "the {role} payload must be named {name:?}, not {:?}",
+                p.name
+            )));
+        }
+        if p.size > bootspec::MAX_LEN {
+            return Err(Error::TooBig {
+                payload: p.name.clone(),
+                size: p.size,
+                target: "the boot partition".into(),
+                capacity: bootspec::MAX_LEN,
+            });
         }
         Ok(Plan { rootfs })
     }
@@ -236,8 +255,9 @@ impl Installer<'_> {
 
         // 4.
         bundle.defer_payload_hashes();
-        let slot_dir = self.layout.esp.join(format!("EFI/cairn/{slot}"));
-        fs::create_dir_all(&slot_dir).map_err(|e| Error::io("creating", &slot_dir, e))?;
+        let uki_dir = self.layout.esp.join(sdboot::UKI_DIR);
+        fs::create_dir_all(&uki_dir).map_err(|e| Error::io("creating", &uki_dir, e))?;
+        let own_uki = uki_payload(slot.name());
         let mut spec_bytes = Vec::new();
         let mut done_before = 0u64;
         while let Some(mut payload) = bundle.next_payload()? {
@@ -262,6 +282,10 @@ impl Installer<'_> {
                         }
                         .into());
                     }
+                    // boot.json must describe the rootfs (the command line itself is in the
+                    // UKI); checked before the UKI is written.
+                    BootSpec::parse(&spec_bytes, rootfs.size)
+                        .map_err(|e| Error::BootSpec(e.to_string()))?;
                 }
                 Role::Rootfs => {
                     stream::write_checked(
@@ -273,9 +297,8 @@ impl Installer<'_> {
                         &mut on_bytes,
                     )?;
                 }
-                Role::Kernel | Role::Initramfs => {
-                    let path = slot_dir.join(&entry.name);
-                    let temp = slot_dir.join(format!("{}.new", entry.name));
+                Role::Uki if entry.name == own_uki => {
+                    let temp = uki_dir.join(sdboot::UKI_TEMP_NAME);
                     let file = File::options()
                         .read(true)
                         .write(true)
@@ -291,14 +314,30 @@ impl Installer<'_> {
                         |spare| Ok(payload.take_chunk(spare)?),
                         &mut on_bytes,
                     )?;
-                    drop(file);
-                    state::rename_durably(&temp, &path)?;
+                }
+                Role::Uki => {
+                    // The other slot's UKI: its command line names that slot. Checked like
+                    // every payload, then dropped.
+                    let mut hasher = Sha256::new();
+                    let n = std::io::copy(&mut payload, &mut hasher)
+                        .map_err(cairn_bundle::Error::from_io)?;
+                    on_bytes(n);
+                    if <[u8; 32]>::from(hasher.finalize()) != entry.sha256 {
+                        return Err(cairn_bundle::Error::PayloadMismatch {
+                            payload: entry.name,
+                        }
+                        .into());
+                    }
+                }
+                Role::Kernel | Role::Initramfs => {
+                    return Err(Error::Unsuitable(format!(
+                        "payload {} is a separate {}; this device boots UKIs",
+                        entry.name, entry.role
+                    )))
                 }
             }
             done_before += entry.size;
         }
-        let spec = BootSpec::parse(&spec_bytes, rootfs.size)
-            .map_err(|e| Error::BootSpec(e.to_string()))?;
 
         // 5. and 6.
         report.phase = Phase::Arming;
@@ -322,16 +361,7 @@ impl Installer<'_> {
             reason: None,
         };
         self.state.set_trial(&record)?;
-        boot.install_entry(
-            slot,
-            &Entry {
-                title: format!("Cairn {version} (slot {slot})"),
-                version: version.clone(),
-                linux: format!("/EFI/cairn/{slot}/{KERNEL}"),
-                initrd: format!("/EFI/cairn/{slot}/{INITRAMFS}"),
-                options: spec.options_for(slot.name()),
-            },
-        )?;
+        boot.install_uki(slot)?;
         boot.set_trial(slot, self.tries)?;
         // Armed: from here a boot of the other slot means the trial was tried and abandoned,
         // not that the install was cut short.

@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use cairn_boot::bls::Entry;
 use cairn_boot::fs::DirFs;
 use cairn_boot::sdboot::{self, SdBoot};
 use cairn_boot::{Bootloader, Slot};
@@ -33,31 +32,25 @@ struct Device {
 }
 
 impl Device {
-    /// A device on slot A of version 1.0.0: both entries good, A preferred.
+    /// A device on slot A of version 1.0.0: both UKIs good, A preferred.
     fn new() -> Device {
         let dir = tempfile::tempdir().unwrap();
         let esp = dir.path().join("esp");
-        for slot in Slot::ALL {
-            fs::create_dir_all(esp.join(format!("EFI/cairn/{slot}"))).unwrap();
-            fs::write(esp.join(format!("EFI/cairn/{slot}/vmlinuz")), "old kernel").unwrap();
+        fs::create_dir_all(esp.join(sdboot::UKI_DIR)).unwrap();
+        for (slot, name) in sdboot::initial_uki_names() {
+            fs::write(
+                esp.join(sdboot::UKI_DIR).join(name),
+                format!("old uki {slot}"),
+            )
+            .unwrap();
             fs::write(
                 dir.path().join(format!("root-{slot}")),
                 vec![0xee; ROOT_SIZE as usize],
             )
             .unwrap();
         }
-        fs::create_dir_all(esp.join(sdboot::ENTRIES_DIR)).unwrap();
+        fs::create_dir_all(esp.join("loader")).unwrap();
         fs::write(esp.join(sdboot::LOADER_CONF_PATH), sdboot::loader_conf()).unwrap();
-        let entry = |slot: Slot| Entry {
-            title: format!("Cairn 1.0.0 (slot {slot})"),
-            version: "1.0.0".into(),
-            linux: format!("/EFI/cairn/{slot}/vmlinuz"),
-            initrd: format!("/EFI/cairn/{slot}/initramfs.img"),
-            options: vec![format!("cairn.slot={slot}")],
-        };
-        for (name, text) in sdboot::initial_entries(&entry(Slot::A), &entry(Slot::B)).unwrap() {
-            fs::write(esp.join(sdboot::ENTRIES_DIR).join(name), text).unwrap();
-        }
         fs::create_dir_all(dir.path().join("state")).unwrap();
         Device { dir }
     }
@@ -103,7 +96,7 @@ impl Device {
     }
 
     fn entries(&self) -> Vec<String> {
-        let mut names: Vec<String> = fs::read_dir(self.path("esp").join(sdboot::ENTRIES_DIR))
+        let mut names: Vec<String> = fs::read_dir(self.path("esp").join(sdboot::UKI_DIR))
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
@@ -114,8 +107,8 @@ impl Device {
 
 struct Release {
     rootfs: Vec<u8>,
-    kernel: Vec<u8>,
-    initramfs: Vec<u8>,
+    uki_a: Vec<u8>,
+    uki_b: Vec<u8>,
     spec: BootSpec,
     meta: ManifestMeta,
 }
@@ -124,8 +117,8 @@ impl Release {
     fn new() -> Release {
         Release {
             rootfs: data(3 * 1024 * 1024 + 4096, 1),
-            kernel: data(200_000, 2),
-            initramfs: data(70_000, 3),
+            uki_a: data(200_000, 2),
+            uki_b: data(200_001, 3),
             spec: BootSpec {
                 format: 1,
                 roothash: "5a".repeat(32),
@@ -144,14 +137,20 @@ impl Release {
     }
 
     fn bundle(&self, key: &SecretKey) -> Vec<u8> {
-        let dir = tempfile::tempdir().unwrap();
         let spec = self.spec.to_json();
-        let files: [(&str, Role, &[u8]); 4] = [
-            ("boot.json", Role::BootFiles, spec.as_bytes()),
-            ("rootfs", Role::Rootfs, &self.rootfs),
-            ("vmlinuz", Role::Kernel, &self.kernel),
-            ("initramfs.img", Role::Initramfs, &self.initramfs),
-        ];
+        self.bundle_of(
+            key,
+            &[
+                ("boot.json", Role::BootFiles, spec.as_bytes()),
+                ("rootfs", Role::Rootfs, &self.rootfs),
+                ("uki-a.efi", Role::Uki, &self.uki_a),
+                ("uki-b.efi", Role::Uki, &self.uki_b),
+            ],
+        )
+    }
+
+    fn bundle_of(&self, key: &SecretKey, files: &[(&str, Role, &[u8])]) -> Vec<u8> {
+        let dir = tempfile::tempdir().unwrap();
         let sources: Vec<PayloadSource> = files
             .iter()
             .map(|(name, role, bytes)| {
@@ -197,28 +196,16 @@ fn a_good_bundle_fills_the_other_slot_and_arms_a_trial() {
         fs::read(dev.path("root-a")).unwrap(),
         vec![0xee; ROOT_SIZE as usize]
     );
+    // B's own UKI, renamed into place and counted; A's untouched; A's copy in the bundle
+    // (whose command line names slot a) written nowhere.
+    assert_eq!(dev.entries(), ["cairn-1-a.efi", "cairn-3-b+2-0.efi"]);
     assert_eq!(
-        fs::read(dev.path("esp/EFI/cairn/b/vmlinuz")).unwrap(),
-        rel.kernel
+        fs::read(dev.path("esp/EFI/Linux/cairn-3-b+2-0.efi")).unwrap(),
+        rel.uki_b
     );
     assert_eq!(
-        fs::read(dev.path("esp/EFI/cairn/b/initramfs.img")).unwrap(),
-        rel.initramfs
-    );
-    assert_eq!(
-        fs::read(dev.path("esp/EFI/cairn/a/vmlinuz")).unwrap(),
-        b"old kernel"
-    );
-
-    assert_eq!(dev.entries(), ["cairn-1-a.conf", "cairn-3-b+2-0.conf"]);
-    let entry = fs::read_to_string(dev.path("esp/loader/entries/cairn-3-b+2-0.conf")).unwrap();
-    assert!(entry.contains("version 1.1.0"), "{entry}");
-    assert!(
-        entry.contains(&format!(
-            "options console=ttyAMA0 quiet cairn.slot=b cairn.roothash={} cairn.hashoffset=3145728",
-            "5a".repeat(32)
-        )),
-        "{entry}"
+        fs::read(dev.path("esp/EFI/Linux/cairn-1-a.efi")).unwrap(),
+        b"old uki a"
     );
     let mut boot = SdBoot::new(DirFs::new(dev.path("esp")), Some(Slot::A));
     let status = boot.status().unwrap();
@@ -317,6 +304,28 @@ fn refusals_change_nothing() {
     huge.spec.hash_offset = ROOT_SIZE;
     refused(&dev, &ring, &huge.bundle(&key()), "holds only");
 
+    // The layout before UKIs (a separate kernel and initramfs), and a UKI for one slot only.
+    let spec = rel.spec.to_json();
+    let old_layout = rel.bundle_of(
+        &key(),
+        &[
+            ("boot.json", Role::BootFiles, spec.as_bytes()),
+            ("rootfs", Role::Rootfs, &rel.rootfs),
+            ("vmlinuz", Role::Kernel, &rel.uki_a),
+            ("initramfs.img", Role::Initramfs, &rel.uki_b),
+        ],
+    );
+    refused(&dev, &ring, &old_layout, "not a separate kernel payload");
+    let one_uki = rel.bundle_of(
+        &key(),
+        &[
+            ("boot.json", Role::BootFiles, spec.as_bytes()),
+            ("rootfs", Role::Rootfs, &rel.rootfs),
+            ("uki-b.efi", Role::Uki, &rel.uki_b),
+        ],
+    );
+    refused(&dev, &ring, &one_uki, "needs exactly the uki payloads");
+
     // The running slot on trial: no install until it is committed.
     let mut boot = SdBoot::new(DirFs::new(dev.path("esp")), None);
     boot.set_trial(Slot::A, 3).unwrap();
@@ -362,7 +371,7 @@ fn a_flipped_payload_byte_leaves_the_target_unbootable_and_the_running_slot_alon
         "{err}"
     );
     assert_eq!(fs::read(dev.path("root-a")).unwrap(), a_before);
-    assert_eq!(dev.entries(), ["cairn-0-b+0-0.conf", "cairn-1-a.conf"]);
+    assert_eq!(dev.entries(), ["cairn-0-b+0-0.efi", "cairn-1-a.efi"]);
     let mut boot = SdBoot::new(DirFs::new(dev.path("esp")), Some(Slot::A));
     let status = boot.status().unwrap();
     assert_eq!(status.next, Some(Slot::A));
@@ -387,7 +396,7 @@ fn bad_boot_json_is_refused_before_the_entry_is_written() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("installer's to set"), "{err}");
-    assert_eq!(dev.entries(), ["cairn-0-b+0-0.conf", "cairn-1-a.conf"]);
+    assert_eq!(dev.entries(), ["cairn-0-b+0-0.efi", "cairn-1-a.efi"]);
 }
 
 #[test]
@@ -401,8 +410,8 @@ fn an_install_stopped_before_its_trial_is_armed_is_recorded_as_installing() {
     // writing the entry fails, as if the power went first.
     let blocker = dev
         .path("esp")
-        .join(sdboot::ENTRIES_DIR)
-        .join(sdboot::TEMP_NAME);
+        .join(sdboot::UKI_DIR)
+        .join("cairn-2-b+0-0.efi");
     fs::create_dir(&blocker).unwrap();
     let e = dev
         .installer(&ring)
@@ -473,7 +482,7 @@ fn a_bundle_pulled_from_a_registry_installs_and_bad_artifacts_install_nothing() 
         &fs::read(dev.path("root-b")).unwrap()[..rel.rootfs.len()],
         &rel.rootfs[..]
     );
-    assert_eq!(dev.entries(), ["cairn-1-a.conf", "cairn-3-b+2-0.conf"]);
+    assert_eq!(dev.entries(), ["cairn-1-a.efi", "cairn-3-b+2-0.efi"]);
 
     // An image that is not a bundle: refused before anything is touched.
     let image = Reference::parse(&format!("{}/cairn/app:1", reg.host())).unwrap();

@@ -141,6 +141,7 @@ fn measure_in(board: &'static Board, work: &Path) -> Result<Figures> {
             kernel_args: vec!["cairn.bench=containers".into()],
             ..Default::default()
         },
+        secure_boot: None,
         extension: Some(Default::default()),
     })?;
     let manifest: serde_json::Value =

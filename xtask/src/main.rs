@@ -282,6 +282,7 @@ fn image(board: &'static Board) -> Result<PathBuf> {
             api_secrets: Some(dev_api_secrets()?),
             ..Default::default()
         },
+        secure_boot: None,
         extension: Some(Default::default()),
     })?;
     eprintln!(
@@ -474,6 +475,7 @@ fn demo_update(board: &'static Board, image_dir: &Path) -> Result<Vec<String>> {
             security_version: 1,
             ..Default::default()
         },
+        secure_boot: None,
         extension: Some(Default::default()),
     })?;
     let bundle = work.join(format!("cairn-{}-{new_version}.cairn", board.name));

@@ -61,6 +61,9 @@ pub const PACKAGES: &[&str] = &[
     "python3-protobuf",
     "protobuf-compiler",
     "protobuf-compiler-grpc",
+    // sbverify: the independent check of Cairn's Authenticode signatures on systemd-boot and
+    // the UKIs (image/tests/secureboot_interop.rs, systest/tests/secureboot.rs).
+    "sbsigntool",
     // A software TPM 2.0 for the TPM sealing tests.
     "swtpm",
     "swtpm-tools",

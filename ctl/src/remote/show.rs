@@ -208,6 +208,7 @@ pub fn health_json(h: &proto::HealthResponse) -> Value {
         })).collect::<Vec<_>>(),
         "trial": h.trial,
         "trial_deadline_unix_ms": h.trial_deadline_unix_ms,
+        "secure_boot": h.secure_boot,
     })
 }
 
@@ -225,6 +226,9 @@ pub fn health_text(h: &proto::HealthResponse) -> String {
             h.checks.len()
         )
     };
+    if !h.secure_boot.is_empty() {
+        let _ = writeln!(out, "secure_boot={}", h.secure_boot);
+    }
     if h.trial {
         let _ = writeln!(
             out,
