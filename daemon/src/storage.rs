@@ -46,9 +46,6 @@ const TPM2_TOKEN: &str = "systemd-tpm2";
 /// Where init leaves the booted UKI's `.pcrsig` and `.pcrpkey` (from the stub's `/.extra`).
 pub const PCR_SIGNATURE: &str = "/run/cairn/pcr/tpm2-pcr-signature.json";
 pub const PCR_PUBLIC_KEY: &str = "/run/cairn/pcr/tpm2-pcr-public-key.pem";
-/// The UEFI `SecureBoot` variable: 4 bytes of attributes, then 1 when Secure Boot is on.
-const SECURE_BOOT_VAR: &str =
-    "/sys/firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c";
 /// The largest signature or key file read.
 const PCR_FILE_LIMIT: u64 = 64 * 1024;
 /// systemd's modhex alphabet for recovery keys.
@@ -354,16 +351,14 @@ pub struct Seal {
     pass: Zeroizing<String>,
 }
 
-/// Whether the firmware says Secure Boot is on; `None` without the UEFI variable (no UEFI, or
-/// efivarfs not mounted).
+/// Whether the firmware says Secure Boot is on (as `cairnctl health` reports it); `None` when
+/// it cannot tell (no UEFI, or a variable that does not read).
 pub fn secure_boot() -> Option<bool> {
-    secure_boot_from(&fs::read(SECURE_BOOT_VAR).ok()?)
-}
-
-fn secure_boot_from(var: &[u8]) -> Option<bool> {
-    match var {
-        [_, _, _, _, v] => Some(*v == 1),
-        _ => None,
+    use crate::secureboot::SecureBoot;
+    match crate::secureboot::read() {
+        SecureBoot::On => Some(true),
+        SecureBoot::Off => Some(false),
+        SecureBoot::NotUefi | SecureBoot::Unknown => None,
     }
 }
 
@@ -909,13 +904,6 @@ mod tests {
         // 'a' is not modhex.
         let bad = ["cbdefgha"; 8].join("-");
         assert!(normalize_recovery_key(&bad).is_err());
-    }
-
-    #[test]
-    fn the_secure_boot_variable_is_read() {
-        assert_eq!(secure_boot_from(&[6, 0, 0, 0, 1]), Some(true));
-        assert_eq!(secure_boot_from(&[6, 0, 0, 0, 0]), Some(false));
-        assert_eq!(secure_boot_from(&[6, 0, 0]), None);
     }
 
     #[test]

@@ -408,19 +408,7 @@ impl Tpm {
             },
         );
         let resp = self.execute(&cmd)?;
-        let (params, auth) = resp.areas()?;
-        let mut r = Reader::new(marshal::UNSEAL.name, auth);
-        let nonce_tpm = r.tpm2b()?;
-        let returned = r.u8()?;
-        let their_hmac = r.tpm2b()?;
-        let rp_hash = salted::sha256(&[&0u32.to_be_bytes(), &code, params]);
-        let expected = salted::hmac(
-            &keys.session_key,
-            &[&rp_hash, nonce_tpm, &nonce_caller, &[returned]],
-        );
-        if their_hmac != expected {
-            return Err(r.malformed("the response's HMAC does not match: not from this session"));
-        }
+        let (params, nonce_tpm) = resp.session_params(keys, &nonce_caller)?;
         let mut r = Reader::new(marshal::UNSEAL.name, params);
         let mut secret = Zeroizing::new(r.tpm2b()?.to_vec());
         let cfb = salted::kdfa(&keys.session_key, "CFB", nonce_tpm, &nonce_caller, 256);
@@ -513,19 +501,7 @@ impl Tpm {
                 w.bytes(params.as_slice());
             });
         let resp = self.execute(&cmd)?;
-        let (params, auth) = resp.areas()?;
-        let mut r = Reader::new(marshal::CREATE.name, auth);
-        let nonce_tpm = r.tpm2b()?;
-        let returned = r.u8()?;
-        let their_hmac = r.tpm2b()?;
-        let rp_hash = salted::sha256(&[&0u32.to_be_bytes(), &code, params]);
-        let expected = salted::hmac(
-            &keys.session_key,
-            &[&rp_hash, nonce_tpm, &nonce_caller, &[returned]],
-        );
-        if their_hmac != expected {
-            return Err(r.malformed("the response's HMAC does not match: not from this session"));
-        }
+        let (params, _) = resp.session_params(keys, &nonce_caller)?;
         let mut r = Reader::new(marshal::CREATE.name, params);
         let private = r.tpm2b()?.to_vec();
         let public = r.tpm2b()?.to_vec();
@@ -649,6 +625,26 @@ struct Response {
 }
 
 impl Response {
+    /// The parameter area of a response to a command authorised by the salted session `keys`
+    /// (one session, no handles), once the response's HMAC shows it comes from that session,
+    /// and the TPM's new nonce.
+    fn session_params(&self, keys: &SaltedSession, nonce_caller: &[u8]) -> Result<(&[u8], &[u8])> {
+        let (params, auth) = self.areas()?;
+        let mut r = Reader::new(self.code.name, auth);
+        let nonce_tpm = r.tpm2b()?;
+        let returned = r.u8()?;
+        let their_hmac = r.tpm2b()?;
+        let rp_hash = salted::sha256(&[&0u32.to_be_bytes(), &self.code.code.to_be_bytes(), params]);
+        let expected = salted::hmac(
+            &keys.session_key,
+            &[&rp_hash, nonce_tpm, nonce_caller, &[returned]],
+        );
+        if their_hmac != expected {
+            return Err(r.malformed("the response's HMAC does not match: not from this session"));
+        }
+        Ok((params, nonce_tpm))
+    }
+
     /// The parameter and authorisation areas of a response with sessions and no handles.
     fn areas(&self) -> Result<(&[u8], &[u8])> {
         let mut r = Reader::new(self.code.name, &self.buf[HEADER_LEN..]);
