@@ -31,12 +31,18 @@ pub fn check_token(data: &[u8]) {
         Ok(sig) => {
             let back = PcrSignature::from_json(sig.to_json().as_bytes())
                 .unwrap_or_else(|e| panic!("the signature's own JSON is refused ({e})"));
-            assert_eq!(back, sig, "the signature changed on the way through its JSON");
+            assert_eq!(
+                back, sig,
+                "the signature changed on the way through its JSON"
+            );
         }
         Err(e) => check_error(&e),
     }
     match PcrPublicKey::from_pem(data) {
-        Ok(key) => assert_eq!(PcrPublicKey::from_pem(key.to_pem().as_bytes()).unwrap(), key),
+        Ok(key) => assert_eq!(
+            PcrPublicKey::from_pem(key.to_pem().as_bytes()).unwrap(),
+            key
+        ),
         Err(e) => check_error(&e),
     }
     let Ok(json) = std::str::from_utf8(data) else {
