@@ -20,7 +20,7 @@ fn images() -> PathBuf {
     )
 }
 
-/// A slot's parts, read from the image's ESP with mtools: kernel, initramfs, command line.
+/// A slot's parts, read from its UKI on the image's ESP: kernel, initramfs, command line, os-release.
 struct Slot {
     dir: tempfile::TempDir,
     cmdline: String,
@@ -53,27 +53,45 @@ fn slot_a(board: &str) -> Slot {
         .unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let disk = format!("{}@@{esp}", dir.join("disk.img").display());
-    for (from, to) in [
-        ("::/EFI/cairn/a/vmlinuz", "linux"),
-        ("::/EFI/cairn/a/initramfs.img", "initrd"),
+    // Slot A's UKI (`EFI/Linux/cairn-<generation>-a[+left-done].efi`), its sections as the stub
+    // measures them.
+    let listed = Command::new("mdir")
+        .args(["-b", "-i", &disk, "::/EFI/Linux"])
+        .output()
+        .expect("mdir (Debian package mtools)");
+    assert!(listed.status.success(), "mdir ::/EFI/Linux: {listed:?}");
+    let listed = String::from_utf8(listed.stdout).unwrap();
+    let uki = listed
+        .lines()
+        .find(|l| {
+            let name = l.rsplit('/').next().unwrap_or(l);
+            name.starts_with("cairn-") && (name.contains("-a.") || name.contains("-a+"))
+        })
+        .unwrap_or_else(|| panic!("{board}: no slot A UKI in ::/EFI/Linux: {listed}"));
+    let out = Command::new("mcopy")
+        .args(["-n", "-i", &disk, uki])
+        .arg(tmp.path().join("uki.efi"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "mcopy {uki}: {out:?}");
+    let pe = cairn_secureboot::Pe::parse(uki, std::fs::read(tmp.path().join("uki.efi")).unwrap())
+        .unwrap();
+    for (section, to) in [
+        (".linux", "linux"),
+        (".initrd", "initrd"),
+        (".cmdline", "cmdline"),
+        (".osrel", "osrel"),
     ] {
-        let out = Command::new("mcopy")
-            .args(["-n", "-i", &disk, from])
-            .arg(tmp.path().join(to))
-            .output()
-            .expect("mcopy (Debian package mtools)");
-        assert!(out.status.success(), "mcopy {from}: {out:?}");
+        let data = pe
+            .section_data(section)
+            .unwrap_or_else(|| panic!("{uki}: no {section} section"));
+        std::fs::write(tmp.path().join(to), data).unwrap();
     }
-    let cmdline = meta["slots"][0]["cmdline"].as_str().unwrap().to_string();
-    std::fs::write(tmp.path().join("cmdline"), &cmdline).unwrap();
-    std::fs::write(
-        tmp.path().join("osrel"),
-        format!(
-            "ID=cairn\nNAME=Cairn\nVERSION_ID={}\n",
-            meta["version"].as_str().unwrap()
-        ),
-    )
-    .unwrap();
+    let cmdline = String::from_utf8(std::fs::read(tmp.path().join("cmdline")).unwrap()).unwrap();
+    assert!(
+        cmdline.contains("cairn.slot=a"),
+        "{uki}: the command line is slot A's: {cmdline}"
+    );
     Slot { dir: tmp, cmdline }
 }
 
