@@ -434,7 +434,7 @@ fn bundle_create_from_a_built_image_then_verify_and_extract() {
     assert!(!s && err.contains("image.json"), "{err}");
     let (s, stdout, err) = create("qemu-x86_64", &image);
     assert!(s, "{err}");
-    for name in ["boot.json", "rootfs", "vmlinuz", "initramfs.img"] {
+    for name in ["boot.json", "rootfs", "uki-a.efi", "uki-b.efi"] {
         assert!(stdout.contains(name), "{stdout}");
     }
     let (s, stdout, err) = cairnctl(&[
