@@ -23,31 +23,32 @@ const SEE_TIMEOUT: Duration = Duration::from_secs(60);
 const DETACH_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Copies the board's image into `dir` and makes slot A's kernel print informational messages
-/// (`loglevel=7` after `quiet`), so the console shows what the kernel makes of the stick.
+/// (`debug` in place of `quiet` in its UKI's `.cmdline`: the same length, so the PE layout stays
+/// as it is; the test images are not signed), so the console shows what the kernel makes of the
+/// stick.
 fn verbose_copy(board: &cairn_board::Board, dir: &Path) -> std::path::PathBuf {
     let disk = dir.join("disk.img");
     cairn_image::copy_sparse(&image_dir(board).join("disk.img"), &disk).unwrap();
-    let entry = manifest(board)["slots"]
+    let slot = manifest(board)["slots"]
         .as_array()
         .unwrap()
         .iter()
         .find(|s| s["slot"] == "a")
-        .unwrap()["entry"]
-        .as_str()
         .unwrap()
-        .to_string();
+        .clone();
+    let entry = slot["entry"].as_str().unwrap().to_string();
+    let cmdline = slot["cmdline"].as_str().unwrap().to_string();
+    assert!(cmdline.contains(" quiet "), "{entry}: {cmdline}");
     let mut esp =
         cairn_image::formats::fat_fs::partition_fs(&image_dir(board), &disk, "ESP").unwrap();
-    let text = String::from_utf8(esp.read(&entry, 64 * 1024).unwrap().unwrap()).unwrap();
-    assert!(text.contains(" quiet "), "{entry}: {text}");
-    let text: String = text
-        .lines()
-        .map(|l| match l.strip_prefix("options ") {
-            Some(opts) => format!("options {opts} loglevel=7\n"),
-            None => format!("{l}\n"),
-        })
-        .collect();
-    esp.write_new(&entry, text.as_bytes()).unwrap();
+    let mut uki = esp.read(&entry, 256 << 20).unwrap().unwrap();
+    let at = uki
+        .windows(cmdline.len())
+        .position(|w| w == cmdline.as_bytes())
+        .unwrap_or_else(|| panic!("{entry} holds no {cmdline:?}"));
+    let verbose = cmdline.replacen(" quiet ", " debug ", 1);
+    uki[at..at + verbose.len()].copy_from_slice(verbose.as_bytes());
+    esp.write_new(&entry, &uki).unwrap();
     disk
 }
 
