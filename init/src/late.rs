@@ -118,14 +118,7 @@ mod tests {
         let (log, mem) = Logger::memory();
         let summary = load(&sys, &log, &paths, 2);
         assert_eq!(summary.loaded, 3);
-        let loads: Vec<_> = sys
-            .calls()
-            .into_iter()
-            .filter_map(|c| match c {
-                Call::LoadModule(p, _) => Some(p),
-                _ => None,
-            })
-            .collect();
+        let loads: Vec<_> = sys.loaded_modules();
         assert_eq!(loads.len(), 3);
         assert!(loads.iter().all(|p| p.starts_with(dir.path())), "{loads:?}");
         assert_eq!(

@@ -731,14 +731,7 @@ mod tests {
 
     /// Loaded a module other than the watchdog's, which goes first whatever else fails.
     fn loaded_beyond_the_watchdog(sys: &Fake) -> bool {
-        let loads: Vec<_> = sys
-            .calls()
-            .into_iter()
-            .filter_map(|c| match c {
-                Call::LoadModule(p, _) => Some(p),
-                _ => None,
-            })
-            .collect();
+        let loads: Vec<_> = sys.loaded_modules();
         assert!(
             loads.first().is_some_and(|p| p.ends_with("softdog.ko")),
             "{loads:?}"

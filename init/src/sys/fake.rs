@@ -84,6 +84,17 @@ impl Fake {
         self.calls.borrow().clone()
     }
 
+    /// The modules loaded so far (their paths), in order.
+    pub fn loaded_modules(&self) -> Vec<PathBuf> {
+        self.calls()
+            .into_iter()
+            .filter_map(|c| match c {
+                Call::LoadModule(p, _) => Some(p),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Calls except sleeps and reaps (which polling loops make many of).
     pub fn actions(&self) -> Vec<Call> {
         self.calls()
