@@ -109,6 +109,10 @@ pub struct ImageManifest {
     pub slots: Vec<SlotInfo>,
     /// Whether systemd-boot and the UKIs are signed for Secure Boot.
     pub secure_boot: bool,
+    /// The SHA-256 fingerprint of the PCR-signing key whose signature (`.pcrsig`) each UKI
+    /// carries, when it does: the key a device's TPM seal then follows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pcr_signing_key: Option<String>,
     /// The containers extension, when the image has one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub extension: Option<ExtensionInfo>,
@@ -274,6 +278,7 @@ fn build_staged(opts: &BuildOptions) -> Result<ImageManifest> {
     }
     // Bad keys are refused before anything is fetched or written.
     let signer = secure_boot_signer(opts)?;
+    let pcr_key = pcr_signing_key(opts)?;
     let containers = opts
         .extension
         .as_ref()
@@ -551,6 +556,7 @@ fn build_staged(opts: &BuildOptions) -> Result<ImageManifest> {
             esp.add_file(&format!("EFI/systemd/{efi_name}"), 0o644, sd_boot)?;
             let stub = read(&stub_path)?;
             let linux = read(&kernel)?;
+            let pcrpkey = pcr_key.as_ref().map(|k| k.public_key().to_pem());
             let make_uki = |slot: &str, cmdline: String, what: String| -> Result<Vec<u8>> {
                 let parts = cairn_secureboot::uki::UkiParts {
                     osrel: cairn_secureboot::uki::osrel(&opts.version, slot),
@@ -559,7 +565,20 @@ fn build_staged(opts: &BuildOptions) -> Result<ImageManifest> {
                     initrd: &initramfs,
                     dtb: None,
                 };
-                slot_uki(Pe::parse(what, stub.clone())?, &parts, &[], signer.as_ref())
+                let mut extra: Vec<(&str, Vec<u8>)> = Vec::new();
+                if let (Some(key), Some(pem)) = (&pcr_key, &pcrpkey) {
+                    let sig = pcr_signature(key, &parts, pem, opts.root.security_version);
+                    extra.push((".pcrsig", sig.into_bytes()));
+                    extra.push((".pcrpkey", pem.clone().into_bytes()));
+                }
+                let extra: Vec<(&str, &[u8])> =
+                    extra.iter().map(|(n, d)| (*n, d.as_slice())).collect();
+                slot_uki(
+                    Pe::parse(what, stub.clone())?,
+                    &parts,
+                    &extra,
+                    signer.as_ref(),
+                )
             };
             for (info, (_, name)) in slots.iter_mut().zip(sdboot::initial_uki_names()) {
                 let what = format!("the UKI of slot {}", info.slot);
@@ -764,6 +783,9 @@ fn build_staged(opts: &BuildOptions) -> Result<ImageManifest> {
         },
         slots,
         secure_boot: opts.secure_boot.is_some(),
+        pcr_signing_key: pcr_key
+            .as_ref()
+            .map(|k| hex::encode(k.public_key().fingerprint())),
         extension: extension_info,
         inputs,
     };
@@ -877,6 +899,49 @@ fn secure_boot_signer(opts: &BuildOptions) -> Result<Option<cairn_secureboot::Si
         .map(|dir| cairn_secureboot::Signer::load(dir, "db"))
         .transpose()
         .map_err(Error::from)
+}
+
+/// The PCR-signing key of `--secure-boot DIR` (`pcr-signing.key`, which `cairnctl keys
+/// gen-secureboot` makes), if the folder has one. Without it the UKIs carry no PCR signature
+/// and the device seals to PCR 7 as an unsigned image does.
+fn pcr_signing_key(opts: &BuildOptions) -> Result<Option<cairn_tpm::pcrsig::PcrSigningKey>> {
+    let Some(dir) = opts.secure_boot.as_deref() else {
+        return Ok(None);
+    };
+    let path = dir.join(format!("{}.key", cairn_secureboot::keys::PCR_SIGNING));
+    let pem = match fs::read(&path) {
+        Ok(pem) => pem,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io("reading", &path, e)),
+    };
+    cairn_tpm::pcrsig::PcrSigningKey::from_pem(&pem)
+        .map(Some)
+        .map_err(|e| Error::PcrSigningKey {
+            path,
+            reason: e.to_string(),
+        })
+}
+
+/// The `.pcrsig` of a UKI made of `parts` that carries `pcrpkey`: the release's signature of
+/// the PCR 11 value systemd's stub will measure for it, with the release's security version
+/// (the TPM's anti-rollback floor must not be above it).
+pub fn pcr_signature(
+    key: &cairn_tpm::pcrsig::PcrSigningKey,
+    parts: &cairn_secureboot::uki::UkiParts<'_>,
+    pcrpkey: &str,
+    security_version: u32,
+) -> String {
+    let measured = cairn_tpm::uki::UkiParts {
+        linux: parts.linux,
+        osrel: Some(parts.osrel.as_bytes()),
+        cmdline: Some(parts.cmdline.as_bytes()),
+        initrd: Some(parts.initrd),
+        splash: None,
+        dtb: parts.dtb,
+        pcrpkey: Some(pcrpkey.as_bytes()),
+    };
+    key.sign_uki(&measured, u64::from(security_version))
+        .to_json()
 }
 
 /// One slot's UKI: the stub with the slot's parts and `extra` sections, then signed when a

@@ -15,6 +15,9 @@ pub enum Error {
     #[error(transparent)]
     SecureBoot(#[from] cairn_secureboot::Error),
 
+    #[error("PCR-signing key {}: {reason}", path.display())]
+    PcrSigningKey { path: PathBuf, reason: String },
+
     #[error("board {board} does not boot through UEFI: --secure-boot is for the UEFI boards")]
     NoSecureBoot { board: &'static str },
 

@@ -131,3 +131,99 @@ fn sbverify_accepts_signed_ukis_and_systemd_boot_and_refuses_changed_ones() {
         assert!(err.to_string().contains("already signed"), "{err}");
     }
 }
+
+/// A UKI made with a PCR-signing key carries `.pcrpkey` and a `.pcrsig` whose signed policy is
+/// for the PCR 11 value `systemd-measure calculate` (Debian's systemd 252) prints for the UKI's
+/// own sections, with the release's anti-rollback floor check; `openssl` accepts the signature
+/// with the `.pcrpkey` it carries, and refuses it for another policy.
+#[test]
+fn a_ukis_pcr_signature_covers_what_systemd_measure_computes_for_it() {
+    const MEASURE: &str = "/usr/lib/systemd/systemd-measure";
+    let dir = tempfile::tempdir().unwrap();
+    let keys_dir = dir.path().join("keys");
+    keys::generate(&keys_dir).unwrap();
+    let pem = std::fs::read(keys_dir.join(format!("{}.key", keys::PCR_SIGNING))).unwrap();
+    let key = cairn_tpm::pcrsig::PcrSigningKey::from_pem(&pem).unwrap();
+    let pcrpkey = key.public_key().to_pem();
+    let pkg = cache().fetch("systemd-boot-efi", "amd64").unwrap();
+    let stub = std::fs::read(pkg.root.join("usr/lib/systemd/boot/efi/linuxx64.efi.stub")).unwrap();
+    let linux = common::pseudo_random(2_000_000, 21);
+    let initrd = common::pseudo_random(700_001, 22);
+    let parts = uki::UkiParts {
+        osrel: uki::osrel("0.3.0", "a"),
+        cmdline: "console=ttyS0 cairn.slot=a lockdown=integrity".into(),
+        linux: &linux,
+        initrd: &initrd,
+        dtb: None,
+    };
+    let security_version = 7;
+    let sig = cairn_image::build::pcr_signature(&key, &parts, &pcrpkey, security_version);
+    let built = cairn_image::build::slot_uki(
+        Pe::parse("stub", stub).unwrap(),
+        &parts,
+        &[
+            (".pcrsig", sig.as_bytes()),
+            (".pcrpkey", pcrpkey.as_bytes()),
+        ],
+        None,
+    )
+    .unwrap();
+    let uki = Pe::parse("uki", built).unwrap();
+
+    // systemd-measure, given the sections as the UKI holds them.
+    let mut args = vec!["calculate".to_string()];
+    for section in ["linux", "initrd", "cmdline", "osrel", "pcrpkey"] {
+        let path = dir.path().join(section);
+        std::fs::write(&path, uki.section_data(&format!(".{section}")).unwrap()).unwrap();
+        args.push(format!("--{section}={}", path.display()));
+    }
+    args.extend([
+        "--bank=sha256".into(),
+        "--phase=".into(),
+        "--json=short".into(),
+    ]);
+    let out = Command::new(MEASURE).args(&args).output().unwrap();
+    assert!(out.status.success(), "systemd-measure: {out:?}");
+    let theirs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let pcr11: [u8; 32] = hex::decode(theirs["sha256"][0]["hash"].as_str().unwrap())
+        .unwrap()
+        .try_into()
+        .unwrap();
+
+    let carried = cairn_tpm::PcrSignature::from_json(uki.section_data(".pcrsig").unwrap()).unwrap();
+    let public = cairn_tpm::PcrPublicKey::from_pem(uki.section_data(".pcrpkey").unwrap()).unwrap();
+    let signed = carried
+        .find(
+            &public,
+            &cairn_tpm::pcrsig::release_policy(&pcr11, security_version.into()),
+        )
+        .expect("the .pcrsig signs the PCR 11 systemd-measure computes, under its .pcrpkey");
+    assert_eq!(signed.security_version, Some(u64::from(security_version)));
+    assert_eq!(signed.pcrs, [11]);
+
+    // The signature itself, checked by openssl over policy || policyRef.
+    let openssl = |message: &[u8]| {
+        let (msg, sig_file, pub_file) = (
+            dir.path().join("msg"),
+            dir.path().join("sig"),
+            dir.path().join("pub.pem"),
+        );
+        std::fs::write(&msg, message).unwrap();
+        std::fs::write(&sig_file, &signed.sig).unwrap();
+        std::fs::write(&pub_file, uki.section_data(".pcrpkey").unwrap()).unwrap();
+        Command::new("openssl")
+            .args(["dgst", "-sha256", "-verify"])
+            .arg(&pub_file)
+            .arg("-signature")
+            .arg(&sig_file)
+            .arg(&msg)
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    let policy_ref = cairn_tpm::pcrsig::RELEASE_POLICY_REF;
+    assert!(openssl(&[&signed.pol[..], policy_ref].concat()));
+    let other = cairn_tpm::pcrsig::release_policy(&pcr11, u64::from(security_version) + 1);
+    assert!(!openssl(&[&other[..], policy_ref].concat()));
+}
