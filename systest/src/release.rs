@@ -24,6 +24,49 @@ pub fn build_release(
     seed: &str,
     extras: RootExtras,
 ) -> PathBuf {
+    build_with(board, out, version, security, seed, extras, None)
+}
+
+/// As [`build_release`], signed for Secure Boot with the keys in `secure_boot` (a folder
+/// `cairnctl keys gen-secureboot` made: its UKIs carry the release's PCR 11 signature too),
+/// with the development API secrets and without the containers extension.
+pub fn build_signed_release(
+    board: &'static Board,
+    out: &Path,
+    version: &str,
+    security: u32,
+    seed: &str,
+    secure_boot: &Path,
+) -> PathBuf {
+    let secrets = cairn_pki::secrets::DeviceSecrets::load(&keys_dir().join("secrets")).unwrap();
+    let extras = RootExtras {
+        api_secrets: Some(cairn_image::ApiSecrets {
+            client_ca: secrets.client_ca,
+            device_ca: secrets.device_ca,
+            device_ca_key: secrets.device_ca_key,
+        }),
+        ..Default::default()
+    };
+    build_with(
+        board,
+        out,
+        version,
+        security,
+        seed,
+        extras,
+        Some(secure_boot),
+    )
+}
+
+fn build_with(
+    board: &'static Board,
+    out: &Path,
+    version: &str,
+    security: u32,
+    seed: &str,
+    extras: RootExtras,
+    secure_boot: Option<&Path>,
+) -> PathBuf {
     let keyring = std::fs::read_to_string(keys_dir().join("dev.pub")).unwrap();
     build(&BuildOptions {
         board,
@@ -37,8 +80,10 @@ pub fn build_release(
             security_version: security,
             ..extras
         },
-        secure_boot: None,
-        extension: Some(Default::default()),
+        secure_boot: secure_boot.map(Path::to_path_buf),
+        // A Secure Boot image is built without the containers extension: the tests that sign
+        // images are about the boot chain.
+        extension: secure_boot.is_none().then(Default::default),
     })
     .unwrap();
     out.to_path_buf()

@@ -1,13 +1,30 @@
-//! UEFI Secure Boot on qemu-x86_64, end to end: keys from `cairnctl keys gen-secureboot`, an
-//! image whose systemd-boot and UKIs are signed with the db key, and Debian's Secure Boot OVMF
-//! (`OVMF_CODE_4M.secboot.fd`, q35 with SMM) with PK, KEK and db enrolled by the harness.
+//! Trusted boot end to end: UEFI Secure Boot with keys from `cairnctl keys gen-secureboot`,
+//! images whose systemd-boot and UKIs are signed with the db key and whose UKIs carry the
+//! release's signature of their PCR 11 (`.pcrsig`, `.pcrpkey`), and a software TPM (swtpm).
 //!
-//! One machine, one OS boot: slot B's UKI has one byte changed and is on trial; the firmware
-//! refuses to load it (systemd-boot spent B's try before the attempt), comes back to
-//! systemd-boot by itself, and slot A boots to `ready` with Secure Boot enforcing (the kernel says so, the command line carries
-//! `lockdown=integrity`, and cairnd reports `secure_boot=on` over the API).
+//! qemu-x86_64, Debian's Secure Boot OVMF (`OVMF_CODE_4M.secboot.fd`, q35 with SMM) with PK,
+//! KEK and db enrolled by the harness:
+//!
+//! 1. Slot B's UKI has its `.cmdline` changed but not re-signed, and is on trial. The firmware
+//!    refuses it ("Access Denied"), comes back to systemd-boot by itself, and slot A boots with
+//!    Secure Boot enforcing (`lockdown=integrity`, `secure_boot=on` over the API). The first
+//!    boot seals STATE and DATA to "PCR 11 signed by the release key, and PCR 7".
+//! 2. An operator upgrades to a signed 0.2.0 (security version 1) over the API: its trial boot
+//!    unlocks with the TPM, with no recovery key and no re-seal, commits, and raises the TPM's
+//!    anti-rollback floor to 1.
+//! 3. The firmware's db/dbx changes (PCR 7 moves): maintenance mode; the recovery key unlocks
+//!    once and re-seals (signed PCR 11 and PCR 7 again); the next boot is silent.
+//! 4. From the host, Debian's cryptsetup shows the token's `tpm2_pubkey` and
+//!    `tpm2_pubkey_pcrs` and takes the recovery key.
+//!
+//! qemu-aarch64 (AAVMF, which enforces Secure Boot once a PK is enrolled):
+//!
+//! 1. The signed image boots with Secure Boot on (`secure_boot=on`), no TPM attached.
+//! 2. With Secure Boot off and a TPM, the first boot seals to the signed PCR 11 alone.
+//! 3. Slot A's `.cmdline` changed, not re-signed: with Secure Boot off the firmware boots it,
+//!    but its PCR 11 is not one the release key signed: the TPM refuses, maintenance mode.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -15,17 +32,19 @@ use cairn_boot::fs::Fs;
 use cairn_boot::sdboot::{SdBoot, UKI_DIR};
 use cairn_boot::{Bootloader, Slot};
 use cairn_image::formats::fat_fs::partition_fs;
-use cairn_image::{build, BuildOptions, RootExtras};
-use cairn_qemu::{free_local_port, LaunchOptions, Machine, PortForward};
+use cairn_qemu::{free_local_port, LaunchOptions, Machine, PortForward, Swtpm};
 use cairn_systest::ctl::Ctl;
-use cairn_systest::{cache_dir, cairnctl, device_bin, keys_dir, qemu_lock, rig_dir};
+use cairn_systest::release::{build_signed_release, dev_key, sign_bundle};
+use cairn_systest::{cairnctl, extract_partition, qemu_lock, rig_dir};
 
 const API_PORT: u16 = 50000;
 const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
-
-fn ready(m: &mut Machine) -> String {
-    m.wait_for_line("cairn-init: ready ", BOOT_TIMEOUT).unwrap()
-}
+/// Provisioning and the recovery unlock run argon2id twice each under TCG.
+const SLOW_TIMEOUT: Duration = Duration::from_secs(600);
+const API_UP: &str = "cairnd: management API on port 50000";
+const UNLOCKED: &str = "cairnd: unlocked STATE and DATA with the TPM in";
+const MAINTENANCE: &str = "cairnd: maintenance mode: network and API only";
+const SEALED_SIGNED: &str = "the key sealed in the TPM to PCR 11 signed by the release key";
 
 fn sbverify(cert: &Path, file: &Path) -> bool {
     Command::new("sbverify")
@@ -38,13 +57,9 @@ fn sbverify(cert: &Path, file: &Path) -> bool {
         .success()
 }
 
-#[test]
-#[ignore = "needs built images: run `cargo xtask test`"]
-fn qemu_x86_64_secure_boot_boots_signed_ukis_and_refuses_a_changed_one() {
-    let _serial = qemu_lock();
-    let board = cairn_board::find("qemu-x86_64").unwrap();
-    let tmp = rig_dir("cairn-secureboot-");
-    let keys = tmp.path().join("sbkeys");
+/// `cairnctl keys gen-secureboot --out <dir>/sbkeys`.
+fn gen_keys(dir: &Path) -> PathBuf {
+    let keys = dir.join("sbkeys");
     let out = Command::new(cairnctl())
         .args(["keys", "gen-secureboot", "--out"])
         .arg(&keys)
@@ -55,47 +70,151 @@ fn qemu_x86_64_secure_boot_boots_signed_ukis_and_refuses_a_changed_one() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    keys
+}
 
-    let secrets = cairn_pki::secrets::DeviceSecrets::load(&keys_dir().join("secrets")).unwrap();
-    let image = tmp.path().join("image");
-    let started = Instant::now();
-    build(&BuildOptions {
-        board,
-        out: image.clone(),
-        cache: cache_dir(),
-        device_bin: device_bin(board.arch),
-        version: env!("CARGO_PKG_VERSION").into(),
-        seed: "systest-secureboot".into(),
-        root: RootExtras {
-            keyring: Some(std::fs::read_to_string(keys_dir().join("dev.pub")).unwrap()),
-            api_secrets: Some(cairn_image::ApiSecrets {
-                client_ca: secrets.client_ca,
-                device_ca: secrets.device_ca,
-                device_ca_key: secrets.device_ca_key,
-            }),
-            ..Default::default()
-        },
-        secure_boot: Some(keys.clone()),
-        extension: None,
-    })
-    .unwrap();
-    eprintln!(
-        "secure boot image built in {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
-    let disk = image.join("disk.img");
-    let esp = || partition_fs(&image, &disk, "ESP").unwrap();
+/// The text after `marker` on the first console line holding it, waiting for it.
+fn value_after(m: &mut Machine, marker: &str, timeout: Duration) -> String {
+    let line = m.wait_for_line(marker, timeout).unwrap();
+    let at = line.find(marker).unwrap() + marker.len();
+    line[at..].trim().to_string()
+}
+
+/// One machine: a signed image, its disk, API port and TPM state, booted with or without
+/// Secure Boot. Each firmware mode keeps its own variable store (`work-sb`, `work-nosb`).
+struct Rig {
+    board: &'static cairn_board::Board,
+    dir: tempfile::TempDir,
+    keys: PathBuf,
+    image: PathBuf,
+    disk: PathBuf,
+    port: u16,
+}
+
+impl Rig {
+    fn new(board: &str, release: Option<(&str, u32)>) -> (Rig, Option<PathBuf>) {
+        let board = cairn_board::find(board).unwrap();
+        let dir = rig_dir("cairn-secureboot-");
+        let keys = gen_keys(dir.path());
+        let started = Instant::now();
+        let image = build_signed_release(
+            board,
+            &dir.path().join("image"),
+            "0.1.0",
+            0,
+            &format!("systest-secureboot-{}", board.name),
+            &keys,
+        );
+        eprintln!(
+            "{}: signed image built in {:.1} s",
+            board.name,
+            started.elapsed().as_secs_f64()
+        );
+        // Built before the machine takes both cores.
+        let bundle = release.map(|(version, security)| {
+            let built = build_signed_release(
+                board,
+                &dir.path().join(format!("release-{version}")),
+                version,
+                security,
+                &format!("systest-secureboot-{}-{version}", board.name),
+                &keys,
+            );
+            sign_bundle(&built, &dev_key())
+        });
+        let disk = image.join("disk.img");
+        let rig = Rig {
+            board,
+            keys,
+            image,
+            disk,
+            port: free_local_port().unwrap(),
+            dir,
+        };
+        (rig, bundle)
+    }
+
+    fn launch(&self, secure_boot: bool, tpm: Option<&Swtpm>) -> Machine {
+        let work = if secure_boot { "work-sb" } else { "work-nosb" };
+        let mut opts = LaunchOptions::new(self.board, &self.disk, self.dir.path().join(work));
+        opts.writable_image = true;
+        opts.reuse_disk = true;
+        opts.echo_console = true;
+        opts.secure_boot = secure_boot.then(|| self.keys.clone());
+        opts.tpm = tpm.map(|t| t.socket_path().to_path_buf());
+        opts.port_forwards = vec![PortForward::new(self.port, API_PORT)];
+        Machine::launch(opts).unwrap()
+    }
+
+    fn swtpm(&self) -> Swtpm {
+        Swtpm::start(&self.dir.path().join("tpm"), 0).unwrap()
+    }
+
+    fn ctl(&self, role: &str) -> Ctl {
+        Ctl::for_role(role, self.dir.path(), &format!("127.0.0.1:{}", self.port))
+    }
+
+    fn esp(&self) -> cairn_image::formats::fat_fs::FatPartitionFs {
+        partition_fs(&self.image, &self.disk, "ESP").unwrap()
+    }
+
+    /// The ESP path of `slot`'s UKI, whatever its boot counter says.
+    fn uki_of(&self, slot: Slot) -> String {
+        let suffix = format!("-{}", slot.name());
+        let names = self.esp().list(UKI_DIR).unwrap();
+        let name = names
+            .iter()
+            .find(|n| n.split(['+', '.']).next().unwrap().ends_with(&suffix))
+            .unwrap_or_else(|| panic!("no UKI of slot {slot:?} in {names:?}"));
+        format!("{UKI_DIR}/{name}")
+    }
+
+    /// Changes `from` to `to` (the same length, so the PE layout stays) in the `.cmdline` of
+    /// `slot`'s UKI, without signing it again; returns the changed UKI's bytes.
+    fn edit_cmdline(&self, slot: Slot, from: &str, to: &str) -> Vec<u8> {
+        assert_eq!(from.len(), to.len());
+        let path = self.uki_of(slot);
+        let mut uki = self.esp().read(&path, 1 << 30).unwrap().unwrap();
+        let pe = cairn_secureboot::Pe::parse("uki", uki.clone()).unwrap();
+        let cmdline = cairn_secureboot::uki::cmdline(&pe).unwrap();
+        assert!(cmdline.contains(from), "{path}: {cmdline}");
+        let at = uki
+            .windows(cmdline.len())
+            .position(|w| w == cmdline.as_bytes())
+            .unwrap();
+        let changed = cmdline.replacen(from, to, 1);
+        uki[at..at + changed.len()].copy_from_slice(changed.as_bytes());
+        self.esp().write_new(&path, &uki).unwrap();
+        uki
+    }
+}
+
+#[test]
+#[ignore = "needs built images: run `cargo xtask test`"]
+fn qemu_x86_64_secure_boot_signed_releases_unlock_and_changed_ukis_do_not() {
+    let (rig, bundle) = Rig::new("qemu-x86_64", Some(("0.2.0", 1)));
+    let bundle = bundle.unwrap();
+    let tmp = rig.dir.path();
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(rig.image.join("image.json")).unwrap())
+            .unwrap();
+    assert!(json["pcr_signing_key"].is_string(), "{json}");
+    for slot in json["slots"].as_array().unwrap() {
+        let cmdline = slot["cmdline"].as_str().unwrap();
+        assert!(cmdline.ends_with(" lockdown=integrity"), "{cmdline}");
+    }
 
     // Every EFI binary on the ESP is signed with the db key.
-    let db = keys.join("db.crt");
+    let db = rig.keys.join("db.crt");
     let mut checked = 0;
     for dir in ["EFI/BOOT", "EFI/systemd", UKI_DIR] {
-        for name in esp().list(dir).unwrap() {
-            let bytes = esp()
+        for name in rig.esp().list(dir).unwrap() {
+            let bytes = rig
+                .esp()
                 .read(&format!("{dir}/{name}"), 1 << 30)
                 .unwrap()
                 .unwrap();
-            let file = tmp.path().join(&name);
+            let file = tmp.join(&name);
             std::fs::write(&file, &bytes).unwrap();
             assert!(sbverify(&db, &file), "sbverify refused {dir}/{name}");
             checked += 1;
@@ -103,27 +222,19 @@ fn qemu_x86_64_secure_boot_boots_signed_ukis_and_refuses_a_changed_one() {
     }
     assert_eq!(checked, 4, "BOOTX64.EFI, systemd-bootx64.efi and two UKIs");
 
-    // Before the machine's first boot, slot B's UKI gets one byte changed (inside its kernel)
-    // and B is put on trial.
-    let name = format!("{UKI_DIR}/cairn-0-b.efi");
-    let mut uki = esp().read(&name, 1 << 30).unwrap().unwrap();
-    let at = uki.len() - 4096;
-    uki[at] ^= 0x01;
-    esp().write_new(&name, &uki).unwrap();
-    let changed = tmp.path().join("changed.efi");
-    std::fs::write(&changed, &uki).unwrap();
-    assert!(!sbverify(&db, &changed), "sbverify took the changed UKI");
-    SdBoot::new(esp(), None).set_trial(Slot::B, 1).unwrap();
+    // Before the machine's first boot, slot B's UKI gets its command line changed (not
+    // re-signed) and B is put on trial.
+    let changed = rig.edit_cmdline(Slot::B, " quiet ", " debug ");
+    let file = tmp.join("changed.efi");
+    std::fs::write(&file, &changed).unwrap();
+    assert!(!sbverify(&db, &file), "sbverify took the changed UKI");
+    SdBoot::new(rig.esp(), None).set_trial(Slot::B, 1).unwrap();
 
-    // 1. The firmware refuses B's UKI. systemd-boot spent B's try before asking for it.
-    let port = free_local_port().unwrap();
-    let mut opts = LaunchOptions::new(board, &disk, tmp.path().join("work"));
-    opts.writable_image = true;
-    opts.echo_console = true;
-    opts.secure_boot = Some(keys.clone());
-    opts.port_forwards = vec![PortForward::new(port, API_PORT)];
+    let _serial = qemu_lock();
+    // 1. The firmware refuses B's UKI; systemd-boot spent B's try before asking for it.
+    let tpm = rig.swtpm();
     let launched = Instant::now();
-    let mut m = Machine::launch(opts).unwrap();
+    let mut m = rig.launch(true, Some(&tpm));
     let refused = m
         .wait_for_any(
             &["Security Violation", "Access Denied", "cairn-init: ready "],
@@ -135,18 +246,15 @@ fn qemu_x86_64_secure_boot_boots_signed_ukis_and_refuses_a_changed_one() {
         refused.contains("cairn-2-b") || refused.contains("Error loading"),
         "the firmware must refuse B's UKI, got: {refused}"
     );
-    eprintln!(
-        "secure boot: B refused {:.1} s after launch",
-        launched.elapsed().as_secs_f64()
-    );
     // systemd-boot 252 hands the error back to the firmware. OVMF's boot manager goes on to
     // its next boot option (its built-in shell, which Secure Boot refuses too), then round
     // to the disk again: systemd-boot, B now bad, boots A. Nobody resets the machine.
-    let line = ready(&mut m);
+    let line = m.wait_for_line("cairn-init: ready ", BOOT_TIMEOUT).unwrap();
     eprintln!(
         "secure boot on: A ready {:.1} s after launch, B refused on the way ({line})",
         launched.elapsed().as_secs_f64()
     );
+    assert!(line.contains("slot=a trial=no"), "{line}");
     let lines = m.lines();
     let at = |needle: &str| {
         lines
@@ -159,29 +267,188 @@ fn qemu_x86_64_secure_boot_boots_signed_ukis_and_refuses_a_changed_one() {
             < at("cairn-init: ready "),
         "B's refusal comes before A's boot"
     );
-
-    // 2. Secure Boot enforcing: the signed slot A boots.
-    assert!(line.contains("slot=a trial=no"), "{line}");
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(image.join("image.json")).unwrap()).unwrap();
-    for slot in json["slots"].as_array().unwrap() {
-        let cmdline = slot["cmdline"].as_str().unwrap();
-        assert!(cmdline.ends_with(" lockdown=integrity"), "{cmdline}");
-    }
-    let lines = m.lines();
-    let has = |needle: &str| lines.iter().any(|l| l.contains(needle));
-    assert!(!has("ready slot=b"), "the changed UKI must never boot");
-    m.wait_for_line("cairnd: management API on port 50000", BOOT_TIMEOUT)
+    assert!(
+        !lines.iter().any(|l| l.contains("ready slot=b")),
+        "the changed UKI must never boot"
+    );
+    // The first boot seals to the release key's PCR 11 signatures and, Secure Boot being on,
+    // to PCR 7.
+    let sealed = m
+        .wait_for_line(
+            "cairnd: first boot: encrypting STATE and DATA",
+            BOOT_TIMEOUT,
+        )
         .unwrap();
-    let ctl = Ctl::for_role("reader", tmp.path(), &format!("127.0.0.1:{port}"));
-    let (text, health) = ctl.health();
+    assert!(
+        sealed.contains(SEALED_SIGNED) && sealed.ends_with(" and PCR 7"),
+        "{sealed}"
+    );
+    let shown = value_after(
+        &mut m,
+        "recovery key (shown once; keep it safe):",
+        SLOW_TIMEOUT,
+    );
+    m.wait_for_line(API_UP, BOOT_TIMEOUT).unwrap();
+    let (admin, operator) = (rig.ctl("admin"), rig.ctl("operator"));
+    let (text, health) = rig.ctl("reader").health();
+    assert_eq!(health["secure_boot"], "on", "{text}");
+    assert_eq!(admin.until_ok(&["recovery-key"]).trim(), shown);
+
+    // 2. A signed 0.2.0 over the API: its trial boot unlocks by itself and commits.
+    let done = operator.json(&["upgrade", bundle.to_str().unwrap()]);
+    assert_eq!(done["os_version"], "0.2.0", "{done}");
+    let trial = m.wait_for_line("cairn-init: ready ", BOOT_TIMEOUT).unwrap();
+    assert!(
+        trial.contains("slot=b") && trial.contains("version=0.2.0"),
+        "{trial}"
+    );
+    let took = value_after(&mut m, UNLOCKED, BOOT_TIMEOUT);
+    eprintln!("figure: qemu-x86_64 Secure Boot on: unlock at boot with a signed PCR policy (under TCG): {took}");
+    // The commit raises the floor, then says the slot is healthy.
+    m.wait_for_line("TPM anti-rollback floor raised from 0 to 1", BOOT_TIMEOUT)
+        .unwrap();
+    m.wait_for_line("cairnd: slot b healthy", BOOT_TIMEOUT)
+        .unwrap();
+    assert!(
+        !m.lines().iter().any(|l| l.contains("maintenance mode")),
+        "the signed update needed the recovery key"
+    );
+    rig.ctl("reader").until_ok(&["version"]);
+    assert_eq!(rig.ctl("reader").version(), ("0.2.0".into(), "b".into()));
+    m.quit().unwrap();
+    m.wait_exit(Duration::from_secs(60)).unwrap();
+    drop(tpm);
+
+    // 3. The firmware's Secure Boot configuration changes: PCR 7 differs, the TPM refuses.
+    let vars = tmp.join("work-sb").join("efivars.fd");
+    cairn_qemu::efivars::add_dbx_hash(&vars, [0x5a; 32]).unwrap();
+    let tpm = rig.swtpm();
+    let mut m = rig.launch(true, Some(&tpm));
+    m.wait_for_line(MAINTENANCE, BOOT_TIMEOUT).unwrap();
+    let fingerprint = value_after(&mut m, "its key's fingerprint is", BOOT_TIMEOUT);
+    let key_file = tmp.join("recovery.key");
+    std::fs::write(&key_file, &shown).unwrap();
+    let key_arg = key_file.to_str().unwrap();
+    let (ok, stdout, stderr) = admin.run(&[
+        "unlock",
+        "--recovery-key-file",
+        key_arg,
+        "--expect-fingerprint",
+        &fingerprint,
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("sealed a new key to PCR 11 signed by the release key")
+            && stdout.contains(" and PCR 7"),
+        "{stdout}"
+    );
+    m.wait_for_line(&format!("{API_UP} (mutual TLS)"), BOOT_TIMEOUT)
+        .unwrap();
+    admin.until_ok(&["version"]);
+    let (ok, _, stderr) = admin.run(&["reboot"]);
+    assert!(ok, "{stderr}");
+    m.wait_for_line(UNLOCKED, BOOT_TIMEOUT).unwrap();
+    m.wait_for_line(API_UP, BOOT_TIMEOUT).unwrap();
+    m.quit().unwrap();
+    m.wait_exit(Duration::from_secs(60)).unwrap();
+    drop(tpm);
+
+    // 4. Debian's cryptsetup reads the signed policy's token and takes the recovery key.
+    for label in ["STATE", "DATA"] {
+        let part = tmp.join(format!("{label}.img"));
+        extract_partition(&rig.disk, label, &part);
+        let dump = Command::new("cryptsetup")
+            .args(["luksDump", "--dump-json-metadata"])
+            .arg(&part)
+            .output()
+            .expect("cryptsetup");
+        assert!(dump.status.success(), "luksDump {label}: {dump:?}");
+        let meta: serde_json::Value = serde_json::from_slice(&dump.stdout).unwrap();
+        let tokens: Vec<&serde_json::Value> = meta["tokens"]
+            .as_object()
+            .unwrap()
+            .values()
+            .filter(|t| t["type"] == "systemd-tpm2")
+            .collect();
+        assert_eq!(tokens.len(), 1, "{label}: {meta}");
+        let token = tokens[0];
+        assert!(
+            token["tpm2_pubkey"].as_str().is_some_and(|k| k.len() > 300),
+            "{label}: {token}"
+        );
+        assert_eq!(
+            token["tpm2_pubkey_pcrs"],
+            serde_json::json!([11]),
+            "{label}: {token}"
+        );
+        assert_eq!(
+            token["tpm2-pcrs"],
+            serde_json::json!([7]),
+            "{label}: {token}"
+        );
+        let test = Command::new("cryptsetup")
+            .args(["open", "--test-passphrase", "--key-file", key_arg])
+            .arg(&part)
+            .status()
+            .unwrap();
+        assert!(
+            test.success(),
+            "cryptsetup refuses the recovery key on {label}"
+        );
+        std::fs::remove_file(&part).unwrap();
+    }
+}
+
+#[test]
+#[ignore = "needs built images: run `cargo xtask test`"]
+fn qemu_aarch64_secure_boot_on_then_an_unsigned_cmdline_cannot_unseal() {
+    let (rig, _) = Rig::new("qemu-aarch64", None);
+    let _serial = qemu_lock();
+
+    // 1. Secure Boot on (AAVMF with Cairn's PK, KEK and db), no TPM: the signed image boots.
+    let mut m = rig.launch(true, None);
+    let line = m.wait_for_line("cairn-init: ready ", BOOT_TIMEOUT).unwrap();
+    assert!(line.contains("slot=a"), "{line}");
+    m.wait_for_line(API_UP, BOOT_TIMEOUT).unwrap();
+    let (text, health) = rig.ctl("reader").health();
     assert_eq!(health["secure_boot"], "on", "{text}");
     m.quit().unwrap();
     m.wait_exit(Duration::from_secs(60)).unwrap();
 
-    let mut names = esp().list(UKI_DIR).unwrap();
-    names.sort();
-    assert_eq!(names, ["cairn-1-a.efi", "cairn-2-b+0-1.efi"]);
-    let status = SdBoot::new(esp(), None).status().unwrap();
-    assert_eq!(status.next, Some(Slot::A));
+    // 2. Secure Boot off, a TPM: the first boot seals to the signed PCR 11 alone.
+    let tpm = rig.swtpm();
+    let mut m = rig.launch(false, Some(&tpm));
+    let sealed = m
+        .wait_for_line(
+            "cairnd: first boot: encrypting STATE and DATA",
+            BOOT_TIMEOUT,
+        )
+        .unwrap();
+    assert!(
+        sealed.contains(SEALED_SIGNED) && !sealed.contains("PCR 7"),
+        "{sealed}"
+    );
+    m.wait_for_line("recovery key (shown once; keep it safe):", SLOW_TIMEOUT)
+        .unwrap();
+    m.wait_for_line(API_UP, BOOT_TIMEOUT).unwrap();
+    let (text, health) = rig.ctl("reader").health();
+    assert_eq!(health["secure_boot"], "off", "{text}");
+    m.quit().unwrap();
+    m.wait_exit(Duration::from_secs(60)).unwrap();
+    drop(tpm);
+
+    // 3. A's command line changed, not re-signed: the firmware (Secure Boot off) boots it, the
+    //    TPM does not unseal for it.
+    rig.edit_cmdline(Slot::A, " quiet ", " debug ");
+    let tpm = rig.swtpm();
+    let mut m = rig.launch(false, Some(&tpm));
+    let line = m.wait_for_line("cairn-init: ready ", BOOT_TIMEOUT).unwrap();
+    assert!(line.contains("slot=a"), "{line}");
+    m.wait_for_line(MAINTENANCE, BOOT_TIMEOUT).unwrap();
+    assert!(
+        !m.lines().iter().any(|l| l.contains(UNLOCKED)),
+        "the TPM unsealed for a command line the release key never signed"
+    );
+    m.quit().unwrap();
+    m.wait_exit(Duration::from_secs(60)).unwrap();
 }

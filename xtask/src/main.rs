@@ -44,7 +44,14 @@ fn main() -> ExitCode {
         Some("demo") => demo(),
         Some("test") => test(),
         Some("systests") => {
-            let result = systests::run(&test_env());
+            let result = systests::run(&test_env(), systests::Selection::Suite);
+            print_step_times();
+            result
+        }
+        Some("matrix") => {
+            let result = setup::run()
+                .and_then(|_| images())
+                .and_then(|_| systests::run(&test_env(), systests::Selection::Matrix));
             print_step_times();
             result
         }
@@ -63,7 +70,7 @@ fn main() -> ExitCode {
         Some("hawkbit-mock") => hawkbit_mock(),
         _ => {
             eprintln!(
-                "usage: cargo xtask <setup|device|images|demo|test|systests|report|fuzz|powercut|soak|bench-install|bench-net|bench-api|bench-containers|fleet|hawkbit-mock>"
+                "usage: cargo xtask <setup|device|images|demo|test|systests|matrix|report|fuzz|powercut|soak|bench-install|bench-net|bench-api|bench-containers|fleet|hawkbit-mock>"
             );
             return ExitCode::from(2);
         }
@@ -841,5 +848,5 @@ fn tests() -> Result<()> {
     test(&["--workspace", "--exclude", "cairn-systest"])?;
     step("cargo test -p cairn-systest --lib");
     test(&["--package", "cairn-systest", "--lib"])?;
-    systests::run(&env)
+    systests::run(&env, systests::Selection::Suite)
 }

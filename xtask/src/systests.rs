@@ -29,6 +29,41 @@ use crate::{cargo, root, step, target_dir};
 /// the two cores CI has keep both busy through each other's waits.
 const DEFAULT_LANES: usize = 2;
 
+/// The tests `cargo xtask test` leaves to `cargo xtask matrix`: the second board of a scenario
+/// the suite already proves on the other one, where both boards run the same code on the same
+/// path (the board-specific parts, such as each board's stick, watchdog driver and Secure Boot
+/// firmware, stay in the suite through the tests listed beside each). `cargo xtask matrix` runs
+/// every test, these included.
+pub const MATRIX_ONLY: &[(&str, &str)] = &[
+    (
+        "update::qemu_x86_64_good_update_from_a_usb_stick",
+        "the same install, trial and commit as the aarch64 one; x86_64's USB stick is in \
+         stick::qemu_x86_64_sees_a_usb_stick_and_loads_its_watchdog, its API install in secureboot",
+    ),
+    (
+        "update::qemu_aarch64_unhealthy_update_rolls_back",
+        "the same health verdict and rollback as the x86_64 one",
+    ),
+    (
+        "update::qemu_aarch64_hanging_init_falls_back_by_watchdog",
+        "boot counting as on x86_64; softdog itself is in \
+         stick::qemu_aarch64_sees_a_hotplugged_disk_and_loads_softdog",
+    ),
+    (
+        "storage_variants::qemu_x86_64_first_boot_encrypts_without_api_secrets_or_config",
+        "the same first boot as the aarch64 one; x86_64's TPM is in storage and secureboot",
+    ),
+];
+
+/// Which system tests a run takes.
+#[derive(Clone, Copy, PartialEq)]
+pub enum Selection {
+    /// `cargo xtask test` and `cargo xtask systests`: all but [`MATRIX_ONLY`].
+    Suite,
+    /// `cargo xtask matrix`: every test.
+    Matrix,
+}
+
 /// Lines of a failed test's log printed in the run's output.
 const TAIL_LINES: usize = 60;
 
@@ -53,7 +88,7 @@ impl Test {
 
 /// Builds every system test binary, lists their tests, runs them side by side; fails if any did.
 /// `env` is what every test needs (image, key and cache folders, the device binaries).
-pub fn run(env: &[(&str, PathBuf)]) -> Result<()> {
+pub fn run(env: &[(&str, PathBuf)], selection: Selection) -> Result<()> {
     step("system tests: build the test binaries");
     let binaries = build(env)?;
     let mut tests = Vec::new();
@@ -69,6 +104,19 @@ pub fn run(env: &[(&str, PathBuf)]) -> Result<()> {
                 file_len,
             });
         }
+    }
+    let listed: Vec<String> = tests.iter().map(Test::id).collect();
+    for (id, _) in MATRIX_ONLY {
+        if !listed.iter().any(|t| t == id) {
+            bail!("MATRIX_ONLY names {id}, which is not a system test (renamed?)");
+        }
+    }
+    if selection == Selection::Suite {
+        tests.retain(|t| !MATRIX_ONLY.iter().any(|(id, _)| *id == t.id()));
+        eprintln!(
+            "    {} tests on the other board are left to `cargo xtask matrix`",
+            MATRIX_ONLY.len()
+        );
     }
     let lanes = lanes()?;
     let history = read_history();
