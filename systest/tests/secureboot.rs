@@ -19,7 +19,8 @@
 //!
 //! qemu-aarch64 (AAVMF, which enforces Secure Boot once a PK is enrolled):
 //!
-//! 1. The signed image boots with Secure Boot on (`secure_boot=on`), no TPM attached.
+//! 1. The signed image boots with Secure Boot on (`secure_boot=on`), no TPM attached (on a copy
+//!    of the disk: a box without a TPM makes DATA plain and keeps it so).
 //! 2. With Secure Boot off and a TPM, the first boot seals to the signed PCR 11 alone.
 //! 3. Slot A's `.cmdline` changed, not re-signed: with Secure Boot off the firmware boots it,
 //!    but its PCR 11 is not one the release key signed: the TPM refuses, maintenance mode.
@@ -135,8 +136,13 @@ impl Rig {
     }
 
     fn launch(&self, secure_boot: bool, tpm: Option<&Swtpm>) -> Machine {
+        self.launch_disk(&self.disk, secure_boot, tpm)
+    }
+
+    /// As [`Rig::launch`], on another copy of the disk.
+    fn launch_disk(&self, disk: &Path, secure_boot: bool, tpm: Option<&Swtpm>) -> Machine {
         let work = if secure_boot { "work-sb" } else { "work-nosb" };
-        let mut opts = LaunchOptions::new(self.board, &self.disk, self.dir.path().join(work));
+        let mut opts = LaunchOptions::new(self.board, disk, self.dir.path().join(work));
         opts.writable_image = true;
         opts.reuse_disk = true;
         opts.echo_console = true;
@@ -155,13 +161,18 @@ impl Rig {
     }
 
     fn esp(&self) -> cairn_image::formats::fat_fs::FatPartitionFs {
-        partition_fs(&self.image, &self.disk, "ESP").unwrap()
+        self.esp_of(&self.disk)
+    }
+
+    /// The ESP of a copy of the disk.
+    fn esp_of(&self, disk: &Path) -> cairn_image::formats::fat_fs::FatPartitionFs {
+        partition_fs(&self.image, disk, "ESP").unwrap()
     }
 
     /// The ESP path of `slot`'s UKI, whatever its boot counter says.
-    fn uki_of(&self, slot: Slot) -> String {
+    fn uki_of(&self, disk: &Path, slot: Slot) -> String {
         let suffix = format!("-{}", slot.name());
-        let names = self.esp().list(UKI_DIR).unwrap();
+        let names = self.esp_of(disk).list(UKI_DIR).unwrap();
         let name = names
             .iter()
             .find(|n| n.split(['+', '.']).next().unwrap().ends_with(&suffix))
@@ -170,11 +181,11 @@ impl Rig {
     }
 
     /// Changes `from` to `to` (the same length, so the PE layout stays) in the `.cmdline` of
-    /// `slot`'s UKI, without signing it again; returns the changed UKI's bytes.
-    fn edit_cmdline(&self, slot: Slot, from: &str, to: &str) -> Vec<u8> {
+    /// `slot`'s UKI on `disk`, without signing it again; returns the changed UKI's bytes.
+    fn edit_cmdline(&self, disk: &Path, slot: Slot, from: &str, to: &str) -> Vec<u8> {
         assert_eq!(from.len(), to.len());
-        let path = self.uki_of(slot);
-        let mut uki = self.esp().read(&path, 1 << 30).unwrap().unwrap();
+        let path = self.uki_of(disk, slot);
+        let mut uki = self.esp_of(disk).read(&path, 1 << 30).unwrap().unwrap();
         let pe = cairn_secureboot::Pe::parse("uki", uki.clone()).unwrap();
         let cmdline = cairn_secureboot::uki::cmdline(&pe).unwrap();
         assert!(cmdline.contains(from), "{path}: {cmdline}");
@@ -184,8 +195,46 @@ impl Rig {
             .unwrap();
         let changed = cmdline.replacen(from, to, 1);
         uki[at..at + changed.len()].copy_from_slice(changed.as_bytes());
-        self.esp().write_new(&path, &uki).unwrap();
+        self.esp_of(disk).write_new(&path, &uki).unwrap();
         uki
+    }
+
+    /// The console lines of a boot in which the firmware refused slot B's UKI (on trial) and
+    /// systemd-boot then booted A by itself; returns A's ready line.
+    fn b_refused_then_a(m: &mut Machine) -> String {
+        let refused = m
+            .wait_for_any(
+                &["Security Violation", "Access Denied", "cairn-init: ready "],
+                BOOT_TIMEOUT,
+            )
+            .unwrap()
+            .line;
+        assert!(
+            refused.contains("cairn-2-b") || refused.contains("Error loading"),
+            "the firmware must refuse B's UKI, got: {refused}"
+        );
+        // systemd-boot 252 hands the error back to the firmware, whose boot manager goes on to
+        // its next boot option and round to the disk again: systemd-boot, B now bad, boots A.
+        // Nobody resets the machine.
+        let line = m.wait_for_line("cairn-init: ready ", BOOT_TIMEOUT).unwrap();
+        assert!(line.contains("slot=a trial=no"), "{line}");
+        let lines = m.lines();
+        let at = |needle: &str| {
+            lines
+                .iter()
+                .position(|l| l.contains(needle))
+                .unwrap_or_else(|| panic!("no {needle:?} on the console"))
+        };
+        assert!(
+            at("Error loading \\EFI\\Linux\\cairn-2-b+0-1.efi: Access Denied")
+                < at("cairn-init: ready "),
+            "B's refusal comes before A's boot"
+        );
+        assert!(
+            !lines.iter().any(|l| l.contains("ready slot=b")),
+            "the changed UKI must never boot"
+        );
+        line
     }
 }
 
@@ -224,7 +273,7 @@ fn qemu_x86_64_secure_boot_signed_releases_unlock_and_changed_ukis_do_not() {
 
     // Before the machine's first boot, slot B's UKI gets its command line changed (not
     // re-signed) and B is put on trial.
-    let changed = rig.edit_cmdline(Slot::B, " quiet ", " debug ");
+    let changed = rig.edit_cmdline(&rig.disk, Slot::B, " quiet ", " debug ");
     let file = tmp.join("changed.efi");
     std::fs::write(&file, &changed).unwrap();
     assert!(!sbverify(&db, &file), "sbverify took the changed UKI");
@@ -235,41 +284,10 @@ fn qemu_x86_64_secure_boot_signed_releases_unlock_and_changed_ukis_do_not() {
     let tpm = rig.swtpm();
     let launched = Instant::now();
     let mut m = rig.launch(true, Some(&tpm));
-    let refused = m
-        .wait_for_any(
-            &["Security Violation", "Access Denied", "cairn-init: ready "],
-            BOOT_TIMEOUT,
-        )
-        .unwrap()
-        .line;
-    assert!(
-        refused.contains("cairn-2-b") || refused.contains("Error loading"),
-        "the firmware must refuse B's UKI, got: {refused}"
-    );
-    // systemd-boot 252 hands the error back to the firmware. OVMF's boot manager goes on to
-    // its next boot option (its built-in shell, which Secure Boot refuses too), then round
-    // to the disk again: systemd-boot, B now bad, boots A. Nobody resets the machine.
-    let line = m.wait_for_line("cairn-init: ready ", BOOT_TIMEOUT).unwrap();
+    let line = Rig::b_refused_then_a(&mut m);
     eprintln!(
         "secure boot on: A ready {:.1} s after launch, B refused on the way ({line})",
         launched.elapsed().as_secs_f64()
-    );
-    assert!(line.contains("slot=a trial=no"), "{line}");
-    let lines = m.lines();
-    let at = |needle: &str| {
-        lines
-            .iter()
-            .position(|l| l.contains(needle))
-            .unwrap_or_else(|| panic!("no {needle:?} on the console"))
-    };
-    assert!(
-        at("Error loading \\EFI\\Linux\\cairn-2-b+0-1.efi: Access Denied")
-            < at("cairn-init: ready "),
-        "B's refusal comes before A's boot"
-    );
-    assert!(
-        !lines.iter().any(|l| l.contains("ready slot=b")),
-        "the changed UKI must never boot"
     );
     // The first boot seals to the release key's PCR 11 signatures and, Secure Boot being on,
     // to PCR 7.
@@ -405,15 +423,23 @@ fn qemu_aarch64_secure_boot_on_then_an_unsigned_cmdline_cannot_unseal() {
     let (rig, _) = Rig::new("qemu-aarch64", None);
     let _serial = qemu_lock();
 
-    // 1. Secure Boot on (AAVMF with Cairn's PK, KEK and db), no TPM: the signed image boots.
-    let mut m = rig.launch(true, None);
-    let line = m.wait_for_line("cairn-init: ready ", BOOT_TIMEOUT).unwrap();
-    assert!(line.contains("slot=a"), "{line}");
+    // 1. Secure Boot on (AAVMF with Cairn's PK, KEK and db), no TPM, on a copy of the disk (a
+    //    box without a TPM makes DATA plain, and keeps it so): slot B's UKI with its `.cmdline`
+    //    changed, on trial, is refused; the signed A boots.
+    let copy = rig.dir.path().join("sb-copy.img");
+    cairn_image::copy_sparse(&rig.disk, &copy).unwrap();
+    rig.edit_cmdline(&copy, Slot::B, " quiet ", " debug ");
+    SdBoot::new(rig.esp_of(&copy), None)
+        .set_trial(Slot::B, 1)
+        .unwrap();
+    let mut m = rig.launch_disk(&copy, true, None);
+    Rig::b_refused_then_a(&mut m);
     m.wait_for_line(API_UP, BOOT_TIMEOUT).unwrap();
     let (text, health) = rig.ctl("reader").health();
     assert_eq!(health["secure_boot"], "on", "{text}");
     m.quit().unwrap();
     m.wait_exit(Duration::from_secs(60)).unwrap();
+    std::fs::remove_file(&copy).unwrap();
 
     // 2. Secure Boot off, a TPM: the first boot seals to the signed PCR 11 alone.
     let tpm = rig.swtpm();
@@ -439,11 +465,18 @@ fn qemu_aarch64_secure_boot_on_then_an_unsigned_cmdline_cannot_unseal() {
 
     // 3. A's command line changed, not re-signed: the firmware (Secure Boot off) boots it, the
     //    TPM does not unseal for it.
-    rig.edit_cmdline(Slot::A, " quiet ", " debug ");
+    rig.edit_cmdline(&rig.disk, Slot::A, " quiet ", " debug ");
     let tpm = rig.swtpm();
     let mut m = rig.launch(false, Some(&tpm));
     let line = m.wait_for_line("cairn-init: ready ", BOOT_TIMEOUT).unwrap();
     assert!(line.contains("slot=a"), "{line}");
+    let locked = m
+        .wait_for_line("cairnd: STATE and DATA stay locked", BOOT_TIMEOUT)
+        .unwrap();
+    assert!(
+        locked.contains("no signature of this boot's PCR 11"),
+        "{locked}"
+    );
     m.wait_for_line(MAINTENANCE, BOOT_TIMEOUT).unwrap();
     assert!(
         !m.lines().iter().any(|l| l.contains(UNLOCKED)),

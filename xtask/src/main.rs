@@ -274,8 +274,37 @@ fn dev_api_secrets() -> Result<cairn_image::ApiSecrets> {
 
 fn image(board: &'static Board) -> Result<PathBuf> {
     step(&format!("image {}", board.name));
+    build_image(board, images_dir().join(board.name), None)
+}
+
+/// The development Secure Boot keys (`cairnctl keys gen-secureboot`'s set, made on first use
+/// in `<keys>/secureboot/`).
+pub fn dev_secure_boot_keys() -> Result<PathBuf> {
+    let dir = keys_dir().join("secureboot");
+    if !dir.join("db.key").is_file() {
+        let _ = std::fs::remove_dir_all(&dir);
+        cairn_secureboot::keys::generate(&dir)?;
+        eprintln!("    new development Secure Boot keys in {}", dir.display());
+    }
+    Ok(dir)
+}
+
+/// The board's image signed for Secure Boot with the development keys (its UKIs carry the
+/// PCR 11 signature too), without the containers extension, in `<images>/<board>-secureboot`.
+pub fn signed_image(board: &'static Board) -> Result<PathBuf> {
+    step(&format!("image {}, signed for Secure Boot", board.name));
+    let keys = dev_secure_boot_keys()?;
+    let out = images_dir().join(format!("{}-secureboot", board.name));
+    build_image(board, out, Some(keys))
+}
+
+fn build_image(
+    board: &'static Board,
+    out: PathBuf,
+    secure_boot: Option<PathBuf>,
+) -> Result<PathBuf> {
     let started = Instant::now();
-    let out = images_dir().join(board.name);
+    let signed = secure_boot.is_some();
     let version = env!("CARGO_PKG_VERSION").to_string();
     let manifest = cairn_image::build(&cairn_image::BuildOptions {
         board,
@@ -289,8 +318,8 @@ fn image(board: &'static Board) -> Result<PathBuf> {
             api_secrets: Some(dev_api_secrets()?),
             ..Default::default()
         },
-        secure_boot: None,
-        extension: Some(Default::default()),
+        secure_boot,
+        extension: (!signed).then(Default::default),
     })?;
     eprintln!(
         "    {} ({} MiB, sha256 {}, kernel {}) in {:.1} s",

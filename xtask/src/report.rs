@@ -362,9 +362,16 @@ fn is_pi(board: &Board) -> bool {
     matches!(board.boot, cairn_board::BootScheme::RpiTryboot { .. })
 }
 
-/// One run: a private copy of the image booted twice (with one software TPM on UEFI boards).
-fn run_twice(board: &'static Board, image_dir: &Path, run: usize) -> Result<[Boot; 2]> {
-    let work = target_dir().join(format!("cairn/report/{}-{run}", board.name));
+/// One run: a private copy of the image booted twice (with one software TPM on UEFI boards),
+/// with Secure Boot on (the keys in `secure_boot` enrolled) or off.
+fn run_twice(
+    board: &'static Board,
+    image_dir: &Path,
+    run: usize,
+    secure_boot: Option<&Path>,
+) -> Result<[Boot; 2]> {
+    let sb = if secure_boot.is_some() { "-sb" } else { "" };
+    let work = target_dir().join(format!("cairn/report/{}{sb}-{run}", board.name));
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work)?;
     let disk = work.join("disk.img");
@@ -372,8 +379,13 @@ fn run_twice(board: &'static Board, image_dir: &Path, run: usize) -> Result<[Boo
     let mut boots = Vec::new();
     for n in 0..2 {
         step(&format!(
-            "{} run {}/{}: {} boot",
+            "{}{} run {}/{}: {} boot",
             board.name,
+            if secure_boot.is_some() {
+                ", Secure Boot on,"
+            } else {
+                ""
+            },
             run + 1,
             runs(),
             if n == 0 { "first" } else { "second" }
@@ -396,6 +408,7 @@ fn run_twice(board: &'static Board, image_dir: &Path, run: usize) -> Result<[Boo
                 cairn_qemu::LaunchOptions::new(board, &disk, work.join(format!("qemu-{n}")));
             opts.writable_image = true;
             opts.tpm = Some(tpm.socket_path().to_path_buf());
+            opts.secure_boot = secure_boot.map(Path::to_path_buf);
             let started = Instant::now();
             let mut m = cairn_qemu::Machine::launch(opts)?;
             let boot = watch(&mut m, started, true)?;
@@ -419,7 +432,7 @@ fn mib(bytes: u64) -> f64 {
 fn boot_rows(table: &mut Table, board: &'static Board, image_dir: &Path) -> Result<()> {
     let col = board.name;
     for run in 0..runs() {
-        let [first, later] = run_twice(board, image_dir, run)?;
+        let [first, later] = run_twice(board, image_dir, run, None)?;
         for b in [&first, &later] {
             table
                 .row("firmware → kernel", "ms", Budget::None)
@@ -497,6 +510,44 @@ fn boot_rows(table: &mut Table, board: &'static Board, image_dir: &Path) -> Resu
         }
     }
     Ok(())
+}
+
+/// Secure Boot off and on, side by side, on one image signed with the development keys (whose
+/// UKIs carry the release's PCR 11 signature): the later boot of each run, from launch and from
+/// the kernel to ready, and its TPM unlock with the signed policy (PCR 11 alone with Secure
+/// Boot off; PCR 11 and PCR 7 with it on).
+fn secure_boot_rows(table: &mut Table, board: &'static Board) -> Result<()> {
+    let col = board.name;
+    let image = crate::signed_image(board)?;
+    let keys = crate::dev_secure_boot_keys()?;
+    for run in 0..runs() {
+        let [_, off] = run_twice(board, &image, run, None)?;
+        let [_, on] = run_twice(board, &image, run, Some(&keys))?;
+        for (what, off, on) in [
+            ("launch → ready", Some(off.wall_ms), Some(on.wall_ms)),
+            ("kernel → ready", Some(off.boot_ms), Some(on.boot_ms)),
+            ("TPM unlock, signed PCR policy", off.unlock_ms, on.unlock_ms),
+        ] {
+            for (mode, value) in [("off", off), ("on", on)] {
+                if let Some(v) = value {
+                    table
+                        .row(
+                            &format!("signed image, Secure Boot {mode}: {what}"),
+                            "ms",
+                            Budget::None,
+                        )
+                        .add(col, v.round());
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `CAIRN_REPORT_SECUREBOOT=0` leaves out the Secure Boot rows (a signed image and two more
+/// runs per UEFI board).
+fn secure_boot_bench() -> bool {
+    std::env::var("CAIRN_REPORT_SECUREBOOT").map_or(true, |v| v != "0")
 }
 
 /// The size rows of one board, from its image.json.
@@ -678,6 +729,13 @@ pub fn run(images: &[(&'static Board, PathBuf)]) -> Result<()> {
     for (board, dir) in &boards {
         boot_rows(&mut table, board, dir)?;
     }
+    if secure_boot_bench() {
+        for (board, _) in boards.iter().filter(|(b, _)| {
+            matches!(b.boot, cairn_board::BootScheme::SystemdBoot { .. }) && b.qemu.is_some()
+        }) {
+            secure_boot_rows(&mut table, board)?;
+        }
+    }
     for (board, dir) in &boards {
         size_rows(&mut table, board, dir)?;
     }
@@ -736,6 +794,12 @@ Reading the table:
 - ready → API serving runs from init's ready line to cairnd's `management API on port` line:
   cairnd serves the API after it has unlocked (or, on the first boot, encrypted) STATE and DATA,
   started the network and the containers, so the unlock rows are part of it.
+- Secure Boot rows: one image per UEFI board signed with the development keys
+  (`target/cairn/keys/secureboot`, made like `cairnctl keys gen-secureboot`), built without the
+  containers extension, booted twice per run with Secure Boot off (the ordinary firmware) and
+  twice with it on (the firmware's Secure Boot build, the keys enrolled); the figures are the
+  later boots'. The unlock opens a seal to the release key's signed PCR 11 (and PCR 7 with
+  Secure Boot on): docs/storage.md.
 - Host container rows: `cargo xtask bench-containers` on an image of the board built for it,
   in the guest, five rounds after a warm-up (xtask/src/bench_containers.rs, daemon/src/bench.rs): cairnd's
   path and `ctr images import` + `ctr run -d` by hand, each from the request to the container
