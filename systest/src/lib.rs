@@ -181,3 +181,10 @@ pub fn http_get(port: u16, path: &str) -> Option<String> {
     s.read_to_string(&mut out).ok()?;
     out.split_once("\r\n\r\n").map(|(_, body)| body.to_string())
 }
+
+/// The text after `marker` on the next console line holding it, waiting up to `timeout`.
+pub fn value_after(m: &mut cairn_qemu::Machine, marker: &str, timeout: Duration) -> String {
+    let line = m.wait_for_line(marker, timeout).unwrap();
+    let at = line.find(marker).unwrap() + marker.len();
+    line[at..].trim().to_string()
+}

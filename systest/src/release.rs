@@ -14,6 +14,16 @@ pub fn dev_key() -> cairn_bundle::SecretKey {
     cairn_bundle::SecretKey::from_text(&text).unwrap()
 }
 
+/// The development API secrets, as `cargo xtask images` puts them on STATE.
+pub fn dev_api_secrets() -> cairn_image::ApiSecrets {
+    let s = cairn_pki::secrets::DeviceSecrets::load(&keys_dir().join("secrets")).unwrap();
+    cairn_image::ApiSecrets {
+        client_ca: s.client_ca,
+        device_ca: s.device_ca,
+        device_ca_key: s.device_ca_key,
+    }
+}
+
 /// Builds an image of `board` at version `version` into `out` (trusting the development key)
 /// and returns `out`. `seed` tells the builds of one test apart.
 pub fn build_release(
@@ -38,13 +48,8 @@ pub fn build_signed_release(
     seed: &str,
     secure_boot: &Path,
 ) -> PathBuf {
-    let secrets = cairn_pki::secrets::DeviceSecrets::load(&keys_dir().join("secrets")).unwrap();
     let extras = RootExtras {
-        api_secrets: Some(cairn_image::ApiSecrets {
-            client_ca: secrets.client_ca,
-            device_ca: secrets.device_ca,
-            device_ca_key: secrets.device_ca_key,
-        }),
+        api_secrets: Some(dev_api_secrets()),
         ..Default::default()
     };
     build_with(

@@ -6,6 +6,7 @@ use std::process::Command;
 
 use cairn_board::{Board, BootScheme, BOARDS};
 use cairn_image::{build, BuildOptions};
+use cairn_systest::release::dev_api_secrets;
 use cairn_systest::{cache_dir, device_bin, image_dir, keys_dir, manifest, tool};
 
 fn options(board: &'static Board, out: &Path) -> BuildOptions {
@@ -26,15 +27,6 @@ fn options(board: &'static Board, out: &Path) -> BuildOptions {
         },
         secure_boot: None,
         extension: Some(Default::default()),
-    }
-}
-
-fn dev_api_secrets() -> cairn_image::ApiSecrets {
-    let s = cairn_pki::secrets::DeviceSecrets::load(&keys_dir().join("secrets")).unwrap();
-    cairn_image::ApiSecrets {
-        client_ca: s.client_ca,
-        device_ca: s.device_ca,
-        device_ca_key: s.device_ca_key,
     }
 }
 

@@ -36,7 +36,7 @@ use cairn_image::formats::fat_fs::partition_fs;
 use cairn_qemu::{free_local_port, LaunchOptions, Machine, PortForward, Swtpm};
 use cairn_systest::ctl::Ctl;
 use cairn_systest::release::{build_signed_release, dev_key, sign_bundle};
-use cairn_systest::{cairnctl, extract_partition, qemu_lock, rig_dir};
+use cairn_systest::{cairnctl, extract_partition, qemu_lock, rig_dir, value_after};
 
 const API_PORT: u16 = 50000;
 const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
@@ -72,13 +72,6 @@ fn gen_keys(dir: &Path) -> PathBuf {
         String::from_utf8_lossy(&out.stderr)
     );
     keys
-}
-
-/// The text after `marker` on the first console line holding it, waiting for it.
-fn value_after(m: &mut Machine, marker: &str, timeout: Duration) -> String {
-    let line = m.wait_for_line(marker, timeout).unwrap();
-    let at = line.find(marker).unwrap() + marker.len();
-    line[at..].trim().to_string()
 }
 
 /// One machine: a signed image, its disk, API port and TPM state, booted with or without

@@ -31,7 +31,8 @@ use cairn_qemu::{free_local_port, LaunchOptions, Machine, PortForward, Swtpm};
 use cairn_systest::ctl::Ctl;
 use cairn_systest::stick::{make_stick, StickFile};
 use cairn_systest::{
-    busybox_archive, contains, extract_partition, http_get, image_dir, keys_dir, qemu_lock, rig_dir,
+    busybox_archive, contains, extract_partition, http_get, image_dir, keys_dir, qemu_lock,
+    rig_dir, value_after,
 };
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
@@ -50,13 +51,6 @@ fn answer(port: u16) -> Option<String> {
             None
         })
     })
-}
-
-/// The text after `marker` on the first console line holding it, waiting for it.
-fn value_after(m: &mut Machine, marker: &str, timeout: Duration) -> String {
-    let line = m.wait_for_line(marker, timeout).unwrap();
-    let at = line.find(marker).unwrap() + marker.len();
-    line[at..].trim().to_string()
 }
 
 struct Rig {

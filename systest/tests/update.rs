@@ -47,7 +47,7 @@ use cairn_image::RootExtras;
 use cairn_qemu::{free_local_port, LaunchOptions, Machine, PortForward};
 use cairn_systest::ctl::Ctl;
 use cairn_systest::fault_init::{self, Fault};
-use cairn_systest::release::{build_release, dev_key, sign_bundle};
+use cairn_systest::release::{build_release, dev_api_secrets, dev_key, sign_bundle};
 use cairn_systest::stick::{make_stick, StickFile};
 use cairn_systest::{busybox_archive, http_get, image_dir, qemu_lock};
 
@@ -627,17 +627,6 @@ fn good_update(board_name: &str) {
     m.system_reset().unwrap();
     assert_eq!(ready(&mut m), s("b", "no", NEW_VERSION));
     stop(m);
-}
-
-/// The development API secrets, as `cargo xtask images` puts them on STATE.
-fn dev_api_secrets() -> cairn_image::ApiSecrets {
-    let s = cairn_pki::secrets::DeviceSecrets::load(&cairn_systest::keys_dir().join("secrets"))
-        .unwrap();
-    cairn_image::ApiSecrets {
-        client_ca: s.client_ca,
-        device_ca: s.device_ca,
-        device_ca_key: s.device_ca_key,
-    }
 }
 
 /// The DDI double on a loopback port, its certificate also naming 10.0.2.2 (the host as
