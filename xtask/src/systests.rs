@@ -50,6 +50,11 @@ pub const MATRIX_ONLY: &[(&str, &str)] = &[
          stick::qemu_aarch64_sees_a_hotplugged_disk_and_loads_softdog",
     ),
     (
+        "secureboot::qemu_aarch64_secure_boot_signed_releases_unlock_and_changed_ukis_do_not",
+        "the x86_64 flow on AAVMF; aarch64's Secure Boot refusal and signed PCR 11 are in \
+         secureboot::qemu_aarch64_secure_boot_on_then_an_unsigned_cmdline_cannot_unseal",
+    ),
+    (
         "storage_variants::qemu_x86_64_first_boot_encrypts_without_api_secrets_or_config",
         "the same first boot as the aarch64 one; x86_64's TPM is in storage and secureboot",
     ),
