@@ -229,7 +229,9 @@ struct BuildArgs {
     #[arg(long, conflicts_with = "k3s")]
     no_containers: bool,
     /// Sign systemd-boot and the UKIs for UEFI Secure Boot with DIR/db.key and DIR/db.crt
-    /// (`cairnctl keys gen-secureboot`); the command line gets `lockdown=integrity`.
+    /// (`cairnctl keys gen-secureboot`); the command line gets `lockdown=integrity`. With
+    /// DIR/pcr-signing.key, each UKI also carries the release's signed PCR 11 (`.pcrsig`), and
+    /// the device seals its disks to what that key signs.
     #[arg(long, value_name = "DIR")]
     secure_boot: Option<PathBuf>,
     /// An operator's k3s binary for the board's CPU, added to the containers extension as
