@@ -918,7 +918,10 @@ fn pcr_signing_key(opts: &BuildOptions) -> Result<Option<cairn_tpm::pcrsig::PcrS
         .map(Some)
         .map_err(|e| Error::PcrSigningKey {
             path,
-            reason: e.to_string(),
+            reason: match e {
+                cairn_tpm::Error::PrivateKey(why) => why,
+                other => other.to_string(),
+            },
         })
 }
 
