@@ -1,6 +1,8 @@
 //! The USB watcher: waits for block devices (kernel uevents), mounts each new one read-only in
 //! a private place, and installs the newest `*.cairn` bundle at its root through the update
-//! capability; then the machine reboots into the trial. OCI archives in the stick's
+//! capability; then the machine reboots into the trial. Sticks already there when it starts
+//! (plugged in before power-on: the kernel found them before anyone listened) are looked at
+//! first, from sysfs ([`present`]), and again if the kernel ever drops events. OCI archives in the stick's
 //! `containers/` folder are copied onto DATA first ([`containers::take_archives`]).
 //!
 //! A stick left in across reboots must not install the same thing again, nor a version whose
@@ -22,6 +24,8 @@ use crate::{block, containers, uevent};
 use cairn_facts::containers::ARCHIVE_DIR;
 
 const STICK_MOUNT: &str = "/run/cairn/stick";
+/// How long a new device's node may take to appear under /dev.
+const NODE_WAIT: Duration = Duration::from_secs(5);
 /// Most `*.cairn` files looked at on one stick.
 const MAX_BUNDLES: usize = 64;
 
@@ -32,11 +36,31 @@ pub fn watch(updates: &Updates, heart: &Heartbeat) -> Result<(), String> {
         .ok()
         .and_then(|p| block::disk_of(&p));
     say!("waiting for update bundles on USB sticks and hot-plugged disks");
+    // A stick plugged in before power-on, or while the system booted, sent its events before
+    // anyone listened: look at what is there now, and again whenever the kernel had to drop
+    // events. The box's own internal disks, there from the start, are left alone.
+    let sys = Path::new(SYS_CLASS_BLOCK);
+    let fixed = fixed_disks(sys);
+    let mut rescan = true;
     loop {
         heart.beat();
+        if std::mem::take(&mut rescan) {
+            for dev in present(sys, boot_disk.as_deref(), &fixed) {
+                match install_from(updates, &dev) {
+                    Ok(true) => system::reboot(),
+                    Ok(false) => {}
+                    Err(e) => say!("{e}"),
+                }
+            }
+        }
         let event = match events.recv(Some(Duration::from_secs(5))) {
             Ok(Some(e)) => e,
             Ok(None) => continue,
+            Err(crate::error::Error::UeventOverflow) => {
+                say!("reading uevents: the kernel dropped some; looking at the disks again");
+                rescan = true;
+                continue;
+            }
             Err(e) => {
                 say!("reading uevents: {e}");
                 std::thread::sleep(Duration::from_secs(1));
@@ -67,9 +91,72 @@ pub fn watch(updates: &Updates, heart: &Heartbeat) -> Result<(), String> {
     }
 }
 
+/// Where the kernel lists block devices.
+const SYS_CLASS_BLOCK: &str = "/sys/class/block";
+
+/// The disks under `sys_class_block` (by kernel name) that are a device's own: not removable,
+/// not on a USB bus, and not virtual (loop, ram and device-mapper devices have no `device`
+/// link). Read when cairnd starts: such a disk that is there from the start is the box's
+/// (its boot disk, a second internal disk), never a stick. One that arrives later is a
+/// hot-plugged disk and is looked at like a stick.
+pub fn fixed_disks(sys_class_block: &Path) -> Vec<String> {
+    disks(sys_class_block)
+        .into_iter()
+        .filter(|name| {
+            let entry = sys_class_block.join(name);
+            let removable =
+                fs::read_to_string(entry.join("removable")).is_ok_and(|t| t.trim() == "1");
+            let on_usb = fs::canonicalize(&entry).is_ok_and(|p| {
+                p.components()
+                    .any(|c| c.as_os_str().to_string_lossy().starts_with("usb"))
+            });
+            !removable && !on_usb
+        })
+        .collect()
+}
+
+/// The whole disks under `sys_class_block` with a device behind them, sorted by name.
+fn disks(sys_class_block: &Path) -> Vec<String> {
+    let Ok(entries) = fs::read_dir(sys_class_block) else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = entries
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|name| {
+            let entry = sys_class_block.join(name);
+            !entry.join("partition").exists() && entry.join("device").exists()
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// The stick volumes present under `sys_class_block`: the partitions (or the whole disk, when
+/// it has no partition table) of every disk other than `boot_disk` and the `fixed` ones.
+pub fn present(sys_class_block: &Path, boot_disk: Option<&str>, fixed: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    for disk in disks(sys_class_block) {
+        if Some(disk.as_str()) == boot_disk || fixed.contains(&disk) {
+            continue;
+        }
+        match uevent::block_partitions_of(sys_class_block, &disk) {
+            Ok(parts) if !parts.is_empty() => out.extend(parts.into_iter().map(|p| p.name)),
+            _ => out.push(disk),
+        }
+    }
+    out
+}
+
 /// Mounts `/dev/<dev>` read-only and installs its newest bundle; true when installed.
 fn install_from(updates: &Updates, dev: &str) -> Result<bool, String> {
     let path = PathBuf::from("/dev").join(dev);
+    // The kernel's event can come before devtmpfs has the node (seen with USB sticks under
+    // QEMU: the mount failed with ENOENT and the stick was never looked at again).
+    let until = std::time::Instant::now() + NODE_WAIT;
+    while !path.exists() && std::time::Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let mount = Path::new(STICK_MOUNT);
     let fstype = block::mount_ro_private(&path, mount)?;
     say!(
@@ -195,6 +282,74 @@ pub fn newest_bundle(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A sysfs of block devices as the kernel lays it out: each `class/block/<name>` a link into
+    /// `devices/…/block/<disk>[/<partition>]`.
+    fn fake_sysfs(root: &Path) -> PathBuf {
+        let class = root.join("class/block");
+        fs::create_dir_all(&class).unwrap();
+        // (device path, disk, removable, has a `device` link, partitions)
+        let disks: [(&str, &str, &str, bool, &[&str]); 6] = [
+            ("pci0/virtio1", "vda", "0", true, &["vda1", "vda2"]),
+            (
+                "pci0/usb1/1-1/1-1:1.0/host0/target0:0:0/0:0:0:0",
+                "sda",
+                "0",
+                true,
+                &["sda1"],
+            ),
+            ("pci0/virtio2", "vdb", "0", true, &[]),
+            ("pci0/mmc0/mmc0:0001", "mmcblk1", "1", true, &[]),
+            ("virtual", "loop0", "0", false, &[]),
+            (
+                "pci0/usb2/2-1/2-1:1.0/host1/target1:0:0/1:0:0:0",
+                "sdb",
+                "1",
+                true,
+                &["sdb1", "sdb2"],
+            ),
+        ];
+        for (path, disk, removable, device, parts) in disks {
+            let dir = root.join("devices").join(path).join("block").join(disk);
+            fs::create_dir_all(&dir).unwrap();
+            fs::write(dir.join("removable"), format!("{removable}\n")).unwrap();
+            if device {
+                fs::create_dir_all(dir.join("device")).unwrap();
+            }
+            std::os::unix::fs::symlink(&dir, class.join(disk)).unwrap();
+            for (n, part) in parts.iter().enumerate() {
+                fs::create_dir_all(dir.join(part)).unwrap();
+                fs::write(dir.join(part).join("partition"), format!("{}\n", n + 1)).unwrap();
+                std::os::unix::fs::symlink(dir.join(part), class.join(part)).unwrap();
+            }
+        }
+        class
+    }
+
+    #[test]
+    fn sticks_present_are_the_partitions_of_disks_that_are_not_the_boxs_own() {
+        let tmp = tempfile::tempdir().unwrap();
+        let class = fake_sysfs(tmp.path());
+        // The boot disk, an internal disk, and a loop device are left alone; a USB disk that
+        // says it is not removable is still a stick; a removable card without a partition
+        // table is taken whole.
+        let fixed = fixed_disks(&class);
+        assert_eq!(fixed, ["vda", "vdb"]);
+        assert_eq!(
+            present(&class, Some("vda"), &fixed),
+            ["mmcblk1", "sda1", "sdb1", "sdb2"]
+        );
+        // A disk that was not there at the start (hot-plugged while events were dropped) is
+        // looked at too.
+        assert_eq!(
+            present(&class, Some("vda"), &["vda".to_string()]),
+            ["mmcblk1", "sda1", "sdb1", "sdb2", "vdb"]
+        );
+        assert_eq!(
+            present(&tmp.path().join("nothing"), Some("vda"), &[]),
+            Vec::<String>::new()
+        );
+    }
 
     #[test]
     fn the_running_version_and_a_failed_one_are_not_installed_again() {

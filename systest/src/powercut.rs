@@ -957,8 +957,17 @@ fn boot_cut(
         );
         let ok = matches!(&got, Ok(l) if l.needle == 0);
         if !ok && failure.is_none() {
+            // Whether the guest's kernel ever read the stick tells a disk the guest never saw
+            // (the hot-plug) from one cairnd did not take.
+            let seen = match m.stick_reads("next") {
+                Ok(r) if r.operations > 0 => {
+                    format!("the guest read the stick ({} bytes)", r.bytes)
+                }
+                Ok(_) => "the guest never read the stick".to_string(),
+                Err(e) => format!("the stick's reads are unknown: {e}"),
+            };
             failure = Some(format!(
-                "the next update did not install: {}",
+                "the next update did not install ({seen}): {}",
                 got.map(|l| l.line).unwrap_or_else(|e| e.to_string())
             ));
         }

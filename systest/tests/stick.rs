@@ -6,7 +6,12 @@
 //! QEMU's block statistics count the guest's reads of the stick (its kernel scanning the
 //! partition table), and the kernel's own lines name the disk and its partition. The shipped
 //! command line has `quiet`, which hides those lines, so the machine boots a private copy of the
-//! image whose slot A entry adds `loglevel=7`; nothing else differs from the built image.
+//! image whose slot A UKI has `debug` in place of `quiet`; nothing else differs from the built
+//! image.
+//!
+//! cairnd mounts each stick read-only and looks for a bundle (there is none). On qemu-x86_64
+//! the stick then stays in across a reset: the kernel finds it before cairnd listens for new
+//! disks, and cairnd must still take it (sticks present at its start are looked at too).
 
 use std::path::Path;
 use std::time::Duration;
@@ -19,6 +24,9 @@ use cairn_systest::{image_dir, manifest, qemu_lock};
 const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
 /// The guest finds a new disk within a second or two under TCG.
 const SEE_TIMEOUT: Duration = Duration::from_secs(60);
+/// cairnd's lines for a stick with no bundle on it.
+const MOUNTED: &str = "(vfat) mounted read-only on /run/cairn/stick";
+const NO_BUNDLE: &str = "cairnd: no *.cairn bundle at the root of the stick";
 /// A PCIe unplug waits for the guest's 5 s attention-button delay.
 const DETACH_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -112,7 +120,10 @@ fn stick_seen_by_guest(board_name: &str) {
         "no line with {wd:?} before ready: the watchdog driver did not load"
     );
 
-    // Nothing is plugged in yet.
+    // Nothing is plugged in yet. The stick comes once cairnd listens for new disks (a virtio
+    // disk already there when it starts is taken for one of the box's own).
+    m.wait_for_line("cairnd: waiting for update bundles", BOOT_TIMEOUT)
+        .unwrap();
     assert!(matches!(
         m.stick_reads("stick0"),
         Err(cairn_qemu::Error::NoStick { .. })
@@ -124,6 +135,10 @@ fn stick_seen_by_guest(board_name: &str) {
     for line in &lines {
         m.wait_for_line(line, SEE_TIMEOUT).unwrap();
     }
+    // cairnd takes it as it would a stick with an update: mounted read-only, looked at, and
+    // nothing installed (whether its event came before or after the device's node).
+    m.wait_for_line(MOUNTED, SEE_TIMEOUT).unwrap();
+    m.wait_for_line(NO_BUNDLE, SEE_TIMEOUT).unwrap();
     assert!(
         reads.bytes >= 512,
         "the partition scan reads at least the first sector: {reads:?}"
@@ -138,6 +153,30 @@ fn stick_seen_by_guest(board_name: &str) {
     m.attach_stick(&stick, "stick0").unwrap();
     m.wait_for_stick_read("stick0", SEE_TIMEOUT).unwrap();
     m.wait_for_line(&lines[1], SEE_TIMEOUT).unwrap();
+
+    // A USB stick left in across a reset is there before cairnd listens for new disks (the
+    // kernel finds it while the late modules load): cairnd looks at the disks present when it
+    // starts, and mounts it.
+    if matches!(
+        board.qemu.unwrap().removable,
+        cairn_board::RemovableDisk::UsbStorage { .. }
+    ) {
+        m.system_reset().unwrap();
+        m.wait_for_line("cairn-init: ready", BOOT_TIMEOUT).unwrap();
+        let watching = "cairnd: waiting for update bundles";
+        let first = m
+            .wait_for_any(&[&lines[1], watching], BOOT_TIMEOUT)
+            .unwrap();
+        let path = if first.needle == 0 {
+            m.wait_for_line(watching, BOOT_TIMEOUT).unwrap();
+            "found among the disks present (the kernel had it before cairnd listened)"
+        } else {
+            "announced by the kernel after cairnd listened"
+        };
+        m.wait_for_line(MOUNTED, SEE_TIMEOUT).unwrap();
+        eprintln!("the stick left in across the reset: {path}");
+        m.wait_for_line(NO_BUNDLE, SEE_TIMEOUT).unwrap();
+    }
 
     assert!(
         !m.lines().iter().any(|l| l.contains("cairn-init: fatal")),
