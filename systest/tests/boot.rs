@@ -90,8 +90,16 @@ fn boot_and_power_off(board_name: &str) {
         )) && !late.contains(" not loaded)"),
         "{late}"
     );
-    m.wait_for_line("cairnd: waited ", Duration::from_secs(60))
-        .unwrap();
+    // cairnd's line may reach the console before init's (init's goes through the kernel's
+    // log buffer, cairnd's straight to the console), so it is looked for anywhere.
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    while !m.lines().iter().any(|l| l.contains("cairnd: waited ")) {
+        assert!(
+            std::time::Instant::now() < until,
+            "cairnd never said it waited for the late modules"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let lines = m.lines();
     let at = |needle: &str| lines.iter().position(|l| l.contains(needle)).unwrap();
     assert!(at("cairn-init: ready") < at(" late kernel modules loaded ("));
