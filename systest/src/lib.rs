@@ -188,3 +188,16 @@ pub fn value_after(m: &mut cairn_qemu::Machine, marker: &str, timeout: Duration)
     let at = line.find(marker).unwrap() + marker.len();
     line[at..].trim().to_string()
 }
+
+/// Asserts that Debian's cryptsetup opens the LUKS2 volume in `part` (a partition copied out
+/// of a disk) with the recovery key in `key_file`; `label` names it in the failure.
+pub fn cryptsetup_takes_key(part: &Path, key_file: &Path, label: &str) {
+    let ok = Command::new("cryptsetup")
+        .args(["open", "--test-passphrase", "--key-file"])
+        .arg(key_file)
+        .arg(part)
+        .status()
+        .expect("cryptsetup (Debian package cryptsetup-bin)")
+        .success();
+    assert!(ok, "cryptsetup refuses the recovery key on {label}");
+}

@@ -36,7 +36,9 @@ use cairn_image::formats::fat_fs::partition_fs;
 use cairn_qemu::{free_local_port, LaunchOptions, Machine, PortForward, Swtpm};
 use cairn_systest::ctl::Ctl;
 use cairn_systest::release::{build_signed_release, dev_key, sign_bundle};
-use cairn_systest::{cairnctl, extract_partition, qemu_lock, rig_dir, value_after};
+use cairn_systest::{
+    cairnctl, cryptsetup_takes_key, extract_partition, qemu_lock, rig_dir, value_after,
+};
 
 const API_PORT: u16 = 50000;
 const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
@@ -396,15 +398,7 @@ fn signed_releases_unlock_and_changed_ukis_do_not(board: &str) {
             serde_json::json!([7]),
             "{label}: {token}"
         );
-        let test = Command::new("cryptsetup")
-            .args(["open", "--test-passphrase", "--key-file", key_arg])
-            .arg(&part)
-            .status()
-            .unwrap();
-        assert!(
-            test.success(),
-            "cryptsetup refuses the recovery key on {label}"
-        );
+        cryptsetup_takes_key(&part, &key_file, label);
         std::fs::remove_file(&part).unwrap();
     }
 }

@@ -31,8 +31,8 @@ use cairn_qemu::{free_local_port, LaunchOptions, Machine, PortForward, Swtpm};
 use cairn_systest::ctl::Ctl;
 use cairn_systest::stick::{make_stick, StickFile};
 use cairn_systest::{
-    busybox_archive, contains, extract_partition, http_get, image_dir, keys_dir, qemu_lock,
-    rig_dir, value_after,
+    busybox_archive, contains, cryptsetup_takes_key, extract_partition, http_get, image_dir,
+    keys_dir, qemu_lock, rig_dir, value_after,
 };
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
@@ -339,15 +339,7 @@ fn encrypted_state_and_data(board: &str) {
         assert_eq!(text.matches("systemd-tpm2").count(), 1, "{label}: {text}");
         assert_eq!(text.matches(": luks2").count(), 2, "{label}: {text}");
         assert!(text.contains("argon2id"), "{label}: {text}");
-        let test = Command::new("cryptsetup")
-            .args(["open", "--test-passphrase", "--key-file", key_arg])
-            .arg(&part)
-            .status()
-            .unwrap();
-        assert!(
-            test.success(),
-            "cryptsetup refuses the recovery key on {label}"
-        );
+        cryptsetup_takes_key(&part, &key_file, label);
         std::fs::remove_file(&part).unwrap();
     }
 }
