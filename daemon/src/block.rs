@@ -313,6 +313,19 @@ pub fn remount(target: &Path, read_only: bool) -> io::Result<()> {
     mount(Path::new("none"), target, "", flags)
 }
 
+/// Waits until `path` exists (a device node devtmpfs has yet to make), up to `timeout`;
+/// returns whether it does.
+pub fn wait_for_path(path: &Path, timeout: std::time::Duration) -> bool {
+    let until = std::time::Instant::now() + timeout;
+    while !path.exists() {
+        if std::time::Instant::now() >= until {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,8 +2,8 @@
 //! a private place, and installs the newest `*.cairn` bundle at its root through the update
 //! capability; then the machine reboots into the trial. Sticks already there when it starts
 //! (plugged in before power-on: the kernel found them before anyone listened) are looked at
-//! first, from sysfs ([`present`]), and again if the kernel ever drops events. OCI archives in the stick's
-//! `containers/` folder are copied onto DATA first ([`containers::take_archives`]).
+//! first, from sysfs ([`present`]), and again if the kernel ever drops events. OCI archives in
+//! the stick's `containers/` folder are copied onto DATA first ([`containers::take_archives`]).
 //!
 //! A stick left in across reboots must not install the same thing again, nor a version whose
 //! trial already failed ([`skip_reason`]).
@@ -46,11 +46,7 @@ pub fn watch(updates: &Updates, heart: &Heartbeat) -> Result<(), String> {
         heart.beat();
         if std::mem::take(&mut rescan) {
             for dev in present(sys, boot_disk.as_deref(), &fixed) {
-                match install_from(updates, &dev) {
-                    Ok(true) => system::reboot(),
-                    Ok(false) => {}
-                    Err(e) => say!("{e}"),
-                }
+                take(updates, &dev);
             }
         }
         let event = match events.recv(Some(Duration::from_secs(5))) {
@@ -78,16 +74,21 @@ pub fn watch(updates: &Updates, heart: &Heartbeat) -> Result<(), String> {
             continue;
         }
         if event.devtype.as_deref() == Some("disk")
-            && uevent::block_partitions_of(Path::new("/sys/class/block"), &dev)
-                .is_ok_and(|p| !p.is_empty())
+            && uevent::block_partitions_of(sys, &dev).is_ok_and(|p| !p.is_empty())
         {
             continue; // its partitions arrive as their own events
         }
-        match install_from(updates, &dev) {
-            Ok(true) => system::reboot(),
-            Ok(false) => {}
-            Err(e) => say!("{e}"),
-        }
+        take(updates, &dev);
+    }
+}
+
+/// Installs from `/dev/<dev>` ([`install_from`]) and reboots into the trial when it did; a
+/// problem is one line.
+fn take(updates: &Updates, dev: &str) {
+    match install_from(updates, dev) {
+        Ok(true) => system::reboot(),
+        Ok(false) => {}
+        Err(e) => say!("{e}"),
     }
 }
 
@@ -152,11 +153,9 @@ pub fn present(sys_class_block: &Path, boot_disk: Option<&str>, fixed: &[String]
 fn install_from(updates: &Updates, dev: &str) -> Result<bool, String> {
     let path = PathBuf::from("/dev").join(dev);
     // The kernel's event can come before devtmpfs has the node (seen with USB sticks under
-    // QEMU: the mount failed with ENOENT and the stick was never looked at again).
-    let until = std::time::Instant::now() + NODE_WAIT;
-    while !path.exists() && std::time::Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    // QEMU: the mount failed with ENOENT and the stick was never looked at again). Without it
+    // the mount below says so.
+    block::wait_for_path(&path, NODE_WAIT);
     let mount = Path::new(STICK_MOUNT);
     let fstype = block::mount_ro_private(&path, mount)?;
     say!(

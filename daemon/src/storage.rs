@@ -82,12 +82,8 @@ pub fn open_tpm(wait: Duration) -> Option<Result<Tpm, String>> {
     if !any {
         return None;
     }
-    let until = Instant::now() + wait;
-    while !Path::new(TPM_DEVICE).exists() {
-        if Instant::now() >= until {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
+    if !crate::block::wait_for_path(Path::new(TPM_DEVICE), wait) {
+        return None;
     }
     Some(Tpm::open_device(TPM_DEVICE).map_err(|e| format!("opening {TPM_DEVICE}: {e}")))
 }

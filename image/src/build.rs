@@ -556,7 +556,8 @@ fn build_staged(opts: &BuildOptions) -> Result<ImageManifest> {
             esp.add_file(&format!("EFI/systemd/{efi_name}"), 0o644, sd_boot)?;
             let stub = read(&stub_path)?;
             let linux = read(&kernel)?;
-            let pcrpkey = pcr_key.as_ref().map(|k| k.public_key().to_pem());
+            // The key with the public half every UKI carries.
+            let pcr = pcr_key.as_ref().map(|k| (k, k.public_key().to_pem()));
             let make_uki = |slot: &str, cmdline: String, what: String| -> Result<Vec<u8>> {
                 let parts = cairn_secureboot::uki::UkiParts {
                     osrel: cairn_secureboot::uki::osrel(&opts.version, slot),
@@ -565,14 +566,15 @@ fn build_staged(opts: &BuildOptions) -> Result<ImageManifest> {
                     initrd: &initramfs,
                     dtb: None,
                 };
-                let mut extra: Vec<(&str, Vec<u8>)> = Vec::new();
-                if let (Some(key), Some(pem)) = (&pcr_key, &pcrpkey) {
-                    let sig = pcr_signature(key, &parts, pem, opts.root.security_version);
-                    extra.push((".pcrsig", sig.into_bytes()));
-                    extra.push((".pcrpkey", pem.clone().into_bytes()));
-                }
-                let extra: Vec<(&str, &[u8])> =
-                    extra.iter().map(|(n, d)| (*n, d.as_slice())).collect();
+                let sig = pcr
+                    .as_ref()
+                    .map(|(key, pem)| pcr_signature(key, &parts, pem, opts.root.security_version));
+                let extra: Vec<(&str, &[u8])> = match (&pcr, &sig) {
+                    (Some((_, pem)), Some(sig)) => {
+                        vec![(".pcrsig", sig.as_bytes()), (".pcrpkey", pem.as_bytes())]
+                    }
+                    _ => Vec::new(),
+                };
                 slot_uki(
                     Pe::parse(what, stub.clone())?,
                     &parts,

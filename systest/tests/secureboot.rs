@@ -76,6 +76,15 @@ fn gen_keys(dir: &Path) -> PathBuf {
     keys
 }
 
+/// The first boot's line saying what STATE and DATA are sealed to.
+fn first_boot_seal(m: &mut Machine) -> String {
+    m.wait_for_line(
+        "cairnd: first boot: encrypting STATE and DATA",
+        BOOT_TIMEOUT,
+    )
+    .unwrap()
+}
+
 /// One machine: a signed image, its disk, API port and TPM state, booted with or without
 /// Secure Boot. Each firmware mode keeps its own variable store (`work-sb`, `work-nosb`).
 struct Rig {
@@ -285,12 +294,7 @@ fn signed_releases_unlock_and_changed_ukis_do_not(board: &str) {
     );
     // The first boot seals to the release key's PCR 11 signatures and, Secure Boot being on,
     // to PCR 7.
-    let sealed = m
-        .wait_for_line(
-            "cairnd: first boot: encrypting STATE and DATA",
-            BOOT_TIMEOUT,
-        )
-        .unwrap();
+    let sealed = first_boot_seal(&mut m);
     assert!(
         sealed.contains(SEALED_SIGNED) && sealed.ends_with(" and PCR 7"),
         "{sealed}"
@@ -443,12 +447,7 @@ fn qemu_aarch64_secure_boot_on_then_an_unsigned_cmdline_cannot_unseal() {
     // 2. Secure Boot off, a TPM: the first boot seals to the signed PCR 11 alone.
     let tpm = rig.swtpm();
     let mut m = rig.launch(false, Some(&tpm));
-    let sealed = m
-        .wait_for_line(
-            "cairnd: first boot: encrypting STATE and DATA",
-            BOOT_TIMEOUT,
-        )
-        .unwrap();
+    let sealed = first_boot_seal(&mut m);
     assert!(
         sealed.contains(SEALED_SIGNED) && !sealed.contains("PCR 7"),
         "{sealed}"

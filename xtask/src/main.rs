@@ -289,13 +289,12 @@ pub fn dev_secure_boot_keys() -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// The board's image signed for Secure Boot with the development keys (its UKIs carry the
-/// PCR 11 signature too), without the containers extension, in `<images>/<board>-secureboot`.
-pub fn signed_image(board: &'static Board) -> Result<PathBuf> {
+/// The board's image signed for Secure Boot with the keys in `keys` (its UKIs carry the PCR 11
+/// signature too), without the containers extension, in `<images>/<board>-secureboot`.
+pub fn signed_image(board: &'static Board, keys: &Path) -> Result<PathBuf> {
     step(&format!("image {}, signed for Secure Boot", board.name));
-    let keys = dev_secure_boot_keys()?;
     let out = images_dir().join(format!("{}-secureboot", board.name));
-    build_image(board, out, Some(keys))
+    build_image(board, out, Some(keys.to_path_buf()))
 }
 
 fn build_image(

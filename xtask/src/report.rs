@@ -518,8 +518,8 @@ fn boot_rows(table: &mut Table, board: &'static Board, image_dir: &Path) -> Resu
 /// Boot off; PCR 11 and PCR 7 with it on).
 fn secure_boot_rows(table: &mut Table, board: &'static Board) -> Result<()> {
     let col = board.name;
-    let image = crate::signed_image(board)?;
     let keys = crate::dev_secure_boot_keys()?;
+    let image = crate::signed_image(board, &keys)?;
     for run in 0..runs() {
         let [_, off] = run_twice(board, &image, run, None)?;
         let [_, on] = run_twice(board, &image, run, Some(&keys))?;
