@@ -57,6 +57,12 @@ pub struct Server {
     thread: Option<JoinHandle<Result<(), Error>>>,
 }
 
+/// Connections the kernel completes and queues until the server accepts them. std's `bind` asks
+/// for 128, which a peer opening sockets in a loop fills within a pause of a few milliseconds;
+/// after that the kernel drops new SYNs, and the admin's connect waits for TCP's one-second
+/// retransmit. The kernel caps it at `net.core.somaxconn` (4096 by default).
+const BACKLOG: i32 = 4096;
+
 /// Serves the API on `listener` in a thread of its own until [`Server::shutdown`].
 pub fn serve(
     listener: std::net::TcpListener,
@@ -67,6 +73,10 @@ pub fn serve(
     let acceptor = TlsAcceptor::from(tls.server_config()?);
     let addr = listener.local_addr().map_err(Error::Listener)?;
     listener.set_nonblocking(true).map_err(Error::Listener)?;
+    // listen(2) again on a listening socket only sets its backlog.
+    socket2::SockRef::from(&listener)
+        .listen(BACKLOG)
+        .map_err(Error::Listener)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .enable_time()

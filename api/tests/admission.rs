@@ -58,12 +58,34 @@ async fn idle_reader(h: &Harness, who: &Pem) -> Result<Client, tonic::Status> {
     Ok(client)
 }
 
+/// The backlog of the socket listening on `addr`, as iproute2's `ss` reports it (Send-Q).
+fn listen_queue(addr: std::net::SocketAddr) -> usize {
+    let out = std::process::Command::new("ss")
+        .args(["-Hltn", &format!("sport = :{}", addr.port())])
+        .output()
+        .expect("running ss (iproute2)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().next().unwrap_or_else(|| panic!("ss: {text}"));
+    line.split_whitespace().nth(2).unwrap().parse().unwrap()
+}
+
 type Client = proto::device_service_client::DeviceServiceClient<tonic::transport::Channel>;
 
 #[tokio::test]
 async fn the_admin_gets_in_while_others_hold_every_place_they_can() {
     let h = Harness::start();
     let admin = h.pki.admin.clone();
+    // A short listen queue overflows under the flood below and the kernel drops the admin's SYN.
+    let somaxconn: usize = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        listen_queue(h.addr()),
+        somaxconn.min(4096),
+        "listen backlog"
+    );
     println!("the admin's connect + Version call, 5 tries each:");
     row("no load", admin_latency(&h, &admin).await);
 
