@@ -17,6 +17,13 @@
 //!   reaches a free, bad, out-of-range or already used cluster ends at the cluster before it;
 //! - a file whose chain is shorter than its size is truncated to the chain, one whose chain is
 //!   longer gives the surplus back;
+//! - two names of one file (the same first cluster and size) are what a cut in a rename leaves:
+//!   Linux writes the new name's entries and marks the old ones deleted in two sector writes, so
+//!   both may stay, or the old short name may stay with its long name half overwritten (seen as
+//!   `CAIRN-~1.EFI` beside `cairn-3-b.efi`, found by the power-cut harness). One name is
+//!   removed: the one without a whole long name, else the later one. What is left is the file
+//!   under its old name or its new one, as if the rename had not started or had finished,
+//!   where `fsck.fat` would keep both and cut the second to 0 bytes;
 //! - clusters the FAT marks used that no file or directory reaches are freed;
 //! - every FAT copy gets the result, FSInfo's free count is recomputed, the dirty mark cleared.
 //!
@@ -45,6 +52,8 @@ pub struct Repaired {
     pub truncated: Vec<String>,
     /// Clusters that were marked used but belonged to nothing.
     pub freed: u32,
+    /// Second names of a file, left by a rename the power cut (removed), by path.
+    pub renamed: Vec<String>,
 }
 
 impl std::fmt::Display for Repaired {
@@ -54,7 +63,16 @@ impl std::fmt::Display for Repaired {
         if !self.truncated.is_empty() {
             write!(f, " {}", self.truncated.join(" "))?;
         }
-        write!(f, ", {} lost cluster(s) freed", self.freed)
+        write!(f, ", {} lost cluster(s) freed", self.freed)?;
+        if !self.renamed.is_empty() {
+            write!(
+                f,
+                ", {} second name(s) of a file removed {}",
+                self.renamed.len(),
+                self.renamed.join(" ")
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -162,7 +180,65 @@ struct Volume<'a, D> {
     g: Geometry,
     fat: Vec<u32>,
     used: Vec<bool>,
+    /// The file entry that took each chain, by first cluster.
+    owners: std::collections::HashMap<u32, Owner>,
     out: Repaired,
+}
+
+/// Where a file's directory entry is, for a second name of the same file.
+#[derive(Clone)]
+struct Owner {
+    /// The directory cluster and the entry's offset in it.
+    cluster: u32,
+    offset: usize,
+    size: u32,
+    long: bool,
+    path: String,
+}
+
+/// The checksum of an 8.3 name that each of its long-name entries carries (byte 13).
+fn lfn_checksum(short: &[u8]) -> u8 {
+    short[..11]
+        .iter()
+        .fold(0u8, |sum, &b| sum.rotate_right(1).wrapping_add(b))
+}
+
+/// Whether the short entry at `at` in `dir` has a whole long name before it: entries 1, 2, …
+/// going back, each with its checksum, the last marked 0x40. A name that reaches back past the
+/// start of this cluster counts as whole (its start is in the cluster before).
+fn has_long_name(dir: &[u8], at: usize) -> bool {
+    let sum = lfn_checksum(&dir[at..at + 11]);
+    let mut i = at;
+    let mut ord = 1u8;
+    loop {
+        if i == 0 {
+            return ord > 1;
+        }
+        i -= 32;
+        let e = &dir[i..i + 32];
+        if e[11] != ATTR_LFN || e[0] == 0xE5 || e[13] != sum || e[0] & 0x1F != ord {
+            return false;
+        }
+        if e[0] & 0x40 != 0 {
+            return true;
+        }
+        ord += 1;
+    }
+}
+
+/// Marks the short entry at `at` in `dir` deleted, and the long-name entries before it that
+/// carry its checksum.
+fn delete_entry(dir: &mut [u8], at: usize) {
+    let sum = lfn_checksum(&dir[at..at + 11]);
+    dir[at] = 0xE5;
+    let mut i = at;
+    while i > 0 {
+        i -= 32;
+        if dir[i + 11] != ATTR_LFN || dir[i] == 0xE5 || dir[i + 13] != sum {
+            break;
+        }
+        dir[i] = 0xE5;
+    }
 }
 
 impl<D: Read + Write + Seek> Volume<'_, D> {
@@ -275,6 +351,53 @@ impl<D: Read + Write + Seek> Volume<'_, D> {
                     continue;
                 }
                 let size = u64::from(le32(e, 28));
+                let long = has_long_name(&dir, i);
+                let twin = self
+                    .owners
+                    .get(&first)
+                    .filter(|o| self.valid(first) && u64::from(o.size) == size)
+                    .cloned();
+                if let Some(owner) = twin {
+                    // Two names of one file: keep the one with a whole long name, else the first.
+                    if long && !owner.long {
+                        if owner.cluster == c {
+                            delete_entry(&mut dir, owner.offset);
+                        } else {
+                            let mut other = self.read_cluster(owner.cluster)?;
+                            delete_entry(&mut other, owner.offset);
+                            let at = self.at(owner.cluster);
+                            self.write_at(at, &other)?;
+                        }
+                        self.out.renamed.push(owner.path);
+                        self.owners.insert(
+                            first,
+                            Owner {
+                                cluster: c,
+                                offset: i,
+                                size: size as u32,
+                                long,
+                                path: child,
+                            },
+                        );
+                    } else {
+                        delete_entry(&mut dir, i);
+                        self.out.renamed.push(child);
+                    }
+                    changed = true;
+                    continue;
+                }
+                if self.valid(first) && !self.used[first as usize] {
+                    self.owners.insert(
+                        first,
+                        Owner {
+                            cluster: c,
+                            offset: i,
+                            size: size as u32,
+                            long,
+                            path: child.clone(),
+                        },
+                    );
+                }
                 let (chain, broke) = self.take_chain(first);
                 let needed = size.div_ceil(self.g.cluster) as usize;
                 let have = chain.len();
@@ -360,6 +483,7 @@ pub fn repair<D: Read + Write + Seek>(
         g,
         fat,
         used: vec![false; clusters as usize + 2],
+        owners: std::collections::HashMap::new(),
         out: Repaired::default(),
     };
     v.walk_dir("", g.root, 0)?;

@@ -317,3 +317,188 @@ fn other_file_systems_are_named_and_not_touched() {
     let e = repair(&mut std::io::Cursor::new(vec![0u8; 4096]), true).unwrap_err();
     assert_eq!(e, "no boot sector signature");
 }
+
+/// Adds `bytes` as `name` with mcopy.
+fn mcopy(img: &Path, name: &str, bytes: &[u8]) {
+    let src = img.with_file_name("src");
+    std::fs::write(&src, bytes).unwrap();
+    let (ok, out) = run(Command::new("mcopy")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .arg("-i")
+        .arg(img)
+        .arg(&src)
+        .arg(format!("::{name}")));
+    assert!(ok, "{out}");
+}
+
+/// The names mdir lists in the root (long names where there are).
+fn root_names(img: &Path) -> String {
+    run(Command::new("mdir")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .args(["-b", "-i"])
+        .arg(img)
+        .arg("::"))
+    .1
+}
+
+/// The byte offset of the root's short entry of the file that is `size` bytes long.
+fn entry_of_size(f: &mut File, g: &Geo, size: u32) -> u64 {
+    let mut at = 2u32;
+    loop {
+        let mut buf = [0u8; 512];
+        let base = g.data + u64::from(at - 2) * 512;
+        f.seek(SeekFrom::Start(base)).unwrap();
+        f.read_exact(&mut buf).unwrap();
+        for i in (0..512).step_by(32) {
+            let e = &buf[i..i + 32];
+            if e[0] != 0 && e[0] != 0xE5 && e[11] != 0x0F && le32(e, 28) == size {
+                return base + i as u64;
+            }
+        }
+        at = fat_get(f, g, at);
+        assert!(at < 0x0FFF_FFF8, "no entry of {size} bytes");
+    }
+}
+
+fn le32(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
+}
+
+fn read_at(f: &mut File, at: u64, len: usize) -> Vec<u8> {
+    let mut b = vec![0u8; len];
+    f.seek(SeekFrom::Start(at)).unwrap();
+    f.read_exact(&mut b).unwrap();
+    b
+}
+
+fn write_at(f: &mut File, at: u64, bytes: &[u8]) {
+    f.seek(SeekFrom::Start(at)).unwrap();
+    f.write_all(bytes).unwrap();
+}
+
+/// The checksum of an 8.3 name in its long-name entries.
+fn checksum(short: &[u8]) -> u8 {
+    short[..11]
+        .iter()
+        .fold(0u8, |s, &b| s.rotate_right(1).wrapping_add(b))
+}
+
+/// A short entry named `name` for the file whose entry is `of`: a second name of it.
+fn alias(of: &[u8], name: &[u8; 11]) -> Vec<u8> {
+    let mut e = of.to_vec();
+    e[..11].copy_from_slice(name);
+    e
+}
+
+/// A long-name entry that starts a sequence of two for `short` (whose entry 1 is missing): what
+/// is left of an old long name half overwritten by a rename.
+fn orphan_fragment(short: &[u8]) -> Vec<u8> {
+    let mut e = vec![0xFFu8; 32];
+    e[0] = 0x42;
+    e[11] = 0x0F;
+    e[12] = 0;
+    e[13] = checksum(short);
+    e[26] = 0;
+    e[27] = 0;
+    for (k, at) in [1usize, 3, 5, 7, 9].into_iter().enumerate() {
+        e[at] = b"+1-1."[k];
+        e[at + 1] = 0;
+    }
+    e
+}
+
+#[test]
+fn a_rename_cut_between_its_writes_leaves_one_name() {
+    // What the power-cut harness found on qemu-aarch64: the committed UKI's new name written,
+    // the old one's short entry still there, its long name half overwritten. Linux lists both
+    // (one as CAIRN-~1.EFI), sharing the clusters; fsck.fat would cut the second to 0 bytes
+    // and keep a name that Cairn's boot entries cannot parse.
+    let v = volume();
+    let uki = pattern(7, 100_000);
+    mcopy(&v.img, "cairn-3-b.efi", &uki);
+    let mut f = open(&v.img);
+    let g = geo(&mut f);
+    let at = entry_of_size(&mut f, &g, 100_000);
+    let entry = read_at(&mut f, at, 32);
+    assert_eq!(read_at(&mut f, at + 32, 1), [0], "the root's last entry");
+    let old = alias(&entry, b"CAIRN-~9EFI");
+    write_at(&mut f, at + 32, &orphan_fragment(&old));
+    write_at(&mut f, at + 64, &old);
+    set_dirty(&mut f);
+    drop(f);
+    let (ok, out) = fsck_clean(&v.img);
+    assert!(!ok && out.contains("share clusters"), "{out}");
+
+    let done = repair(&mut open(&v.img), false).unwrap().unwrap();
+    assert_eq!(done.renamed, ["/CAIRN-~9.EFI"], "{done}");
+    assert_eq!(done.truncated, Vec::<String>::new());
+    assert!(
+        done.to_string()
+            .ends_with(", 1 second name(s) of a file removed /CAIRN-~9.EFI"),
+        "{done}"
+    );
+    let (ok, out) = fsck_clean(&v.img);
+    assert!(ok, "{out}");
+    assert_eq!(read_back(&v.img, "cairn-3-b.efi"), uki);
+    let names = root_names(&v.img);
+    assert!(
+        names.contains("cairn-3-b.efi") && !names.contains("CAIRN-~9"),
+        "{names}"
+    );
+}
+
+#[test]
+fn two_whole_names_of_one_file_keep_the_first_and_an_alias_before_a_long_name_goes() {
+    // Both names whole (the old one not yet marked deleted): the first stays.
+    let v = volume();
+    let uki = pattern(8, 90_000);
+    mcopy(&v.img, "cairn-3-b+1-1.efi", &uki);
+    mcopy(&v.img, "cairn-3-b.efi", &pattern(9, 90_001));
+    let mut f = open(&v.img);
+    let g = geo(&mut f);
+    let first_at = entry_of_size(&mut f, &g, 90_000);
+    let first = read_at(&mut f, first_at, 32);
+    let second_at = entry_of_size(&mut f, &g, 90_001);
+    let mut second = read_at(&mut f, second_at, 32);
+    // The second name now points at the first's clusters, with its size; its own are lost.
+    second[20..22].copy_from_slice(&first[20..22]);
+    second[26..32].copy_from_slice(&first[26..32]);
+    write_at(&mut f, second_at, &second);
+    set_dirty(&mut f);
+    let done = repair(&mut f, false).unwrap().unwrap();
+    drop(f);
+    assert_eq!(done.renamed.len(), 1, "{done}");
+    assert!(done.freed > 0, "the second file's own clusters: {done}");
+    let (ok, out) = fsck_clean(&v.img);
+    assert!(ok, "{out}");
+    assert_eq!(read_back(&v.img, "cairn-3-b+1-1.efi"), uki);
+    let names = root_names(&v.img);
+    assert!(
+        names.contains("cairn-3-b+1-1.efi") && !names.contains("cairn-3-b.efi"),
+        "{names}"
+    );
+
+    // A short name only, before the long one: the short name goes, the long one stays.
+    let v = volume();
+    let uki = pattern(10, 80_000);
+    mcopy(&v.img, "X", b"x");
+    mcopy(&v.img, "cairn-3-b.efi", &uki);
+    let mut f = open(&v.img);
+    let g = geo(&mut f);
+    let long_at = entry_of_size(&mut f, &g, 80_000);
+    let long = read_at(&mut f, long_at, 32);
+    let x_at = entry_of_size(&mut f, &g, 1);
+    write_at(&mut f, x_at, &alias(&long, b"CAIRN-~9EFI"));
+    set_dirty(&mut f);
+    let done = repair(&mut f, false).unwrap().unwrap();
+    drop(f);
+    assert_eq!(done.renamed, ["/CAIRN-~9.EFI"], "{done}");
+    let (ok, out) = fsck_clean(&v.img);
+    assert!(ok, "{out}");
+    assert_eq!(read_back(&v.img, "cairn-3-b.efi"), uki);
+    let names = root_names(&v.img);
+    assert!(
+        names.contains("cairn-3-b.efi") && !names.contains("CAIRN-~9"),
+        "{names}"
+    );
+}
