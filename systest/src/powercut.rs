@@ -1085,7 +1085,8 @@ pub fn run(plan: &Plan) -> Report {
             trace.log.apply(at..point.prefix, file).unwrap();
             at = point.prefix;
             file.sync_all().unwrap();
-            let work = dir.join(format!("cut-{n}"));
+            // Named as the table numbers the cut.
+            let work = dir.join(format!("cut-{}", n + 1));
             std::fs::create_dir_all(&work).unwrap();
             let cut = work.join("cut.img");
             copy(&cursor_path, &cut);
@@ -1106,7 +1107,10 @@ pub fn run(plan: &Plan) -> Report {
                     let bundles = &bundles;
                     scope.spawn(move || {
                         let outcome = boot_cut(plan, trace, bundles, n, point, &work, checks);
-                        let _ = std::fs::remove_dir_all(&work);
+                        // A failed cut's disk and console stay for a look (the rig is kept).
+                        if outcome.failure.is_none() {
+                            let _ = std::fs::remove_dir_all(&work);
+                        }
                         outcome
                     })
                 })
@@ -1114,6 +1118,14 @@ pub fn run(plan: &Plan) -> Report {
             running.into_iter().map(|t| t.join().unwrap()).collect()
         });
         outcomes.extend(done);
+    }
+    if outcomes.iter().any(|o| o.failure.is_some()) {
+        let kept = tmp.keep();
+        eprintln!(
+            "the rig is kept for the failed cuts: {}/cut-N/ (cut.img boots as the cut left it, \
+             console.log is what it printed)",
+            kept.display()
+        );
     }
     Report {
         board: board.name,
