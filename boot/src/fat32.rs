@@ -21,9 +21,10 @@
 //!   Linux writes the new name's entries and marks the old ones deleted in two sector writes, so
 //!   both may stay, or the old short name may stay with its long name half overwritten (seen as
 //!   `CAIRN-~1.EFI` beside `cairn-3-b.efi`, found by the power-cut harness). One name is
-//!   removed: the one without a whole long name, else the later one. What is left is the file
-//!   under its old name or its new one, as if the rename had not started or had finished,
-//!   where `fsck.fat` would keep both and cut the second to 0 bytes;
+//!   removed: a name the cut broke before a whole one, a scratch name (`.name.tmp`, renamed
+//!   over its target) before the target's, else the later one. What is left is the file under
+//!   its old name or its new one, as if the rename had not started or had finished, where
+//!   `fsck.fat` would keep both and cut the second to 0 bytes;
 //! - clusters the FAT marks used that no file or directory reaches are freed;
 //! - every FAT copy gets the result, FSInfo's free count is recomputed, the dirty mark cleared.
 //!
@@ -192,7 +193,8 @@ struct Owner {
     cluster: u32,
     offset: usize,
     size: u32,
-    long: bool,
+    /// [`name_rank`] of its name.
+    rank: u8,
     path: String,
 }
 
@@ -203,26 +205,52 @@ fn lfn_checksum(short: &[u8]) -> u8 {
         .fold(0u8, |sum, &b| sum.rotate_right(1).wrapping_add(b))
 }
 
-/// Whether the short entry at `at` in `dir` has a whole long name before it: entries 1, 2, …
-/// going back, each with its checksum, the last marked 0x40. A name that reaches back past the
-/// start of this cluster counts as whole (its start is in the cluster before).
-fn has_long_name(dir: &[u8], at: usize) -> bool {
+/// How much a name is worth keeping when one file has two: a name a cut broke (a short name with
+/// the remains of a long one before it, or a `~N` alias whose long name is gone) least, then a
+/// scratch name (a long name starting with `.`, as Cairn's `.name.tmp` files), then any other.
+fn name_rank(dir: &[u8], at: usize) -> u8 {
+    const BROKEN: u8 = 0;
+    const SCRATCH: u8 = 1;
+    const NAME: u8 = 2;
     let sum = lfn_checksum(&dir[at..at + 11]);
+    // The long name's entries go backwards from the short one: 1, 2, …, the last marked 0x40.
+    // A name that reaches back past the start of this cluster began in the cluster before.
+    let mut first_char = None;
     let mut i = at;
     let mut ord = 1u8;
     loop {
         if i == 0 {
-            return ord > 1;
+            break;
         }
         i -= 32;
         let e = &dir[i..i + 32];
-        if e[11] != ATTR_LFN || e[0] == 0xE5 || e[13] != sum || e[0] & 0x1F != ord {
-            return false;
+        let ours = e[11] == ATTR_LFN && e[0] != 0xE5 && e[13] == sum;
+        if !ours {
+            if ord == 1 {
+                // No long name: a plain 8.3 name, unless it is an alias (`CAIRN-~1.EFI`).
+                return if dir[at..at + 8].contains(&b'~') {
+                    BROKEN
+                } else {
+                    NAME
+                };
+            }
+            return BROKEN;
+        }
+        if e[0] & 0x1F != ord {
+            return BROKEN;
+        }
+        if ord == 1 {
+            first_char = Some(u16::from_le_bytes([e[1], e[2]]));
         }
         if e[0] & 0x40 != 0 {
-            return true;
+            break;
         }
         ord += 1;
+    }
+    if first_char == Some(u16::from(b'.')) {
+        SCRATCH
+    } else {
+        NAME
     }
 }
 
@@ -351,15 +379,15 @@ impl<D: Read + Write + Seek> Volume<'_, D> {
                     continue;
                 }
                 let size = u64::from(le32(e, 28));
-                let long = has_long_name(&dir, i);
+                let rank = name_rank(&dir, i);
                 let twin = self
                     .owners
                     .get(&first)
                     .filter(|o| self.valid(first) && u64::from(o.size) == size)
                     .cloned();
                 if let Some(owner) = twin {
-                    // Two names of one file: keep the one with a whole long name, else the first.
-                    if long && !owner.long {
+                    // Two names of one file: keep the better name, else the first.
+                    if rank > owner.rank {
                         if owner.cluster == c {
                             delete_entry(&mut dir, owner.offset);
                         } else {
@@ -375,7 +403,7 @@ impl<D: Read + Write + Seek> Volume<'_, D> {
                                 cluster: c,
                                 offset: i,
                                 size: size as u32,
-                                long,
+                                rank,
                                 path: child,
                             },
                         );
@@ -393,7 +421,7 @@ impl<D: Read + Write + Seek> Volume<'_, D> {
                             cluster: c,
                             offset: i,
                             size: size as u32,
-                            long,
+                            rank,
                             path: child.clone(),
                         },
                     );

@@ -502,3 +502,32 @@ fn two_whole_names_of_one_file_keep_the_first_and_an_alias_before_a_long_name_go
         "{names}"
     );
 }
+
+#[test]
+fn a_scratch_file_renamed_over_its_target_leaves_the_target() {
+    // `.server.key.tmp` renamed over `server.key`: Linux reuses the target's entry for the new
+    // file, so a cut before the scratch entry is marked deleted leaves both names on the new
+    // file. Listed first, the scratch name would win by order; the target's name stays.
+    let v = volume();
+    let new = pattern(11, 3_000);
+    mcopy(&v.img, ".server.key.tmp", &new);
+    mcopy(&v.img, "server.key", &pattern(12, 3_001));
+    let mut f = open(&v.img);
+    let g = geo(&mut f);
+    let scratch_at = entry_of_size(&mut f, &g, 3_000);
+    let scratch = read_at(&mut f, scratch_at, 32);
+    let target_at = entry_of_size(&mut f, &g, 3_001);
+    let mut target = read_at(&mut f, target_at, 32);
+    target[20..22].copy_from_slice(&scratch[20..22]);
+    target[26..32].copy_from_slice(&scratch[26..32]);
+    write_at(&mut f, target_at, &target);
+    set_dirty(&mut f);
+    let done = repair(&mut f, false).unwrap().unwrap();
+    drop(f);
+    assert_eq!(done.renamed.len(), 1, "{done}");
+    let (ok, out) = fsck_clean(&v.img);
+    assert!(ok, "{out}");
+    assert_eq!(read_back(&v.img, "server.key"), new);
+    let names = root_names(&v.img);
+    assert!(!names.contains(".server.key.tmp"), "{names}");
+}
