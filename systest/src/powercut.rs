@@ -827,7 +827,16 @@ fn settle(m: &mut Machine, scenario: Scenario) -> Result<String, String> {
         }
         return Ok(format!("{slot}/{version}"));
     }
-    Err(format!("still rebooting after 6 boots, the last: {ready}"))
+    // What went wrong is on the console before the reboots: its last lines, as a timeout says.
+    let lines = m.lines();
+    let tail: String = lines[lines.len().saturating_sub(15)..]
+        .iter()
+        .map(|l| format!("    | {l}\n"))
+        .collect();
+    Err(format!(
+        "still rebooting after 6 boots, the last: {ready}; console log {}; last console lines:\n{tail}",
+        m.console_log_path().display()
+    ))
 }
 
 /// DATA as a cut left it, checked by Debian's e2fsck on a copy: the journal replayed (what the
