@@ -379,7 +379,13 @@ impl<D: Read + Write + Seek> Volume<'_, D> {
                     continue;
                 }
                 let size = u64::from(le32(e, 28));
-                let rank = name_rank(&dir, i);
+                let here = Owner {
+                    cluster: c,
+                    offset: i,
+                    size: size as u32,
+                    rank: name_rank(&dir, i),
+                    path: child.clone(),
+                };
                 let twin = self
                     .owners
                     .get(&first)
@@ -387,7 +393,7 @@ impl<D: Read + Write + Seek> Volume<'_, D> {
                     .cloned();
                 if let Some(owner) = twin {
                     // Two names of one file: keep the better name, else the first.
-                    if rank > owner.rank {
+                    if here.rank > owner.rank {
                         if owner.cluster == c {
                             delete_entry(&mut dir, owner.offset);
                         } else {
@@ -397,16 +403,7 @@ impl<D: Read + Write + Seek> Volume<'_, D> {
                             self.write_at(at, &other)?;
                         }
                         self.out.renamed.push(owner.path);
-                        self.owners.insert(
-                            first,
-                            Owner {
-                                cluster: c,
-                                offset: i,
-                                size: size as u32,
-                                rank,
-                                path: child,
-                            },
-                        );
+                        self.owners.insert(first, here);
                     } else {
                         delete_entry(&mut dir, i);
                         self.out.renamed.push(child);
@@ -415,16 +412,7 @@ impl<D: Read + Write + Seek> Volume<'_, D> {
                     continue;
                 }
                 if self.valid(first) && !self.used[first as usize] {
-                    self.owners.insert(
-                        first,
-                        Owner {
-                            cluster: c,
-                            offset: i,
-                            size: size as u32,
-                            rank,
-                            path: child.clone(),
-                        },
-                    );
+                    self.owners.insert(first, here);
                 }
                 let (chain, broke) = self.take_chain(first);
                 let needed = size.div_ceil(self.g.cluster) as usize;

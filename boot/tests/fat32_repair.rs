@@ -7,7 +7,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use cairn_boot::fat32::{is_dirty, repair};
+use cairn_boot::fat32::{is_dirty, repair, Repaired};
 
 fn run(cmd: &mut Command) -> (bool, String) {
     let out = cmd
@@ -376,6 +376,32 @@ fn write_at(f: &mut File, at: u64, bytes: &[u8]) {
     f.write_all(bytes).unwrap();
 }
 
+/// Marks the volume dirty and repairs it; then fsck.fat finds nothing, `kept` reads back as
+/// `bytes`, and the root lists `kept` and not `gone`.
+fn repair_keeps(img: &Path, mut f: File, kept: &str, bytes: &[u8], gone: &str) -> Repaired {
+    set_dirty(&mut f);
+    let done = repair(&mut f, false).unwrap().unwrap();
+    drop(f);
+    let (ok, out) = fsck_clean(img);
+    assert!(ok, "{out}");
+    assert_eq!(read_back(img, kept), bytes);
+    let names = root_names(img);
+    assert!(names.contains(kept) && !names.contains(gone), "{names}");
+    done
+}
+
+/// Points the root entry of the file of `size` at the clusters (and size) of the file of
+/// `target_size`: a second name of that file; its own clusters are lost.
+fn make_second_name(f: &mut File, g: &Geo, size: u32, target_size: u32) {
+    let target_at = entry_of_size(f, g, target_size);
+    let target = read_at(f, target_at, 32);
+    let at = entry_of_size(f, g, size);
+    let mut entry = read_at(f, at, 32);
+    entry[20..22].copy_from_slice(&target[20..22]);
+    entry[26..32].copy_from_slice(&target[26..32]);
+    write_at(f, at, &entry);
+}
+
 /// The checksum of an 8.3 name in its long-name entries.
 fn checksum(short: &[u8]) -> u8 {
     short[..11]
@@ -424,26 +450,17 @@ fn a_rename_cut_between_its_writes_leaves_one_name() {
     let old = alias(&entry, b"CAIRN-~9EFI");
     write_at(&mut f, at + 32, &orphan_fragment(&old));
     write_at(&mut f, at + 64, &old);
-    set_dirty(&mut f);
     drop(f);
     let (ok, out) = fsck_clean(&v.img);
     assert!(!ok && out.contains("share clusters"), "{out}");
 
-    let done = repair(&mut open(&v.img), false).unwrap().unwrap();
+    let done = repair_keeps(&v.img, open(&v.img), "cairn-3-b.efi", &uki, "CAIRN-~9");
     assert_eq!(done.renamed, ["/CAIRN-~9.EFI"], "{done}");
     assert_eq!(done.truncated, Vec::<String>::new());
     assert!(
         done.to_string()
             .ends_with(", 1 second name(s) of a file removed /CAIRN-~9.EFI"),
         "{done}"
-    );
-    let (ok, out) = fsck_clean(&v.img);
-    assert!(ok, "{out}");
-    assert_eq!(read_back(&v.img, "cairn-3-b.efi"), uki);
-    let names = root_names(&v.img);
-    assert!(
-        names.contains("cairn-3-b.efi") && !names.contains("CAIRN-~9"),
-        "{names}"
     );
 }
 
@@ -456,27 +473,10 @@ fn two_whole_names_of_one_file_keep_the_first_and_an_alias_before_a_long_name_go
     mcopy(&v.img, "cairn-3-b.efi", &pattern(9, 90_001));
     let mut f = open(&v.img);
     let g = geo(&mut f);
-    let first_at = entry_of_size(&mut f, &g, 90_000);
-    let first = read_at(&mut f, first_at, 32);
-    let second_at = entry_of_size(&mut f, &g, 90_001);
-    let mut second = read_at(&mut f, second_at, 32);
-    // The second name now points at the first's clusters, with its size; its own are lost.
-    second[20..22].copy_from_slice(&first[20..22]);
-    second[26..32].copy_from_slice(&first[26..32]);
-    write_at(&mut f, second_at, &second);
-    set_dirty(&mut f);
-    let done = repair(&mut f, false).unwrap().unwrap();
-    drop(f);
+    make_second_name(&mut f, &g, 90_001, 90_000);
+    let done = repair_keeps(&v.img, f, "cairn-3-b+1-1.efi", &uki, "cairn-3-b.efi");
     assert_eq!(done.renamed.len(), 1, "{done}");
     assert!(done.freed > 0, "the second file's own clusters: {done}");
-    let (ok, out) = fsck_clean(&v.img);
-    assert!(ok, "{out}");
-    assert_eq!(read_back(&v.img, "cairn-3-b+1-1.efi"), uki);
-    let names = root_names(&v.img);
-    assert!(
-        names.contains("cairn-3-b+1-1.efi") && !names.contains("cairn-3-b.efi"),
-        "{names}"
-    );
 
     // A short name only, before the long one: the short name goes, the long one stays.
     let v = volume();
@@ -489,18 +489,8 @@ fn two_whole_names_of_one_file_keep_the_first_and_an_alias_before_a_long_name_go
     let long = read_at(&mut f, long_at, 32);
     let x_at = entry_of_size(&mut f, &g, 1);
     write_at(&mut f, x_at, &alias(&long, b"CAIRN-~9EFI"));
-    set_dirty(&mut f);
-    let done = repair(&mut f, false).unwrap().unwrap();
-    drop(f);
+    let done = repair_keeps(&v.img, f, "cairn-3-b.efi", &uki, "CAIRN-~9");
     assert_eq!(done.renamed, ["/CAIRN-~9.EFI"], "{done}");
-    let (ok, out) = fsck_clean(&v.img);
-    assert!(ok, "{out}");
-    assert_eq!(read_back(&v.img, "cairn-3-b.efi"), uki);
-    let names = root_names(&v.img);
-    assert!(
-        names.contains("cairn-3-b.efi") && !names.contains("CAIRN-~9"),
-        "{names}"
-    );
 }
 
 #[test]
@@ -514,20 +504,7 @@ fn a_scratch_file_renamed_over_its_target_leaves_the_target() {
     mcopy(&v.img, "server.key", &pattern(12, 3_001));
     let mut f = open(&v.img);
     let g = geo(&mut f);
-    let scratch_at = entry_of_size(&mut f, &g, 3_000);
-    let scratch = read_at(&mut f, scratch_at, 32);
-    let target_at = entry_of_size(&mut f, &g, 3_001);
-    let mut target = read_at(&mut f, target_at, 32);
-    target[20..22].copy_from_slice(&scratch[20..22]);
-    target[26..32].copy_from_slice(&scratch[26..32]);
-    write_at(&mut f, target_at, &target);
-    set_dirty(&mut f);
-    let done = repair(&mut f, false).unwrap().unwrap();
-    drop(f);
+    make_second_name(&mut f, &g, 3_001, 3_000);
+    let done = repair_keeps(&v.img, f, "server.key", &new, ".server.key.tmp");
     assert_eq!(done.renamed.len(), 1, "{done}");
-    let (ok, out) = fsck_clean(&v.img);
-    assert!(ok, "{out}");
-    assert_eq!(read_back(&v.img, "server.key"), new);
-    let names = root_names(&v.img);
-    assert!(!names.contains(".server.key.tmp"), "{names}");
 }
