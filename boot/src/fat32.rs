@@ -411,9 +411,9 @@ impl<D: Read + Write + Seek> Volume<'_, D> {
                     changed = true;
                     continue;
                 }
-                if self.valid(first) && !self.used[first as usize] {
-                    self.owners.insert(first, here);
-                }
+                // A later name of this file finds it here, unless its chain was cut short
+                // (then the later entry is another file's that ran into it).
+                let first_owner = self.valid(first) && !self.used[first as usize];
                 let (chain, broke) = self.take_chain(first);
                 let needed = size.div_ceil(self.g.cluster) as usize;
                 let have = chain.len();
@@ -434,6 +434,8 @@ impl<D: Read + Write + Seek> Volume<'_, D> {
                     }
                     changed = true;
                     self.out.truncated.push(child);
+                } else if first_owner {
+                    self.owners.insert(first, here);
                 }
             }
             if changed {
