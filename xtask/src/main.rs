@@ -567,7 +567,8 @@ fn demo_update(board: &'static Board, image_dir: &Path) -> Result<Vec<String>> {
     machine.wait_for_line("cairnd: installed version", wait)?;
     ready(&mut machine)?;
     machine.wait_for_line("cairnd: slot b healthy", wait)?;
-    step("update: committed; one more reboot to show it stays");
+    // A hard reset, as a power cut would be: cairnd says it put STATE back in order.
+    step("update: committed; a hard reset (no clean shutdown) to show it stays");
     machine.system_reset()?;
     ready(&mut machine)?;
     machine.wait_for_line("cairnd: waiting for update bundles", wait)?;
