@@ -345,6 +345,11 @@ impl Machine {
         self.timeouts
     }
 
+    /// The console's last lines, indented, as timeouts and exits quote them.
+    pub fn console_tail(&self) -> String {
+        self.console.tail()
+    }
+
     /// Every console line so far (cleaned of escapes).
     pub fn lines(&self) -> Vec<String> {
         self.console.lines()

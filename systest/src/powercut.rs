@@ -828,14 +828,10 @@ fn settle(m: &mut Machine, scenario: Scenario) -> Result<String, String> {
         return Ok(format!("{slot}/{version}"));
     }
     // What went wrong is on the console before the reboots: its last lines, as a timeout says.
-    let lines = m.lines();
-    let tail: String = lines[lines.len().saturating_sub(15)..]
-        .iter()
-        .map(|l| format!("    | {l}\n"))
-        .collect();
     Err(format!(
-        "still rebooting after 6 boots, the last: {ready}; console log {}; last console lines:\n{tail}",
-        m.console_log_path().display()
+        "still rebooting after 6 boots, the last: {ready}; console log {}; last console lines:\n{}",
+        m.console_log_path().display(),
+        m.console_tail()
     ))
 }
 
