@@ -28,20 +28,38 @@ fn run(cmd: &str, args: &[&str]) -> (bool, String) {
     (out.status.success(), text)
 }
 
-/// A file of `size` bytes filled with a pattern (a LUKS mapping reads as noise, not zeros),
-/// formatted; returns it and the geometry.
+/// Bytes of one ext4 block group with 4 KiB blocks (32768 blocks, one bitmap block's bits).
+const GROUP: u64 = 128 << 20;
+/// Bytes at the start of every group that can hold metadata: a superblock and descriptor
+/// backup, two bitmaps and an inode table of at most 2 MiB (8192 inodes of 256 bytes).
+const GROUP_HEAD: u64 = 4 << 20;
+
+/// A file of `size` bytes that reads as noise wherever a file system keeps anything (a LUKS
+/// mapping reads as noise, not zeros), formatted; returns it and the geometry. Group 0 (which
+/// also holds the root, lost+found and the journal), the head of every other group and the
+/// last MiB are written; the rest, free data blocks that nothing reads, stays a hole, so a
+/// few GiB take a few hundred MiB of the host's disk.
 fn made(dir: &Path, size: u64, label: &str) -> (std::path::PathBuf, Geometry) {
     let path = dir.join(format!("fs-{size}"));
     let f = File::create(&path).unwrap();
+    f.set_len(size).unwrap();
     let noise: Vec<u8> = (0..1u32 << 20)
         .map(|i| i.wrapping_mul(2654435761).to_le_bytes()[3] | 1)
         .collect();
-    let mut at = 0;
-    while at < size {
-        let n = (size - at).min(noise.len() as u64) as usize;
-        std::os::unix::fs::FileExt::write_all_at(&f, &noise[..n], at).unwrap();
-        at += n as u64;
+    let mut fill = |from: u64, to: u64| {
+        let mut at = from;
+        while at < to.min(size) {
+            let n = (to.min(size) - at).min(noise.len() as u64) as usize;
+            std::os::unix::fs::FileExt::write_all_at(&f, &noise[..n], at)
+                .unwrap_or_else(|e| panic!("writing {size} bytes of noise at {at}: {e}"));
+            at += n as u64;
+        }
+    };
+    fill(0, GROUP);
+    for group in (GROUP..size).step_by(GROUP as usize) {
+        fill(group, group + GROUP_HEAD);
     }
+    fill(size.saturating_sub(1 << 20), size);
     let opts = Options {
         label: label.into(),
         ..Options::default()
