@@ -210,23 +210,9 @@ pub fn server_certificate(
 /// Replaces `path` with `text`, readable by root only, so that a power cut leaves the old file or
 /// the new one: a scratch file `.<name>.tmp` synced, renamed, and the folder synced.
 fn write_private(path: &Path, text: &str) -> Result<(), String> {
-    let name = path.file_name().unwrap_or_default().to_string_lossy();
-    let tmp = path.with_file_name(format!(".{name}.tmp"));
-    let write = || -> std::io::Result<()> {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        std::io::Write::write_all(&mut f, text.as_bytes())?;
-        f.sync_all()
-    };
-    write().map_err(|e| format!("writing {}: {e}", tmp.display()))?;
-    cairn_updater::state::rename_durably(&tmp, path).map_err(|e| e.to_string())
+    cairn_updater::state::replace_with_mode(path, text.as_bytes(), 0o600).map_err(|e| e.to_string())
 }
 
-/// A process's resident memory, from `/proc/<pid>/status`.
 /// `CLOCK_BOOTTIME` in milliseconds: time since the kernel started, as init's ready line counts.
 pub fn boot_ms() -> u128 {
     let mut ts = libc::timespec {

@@ -199,14 +199,34 @@ fn read_small(path: &Path) -> Result<Option<Vec<u8>>> {
 
 /// Replaces `dir/name` with `bytes` durably (temporary file, fsync, rename, fsync of the dir).
 pub fn replace(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
-    let temp = dir.join(format!(".{name}.tmp"));
-    let path = dir.join(name);
-    let mut file = File::create(&temp).map_err(|e| Error::io("creating", &temp, e))?;
+    replace_with_mode(&dir.join(name), bytes, 0o644)
+}
+
+/// Replaces `path` with `bytes` durably, the new file made with permission bits `mode` (less
+/// the umask) from its first byte: `.name.tmp` beside it, written and synced, renamed over
+/// `path`, synced again and its directory synced. A cut at any instant leaves the old file or
+/// the new one, and at worst a stray `.name.tmp`, which the next write replaces.
+pub fn replace_with_mode(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let temp = path.with_file_name(format!(".{name}.tmp"));
+    // A scratch file left by a cut keeps its own mode if opened again: it goes first.
+    match fs::remove_file(&temp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io("removing", &temp, e)),
+    }
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&temp)
+        .map_err(|e| Error::io("creating", &temp, e))?;
     file.write_all(bytes)
         .and_then(|()| file.sync_all())
         .map_err(|e| Error::io("writing", &temp, e))?;
     drop(file);
-    rename_durably(&temp, &path)
+    rename_durably(&temp, path)
 }
 
 /// Renames `from` to `to` (same directory) so that it survives a power cut: the renamed file is
@@ -243,6 +263,26 @@ mod tests {
             "3\n"
         );
         assert!(!dir.path().join(".security-floor.tmp").exists());
+    }
+
+    #[test]
+    fn a_private_file_is_never_readable_by_others_and_a_stale_scratch_is_overwritten() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("server.key");
+        // A scratch file a power cut left behind, world-readable and longer than the new text.
+        fs::write(dir.path().join(".server.key.tmp"), "stale stale stale").unwrap();
+        fs::set_permissions(
+            dir.path().join(".server.key.tmp"),
+            fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        replace_with_mode(&path, b"secret", 0o600).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"secret");
+        assert!(!dir.path().join(".server.key.tmp").exists());
+        // Had the stale scratch file been opened again, it would have kept its 0644.
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{mode:o}");
     }
 
     #[test]

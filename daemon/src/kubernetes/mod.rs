@@ -18,7 +18,7 @@ pub mod health;
 pub mod snapshot;
 
 use std::fs;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -256,29 +256,12 @@ fn write_last_run(path: &Path, ran: &Ran) -> Result<(), String> {
     )
 }
 
-/// Writes a file whole or not at all (a temporary beside it, fsynced, renamed).
+/// Writes a file whole or not at all (a temporary beside it, synced, renamed), making its folder
+/// first.
 fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), String> {
-    use std::os::unix::fs::OpenOptionsExt as _;
     let dir = path.parent().expect("an absolute path");
     fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp",
-        path.file_name().expect("a file").to_string_lossy()
-    ));
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(|e| format!("writing {}: {e}", tmp.display()))?;
-    f.write_all(data)
-        .and_then(|()| f.sync_all())
-        .map_err(|e| format!("writing {}: {e}", tmp.display()))?;
-    fs::rename(&tmp, path).map_err(|e| format!("renaming to {}: {e}", path.display()))?;
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| format!("syncing {}: {e}", dir.display()))
+    cairn_updater::state::replace_with_mode(path, data, mode).map_err(|e| e.to_string())
 }
 
 /// Copies the configured manifests from STATE into k3s's auto-deploy folder; returns the ones
@@ -728,6 +711,7 @@ impl Check for Supervised {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     fn k(v: &str, sha: &str) -> K3s {
         K3s {
