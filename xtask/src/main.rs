@@ -6,8 +6,8 @@
 //! - `images` builds the QEMU board images into target/cairn/images/<board>.
 //! - `demo`   builds the qemu-aarch64 image, boots it, shows the console and a summary.
 //! - `test`   setup, lints, device binaries, images, then every test including QEMU boots.
-//! - `systests` only the system tests (QEMU boots), side by side, against the images, device
-//!   binaries and cairnctl already built (by `test`, or `images` and `cargo build`).
+//! - `systests` only the system tests (QEMU boots), side by side, against the images and device
+//!   binaries already built (by `test` or `images`); it builds cairnctl.
 //! - `powercut --points N --seed S [--board B] [--install-every K] [--scenario S] [--jobs J]`
 //!   cuts the power during updates at N points (systest/src/powercut.rs), booting J cut disks at
 //!   once (default: one per core), and prints the table per phase.
@@ -823,6 +823,7 @@ fn long_run(
     images()?;
     let table = target_dir().join(format!("cairn/{test}-{board}.txt"));
     step(&format!("{test} on {board}"));
+    build_cairnctl()?;
     let mut cmd = cargo();
     cmd.args([
         "test",
@@ -848,6 +849,12 @@ fn long_run(
     }
     print_step_times();
     result
+}
+
+/// The host CLI the system tests drive the machines with (target/debug/cairnctl, where
+/// `cairn_systest::cairnctl` looks): `cargo test -p cairn-systest` alone does not build it.
+pub fn build_cairnctl() -> Result<()> {
+    run(cargo().args(["build", "--quiet", "--package", "cairnctl"]))
 }
 
 /// What every test is told: the image, key and cache folders and the device binaries.

@@ -192,6 +192,7 @@ fn lanes() -> Result<usize> {
 
 /// `cargo test --no-run` for the systest package's test files; their names and executables.
 fn build(env: &[(&str, PathBuf)]) -> Result<Vec<(String, PathBuf)>> {
+    crate::build_cairnctl()?;
     let mut cmd = cargo();
     cmd.args([
         "test",
