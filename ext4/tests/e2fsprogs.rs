@@ -46,7 +46,7 @@ fn made(dir: &Path, size: u64, label: &str) -> (std::path::PathBuf, Geometry) {
     let noise: Vec<u8> = (0..1u32 << 20)
         .map(|i| i.wrapping_mul(2654435761).to_le_bytes()[3] | 1)
         .collect();
-    let mut fill = |from: u64, to: u64| {
+    let fill = |from: u64, to: u64| {
         let mut at = from;
         while at < to.min(size) {
             let n = (to.min(size) - at).min(noise.len() as u64) as usize;
