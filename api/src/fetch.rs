@@ -1451,7 +1451,7 @@ pub fn roots_from_pem(pem: &str) -> Result<RootCertStore, String> {
     Ok(roots)
 }
 
-/// The answer reader on bytes in memory, for the fuzz targets in `api/fuzz`; not part of the
+/// The answer reader on bytes in memory, for the fuzz targets in `fuzz/src/api.rs`; not part of the
 /// API. It runs the same head, framing, resume and body code as [`Fetch`], without TLS.
 #[doc(hidden)]
 pub mod fuzzing {

@@ -1,9 +1,10 @@
 //! Fuzzing the parsers of outside data with cargo-fuzz (libFuzzer) on the pinned stable toolchain.
 //!
-//! Each fuzz project is a cargo-fuzz crate outside the main workspace (`bundle/fuzz/`) with an
-//! example named `seeds` that writes its seed corpus (into target/, never committed). All of
-//! them are members of one fuzz workspace (`fuzz/Cargo.toml`), so they share a Cargo.lock and
-//! their builds.
+//! Every fuzz target is a binary of one cargo-fuzz crate outside the main workspace (`fuzz/`),
+//! whose example named `seeds` writes the seed corpus (into target/, never committed). One
+//! crate, so one `cargo fuzz build` compiles the dependencies once for every target (with
+//! one crate per fuzzed crate, each build unified features on its own and compiled most of
+//! them again).
 //! The one idea: targets are built without a sanitizer by default, which cargo-fuzz does with
 //! stable `-C` flags only, so no nightly toolchain and no RUSTC_BOOTSTRAP are involved. The code
 //! the targets reach has no `unsafe`: the fuzzed crates' only `unsafe` blocks are in their socket
@@ -39,27 +40,40 @@ const BRIEF_SECONDS: u64 = 30;
 /// useful share of them. The brief run in `cargo xtask test` runs them all at once.
 const GROUP: usize = 7;
 
-/// The workspace every fuzz project belongs to (relative to the main workspace's root).
-const WORKSPACE: &str = "fuzz/Cargo.toml";
+/// The cargo-fuzz crate (relative to the main workspace's root).
+const PROJECT: &str = "fuzz";
 
-/// A cargo-fuzz project (relative to the main workspace's root) and its fuzz targets; each is a
-/// member of [`WORKSPACE`].
-const PROJECTS: &[(&str, &[&str])] = &[
-    ("bundle/fuzz", &["bundle", "manifest"]),
-    (
-        "netcfg/fuzz",
-        &["dhcp_reply", "dhcp_frame", "rtnl_datagram", "sntp_reply"],
-    ),
-    ("luks/fuzz", &["header_json", "header_image"]),
-    (
-        "api/fuzz",
-        &["fetch_answer", "oci_manifest", "cert_subject", "cert_der"],
-    ),
-    ("tpm/fuzz", &["tpm_token", "tpm_response"]),
-    ("daemon/fuzz", &["uevent", "eventlog"]),
-    ("facts/fuzz", &["probe_status", "machine_config"]),
-    ("boot/fuzz", &["uboot_env"]),
-    ("image/fuzz", &["gpt"]),
+/// Every fuzz target (a binary of [`PROJECT`]), by the crate it fuzzes.
+const TARGETS: &[&str] = &[
+    // cairn-bundle
+    "bundle",
+    "manifest",
+    // cairn-netcfg
+    "dhcp_reply",
+    "dhcp_frame",
+    "rtnl_datagram",
+    "sntp_reply",
+    // cairn-luks
+    "header_json",
+    "header_image",
+    // cairn-api
+    "fetch_answer",
+    "oci_manifest",
+    "cert_subject",
+    "cert_der",
+    // cairn-tpm
+    "tpm_token",
+    "tpm_response",
+    // cairn-daemon
+    "uevent",
+    "eventlog",
+    // cairn-facts
+    "probe_status",
+    "machine_config",
+    // cairn-boot
+    "uboot_env",
+    // cairn-image
+    "gpt",
 ];
 
 /// Installs cargo-fuzz unless this exact version is already there.
@@ -141,11 +155,11 @@ impl Build {
     }
 }
 
-/// `cargo fuzz <sub>` for `project`, with the options that must match between build and run.
-fn cargo_fuzz(sub: &str, project: &str, build: Build) -> Command {
+/// `cargo fuzz <sub>` for the fuzz crate, with the options that must match between build and run.
+fn cargo_fuzz(sub: &str, build: Build) -> Command {
     let asan = build == Build::Asan;
     let mut cmd = cargo();
-    cmd.args(["fuzz", sub, "--fuzz-dir", project, "--target-dir"])
+    cmd.args(["fuzz", sub, "--fuzz-dir", PROJECT, "--target-dir"])
         .arg(build.dir())
         .args(["--sanitizer", if asan { "address" } else { "none" }]);
     match build {
@@ -162,7 +176,6 @@ fn cargo_fuzz(sub: &str, project: &str, build: Build) -> Command {
 
 /// One target's run in progress.
 struct Running {
-    project: &'static str,
     name: &'static str,
     child: Child,
     log: PathBuf,
@@ -177,43 +190,37 @@ fn fuzz(seconds: u64, build: Build, side_by_side: usize) -> Result<()> {
     let work = work_dir();
     let seeds = work.join("seeds");
     // Everything is built before any target starts, so a build error leaves nothing running.
-    // The projects share one workspace (fuzz/Cargo.toml), so lints run once over all of them and
-    // what one project's build compiled, the next one reuses.
-    step("fuzz projects: format and lints (one workspace)");
-    let workspace = Path::new(WORKSPACE);
-    for (project, _) in PROJECTS {
-        // Outside the main workspace, so its fmt and clippy steps never see them.
-        run(cargo()
-            .args(["fmt", "--check", "--manifest-path"])
-            .arg(Path::new(project).join("Cargo.toml")))?;
-    }
+    step("fuzz crate: format, lints, unit tests");
+    let manifest = Path::new(PROJECT).join("Cargo.toml");
+    // Outside the main workspace, so its fmt and clippy steps never see it.
     run(cargo()
-        .args([
-            "clippy",
-            "--quiet",
-            "--workspace",
-            "--all-targets",
-            "--manifest-path",
-        ])
-        .arg(workspace)
+        .args(["fmt", "--check", "--manifest-path"])
+        .arg(&manifest))?;
+    run(cargo()
+        .args(["clippy", "--quiet", "--all-targets", "--manifest-path"])
+        .arg(&manifest)
         .arg("--target-dir")
         .arg(Build::Full.dir())
         .args(["--", "-D", "warnings"]))?;
-    for (project, _) in PROJECTS {
-        step(&format!("fuzz {project} ({sanitizer}): build, seed corpus"));
-        run(&mut cargo_fuzz("build", project, build))?;
-        run(cargo()
-            .args(["run", "--quiet", "--example", "seeds", "--manifest-path"])
-            .arg(Path::new(project).join("Cargo.toml"))
-            .arg("--target-dir")
-            .arg(Build::Full.dir())
-            .arg("--")
-            .arg(&seeds))?;
-    }
-    let targets: Vec<(&'static str, &'static str)> = PROJECTS
-        .iter()
-        .flat_map(|(project, names)| names.iter().map(move |name| (*project, *name)))
-        .collect();
+    // Every module's seeds pass its own checks, and the checks' helpers do what they say.
+    run(cargo()
+        .args(["test", "--quiet", "--lib", "--manifest-path"])
+        .arg(&manifest)
+        .arg("--target-dir")
+        .arg(Build::Full.dir()))?;
+    step(&format!(
+        "fuzz targets ({sanitizer}): build all {}, seed corpus",
+        TARGETS.len()
+    ));
+    run(&mut cargo_fuzz("build", build))?;
+    run(cargo()
+        .args(["run", "--quiet", "--example", "seeds", "--manifest-path"])
+        .arg(&manifest)
+        .arg("--target-dir")
+        .arg(Build::Full.dir())
+        .arg("--")
+        .arg(&seeds))?;
+    let targets = TARGETS;
     let group = side_by_side.clamp(1, targets.len().max(1));
     let groups = targets.len().div_ceil(group);
     step(&format!(
@@ -224,8 +231,8 @@ fn fuzz(seconds: u64, build: Build, side_by_side: usize) -> Result<()> {
     let mut failed = Vec::new();
     for group in targets.chunks(group) {
         let mut running = Vec::new();
-        for (project, name) in group {
-            running.push(start(project, name, &seeds, &work, seconds, build)?);
+        for name in group {
+            running.push(start(name, &seeds, &work, seconds, build)?);
         }
         for mut target in running {
             let name = target.name;
@@ -257,7 +264,6 @@ fn fuzz(seconds: u64, build: Build, side_by_side: usize) -> Result<()> {
 
 /// Starts `cargo fuzz run` for one target, its output going to a log file.
 fn start(
-    project: &'static str,
     name: &'static str,
     seeds: &Path,
     work: &Path,
@@ -272,7 +278,7 @@ fn start(
     }
     let log = logs.join(format!("{name}.log"));
     let out = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-    let mut cmd = cargo_fuzz("run", project, build);
+    let mut cmd = cargo_fuzz("run", build);
     // New inputs go to the first corpus folder, which persists between runs; seeds are read only.
     cmd.arg(name)
         .arg(&corpus)
@@ -290,12 +296,7 @@ fn start(
     let child = cmd
         .spawn()
         .with_context(|| format!("starting fuzz target {name}"))?;
-    Ok(Running {
-        project,
-        name,
-        child,
-        log,
-    })
+    Ok(Running { name, child, log })
 }
 
 /// "N runs in S s (R/s), cov C ft F, corpus K" from libFuzzer's output: cov is the code edges
@@ -359,7 +360,7 @@ fn crash_report(log: &str, target: &Running, build: Build) -> Vec<String> {
     match input {
         Some(input) => {
             out.push(format!("input:     {input}"));
-            let replay = cargo_fuzz("run", target.project, build);
+            let replay = cargo_fuzz("run", build);
             let env: String = replay
                 .get_envs()
                 .filter_map(|(k, v)| Some(format!("{}={} ", k.to_str()?, v?.to_str()?)))

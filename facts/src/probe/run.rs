@@ -325,7 +325,7 @@ fn malformed(line: &[u8]) -> Failure {
         line: String::from_utf8_lossy(shown).into_owned(),
     }
 }
-/// The response-head reader on bytes in memory, for the fuzz target in `facts/fuzz`; not part
+/// The response-head reader on bytes in memory, for the fuzz target in `fuzz/src/facts`; not part
 /// of the API.
 #[doc(hidden)]
 pub mod fuzzing {

@@ -32,7 +32,7 @@ pub use kernel::{
 pub use monitor::{LinkEvent, Monitor};
 pub use plan::{plan, plan_flush, Change};
 
-/// The decoder on datagrams in memory, for the fuzz targets in `netcfg/fuzz`; not part of the
+/// The decoder on datagrams in memory, for the fuzz targets in `fuzz/src/netcfg`; not part of the
 /// API.
 #[doc(hidden)]
 pub mod fuzzing {

@@ -1,7 +1,0 @@
-//! The two copies of a U-Boot environment as they lie on the disk: read, the boot state taken
-//! from them, and written back (see src/lib.rs).
-#![no_main]
-
-libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    cairn_boot_fuzz::check_env(data);
-});

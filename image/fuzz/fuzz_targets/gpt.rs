@@ -1,6 +1,0 @@
-//! A whole disk: its GPT read as the SD card reader reads it (see src/lib.rs).
-#![no_main]
-
-libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    cairn_image_fuzz::check_disk(data);
-});

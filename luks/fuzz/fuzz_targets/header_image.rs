@@ -1,6 +1,0 @@
-//! The first bytes of a device as they are: both binary headers, checksums and all.
-#![no_main]
-
-libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    cairn_luks_fuzz::check_image(data);
-});

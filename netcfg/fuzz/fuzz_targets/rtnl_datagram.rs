@@ -1,7 +1,0 @@
-//! A datagram on the NETLINK_ROUTE socket: decoded as the kernel state and link events are,
-//! then planned on (see src/rtnl.rs).
-#![no_main]
-
-libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    cairn_netcfg_fuzz::rtnl::check_datagram(data);
-});
