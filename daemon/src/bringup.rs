@@ -577,7 +577,9 @@ fn finish_state(
     }
     remember_client_ca();
     // The console only: the log ring is served over the API.
-    eprintln!("cairnd: recovery key (shown once; keep it safe): {recovery}");
+    crate::log::console(&format!(
+        "recovery key (shown once; keep it safe): {recovery}"
+    ));
     say!(
         "encrypted STATE and DATA in {:.1} s; the recovery key is on the console and \
          `cairnctl recovery-key` fetches it once",

@@ -187,9 +187,18 @@ fn serve(d: Daemon) -> Result<(), String> {
         say!("updates are not supported with {bootloader} yet; only feeding the watchdog");
         d.heart.idle();
     }
-    let status = system::bootloader(&d.boot)
-        .status()
-        .map_err(|e| e.to_string())?;
+    let status = match system::bootloader(&d.boot).status() {
+        Ok(status) => status,
+        Err(e) => {
+            // Nothing about the slots can be judged or changed without the boot entries, but
+            // exiting would only have init start cairnd again on the same files and, between
+            // starts, the watchdog reset the box: a reset loop on a committed slot. Instead the
+            // box stays up and reachable, the API names the problem, and a trial is left to the
+            // bootloader's counter at the next reset.
+            say!("boot entries unreadable: {e}; updates are off until they are mended");
+            d.heart.idle();
+        }
+    };
     d.events.push(Event::Boot(proto::BootEvent {
         slot: proto_slot(d.boot.running) as i32,
         os_version: d.boot.release.version.clone(),

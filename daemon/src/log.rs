@@ -41,7 +41,7 @@ pub fn unix_ms(t: SystemTime) -> i64 {
 pub fn log(args: std::fmt::Arguments) {
     let line = args.to_string();
     if !QUIET.load(Ordering::Relaxed) {
-        eprintln!("cairnd: {line}");
+        console(&line);
     }
     let now = unix_ms(SystemTime::now());
     if LOG_TO_DATA.load(Ordering::Relaxed) {
@@ -51,6 +51,14 @@ pub fn log(args: std::fmt::Arguments) {
         }
     }
     ring().push((now, line));
+}
+
+/// Prints `cairnd: <line>` on the console only, in one write: `eprintln!` writes its pieces one
+/// by one (stderr is unbuffered), and the kernel's own console messages can land between them,
+/// splitting a line that tests and operators look for.
+pub fn console(line: &str) {
+    use std::io::Write as _;
+    let _ = std::io::stderr().write_all(format!("cairnd: {line}\n").as_bytes());
 }
 
 static QUIET: AtomicBool = AtomicBool::new(false);

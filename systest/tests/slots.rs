@@ -26,6 +26,8 @@ struct Rig {
     disk: PathBuf,
     work: PathBuf,
     launches: usize,
+    /// Host ports forwarded to the guest at the next launch.
+    forwards: Vec<cairn_qemu::PortForward>,
 }
 
 impl Rig {
@@ -41,6 +43,7 @@ impl Rig {
             disk,
             work,
             launches: 0,
+            forwards: Vec::new(),
         }
     }
 
@@ -65,6 +68,7 @@ impl Rig {
         opts.writable_image = true;
         opts.reuse_disk = self.launches > 0;
         opts.echo_console = true;
+        opts.port_forwards = self.forwards.clone();
         self.launches += 1;
         Machine::launch(opts).unwrap()
     }
@@ -126,6 +130,62 @@ fn trial_commit_and_mark_bad(board_name: &str) {
     assert!(!status.slot(Slot::B).bootable);
     let mut m = rig.launch();
     assert_eq!(ready(&mut m), ("a".into(), "no".into()));
+    rig.stop(m);
+
+    // 5. A file on the ESP that the bootloader's `cairn-*` glob matches but that is no entry
+    //    Cairn writes (systemd-boot skips it: it is no UKI). cairnd cannot read the boot
+    //    state; it stays up with the API, which names the file, rather than exiting into
+    //    restarts and watchdog resets. The committed slot keeps running.
+    {
+        use cairn_boot::fs::Fs;
+        let mut fs = rig.esp().into_fs();
+        fs.write_new(
+            &format!("{}/cairn-notes.efi", cairn_boot::sdboot::UKI_DIR),
+            b"not a unified kernel image\n",
+        )
+        .unwrap();
+    }
+    let port = cairn_qemu::free_local_port().unwrap();
+    rig.forwards = vec![cairn_qemu::PortForward::new(port, 50000)];
+    let mut m = rig.launch();
+    assert_eq!(ready(&mut m), ("a".into(), "no".into()));
+    let unreadable = m
+        .wait_for_line("cairnd: boot entries unreadable: ", BOOT_TIMEOUT)
+        .unwrap();
+    assert!(
+        unreadable.contains("EFI/Linux/cairn-notes.efi")
+            && unreadable.ends_with("updates are off until they are mended"),
+        "{unreadable}"
+    );
+    m.wait_for_line("cairnd: management API on port 50000", BOOT_TIMEOUT)
+        .unwrap();
+    let reader =
+        cairn_systest::ctl::Ctl::for_role("reader", rig._tmp.path(), &format!("127.0.0.1:{port}"));
+    assert_eq!(reader.version().1, "a");
+    let (ok, _, stderr) = reader.run(&["slots"]);
+    assert!(
+        !ok && stderr.contains("reading the boot state")
+            && stderr.contains("EFI/Linux/cairn-notes.efi"),
+        "{stderr}"
+    );
+    // Past a watchdog timeout later, still the same boot with the same cairnd.
+    std::thread::sleep(Duration::from_secs(35));
+    assert_eq!(reader.version().1, "a");
+    let lines = m.lines();
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.contains("cairn-init: ready "))
+            .count(),
+        1,
+        "the machine was reset"
+    );
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.contains("cairnd (pid ") && l.contains(" exited")),
+        "cairnd exited"
+    );
     rig.stop(m);
 }
 
