@@ -224,7 +224,8 @@ pub struct TestBinary {
 /// What one `cargo test --no-run` built.
 pub struct Built {
     pub tests: Vec<TestBinary>,
-    /// The binaries built beside them (a package's binaries are built for its test files).
+    /// The binaries and examples built beside them (a package's binaries are built for its
+    /// test files, and `cargo test` builds examples to check that they compile).
     pub bins: Vec<String>,
 }
 
