@@ -27,7 +27,7 @@ mod setup;
 mod systests;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode, Stdio};
+use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
@@ -44,14 +44,14 @@ fn main() -> ExitCode {
         Some("demo") => demo(),
         Some("test") => test(),
         Some("systests") => {
-            let result = systests::run(&test_env(), systests::Selection::Suite, None);
+            let result = systests::run(&test_env(), systests::Selection::Suite);
             print_step_times();
             result
         }
         Some("matrix") => {
             let result = setup::run()
                 .and_then(|_| images())
-                .and_then(|_| systests::run(&test_env(), systests::Selection::Matrix, None));
+                .and_then(|_| systests::run(&test_env(), systests::Selection::Matrix));
             print_step_times();
             result
         }
@@ -869,39 +869,20 @@ fn test_env() -> [(&'static str, PathBuf); 5] {
 }
 
 /// The tests: every crate's unit and interop tests, then the system tests (QEMU boots), a few
-/// side by side (xtask/src/systests.rs). One build compiles them all (`systests::build_tests`).
+/// side by side (xtask/src/systests.rs).
 fn tests() -> Result<()> {
     let env = test_env();
-    step("cargo test --no-run: every test binary of the workspace, one build");
-    let built = systests::build_tests(&["--workspace"], &env)?;
-    // The system tests drive the machines with the host's cairnctl, which the build above made
-    // for ctl's own test files.
-    if !built.bins.iter().any(|b| b == "cairnctl") {
-        build_cairnctl()?;
-    }
-    step("unit and interop tests (every crate but systest)");
-    let systest = root().join("systest");
-    let mut failed = Vec::new();
-    for test in built.tests.iter().filter(|t| t.dir != systest) {
-        let package = test.dir.strip_prefix(root()).unwrap_or(&test.dir);
-        eprintln!("     Running {} ({})", test.name, package.display());
-        // As `cargo test` runs each harness: from its package's folder.
-        let mut cmd = Command::new(&test.exe);
-        cmd.arg("--include-ignored")
-            .current_dir(&test.dir)
-            .stdin(Stdio::null());
+    let test = |args: &[&str]| -> Result<()> {
+        let mut cmd = cargo();
+        cmd.arg("test").args(args).args(["--", "--include-ignored"]);
         for (k, v) in &env {
             cmd.env(k, v);
         }
-        let status = cmd
-            .status()
-            .with_context(|| format!("running {}", test.exe.display()))?;
-        if !status.success() {
-            failed.push(format!("{} ({})", test.name, package.display()));
-        }
-    }
-    if !failed.is_empty() {
-        bail!("tests failed in: {}", failed.join(", "));
-    }
-    systests::run(&env, systests::Selection::Suite, Some(&built.tests))
+        run(&mut cmd)
+    };
+    step("cargo test (unit and interop tests, every crate but systest)");
+    test(&["--workspace", "--exclude", "cairn-systest"])?;
+    // systest's own unit tests run with the system tests (its library's test harness is one
+    // of the binaries the runner takes).
+    systests::run(&env, systests::Selection::Suite)
 }

@@ -91,33 +91,11 @@ impl Test {
     }
 }
 
-/// Runs the system tests side by side; fails if any did. `built` is the suite's one build of
-/// the workspace's tests ([`build_tests`]); without it, the system tests are built here.
+/// Builds every system test binary, lists their tests, runs them side by side; fails if any did.
 /// `env` is what every test needs (image, key and cache folders, the device binaries).
-pub fn run(
-    env: &[(&str, PathBuf)],
-    selection: Selection,
-    built: Option<&[TestBinary]>,
-) -> Result<()> {
-    let binaries: Vec<(String, PathBuf)> = match built {
-        Some(built) => built
-            .iter()
-            .filter(|b| b.dir == root().join("systest"))
-            .map(|b| (b.name.clone(), b.exe.clone()))
-            .collect(),
-        None => {
-            step("system tests: build the test binaries");
-            crate::build_cairnctl()?;
-            build_tests(&["--package", "cairn-systest", "--tests"], env)?
-                .tests
-                .into_iter()
-                .map(|b| (b.name, b.exe))
-                .collect()
-        }
-    };
-    if binaries.is_empty() {
-        bail!("no system test binary was built");
-    }
+pub fn run(env: &[(&str, PathBuf)], selection: Selection) -> Result<()> {
+    step("system tests: build the test binaries");
+    let binaries = build(env)?;
     let mut tests = Vec::new();
     for (file, exe) in &binaries {
         let file_len = std::fs::metadata(root().join("systest/tests").join(format!("{file}.rs")))
@@ -212,78 +190,50 @@ fn lanes() -> Result<usize> {
     }
 }
 
-/// A test harness cargo built: a test file, or a library's or a binary's unit tests.
-pub struct TestBinary {
-    /// The target's name (a test file's name, a library's crate name).
-    pub name: String,
-    pub exe: PathBuf,
-    /// The package's folder, where `cargo test` runs the harness.
-    pub dir: PathBuf,
-}
-
-/// What one `cargo test --no-run` built.
-pub struct Built {
-    pub tests: Vec<TestBinary>,
-    /// The binaries and examples built beside them (a package's binaries are built for its
-    /// test files, and `cargo test` builds examples to check that they compile).
-    pub bins: Vec<String>,
-}
-
-/// `cargo test --no-run` with `args` (the packages and targets); every test harness it built.
-/// One build for everything the suite runs: cargo unifies features over the packages a
-/// command names, so `-p` for a part would compile much of the rest again.
-pub fn build_tests(args: &[&str], env: &[(&str, PathBuf)]) -> Result<Built> {
+/// `cargo test --no-run` for the systest package's test files; their names and executables.
+fn build(env: &[(&str, PathBuf)]) -> Result<Vec<(String, PathBuf)>> {
+    crate::build_cairnctl()?;
     let mut cmd = cargo();
     cmd.args([
         "test",
         "--quiet",
+        "--package",
+        "cairn-systest",
+        "--tests",
         "--no-run",
-        "--message-format=json-render-diagnostics",
+        "--message-format=json",
     ])
-    .args(args)
     .stdout(Stdio::piped());
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let out = cmd.output().context("building the tests")?;
+    let out = cmd.output().context("building the system tests")?;
     if !out.status.success() {
-        bail!("building the tests failed ({})", out.status);
+        bail!("building the system tests failed ({})", out.status);
     }
-    let mut built = Built {
-        tests: Vec::new(),
-        bins: Vec::new(),
-    };
+    let mut binaries = BTreeMap::new();
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
             continue;
         };
-        if msg["reason"] != "compiler-artifact" {
-            continue;
-        }
-        let (Some(name), Some(exe), Some(manifest)) = (
+        // The test files, and the library's own unit tests (its test harness).
+        let is_test_file = msg["reason"] == "compiler-artifact"
+            && msg["target"]["kind"].as_array().is_some_and(|k| {
+                k.iter()
+                    .any(|k| k == "test" || (k == "lib" && msg["profile"]["test"] == true))
+            });
+        if let (true, Some(name), Some(exe)) = (
+            is_test_file,
             msg["target"]["name"].as_str(),
             msg["executable"].as_str(),
-            msg["manifest_path"].as_str(),
-        ) else {
-            continue;
-        };
-        if msg["profile"]["test"] == true {
-            built.tests.push(TestBinary {
-                name: name.to_string(),
-                exe: PathBuf::from(exe),
-                dir: Path::new(manifest)
-                    .parent()
-                    .context("a manifest path without a folder")?
-                    .to_path_buf(),
-            });
-        } else {
-            built.bins.push(name.to_string());
+        ) {
+            binaries.insert(name.to_string(), PathBuf::from(exe));
         }
     }
-    if built.tests.is_empty() {
-        bail!("cargo built no test binary");
+    if binaries.is_empty() {
+        bail!("cargo built no system test binary");
     }
-    Ok(built)
+    Ok(binaries.into_iter().collect())
 }
 
 /// The binary's tests, ignored ones included (the QEMU tests are ignored without images).
