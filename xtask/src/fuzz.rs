@@ -1,20 +1,21 @@
-//! Fuzzing the parsers of outside data with cargo-fuzz (libFuzzer) on the pinned stable toolchain.
+//! Fuzzing the parsers of outside data with libFuzzer on the pinned stable toolchain.
 //!
-//! Every fuzz target is a binary of one cargo-fuzz crate outside the main workspace (`fuzz/`),
-//! whose example named `seeds` writes the seed corpus (into target/, never committed). One
-//! crate, so one `cargo fuzz build` compiles the dependencies once for every target (with
-//! one crate per fuzzed crate, each build unified features on its own and compiled most of
-//! them again).
-//! The one idea: targets are built without a sanitizer by default, which cargo-fuzz does with
-//! stable `-C` flags only, so no nightly toolchain and no RUSTC_BOOTSTRAP are involved. The code
-//! the targets reach has no `unsafe`: the fuzzed crates' only `unsafe` blocks are in their socket
-//! code, which no target calls (netcfg's AF_PACKET socket in `dhcp/socket.rs` and its
-//! NETLINK_ROUTE socket in `rtnl/socket.rs`, the daemon's uevent netlink socket in
-//! `uevent.rs`), so AddressSanitizer would mostly cost speed; `--asan` still offers it, through
-//! RUSTC_BOOTSTRAP=1 because `-Zsanitizer` is a nightly flag.
+//! Every fuzz target is a binary of one crate outside the main workspace (`fuzz/`), laid out as
+//! cargo-fuzz lays out its crates (so `cargo fuzz run <target>` works there too), whose example
+//! named `seeds` writes the seed corpus (into target/, never committed). One crate, so one build
+//! compiles the dependencies once for every target.
+//! xtask builds the targets itself, with the flags cargo-fuzz 0.13 gives a release build (see
+//! [`rustflags`]): libFuzzer comes from the libfuzzer-sys crate, the coverage instrumentation
+//! from stable `-C` flags, so nothing beyond cargo needs installing and no nightly toolchain or
+//! RUSTC_BOOTSTRAP is involved. The code the targets reach has no `unsafe`: the fuzzed crates'
+//! only `unsafe` blocks are in their socket code, which no target calls (netcfg's AF_PACKET
+//! socket in `dhcp/socket.rs` and its NETLINK_ROUTE socket in `rtnl/socket.rs`, the daemon's
+//! uevent netlink socket in `uevent.rs`), so AddressSanitizer would mostly cost speed; `--asan`
+//! still offers it, through RUSTC_BOOTSTRAP=1 because `-Zsanitizer` is a nightly flag.
 //!
 //! `cargo xtask test` runs every target for a short while ([`run_brief`]; built at optimisation
-//! level 1, which halves the build, the suite's longest part of fuzzing) and fails on any crash;
+//! level 1 and with the usual 16 code units per crate, which together cut the build to well
+//! under half, the suite's longest part of fuzzing) and fails on any crash;
 //! `cargo xtask fuzz [--seconds N] [--asan]` runs them for longer, in groups of [`GROUP`] side by
 //! side (the brief run starts them all at once). Each reports its executions, its coverage
 //! (libFuzzer's cov and ft) and its crashes (libFuzzer stops a target at its first crash, so
@@ -28,9 +29,6 @@ use std::time::Instant;
 use anyhow::{bail, Context as _, Result};
 
 use crate::{cargo, run, step, target_dir};
-
-/// The cargo-fuzz release `setup` installs from crates.io.
-pub const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
 /// Seconds each target runs in `cargo xtask test`.
 const BRIEF_SECONDS: u64 = 30;
@@ -76,28 +74,6 @@ const TARGETS: &[&str] = &[
     "gpt",
 ];
 
-/// Installs cargo-fuzz unless this exact version is already there.
-pub fn install() -> Result<()> {
-    let have = cargo()
-        .args(["fuzz", "--version"])
-        .stdin(Stdio::null())
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default();
-    if have.split_whitespace().nth(1) == Some(CARGO_FUZZ_VERSION) {
-        return Ok(());
-    }
-    eprintln!("    installing cargo-fuzz {CARGO_FUZZ_VERSION}");
-    run(cargo().args([
-        "install",
-        "--quiet",
-        "--locked",
-        "cargo-fuzz",
-        "--version",
-        CARGO_FUZZ_VERSION,
-    ]))
-}
-
 /// Runs every fuzz target for a short while; fails if any finds a crash. For `cargo xtask test`.
 pub fn run_brief() -> Result<()> {
     // All side by side: the brief run is a smoke test, and one round keeps the suite short.
@@ -124,7 +100,6 @@ pub fn command(args: &[String]) -> Result<()> {
             }
         }
     }
-    install()?;
     fuzz(seconds, if asan { Build::Asan } else { Build::Full }, GROUP)
 }
 
@@ -155,13 +130,58 @@ impl Build {
     }
 }
 
-/// `cargo fuzz <sub>` for the fuzz crate, with the options that must match between build and run.
-fn cargo_fuzz(sub: &str, build: Build) -> Command {
-    let asan = build == Build::Asan;
+/// The host's target triple (`rustc -vV`): the targets are built for it, given to cargo as
+/// `--target` so that the instrumentation flags reach the targets' code but not build scripts
+/// and procedural macros.
+fn host_triple() -> Result<String> {
+    let out = Command::new("rustc")
+        .arg("-vV")
+        .output()
+        .context("running rustc -vV")?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("host: "))
+        .map(str::to_string)
+        .context("rustc -vV named no host")
+}
+
+/// The flags cargo-fuzz 0.13's `cargo fuzz build` gives rustc (its defaults: coverage of every
+/// edge as inline 8-bit counters with a PC table, compares traced, stack depth, no branch
+/// folding, `--cfg fuzzing`, debug assertions), with the sanitizer of `build`. Full and ASan
+/// builds are one code unit per crate, as cargo-fuzz makes them (with several, the sancov pass
+/// keeps ThinLTO from importing anything and the targets run slower); the brief build keeps
+/// cargo's 16, which compiles much faster on several cores, for runs of seconds.
+fn rustflags(build: Build) -> String {
+    let mut flags = vec![
+        "-Cpasses=sancov-module",
+        "-Cllvm-args=-sanitizer-coverage-level=4",
+        "-Cllvm-args=-sanitizer-coverage-inline-8bit-counters",
+        "-Cllvm-args=-sanitizer-coverage-pc-table",
+        "-Cllvm-args=-sanitizer-coverage-trace-compares",
+        "--cfg",
+        "fuzzing",
+        "-Cllvm-args=-simplifycfg-branch-fold-threshold=0",
+        "-Cllvm-args=-sanitizer-coverage-stack-depth",
+        "-Cdebug-assertions",
+    ];
+    match build {
+        Build::Brief => {}
+        Build::Full => flags.push("-Ccodegen-units=1"),
+        Build::Asan => flags.extend(["-Ccodegen-units=1", "-Zsanitizer=address"]),
+    }
+    flags.join(" ")
+}
+
+/// `cargo build` of every fuzz target, instrumented for libFuzzer.
+fn build_targets(build: Build, host: &str) -> Command {
     let mut cmd = cargo();
-    cmd.args(["fuzz", sub, "--fuzz-dir", PROJECT, "--target-dir"])
+    cmd.args(["build", "--quiet", "--release", "--bins", "--manifest-path"])
+        .arg(Path::new(PROJECT).join("Cargo.toml"))
+        .args(["--target", host, "--target-dir"])
         .arg(build.dir())
-        .args(["--sanitizer", if asan { "address" } else { "none" }]);
+        // Panics name file and line, as in cargo-fuzz's release builds.
+        .args(["--config", "profile.release.debug=\"line-tables-only\""])
+        .env("RUSTFLAGS", rustflags(build));
     match build {
         Build::Asan => {
             cmd.env("RUSTC_BOOTSTRAP", "1");
@@ -174,11 +194,17 @@ fn cargo_fuzz(sub: &str, build: Build) -> Command {
     cmd
 }
 
+/// A built target's executable.
+fn target_exe(build: Build, host: &str, name: &str) -> PathBuf {
+    build.dir().join(host).join("release").join(name)
+}
+
 /// One target's run in progress.
 struct Running {
     name: &'static str,
     child: Child,
     log: PathBuf,
+    exe: PathBuf,
 }
 
 fn fuzz(seconds: u64, build: Build, side_by_side: usize) -> Result<()> {
@@ -212,7 +238,8 @@ fn fuzz(seconds: u64, build: Build, side_by_side: usize) -> Result<()> {
         "fuzz targets ({sanitizer}): build all {}, seed corpus",
         TARGETS.len()
     ));
-    run(&mut cargo_fuzz("build", build))?;
+    let host = host_triple()?;
+    run(&mut build_targets(build, &host))?;
     run(cargo()
         .args(["run", "--quiet", "--example", "seeds", "--manifest-path"])
         .arg(&manifest)
@@ -232,7 +259,7 @@ fn fuzz(seconds: u64, build: Build, side_by_side: usize) -> Result<()> {
     for group in targets.chunks(group) {
         let mut running = Vec::new();
         for name in group {
-            running.push(start(name, &seeds, &work, seconds, build)?);
+            running.push(start(name, &seeds, &work, seconds, build, &host)?);
         }
         for mut target in running {
             let name = target.name;
@@ -269,6 +296,7 @@ fn start(
     work: &Path,
     seconds: u64,
     build: Build,
+    host: &str,
 ) -> Result<Running> {
     let corpus = work.join("corpus").join(name);
     let artifacts = work.join("artifacts").join(name);
@@ -278,25 +306,33 @@ fn start(
     }
     let log = logs.join(format!("{name}.log"));
     let out = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-    let mut cmd = cargo_fuzz("run", build);
+    let exe = target_exe(build, host, name);
+    let mut cmd = Command::new(&exe);
+    if build == Build::Asan {
+        // As cargo-fuzz runs ASan builds: Rust's statics trip the ODR check.
+        cmd.env("ASAN_OPTIONS", "detect_odr_violation=0");
+    }
     // New inputs go to the first corpus folder, which persists between runs; seeds are read only.
-    cmd.arg(name)
-        .arg(&corpus)
-        .arg(seeds.join(name))
-        .arg("--")
-        .arg(format!("-max_total_time={seconds}"))
+    cmd.arg(format!("-max_total_time={seconds}"))
         // A hang is a finding too, rather than a stalled test suite.
         .arg("-timeout=20")
         .arg("-print_final_stats=1")
         // libFuzzer joins the prefix and the file name as strings: the trailing slash matters.
         .arg(format!("-artifact_prefix={}/", artifacts.display()))
+        .arg(&corpus)
+        .arg(seeds.join(name))
         .stdin(Stdio::null())
         .stdout(out.try_clone()?)
         .stderr(out);
     let child = cmd
         .spawn()
-        .with_context(|| format!("starting fuzz target {name}"))?;
-    Ok(Running { name, child, log })
+        .with_context(|| format!("starting fuzz target {name} ({})", exe.display()))?;
+    Ok(Running {
+        name,
+        child,
+        log,
+        exe,
+    })
 }
 
 /// "N runs in S s (R/s), cov C ft F, corpus K" from libFuzzer's output: cov is the code edges
@@ -360,20 +396,12 @@ fn crash_report(log: &str, target: &Running, build: Build) -> Vec<String> {
     match input {
         Some(input) => {
             out.push(format!("input:     {input}"));
-            let replay = cargo_fuzz("run", build);
-            let env: String = replay
-                .get_envs()
-                .filter_map(|(k, v)| Some(format!("{}={} ", k.to_str()?, v?.to_str()?)))
-                .collect();
-            let args: Vec<String> = replay
-                .get_args()
-                .map(|a| a.to_string_lossy().into_owned())
-                .collect();
-            out.push(format!(
-                "replay:    {env}cargo {} {} {input}",
-                args.join(" "),
-                target.name
-            ));
+            let asan = if build == Build::Asan {
+                "ASAN_OPTIONS=detect_odr_violation=0 "
+            } else {
+                ""
+            };
+            out.push(format!("replay:    {asan}{} {input}", target.exe.display()));
         }
         None => {
             out.push("no input was saved; the log ends:".into());

@@ -21,11 +21,13 @@
 
 mod bench;
 mod bench_containers;
+mod cfgscan;
 mod fuzz;
 mod report;
 mod setup;
 mod systests;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
@@ -36,6 +38,7 @@ use cairn_board::{Arch, Board};
 const ARCHES: [Arch; 2] = [Arch::Aarch64, Arch::X86_64];
 
 fn main() -> ExitCode {
+    xtask_build_secs();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("setup") => setup::run(),
@@ -164,11 +167,52 @@ fn print_step_times() {
     };
     eprintln!("\n==> time per stage");
     let now = Instant::now();
+    let built = xtask_build_secs();
+    if let Some(secs) = built {
+        eprintln!("    {secs:>7.1} s  (cargo building xtask, before the first stage)");
+    }
     for (i, (title, began)) in steps.iter().enumerate() {
         let end = steps.get(i + 1).map_or(now, |s| s.1);
         eprintln!("    {:>7.1} s  {title}", (end - *began).as_secs_f64());
     }
-    eprintln!("    {:>7.1} s  in all", (now - first).as_secs_f64());
+    let all = (now - first).as_secs_f64();
+    match built {
+        Some(secs) => eprintln!(
+            "    {:>7.1} s  in all, the build of xtask included",
+            all + secs
+        ),
+        None => eprintln!("    {all:>7.1} s  in all"),
+    }
+}
+
+/// How long this process ran before xtask's `main`: the time cargo took to build xtask, as
+/// `cargo run` (which `cargo xtask` is) turns itself into the program it built, keeping its
+/// pid and so its start time. Read once, at the start of `main`.
+static BUILD_SECS: std::sync::OnceLock<Option<f64>> = std::sync::OnceLock::new();
+
+fn xtask_build_secs() -> Option<f64> {
+    *BUILD_SECS.get_or_init(|| {
+        // Field 22 of /proc/self/stat, the start in clock ticks since boot; the fields after
+        // the command name (which may hold spaces) are counted from its closing parenthesis.
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        let started: u64 = stat
+            .rsplit_once(')')?
+            .1
+            .split_whitespace()
+            .nth(19)?
+            .parse()
+            .ok()?;
+        let uptime: f64 = std::fs::read_to_string("/proc/uptime")
+            .ok()?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()?;
+        // SAFETY: sysconf only reads a configuration value.
+        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        let ticks = u64::try_from(ticks).ok().filter(|&t| t > 0)?;
+        Some(uptime - started as f64 / ticks as f64).filter(|&s| s >= 0.0)
+    })
 }
 
 pub fn run(cmd: &mut Command) -> Result<()> {
@@ -610,15 +654,96 @@ fn bench_api() -> Result<()> {
     ]))
 }
 
-/// Source files of the workspace's crates that mention any of `keys` (`cfg(target_arch …)` and
-/// the like). Every crate is looked at, not only the device binary's, so a new dependency of it
-/// cannot slip by.
-fn target_specific_code(keys: &[&str]) -> Result<Vec<String>> {
+/// Checks that every crate `cargo xtask` builds gets the features `cargo test --workspace` gives
+/// it, so that the suite's test build reuses what building xtask compiled (the comment above
+/// xtask's feature-only dependencies in xtask/Cargo.toml says why). A crate whose features
+/// differ is compiled twice, with every crate that depends on it: several minutes on 2 cores.
+fn shared_features() -> Result<()> {
+    // A crate built both for the host's build scripts and for the target is listed with each
+    // set of features.
+    let resolved = |args: &[&str]| -> Result<BTreeMap<String, BTreeSet<String>>> {
+        let out = cargo()
+            .args([
+                "tree",
+                "--quiet",
+                "--prefix",
+                "none",
+                "--format",
+                "{p} [{f}]",
+            ])
+            .args(args)
+            .output()
+            .context("running cargo tree")?;
+        if !out.status.success() {
+            bail!(
+                "cargo tree {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        let mut crates: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for (id, features) in String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(tree_line)
+        {
+            crates.entry(id).or_default().insert(features);
+        }
+        Ok(crates)
+    };
+    let xtask = resolved(&["--package", "xtask", "--edges", "normal,build"])?;
+    let workspace = resolved(&["--workspace"])?;
+    let differ: Vec<String> = xtask
+        .iter()
+        .filter(|(crate_, features)| workspace.get(*crate_) != Some(*features))
+        .map(|(crate_, features)| {
+            let sets = |s: &BTreeSet<String>| {
+                s.iter()
+                    .map(|f| format!("[{f}]"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            };
+            format!(
+                "{crate_}: xtask {}, the test build {}",
+                sets(features),
+                workspace.get(crate_).map_or(String::new(), sets)
+            )
+        })
+        .collect();
+    if xtask.is_empty() || workspace.is_empty() {
+        bail!("cargo tree listed no crates");
+    }
+    if !differ.is_empty() {
+        bail!(
+            "xtask builds {} crates with other features than `cargo test --workspace` (add the \
+             missing ones to xtask/Cargo.toml's feature-only dependencies, [build-dependencies] \
+             for build scripts' and procedural macros' crates): {}",
+            differ.len(),
+            differ.join("; ")
+        );
+    }
+    eprintln!("    {} crates, the same features", xtask.len());
+    Ok(())
+}
+
+/// `name vX.Y.Z (path) (proc-macro) [features] (*)`, a line of `cargo tree --format "{p} [{f}]"`,
+/// as ("name vX.Y.Z", "features").
+fn tree_line(line: &str) -> Option<(String, String)> {
+    let line = line.trim().trim_end_matches(" (*)");
+    let (head, features) = line.strip_suffix(']')?.rsplit_once(" [")?;
+    let mut words = head.split_whitespace();
+    let id = format!("{} {}", words.next()?, words.next()?);
+    Some((id, features.to_string()))
+}
+
+/// Source files of the workspace's crates that compile differently for `target` than for the
+/// host (xtask/src/cfgscan.rs). Every crate is looked at, not only the device binary's, so a
+/// new dependency of it cannot slip by.
+fn target_specific_code(target: &cfgscan::Target) -> Result<Vec<String>> {
     let mut found = Vec::new();
     let mut dirs = Vec::new();
     for entry in std::fs::read_dir(root()).context("listing the workspace")? {
         let crate_dir = entry?.path();
-        // xtask runs on the host only (and names the keys itself).
+        // xtask runs on the host only (and its scanner's tests name target options).
         if crate_dir.join("Cargo.toml").is_file()
             && crate_dir.join("src").is_dir()
             && !crate_dir.ends_with("xtask")
@@ -636,7 +761,7 @@ fn target_specific_code(keys: &[&str]) -> Result<Vec<String>> {
             } else if path.extension().is_some_and(|e| e == "rs") {
                 let text = std::fs::read_to_string(&path)
                     .with_context(|| format!("reading {}", path.display()))?;
-                if keys.iter().any(|k| text.contains(k)) {
+                if cfgscan::differs(&text, target) {
                     found.push(
                         path.strip_prefix(root())
                             .unwrap_or(&path)
@@ -655,6 +780,8 @@ fn test() -> Result<()> {
     setup::run()?;
     step("cargo fmt --check");
     run(cargo().args(["fmt", "--all", "--check"]))?;
+    step("xtask is built with the features the workspace's test build uses");
+    shared_features()?;
     step("clippy (host, all targets)");
     run(cargo().args([
         "clippy",
@@ -666,24 +793,30 @@ fn test() -> Result<()> {
         "warnings",
     ]))?;
     // The host clippy above (x86_64, glibc) lints every line that is compiled the same way
-    // for a musl target. Code behind `target_arch` needs the aarch64 pass; code behind
-    // `target_env` or `target_os` needs both musl passes.
-    let by_arch = target_specific_code(&["target_arch", "target_pointer_width"])?;
-    let by_env = target_specific_code(&["target_env", "target_os"])?;
+    // for a musl target; a target's own pass is needed where a cfg attribute keeps or drops
+    // code for it (xtask/src/cfgscan.rs).
     for arch in ARCHES {
-        let needed = match arch {
-            Arch::Aarch64 => !by_arch.is_empty() || !by_env.is_empty(),
-            Arch::X86_64 => !by_env.is_empty(),
+        let target = match arch {
+            Arch::Aarch64 => cfgscan::Target {
+                arch: "aarch64",
+                env: "musl",
+            },
+            Arch::X86_64 => cfgscan::Target {
+                arch: "x86_64",
+                env: "musl",
+            },
         };
-        if !needed {
+        let files = target_specific_code(&target)?;
+        if files.is_empty() {
             step(&format!(
                 "clippy (device crates, {}): the host pass covered it",
                 arch.rust_target()
             ));
-            eprintln!("    no code depends on target_env or target_os");
+            eprintln!("    no cfg attribute keeps or drops code for this target alone");
             continue;
         }
         step(&format!("clippy (device crates, {})", arch.rust_target()));
+        eprintln!("    compiled otherwise here: {}", files.join(", "));
         run(cargo().args([
             "clippy",
             "--quiet",

@@ -169,7 +169,6 @@ pub fn run() -> Result<()> {
         run_cmd(Command::new("rustup").arg("target").arg("add").args(&want))?;
     }
     raspi_qemu()?;
-    crate::fuzz::install()?;
     eprintln!("    ok");
     Ok(())
 }

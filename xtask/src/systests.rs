@@ -191,15 +191,19 @@ fn lanes() -> Result<usize> {
 }
 
 /// `cargo test --no-run` for the systest package's test files; their names and executables.
+///
+/// The build is the whole workspace's, as `cargo test --workspace` makes it: features are unified
+/// over the packages a cargo command selects, so `--package cairn-systest` alone compiled some
+/// fifty crates again with other features than the unit tests' run had just used. With the
+/// same selection those are reused, and the host's cairnctl (which the tests drive the machines
+/// with) comes out of the same build, as every test run of cargo builds the workspace's
+/// binaries into target/debug.
 fn build(env: &[(&str, PathBuf)]) -> Result<Vec<(String, PathBuf)>> {
-    crate::build_cairnctl()?;
     let mut cmd = cargo();
     cmd.args([
         "test",
         "--quiet",
-        "--package",
-        "cairn-systest",
-        "--tests",
+        "--workspace",
         "--no-run",
         "--message-format=json",
     ])
@@ -218,6 +222,9 @@ fn build(env: &[(&str, PathBuf)]) -> Result<Vec<(String, PathBuf)>> {
         };
         // The test files, and the library's own unit tests (its test harness).
         let is_test_file = msg["reason"] == "compiler-artifact"
+            && msg["manifest_path"]
+                .as_str()
+                .is_some_and(|p| Path::new(p) == root().join("systest/Cargo.toml"))
             && msg["target"]["kind"].as_array().is_some_and(|k| {
                 k.iter()
                     .any(|k| k == "test" || (k == "lib" && msg["profile"]["test"] == true))
@@ -232,6 +239,10 @@ fn build(env: &[(&str, PathBuf)]) -> Result<Vec<(String, PathBuf)>> {
     }
     if binaries.is_empty() {
         bail!("cargo built no system test binary");
+    }
+    let cairnctl = target_dir().join("debug/cairnctl");
+    if !cairnctl.is_file() {
+        bail!("the workspace's test build left no {}", cairnctl.display());
     }
     Ok(binaries.into_iter().collect())
 }
