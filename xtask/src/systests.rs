@@ -58,6 +58,25 @@ pub const MATRIX_ONLY: &[(&str, &str)] = &[
         "storage_variants::qemu_x86_64_first_boot_encrypts_without_api_secrets_or_config",
         "the same first boot as the aarch64 one; x86_64's TPM is in storage and secureboot",
     ),
+    (
+        "storage_variants::qemu_aarch64_first_boot_encrypts_with_a_machine_config_only",
+        "between the two variants the suite keeps: the first boot without API secrets or \
+         config and the one with both",
+    ),
+    (
+        "storage::qemu_aarch64_encrypted_state_and_data",
+        "the same unlocks, recovery key and DATA as on x86_64; aarch64's TPM sealing and first \
+         boot are in the storage_variants tests",
+    ),
+    (
+        "slots::qemu_aarch64_trial_commit_and_mark_bad",
+        "the same systemd-boot counting as on x86_64 (both boards boot through systemd-boot); \
+         aarch64's trial and commit are in update::qemu_aarch64_good_update_from_a_stick",
+    ),
+    (
+        "slots::qemu_x86_64_tampered_root_falls_back_to_a",
+        "the same verity refusal and fallback as on aarch64",
+    ),
 ];
 
 /// Which system tests a run takes.
