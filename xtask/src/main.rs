@@ -226,18 +226,23 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 /// Builds the device binary for both musl targets; returns their paths.
 fn device() -> Result<Vec<PathBuf>> {
     step("device binary (static musl, aarch64 + x86_64)");
+    // One cargo for both targets: each link is one long single-threaded LTO step
+    // (codegen-units = 1), and side by side the two keep both cores busy.
+    let mut cmd = cargo();
+    cmd.args([
+        "build",
+        "--quiet",
+        "--package",
+        "cairn-device",
+        "--profile",
+        "device",
+    ]);
+    for arch in ARCHES {
+        cmd.args(["--target", arch.rust_target()]);
+    }
+    run(&mut cmd)?;
     let mut out = Vec::new();
     for arch in ARCHES {
-        run(cargo().args([
-            "build",
-            "--quiet",
-            "--package",
-            "cairn-device",
-            "--profile",
-            "device",
-            "--target",
-            arch.rust_target(),
-        ]))?;
         let bin = device_bin(arch);
         let size = std::fs::metadata(&bin)
             .with_context(|| format!("reading {}", bin.display()))?
