@@ -14,8 +14,8 @@
 //! still offers it, through RUSTC_BOOTSTRAP=1 because `-Zsanitizer` is a nightly flag.
 //!
 //! `cargo xtask test` runs every target for a short while ([`run_brief`]; built at optimisation
-//! level 1 and with the usual 16 code units per crate, which together cut the build to well
-//! under half, the suite's longest part of fuzzing) and fails on any crash;
+//! level 1 and with cargo's usual 16 code units per crate, both for a shorter build, the
+//! suite's longest part of fuzzing) and fails on any crash;
 //! `cargo xtask fuzz [--seconds N] [--asan]` runs them for longer, in groups of [`GROUP`] side by
 //! side (the brief run starts them all at once). Each reports its executions, its coverage
 //! (libFuzzer's cov and ft) and its crashes (libFuzzer stops a target at its first crash, so
