@@ -130,10 +130,10 @@ impl Build {
     }
 }
 
-/// The host's target triple (`rustc -vV`): the targets are built for it, given to cargo as
+/// The host's target triple (`rustc -vV`). The fuzz targets are built for it, given to cargo as
 /// `--target` so that the instrumentation flags reach the targets' code but not build scripts
 /// and procedural macros.
-fn host_triple() -> Result<String> {
+pub fn host_triple() -> Result<String> {
     let out = Command::new("rustc")
         .arg("-vV")
         .output()

@@ -665,7 +665,11 @@ fn bench_api() -> Result<()> {
 /// differ is compiled twice, with every crate that depends on it: several minutes on 2 cores.
 fn shared_features() -> Result<()> {
     // A crate built both for the host's build scripts and for the target is listed with each
-    // set of features.
+    // set of features. With the host named as the target, cargo tree keeps the two apart as
+    // the builds do (without it, it lists a build script's crates with features they do not
+    // get, and xtask's own tree seemed to differ where the builds agree: a test build after
+    // `cargo build -p xtask` rebuilt none of these crates).
+    let host = fuzz::host_triple()?;
     let resolved = |args: &[&str]| -> Result<BTreeMap<String, BTreeSet<String>>> {
         let out = cargo()
             .args([
@@ -675,6 +679,8 @@ fn shared_features() -> Result<()> {
                 "none",
                 "--format",
                 "{p} [{f}]",
+                "--target",
+                &host,
             ])
             .args(args)
             .output()
