@@ -28,7 +28,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::{cargo, run, step, target_dir};
+use crate::{cargo, host_triple, run, step, target_dir};
 
 /// Seconds each target runs in `cargo xtask test`.
 const BRIEF_SECONDS: u64 = 30;
@@ -130,21 +130,6 @@ impl Build {
     }
 }
 
-/// The host's target triple (`rustc -vV`). The fuzz targets are built for it, given to cargo as
-/// `--target` so that the instrumentation flags reach the targets' code but not build scripts
-/// and procedural macros.
-pub fn host_triple() -> Result<String> {
-    let out = Command::new("rustc")
-        .arg("-vV")
-        .output()
-        .context("running rustc -vV")?;
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find_map(|l| l.strip_prefix("host: "))
-        .map(str::to_string)
-        .context("rustc -vV named no host")
-}
-
 /// The flags cargo-fuzz 0.13's `cargo fuzz build` gives rustc (its defaults: coverage of every
 /// edge as inline 8-bit counters with a PC table, compares traced, stack depth, no branch
 /// folding, `--cfg fuzzing`, debug assertions), with the sanitizer of `build`. Full and ASan
@@ -172,7 +157,8 @@ fn rustflags(build: Build) -> String {
     flags.join(" ")
 }
 
-/// `cargo build` of every fuzz target, instrumented for libFuzzer.
+/// `cargo build` of every fuzz target, instrumented for libFuzzer. The host is named as the
+/// target so that the flags reach the targets' code but not build scripts and procedural macros.
 fn build_targets(build: Build, host: &str) -> Command {
     let mut cmd = cargo();
     cmd.args(["build", "--quiet", "--release", "--bins", "--manifest-path"])

@@ -141,6 +141,19 @@ pub fn device_bin(arch: Arch) -> PathBuf {
     target_dir().join(arch.rust_target()).join("device/cairn")
 }
 
+/// The host's target triple (`rustc -vV`).
+pub fn host_triple() -> Result<String> {
+    let out = Command::new("rustc")
+        .arg("-vV")
+        .output()
+        .context("running rustc -vV")?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("host: "))
+        .map(str::to_string)
+        .context("rustc -vV named no host")
+}
+
 pub fn cargo() -> Command {
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cmd.current_dir(root());
@@ -669,7 +682,7 @@ fn shared_features() -> Result<()> {
     // the builds do (without it, it lists a build script's crates with features they do not
     // get, and xtask's own tree seemed to differ where the builds agree: a test build after
     // `cargo build -p xtask` rebuilt none of these crates).
-    let host = fuzz::host_triple()?;
+    let host = host_triple()?;
     let resolved = |args: &[&str]| -> Result<BTreeMap<String, BTreeSet<String>>> {
         let out = cargo()
             .args([
@@ -749,7 +762,7 @@ fn tree_line(line: &str) -> Option<(String, String)> {
 /// Source files of the workspace's crates that compile differently for `target` than for the
 /// host (xtask/src/cfgscan.rs). Every crate is looked at, not only the device binary's, so a
 /// new dependency of it cannot slip by.
-fn target_specific_code(target: &cfgscan::Target) -> Result<Vec<String>> {
+fn target_specific_code(host: &cfgscan::Target, target: &cfgscan::Target) -> Result<Vec<String>> {
     let mut found = Vec::new();
     let mut dirs = Vec::new();
     for entry in std::fs::read_dir(root()).context("listing the workspace")? {
@@ -772,7 +785,7 @@ fn target_specific_code(target: &cfgscan::Target) -> Result<Vec<String>> {
             } else if path.extension().is_some_and(|e| e == "rs") {
                 let text = std::fs::read_to_string(&path)
                     .with_context(|| format!("reading {}", path.display()))?;
-                if cfgscan::differs(&text, target) {
+                if cfgscan::differs(&text, host, target) {
                     found.push(
                         path.strip_prefix(root())
                             .unwrap_or(&path)
@@ -806,18 +819,10 @@ fn test() -> Result<()> {
     // The host clippy above (x86_64, glibc) lints every line that is compiled the same way
     // for a musl target; a target's own pass is needed where a cfg attribute keeps or drops
     // code for it (xtask/src/cfgscan.rs).
+    let host = cfgscan::Target::from_triple(&host_triple()?);
     for arch in ARCHES {
-        let target = match arch {
-            Arch::Aarch64 => cfgscan::Target {
-                arch: "aarch64",
-                env: "musl",
-            },
-            Arch::X86_64 => cfgscan::Target {
-                arch: "x86_64",
-                env: "musl",
-            },
-        };
-        let files = target_specific_code(&target)?;
+        let target = cfgscan::Target::from_triple(arch.rust_target());
+        let files = target_specific_code(&host, &target)?;
         if files.is_empty() {
             step(&format!(
                 "clippy (device crates, {}): the host pass covered it",

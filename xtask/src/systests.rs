@@ -324,8 +324,8 @@ fn history_path() -> PathBuf {
     target_dir().join("cairn/systest-times.tsv")
 }
 
-/// Each test's time in a whole fresh-clone run of the suite and the matrix on a 2-core machine,
-/// kept in the repository: the order of a checkout's first run, which has no times of its own
+/// Each test's time in a whole fresh-clone run of the suite on a 2-core machine (before four of
+/// its tests moved to the matrix), kept in the repository: the order of a checkout's first run, which has no times of its own
 /// (every CI run is one). Without it the longest test (the power-cut sample, in a small file)
 /// started last and ran alone. Only an ordering hint; a checkout's own runs override it.
 const KEPT_TIMES: &str = include_str!("../systest-times.tsv");
